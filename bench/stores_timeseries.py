@@ -1,0 +1,336 @@
+"""Time-series stores: write throughput and dashboard query latency, InfluxDB and SQLite.
+
+Writes: DC-meter points (5 float fields), 5,000-point batches over 1,000 devices, new
+timestamps every round. Baselines in the same run, so the figures read as ratios: for
+InfluxDB a bare keep-alive POST of pre-built, pre-gzipped line protocol for the same number of
+points (the server's ceiling, no iotmeter code); for SQLite a bare executemany of the same rows
+into a plain wide table (SQLite's insert ceiling, without the upserts and the latest table).
+
+Queries, on a store holding 10,000 devices (3 points each) of which one has a day at 1 s
+(86,400 points): (a) that day downsampled to 500 buckets, all 5 fields and 1 field;
+(b) latest values of all 10,000 devices, and of a 50-device page (what a fleet screen that
+renders only visible rows asks). For InfluxDB the same InfluxQL sent raw, unparsed, is the
+baseline. Targets: (a) < 100 ms, (b) < 200 ms.
+
+    .venv/bin/python bench/stores_timeseries.py [--rounds 3] [--runs 11] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import math
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as a plain script from a checkout
+
+from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore  # noqa: E402
+from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries  # noqa: E402
+from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries  # noqa: E402
+from iotmeter_tui.testing import InfluxServer  # noqa: E402
+
+Batch = TypeVar("Batch")
+
+RESULTS = Path(__file__).parent / "results" / "stores_timeseries.json"
+BATCH = 5_000
+WRITE_DEVICES = 1_000
+FLEET = 10_000
+POINTS_PER_FLEET_DEVICE = 3
+DAY_S = 86_400
+PAGE = 50
+FIELDS = ("voltage_v", "current_a", "power_kw", "energy_import_kwh", "energy_export_kwh")
+TARGET_HISTORY_MS = 100.0
+TARGET_LATEST_MS = 200.0
+T0_MS = 1_795_740_000_000
+HISTORY_DEVICE = "dc-00000"
+
+
+def meter_fields(rng: random.Random, n: int) -> dict[str, float]:
+    current = rng.uniform(-1500, 4000)
+    voltage = rng.uniform(500, 900)
+    return {
+        "voltage_v": round(voltage, 2),
+        "current_a": round(current, 2),
+        "power_kw": round(voltage * current / 1000, 3),
+        "energy_import_kwh": 182_733.41 + n * 0.01,
+        "energy_export_kwh": 20_311.02 + n * 0.002,
+    }
+
+
+def write_batches(rounds: int, points: int) -> list[list[list[Point]]]:
+    """Per round, batches of points with timestamps no other round or baseline uses."""
+    rng = random.Random(7)
+    out = []
+    for r in range(rounds):
+        batch_list: list[list[Point]] = []
+        for b in range(points // BATCH):
+            batch = []
+            for i in range(BATCH):
+                n = b * BATCH + i
+                ts = T0_MS + (r * points + n) // WRITE_DEVICES * 1000 + n % 1000
+                batch.append(Point(f"w-{n % WRITE_DEVICES:04d}", "power_meter_dc", ts, 1, n,
+                                   meter_fields(rng, n)))
+            batch_list.append(batch)
+        out.append(batch_list)
+    return out
+
+
+def line(point: Point) -> str:
+    fields = ",".join(f"{k}={float(v)!r}" for k, v in point.fields.items())
+    return (f"iot_telemetry,device_id={point.device_id},device_type={point.device_type} "
+            f"{fields},boot={point.boot}i,seq={point.seq}i {point.ts}")
+
+
+def timed_rate(batches: Sequence[Batch], write: Callable[[Batch], object], points: int) -> float:
+    """Points per second writing `batches` (holding `points` in all) one after another."""
+    started = time.perf_counter()
+    for batch in batches:
+        write(batch)
+    return points / (time.perf_counter() - started)
+
+
+def latency(runs: int, query: Callable[[], object]) -> dict[str, float]:
+    query()  # warm: connections, caches, the temp bucket table
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        query()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "median": round(statistics.median(samples), 2),
+        "p95": round(samples[max(0, math.ceil(0.95 * runs) - 1)], 2),
+        "min": round(samples[0], 2),
+    }
+
+
+def fleet_points() -> Iterator[list[Point]]:
+    """10,000 devices x 3 points, then HISTORY_DEVICE's day at 1 s, in 5,000-point batches."""
+    rng = random.Random(11)
+    end = T0_MS + DAY_S * 1000
+    batch: list[Point] = []
+    for k in range(POINTS_PER_FLEET_DEVICE):
+        for d in range(1, FLEET):
+            batch.append(Point(f"dc-{d:05d}", "power_meter_dc", end - (3 - k) * 1000 + d % 997,
+                               1, k, meter_fields(rng, k)))
+            if len(batch) == BATCH:
+                yield batch
+                batch = []
+    for s in range(DAY_S):
+        batch.append(Point(HISTORY_DEVICE, "power_meter_dc", T0_MS + s * 1000, 1, s,
+                           meter_fields(rng, s)))
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def query_figures(store: TimeSeriesStore, runs: int) -> dict[str, Any]:
+    for batch in fleet_points():
+        store.write(batch)
+    end = T0_MS + DAY_S * 1000
+    page = [f"dc-{d:05d}" for d in range(2000, 2000 + PAGE)]
+    assert len(store.latest()) == FLEET
+    assert len(store.history(HISTORY_DEVICE, FIELDS, T0_MS, end, 500)) == 500
+    return {
+        "history_day_500_buckets_5_fields_ms": latency(
+            runs, lambda: store.history(HISTORY_DEVICE, FIELDS, T0_MS, end, 500)),
+        "history_day_500_buckets_1_field_ms": latency(
+            runs, lambda: store.history(HISTORY_DEVICE, FIELDS[:1], T0_MS, end, 500)),
+        "latest_10000_devices_ms": latency(runs, store.latest),
+        "latest_page_of_50_devices_ms": latency(runs, lambda: store.latest(page)),
+    }
+
+
+def verdict(figures: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "history_under_100_ms": (
+            figures["history_day_500_buckets_5_fields_ms"]["median"] < TARGET_HISTORY_MS),
+        "latest_10000_under_200_ms": (
+            figures["latest_10000_devices_ms"]["median"] < TARGET_LATEST_MS),
+    }
+
+
+# --- InfluxDB -----------------------------------------------------------------------------
+
+
+class RawInflux:
+    """Bare http.client on one keep-alive connection: no iotmeter code in the way."""
+
+    def __init__(self, server: InfluxServer) -> None:
+        self.connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
+
+    def post(self, target: str, body: bytes, headers: dict[str, str]) -> bytes:
+        self.connection.request("POST", target, body, headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"{response.status}: {data[:300]!r}")
+        return data
+
+    def write(self, database: str, body: bytes) -> bytes:
+        target = f"/write?db={database}&precision=ms"
+        return self.post(target, body, {"Content-Encoding": "gzip"})
+
+    def query(self, database: str, q: str) -> bytes:
+        body = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ms"}).encode()
+        return self.post("/query", body, {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def bench_influx(args: argparse.Namespace, rounds: list[list[list[Point]]]) -> dict[str, Any]:
+    with InfluxServer() as server:
+        raw = RawInflux(server)
+        raw.query("", 'CREATE DATABASE "bench_raw"')
+        store = InfluxTimeSeries(f"influxdb://{server.host}:{server.port}/bench_write")
+        # The baseline writes the next round's timestamps, so neither overwrites the other.
+        bodies = [[gzip.compress("\n".join(map(line, batch)).encode(), 1) for batch in r]
+                  for r in rounds[1:] + rounds[:1]]
+        ours, baseline = [], []
+        count = args.write_points
+        for points, raw_bodies in zip(rounds, bodies, strict=True):
+            baseline.append(timed_rate(raw_bodies, lambda b: raw.write("bench_raw", b), count))
+            ours.append(timed_rate(points, store.write, count))
+        store.close()
+        query_store = InfluxTimeSeries(f"influxdb://{server.host}:{server.port}/bench_query")
+        figures = query_figures(query_store, args.runs)
+        query_store.close()
+        end = T0_MS + DAY_S * 1000
+        width = math.ceil(DAY_S * 1000 / 500)
+        history_q = (
+            "SELECT " + ", ".join(f'mean("{f}"), min("{f}"), max("{f}"), last("{f}")'
+                                  for f in FIELDS)
+            + f" FROM iot_telemetry WHERE device_id = '{HISTORY_DEVICE}' AND time >= {T0_MS}ms"
+            f" AND time < {end}ms GROUP BY time({width}ms, {T0_MS % width}ms) fill(none)"
+        )
+        latest_q = ('SELECT last("seq"), "device_type" FROM iot_telemetry GROUP BY "device_id";'
+                    'SELECT last(*) FROM iot_telemetry GROUP BY "device_id"')
+        return {
+            "server": "influxd " + version(server),
+            "write_points_per_s": round(statistics.median(ours)),
+            "baseline_raw_post_points_per_s": round(statistics.median(baseline)),
+            "ratio_write_to_raw_post": round(statistics.median(ours) / statistics.median(baseline),
+                                             3),
+            **figures,
+            "baseline_raw_query_history_5_fields_ms": latency(
+                args.runs, lambda: raw.query("bench_query", history_q)),
+            "baseline_raw_query_latest_10000_ms": latency(
+                args.runs, lambda: raw.query("bench_query", latest_q)),
+            "baseline_raw_query_last_seq_only_10000_ms": latency(args.runs, lambda: raw.query(
+                "bench_query", 'SELECT last("seq") FROM iot_telemetry GROUP BY "device_id"')),
+            "targets": verdict(figures),
+        }
+
+
+def version(server: InfluxServer) -> str:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    connection.request("GET", "/ping")
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response.getheader("X-Influxdb-Version") or "?"
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+
+def raw_sqlite_writer(path: Path) -> Callable[[list[Point]], None]:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute(
+        "CREATE TABLE points (device_id TEXT, ts INTEGER, device_type TEXT, boot INTEGER,"
+        " seq INTEGER, f1 REAL, f2 REAL, f3 REAL, f4 REAL, f5 REAL,"
+        " PRIMARY KEY (device_id, ts)) WITHOUT ROWID"
+    )
+
+    def write(batch: list[Point]) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(
+            "INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(p.device_id, p.ts, p.device_type, p.boot, p.seq, *p.fields.values())
+             for p in batch],
+        )
+        connection.execute("COMMIT")
+
+    return write
+
+
+def bench_sqlite(args: argparse.Namespace, rounds: list[list[list[Point]]]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-ts-", dir=args.dir) as tmp:
+        store = SqliteTimeSeries(Path(tmp) / "write.db")
+        raw_write = raw_sqlite_writer(Path(tmp) / "raw.db")
+        ours, baseline = [], []
+        for points in rounds:
+            baseline.append(timed_rate(points, raw_write, args.write_points))
+            ours.append(timed_rate(points, store.write, args.write_points))
+        store.close()
+        query_store = SqliteTimeSeries(Path(tmp) / "query.db")
+        figures = query_figures(query_store, args.runs)
+        query_store.close()
+        return {
+            "sqlite": sqlite3.sqlite_version,
+            "write_points_per_s": round(statistics.median(ours)),
+            "baseline_raw_insert_points_per_s": round(statistics.median(baseline)),
+            "ratio_write_to_raw_insert": round(
+                statistics.median(ours) / statistics.median(baseline), 3),
+            **figures,
+            "database_mib": round((Path(tmp) / "query.db").stat().st_size / 2**20, 1),
+            "targets": verdict(figures),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="write rounds (median taken)")
+    parser.add_argument("--write-points", type=int, default=100_000, help="points per round")
+    parser.add_argument("--runs", type=int, default=11, help="runs per query latency")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dir", default=None, help="parent of the SQLite files (a tmp dir)")
+    args = parser.parse_args()
+
+    rounds = write_batches(args.rounds, args.write_points)
+    result: dict[str, Any] = {
+        "bench": "stores_timeseries",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "workload": {
+            "batch_points": BATCH,
+            "fields_per_point": len(FIELDS),
+            "write_devices": WRITE_DEVICES,
+            "write_points_per_round": args.write_points,
+            "write_rounds": args.rounds,
+            "fleet_devices": FLEET,
+            "history_points": DAY_S,
+            "history_buckets": 500,
+            "query_runs": args.runs,
+        },
+    }
+    for name, bench in (("influxdb", bench_influx), ("sqlite", bench_sqlite)):
+        result[name] = bench(args, rounds)
+        print(name, json.dumps(result[name], indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

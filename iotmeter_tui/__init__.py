@@ -1,0 +1,1 @@
+"""iotmeter: terminal-first operations platform for railway traction power meters."""

@@ -1,0 +1,204 @@
+"""The embedded MQTT broker: a private `mosquitto` child process on a free loopback port, used
+when IOTMETER_MQTT_URL is unset. The test fixtures run the very same config."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from iotmeter_tui.backend.errors import IotmeterError
+
+LOOPBACK = "127.0.0.1"
+# Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
+MOSQUITTO_FALLBACK = Path("/usr/sbin/mosquitto")
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+class BrokerError(IotmeterError, RuntimeError):
+    """The embedded broker is missing or would not start; the message says what to do."""
+
+
+def find_mosquitto() -> str:
+    """The mosquitto binary's path, or a BrokerError telling the operator how to install it."""
+    found = shutil.which("mosquitto")
+    if found is None and os.access(MOSQUITTO_FALLBACK, os.X_OK):
+        found = str(MOSQUITTO_FALLBACK)
+    if found is None:
+        raise BrokerError("mosquitto not found: install it with `apt-get install mosquitto`")
+    return found
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the kernel says is free right now (bind to port 0, read it back, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a child's log, to put in an error message."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    probe: Callable[[], bool],
+    *,
+    name: str,
+    log_path: Path,
+    timeout_s: float = READY_TIMEOUT_S,
+    error: type[Exception] = BrokerError,
+) -> None:
+    """Poll `probe` until it answers True; fail fast if the child dies, kill it on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise error(
+                f"{name} exited with code {code} while starting; log:\n{log_tail(log_path)}"
+            )
+        if probe():
+            return
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise error(f"{name} not ready after {timeout_s:.0f} s; log:\n{log_tail(log_path)}")
+        time.sleep(0.02)
+
+
+def tcp_accepts(host: str, port: int) -> bool:
+    """True once something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def mosquitto_config(port: int, data_dir: str | Path) -> str:
+    """The mosquitto.conf for a private loopback broker keeping its state in `data_dir`."""
+    location = str(Path(data_dir).resolve())
+    if "\n" in location:
+        raise BrokerError(f"broker data directory {location!r} contains a newline")
+    # mosquitto started as root drops to the `mosquitto` user, which cannot write our data
+    # directory; naming the current user keeps it as is (the option is ignored for non-root).
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    return "\n".join(
+        [
+            "# Written by iotmeter for its embedded broker; regenerated on every start.",
+            f"listener {port} {LOOPBACK}",
+            "allow_anonymous true",
+            # Persistent sessions (the collector's fixed client id) and their queued QoS 1 messages
+            # survive a broker restart. mosquitto saves them on a clean shutdown, not on SIGKILL.
+            "persistence true",
+            f"persistence_location {location}/",
+            "persistence_file mosquitto.db",
+            # A fleet publishing while the collector is away must queue, not drop: the defaults
+            # (20 in flight, 1000 queued per client) would lose messages within seconds.
+            "max_inflight_messages 1000",
+            "max_queued_messages 1000000",
+            "max_queued_bytes 0",
+            "log_dest stderr",
+            f"user {user}",
+            "",
+        ]
+    )
+
+
+class EmbeddedBroker:
+    """A private mosquitto on 127.0.0.1 that keeps its port and data directory across restarts."""
+
+    host = LOOPBACK
+
+    def __init__(
+        self, data_dir: str | Path, port: int | None = None, *, binary: str | None = None
+    ) -> None:
+        self.binary = binary or find_mosquitto()
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "mosquitto.log"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the broker and return once it accepts connections; a no-op if it runs."""
+        if self.running:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(mosquitto_config(self.port, self.data_dir))
+        # Appending keeps the log of earlier runs, which is what one wants after a restart.
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [self.binary, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        wait_until_ready(
+            self._process,
+            lambda: tcp_accepts(self.host, self.port),
+            name="mosquitto",
+            log_path=self.log_path,
+        )
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Clean shutdown (SIGTERM): mosquitto writes its persistence file on the way out."""
+        self._end(signal.SIGTERM, timeout_s)
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): whatever was not yet saved to disk is lost."""
+        self._end(signal.SIGKILL, STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _end(self, sig: signal.Signals, timeout_s: float) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

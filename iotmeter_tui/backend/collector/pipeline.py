@@ -1,0 +1,200 @@
+"""Intake -> validate -> dedup -> spool -> acknowledge, on one thread.
+
+Each turn drains what has arrived, decides every message (accept, reject with a reason, or drop
+as a duplicate), appends the records to the spool, commits them with one fsync (group commit)
+and only then acknowledges the whole turn to the broker. When the spool cannot take a turn
+(full bound or full disk) the turn is held and retried: nothing is acknowledged, so the broker
+keeps the messages — back-pressure, never loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.collector.intake import Arrival
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.seqtrack import SeqTracker, Verdict
+from iotmeter_tui.backend.collector.spool import (
+    ACCEPTED,
+    DUPLICATE,
+    REJECTED,
+    Spool,
+    SpoolFull,
+    SpoolRecord,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_TURN = 5_000  # messages per group commit; bounds the latency one fsync adds
+
+
+class DeviceDirectory:
+    """What the pipeline knows of the registry: each device's type, and which devices exist
+    (for IOTMETER_AUTO_REGISTER=false). Seeded from the metadata store, kept current from the
+    hello messages the pipeline itself sees."""
+
+    def __init__(self, types: dict[str, str] | None = None) -> None:
+        self.types: dict[str, str] = dict(types or {})
+
+    def type_of(self, device_id: str) -> str:
+        return self.types.get(device_id, "unknown")
+
+    def merge(self, types: dict[str, str]) -> None:
+        for device_id, device_type in types.items():
+            if self.types.get(device_id, "unknown") == "unknown" or device_type != "unknown":
+                self.types[device_id] = device_type
+
+
+class Decider:
+    """The pure part of a turn: turns arrivals into spool records, counting as it goes."""
+
+    def __init__(self, tracker: SeqTracker, directory: DeviceDirectory,
+                 metrics: CollectorMetrics, *, auto_register: bool) -> None:
+        self.tracker = tracker
+        self.directory = directory
+        self.metrics = metrics
+        self.auto_register = auto_register
+        # Last status (ts, payload) per device: a retained status the broker sends again is
+        # the same message, not a new one.
+        self.last_status: dict[str, bytes] = {}
+
+    def decide(self, arrival: Arrival) -> SpoolRecord | None:
+        """A record to spool: the message, its rejection, or a duplicate's marker. None for a
+        status message seen already (a retained one sent again)."""
+        result = protocol.decode(arrival.topic, arrival.payload)
+        if isinstance(result, protocol.Rejection):
+            return self._rejected(arrival, result.reason, result.detail, result.device_id)
+        msg = result
+        if not self.auto_register and msg.device_id not in self.directory.types:
+            return self._rejected(arrival, "unknown_device",
+                                  f"{msg.device_id} is not registered", msg.device_id)
+        if msg.seq is not None and msg.boot is not None:
+            verdict = self.tracker.observe(msg.device_id, msg.boot, msg.seq, arrival.received_ms)
+            if verdict is Verdict.DUPLICATE:
+                self.metrics.duplicates.inc()
+                return SpoolRecord(DUPLICATE, arrival.received_ms, msg.device_id, msg.msg_type,
+                                   "", msg.boot, msg.seq, msg.ts, "", "", "", b"")
+        elif msg.msg_type == protocol.STATUS:
+            if self.last_status.get(msg.device_id) == msg.raw:
+                self.metrics.duplicates.inc()
+                return None
+            self.last_status[msg.device_id] = msg.raw
+        if msg.msg_type == protocol.HELLO:
+            self.directory.types[msg.device_id] = str(msg.data["device_type"])
+        elif msg.msg_type == protocol.TELEMETRY:
+            self.metrics.lag.observe(max(0.0, (arrival.received_ms - msg.ts) / 1000))
+        self.metrics.accepted.labels(msg.msg_type).inc()
+        return SpoolRecord(
+            ACCEPTED, arrival.received_ms, msg.device_id, msg.msg_type,
+            self.directory.type_of(msg.device_id),
+            -1 if msg.boot is None else msg.boot, -1 if msg.seq is None else msg.seq, msg.ts,
+            arrival.topic, "", "", arrival.payload,
+        )
+
+    def _rejected(self, arrival: Arrival, reason: str, detail: str,
+                  device_id: str | None) -> SpoolRecord:
+        self.metrics.rejected.labels(reason).inc()
+        return SpoolRecord(REJECTED, arrival.received_ms, device_id or "", "", "", -1, -1, -1,
+                           arrival.topic, reason, detail, arrival.payload)
+
+    def replay(self, record: SpoolRecord) -> None:
+        """Learn from a record spooled before a restart, so its redelivery is a duplicate."""
+        if record.kind == REJECTED:
+            return
+        if record.seq >= 0:
+            self.tracker.observe(record.device_id, record.boot, record.seq, record.received_ms)
+        if record.kind == DUPLICATE:
+            return
+        if record.msg_type == protocol.STATUS:
+            self.last_status[record.device_id] = record.payload
+        if record.msg_type == protocol.HELLO:
+            result = protocol.decode(record.topic, record.payload)
+            if isinstance(result, protocol.Message):
+                self.directory.types[record.device_id] = str(result.data["device_type"])
+
+
+class Pipeline(threading.Thread):
+    """The thread that owns the spool's write side."""
+
+    def __init__(
+        self,
+        inbox: queue.SimpleQueue[Arrival],
+        decider: Decider,
+        spool: Spool,
+        ack: Callable[[list[Arrival]], None],
+        metrics: CollectorMetrics,
+        *,
+        on_commit: Callable[[], None] = lambda: None,
+        retry_s: float = 1.0,
+    ) -> None:
+        super().__init__(name="iotmeter-pipeline", daemon=True)
+        self.inbox = inbox
+        self.decider = decider
+        self.spool = spool
+        self.ack = ack
+        self.metrics = metrics
+        self.on_commit = on_commit
+        self.retry_s = retry_s
+        self.stopping = threading.Event()
+        self.idle = threading.Event()  # set when the inbox is empty and nothing is held
+        self.full_since: float | None = None
+
+    def run(self) -> None:
+        while True:
+            arrivals = self._take()
+            if not arrivals:
+                self.idle.set()
+                self.spool.roll_if_due()
+                if self.stopping.is_set():
+                    return
+                continue
+            self.idle.clear()
+            self._turn(arrivals)
+
+    def _take(self) -> list[Arrival]:
+        try:
+            first = self.inbox.get(timeout=0.05)
+        except queue.Empty:
+            return []
+        arrivals = [first]
+        while len(arrivals) < MAX_TURN:
+            try:
+                arrivals.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return arrivals
+
+    def _turn(self, arrivals: list[Arrival]) -> None:
+        self.metrics.received.inc(len(arrivals))
+        records = [r for a in arrivals if (r := self.decider.decide(a)) is not None]
+        while True:
+            try:
+                if records:
+                    self.spool.append(records)
+                    self.spool.commit()
+                break
+            except SpoolFull as exc:
+                if self.stopping.is_set():
+                    return  # unacknowledged: the broker sends them again after the restart
+                # Held, not dropped: the broker redelivers nothing we have not acknowledged,
+                # and the sinks free space as they take segments.
+                if self.full_since is None:
+                    self.full_since = time.monotonic()
+                    self.metrics.spool_full.set(1)
+                    log.error("spool full: holding acknowledgements",
+                              extra={"event": "spool_full", "detail": str(exc)})
+                time.sleep(self.retry_s)
+        if self.full_since is not None:
+            log.warning("spool has room again", extra={
+                "event": "spool_resumed", "held_s": round(time.monotonic() - self.full_since, 1)})
+            self.full_since = None
+            self.metrics.spool_full.set(0)
+        self.ack(arrivals)
+        self.metrics.acked.inc(len(arrivals))
+        self.on_commit()
+        self.spool.roll_if_due()

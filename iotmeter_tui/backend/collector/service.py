@@ -1,0 +1,270 @@
+"""The collector: wires intake, pipeline, spool and sinks together, starts and stops them.
+
+`Collector` is what `iotmeter --collector-only` runs headless and what the dashboard runs in a
+child process. Start-up order matters for exactly-once: the duplicate window is rebuilt from
+the registry's stored sequence state plus every spool record after the registry's cursor
+before the first message is taken from the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.intake import Arrival, MqttIntake
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
+from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
+from iotmeter_tui.backend.collector.sinks import (
+    ArchiveSink,
+    CursorFile,
+    RegistrySink,
+    SinkRunner,
+    TimeSeriesSink,
+)
+from iotmeter_tui.backend.collector.spool import Position, Spool
+from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.stores import Stores, open_stores
+from iotmeter_tui.backend.stores.archive_writer import ArchiveWriter
+
+log = logging.getLogger(__name__)
+
+STOP_BUDGET_S = 8.0  # SIGTERM to exit, within the 10 s a service manager allows
+
+
+@dataclass
+class Tuning:
+    """Knobs tests turn; production uses the defaults."""
+
+    segment_max_age_s: float | None = None  # default: the archive window
+    segment_max_bytes: int = 64 << 20
+    sink_max_backoff_s: float = 10.0
+    start_retry_s: float = 2.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Collector:
+    def __init__(self, settings: Settings, mqtt_url: str, *, stores: Stores | None = None,
+                 metrics: CollectorMetrics | None = None, tuning: Tuning | None = None) -> None:
+        self.settings = settings
+        self.mqtt_url = mqtt_url
+        self.metrics = metrics or CollectorMetrics()
+        self.tuning = tuning or Tuning()
+        self._stores = stores
+        self.inbox: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
+        self.runners: list[SinkRunner] = []
+        self.pipeline: Pipeline | None = None
+        self.intake: MqttIntake | None = None
+        self.spool: Spool | None = None
+        self._stop = threading.Event()
+        # start() may still be preparing in its own thread when stop() is called.
+        self._lifecycle = threading.Lock()
+        self._housekeeper: threading.Thread | None = None
+
+    @property
+    def stores(self) -> Stores:
+        assert self._stores is not None
+        return self._stores
+
+    @property
+    def spool_dir(self) -> Path:
+        # One spool per client id, so two collectors on one host never share segments.
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.settings.client_id)
+        return self.settings.spool_dir / safe
+
+    # --- start ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare stores and state, then start taking messages. Blocks while the metadata
+        store is unreachable (the broker keeps the messages meanwhile)."""
+        self._stores = self._stores or self._retry("open stores", lambda: open_stores(
+            self.settings))
+        if self._stores is None:
+            return
+        s = self.settings
+        self.spool = Spool(
+            self.spool_dir,
+            max_bytes=s.spool_max_bytes,
+            segment_max_bytes=self.tuning.segment_max_bytes,
+            segment_max_age_s=self.tuning.segment_max_age_s or s.archive_window_s,
+        )
+        reorder_ms = int(s.reorder_timeout_s * 1000)
+        metadata = self.stores.metadata
+        alerts = AlertEngine(metadata)
+        registry = RegistrySink(metadata, f"{s.client_id}/registry", SeqTracker(reorder_ms),
+                                alerts, self.metrics)
+        state = self._retry("load registry state", lambda: (
+            registry.load_cursor(), metadata.load_seq_states(), metadata.device_types()))
+        if state is None:
+            return
+        cursor, seq_states, types = state
+        self._retry("load open alerts", lambda: alerts.load(metadata))
+        registry.restore(seq_states)
+
+        decider = Decider(SeqTracker(reorder_ms), DeviceDirectory(types), self.metrics,
+                          auto_register=s.auto_register)
+        now = int(time.time() * 1000)
+        for st in seq_states:
+            decider.tracker.restore(st.device_id, st.boot, BootTrack.restore(
+                st.highest_seq, st.received, st.duplicates, st.gaps, now))
+        replayed = self._replay(decider, cursor)
+
+        writer = ArchiveWriter(self.stores.archive, gzip=s.archive_gzip)
+        sinks = [
+            TimeSeriesSink(self.stores.timeseries, CursorFile(self.spool_dir / "timeseries.cursor"),
+                           self.metrics),
+            ArchiveSink(writer, CursorFile(self.spool_dir / "archive.cursor")),
+            registry,
+        ]
+        with self._lifecycle:
+            if not self._stop.is_set():
+                self._start_threads(sinks, decider)
+        log.info("collector started", extra={
+            "event": "collector_started", "stores": self.stores.describe(),
+            "spool": str(self.spool_dir), "replayed": replayed,
+            "devices": len(types), "client_id": s.client_id})
+
+    def _start_threads(self, sinks: list[Any], decider: Decider) -> None:
+        assert self.spool is not None
+        s = self.settings
+        self.runners = [
+            SinkRunner(sink, self.spool, self.metrics, threading.Event(),
+                       max_backoff_s=self.tuning.sink_max_backoff_s)
+            for sink in sinks
+        ]
+        for runner in self.runners:
+            runner.start()
+        self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
+                                 share_group=s.share_group)
+        self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
+                                 on_commit=self._wake_sinks)
+        self.pipeline.start()
+        self.intake.start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True,
+                                             name="iotmeter-housekeeping")
+        self._housekeeper.start()
+
+    def _replay(self, decider: Decider, cursor: Position | None) -> int:
+        """Feed the decider every record the registry has not stored yet."""
+        assert self.spool is not None
+        position = self.spool.normalise(cursor)
+        count = 0
+        while True:
+            records, nxt = self.spool.read(position)
+            if not records:
+                if nxt == position:
+                    return count
+                position = nxt
+                continue
+            for record in records:
+                decider.replay(record)
+            count += len(records)
+            position = nxt
+
+    def _retry(self, what: str, action: Any) -> Any:
+        while not self._stop.is_set():
+            try:
+                return action()
+            except StoreError as exc:
+                log.warning("collector waiting for a store", extra={
+                    "event": "start_blocked", "step": what, "error": str(exc)})
+                self._stop.wait(self.tuning.start_retry_s)
+        return None
+
+    def _wake_sinks(self) -> None:
+        for runner in self.runners:
+            runner.wake.set()
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(1.0):
+            assert self.spool is not None
+            if all(r.loaded.is_set() for r in self.runners):
+                self.spool.release([r.cursor for r in self.runners])
+            self.metrics.spool_bytes.set(self.spool.size_bytes)
+            self.metrics.spool_oldest.set(self.spool.oldest_segment_age_s())
+            if self.intake is not None:
+                self.metrics.broker_connected.set(1 if self.intake.connected.is_set() else 0)
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
+        """Stop intake, commit and acknowledge what arrived, let the sinks catch up within
+        the budget; what they have not taken stays in the spool for the next start."""
+        deadline = time.monotonic() + budget_s
+        with self._lifecycle:
+            self._stop.set()
+        if self.intake is not None:
+            self.intake.stop()
+        if self.pipeline is not None:
+            self.pipeline.stopping.set()
+            self.pipeline.join(max(0.1, deadline - time.monotonic() - 2))
+        if self.spool is not None and self.pipeline is not None and not self.pipeline.is_alive():
+            if self.spool.committed_size(self.spool.active_segment) > 0:
+                self.spool.roll()  # sealed, so the archive can take it now
+        for runner in self.runners:
+            runner.stop(max(0.0, deadline - time.monotonic() - 0.5))
+        for runner in self.runners:
+            runner.join(max(0.1, deadline - time.monotonic()))
+        if self.spool is not None and all(not r.is_alive() for r in self.runners):
+            self.spool.release([r.cursor for r in self.runners])
+            self.spool.close()
+        if self._stores is not None:
+            self._stores.close()
+        log.info("collector stopped", extra={"event": "collector_stopped"})
+
+    # --- health -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """What the dashboard's system screen shows: rates, lag, sinks, spool."""
+        m = self.metrics
+        sinks = {
+            r.sink.name: {"up": r.healthy, "error": r.last_error, "backlog_bytes":
+                          r.backlog_bytes()}
+            for r in self.runners
+        }
+        return {
+            "broker_connected": bool(self.intake and self.intake.connected.is_set()),
+            "broker_error": self.intake.last_error if self.intake else None,
+            "received": m.sample("iotmeter_messages_received_total"),
+            "acked": m.sample("iotmeter_messages_acked_total"),
+            "duplicates": m.sample("iotmeter_messages_duplicate_total"),
+            "spool_bytes": self.spool.size_bytes if self.spool else 0,
+            "spool_full": bool(m.sample("iotmeter_spool_full")),
+            "sinks": sinks,
+        }
+
+
+def run_collector(settings: Settings) -> int:
+    """`iotmeter --collector-only`: run until SIGTERM/SIGINT, then drain and exit 0."""
+    from iotmeter_tui.backend import logjson
+    from iotmeter_tui.backend.broker import EmbeddedBroker
+
+    logjson.configure(settings.log_level)
+    broker = None
+    mqtt_url = settings.mqtt_url
+    if mqtt_url is None:
+        broker = EmbeddedBroker(settings.home / "broker")
+        broker.start()
+        mqtt_url = broker.url
+        log.info("embedded broker started", extra={"event": "broker_started", "url": mqtt_url})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    collector = Collector(settings, mqtt_url)
+    collector.metrics.serve(settings.metrics_port)
+    starter = threading.Thread(target=collector.start, daemon=True)
+    starter.start()
+    stop.wait()
+    collector.stop()
+    if broker is not None:
+        broker.stop()
+    return 0

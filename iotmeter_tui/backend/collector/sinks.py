@@ -1,0 +1,440 @@
+"""The three sinks and the thread that feeds each from the spool.
+
+Each sink reads the spool from its own cursor, so a slow or failed sink never holds back the
+others; its cursor moves only after a write succeeded, so a failure means "retry later", never
+"lost". Every write is idempotent, which is what makes a crash between the write and the cursor
+harmless: time-series points overwrite by (device_id, ts), archive objects are named after
+their spool segment, and the registry stores its cursor in the same transaction as its state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker, Verdict
+from iotmeter_tui.backend.collector.spool import (
+    ACCEPTED,
+    DUPLICATE,
+    REJECTED,
+    Position,
+    Spool,
+    SpoolRecord,
+)
+from iotmeter_tui.backend.errors import PartialWriteError, StoreError
+from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
+from iotmeter_tui.backend.stores.metadata import DeviceUpdate, MetadataStore, SeqState
+from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CursorFile:
+    """A sink's cursor in a small JSON file, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Position | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return Position(int(data["segment"]), int(data["offset"]))
+        except FileNotFoundError:
+            return None
+
+    def save(self, position: Position) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"segment": position.segment, "offset": position.offset}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+class Sink(ABC):
+    name: str
+
+    @abstractmethod
+    def load_cursor(self) -> Position | None: ...
+
+    @abstractmethod
+    def save_cursor(self, position: Position) -> None: ...
+
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
+        return spool.read(cursor)
+
+    @abstractmethod
+    def write(self, records: list[SpoolRecord], end: Position) -> None:
+        """Store the records; raise StoreError to have the same batch retried later."""
+
+    def idle(self) -> None:
+        """Called when caught up: periodic work that needs no new records."""
+
+
+class TimeSeriesSink(Sink):
+    name = "timeseries"
+
+    def __init__(self, store: TimeSeriesStore, cursor: CursorFile,
+                 metrics: CollectorMetrics) -> None:
+        self.store = store
+        self.cursor = cursor
+        self.metrics = metrics
+
+    def load_cursor(self) -> Position | None:
+        return self.cursor.load()
+
+    def save_cursor(self, position: Position) -> None:
+        self.cursor.save(position)
+
+    def write(self, records: list[SpoolRecord], end: Position) -> None:
+        points = [
+            Point(r.device_id, r.device_type, r.ts, r.boot, r.seq,
+                  protocol.numeric_fields(json.loads(r.payload)["data"]))
+            for r in records
+            if r.kind == ACCEPTED and r.msg_type == protocol.TELEMETRY
+        ]
+        if not points:
+            return
+        try:
+            self.store.write(points)
+        except PartialWriteError as exc:
+            # The store took the rest and will never take these (a field-type conflict made
+            # by another writer): say so loudly; the raw messages are in the archive.
+            self.metrics.sink_failures.labels(self.name).inc()
+            log.error("time-series store refused points", extra={
+                "event": "points_refused", "refused": len(exc.failed), "detail": str(exc)})
+
+
+class ArchiveSink(Sink):
+    """Turns each sealed spool segment into objects named after it."""
+
+    name = "archive"
+
+    def __init__(self, writer: ArchiveWriter, cursor: CursorFile) -> None:
+        self.writer = writer
+        self.cursor = cursor
+
+    def load_cursor(self) -> Position | None:
+        return self.cursor.load()
+
+    def save_cursor(self, position: Position) -> None:
+        self.cursor.save(position)
+
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
+        cursor = spool.normalise(cursor)
+        for segment in spool.segments():
+            if segment < cursor.segment or not spool.is_sealed(segment):
+                continue
+            size = spool.committed_size(segment)
+            if segment == cursor.segment and cursor.offset >= size:
+                continue
+            # The whole segment, whatever the cursor's offset: objects are per segment.
+            return spool.read_segment(segment), Position(segment, size)
+        return [], cursor
+
+    def write(self, records: list[SpoolRecord], end: Position) -> None:
+        accepted = [
+            ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+            for r in records if r.kind == ACCEPTED
+        ]
+        rejected = [
+            RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None, r.received_ms,
+                           r.payload)
+            for r in records if r.kind == REJECTED
+        ]
+        self.writer.write_batch(accepted, rejected, batch_id=str(end.segment))
+
+
+class _DeviceChange:
+    """Everything one batch says about one device, folded into one registry update."""
+
+    __slots__ = ("boot", "device_type", "fw_version", "heartbeat_s", "last_seen", "status",
+                 "status_at")
+
+    def __init__(self, last_seen: int) -> None:
+        self.last_seen = last_seen
+        self.device_type: str | None = None
+        self.fw_version: str | None = None
+        self.boot: int | None = None
+        self.heartbeat_s: float | None = None
+        self.status: str | None = None
+        self.status_at: int | None = None
+
+    def update(self, device_id: str) -> DeviceUpdate:
+        return DeviceUpdate(device_id, self.last_seen, self.device_type, self.fw_version,
+                            self.boot, self.heartbeat_s, self.status, self.status_at)
+
+
+class RegistrySink(Sink):
+    """Device registry, sequence tracking, alerts, command acks and OTA progress.
+
+    Its cursor lives in the metadata store and moves in the same transaction as the registry
+    and sequence state, so after a crash the state and the position always agree."""
+
+    name = "registry"
+    HOUSEKEEPING_S = 5.0
+
+    def __init__(self, store: MetadataStore, cursor_name: str, tracker: SeqTracker,
+                 alerts: AlertEngine, metrics: CollectorMetrics) -> None:
+        self.store = store
+        self.cursor_name = cursor_name
+        self.tracker = tracker
+        self.alerts = alerts
+        self.metrics = metrics
+        self.current_boot: dict[str, int] = {}
+        self._next_housekeeping = 0.0
+
+    def load_cursor(self) -> Position | None:
+        value = self.store.get_cursor(self.cursor_name)
+        if not value:
+            return None
+        segment, offset = value.split(":")
+        return Position(int(segment), int(offset))
+
+    def save_cursor(self, position: Position) -> None:
+        pass  # saved with the batch, in write()
+
+    def restore(self, states: list[SeqState]) -> None:
+        now = _now_ms()
+        for s in states:
+            self.tracker.restore(s.device_id, s.boot, BootTrack.restore(
+                s.highest_seq, s.received, s.duplicates, s.gaps, now))
+            self.current_boot[s.device_id] = max(s.boot, self.current_boot.get(s.device_id, -1))
+
+    def write(self, records: list[SpoolRecord], end: Position) -> None:
+        changes: dict[str, _DeviceChange] = {}
+        commands: list[tuple[str, dict[str, object], int]] = []
+        ota: list[tuple[str, dict[str, object], int]] = []
+        newest = 0
+        for r in records:
+            if r.kind == REJECTED:
+                continue
+            newest = max(newest, r.received_ms)
+            if r.seq >= 0:
+                verdict = self.tracker.observe(r.device_id, r.boot, r.seq, r.received_ms)
+                if verdict is not Verdict.DUPLICATE:
+                    self.current_boot[r.device_id] = max(r.boot,
+                                                         self.current_boot.get(r.device_id, -1))
+            if r.kind == DUPLICATE:
+                continue
+            change = changes.get(r.device_id)
+            if change is None:
+                change = changes[r.device_id] = _DeviceChange(r.received_ms)
+            change.last_seen = max(change.last_seen, r.received_ms)
+            self._fold(r, change, commands, ota)
+        gaps = self.tracker.sweep(newest) if newest else 0
+        self._flush(changes, commands, ota, end, gaps)
+
+    def _fold(self, r: SpoolRecord, change: _DeviceChange,
+              commands: list[tuple[str, dict[str, object], int]],
+              ota: list[tuple[str, dict[str, object], int]]) -> None:
+        obj = json.loads(r.payload)
+        data = obj["data"]
+        at = r.received_ms
+        if r.msg_type == protocol.TELEMETRY:
+            self.alerts.on_telemetry(r.device_id, r.device_type, data, at)
+            self._online(change, at)
+        elif r.msg_type == protocol.HELLO:
+            change.device_type = str(data["device_type"])
+            change.fw_version = str(data["fw_version"])
+            change.boot = r.boot
+            change.heartbeat_s = float(data["heartbeat_s"])
+            self.alerts.on_hello(r.device_id, change.device_type, data, at)
+            self._online(change, at)
+        elif r.msg_type == protocol.STATUS:
+            state = str(data["state"])
+            boot = obj.get("boot")
+            # Sparkplug's rule: a death certificate from an earlier boot is stale.
+            if state == "offline" and isinstance(boot, int) and boot < self.current_boot.get(
+                    r.device_id, -1):
+                return
+            change.status, change.status_at = state, at
+            self.alerts.on_status(r.device_id, state, at)
+        elif r.msg_type == protocol.COMMAND_ACK:
+            commands.append((r.device_id, data, at))
+            self._online(change, at)
+        elif r.msg_type == protocol.OTA_STATUS:
+            ota.append((r.device_id, data, at))
+            self._online(change, at)
+
+    def _online(self, change: _DeviceChange, at: int) -> None:
+        # Any message but a status says the device is connected now.
+        if change.status != "online":
+            change.status, change.status_at = "online", at
+
+    def _flush(self, changes: dict[str, _DeviceChange],
+               commands: list[tuple[str, dict[str, object], int]],
+               ota: list[tuple[str, dict[str, object], int]], end: Position, gaps: int) -> None:
+        # Command and OTA updates are guarded against going back from a final state, so
+        # applying them again after a crash is harmless; they go before the cursor moves.
+        for _device_id, data, at in commands:
+            result = str(data["result"])
+            self.store.update_command(str(data["command_id"]), state=result, at=at,
+                                      result=result, detail=str(data.get("detail") or ""))
+        for device_id, data, at in ota:
+            self.store.update_target(
+                str(data["campaign_id"]), device_id, state=str(data["state"]), at=at,
+                progress_pct=float(data.get("progress_pct", 0)),
+                error=(str(data["error"]) if data.get("error") else None))
+        changed = self.tracker.take_changed()
+        try:
+            self.alerts_for_gaps(changed)
+            self.alerts.flush(_now_ms())
+            self.store.apply_collector_batch(
+                [c.update(d) for d, c in changes.items()],
+                [self._state(d, b, t) for d, b, t in changed],
+                cursor=(self.cursor_name, f"{end.segment}:{end.offset}"),
+            )
+        except BaseException:
+            # Not stored: mark them changed again so the retry writes them.
+            self.tracker.mark_changed((d, b) for d, b, _ in changed)
+            raise
+        if gaps:
+            self.metrics.gaps.inc(gaps)
+
+    def alerts_for_gaps(self, changed: list[tuple[str, int, BootTrack]]) -> None:
+        for device_id, boot, track in changed:
+            if boot == self.current_boot.get(device_id):
+                self.alerts.on_gaps(device_id, track.gap_count, _now_ms())
+
+    @staticmethod
+    def _state(device_id: str, boot: int, track: BootTrack) -> SeqState:
+        return SeqState(device_id, boot, track.highest, track.received, track.duplicates,
+                        track.gap_count, track.ranges(), _now_ms())
+
+    def idle(self) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + self.HOUSEKEEPING_S
+        wall = _now_ms()
+        gaps = self.tracker.sweep(wall)
+        changed = self.tracker.take_changed()
+        silent = self.store.mark_silent_offline(wall)
+        for device_id in silent:
+            self.alerts.on_status(device_id, "offline", wall)
+        try:
+            self.alerts_for_gaps(changed)
+            self.alerts.flush(wall)
+            if changed:
+                self.store.apply_collector_batch([], [self._state(*c) for c in changed])
+        except BaseException:
+            self.tracker.mark_changed((d, b) for d, b, _ in changed)
+            raise
+        if gaps:
+            self.metrics.gaps.inc(gaps)
+        counts = self.store.device_counts_by_status()
+        self.metrics.devices_online.set(counts.get("online", 0))
+        self.metrics.alerts_active.set(len(self.store.open_alerts()))
+
+
+class SinkRunner(threading.Thread):
+    """Feeds one sink from the spool, retrying failed batches with back-off."""
+
+    def __init__(self, sink: Sink, spool: Spool, metrics: CollectorMetrics,
+                 wake: threading.Event, *, max_backoff_s: float = 10.0) -> None:
+        super().__init__(name=f"iotmeter-sink-{sink.name}", daemon=True)
+        self.sink = sink
+        self.spool = spool
+        self.metrics = metrics
+        self.wake = wake
+        self.max_backoff_s = max_backoff_s
+        self.cursor = spool.start()
+        self.loaded = threading.Event()
+        self.stopping = threading.Event()
+        self.drain_deadline = float("inf")
+        self.healthy = True
+        self.last_error: str | None = None
+
+    def run(self) -> None:
+        self.cursor = self._load()
+        backoff = 0.2
+        while not self._should_stop():
+            try:
+                records, end = self.sink.next_batch(self.spool, self.cursor)
+                if not records:
+                    self.cursor = end
+                    self.sink.idle()
+                    self._ok()
+                    if self.stopping.is_set():
+                        return  # caught up
+                    self.wake.wait(0.1)
+                    self.wake.clear()
+                    continue
+                started = time.perf_counter()
+                self.sink.write(records, end)
+                self.sink.save_cursor(end)
+                self.metrics.sink_latency.labels(self.sink.name).observe(
+                    time.perf_counter() - started)
+                self.metrics.sink_batch.labels(self.sink.name).observe(len(records))
+                self.cursor = end
+                self._ok()
+                backoff = 0.2
+            except Exception as exc:  # noqa: BLE001 - a sink must never die; it retries
+                self._failed(exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            finally:
+                self.metrics.sink_backlog.labels(self.sink.name).set(self.backlog_bytes())
+
+    def _load(self) -> Position:
+        backoff = 0.2
+        while not self._should_stop():
+            try:
+                cursor = self.spool.normalise(self.sink.load_cursor())
+                self.loaded.set()
+                return cursor
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+        return self.cursor
+
+    def _should_stop(self) -> bool:
+        return self.stopping.is_set() and time.monotonic() > self.drain_deadline
+
+    def _ok(self) -> None:
+        if not self.healthy:
+            log.info("sink recovered", extra={"event": "sink_recovered", "sink": self.sink.name})
+        self.healthy = True
+        self.last_error = None
+        self.metrics.sink_up.labels(self.sink.name).set(1)
+
+    def _failed(self, exc: Exception) -> None:
+        self.metrics.sink_failures.labels(self.sink.name).inc()
+        self.metrics.sink_up.labels(self.sink.name).set(0)
+        message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        if self.healthy or message != self.last_error:
+            level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
+            log.log(level, "sink write failed; will retry", exc_info=not isinstance(
+                exc, StoreError), extra={"event": "sink_failed", "sink": self.sink.name,
+                                         "error": message})
+        self.healthy = False
+        self.last_error = message
+
+    def stop(self, drain_s: float) -> None:
+        self.drain_deadline = time.monotonic() + drain_s
+        self.stopping.set()
+        self.wake.set()
+
+    def backlog_bytes(self) -> int:
+        cursor = self.spool.normalise(self.cursor)
+        total = 0
+        for segment in self.spool.segments():
+            if segment > cursor.segment:
+                total += self.spool.committed_size(segment)
+            elif segment == cursor.segment:
+                total += max(0, self.spool.committed_size(segment) - cursor.offset)
+        return total

@@ -1,0 +1,533 @@
+"""MQTT protocol v2: the one place that owns topics and envelopes.
+
+Pure functions over values, no I/O. `decode` turns what arrives on a topic into a validated
+`Message` or a `Rejection` carrying a machine-readable reason; it is on the collector's
+per-message path, so it is written for speed (one topic split, one json decode, telemetry
+checked inline) and it never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeGuard
+
+VERSION: Final = 2
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+TOPIC_ROOT: Final = "iot"
+
+DEVICE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+# device_type, fw_version, command_id, campaign_id and command names: short, printable tokens
+# that are safe as an InfluxDB tag, a database key and in a log line.
+LABEL_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
+_LABEL_RE = re.compile(LABEL_PATTERN)
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+# boot, seq and sizes must fit a signed 64-bit integer (PostgreSQL BIGINT, SQLite INTEGER,
+# an InfluxDB integer field); ts must be a time InfluxDB can store (nanoseconds in int64).
+MAX_COUNT: Final = 2**63 - 1
+MAX_TS_MS: Final = MAX_COUNT // 1_000_000
+# A JSON integer beyond this cannot become a float (telemetry is stored as floats).
+_FLOAT_MAX: Final = sys.float_info.max
+
+TELEMETRY: Final = "telemetry"
+HELLO: Final = "hello"
+STATUS: Final = "status"
+COMMAND_ACK: Final = "command_ack"
+OTA_STATUS: Final = "ota_status"
+
+# msg_type -> the topic suffix after iot/{device_id}/ (device -> server direction).
+DEVICE_TOPIC_SUFFIX: Final[dict[str, str]] = {
+    TELEMETRY: "telemetry",
+    HELLO: "hello",
+    STATUS: "status",
+    COMMAND_ACK: "command/ack",
+    OTA_STATUS: "ota/status",
+}
+_SUFFIX_TO_TYPE: Final = {suffix: kind for kind, suffix in DEVICE_TOPIC_SUFFIX.items()}
+MSG_TYPES: Final = frozenset(DEVICE_TOPIC_SUFFIX)
+
+COMMAND_SUFFIX: Final = "command"
+OTA_SUFFIX: Final = "ota"
+
+COMMAND_NAMES: Final = frozenset({"ping", "reboot", "set_interval", "set_config"})
+COMMAND_RESULTS: Final = frozenset({"accepted", "done", "rejected", "failed"})
+OTA_STATES: Final = frozenset(
+    {"downloading", "verifying", "installing", "rebooting", "done", "failed"}
+)
+STATUS_STATES: Final = frozenset({"online", "offline"})
+DEVICE_TYPES: Final = frozenset({"power_meter_dc", "power_meter_ac"})
+
+# Telemetry field names the time-series store already uses for something else (InfluxDB's
+# time column, the integer fields boot/seq, the tags), and the empty name line protocol
+# cannot carry. A meter sending one would collide with them, so it is a bad_field.
+RESERVED_TELEMETRY_FIELDS: Final = frozenset(
+    {"", "time", "boot", "seq", "device_id", "device_type"}
+)
+
+# Every reason a device -> server message can be rejected for, with what it means.
+# docs/protocol.md lists the same table; a test keeps the two in step.
+REJECTION_REASONS: Final[dict[str, str]] = {
+    "bad_topic": "the topic is not iot/{device_id}/{telemetry|hello|status|command/ack|ota/status}",
+    "too_large": f"the payload is over {MAX_PAYLOAD_BYTES} bytes",
+    "not_utf8": "the payload is not valid UTF-8",
+    "not_json": "the payload is not JSON",
+    "not_object": "the payload is JSON but not an object",
+    "bad_version": 'the "v" field is missing or not the integer 2',
+    "bad_device_id": 'the "device_id" field is missing or does not match the device id pattern',
+    "device_mismatch": 'the "device_id" field differs from the topic\'s device segment',
+    "type_mismatch": 'the "msg_type" field is missing, unknown, or does not match the topic',
+    "bad_seq": '"boot" or "seq" is missing (allowed on status only) or not an integer '
+    "0 .. 2^63-1",
+    "bad_ts": '"ts" is missing or not an integer of milliseconds 0 .. 9223372036854',
+    "bad_field": '"data" is missing or not an object, a field in it has the wrong type or '
+    "value, or the payload holds NaN/Infinity",
+    "unknown_device": "the device is not registered and auto-registration is off (collector)",
+}
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """A validated device -> server message. `raw` is the payload exactly as received.
+    `boot` and `seq` are None for status messages: they take no part in dedup or gaps."""
+
+    device_id: str
+    msg_type: str
+    boot: int | None
+    seq: int | None
+    ts: int
+    data: dict[str, Any]
+    raw: bytes = field(repr=False)
+
+
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    """Why a message was refused, with enough context to archive it under `_rejected/`."""
+
+    reason: str
+    detail: str
+    topic: str
+    raw: bytes = field(repr=False)
+    device_id: str | None = None
+
+
+def device_topic(device_id: str, msg_type: str) -> str:
+    """The topic a device publishes `msg_type` on."""
+    return f"{TOPIC_ROOT}/{device_id}/{DEVICE_TOPIC_SUFFIX[msg_type]}"
+
+
+def command_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{COMMAND_SUFFIX}"
+
+
+def ota_topic(device_id: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/{OTA_SUFFIX}"
+
+
+def collector_subscriptions(share_group: str | None = None) -> list[str]:
+    """The five device -> server topic filters, optionally as an MQTT shared subscription."""
+    filters = [f"{TOPIC_ROOT}/+/{suffix}" for suffix in DEVICE_TOPIC_SUFFIX.values()]
+    if share_group:
+        return [f"$share/{share_group}/{f}" for f in filters]
+    return filters
+
+
+def device_subscriptions(device_id: str) -> list[str]:
+    """What a device subscribes to: its command and OTA topics."""
+    return [command_topic(device_id), ota_topic(device_id)]
+
+
+def is_valid_device_id(device_id: str) -> bool:
+    return _DEVICE_ID_RE.fullmatch(device_id) is not None
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """(device_id, msg_type) for a device -> server topic, or None."""
+    parts = topic.split("/", 2)
+    if len(parts) != 3 or parts[0] != TOPIC_ROOT:
+        return None
+    kind = _SUFFIX_TO_TYPE.get(parts[2])
+    if kind is None or _DEVICE_ID_RE.fullmatch(parts[1]) is None:
+        return None
+    return parts[1], kind
+
+
+# Parsed device topics: a fleet publishes on a few topics each, over and over. Bounded so a
+# stream of distinct topics cannot grow it without end; only valid topics are kept.
+_TOPIC_CACHE: dict[str, tuple[str, str]] = {}
+_TOPIC_CACHE_MAX: Final = 1 << 16
+
+
+def _is_count(value: object, limit: int = MAX_COUNT) -> TypeGuard[int]:
+    # bool is an int subclass; True is not a sequence number.
+    return type(value) is int and 0 <= value <= limit
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    # Finite and representable as a float; NaN fails both comparisons.
+    kind = type(value)
+    return (kind is float or kind is int) and -_FLOAT_MAX <= value <= _FLOAT_MAX  # type: ignore[operator]
+
+
+def _is_label(value: object) -> bool:
+    return type(value) is str and _LABEL_RE.fullmatch(value) is not None
+
+
+def _show(value: object) -> str:
+    # Details are archived with the rejected payload; a 60 KiB repr helps no one.
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    # json accepts NaN/Infinity; the protocol does not. Raising here rejects the message as
+    # bad_field wherever the constant sits, before any of it is looked at.
+    raise _NonFinite(name)
+
+
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def decode(topic: str, payload: bytes) -> Message | Rejection:
+    """Validate one device -> server message. Never raises: any flaw is a Rejection."""
+    parsed = _TOPIC_CACHE.get(topic)
+    if parsed is None:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            detail = f"topic {_show(topic)} is not a device topic"
+            return Rejection("bad_topic", detail, topic, payload)
+        if len(_TOPIC_CACHE) >= _TOPIC_CACHE_MAX:
+            _TOPIC_CACHE.clear()
+        _TOPIC_CACHE[topic] = parsed
+    topic_device, msg_type = parsed
+
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        detail = f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}"
+        return Rejection("too_large", detail, topic, payload, topic_device)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        detail = f"invalid UTF-8 at byte {exc.start}"
+        return Rejection("not_utf8", detail, topic, payload, topic_device)
+    try:
+        obj = _decode_json(text)
+    except _NonFinite as exc:
+        detail = f"non-finite number {exc.args[0]}"
+        return Rejection("bad_field", detail, topic, payload, topic_device)
+    except (ValueError, RecursionError) as exc:
+        return Rejection("not_json", str(exc)[:200], topic, payload, topic_device)
+    if type(obj) is not dict:
+        detail = f"JSON {type(obj).__name__}, expected an object"
+        return Rejection("not_object", detail, topic, payload, topic_device)
+
+    v = obj.get("v")
+    if type(v) is not int or v != VERSION:
+        detail = f"v={_show(v)}, expected {VERSION}"
+        return Rejection("bad_version", detail, topic, payload, topic_device)
+    device_id = obj.get("device_id")
+    if device_id != topic_device:
+        # The topic's segment already matched the pattern, so equal means valid.
+        if type(device_id) is not str or _DEVICE_ID_RE.fullmatch(device_id) is None:
+            detail = f"device_id={_show(device_id)}"
+            return Rejection("bad_device_id", detail, topic, payload, topic_device)
+        detail = f"device_id {device_id!r} on a topic of {topic_device!r}"
+        return Rejection("device_mismatch", detail, topic, payload, topic_device)
+    if obj.get("msg_type") != msg_type:
+        detail = f"msg_type={_show(obj.get('msg_type'))} on a {msg_type} topic"
+        return Rejection("type_mismatch", detail, topic, payload, topic_device)
+
+    boot = obj.get("boot")
+    seq = obj.get("seq")
+    if not (
+        type(boot) is int and type(seq) is int and 0 <= boot <= MAX_COUNT and 0 <= seq <= MAX_COUNT
+    ) and (
+        # The Last Will is composed at connect time, so status may omit them; present, they
+        # must still be well formed.
+        msg_type != STATUS
+        or not (boot is None or _is_count(boot))
+        or not (seq is None or _is_count(seq))
+    ):
+        detail = f"boot={_show(boot)} seq={_show(seq)}"
+        return Rejection("bad_seq", detail, topic, payload, topic_device)
+    ts = obj.get("ts")
+    if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+        return Rejection("bad_ts", f"ts={_show(ts)}", topic, payload, topic_device)
+    data = obj.get("data")
+    if type(data) is not dict:
+        detail = f"data is {type(data).__name__}, expected an object"
+        return Rejection("bad_field", detail, topic, payload, topic_device)
+
+    problem: str | None = None
+    if msg_type == TELEMETRY:
+        # Inline: this loop runs for every field of every measurement.
+        for name, value in data.items():
+            kind = type(value)
+            if (kind is not float and kind is not int) or not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+                problem = f"data[{_show(name)}]={_show(value)} is not a finite number"
+                break
+        else:
+            if not data:
+                problem = "telemetry data is empty"
+            elif not RESERVED_TELEMETRY_FIELDS.isdisjoint(data):
+                taken = sorted(RESERVED_TELEMETRY_FIELDS.intersection(data))
+                problem = f"reserved field name(s) {taken}"
+    else:
+        problem = _DATA_CHECKS[msg_type](data)
+    # Control characters and lone surrogates can only arrive through a JSON escape.
+    if problem is None and "\\" in text:
+        problem = _text_problem(data, msg_type == TELEMETRY)
+    if problem is not None:
+        return Rejection("bad_field", problem, topic, payload, topic_device)
+
+    if msg_type == STATUS:
+        boot = seq = None
+    return Message(device_id, msg_type, boot, seq, ts, data, payload)
+
+
+def _text_problem(data: dict[str, Any], telemetry: bool) -> str | None:
+    """Strings a store cannot hold: lone surrogates (not encodable as UTF-8), NUL (refused by
+    PostgreSQL text) and, in telemetry field names, any control character (line protocol)."""
+    stack: list[Any] = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            for key, value in item.items():
+                if telemetry and _CONTROL_RE.search(key):
+                    return f"field name {_show(key)} holds a control character"
+                stack.append(key)
+                stack.append(value)
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is str:
+            if "\x00" in item:
+                return f"string {_show(item)} holds a NUL character"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"string {_show(item)} holds a lone surrogate"
+    return None
+
+
+def _check_hello(data: dict[str, Any]) -> str | None:
+    if not _is_label(data.get("device_type")):
+        return f"data.device_type={_show(data.get('device_type'))}"
+    if not _is_label(data.get("fw_version")):
+        return f"data.fw_version={_show(data.get('fw_version'))}"
+    heartbeat = data.get("heartbeat_s")
+    if not _is_number(heartbeat) or heartbeat <= 0:
+        return f"data.heartbeat_s={_show(heartbeat)}"
+    uptime = data.get("uptime_s")
+    if not _is_number(uptime) or uptime < 0:
+        return f"data.uptime_s={_show(uptime)}"
+    return None
+
+
+def _check_status(data: dict[str, Any]) -> str | None:
+    state = data.get("state")
+    # Type first: an unhashable value (a list) must not reach the set lookup.
+    if type(state) is not str or state not in STATUS_STATES:
+        return f"data.state={_show(state)}"
+    return None
+
+
+def _check_command_ack(data: dict[str, Any]) -> str | None:
+    if not _is_label(data.get("command_id")):
+        return f"data.command_id={_show(data.get('command_id'))}"
+    result = data.get("result")
+    if type(result) is not str or result not in COMMAND_RESULTS:
+        return f"data.result={_show(result)}"
+    detail = data.get("detail", "")
+    if type(detail) is not str:
+        return f"data.detail={_show(detail)}"
+    return None
+
+
+def _check_ota_status(data: dict[str, Any]) -> str | None:
+    if not _is_label(data.get("campaign_id")):
+        return f"data.campaign_id={_show(data.get('campaign_id'))}"
+    if not _is_label(data.get("fw_version")):
+        return f"data.fw_version={_show(data.get('fw_version'))}"
+    state = data.get("state")
+    if type(state) is not str or state not in OTA_STATES:
+        return f"data.state={_show(state)}"
+    progress = data.get("progress_pct", 0)
+    if not _is_number(progress) or not 0 <= progress <= 100:
+        return f"data.progress_pct={_show(progress)}"
+    error = data.get("error")
+    if error is not None and type(error) is not str:
+        return f"data.error={_show(error)}"
+    return None
+
+
+_DATA_CHECKS = {
+    HELLO: _check_hello,
+    STATUS: _check_status,
+    COMMAND_ACK: _check_command_ack,
+    OTA_STATUS: _check_ota_status,
+}
+
+
+def numeric_fields(data: dict[str, Any]) -> dict[str, float]:
+    """Telemetry values as floats: a JSON 750 becomes 750.0, so InfluxDB never meets a
+    field-type conflict."""
+    return {name: float(value) for name, value in data.items()}
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_device_message(
+    device_id: str,
+    msg_type: str,
+    data: dict[str, Any],
+    *,
+    ts: int,
+    boot: int | None = None,
+    seq: int | None = None,
+) -> bytes:
+    """A device -> server payload (used by the simulator and tests)."""
+    obj: dict[str, Any] = {"v": VERSION, "device_id": device_id, "msg_type": msg_type}
+    if boot is not None:
+        obj["boot"] = boot
+    if seq is not None:
+        obj["seq"] = seq
+    obj["ts"] = ts
+    obj["data"] = data
+    return _dumps(obj)
+
+
+def _envelope_problem(obj: dict[str, Any], id_key: str) -> str | None:
+    v = obj.get("v")
+    if type(v) is not int or v != VERSION:
+        return f"v={_show(v)}, expected {VERSION}"
+    if not _is_label(obj.get(id_key)):
+        return f"{id_key}={_show(obj.get(id_key))}"
+    ts, expires_ts = obj.get("ts"), obj.get("expires_ts")
+    if not _is_count(ts, MAX_TS_MS):
+        return f"ts={_show(ts)}"
+    if not _is_count(expires_ts, MAX_TS_MS) or expires_ts <= ts:
+        return f"expires_ts={_show(expires_ts)} is not after ts={ts}"
+    return None
+
+
+def _command_problem(obj: dict[str, Any]) -> str | None:
+    problem = _envelope_problem(obj, "command_id")
+    if problem is None and not _is_label(obj.get("name")):
+        problem = f"name={_show(obj.get('name'))}"
+    if problem is None and type(obj.get("params")) is not dict:
+        problem = f"params={_show(obj.get('params'))}, expected an object"
+    return problem
+
+
+def _ota_problem(obj: dict[str, Any]) -> str | None:
+    problem = _envelope_problem(obj, "campaign_id")
+    if problem is not None:
+        return problem
+    if not _is_label(obj.get("fw_version")):
+        return f"fw_version={_show(obj.get('fw_version'))}"
+    url = obj.get("url")
+    if type(url) is not str or not url.startswith(("https://", "http://")):
+        return f"url={_show(url)}, expected http(s)://..."
+    sha256 = obj.get("sha256")
+    if type(sha256) is not str or _SHA256_RE.fullmatch(sha256) is None:
+        return f"sha256={_show(sha256)}, expected 64 lowercase hex digits"
+    size = obj.get("size")
+    if not _is_count(size) or size == 0:
+        return f"size={_show(size)}, expected a byte count > 0"
+    return None
+
+
+def encode_command(
+    command_id: str, name: str, params: dict[str, Any], *, ts: int, expires_ts: int
+) -> bytes:
+    """A server -> device command on iot/{device_id}/command. Raises ValueError on a value
+    the protocol does not allow (unknown command name, expiry not after ts, ...)."""
+    obj = {
+        "v": VERSION,
+        "command_id": command_id,
+        "ts": ts,
+        "expires_ts": expires_ts,
+        "name": name,
+        "params": params,
+    }
+    problem = _command_problem(obj)
+    if problem is None and name not in COMMAND_NAMES:
+        problem = f"unknown command {name!r}; one of {sorted(COMMAND_NAMES)}"
+    if problem is not None:
+        raise ValueError(f"command: {problem}")
+    return _dumps(obj)
+
+
+def encode_ota_offer(
+    campaign_id: str,
+    *,
+    fw_version: str,
+    url: str,
+    sha256: str,
+    size: int,
+    ts: int,
+    expires_ts: int,
+) -> bytes:
+    """A server -> device firmware offer on iot/{device_id}/ota. Raises ValueError on a value
+    the protocol does not allow."""
+    obj = {
+        "v": VERSION,
+        "campaign_id": campaign_id,
+        "ts": ts,
+        "expires_ts": expires_ts,
+        "fw_version": fw_version,
+        "url": url,
+        "sha256": sha256,
+        "size": size,
+    }
+    problem = _ota_problem(obj)
+    if problem is not None:
+        raise ValueError(f"OTA offer: {problem}")
+    return _dumps(obj)
+
+
+@dataclass(slots=True, frozen=True)
+class ServerMessage:
+    """A server -> device message as a device reads it."""
+
+    kind: str  # "command" or "ota"
+    id: str  # command_id or campaign_id
+    ts: int
+    expires_ts: int
+    body: dict[str, Any]
+
+
+_SERVER_KINDS: Final = {
+    COMMAND_SUFFIX: ("command_id", _command_problem),
+    OTA_SUFFIX: ("campaign_id", _ota_problem),
+}
+
+
+def decode_server_message(topic: str, payload: bytes) -> ServerMessage | None:
+    """Parse a command or OTA offer on iot/{device_id}/command|ota; None if it is not a
+    well-formed one. Unknown command names pass: the device acks them `rejected`."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != TOPIC_ROOT or not is_valid_device_id(parts[1]):
+        return None
+    kind = _SERVER_KINDS.get(parts[2])
+    if kind is None or len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    id_key, check = kind
+    try:
+        obj = _decode_json(payload.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and _NonFinite included
+        return None
+    if type(obj) is not dict or check(obj) is not None:
+        return None
+    return ServerMessage(parts[2], obj[id_key], obj["ts"], obj["expires_ts"], obj)

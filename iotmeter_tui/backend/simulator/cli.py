@@ -1,0 +1,192 @@
+"""`iotmeter simulate`: the headless simulator. `run_simulate` is what the main CLI calls;
+`main` is the same with its own flags, for `python -m iotmeter_tui.backend.simulator`.
+
+SIGINT or SIGTERM stop it like a power-down with a hold-up supply: every device delivers what
+it holds, publishes a retained status offline and disconnects, and the state file is saved;
+exit 0. A second signal, or SIGKILL, is a power cut: the broker publishes the Last Wills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker
+from iotmeter_tui.backend.config import ConfigError, load_settings
+from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.simulator.faults import FaultSpec, FaultSpecError
+from iotmeter_tui.backend.simulator.fleet import (
+    DEFAULT_HEARTBEAT_S,
+    KINDS,
+    Fleet,
+    FleetStats,
+    raise_open_file_limit,
+)
+
+log = logging.getLogger("iotmeter_tui.backend.simulator")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+STATS_EVERY_S = 10.0
+
+
+def run_simulate(
+    devices: int,
+    rate: float,
+    kind: str = "mixed",
+    faults: str | None = None,
+    seed: int | None = None,
+    duration: float | None = None,
+    prefix: str = "",
+    mqtt_url: str | None = None,
+    home: str | Path | None = None,
+    *,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+) -> int:
+    """Simulate `devices` meters until SIGINT/SIGTERM or `duration` seconds; the exit code.
+    No `mqtt_url`: a private mosquitto is started and its URL logged. No `home`: the
+    configured IOTMETER_HOME."""
+    _ensure_logging()
+    try:
+        spec = FaultSpec.parse(faults)
+        if devices <= 0:
+            raise ValueError(f"--devices {devices} must be greater than 0")
+        if not rate > 0:
+            raise ValueError(f"--rate {rate} must be greater than 0")
+        if kind not in KINDS:
+            raise ValueError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
+        if duration is not None and not duration > 0:
+            raise ValueError(f"--duration {duration} must be greater than 0")
+        if not heartbeat_s > 0:
+            raise ValueError(f"heartbeat {heartbeat_s} s must be greater than 0")
+        address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
+        home_dir = Path(home) if home is not None else load_settings().home
+    except (FaultSpecError, ConfigError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+    seed = secrets.randbits(32) if seed is None else seed
+    try:
+        raise_open_file_limit(devices)
+        if address is not None:
+            return asyncio.run(_simulate(address, home_dir, devices, rate, kind, spec, seed,
+                                         duration, prefix, heartbeat_s))
+        with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
+                EmbeddedBroker(broker_dir) as broker:
+            log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
+            return asyncio.run(_simulate(BrokerAddress.parse(broker.url), home_dir, devices,
+                                         rate, kind, spec, seed, duration, prefix, heartbeat_s))
+    except BrokerError as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+    except IotmeterError as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+
+
+async def _simulate(
+    address: BrokerAddress, home: Path, devices: int, rate: float, kind: str, faults: FaultSpec,
+    seed: int, duration: float | None, prefix: str, heartbeat_s: float,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    fleet = Fleet(address, home, seed=seed, prefix=prefix, heartbeat_s=heartbeat_s,
+                  faults=faults)
+    await fleet.start()
+    try:
+        ids = await fleet.add(devices, kind, rate)
+        log.info("simulating %d %s meters (%s .. %s) at %g/s on %s, seed %d, faults %s",
+                 len(ids), kind, ids[0], ids[-1], rate, address.url, seed, faults)
+        deadline = None if duration is None else loop.time() + duration
+        while not stop.is_set():
+            wait = STATS_EVERY_S if deadline is None else min(STATS_EVERY_S,
+                                                              deadline - loop.time())
+            if wait <= 0:
+                break
+            try:
+                async with asyncio.timeout(wait):
+                    await stop.wait()
+            except TimeoutError:
+                log.info("%s", describe(fleet.stats()))
+    finally:
+        # From here a second signal is a power cut: the default handlers come back.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("stopping: powering %d devices down", len(fleet.devices))
+        await fleet.close(graceful=True)
+        log.info("stopped; %s", describe(fleet.stats()))
+    return 0
+
+
+def describe(stats: FleetStats) -> str:
+    """One log line of fleet figures."""
+    faults = ",".join(f"{k}={v}" for k, v in sorted(stats.faults.items())) or "none"
+    return (
+        f"devices={stats.devices} online={stats.online} acked/s={stats.acked_per_s:.1f} "
+        f"produced={stats.produced} acked={stats.acked} buffered={stats.buffered} "
+        f"buffer_dropped={stats.buffer_dropped} lost_at_power_off={stats.lost_at_power_off} "
+        f"reconnects={stats.connection_losses} connect_failures={stats.connect_failures} "
+        f"late_ticks={stats.late_ticks} faults={faults}"
+    )
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"iotmeter simulate: {message}", file=sys.stderr)
+    return code
+
+
+def _ensure_logging() -> None:
+    # The main CLI may have set logging up already; if not, figures go to stderr.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m iotmeter_tui.backend.simulator",
+        description="Simulate traction power meters over MQTT (see docs/simulator.md).",
+    )
+    parser.add_argument("--devices", type=int, default=10, metavar="N")
+    parser.add_argument("--rate", type=float, default=1.0, metavar="HZ",
+                        help="telemetry messages per second per device")
+    parser.add_argument("--kind", choices=KINDS, default="mixed")
+    parser.add_argument("--faults", metavar="SPEC", default=None,
+                        help="drop=P,dup=P,reorder=P,disconnect=P,malformed=P,clock_skew=S")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--mqtt-url", default=None,
+                        help="broker URL (default IOTMETER_MQTT_URL, else a private broker)")
+    parser.add_argument("--home", default=None, help="state directory (default IOTMETER_HOME)")
+    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
+                        metavar="SECONDS", help="seconds between hello heartbeats")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mqtt_url = args.mqtt_url
+    if mqtt_url is None:
+        try:
+            mqtt_url = load_settings().mqtt_url
+        except ConfigError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+    return run_simulate(
+        devices=args.devices, rate=args.rate, kind=args.kind, faults=args.faults,
+        seed=args.seed, duration=args.duration, prefix=args.prefix, mqtt_url=mqtt_url,
+        home=args.home, heartbeat_s=args.heartbeat,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

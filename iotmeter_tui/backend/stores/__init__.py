@@ -1,0 +1,57 @@
+"""The three stores behind their ports, opened together from the settings.
+
+Each port picks its adapter by the URL's scheme (CONTRACT section 2); everything above this
+package talks to the ports only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.stores.archive import ArchiveStore, open_archive
+from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore, open_timeseries
+
+
+def redact(url: str) -> str:
+    """A store URL without its password, for logs and the dashboard."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass
+class Stores:
+    metadata: MetadataStore
+    timeseries: TimeSeriesStore
+    archive: ArchiveStore
+    urls: tuple[str, str, str]
+
+    def describe(self) -> str:
+        return ", ".join(redact(u) for u in self.urls)
+
+    def close(self) -> None:
+        for store in (self.metadata, self.timeseries, self.archive):
+            store.close()
+
+
+def open_stores(settings: Settings) -> Stores:
+    """Open (and prepare: migrations, database, bucket) the three stores."""
+    metadata = open_metadata(settings.db_url)
+    try:
+        timeseries = open_timeseries(settings.tsdb_url, settings.influx_token)
+        archive = open_archive(
+            settings.archive_url,
+            s3_endpoint=settings.s3_endpoint,
+            s3_access_key=settings.s3_access_key,
+            s3_secret_key=settings.s3_secret_key,
+            s3_region=settings.s3_region,
+        )
+    except BaseException:
+        metadata.close()
+        raise
+    return Stores(metadata, timeseries, archive,
+                  (settings.db_url, settings.tsdb_url, settings.archive_url))

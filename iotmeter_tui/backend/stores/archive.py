@@ -1,0 +1,103 @@
+"""Raw-archive port: objects of NDJSON holding messages exactly as received.
+
+Adapters: `archive_s3.S3Archive` (any S3 server, via the minio SDK) and
+`archive_dir.DirectoryArchive` (a local directory, atomic writes). Both pass the same contract
+suite (tests/stores/test_archive_contract.py). `ArchiveWriter` (archive_writer.py) batches
+messages into objects; `ArchiveReader` streams them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+from iotmeter_tui.backend.errors import StoreRejected
+
+DEFAULT_BUCKET = "iot-data"
+REJECTED_PREFIX = "_rejected"
+FIRMWARE_PREFIX = "_firmware"
+MAX_KEY_BYTES = 1024
+
+
+class ArchiveStore(Protocol):
+    """Object storage by key. A key that `validate_key` refuses raises StoreRejected; failures
+    raise StoreUnavailable (worth retrying) or StoreRejected (not)."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write an object whole; a reader never sees half of it. Same key again overwrites."""
+
+    def get(self, key: str) -> bytes:
+        """An object's bytes. Raises KeyError when it does not exist."""
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under `prefix`, in lexical order."""
+
+    def delete(self, key: str) -> None:
+        """Remove an object; deleting a key that does not exist succeeds."""
+
+    def check(self) -> None:
+        """Raise StoreError when the store cannot be reached or used."""
+
+    def close(self) -> None: ...
+
+
+def validate_key(store: str, key: str) -> str:
+    """Return `key` if every adapter can hold it, else raise StoreRejected.
+
+    One rule for all adapters, so a key that works on S3 also works on a directory: non-empty
+    `/`-separated segments, none starting with `.` (that rules out `.` and `..` and leaves
+    dot-names to the directory adapter's temporary files), no backslash or NUL, at most 1024
+    bytes of UTF-8 (the S3 limit)."""
+    problem = _key_problem(key)
+    if problem is not None:
+        raise StoreRejected(store, f"invalid object key {key!r}: {problem}")
+    return key
+
+
+def _key_problem(key: str) -> str | None:
+    if not key:
+        return "empty"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"longer than {MAX_KEY_BYTES} bytes"
+    if "\\" in key or "\x00" in key:
+        return "contains a backslash or NUL"
+    for segment in key.split("/"):
+        if not segment:
+            return "empty path segment (leading, trailing or double '/')"
+        if segment.startswith("."):
+            return "a path segment starts with '.'"
+    return None
+
+
+def open_archive(
+    url: str,
+    *,
+    s3_endpoint: str | None = None,
+    s3_access_key: str | None = None,
+    s3_secret_key: str | None = None,
+    s3_region: str = "us-east-1",
+) -> ArchiveStore:
+    """The adapter for an archive URL: `s3://bucket` (with the S3 settings) or `file:///dir`.
+
+    Raises StoreRejected on a URL no adapter serves. Nothing is contacted here: the bucket or
+    directory is prepared on first use."""
+    # Imported here because both adapters import this module (the port, validate_key).
+    from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
+    from iotmeter_tui.backend.stores.archive_s3 import S3Archive
+
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise StoreRejected("archive", f"{url!r} is not file:///absolute/path")
+        return DirectoryArchive(url2pathname(unquote(parts.path)))
+    if parts.scheme == "s3":
+        if not parts.netloc or parts.path not in ("", "/"):
+            raise StoreRejected("archive", f"{url!r} is not s3://bucket (no path after the bucket)")
+        if not s3_endpoint:
+            raise StoreRejected("s3", "no S3 endpoint configured (IOTMETER_S3_ENDPOINT)")
+        return S3Archive(parts.netloc, s3_endpoint, s3_access_key, s3_secret_key, s3_region)
+    raise StoreRejected(
+        "archive", f"unsupported archive URL scheme in {url!r}; use s3:// or file://"
+    )

@@ -1,0 +1,188 @@
+"""Archive adapter over a local directory: one file per key, written atomically and durably.
+
+A key `a/b/c.ndjson` is the file `{root}/a/b/c.ndjson`. A write goes to a temporary dot-file in
+the target directory, is fsynced, renamed over the target and the directory fsynced, so a
+reader (or a crash) sees the old object or the new one, never half of one. Dot-names are never
+keys (see `validate_key`), so temporaries never show up in `list`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
+from iotmeter_tui.backend.stores.archive import validate_key
+
+STORE = "file"
+
+# Out of space and out of quota clear up when an operator frees space: worth retrying.
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Failures that a later attempt may not meet (busy device, network filesystem hiccups).
+_TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE})
+# put() retries this often when a concurrent delete() prunes the directory it is writing into.
+_PRUNE_RACE_ATTEMPTS = 3
+
+
+class DirectoryArchive:
+    """`ArchiveStore` on a directory tree; the root is created on first use."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = Path(root).absolute()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        for _ in range(_PRUNE_RACE_ATTEMPTS):
+            try:
+                self._make_dirs(path.parent)
+                self._write_atomically(path, data)
+                return
+            except FileNotFoundError:
+                continue  # delete() removed the directory, now empty, between the two steps
+            except OSError as exc:
+                raise self._translate(exc, "put", key) from exc
+        raise StoreUnavailable(STORE, f"put {key!r}: its directory kept disappearing")
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            # A directory at the path only holds longer keys; it is not this object.
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise self._translate(exc, "get", key) from exc
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        head, slash, _ = prefix.rpartition("/")
+        if slash:
+            try:
+                validate_key(STORE, head)
+            except StoreRejected:
+                return  # no valid key lies under an invalid directory such as '../'
+        yield from self._walk(self._root.joinpath(*head.split("/")), head + slash, prefix)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return  # deleting what is not there succeeds, as on S3
+        except OSError as exc:
+            raise self._translate(exc, "delete", key) from exc
+        self._prune_empty_dirs(path.parent)
+
+    def check(self) -> None:
+        """Create the root if needed, then prove a file can be created in it and space is left."""
+        try:
+            self._make_dirs(self._root)
+            fd, probe = tempfile.mkstemp(prefix=".check-", dir=self._root)
+            os.close(fd)
+            os.unlink(probe)
+            free = os.statvfs(self._root)
+        except OSError as exc:
+            raise self._translate(exc, "check", "") from exc
+        if free.f_bavail == 0:
+            raise StoreUnavailable(STORE, f"no space left under {self._root}")
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self._root.joinpath(*validate_key(STORE, key).split("/"))
+
+    def _make_dirs(self, directory: Path) -> None:
+        """mkdir -p, fsyncing each new directory's parent so the new entry survives a crash."""
+        missing: list[Path] = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for new in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a concurrent put() made it first
+                new.mkdir()
+            _fsync_dir(new.parent)
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fchmod(fd, 0o644)  # mkstemp makes 0600; archive files are for other tools too
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        _fsync_dir(path.parent)
+
+    def _walk(self, directory: Path, base: str, prefix: str) -> Iterator[str]:
+        """Keys under `directory` (whose keys start with `base`) that start with `prefix`.
+
+        Sorting each directory by its entries' key text, with '/' appended to subdirectories,
+        yields keys in the same lexical order as S3: 'a-c' sorts before 'a/b'."""
+        try:
+            with os.scandir(directory) as scan:
+                entries = [
+                    (base + e.name + ("/" if e.is_dir(follow_symlinks=False) else ""), e.path)
+                    for e in scan
+                    if not e.name.startswith(".")
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise self._translate(exc, "list", prefix) from exc
+        for key, path in sorted(entries):
+            if not key.endswith("/"):
+                if key.startswith(prefix):
+                    yield key
+            elif key.startswith(prefix) or prefix.startswith(key):
+                yield from self._walk(Path(path), key, prefix)
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        """Remove directories emptied by a delete, so old partitions do not pile up.
+
+        Not fsynced: an object or directory that comes back after a crash is harmless."""
+        while directory != self._root and self._root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return  # not empty (or already gone): nothing more to prune
+            directory = directory.parent
+
+    def _translate(self, exc: OSError, action: str, key: str) -> StoreError:
+        where = f"{action} {key!r} under {self._root}" if key else f"{action} {self._root}"
+        reason = exc.strerror or str(exc)
+        if exc.errno in _SPACE_ERRNOS:
+            return StoreUnavailable(
+                STORE, f"{where}: {reason}; writes succeed again once space is freed"
+            )
+        if exc.errno in _TRANSIENT_ERRNOS:
+            return StoreUnavailable(STORE, f"{where}: {reason}")
+        return StoreRejected(STORE, f"{where}: {reason}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

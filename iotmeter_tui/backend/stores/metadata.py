@@ -1,0 +1,347 @@
+"""Metadata port: the device registry, alerts, commands, sequence tracking and OTA campaigns.
+
+Adapters: `metadata_postgres` (PostgreSQL 15+, psycopg 3 pool) and `metadata_sqlite` (one file,
+WAL mode, safe for several processes). Both run the one implementation in `metadata_sql`, and both
+pass the same contract suite (tests/stores/test_metadata_contract.py). docs/stores-metadata.md
+describes every table and column for operators who query the database directly.
+
+Every timestamp, in the records below and in the database, is an integer count of milliseconds
+since the Unix epoch (UTC), stored as BIGINT: `last_seen`, `created_at`, `raised_at`, and so on.
+Errors are the project's own (`StoreUnavailable`: retry later; `StoreRejected`: will not succeed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+UNKNOWN: Final = "unknown"
+
+CONNECTION_STATUSES: Final = ("online", "offline", UNKNOWN)
+
+ALERT_STATES: Final = ("active", "acknowledged", "cleared")
+
+COMMAND_OPEN_STATES: Final = ("queued", "sent", "accepted")
+COMMAND_FINAL_STATES: Final = ("done", "rejected", "failed", "timed_out")
+COMMAND_STATES: Final = COMMAND_OPEN_STATES + COMMAND_FINAL_STATES
+
+# OTA target states are the device's reported ones plus the server's own; only the final
+# ones are enforced (no change after them), so the OTA service may add intermediate states.
+TARGET_FINAL_STATES: Final = ("done", "failed", "timed_out")
+
+# Columns list_devices may sort by: the dashboard passes user choices straight through.
+DEVICE_ORDER_COLUMNS: Final = (
+    "device_id",
+    "device_type",
+    "connection_status",
+    "fw_version",
+    "last_seen",
+    "boot",
+    "heartbeat_s",
+    "status_changed_at",
+    "created_at",
+)
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A registry row. `device_type` is 'unknown' until the device's first hello."""
+
+    device_id: str
+    device_type: str
+    connection_status: str  # online | offline | unknown
+    fw_version: str | None
+    last_seen: int | None  # newest message received, ms
+    boot: int | None
+    heartbeat_s: float | None
+    status_changed_at: int | None  # when connection_status last changed, ms
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    """What the collector learned about a device since its last batch.
+
+    None means "unchanged". `status_at` orders status changes (default: `last_seen`); it must
+    be on the same clock as `mark_silent_offline`'s `now_ms` (the collector's receive clock)."""
+
+    device_id: str
+    last_seen: int
+    device_type: str | None = None
+    fw_version: str | None = None
+    boot: int | None = None
+    heartbeat_s: float | None = None
+    connection_status: str | None = None
+    status_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeqState:
+    """Duplicate and gap accounting of one device boot. `gaps`: open missing seq ranges,
+    each (first, last) inclusive."""
+
+    device_id: str
+    boot: int
+    highest_seq: int
+    received: int
+    duplicates: int
+    missing: int
+    gaps: tuple[tuple[int, int], ...]
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: int
+    device_id: str
+    rule: str
+    severity: str
+    state: str  # active | acknowledged | cleared
+    value: float | None
+    message: str
+    raised_at: int
+    acknowledged_at: int | None
+    cleared_at: int | None
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: str
+    device_id: str
+    name: str
+    params: dict[str, Any]
+    state: str  # queued | sent | accepted | done | rejected | failed | timed_out
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    attempts: int = 0
+    result: str | None = None
+    detail: str | None = None
+    sent_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    version: str
+    size: int  # bytes
+    sha256: str  # hex
+    key: str  # where the image lives in the archive store
+    uploaded_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    id: str
+    fw_version: str
+    selector: str  # which devices, as the operator wrote it
+    batch_size: int
+    max_failures_pct: float
+    state: str
+    created_at: int
+    updated_at: int
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OtaTarget:
+    campaign_id: str
+    device_id: str
+    state: str  # 'pending' at creation
+    progress_pct: float | None
+    error: str | None
+    attempts: int
+    started_at: int | None
+    updated_at: int
+
+
+# --- the port -------------------------------------------------------------------------------
+
+
+class MetadataStore(Protocol):
+    """Every method may raise StoreUnavailable (retry later) or StoreRejected.
+
+    The schema is migrated on first use (or by `migrate()`), so a store can be opened while
+    its database is down and start working when it comes back."""
+
+    # -- schema
+    def migrate(self) -> list[int]:
+        """Apply pending migrations (safe when several processes start at once); returns the
+        versions applied by this call."""
+
+    def schema_version(self) -> int:
+        """Highest applied migration version."""
+
+    # -- collector side: each call is one transaction
+    def apply_collector_batch(
+        self,
+        devices: Sequence[DeviceUpdate],
+        seq_states: Sequence[SeqState],
+        cursor: tuple[str, str] | None = None,
+    ) -> None:
+        """Upsert devices (in order; last_seen only grows; a status only replaces an older
+        one), upsert seq states by (device_id, boot), and store the cursor."""
+
+    def get_cursor(self, name: str) -> str | None: ...
+
+    def load_seq_states(self, device_ids: Iterable[str] | None = None) -> list[SeqState]:
+        """Every stored boot of the given devices (all devices when None)."""
+
+    def device_types(self) -> dict[str, str]:
+        """device_id -> device_type of every registered device."""
+
+    def mark_silent_offline(self, now_ms: int, factor: float = 3.0) -> list[str]:
+        """Online devices silent for more than factor * heartbeat_s become offline."""
+
+    # -- registry / dashboard
+    def get_device(self, device_id: str) -> Device | None: ...
+
+    def list_devices(
+        self,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        device_type: str | None = None,
+        order_by: str = "device_id",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Device]:
+        """A page of devices. `search` is a case-insensitive substring of the id, type or
+        firmware version; `order_by` one of DEVICE_ORDER_COLUMNS (ValueError otherwise)."""
+
+    def count_devices(
+        self,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        device_type: str | None = None,
+    ) -> int: ...
+
+    def device_counts_by_status(self) -> dict[str, int]:
+        """Devices per connection status; every status in CONNECTION_STATUSES is present."""
+
+    def get_config(self, device_id: str) -> dict[str, Any]: ...
+
+    def set_config(self, device_id: str, key: str, value: Any) -> None:
+        """Store one JSON-serialisable setting of a device."""
+
+    # -- alerts: at most one active-or-acknowledged alert per (device, rule)
+    def raise_alert(
+        self,
+        device_id: str,
+        rule: str,
+        severity: str,
+        value: float | None,
+        message: str,
+        at: int,
+    ) -> tuple[Alert, bool]:
+        """The open alert of (device, rule), refreshed, or a new one; True when new."""
+
+    def clear_alert(self, alert_id: int, at: int) -> bool:
+        """True when the alert was open and is now cleared."""
+
+    def acknowledge_alert(self, alert_id: int, at: int) -> bool:
+        """True when the alert was active and is now acknowledged."""
+
+    def clear_alerts_for(self, device_id: str, rule: str, at: int) -> list[int]: ...
+
+    def open_alerts(self, device_id: str | None = None) -> list[Alert]: ...
+
+    def list_alerts(
+        self, *, state: str | None = None, device_id: str | None = None, limit: int = 500
+    ) -> list[Alert]:
+        """Newest first."""
+
+    # -- commands
+    def create_command(self, cmd: Command) -> None:
+        """StoreRejected when the id exists."""
+
+    def get_command(self, command_id: str) -> Command | None: ...
+
+    def list_commands(
+        self, *, device_id: str | None = None, state: str | None = None, limit: int = 500
+    ) -> list[Command]:
+        """Newest first."""
+
+    def update_command(
+        self,
+        command_id: str,
+        *,
+        state: str,
+        at: int,
+        result: str | None = None,
+        detail: str | None = None,
+        sent: bool = False,
+    ) -> bool:
+        """Move a command on; a final state never changes again. `sent` records a delivery
+        attempt (sent_at, attempts + 1). True when the command changed."""
+
+    def pending_commands(self, device_id: str | None = None) -> list[Command]:
+        """Commands not in a final state, oldest first."""
+
+    # -- OTA
+    def add_firmware(self, fw: Firmware) -> None:
+        """StoreRejected when the version exists."""
+
+    def get_firmware(self, version: str) -> Firmware | None: ...
+
+    def list_firmware(self) -> list[Firmware]:
+        """Newest upload first."""
+
+    def create_campaign(self, c: Campaign, device_ids: Sequence[str]) -> None:
+        """The campaign and one 'pending' target per device, in one transaction."""
+
+    def get_campaign(self, campaign_id: str) -> Campaign | None: ...
+
+    def list_campaigns(self, limit: int = 100) -> list[Campaign]:
+        """Newest first."""
+
+    def update_campaign(
+        self, campaign_id: str, *, state: str, at: int, detail: str | None = None
+    ) -> bool: ...
+
+    def list_targets(self, campaign_id: str) -> list[OtaTarget]: ...
+
+    def update_target(
+        self,
+        campaign_id: str,
+        device_id: str,
+        *,
+        state: str,
+        at: int,
+        progress_pct: float | None = None,
+        error: str | None = None,
+        started: bool = False,
+    ) -> bool:
+        """Like update_command: no change after a final state; `started` records an attempt."""
+
+    # -- lifecycle
+    def check(self) -> None:
+        """Raise StoreError when the store cannot be reached or used."""
+
+    def close(self) -> None: ...
+
+
+def open_metadata(url: str, *, timeout_s: float | None = None) -> MetadataStore:
+    """The metadata store the URL names: postgresql://... / postgres://... or sqlite:///path.
+
+    Nothing is connected yet; the first call connects and migrates. `timeout_s` bounds how
+    long a call waits for the database before raising StoreUnavailable (default: 5 s for
+    PostgreSQL, 10 s of SQLite busy-waiting for another process's write lock)."""
+    scheme = urlsplit(url).scheme
+    # Imported here: the SQLite path must not need psycopg, and the adapters import this module.
+    if scheme in ("postgresql", "postgres"):
+        from iotmeter_tui.backend.stores.metadata_postgres import open_postgres_metadata
+
+        return open_postgres_metadata(url, timeout_s=timeout_s)
+    if scheme == "sqlite":
+        from iotmeter_tui.backend.stores.metadata_sqlite import open_sqlite_metadata
+
+        return open_sqlite_metadata(url, timeout_s=timeout_s)
+    raise ValueError(f"unsupported metadata store URL scheme {scheme or 'none'!r}")

@@ -1,0 +1,983 @@
+"""The one SQL implementation of the metadata port, shared by the PostgreSQL and SQLite adapters.
+
+Queries are portable SQL (upserts with ON CONFLICT, RETURNING, partial indexes, NULLS LAST)
+written with `:name` placeholders; an `SqlBackend` supplies connections, transactions, the
+placeholder style, the few DDL type differences and the lock that serialises migrations. All
+timestamps are BIGINT milliseconds since the Unix epoch (UTC).
+
+The schema is a list of numbered, forward-only `Migration`s. `migrate()` applies each missing
+one in its own transaction holding the backend's migration lock, so processes starting at
+once wait for each other instead of racing; `schema_migrations` records what was applied.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Protocol
+
+from iotmeter_tui.backend.errors import StoreRejected, StoreUnavailable
+from iotmeter_tui.backend.stores.metadata import (
+    ALERT_STATES,
+    COMMAND_FINAL_STATES,
+    COMMAND_OPEN_STATES,
+    COMMAND_STATES,
+    CONNECTION_STATUSES,
+    DEVICE_ORDER_COLUMNS,
+    TARGET_FINAL_STATES,
+    UNKNOWN,
+    Alert,
+    Campaign,
+    Command,
+    Device,
+    DeviceUpdate,
+    Firmware,
+    OtaTarget,
+    SeqState,
+)
+
+Params = Mapping[str, Any]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- what a backend provides ----------------------------------------------------------------
+
+
+class Cursor(Protocol):
+    """The DB-API subset both drivers share (sqlite3.Cursor, psycopg.Cursor)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Params, /) -> Any: ...
+
+    def executemany(self, sql: str, params: Iterable[Params], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class SqlBackend(Protocol):
+    """A dialect plus its connections. `transaction` translates driver errors into
+    StoreUnavailable/StoreRejected and commits on success, rolls back on any exception."""
+
+    @property
+    def name(self) -> str:
+        """Names the store in error messages: "postgresql" | "sqlite"."""
+
+    @property
+    def ddl_types(self) -> Mapping[str, str]:
+        """Fills the {serial}, {json} and {key} tokens of migrations."""
+
+    def placeholders(self, sql: str) -> str:
+        """`:name` placeholders -> the driver's style."""
+
+    def transaction(self, *, write: bool) -> AbstractContextManager[Cursor]: ...
+
+    def lock_migrations(self, cursor: Cursor) -> None:
+        """Inside the migration transaction: wait until no other process migrates."""
+
+    def close(self) -> None: ...
+
+
+class _Tx:
+    """A transaction's cursor with the placeholder translation applied."""
+
+    __slots__ = ("_cursor", "_sql")
+
+    def __init__(self, cursor: Cursor, translate: Callable[[str], str]) -> None:
+        self._cursor = cursor
+        self._sql = translate
+
+    def run(self, sql: str, params: Params | None = None) -> int:
+        self._cursor.execute(self._sql(sql), params or {})
+        return self._cursor.rowcount
+
+    def many(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            self._cursor.executemany(self._sql(sql), rows)
+
+    def one(self, sql: str, params: Params | None = None) -> Any:
+        self._cursor.execute(self._sql(sql), params or {})
+        return self._cursor.fetchone()
+
+    def all(self, sql: str, params: Params | None = None) -> list[Any]:
+        self._cursor.execute(self._sql(sql), params or {})
+        return self._cursor.fetchall()
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward-only schema step, applied in one transaction together with the
+    `schema_migrations` row that records it. Never edit a released step: add a new one."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...] = field(repr=False)
+
+
+def _in(values: Iterable[str]) -> str:
+    """A SQL list of our own constants (never user input) for CHECKs and guards."""
+    return ", ".join(f"'{value}'" for value in values)
+
+
+MIGRATIONS_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+)
+
+# {key}: identifiers and enums, compared byte-wise in both dialects so that sorting and
+# paging give the same order (PostgreSQL's locale collations ignore punctuation).
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "initial schema",
+        (
+            f"""CREATE TABLE devices (
+            device_id {{key}} PRIMARY KEY,
+            device_type {{key}} NOT NULL DEFAULT '{UNKNOWN}',
+            connection_status {{key}} NOT NULL DEFAULT '{UNKNOWN}'
+                CHECK (connection_status IN ({_in(CONNECTION_STATUSES)})),
+            fw_version {{key}},
+            last_seen BIGINT,
+            boot BIGINT,
+            heartbeat_s DOUBLE PRECISION,
+            status_changed_at BIGINT,
+            created_at BIGINT NOT NULL)""",
+            "CREATE INDEX devices_connection_status_idx ON devices (connection_status)",
+            "CREATE INDEX devices_last_seen_idx ON devices (last_seen)",
+            "CREATE INDEX devices_device_type_idx ON devices (device_type)",
+            """CREATE TABLE device_configs (
+            device_id {key} NOT NULL,
+            key {key} NOT NULL,
+            value {json} NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (device_id, key))""",
+            """CREATE TABLE collector_cursors (
+            name {key} PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at BIGINT NOT NULL)""",
+            """CREATE TABLE device_seq_tracking (
+            device_id {key} NOT NULL,
+            boot BIGINT NOT NULL,
+            highest_seq BIGINT NOT NULL,
+            received BIGINT NOT NULL,
+            duplicates BIGINT NOT NULL,
+            missing BIGINT NOT NULL,
+            gaps {json} NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (device_id, boot))""",
+            f"""CREATE TABLE device_alerts (
+            id {{serial}},
+            device_id {{key}} NOT NULL,
+            rule {{key}} NOT NULL,
+            severity {{key}} NOT NULL,
+            state {{key}} NOT NULL CHECK (state IN ({_in(ALERT_STATES)})),
+            value DOUBLE PRECISION,
+            message TEXT NOT NULL,
+            raised_at BIGINT NOT NULL,
+            acknowledged_at BIGINT,
+            cleared_at BIGINT,
+            updated_at BIGINT NOT NULL)""",
+            # The rule "one open alert per device and rule" lives in the database, so two
+            # collectors raising the same alert at once cannot both insert.
+            "CREATE UNIQUE INDEX device_alerts_open_uq ON device_alerts (device_id, rule)"
+            " WHERE state <> 'cleared'",
+            "CREATE INDEX device_alerts_state_idx ON device_alerts (state, raised_at)",
+            "CREATE INDEX device_alerts_device_idx ON device_alerts (device_id, raised_at)",
+            f"""CREATE TABLE device_commands (
+            id {{key}} PRIMARY KEY,
+            device_id {{key}} NOT NULL,
+            name {{key}} NOT NULL,
+            params {{json}} NOT NULL,
+            state {{key}} NOT NULL CHECK (state IN ({_in(COMMAND_STATES)})),
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            detail TEXT,
+            sent_at BIGINT)""",
+            "CREATE INDEX device_commands_state_idx ON device_commands (state, created_at)",
+            "CREATE INDEX device_commands_device_idx ON device_commands (device_id, created_at)",
+            "CREATE INDEX device_commands_created_idx ON device_commands (created_at)",
+            """CREATE TABLE ota_firmware (
+            version {key} PRIMARY KEY,
+            size BIGINT NOT NULL CHECK (size >= 0),
+            sha256 TEXT NOT NULL,
+            key TEXT NOT NULL,
+            uploaded_at BIGINT NOT NULL)""",
+            """CREATE TABLE ota_campaigns (
+            id {key} PRIMARY KEY,
+            fw_version {key} NOT NULL REFERENCES ota_firmware (version),
+            selector TEXT NOT NULL,
+            batch_size INTEGER NOT NULL CHECK (batch_size > 0),
+            max_failures_pct DOUBLE PRECISION NOT NULL
+                CHECK (max_failures_pct >= 0 AND max_failures_pct <= 100),
+            state {key} NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            detail TEXT)""",
+            "CREATE INDEX ota_campaigns_created_idx ON ota_campaigns (created_at)",
+            # The primary key (campaign_id first) is the "targets by campaign" index.
+            """CREATE TABLE ota_targets (
+            campaign_id {key} NOT NULL REFERENCES ota_campaigns (id) ON DELETE CASCADE,
+            device_id {key} NOT NULL,
+            state {key} NOT NULL,
+            progress_pct DOUBLE PRECISION,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            started_at BIGINT,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (campaign_id, device_id))""",
+            "CREATE INDEX ota_targets_device_idx ON ota_targets (device_id)",
+        ),
+    ),
+)
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)) or (versions and versions[0] < 1):
+        raise ValueError(f"migration versions must be positive and increasing: {versions}")
+
+
+_check_migrations(MIGRATIONS)
+
+
+# --- rows <-> records -----------------------------------------------------------------------
+
+
+def _columns(record: type) -> str:
+    return ", ".join(f.name for f in fields(record))
+
+
+DEVICE_COLUMNS: Final = _columns(Device)
+SEQ_COLUMNS: Final = _columns(SeqState)
+ALERT_COLUMNS: Final = _columns(Alert)
+COMMAND_COLUMNS: Final = _columns(Command)
+FIRMWARE_COLUMNS: Final = _columns(Firmware)
+CAMPAIGN_COLUMNS: Final = _columns(Campaign)
+TARGET_COLUMNS: Final = _columns(OtaTarget)
+
+
+def _seq_state(row: Sequence[Any]) -> SeqState:
+    device_id, boot, highest_seq, received, duplicates, missing, gaps, updated_at = row
+    return SeqState(
+        device_id,
+        boot,
+        highest_seq,
+        received,
+        duplicates,
+        missing,
+        tuple((int(first), int(last)) for first, last in json.loads(gaps)),
+        updated_at,
+    )
+
+
+def _alert(row: Sequence[Any]) -> Alert:
+    alert = Alert(*row)
+    if alert.value is None or isinstance(alert.value, float):
+        return alert
+    # SQLite's RETURNING hands back a REAL column's integral value as an int.
+    return replace(alert, value=float(alert.value))
+
+
+def _command(row: Sequence[Any]) -> Command:
+    (
+        command_id,
+        device_id,
+        name,
+        params,
+        state,
+        created_at,
+        updated_at,
+        expires_at,
+        attempts,
+        result,
+        detail,
+        sent_at,
+    ) = row
+    return Command(
+        command_id,
+        device_id,
+        name,
+        json.loads(params),
+        state,
+        created_at,
+        updated_at,
+        expires_at,
+        attempts,
+        result,
+        detail,
+        sent_at,
+    )
+
+
+def _device_row(update: DeviceUpdate, now: int) -> dict[str, Any]:
+    # A status without a time is as old as the message that carried it.
+    status_at = None
+    if update.connection_status is not None:
+        status_at = update.status_at if update.status_at is not None else update.last_seen
+    return {
+        "device_id": update.device_id,
+        "device_type": update.device_type or UNKNOWN,
+        "connection_status": update.connection_status or UNKNOWN,
+        "fw_version": update.fw_version,
+        "last_seen": update.last_seen,
+        "boot": update.boot,
+        "heartbeat_s": update.heartbeat_s,
+        "status_changed_at": status_at,
+        "created_at": now,
+    }
+
+
+def _by_device(update: DeviceUpdate) -> str:
+    return update.device_id
+
+
+def _seq_row(state: SeqState) -> dict[str, Any]:
+    return {
+        "device_id": state.device_id,
+        "boot": state.boot,
+        "highest_seq": state.highest_seq,
+        "received": state.received,
+        "duplicates": state.duplicates,
+        "missing": state.missing,
+        "gaps": json.dumps([list(gap) for gap in state.gaps]),
+        "updated_at": state.updated_at,
+    }
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# --- statements -----------------------------------------------------------------------------
+
+# A status replaces the stored one only if it is not older (a Last Will delivered late must
+# not turn a device that came back online offline again). excluded.status_changed_at is NULL
+# when the update carries no status, which makes the comparison NULL, i.e. false.
+_NEWER_STATUS: Final = (
+    "excluded.status_changed_at >= COALESCE(devices.status_changed_at, excluded.status_changed_at)"
+)
+UPSERT_DEVICE: Final = f"""
+    INSERT INTO devices ({DEVICE_COLUMNS})
+    VALUES (:device_id, :device_type, :connection_status, :fw_version, :last_seen, :boot,
+            :heartbeat_s, :status_changed_at, :created_at)
+    ON CONFLICT (device_id) DO UPDATE SET
+        device_type = CASE WHEN excluded.device_type = '{UNKNOWN}' THEN devices.device_type
+                           ELSE excluded.device_type END,
+        fw_version = COALESCE(excluded.fw_version, devices.fw_version),
+        last_seen = CASE WHEN devices.last_seen IS NULL OR excluded.last_seen > devices.last_seen
+                         THEN excluded.last_seen ELSE devices.last_seen END,
+        boot = COALESCE(excluded.boot, devices.boot),
+        heartbeat_s = COALESCE(excluded.heartbeat_s, devices.heartbeat_s),
+        connection_status = CASE WHEN {_NEWER_STATUS}
+                                 THEN excluded.connection_status
+                                 ELSE devices.connection_status END,
+        status_changed_at = CASE WHEN {_NEWER_STATUS}
+                                 THEN excluded.status_changed_at
+                                 ELSE devices.status_changed_at END"""
+
+UPSERT_SEQ: Final = f"""
+    INSERT INTO device_seq_tracking ({SEQ_COLUMNS})
+    VALUES (:device_id, :boot, :highest_seq, :received, :duplicates, :missing, :gaps,
+            :updated_at)
+    ON CONFLICT (device_id, boot) DO UPDATE SET
+        highest_seq = excluded.highest_seq, received = excluded.received,
+        duplicates = excluded.duplicates, missing = excluded.missing, gaps = excluded.gaps,
+        updated_at = excluded.updated_at"""
+
+UPSERT_CURSOR: Final = """
+    INSERT INTO collector_cursors (name, value, updated_at) VALUES (:name, :value, :at)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+
+MARK_SILENT_OFFLINE: Final = """
+    UPDATE devices SET connection_status = 'offline', status_changed_at = :now
+    WHERE connection_status = 'online' AND heartbeat_s IS NOT NULL
+      AND last_seen < :now - :factor * heartbeat_s * 1000
+      AND (status_changed_at IS NULL OR status_changed_at <= :now)
+    RETURNING device_id"""
+
+UPSERT_CONFIG: Final = """
+    INSERT INTO device_configs (device_id, key, value, updated_at)
+    VALUES (:device_id, :key, :value, :at)
+    ON CONFLICT (device_id, key) DO UPDATE SET
+        value = excluded.value, updated_at = excluded.updated_at"""
+
+INSERT_ALERT: Final = f"""
+    INSERT INTO device_alerts (device_id, rule, severity, state, value, message, raised_at,
+                               updated_at)
+    VALUES (:device_id, :rule, :severity, 'active', :value, :message, :at, :at)
+    ON CONFLICT (device_id, rule) WHERE state <> 'cleared' DO NOTHING
+    RETURNING {ALERT_COLUMNS}"""
+
+REFRESH_ALERT: Final = f"""
+    UPDATE device_alerts SET severity = :severity, value = :value, message = :message,
+                             updated_at = :at
+    WHERE device_id = :device_id AND rule = :rule AND state <> 'cleared'
+    RETURNING {ALERT_COLUMNS}"""
+
+UPDATE_COMMAND: Final = f"""
+    UPDATE device_commands SET
+        state = :state, updated_at = :at,
+        result = COALESCE(:result, result), detail = COALESCE(:detail, detail),
+        sent_at = COALESCE(:sent_at, sent_at), attempts = attempts + :attempt
+    WHERE id = :id AND state NOT IN ({_in(COMMAND_FINAL_STATES)})"""
+
+# A new attempt starts clean: the previous attempt's error and progress do not carry over.
+UPDATE_TARGET: Final = f"""
+    UPDATE ota_targets SET
+        state = :state, updated_at = :at,
+        progress_pct = CASE WHEN :attempt = 1 THEN :progress_pct
+                            ELSE COALESCE(:progress_pct, progress_pct) END,
+        error = CASE WHEN :attempt = 1 THEN :error ELSE COALESCE(:error, error) END,
+        started_at = COALESCE(:started_at, started_at), attempts = attempts + :attempt
+    WHERE campaign_id = :campaign_id AND device_id = :device_id
+      AND state NOT IN ({_in(TARGET_FINAL_STATES)})"""
+
+# LIMIT takes a number in both dialects; "no limit" is spelled as a very large one.
+_NO_LIMIT: Final = 2**62
+_ALERT_RACE_ATTEMPTS: Final = 5
+_IN_CHUNK: Final = 500  # ids per IN (...) list, well under both drivers' parameter limits
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class SqlMetadataStore:
+    """MetadataStore over any SqlBackend. Thread-safe as far as the backend's transactions are
+    (both adapters hand each transaction its own connection)."""
+
+    def __init__(
+        self,
+        backend: SqlBackend,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        _check_migrations(migrations)
+        self._backend = backend
+        self._migrations = tuple(migrations)
+        self._clock = clock
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._backend.name
+
+    # -- schema
+
+    def migrate(self) -> list[int]:
+        with self._migrate_lock:
+            return self._migrate()
+
+    def _migrate(self) -> list[int]:
+        done: list[int] = []
+        while (applied := self._apply_next()) is not None:
+            done.append(applied)
+        self._migrated = True
+        return done
+
+    def _apply_next(self) -> int | None:
+        """Apply the lowest pending migration in its own transaction, under the migration
+        lock; None when there is none. A failed step leaves the earlier ones in place."""
+        step: Migration | None = None
+        try:
+            with self._backend.transaction(write=True) as cursor:
+                tx = _Tx(cursor, self._backend.placeholders)
+                self._backend.lock_migrations(cursor)
+                tx.run(MIGRATIONS_TABLE)
+                applied = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
+                self._refuse_newer_schema(applied)
+                step = next((m for m in self._migrations if m.version not in applied), None)
+                if step is not None:
+                    self._apply(tx, step)
+        except StoreRejected as exc:
+            if step is None:
+                raise
+            reason = str(exc).removeprefix(f"{exc.store}: ")
+            raise StoreRejected(
+                self.name, f"migration {step.version} ({step.description}) failed: {reason}"
+            ) from exc
+        return None if step is None else step.version
+
+    def _refuse_newer_schema(self, applied: set[int]) -> None:
+        newest = max(applied, default=0)
+        known = self._migrations[-1].version if self._migrations else 0
+        if newest > known:
+            raise StoreRejected(
+                self.name,
+                f"the database schema is at version {newest}, newer than this iotmeter "
+                f"knows ({known}); upgrade iotmeter",
+            )
+
+    def _apply(self, tx: _Tx, migration: Migration) -> None:
+        for statement in migration.statements:
+            tx.run(statement.format_map(self._backend.ddl_types))
+        tx.run(
+            "INSERT INTO schema_migrations (version, description, applied_at)"
+            " VALUES (:version, :description, :at)",
+            {
+                "version": migration.version,
+                "description": migration.description,
+                "at": self._clock(),
+            },
+        )
+
+    def schema_version(self) -> int:
+        with self._tx() as tx:
+            return int(tx.one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0])
+
+    @contextmanager
+    def _tx(self, *, write: bool = False) -> Iterator[_Tx]:
+        if not self._migrated:
+            # First use: the schema is prepared here, so opening a store never needs the DB.
+            with self._migrate_lock:
+                if not self._migrated:
+                    self._migrate()
+        with self._backend.transaction(write=write) as cursor:
+            yield _Tx(cursor, self._backend.placeholders)
+
+    # -- collector side
+
+    def apply_collector_batch(
+        self,
+        devices: Sequence[DeviceUpdate],
+        seq_states: Sequence[SeqState],
+        cursor: tuple[str, str] | None = None,
+    ) -> None:
+        now = self._clock()
+        # Rows are locked in device order, so two collectors sharing the load cannot deadlock
+        # on each other's batches; the sort is stable, so several updates of one device still
+        # apply in the order given. One executemany per statement kind.
+        device_rows = [_device_row(u, now) for u in sorted(devices, key=_by_device)]
+        seq_rows = [_seq_row(s) for s in sorted(seq_states, key=lambda s: (s.device_id, s.boot))]
+        with self._tx(write=True) as tx:
+            tx.many(UPSERT_DEVICE, device_rows)
+            tx.many(UPSERT_SEQ, seq_rows)
+            if cursor is not None:
+                tx.run(UPSERT_CURSOR, {"name": cursor[0], "value": cursor[1], "at": now})
+
+    def get_cursor(self, name: str) -> str | None:
+        with self._tx() as tx:
+            row = tx.one("SELECT value FROM collector_cursors WHERE name = :name", {"name": name})
+        return None if row is None else str(row[0])
+
+    def load_seq_states(self, device_ids: Iterable[str] | None = None) -> list[SeqState]:
+        select = f"SELECT {SEQ_COLUMNS} FROM device_seq_tracking"
+        with self._tx() as tx:
+            if device_ids is None:
+                rows = tx.all(select)
+            else:
+                rows = []
+                ids = list(dict.fromkeys(device_ids))
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start : start + _IN_CHUNK]
+                    names = {f"d{i}": device_id for i, device_id in enumerate(chunk)}
+                    in_list = ", ".join(f":{name}" for name in names)
+                    rows += tx.all(f"{select} WHERE device_id IN ({in_list})", names)
+        return sorted((_seq_state(row) for row in rows), key=lambda s: (s.device_id, s.boot))
+
+    def device_types(self) -> dict[str, str]:
+        with self._tx() as tx:
+            return dict(tx.all("SELECT device_id, device_type FROM devices"))
+
+    def mark_silent_offline(self, now_ms: int, factor: float = 3.0) -> list[str]:
+        with self._tx(write=True) as tx:
+            rows = tx.all(MARK_SILENT_OFFLINE, {"now": now_ms, "factor": float(factor)})
+        return sorted(row[0] for row in rows)
+
+    # -- registry / dashboard
+
+    def get_device(self, device_id: str) -> Device | None:
+        with self._tx() as tx:
+            row = tx.one(
+                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = :id", {"id": device_id}
+            )
+        return None if row is None else Device(*row)
+
+    def list_devices(
+        self,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        device_type: str | None = None,
+        order_by: str = "device_id",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Device]:
+        where, params = _device_filter(search, status, device_type)
+        order = _device_order(order_by, descending)
+        params |= {"limit": _NO_LIMIT if limit is None else limit, "offset": offset}
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {DEVICE_COLUMNS} FROM devices{where} ORDER BY {order}"
+                " LIMIT :limit OFFSET :offset",
+                params,
+            )
+        return [Device(*row) for row in rows]
+
+    def count_devices(
+        self,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        device_type: str | None = None,
+    ) -> int:
+        where, params = _device_filter(search, status, device_type)
+        with self._tx() as tx:
+            return int(tx.one(f"SELECT COUNT(*) FROM devices{where}", params)[0])
+
+    def device_counts_by_status(self) -> dict[str, int]:
+        with self._tx() as tx:
+            rows = tx.all(
+                "SELECT connection_status, COUNT(*) FROM devices GROUP BY connection_status"
+            )
+        return {status: 0 for status in CONNECTION_STATUSES} | {s: int(n) for s, n in rows}
+
+    def get_config(self, device_id: str) -> dict[str, Any]:
+        with self._tx() as tx:
+            rows = tx.all(
+                "SELECT key, value FROM device_configs WHERE device_id = :id ORDER BY key",
+                {"id": device_id},
+            )
+        return {key: json.loads(value) for key, value in rows}
+
+    def set_config(self, device_id: str, key: str, value: Any) -> None:
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreRejected(self.name, f"config {key!r} is not JSON: {exc}") from None
+        with self._tx(write=True) as tx:
+            tx.run(
+                UPSERT_CONFIG,
+                {"device_id": device_id, "key": key, "value": encoded, "at": self._clock()},
+            )
+
+    # -- alerts
+
+    def raise_alert(
+        self,
+        device_id: str,
+        rule: str,
+        severity: str,
+        value: float | None,
+        message: str,
+        at: int,
+    ) -> tuple[Alert, bool]:
+        params = {
+            "device_id": device_id,
+            "rule": rule,
+            "severity": severity,
+            "value": value,
+            "message": message,
+            "at": at,
+        }
+        with self._tx(write=True) as tx:
+            # Insert-or-refresh in two steps because neither dialect's upsert says whether
+            # it inserted. Retried when another writer clears the open alert in between.
+            for _ in range(_ALERT_RACE_ATTEMPTS):
+                row = tx.one(INSERT_ALERT, params)
+                if row is not None:
+                    return _alert(row), True
+                row = tx.one(REFRESH_ALERT, params)
+                if row is not None:
+                    return _alert(row), False
+        raise StoreUnavailable(self.name, f"alert {rule!r} of {device_id!r} kept changing")
+
+    def clear_alert(self, alert_id: int, at: int) -> bool:
+        with self._tx(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE device_alerts SET state = 'cleared', cleared_at = :at, updated_at = :at"
+                    " WHERE id = :id AND state <> 'cleared'",
+                    {"id": alert_id, "at": at},
+                )
+                > 0
+            )
+
+    def acknowledge_alert(self, alert_id: int, at: int) -> bool:
+        with self._tx(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE device_alerts SET state = 'acknowledged', acknowledged_at = :at,"
+                    " updated_at = :at WHERE id = :id AND state = 'active'",
+                    {"id": alert_id, "at": at},
+                )
+                > 0
+            )
+
+    def clear_alerts_for(self, device_id: str, rule: str, at: int) -> list[int]:
+        with self._tx(write=True) as tx:
+            rows = tx.all(
+                "UPDATE device_alerts SET state = 'cleared', cleared_at = :at, updated_at = :at"
+                " WHERE device_id = :device_id AND rule = :rule AND state <> 'cleared'"
+                " RETURNING id",
+                {"device_id": device_id, "rule": rule, "at": at},
+            )
+        return sorted(int(row[0]) for row in rows)
+
+    def open_alerts(self, device_id: str | None = None) -> list[Alert]:
+        where = "state <> 'cleared'"
+        params: dict[str, Any] = {}
+        if device_id is not None:
+            where += " AND device_id = :device_id"
+            params["device_id"] = device_id
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {ALERT_COLUMNS} FROM device_alerts WHERE {where} ORDER BY raised_at, id",
+                params,
+            )
+        return [_alert(row) for row in rows]
+
+    def list_alerts(
+        self, *, state: str | None = None, device_id: str | None = None, limit: int = 500
+    ) -> list[Alert]:
+        where, params = _equal_filter(state=state, device_id=device_id)
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {ALERT_COLUMNS} FROM device_alerts{where}"
+                " ORDER BY raised_at DESC, id DESC LIMIT :limit",
+                params | {"limit": limit},
+            )
+        return [_alert(row) for row in rows]
+
+    # -- commands
+
+    def create_command(self, cmd: Command) -> None:
+        row = {f.name: getattr(cmd, f.name) for f in fields(Command)}
+        row["params"] = json.dumps(cmd.params)
+        values = ", ".join(f":{name}" for name in row)
+        with self._tx(write=True) as tx:
+            tx.run(f"INSERT INTO device_commands ({COMMAND_COLUMNS}) VALUES ({values})", row)
+
+    def get_command(self, command_id: str) -> Command | None:
+        with self._tx() as tx:
+            row = tx.one(
+                f"SELECT {COMMAND_COLUMNS} FROM device_commands WHERE id = :id", {"id": command_id}
+            )
+        return None if row is None else _command(row)
+
+    def list_commands(
+        self, *, device_id: str | None = None, state: str | None = None, limit: int = 500
+    ) -> list[Command]:
+        where, params = _equal_filter(device_id=device_id, state=state)
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {COMMAND_COLUMNS} FROM device_commands{where}"
+                " ORDER BY created_at DESC, id DESC LIMIT :limit",
+                params | {"limit": limit},
+            )
+        return [_command(row) for row in rows]
+
+    def update_command(
+        self,
+        command_id: str,
+        *,
+        state: str,
+        at: int,
+        result: str | None = None,
+        detail: str | None = None,
+        sent: bool = False,
+    ) -> bool:
+        params = {
+            "id": command_id,
+            "state": state,
+            "at": at,
+            "result": result,
+            "detail": detail,
+            "sent_at": at if sent else None,
+            "attempt": int(sent),
+        }
+        with self._tx(write=True) as tx:
+            return tx.run(UPDATE_COMMAND, params) > 0
+
+    def pending_commands(self, device_id: str | None = None) -> list[Command]:
+        where = f"state IN ({_in(COMMAND_OPEN_STATES)})"
+        params: dict[str, Any] = {}
+        if device_id is not None:
+            where += " AND device_id = :device_id"
+            params["device_id"] = device_id
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {COMMAND_COLUMNS} FROM device_commands WHERE {where}"
+                " ORDER BY created_at, id",
+                params,
+            )
+        return [_command(row) for row in rows]
+
+    # -- OTA
+
+    def add_firmware(self, fw: Firmware) -> None:
+        with self._tx(write=True) as tx:
+            tx.run(
+                f"INSERT INTO ota_firmware ({FIRMWARE_COLUMNS})"
+                " VALUES (:version, :size, :sha256, :key, :uploaded_at)",
+                {f.name: getattr(fw, f.name) for f in fields(Firmware)},
+            )
+
+    def get_firmware(self, version: str) -> Firmware | None:
+        with self._tx() as tx:
+            row = tx.one(
+                f"SELECT {FIRMWARE_COLUMNS} FROM ota_firmware WHERE version = :v", {"v": version}
+            )
+        return None if row is None else Firmware(*row)
+
+    def list_firmware(self) -> list[Firmware]:
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {FIRMWARE_COLUMNS} FROM ota_firmware"
+                " ORDER BY uploaded_at DESC, version DESC"
+            )
+        return [Firmware(*row) for row in rows]
+
+    def create_campaign(self, c: Campaign, device_ids: Sequence[str]) -> None:
+        targets = [
+            {"campaign_id": c.id, "device_id": device_id, "at": c.created_at}
+            for device_id in dict.fromkeys(device_ids)
+        ]
+        with self._tx(write=True) as tx:
+            tx.run(
+                f"INSERT INTO ota_campaigns ({CAMPAIGN_COLUMNS}) VALUES (:id, :fw_version,"
+                " :selector, :batch_size, :max_failures_pct, :state, :created_at,"
+                " :updated_at, :detail)",
+                {f.name: getattr(c, f.name) for f in fields(Campaign)},
+            )
+            tx.many(
+                "INSERT INTO ota_targets (campaign_id, device_id, state, attempts, updated_at)"
+                " VALUES (:campaign_id, :device_id, 'pending', 0, :at)",
+                targets,
+            )
+
+    def get_campaign(self, campaign_id: str) -> Campaign | None:
+        with self._tx() as tx:
+            row = tx.one(
+                f"SELECT {CAMPAIGN_COLUMNS} FROM ota_campaigns WHERE id = :id", {"id": campaign_id}
+            )
+        return None if row is None else Campaign(*row)
+
+    def list_campaigns(self, limit: int = 100) -> list[Campaign]:
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {CAMPAIGN_COLUMNS} FROM ota_campaigns"
+                " ORDER BY created_at DESC, id DESC LIMIT :limit",
+                {"limit": limit},
+            )
+        return [Campaign(*row) for row in rows]
+
+    def update_campaign(
+        self, campaign_id: str, *, state: str, at: int, detail: str | None = None
+    ) -> bool:
+        with self._tx(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE ota_campaigns SET state = :state, updated_at = :at,"
+                    " detail = COALESCE(:detail, detail) WHERE id = :id",
+                    {"id": campaign_id, "state": state, "at": at, "detail": detail},
+                )
+                > 0
+            )
+
+    def list_targets(self, campaign_id: str) -> list[OtaTarget]:
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {TARGET_COLUMNS} FROM ota_targets"
+                " WHERE campaign_id = :id ORDER BY device_id",
+                {"id": campaign_id},
+            )
+        return [OtaTarget(*row) for row in rows]
+
+    def update_target(
+        self,
+        campaign_id: str,
+        device_id: str,
+        *,
+        state: str,
+        at: int,
+        progress_pct: float | None = None,
+        error: str | None = None,
+        started: bool = False,
+    ) -> bool:
+        params = {
+            "campaign_id": campaign_id,
+            "device_id": device_id,
+            "state": state,
+            "at": at,
+            "progress_pct": progress_pct,
+            "error": error,
+            "started_at": at if started else None,
+            "attempt": int(started),
+        }
+        with self._tx(write=True) as tx:
+            return tx.run(UPDATE_TARGET, params) > 0
+
+    # -- lifecycle
+
+    def check(self) -> None:
+        with self._tx() as tx:
+            tx.one("SELECT 1")
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+# --- query builders -------------------------------------------------------------------------
+
+
+def _equal_filter(**columns: str | None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause for the given column = value pairs, leaving out the unset ones (a
+    `:p IS NULL OR` form would leave PostgreSQL unable to type a NULL parameter)."""
+    params = {column: value for column, value in columns.items() if value is not None}
+    if not params:
+        return "", {}
+    return " WHERE " + " AND ".join(f"{column} = :{column}" for column in params), params
+
+
+def _device_filter(
+    search: str | None, status: str | None, device_type: str | None
+) -> tuple[str, dict[str, Any]]:
+    where, params = _equal_filter(connection_status=status, device_type=device_type)
+    if search:
+        clause = " OR ".join(
+            f"LOWER({column}) LIKE :pattern ESCAPE '\\'"
+            for column in ("device_id", "device_type", "fw_version")
+        )
+        where += (" AND " if where else " WHERE ") + f"({clause})"
+        params["pattern"] = _like(search)
+    return where, params
+
+
+_NOT_NULL_DEVICE_COLUMNS: Final = frozenset(
+    {"device_id", "device_type", "connection_status", "created_at"}
+)
+
+
+def _device_order(order_by: str, descending: bool) -> str:
+    if order_by not in DEVICE_ORDER_COLUMNS:
+        raise ValueError(
+            f"cannot order devices by {order_by!r}; use one of {', '.join(DEVICE_ORDER_COLUMNS)}"
+        )
+    direction = "DESC" if descending else "ASC"
+    # The dialects disagree on where NULLs sort, so say it; skipped on NOT NULL columns so
+    # PostgreSQL can still walk an index backwards. device_id breaks ties for stable pages.
+    nulls = "" if order_by in _NOT_NULL_DEVICE_COLUMNS else " NULLS LAST"
+    order = f"{order_by} {direction}{nulls}"
+    if order_by != "device_id":
+        order += f", device_id {direction}"
+    return order

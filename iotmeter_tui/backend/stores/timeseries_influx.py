@@ -1,0 +1,636 @@
+"""InfluxDB adapter of the time-series port, over the v1-compatible HTTP API only.
+
+Line protocol goes to `/write` (gzip), InfluxQL to `/query`: the one API that InfluxDB 1.x,
+2.x (v1 compatibility, token auth, automatic DBRP mapping) and 3.x all serve. The standard
+library's http.client keeps one keep-alive connection per thread; every operation is
+idempotent (a point is keyed by series and time), so any of them may be retried safely.
+
+Credentials: a token is sent as `Authorization: Token <token>` (2.x, 3.x). A token holding a
+colon is a 1.x `user:password` pair, which 1.x does not read from a Token header; it goes as
+HTTP Basic auth instead, which 1.x, 2.x (v1 auth) and 3.x all accept and which, unlike the
+`u`/`p` query parameters, keeps the password out of URLs and access logs.
+
+Speed on InfluxDB 1.6 (bench/stores_timeseries.py): the cost of a query grows with the number
+of series it touches, not of points. `latest()` for a page of devices is tag-scoped and fast;
+for a whole fleet it is one pair of `GROUP BY device_id` statements, which 1.6 answers in
+about 0.2 ms per device.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import gzip
+import http.client
+import json
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlencode, urlsplit
+
+from iotmeter_tui.backend.errors import (
+    PartialWriteError,
+    StoreRejected,
+    StoreUnavailable,
+)
+from iotmeter_tui.backend.stores.timeseries import (
+    DEFAULT_DATABASE,
+    MEASUREMENT,
+    Bucket,
+    Latest,
+    Point,
+    bucket_width,
+    check_field_names,
+    clamp_range,
+    point_problem,
+)
+
+STORE: Final = "influxdb"
+DEFAULT_PORT: Final = 8086
+CHUNK_POINTS: Final = 5_000
+# Devices per tag-scoped latest() statement: InfluxQL plans a long OR chain slowly.
+IDS_PER_STATEMENT: Final = 50
+# Past this many device ids, one fleet-wide query filtered here is no slower than scoped ones.
+SCOPED_LATEST_LIMIT: Final = 2_000
+# Rows per chunk of a chunked /query answer; chunked answers are never cut at a row limit.
+QUERY_CHUNK_ROWS: Final = 10_000
+# A database name safe both in the URL and as a double-quoted InfluxQL identifier.
+_DATABASE_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_TAG_CHARS_OK: Final = re.compile(r"[^\\\x00-\x1f\x7f]{1,256}")
+_CONFLICT_RE: Final = re.compile(r'input field "(.*?)" on measurement')
+_DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
+_HEAD_CACHE_LIMIT: Final = 100_000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    retry_after: str | None
+
+
+@dataclass(slots=True)
+class _Series:
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]]
+
+
+class InfluxTimeSeries:
+    """The time-series port on InfluxDB. Thread-safe; one keep-alive connection per thread.
+
+    url: influxdb://host[:8086]/database, or influxdbs:// for TLS; user:password in the URL is
+    used when no token is given. retries: attempts after the first on connection errors, 5xx
+    and 429, waiting backoff_s, doubling up to max_backoff_s, with jitter; a Retry-After
+    longer than max_backoff_s is not waited out but returned in StoreUnavailable.retry_after.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 5.0,
+        chunk_points: int = CHUNK_POINTS,
+        gzip_level: int = 1,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("influxdb", "influxdbs") or not parts.hostname:
+            raise ValueError(f"{url!r} is not influxdb://host:port/database")
+        database = unquote(parts.path.strip("/")) or DEFAULT_DATABASE
+        if not _DATABASE_RE.fullmatch(database):
+            raise ValueError(f"database name {database!r} does not match {_DATABASE_RE.pattern}")
+        if token is None and parts.username is not None:
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        self._host = parts.hostname
+        self._port = parts.port or DEFAULT_PORT
+        self._tls = parts.scheme == "influxdbs"
+        self._ssl_context = ssl_context
+        self._database = database
+        self._where = f"{self._host}:{self._port}/{database}"  # for messages: no credentials
+        self._auth = _auth_headers(token)
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._chunk_points = chunk_points
+        self._gzip_level = gzip_level
+        self._write_target = "/write?" + urlencode({"db": database, "precision": "ms"})
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()  # guards _connections
+        self._prepare_lock = threading.Lock()
+        self._prepared = False
+        # Line-protocol prefixes per (device_id, device_type) and "key=" per field name: the
+        # same few thousand strings are escaped over and over otherwise.
+        self._heads: dict[tuple[str, str], str] = {}
+        self._keys: dict[str, str] = {}
+
+    @property
+    def database(self) -> str:
+        return self._database
+
+    # --- the port -------------------------------------------------------------------------
+
+    def write(self, points: Sequence[Point]) -> None:
+        if not points:
+            return
+        self._prepare()
+        refused: list[Point] = []
+        reasons: list[str] = []
+        valid: list[Point] = []
+        for point in points:
+            problem = point_problem(point)
+            if problem is None:
+                valid.append(point)
+            else:
+                refused.append(point)
+                reasons.append(problem)
+        accepted = 0
+        for start in range(0, len(valid), self._chunk_points):
+            chunk = valid[start : start + self._chunk_points]
+            kept, failed, reason = self._write_chunk(chunk)
+            accepted += kept
+            refused.extend(failed)
+            if reason:
+                reasons.append(reason)
+        if refused:
+            raise PartialWriteError(
+                STORE,
+                f"{len(refused)} of {len(points)} points refused: {reasons[0]}",
+                failed=list(refused),
+                accepted=accepted,
+            )
+
+    def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
+        self._prepare()
+        if device_ids is None:
+            return self._latest([None])
+        wanted = [d for d in dict.fromkeys(device_ids) if _storable_tag(d)]
+        if len(wanted) > SCOPED_LATEST_LIMIT:
+            fleet = self._latest([None])
+            return {d: fleet[d] for d in wanted if d in fleet}
+        conditions: list[str | None] = [
+            " OR ".join(f'"device_id" = {_literal(d)}' for d in wanted[i : i + IDS_PER_STATEMENT])
+            for i in range(0, len(wanted), IDS_PER_STATEMENT)
+        ]
+        return self._latest(conditions) if conditions else {}
+
+    def history(
+        self,
+        device_id: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        max_points: int = 500,
+    ) -> list[Bucket]:
+        names = check_field_names(fields)
+        start_ms, end_ms = clamp_range(start_ms, end_ms)
+        width = bucket_width(start_ms, end_ms, max_points)
+        if not names or end_ms <= start_ms or not _storable_tag(device_id):
+            return []
+        self._prepare()
+        selected = ", ".join(
+            f'mean({q}) AS "mean{i}", min({q}) AS "min{i}", max({q}) AS "max{i}", '
+            f'last({q}) AS "last{i}"'
+            for i, q in enumerate(_ident(name) for name in names)
+        )
+        statement = (
+            f"SELECT {selected} FROM {_ident(MEASUREMENT)} "
+            f'WHERE "device_id" = {_literal(device_id)} AND {_time_range(start_ms, end_ms)} '
+            # The offset aligns buckets on start_ms, so there are at most max_points of them.
+            f"GROUP BY time({width}ms, {start_ms % width}ms) fill(none)"
+        )
+        buckets: list[Bucket] = []
+        for series in self._query([statement])[0]:
+            for row in series.values:
+                values = {
+                    name: {agg: float(row[1 + 4 * i + j]) for j, agg in enumerate(_AGGS)}
+                    for i, name in enumerate(names)
+                    if row[1 + 4 * i] is not None
+                }
+                if values:
+                    buckets.append(Bucket(int(row[0]), values))
+        buckets.sort(key=lambda bucket: bucket.ts)
+        return buckets
+
+    def counts(self, start_ms: int | None = None, end_ms: int | None = None) -> dict[str, int]:
+        self._prepare()
+        statement = (
+            f'SELECT count("seq") FROM {_ident(MEASUREMENT)} '
+            f'WHERE {_time_range(start_ms, end_ms)} GROUP BY "device_id"'
+        )
+        counts: dict[str, int] = {}
+        for series in self._query([statement])[0]:
+            device_id = series.tags.get("device_id", "")
+            counts[device_id] = counts.get(device_id, 0) + int(series.values[0][1])
+        return {device: n for device, n in counts.items() if n}
+
+    def points(
+        self, device_id: str, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[Point]:
+        if not _storable_tag(device_id):
+            return []
+        self._prepare()
+        statement = (
+            f"SELECT * FROM {_ident(MEASUREMENT)} "
+            f'WHERE "device_id" = {_literal(device_id)} AND {_time_range(start_ms, end_ms)}'
+        )
+        points: list[Point] = []
+        for series in self._query([statement])[0]:
+            columns = series.columns
+            for row in series.values:
+                record = dict(zip(columns, row, strict=True))
+                fields = {
+                    name: float(value)
+                    for name, value in record.items()
+                    if value is not None and name not in _POINT_COLUMNS
+                }
+                points.append(Point(
+                    device_id=device_id,
+                    device_type=str(record["device_type"]),
+                    ts=int(record["time"]),
+                    boot=int(record["boot"]),
+                    seq=int(record["seq"]),
+                    fields=fields,
+                ))
+        points.sort(key=lambda point: point.ts)
+        return points
+
+    def check(self) -> None:
+        self._prepare()
+        self._query(["SHOW MEASUREMENTS LIMIT 1"])
+
+    def close(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for connection in connections:
+            connection.close()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _write_chunk(self, chunk: list[Point]) -> tuple[int, list[Point], str | None]:
+        """Write up to chunk_points points: (how many were kept, which failed, why)."""
+        lines = [self._line(point) for point in chunk]
+        body = gzip.compress("\n".join(lines).encode(), compresslevel=self._gzip_level)
+        headers = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Encoding": "gzip",
+            **self._auth,
+        }
+        reply = self._request("POST", self._write_target, body, headers)
+        if reply.status == 404 and b"database not found" in reply.body:
+            # Dropped behind our back since we prepared it: prepare again, once.
+            self._prepared = False
+            self._prepare()
+            reply = self._request("POST", self._write_target, body, headers)
+        if reply.status in (200, 204):
+            return len(chunk), [], None
+        if reply.status == 400:
+            partial = _partial_failures(reply.body, lines, chunk)
+            if partial is not None:
+                failed_at, refused = partial
+                return len(chunk) - refused, [chunk[i] for i in sorted(failed_at)], (
+                    _error_text(reply.body)
+                )
+        raise self._refusal("write", reply)
+
+    def _line(self, point: Point) -> str:
+        head = self._heads.get((point.device_id, point.device_type))
+        if head is None:
+            head = self._head(point.device_id, point.device_type)
+        keys = self._keys
+        fields = [
+            (keys.get(name) or self._key(name)) + repr(float(value))
+            for name, value in point.fields.items()
+        ]
+        fields.append(f"boot={point.boot}i,seq={point.seq}i")
+        return f"{head}{','.join(fields)} {point.ts}"
+
+    def _head(self, device_id: str, device_type: str) -> str:
+        if len(self._heads) >= _HEAD_CACHE_LIMIT:
+            self._heads.clear()
+        head = (
+            f"{MEASUREMENT},device_id={_escape(device_id)},"
+            f"device_type={_escape(device_type)} "
+        )
+        self._heads[(device_id, device_type)] = head
+        return head
+
+    def _key(self, name: str) -> str:
+        key = _escape(name) + "="
+        self._keys[name] = key
+        return key
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _latest(self, conditions: list[str | None]) -> dict[str, Latest]:
+        """Two statements per condition: with one selector InfluxQL returns the point's own
+        time (and may add a tag), with several (last(*)) it returns time 0."""
+        statements: list[str] = []
+        for condition in conditions:
+            where = _time_range(None, None) + (f" AND ({condition})" if condition else "")
+            source = f'FROM {_ident(MEASUREMENT)} WHERE {where} GROUP BY "device_id"'
+            statements.append(f'SELECT last("seq"), "device_type" {source}')
+            statements.append(f"SELECT last(*) {source}")
+        results = self._query(statements)
+        newest: dict[str, tuple[int, str]] = {}
+        values: dict[str, dict[str, float]] = {}
+        for heads, lasts in zip(results[0::2], results[1::2], strict=True):
+            for series in heads:
+                ts, _seq, device_type = series.values[0]
+                newest[series.tags["device_id"]] = (int(ts), str(device_type))
+            for series in lasts:
+                values[series.tags["device_id"]] = {
+                    column.removeprefix("last_"): float(value)
+                    for column, value in zip(series.columns, series.values[0], strict=True)
+                    if value is not None and column not in ("time", "last_boot", "last_seq")
+                }
+        return {
+            device: Latest(device, device_type, ts, values.get(device, {}))
+            for device, (ts, device_type) in newest.items()
+        }
+
+    def _query(self, statements: list[str]) -> list[list[_Series]]:
+        """Run InfluxQL statements in one request: per statement, its series."""
+        body = urlencode({
+            "db": self._database,
+            "q": ";".join(statements),
+            "epoch": "ms",
+            "chunked": "true",
+            "chunk_size": str(QUERY_CHUNK_ROWS),
+        }).encode()
+        reply = self._request("POST", "/query", body, {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+            **self._auth,
+        })
+        if reply.status != 200:
+            raise self._refusal("query", reply)
+        try:
+            return _parse_results(reply.body, len(statements))
+        except _StatementError as exc:
+            raise StoreRejected(STORE, f"query on {self._where} failed: {exc}") from None
+
+    # --- preparing the database ------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """CREATE DATABASE once, on first use. It is idempotent on 1.x; where the credentials
+        may not create (2.x/3.x tokens, DBRP-mapped buckets) the refusal is ignored: if the
+        database really is missing, the first write says so."""
+        if self._prepared:
+            return
+        with self._prepare_lock:
+            if self._prepared:
+                return
+            body = urlencode({"q": f"CREATE DATABASE {_ident(self._database)}"}).encode()
+            reply = self._request("POST", "/query", body, {
+                "Content-Type": "application/x-www-form-urlencoded",
+                **self._auth,
+            })
+            if reply.status != 200 or b'"error"' in reply.body:
+                log.info(
+                    "influxdb: CREATE DATABASE %s not done (%s: %s); assuming it exists",
+                    self._database, reply.status, _error_text(reply.body),
+                )
+            self._prepared = True
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str]
+    ) -> _Reply:
+        """Send with retries: connection errors, 5xx and 429 are retried with back-off, then
+        raise StoreUnavailable; any other answer is returned to the caller to judge."""
+        failures = 0
+        stale_retried = False
+        while True:
+            reused = getattr(self._local, "used", False)
+            try:
+                reply = self._exchange(method, target, body, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                if reused and not stale_retried and not isinstance(exc, TimeoutError):
+                    # The server may close a keep-alive connection while it sits idle: that
+                    # is not an outage, so try once more on a fresh one at once.
+                    stale_retried = True
+                    continue
+                reason = f"cannot reach {self._where}: {exc or type(exc).__name__}"
+                retry_after = None
+            else:
+                if reply.status != 429 and reply.status < 500:
+                    return reply
+                reason = f"{self._where} answered {reply.status}: {_error_text(reply.body)}"
+                retry_after = _parse_retry_after(reply.retry_after)
+            failures += 1
+            delay = self._delay(failures, retry_after)
+            if failures > self._retries or delay is None:
+                raise StoreUnavailable(
+                    STORE, f"{reason} (after {failures} attempts)", retry_after=retry_after
+                )
+            time.sleep(delay)
+
+    def _delay(self, failures: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before the next attempt; None when the server asks for longer than
+        we are willing to block (the caller gets retry_after instead)."""
+        backoff = min(self._max_backoff_s, self._backoff_s * 2 ** (failures - 1))
+        delay = backoff * random.uniform(0.5, 1.0)  # jitter: writers do not retry in step
+        if retry_after is None:
+            return delay
+        return None if retry_after > self._max_backoff_s else max(delay, retry_after)
+
+    def _exchange(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str]
+    ) -> _Reply:
+        connection = self._connection()
+        connection.request(method, target, body, dict(headers))
+        response = connection.getresponse()
+        data = response.read()
+        self._local.used = True
+        return _Reply(response.status, data, response.getheader("Retry-After"))
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            if self._tls:
+                connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout,
+                    context=self._ssl_context or ssl.create_default_context(),
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
+            self._local.connection = connection
+            self._local.used = False
+            with self._lock:
+                self._connections.add(connection)
+        return connection
+
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def _refusal(self, what: str, reply: _Reply) -> StoreRejected:
+        text = _error_text(reply.body)
+        if reply.status in (401, 403):
+            return StoreRejected(STORE, f"{what} on {self._where} not authorised: {text}")
+        return StoreRejected(STORE, f"{what} on {self._where} refused ({reply.status}): {text}")
+
+
+_AGGS: Final = ("mean", "min", "max", "last")
+_POINT_COLUMNS: Final = frozenset({"time", "device_id", "device_type", "boot", "seq"})
+
+
+class _StatementError(Exception):
+    """A statement inside a 200 answer failed."""
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    if not token:
+        return {}
+    if ":" in token:
+        return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
+    return {"Authorization": f"Token {token}"}
+
+
+def _escape(text: str) -> str:
+    """Line-protocol escaping of a tag value or field key. Backslashes never get here
+    (point_problem refuses them: 1.x keeps an escaped one doubled, 3.x does not)."""
+    return text.replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+
+
+def _ident(name: str) -> str:
+    """A double-quoted InfluxQL identifier; names are validated to hold no quote or backslash."""
+    return f'"{name}"'
+
+
+def _literal(text: str) -> str:
+    """A single-quoted InfluxQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _storable_tag(value: object) -> bool:
+    """Whether a point could carry this tag value: any other can match nothing, so the query
+    need not run (and a control character never reaches InfluxQL)."""
+    return isinstance(value, str) and _TAG_CHARS_OK.fullmatch(value) is not None
+
+
+def _time_range(start_ms: int | None, end_ms: int | None) -> str:
+    """[start, end) in ms; explicit bounds, so points stamped in the future count too."""
+    start, end = clamp_range(start_ms, end_ms)
+    return f"time >= {start}ms AND time < {end}ms"
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:500] or "(empty answer)"
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return str(parsed["error"])[:500]
+    return json.dumps(parsed)[:500]
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _parse_results(body: bytes, statement_count: int) -> list[list[_Series]]:
+    """A (possibly chunked: one JSON object a line) /query answer -> series per statement,
+    a series split over chunks joined again."""
+    results: list[dict[tuple[str, tuple[tuple[str, str], ...]], _Series]] = [
+        {} for _ in range(statement_count)
+    ]
+    for document in _json_lines(body):
+        if "error" in document:
+            raise _StatementError(document["error"])
+        for result in document.get("results", []):
+            if "error" in result:
+                raise _StatementError(result["error"])
+            by_key = results[int(result.get("statement_id", 0))]
+            for raw in result.get("series", []):
+                tags = raw.get("tags") or {}
+                key = (raw.get("name", ""), tuple(sorted(tags.items())))
+                series = by_key.get(key)
+                if series is None:
+                    by_key[key] = _Series(tags, raw["columns"], list(raw.get("values", [])))
+                else:
+                    series.values.extend(raw.get("values", []))
+    return [list(by_key.values()) for by_key in results]
+
+
+def _json_lines(body: bytes) -> Iterator[dict[str, Any]]:
+    for line in body.splitlines():
+        if line.strip():
+            document = json.loads(line)
+            if isinstance(document, dict):
+                yield document
+
+
+def _partial_failures(
+    body: bytes, lines: list[str], chunk: list[Point]
+) -> tuple[set[int], int] | None:
+    """Which points of a 400-refused chunk failed, and how many were refused; None when the
+    answer is no partial write. The failed set may hold more points than were refused, never
+    fewer: when the answer does not say which, it holds all of them."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = {"error": body.decode("utf-8", "replace")}
+    if not isinstance(parsed, dict):
+        return None
+    text = str(parsed.get("error", ""))
+    # 3.x: {"error": "partial write of line protocol occurred", "data": [{"line_number": n}]}
+    unparsed = {
+        item["line_number"] - 1
+        for item in parsed.get("data") or []
+        if isinstance(item, dict) and isinstance(item.get("line_number"), int)
+    }
+    # 1.x and 2.x quote each line they could not parse.
+    unparsed.update(i for i, line in enumerate(lines) if f"'{line}'" in text)
+    # A field-type conflict names the field; every point carrying it is dropped. 1.x names
+    # only the first conflict, so `dropped=` (points refused after parsing) is the check.
+    conflicts = set(_CONFLICT_RE.findall(text))
+    dropped_at = {i for i, point in enumerate(chunk) if conflicts & point.fields.keys()}
+    if conflicts & {"boot", "seq"}:
+        dropped_at = set(range(len(chunk)))
+    found = _DROPPED_RE.search(text)
+    dropped = int(found.group(1)) if found else None
+    if not unparsed and not dropped_at and "partial write" not in text:
+        return None
+    failed = {i for i in unparsed | dropped_at if 0 <= i < len(chunk)}
+    refused = len(unparsed) + (len(dropped_at) if dropped is None else dropped)
+    if not failed or len(failed) < refused:
+        # The answer does not say which points: count them all as failed (retrying a
+        # point that was kept is harmless), and all as refused unless it says how many.
+        failed = set(range(len(chunk)))
+        refused = refused or len(chunk)
+    return failed, min(refused, len(chunk))

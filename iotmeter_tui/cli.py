@@ -1,0 +1,156 @@
+"""The `iotmeter` command: the dashboard by default, the headless collector, the simulator and
+the operators' subcommands. Heavy modules are imported only by the command that needs them, so
+`iotmeter --help` and a bad setting answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
+from iotmeter_tui.backend.errors import IotmeterError
+
+EXIT_USAGE = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "metrics_port", None) is not None:
+        overrides["metrics_port"] = str(args.metrics_port)
+    return load_settings(config_file=args.config, overrides=overrides)
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.collector_only:
+        from iotmeter_tui.backend.collector.service import run_collector
+
+        return run_collector(settings)
+    from iotmeter_tui.app import run_dashboard
+
+    return run_dashboard(settings, simulate=args.simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from iotmeter_tui.backend.simulator.cli import run_simulate
+
+    return run_simulate(
+        devices=args.devices,
+        rate=args.rate,
+        kind=args.kind,
+        faults=args.faults,
+        seed=args.seed,
+        duration=args.duration,
+        prefix=args.prefix,
+        mqtt_url=settings.mqtt_url,
+        home=settings.home,
+    )
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from iotmeter_tui.backend.stores import open_stores
+
+    stores = open_stores(settings)
+    stores.close()
+    print(f"stores ready: {stores.describe()}")
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.config import SETTINGS
+
+    settings = _settings(args)
+    for setting in SETTINGS:
+        value = getattr(settings, setting.key)
+        if setting.key in {"influx_token", "s3_secret_key"} and value:
+            value = "********"
+        print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iotmeter",
+        description="Operations dashboard and collector for railway traction power meters. "
+        "With no store configured it runs on the embedded defaults "
+        "(private mosquitto, SQLite, local archive directory).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (IOTMETER_CONFIG)")
+    parser.add_argument(
+        "--collector-only",
+        action="store_true",
+        help="run the headless collector: JSON logs on stdout, Prometheus metrics, "
+        "until SIGTERM/SIGINT",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="port of the collector's /metrics endpoint (default 9108)",
+    )
+    parser.add_argument(
+        "--simulate", choices=("auto", "yes", "no"), default="auto",
+        help="dashboard: start the demo fleet of simulated meters "
+        "(auto: on the embedded defaults when the registry is empty)",
+    )
+    parser.set_defaults(handler=_run_dashboard)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="headless simulator of N traction power meters")
+    sim.add_argument("--devices", type=_positive_int, default=10, metavar="N")
+    sim.add_argument("--rate", type=_positive_float, default=1.0, metavar="HZ",
+                     help="telemetry messages per second per device")
+    sim.add_argument("--kind", choices=("dc", "ac", "mixed"), default="mixed")
+    sim.add_argument("--faults", metavar="SPEC", default=None,
+                     help="e.g. drop=0.01,dup=0.01,reorder=0.01,disconnect=0.001,"
+                     "malformed=0.001,clock_skew=2 (see docs/simulator.md)")
+    sim.add_argument("--seed", type=int, default=None, help="deterministic physics and faults")
+    sim.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
+                     help="stop after this long (default: until SIGINT/SIGTERM)")
+    sim.add_argument("--prefix", default="", help="device id prefix, to run several side by side")
+    sim.set_defaults(handler=_run_simulate)
+
+    mig = sub.add_parser("migrate", help="prepare the stores (schema, database, bucket) and exit")
+    mig.set_defaults(handler=_run_migrate)
+
+    cfg = sub.add_parser("config", help="print the effective settings with their descriptions")
+    cfg.set_defaults(handler=_run_config)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Subcommand groups from other modules (commands, OTA) register here.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"iotmeter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except IotmeterError as exc:
+        print(f"iotmeter: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,186 @@
+"""The collector end to end, on a private broker and real stores (embedded and production):
+duplicates stored once, gaps recorded, reordering tolerated, rejections archived and counted,
+offline detection, reboots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.testing import MosquittoServer
+from iotmeter_tui.testing.fleet import Device, Publisher, hello, status, telemetry, wait_for
+from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+
+
+def _seq_state(audit: StoreAudit, device_id: str, boot: int):  # type: ignore[no-untyped-def]
+    for state in audit.stores.metadata.load_seq_states([device_id]):
+        if state.boot == boot:
+            return state
+    return None
+
+
+def test_duplicates_are_stored_once_and_counted(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    settings = settings_for(tmp_path, store_env, reorder_timeout_s=0.5)
+    sent = [telemetry("dc-0001", 1, s) for s in range(20)]
+    dups = [sent[3], sent[7], sent[7], sent[19]]
+    with running_collector(settings, private_mosquitto.url) as collector:
+        pub = Publisher(private_mosquitto.url)
+        pub.publish(sent + dups)
+        pub.close()
+        audit = StoreAudit(settings)
+        wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 20, what="20 points")
+        wait_for(lambda: len(audit.archive_keys("dc-0001")) == 20, what="archive")
+        wait_for(lambda: (s := _seq_state(audit, "dc-0001", 1)) and s.duplicates == 4,
+                 what="duplicates recorded")
+        assert collector.metrics.sample("iotmeter_messages_duplicate_total") == 4
+    expected = {(1, s): 1 for s in range(20)}
+    assert dict(audit.timeseries_keys("dc-0001")) == expected
+    assert dict(audit.archive_keys("dc-0001")) == expected
+    state = _seq_state(audit, "dc-0001", 1)
+    assert state is not None
+    assert (state.highest_seq, state.received, state.missing) == (19, 20, 0)
+    audit.close()
+
+
+def test_gaps_recorded_after_timeout_and_reordering_is_not_a_gap(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    settings = settings_for(tmp_path, store_env, reorder_timeout_s=0.5)
+    gappy = [telemetry("dc-gap", 0, s) for s in (0, 1, 2, 6, 7)]  # 3..5 never come
+    reordered = [telemetry("dc-ord", 0, s) for s in (0, 2, 1, 4, 3, 5)]
+    with running_collector(settings, private_mosquitto.url) as collector:
+        pub = Publisher(private_mosquitto.url)
+        pub.publish(gappy + reordered)
+        pub.close()
+        audit = StoreAudit(settings)
+        gap = wait_for(lambda: (s := _seq_state(audit, "dc-gap", 0)) and s.missing == 3 and s,
+                       what="gap of 3 recorded")
+        assert gap.gaps == ((3, 5),)
+        wait_for(lambda: collector.metrics.sample("iotmeter_seq_gaps_total") == 3,
+                 what="gap metric")
+        ordered = wait_for(lambda: (s := _seq_state(audit, "dc-ord", 0)) and s.received == 6
+                           and s, what="reordered stream")
+        assert ordered.missing == 0 and ordered.gaps == ()
+        assert len(audit.timeseries_keys("dc-ord")) == 6
+    audit.close()
+
+
+REJECTS: dict[str, tuple[str, bytes]] = {
+    "bad_topic": ("iot/-not-an-id/telemetry", b"{}"),  # the wildcard matches any segment
+    "too_large": ("iot/dc-0001/telemetry", b" " * (protocol.MAX_PAYLOAD_BYTES + 1)),
+    "not_utf8": ("iot/dc-0001/telemetry", b"\xff\xfe"),
+    "not_json": ("iot/dc-0001/telemetry", b"{nope"),
+    "not_object": ("iot/dc-0001/telemetry", b"[1, 2]"),
+    "bad_version": ("iot/dc-0001/telemetry", b'{"v": 1}'),
+    "bad_device_id": ("iot/dc-0001/telemetry", b'{"v": 2, "device_id": "-x"}'),
+    "device_mismatch": ("iot/dc-0001/telemetry", b'{"v": 2, "device_id": "dc-0002"}'),
+    "type_mismatch": ("iot/dc-0001/telemetry",
+                      b'{"v": 2, "device_id": "dc-0001", "msg_type": "hello"}'),
+    "bad_seq": ("iot/dc-0001/telemetry", b'{"v": 2, "device_id": "dc-0001", '
+                b'"msg_type": "telemetry", "boot": 1, "seq": -1}'),
+    "bad_ts": ("iot/dc-0001/telemetry", b'{"v": 2, "device_id": "dc-0001", '
+               b'"msg_type": "telemetry", "boot": 1, "seq": 1, "ts": "now"}'),
+    "bad_field": ("iot/dc-0001/telemetry", b'{"v": 2, "device_id": "dc-0001", '
+                  b'"msg_type": "telemetry", "boot": 1, "seq": 1, "ts": 5, '
+                  b'"data": {"voltage_v": true}}'),
+}
+
+
+def test_every_rejection_is_archived_with_its_reason_and_counted(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    # Every reason decode() can give, plus unknown_device from the collector itself.
+    assert set(REJECTS) | {"unknown_device"} == set(protocol.REJECTION_REASONS)
+    settings = settings_for(tmp_path, store_env)
+    with running_collector(settings, private_mosquitto.url) as collector:
+        pub = Publisher(private_mosquitto.url)
+        pub.publish(REJECTS.values())
+        pub.close()
+        m = collector.metrics
+        wait_for(lambda: sum(m.sample("iotmeter_messages_rejected_total", {"reason": r})
+                             for r in REJECTS) == len(REJECTS), what="rejections counted")
+        for reason in REJECTS:
+            assert m.sample("iotmeter_messages_rejected_total", {"reason": reason}) == 1
+        audit = StoreAudit(settings)
+        rows = wait_for(lambda: len(r := audit.rejected()) == len(REJECTS) and r,
+                        what="rejections archived")
+    by_reason = {row["reason"]: row for row in rows}
+    assert set(by_reason) == set(REJECTS)
+    for reason, (topic, payload) in REJECTS.items():
+        row = by_reason[reason]
+        assert row["topic"] == topic
+        if reason == "not_utf8":
+            assert "payload_b64" in row
+        else:
+            assert row["payload"].encode() == payload
+    audit.close()
+
+
+def test_unknown_device_rejected_when_auto_register_is_off(
+    tmp_path: Path, private_mosquitto: MosquittoServer
+) -> None:
+    settings = settings_for(tmp_path, {}, auto_register="false")
+    with running_collector(settings, private_mosquitto.url) as collector:
+        pub = Publisher(private_mosquitto.url)
+        pub.publish([telemetry("stranger-1", 0, 0)])
+        pub.close()
+        wait_for(lambda: collector.metrics.sample("iotmeter_messages_rejected_total",
+                                                  {"reason": "unknown_device"}) == 1,
+                 what="unknown_device rejection")
+        audit = StoreAudit(settings)
+        assert audit.stores.metadata.get_device("stranger-1") is None
+    audit.close()
+
+
+def test_last_will_and_silence_both_mark_a_device_offline(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    settings = settings_for(tmp_path, store_env)
+    with running_collector(settings, private_mosquitto.url):
+        audit = StoreAudit(settings)
+        meta = audit.stores.metadata
+        # Last Will: the connection vanishes, the broker publishes "offline".
+        dying = Device(private_mosquitto.url, "dc-will", boot=2)
+        dying.publish(*status("dc-will", "online", boot=2), retain=True)
+        dying.publish(*hello("dc-will", 2, 0))
+        wait_for(lambda: (d := meta.get_device("dc-will")) and d.connection_status == "online",
+                 what="dc-will online")
+        dying.drop()
+        wait_for(lambda: meta.get_device("dc-will").connection_status == "offline",
+                 timeout_s=20, what="Last Will marks dc-will offline")
+        # Silence: a device with a 1 s heartbeat that stops talking is offline after 3 s.
+        pub = Publisher(private_mosquitto.url)
+        pub.publish([hello("dc-quiet", 0, 0, heartbeat_s=1.0), telemetry("dc-quiet", 0, 1)])
+        pub.close()
+        wait_for(lambda: (d := meta.get_device("dc-quiet")) and d.connection_status == "online",
+                 what="dc-quiet online")
+        wait_for(lambda: meta.get_device("dc-quiet").connection_status == "offline",
+                 timeout_s=15, what="silence marks dc-quiet offline")
+        device = meta.get_device("dc-quiet")
+        assert device is not None and device.device_type == "power_meter_dc"
+    audit.close()
+
+
+def test_reboot_is_not_mistaken_for_duplicates(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    settings = settings_for(tmp_path, store_env)
+    first = [telemetry("ac-0001", 4, s) for s in range(10)]
+    second = [telemetry("ac-0001", 5, s) for s in range(10)]  # new boot, seq from 0
+    with running_collector(settings, private_mosquitto.url) as collector:
+        pub = Publisher(private_mosquitto.url)
+        pub.publish([hello("ac-0001", 4, 10, device_type="power_meter_ac"), *first])
+        pub.publish([hello("ac-0001", 5, 10, device_type="power_meter_ac",
+                           fw_version="1.1.0"), *second])
+        pub.close()
+        audit = StoreAudit(settings)
+        wait_for(lambda: len(audit.timeseries_keys("ac-0001")) == 20, what="both boots stored")
+        assert collector.metrics.sample("iotmeter_messages_duplicate_total") == 0
+        device = wait_for(lambda: (d := audit.stores.metadata.get_device("ac-0001")) and
+                          d.boot == 5 and d, what="registry shows boot 5")
+        assert device.fw_version == "1.1.0" and device.device_type == "power_meter_ac"
+        points = audit.stores.timeseries.points("ac-0001")
+        assert {p.device_type for p in points} == {"power_meter_ac"}
+    audit.close()

@@ -1,0 +1,891 @@
+"""The MetadataStore contract: one suite, run unchanged against PostgreSQL and SQLite on real
+servers and files. Adapter-specific failure behaviour lives in test_metadata_outage.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from itertools import chain, pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iotmeter_tui.backend.errors import StoreError, StoreRejected
+from iotmeter_tui.backend.stores.metadata import (
+    DEVICE_ORDER_COLUMNS,
+    Campaign,
+    Command,
+    DeviceUpdate,
+    Firmware,
+    MetadataStore,
+    SeqState,
+    open_metadata,
+)
+from iotmeter_tui.backend.stores.metadata_postgres import PostgresBackend
+from iotmeter_tui.backend.stores.metadata_sql import (
+    MIGRATIONS,
+    Migration,
+    SqlBackend,
+    SqlMetadataStore,
+    now_ms,
+)
+from iotmeter_tui.backend.stores.metadata_sqlite import SqliteBackend, sqlite_path
+
+ADAPTERS = ["postgresql", "sqlite"]
+REPO = Path(__file__).resolve().parents[2]
+LATEST = MIGRATIONS[-1].version
+
+
+@pytest.fixture(params=ADAPTERS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_database").url)
+    return f"sqlite:///{tmp_path}/metadata.db"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[MetadataStore]:
+    opened = open_metadata(store_url)
+    yield opened
+    opened.close()
+
+
+def backend_for(url: str) -> SqlBackend:
+    if url.startswith("sqlite:"):
+        return SqliteBackend(sqlite_path(url))
+    return PostgresBackend(url)
+
+
+def hello(device_id: str, at: int, **changes: Any) -> DeviceUpdate:
+    fields: dict[str, Any] = {
+        "device_type": "power_meter_dc",
+        "fw_version": "1.0.0",
+        "boot": 1,
+        "heartbeat_s": 10.0,
+    }
+    return DeviceUpdate(device_id, at, **(fields | changes))
+
+
+def status(device_id: str, state: str, at: int, last_seen: int | None = None) -> DeviceUpdate:
+    return DeviceUpdate(
+        device_id, at if last_seen is None else last_seen, connection_status=state, status_at=at
+    )
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+def test_first_use_migrates_to_the_latest_version(store: MetadataStore) -> None:
+    assert store.schema_version() == LATEST
+    assert store.migrate() == []
+
+
+def test_opening_twice_applies_nothing_the_second_time(store_url: str) -> None:
+    first = open_metadata(store_url)
+    assert first.migrate() == [m.version for m in MIGRATIONS]
+    first.apply_collector_batch([hello("dev-1", 1000)], [])
+    first.close()
+    second = open_metadata(store_url)
+    try:
+        assert second.migrate() == []
+        assert second.get_device("dev-1") is not None
+    finally:
+        second.close()
+
+
+def test_a_new_migration_is_applied_forward_only(store_url: str) -> None:
+    open_metadata(store_url).close()
+    base = SqlMetadataStore(backend_for(store_url))
+    base.apply_collector_batch([hello("dev-1", 1000)], [])
+    base.close()
+    step = Migration(LATEST + 1, "test: a column", ("ALTER TABLE devices ADD COLUMN site TEXT",))
+    newer = SqlMetadataStore(backend_for(store_url), migrations=(*MIGRATIONS, step))
+    try:
+        assert newer.migrate() == [LATEST + 1]
+        assert newer.migrate() == []
+        assert newer.schema_version() == LATEST + 1
+        assert newer.get_device("dev-1") is not None  # the data survived the step
+    finally:
+        newer.close()
+
+
+def test_a_schema_newer_than_the_code_is_refused(store_url: str) -> None:
+    step = Migration(LATEST + 1, "test: from the future", ("CREATE TABLE later (x INTEGER)",))
+    newer = SqlMetadataStore(backend_for(store_url), migrations=(*MIGRATIONS, step))
+    newer.migrate()
+    newer.close()
+    older = open_metadata(store_url)
+    try:
+        with pytest.raises(StoreRejected, match="newer than this iotmeter"):
+            older.get_device("dev-1")
+    finally:
+        older.close()
+
+
+def test_a_failing_migration_is_rolled_back_and_named(store_url: str) -> None:
+    broken = Migration(
+        LATEST + 1,
+        "test: half good",
+        (
+            "CREATE TABLE half_done (x INTEGER)",
+            "THIS IS NOT SQL",
+        ),
+    )
+    store = SqlMetadataStore(backend_for(store_url), migrations=(*MIGRATIONS, broken))
+    try:
+        with pytest.raises(StoreRejected, match=rf"migration {LATEST + 1} \(test: half good\)"):
+            store.migrate()
+    finally:
+        store.close()
+    current = open_metadata(store_url)
+    try:
+        assert current.schema_version() == LATEST  # the steps before it stay applied
+    finally:
+        current.close()
+    fixed = Migration(LATEST + 1, "test: fixed", ("CREATE TABLE half_done (x INTEGER)",))
+    retry = SqlMetadataStore(backend_for(store_url), migrations=(*MIGRATIONS, fixed))
+    try:
+        assert retry.migrate() == [LATEST + 1]  # the table from the failed try was rolled back
+    finally:
+        retry.close()
+
+
+def test_threads_migrating_at_once_apply_each_step_once(store_url: str) -> None:
+    stores = [open_metadata(store_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def migrate(store: MetadataStore) -> list[int]:
+        barrier.wait()
+        return store.migrate()
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            applied = list(pool.map(migrate, stores))
+    finally:
+        for opened in stores:
+            opened.close()
+    assert sorted(applied) == [[], [], [], [m.version for m in MIGRATIONS]]
+
+
+def test_processes_starting_at_once_both_succeed(store_url: str) -> None:
+    code = (
+        "import sys\n"
+        "from iotmeter_tui.backend.stores.metadata import open_metadata, DeviceUpdate\n"
+        "store = open_metadata(sys.argv[1])\n"
+        "store.apply_collector_batch([DeviceUpdate(sys.argv[2], 1000)], [])\n"
+        "store.close()\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, store_url, f"proc-{i}"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    store = open_metadata(store_url)
+    try:
+        assert store.schema_version() == LATEST
+        assert sorted(store.device_types()) == ["proc-0", "proc-1", "proc-2"]
+    finally:
+        store.close()
+
+
+# --- collector batches ----------------------------------------------------------------------
+
+
+def test_an_unknown_device_is_registered_with_defaults(store: MetadataStore) -> None:
+    before = now_ms()
+    store.apply_collector_batch([DeviceUpdate("dev-1", 5000)], [])
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (device.device_type, device.connection_status, device.fw_version) == (
+        "unknown",
+        "unknown",
+        None,
+    )
+    assert (device.last_seen, device.boot, device.heartbeat_s) == (5000, None, None)
+    assert before <= device.created_at <= now_ms()
+    assert store.get_device("nobody") is None
+
+
+def test_a_hello_sets_the_registry_fields(store: MetadataStore) -> None:
+    store.apply_collector_batch([DeviceUpdate("dev-1", 1000)], [])
+    store.apply_collector_batch([hello("dev-1", 2000, fw_version="2.1.0", boot=7)], [])
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (device.device_type, device.fw_version, device.boot, device.heartbeat_s) == (
+        "power_meter_dc",
+        "2.1.0",
+        7,
+        10.0,
+    )
+    assert store.device_types() == {"dev-1": "power_meter_dc"}
+
+
+def test_unset_fields_keep_their_values_and_last_seen_only_grows(store: MetadataStore) -> None:
+    store.apply_collector_batch([hello("dev-1", 5000)], [])
+    store.apply_collector_batch([DeviceUpdate("dev-1", 3000)], [])  # an older message, late
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert device.last_seen == 5000
+    assert (device.device_type, device.fw_version, device.boot) == ("power_meter_dc", "1.0.0", 1)
+    store.apply_collector_batch([DeviceUpdate("dev-1", 6000, device_type="unknown")], [])
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (device.last_seen, device.device_type) == (6000, "power_meter_dc")
+
+
+def test_a_late_last_will_does_not_override_a_newer_online(store: MetadataStore) -> None:
+    store.apply_collector_batch([status("dev-1", "online", 2000)], [])
+    store.apply_collector_batch([status("dev-1", "offline", 1500)], [])
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (device.connection_status, device.status_changed_at) == ("online", 2000)
+    store.apply_collector_batch([status("dev-1", "offline", 2500)], [])
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (device.connection_status, device.status_changed_at) == ("offline", 2500)
+
+
+def test_a_status_at_the_same_time_replaces_the_stored_one(store: MetadataStore) -> None:
+    store.apply_collector_batch([status("dev-1", "online", 2000)], [])
+    store.apply_collector_batch([status("dev-1", "offline", 2000)], [])
+    device = store.get_device("dev-1")
+    assert device is not None and device.connection_status == "offline"
+
+
+def test_a_status_without_time_is_as_old_as_its_message(store: MetadataStore) -> None:
+    store.apply_collector_batch([DeviceUpdate("dev-1", 3000, connection_status="online")], [])
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (device.connection_status, device.status_changed_at) == ("online", 3000)
+
+
+def test_several_updates_of_one_device_in_a_batch_apply_in_order(store: MetadataStore) -> None:
+    store.apply_collector_batch(
+        [
+            hello("dev-1", 1000, fw_version="1.0.0"),
+            status("dev-1", "online", 1001),
+            hello("dev-1", 1002, fw_version="1.1.0"),
+            status("dev-1", "offline", 1003),
+            status("dev-1", "online", 900, last_seen=1004),  # stale status, fresh message
+        ],
+        [],
+    )
+    device = store.get_device("dev-1")
+    assert device is not None
+    assert (
+        device.fw_version,
+        device.connection_status,
+        device.status_changed_at,
+        device.last_seen,
+    ) == ("1.1.0", "offline", 1003, 1004)
+
+
+def test_seq_states_are_upserted_per_boot(store: MetadataStore) -> None:
+    first = SeqState("dev-1", 1, 10, 9, 0, 2, ((3, 4),), 1000)
+    store.apply_collector_batch([DeviceUpdate("dev-1", 1000)], [first])
+    later = replace(
+        first, highest_seq=20, received=20, duplicates=1, missing=1, gaps=((4, 4),), updated_at=2000
+    )
+    next_boot = SeqState("dev-1", 2, 0, 1, 0, 0, (), 2500)
+    other = SeqState("dev-2", 1, 5, 6, 0, 0, (), 2500)
+    store.apply_collector_batch([], [later, next_boot, other])
+    assert store.load_seq_states(["dev-1"]) == [later, next_boot]
+    assert store.load_seq_states() == [later, next_boot, other]
+    assert store.load_seq_states([]) == []
+
+
+def test_load_seq_states_takes_many_ids(store: MetadataStore) -> None:
+    states = [SeqState(f"dev-{i:04d}", 1, i, i + 1, 0, 0, (), 1000) for i in range(1200)]
+    store.apply_collector_batch([], states)
+    wanted = [f"dev-{i:04d}" for i in range(0, 1200, 2)] + ["nobody"]
+    assert store.load_seq_states(iter(wanted)) == states[::2]
+
+
+def test_the_cursor_is_stored_with_the_batch(store: MetadataStore) -> None:
+    assert store.get_cursor("spool") is None
+    store.apply_collector_batch([], [], ("spool", "segment-1:0"))
+    store.apply_collector_batch([DeviceUpdate("dev-1", 1)], [], ("spool", "segment-1:42"))
+    assert store.get_cursor("spool") == "segment-1:42"
+    assert store.get_cursor("other") is None
+
+
+def test_a_rejected_batch_changes_nothing(store: MetadataStore) -> None:
+    store.apply_collector_batch([DeviceUpdate("dev-1", 1000)], [], ("spool", "1"))
+    bad = DeviceUpdate("dev-2", 2000, connection_status="sleeping")  # not a status
+    with pytest.raises(StoreRejected) as caught:
+        store.apply_collector_batch(
+            [DeviceUpdate("dev-1", 3000), bad],
+            [SeqState("dev-1", 1, 1, 1, 0, 0, (), 1)],
+            ("spool", "2"),
+        )
+    assert caught.value.retryable is False
+    device = store.get_device("dev-1")
+    assert device is not None and device.last_seen == 1000
+    assert store.get_device("dev-2") is None
+    assert store.load_seq_states() == []
+    assert store.get_cursor("spool") == "1"
+
+
+_types = st.sampled_from([None, "power_meter_dc", "power_meter_ac"])
+_updates = st.lists(
+    st.builds(
+        DeviceUpdate,
+        device_id=st.sampled_from(["a", "b", "c"]),
+        last_seen=st.integers(0, 50),
+        device_type=_types,
+        fw_version=st.sampled_from([None, "1.0", "2.0"]),
+        boot=st.none() | st.integers(0, 3),
+        heartbeat_s=st.none() | st.sampled_from([5.0, 30.0]),
+        connection_status=st.sampled_from([None, "online", "offline"]),
+        status_at=st.none() | st.integers(0, 50),
+    ),
+    max_size=12,
+)
+
+
+def _model(updates: list[DeviceUpdate]) -> dict[str, tuple[Any, ...]]:
+    """What the registry must hold after `updates`, applied one by one."""
+    rows: dict[str, dict[str, Any]] = {}
+    for u in updates:
+        row = rows.setdefault(
+            u.device_id,
+            {
+                "device_type": "unknown",
+                "connection_status": "unknown",
+                "fw_version": None,
+                "last_seen": None,
+                "boot": None,
+                "heartbeat_s": None,
+                "status_changed_at": None,
+            },
+        )
+        row["device_type"] = u.device_type or row["device_type"]
+        for name in ("fw_version", "boot", "heartbeat_s"):
+            if getattr(u, name) is not None:
+                row[name] = getattr(u, name)
+        row["last_seen"] = max(u.last_seen, row["last_seen"] or u.last_seen)
+        if u.connection_status is not None:
+            at = u.last_seen if u.status_at is None else u.status_at
+            if row["status_changed_at"] is None or at >= row["status_changed_at"]:
+                row["connection_status"], row["status_changed_at"] = u.connection_status, at
+    return {key: tuple(row.values()) for key, row in rows.items()}
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(updates=_updates, cuts=st.lists(st.integers(0, 12), max_size=3))
+def test_batches_agree_with_a_one_by_one_model(
+    store: MetadataStore, updates: list[DeviceUpdate], cuts: list[int]
+) -> None:
+    # Each example gets its own device ids, so examples share the store without interfering.
+    prefix = uuid.uuid4().hex[:8]
+    updates = [replace(u, device_id=f"{prefix}-{u.device_id}") for u in updates]
+    bounds = sorted({0, len(updates), *(min(c, len(updates)) for c in cuts)})
+    for start, end in pairwise(bounds):
+        store.apply_collector_batch(updates[start:end], [])
+    stored = {
+        d.device_id: (
+            d.device_type,
+            d.connection_status,
+            d.fw_version,
+            d.last_seen,
+            d.boot,
+            d.heartbeat_s,
+            d.status_changed_at,
+        )
+        for d in store.list_devices(search=prefix)
+    }
+    assert stored == _model(updates)
+
+
+def test_silent_online_devices_are_marked_offline(store: MetadataStore) -> None:
+    store.apply_collector_batch(
+        [
+            hello("quiet", 10_000, heartbeat_s=10.0),
+            status("quiet", "online", 10_000),
+            hello("chatty", 50_000, heartbeat_s=10.0),
+            status("chatty", "online", 50_000),
+            hello("slow", 10_000, heartbeat_s=60.0),
+            status("slow", "online", 10_000),
+            hello("gone", 1_000),
+            status("gone", "offline", 1_000),
+            DeviceUpdate("no-hello", 1_000, connection_status="online"),
+        ],
+        [],
+    )
+    assert store.mark_silent_offline(60_000, factor=3.0) == ["quiet"]
+    quiet = store.get_device("quiet")
+    assert quiet is not None
+    assert (quiet.connection_status, quiet.status_changed_at) == ("offline", 60_000)
+    assert store.mark_silent_offline(60_000) == []
+    # Heard again after being marked: a newer online wins.
+    store.apply_collector_batch([status("quiet", "online", 61_000)], [])
+    quiet = store.get_device("quiet")
+    assert quiet is not None and quiet.connection_status == "online"
+
+
+# --- registry / dashboard -------------------------------------------------------------------
+
+
+def _fleet(store: MetadataStore) -> None:
+    store.apply_collector_batch(
+        [
+            hello("dc-0001", 5000, fw_version="1.2.0"),
+            status("dc-0001", "online", 5000),
+            hello("dc-0002", 3000, fw_version="1.3.0"),
+            status("dc-0002", "offline", 3000),
+            hello("AC-0003", 4000, device_type="power_meter_ac", fw_version="2.0.0"),
+            status("AC-0003", "online", 4000),
+            DeviceUpdate("dc_50%", 1000),
+            DeviceUpdate("x-new", 2000),
+        ],
+        [],
+    )
+
+
+def _ids(devices: list[Any]) -> list[str]:
+    return [d.device_id for d in devices]
+
+
+def test_list_devices_filters(store: MetadataStore) -> None:
+    _fleet(store)
+    assert _ids(store.list_devices()) == ["AC-0003", "dc-0001", "dc-0002", "dc_50%", "x-new"]
+    assert _ids(store.list_devices(search="ac-")) == ["AC-0003"]
+    assert _ids(store.list_devices(search="power_meter_ac")) == ["AC-0003"]
+    assert _ids(store.list_devices(search="1.3")) == ["dc-0002"]
+    assert _ids(store.list_devices(search="_5")) == ["dc_50%"]  # _ and % are literal
+    assert _ids(store.list_devices(search="%")) == ["dc_50%"]
+    assert _ids(store.list_devices(status="online")) == ["AC-0003", "dc-0001"]
+    assert _ids(store.list_devices(device_type="unknown")) == ["dc_50%", "x-new"]
+    assert _ids(store.list_devices(status="online", device_type="power_meter_dc", search="DC")) == [
+        "dc-0001"
+    ]
+    assert store.count_devices() == 5
+    assert store.count_devices(search="dc") == 3
+    assert store.count_devices(status="offline") == 1
+    assert store.count_devices(device_type="power_meter_ac", status="offline") == 0
+
+
+def test_list_devices_orders_and_pages(store: MetadataStore) -> None:
+    _fleet(store)
+    assert _ids(store.list_devices(order_by="last_seen", descending=True)) == [
+        "dc-0001",
+        "AC-0003",
+        "dc-0002",
+        "x-new",
+        "dc_50%",
+    ]
+    # Ties break on device_id; devices without a firmware version sort last both ways.
+    assert _ids(store.list_devices(order_by="connection_status")) == [
+        "dc-0002",
+        "AC-0003",
+        "dc-0001",
+        "dc_50%",
+        "x-new",
+    ]
+    assert _ids(store.list_devices(order_by="fw_version"))[-2:] == ["dc_50%", "x-new"]
+    assert _ids(store.list_devices(order_by="fw_version", descending=True))[-2:] == [
+        "x-new",
+        "dc_50%",
+    ]
+    every = _ids(store.list_devices(order_by="last_seen"))
+    pages = [_ids(store.list_devices(order_by="last_seen", offset=o, limit=2)) for o in (0, 2, 4)]
+    assert list(chain.from_iterable(pages)) == every
+    assert _ids(store.list_devices(offset=3)) == ["dc_50%", "x-new"]
+    for column in DEVICE_ORDER_COLUMNS:
+        assert len(store.list_devices(order_by=column, descending=True)) == 5
+
+
+def test_list_devices_refuses_an_unknown_order(store: MetadataStore) -> None:
+    with pytest.raises(ValueError, match="cannot order devices"):
+        store.list_devices(order_by="last_seen; DROP TABLE devices")
+
+
+def test_counts_by_status_name_every_status(store: MetadataStore) -> None:
+    assert store.device_counts_by_status() == {"online": 0, "offline": 0, "unknown": 0}
+    _fleet(store)
+    assert store.device_counts_by_status() == {"online": 2, "offline": 1, "unknown": 2}
+
+
+def test_config_values_round_trip_as_json(store: MetadataStore) -> None:
+    assert store.get_config("dev-1") == {}
+    values: dict[str, Any] = {
+        "interval_s": 5,
+        "gain": 1.25,
+        "label": "north",
+        "on": True,
+        "none": None,
+        "list": [1, "a"],
+        "obj": {"k": [1]},
+    }
+    for key, value in values.items():
+        store.set_config("dev-1", key, value)
+    store.set_config("dev-1", "interval_s", 10)
+    store.set_config("dev-2", "label", "south")
+    assert store.get_config("dev-1") == values | {"interval_s": 10}
+    assert store.get_config("dev-2") == {"label": "south"}
+    with pytest.raises(StoreRejected):
+        store.set_config("dev-1", "bad", float("nan"))
+    with pytest.raises(StoreRejected):
+        store.set_config("dev-1", "bad", object())
+
+
+# --- alerts ---------------------------------------------------------------------------------
+
+
+def test_raising_an_open_alert_again_refreshes_it(store: MetadataStore) -> None:
+    alert, new = store.raise_alert("dev-1", "overvoltage", "warning", 910.0, "910 V", 1000)
+    assert new
+    assert (alert.state, alert.value, alert.raised_at, alert.updated_at) == (
+        "active",
+        910.0,
+        1000,
+        1000,
+    )
+    again, new = store.raise_alert("dev-1", "overvoltage", "critical", 950.0, "950 V", 2000)
+    assert not new
+    assert (
+        again.id,
+        again.severity,
+        again.value,
+        again.message,
+        again.raised_at,
+        again.updated_at,
+    ) == (alert.id, "critical", 950.0, "950 V", 1000, 2000)
+    other, new = store.raise_alert("dev-1", "overcurrent", "warning", None, "I", 2000)
+    assert new and other.id != alert.id and other.value is None
+    assert [a.id for a in store.open_alerts("dev-1")] == [alert.id, other.id]
+
+
+def test_an_acknowledged_alert_is_still_the_open_one(store: MetadataStore) -> None:
+    alert, _ = store.raise_alert("dev-1", "temp", "warning", 80.0, "hot", 1000)
+    assert store.acknowledge_alert(alert.id, 1500)
+    assert not store.acknowledge_alert(alert.id, 1600)
+    again, new = store.raise_alert("dev-1", "temp", "warning", 85.0, "hotter", 2000)
+    assert not new
+    assert (again.id, again.state, again.acknowledged_at) == (alert.id, "acknowledged", 1500)
+
+
+def test_after_clearing_the_same_rule_raises_a_new_alert(store: MetadataStore) -> None:
+    alert, _ = store.raise_alert("dev-1", "temp", "warning", 80.0, "hot", 1000)
+    assert store.clear_alert(alert.id, 1500)
+    assert not store.clear_alert(alert.id, 1600)
+    assert not store.acknowledge_alert(alert.id, 1600)
+    fresh, new = store.raise_alert("dev-1", "temp", "warning", 81.0, "hot", 2000)
+    assert new and fresh.id != alert.id
+    assert store.open_alerts() == [fresh]
+    cleared = store.list_alerts(state="cleared")
+    assert [(a.id, a.cleared_at, a.updated_at) for a in cleared] == [(alert.id, 1500, 1500)]
+
+
+def test_clear_alerts_for_a_rule(store: MetadataStore) -> None:
+    a, _ = store.raise_alert("dev-1", "temp", "warning", 80.0, "hot", 1000)
+    store.raise_alert("dev-1", "volt", "warning", 80.0, "v", 1000)
+    store.raise_alert("dev-2", "temp", "warning", 80.0, "hot", 1000)
+    assert store.clear_alerts_for("dev-1", "temp", 3000) == [a.id]
+    assert store.clear_alerts_for("dev-1", "temp", 3001) == []
+    assert sorted((x.device_id, x.rule) for x in store.open_alerts()) == [
+        ("dev-1", "volt"),
+        ("dev-2", "temp"),
+    ]
+
+
+def test_list_alerts_newest_first_with_filters(store: MetadataStore) -> None:
+    ids = [
+        store.raise_alert(f"dev-{i % 2}", f"rule-{i}", "info", float(i), "m", 1000 + i)[0].id
+        for i in range(6)
+    ]
+    assert [a.id for a in store.list_alerts()] == ids[::-1]
+    assert [a.id for a in store.list_alerts(device_id="dev-1")] == [ids[5], ids[3], ids[1]]
+    assert [a.id for a in store.list_alerts(limit=2)] == [ids[5], ids[4]]
+    store.acknowledge_alert(ids[2], 2000)
+    assert [a.id for a in store.list_alerts(state="acknowledged")] == [ids[2]]
+    assert len(store.list_alerts(state="active", device_id="dev-0")) == 2
+
+
+def test_concurrent_raises_make_one_alert(store_url: str) -> None:
+    stores = [open_metadata(store_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def raise_it(store: MetadataStore) -> tuple[int, bool]:
+        barrier.wait()
+        alert, new = store.raise_alert("dev-1", "temp", "warning", 1.0, "m", 1000)
+        return alert.id, new
+
+    try:
+        stores[0].migrate()
+        with ThreadPoolExecutor(len(stores)) as pool:
+            outcomes = list(pool.map(raise_it, stores))
+        assert len({alert_id for alert_id, _ in outcomes}) == 1
+        assert sorted(new for _, new in outcomes) == [False, False, False, True]
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _command(command_id: str = "cmd-1", device_id: str = "dev-1", at: int = 1000) -> Command:
+    return Command(
+        command_id,
+        device_id,
+        "set_interval",
+        {"interval_s": 5, "tags": ["a"]},
+        "queued",
+        at,
+        at,
+        at + 60_000,
+    )
+
+
+def test_a_command_round_trips(store: MetadataStore) -> None:
+    cmd = _command()
+    store.create_command(cmd)
+    assert store.get_command("cmd-1") == cmd
+    assert store.get_command("nope") is None
+    with pytest.raises(StoreRejected):
+        store.create_command(cmd)
+
+
+def test_a_command_moves_forward_until_final(store: MetadataStore) -> None:
+    store.create_command(_command())
+    assert store.update_command("cmd-1", state="sent", at=1100, sent=True)
+    assert store.update_command("cmd-1", state="sent", at=1200, sent=True)  # a retry
+    assert store.update_command("cmd-1", state="accepted", at=1300, result="accepted")
+    assert store.update_command("cmd-1", state="done", at=1400, result="done", detail="ok")
+    final = store.get_command("cmd-1")
+    assert final is not None
+    assert (
+        final.state,
+        final.attempts,
+        final.sent_at,
+        final.updated_at,
+        final.result,
+        final.detail,
+    ) == ("done", 2, 1200, 1400, "done", "ok")
+    for state in ("failed", "sent", "timed_out"):
+        assert not store.update_command("cmd-1", state=state, at=1500, sent=True)
+    assert store.get_command("cmd-1") == final
+    assert not store.update_command("nope", state="sent", at=1)
+
+
+@pytest.mark.parametrize("final", ["done", "rejected", "failed", "timed_out"])
+def test_every_final_command_state_is_final(store: MetadataStore, final: str) -> None:
+    store.create_command(_command())
+    assert store.update_command("cmd-1", state=final, at=2000, detail="why")
+    assert not store.update_command("cmd-1", state="queued", at=3000)
+    cmd = store.get_command("cmd-1")
+    assert cmd is not None and (cmd.state, cmd.detail) == (final, "why")
+
+
+def test_an_unknown_command_state_is_refused(store: MetadataStore) -> None:
+    store.create_command(_command())
+    with pytest.raises(StoreRejected):
+        store.update_command("cmd-1", state="teleported", at=2000)
+
+
+def test_pending_and_listed_commands(store: MetadataStore) -> None:
+    for i, device in enumerate(["dev-1", "dev-2", "dev-1", "dev-1"]):
+        store.create_command(_command(f"cmd-{i}", device, at=1000 + i))
+    store.update_command("cmd-0", state="done", at=2000)
+    store.update_command("cmd-2", state="sent", at=2000, sent=True)
+    assert [c.id for c in store.pending_commands()] == ["cmd-1", "cmd-2", "cmd-3"]
+    assert [c.id for c in store.pending_commands("dev-1")] == ["cmd-2", "cmd-3"]
+    assert [c.id for c in store.list_commands()] == ["cmd-3", "cmd-2", "cmd-1", "cmd-0"]
+    assert [c.id for c in store.list_commands(device_id="dev-1", limit=2)] == ["cmd-3", "cmd-2"]
+    assert [c.id for c in store.list_commands(state="sent")] == ["cmd-2"]
+
+
+# --- OTA ------------------------------------------------------------------------------------
+
+
+def _firmware(version: str = "2.0.0", at: int = 1000) -> Firmware:
+    return Firmware(version, 123_456, "ab" * 32, f"_firmware/{version}.bin", at)
+
+
+def _campaign(campaign_id: str = "camp-1", at: int = 5000) -> Campaign:
+    return Campaign(campaign_id, "2.0.0", "type=power_meter_dc", 10, 20.0, "running", at, at)
+
+
+def test_firmware_round_trips(store: MetadataStore) -> None:
+    store.add_firmware(_firmware("1.0.0", 1000))
+    store.add_firmware(_firmware("2.0.0", 2000))
+    assert store.get_firmware("2.0.0") == _firmware("2.0.0", 2000)
+    assert store.get_firmware("9.9.9") is None
+    assert [f.version for f in store.list_firmware()] == ["2.0.0", "1.0.0"]
+    with pytest.raises(StoreRejected):
+        store.add_firmware(_firmware("1.0.0", 3000))
+
+
+def test_a_campaign_starts_with_pending_targets(store: MetadataStore) -> None:
+    store.add_firmware(_firmware())
+    store.create_campaign(_campaign(), ["dev-2", "dev-1", "dev-2"])
+    assert store.get_campaign("camp-1") == _campaign()
+    assert store.get_campaign("nope") is None
+    targets = store.list_targets("camp-1")
+    assert [
+        (t.device_id, t.state, t.attempts, t.progress_pct, t.started_at, t.updated_at)
+        for t in targets
+    ] == [("dev-1", "pending", 0, None, None, 5000), ("dev-2", "pending", 0, None, None, 5000)]
+    store.create_campaign(_campaign("camp-2", 6000), [])
+    assert [c.id for c in store.list_campaigns()] == ["camp-2", "camp-1"]
+    assert [c.id for c in store.list_campaigns(limit=1)] == ["camp-2"]
+    assert store.list_targets("camp-2") == []
+
+
+def test_a_campaign_for_missing_firmware_is_refused_whole(store: MetadataStore) -> None:
+    with pytest.raises(StoreRejected):
+        store.create_campaign(_campaign(), ["dev-1"])
+    assert store.get_campaign("camp-1") is None
+    assert store.list_targets("camp-1") == []
+
+
+def test_update_campaign(store: MetadataStore) -> None:
+    store.add_firmware(_firmware())
+    store.create_campaign(_campaign(), ["dev-1"])
+    assert store.update_campaign("camp-1", state="paused", at=6000, detail="too many failures")
+    assert store.update_campaign("camp-1", state="running", at=7000)
+    campaign = store.get_campaign("camp-1")
+    assert campaign is not None
+    assert (campaign.state, campaign.updated_at, campaign.detail) == (
+        "running",
+        7000,
+        "too many failures",
+    )
+    assert not store.update_campaign("nope", state="running", at=1)
+
+
+def test_a_target_moves_forward_until_final(store: MetadataStore) -> None:
+    store.add_firmware(_firmware())
+    store.create_campaign(_campaign(), ["dev-1"])
+    assert store.update_target("camp-1", "dev-1", state="offered", at=6000, started=True)
+    assert store.update_target("camp-1", "dev-1", state="downloading", at=6100, progress_pct=40.0)
+    assert store.update_target("camp-1", "dev-1", state="verifying", at=6200, error="bad hash")
+    # A new attempt starts clean.
+    assert store.update_target("camp-1", "dev-1", state="offered", at=7000, started=True)
+    (target,) = store.list_targets("camp-1")
+    assert (
+        target.state,
+        target.attempts,
+        target.started_at,
+        target.progress_pct,
+        target.error,
+    ) == ("offered", 2, 7000, None, None)
+    assert store.update_target("camp-1", "dev-1", state="done", at=8000, progress_pct=100.0)
+    assert not store.update_target("camp-1", "dev-1", state="failed", at=9000, error="x")
+    (target,) = store.list_targets("camp-1")
+    assert (target.state, target.updated_at, target.progress_pct, target.error) == (
+        "done",
+        8000,
+        100.0,
+        None,
+    )
+    assert not store.update_target("camp-1", "dev-9", state="done", at=1)
+
+
+# --- lifecycle, threads, speed --------------------------------------------------------------
+
+
+def test_check_passes_and_a_closed_store_refuses(store_url: str) -> None:
+    store = open_metadata(store_url)
+    store.check()
+    store.close()
+    with pytest.raises(StoreError):
+        store.get_device("dev-1")
+
+
+def test_threads_share_one_store(store: MetadataStore) -> None:
+    def work(worker: int) -> None:
+        for i in range(20):
+            store.apply_collector_batch([DeviceUpdate(f"w{worker}-{i}", i)], [])
+            store.list_devices(limit=10)
+            store.raise_alert(f"w{worker}", "r", "info", float(i), "m", i)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(work, range(6)))
+    assert store.count_devices() == 120
+    assert len(store.open_alerts()) == 6
+
+
+def test_collectors_sharing_the_load_do_not_deadlock(store_url: str) -> None:
+    ids = [f"dev-{i:03d}" for i in range(200)]
+    stores = [open_metadata(store_url) for _ in range(2)]
+    stores[0].migrate()
+    barrier = threading.Barrier(len(stores))
+
+    def collect(worker: int) -> None:
+        barrier.wait()
+        order = ids if worker == 0 else ids[::-1]  # the same devices, in opposite orders
+        for round_ in range(15):
+            stores[worker].apply_collector_batch(
+                [DeviceUpdate(d, round_ * 10 + worker) for d in order],
+                [SeqState(d, 1, round_, round_, 0, 0, (), round_) for d in order],
+            )
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(collect, range(len(stores))))
+        assert stores[0].count_devices() == 200
+        device = stores[0].get_device("dev-000")
+        assert device is not None and device.last_seen == 141
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def _timed(action: Callable[[], object], repeat: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        action()
+    return (time.perf_counter() - start) / repeat * 1000
+
+
+def test_dashboard_queries_over_ten_thousand_devices_are_fast(
+    store: MetadataStore, store_url: str
+) -> None:
+    batches = [
+        [hello(f"dc-{b * 1000 + i:05d}", 1000 + i, boot=b) for i in range(1000)] for b in range(10)
+    ]
+    insert_ms = _timed(lambda: store.apply_collector_batch(batches.pop(), []), repeat=10)
+    updates = [
+        DeviceUpdate(f"dc-{i:05d}", 5000 + i, connection_status="online")
+        for i in range(0, 10_000, 10)
+    ]
+    update_ms = _timed(lambda: store.apply_collector_batch(updates, []), repeat=3)
+    page_ms = _timed(lambda: store.list_devices(limit=50, offset=5000), repeat=20)
+    sorted_ms = _timed(
+        lambda: store.list_devices(order_by="last_seen", descending=True, limit=50, offset=200),
+        repeat=20,
+    )
+    count_ms = _timed(lambda: store.count_devices(), repeat=20)
+    filtered_ms = _timed(lambda: store.count_devices(status="online"), repeat=20)
+    print(
+        f"\n{store_url.split(':')[0]}: insert 1000 new {insert_ms:.1f} ms, update 1000 "
+        f"{update_ms:.1f} ms, page {page_ms:.2f} ms, page by last_seen {sorted_ms:.2f} ms, "
+        f"count {count_ms:.2f} ms, count online {filtered_ms:.2f} ms"
+    )
+    assert store.count_devices() == 10_000
+    assert store.count_devices(status="online") == 1000
+    # Generous bounds: a shared CI machine is slow, not ten times slower.
+    assert max(page_ms, sorted_ms, count_ms, filtered_ms) < 50
+    assert max(insert_ms, update_ms) < 1000

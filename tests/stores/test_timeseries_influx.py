@@ -1,0 +1,378 @@
+"""InfluxDB adapter specifics: database creation, the wire format, retries and back-off,
+outages, partial writes. Real influxd where the behaviour is the server's; a scripted HTTP
+server where the test needs an answer influxd 1.6 will not give (429, 503, 3.x errors)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from iotmeter_tui.backend.errors import PartialWriteError, StoreRejected, StoreUnavailable
+from iotmeter_tui.backend.stores.timeseries import Point
+from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
+from iotmeter_tui.testing import InfluxServer
+
+T0 = 1_795_740_001_250
+TOKEN = "s3cr3t-token-value"
+
+
+def pt(device_id: str, ts: int, seq: int = 1, **fields: float) -> Point:
+    return Point(device_id, "power_meter_dc", ts, 7, seq, fields)
+
+
+def raw_query(server: InfluxServer, q: str, database: str | None = None) -> Any:
+    params = {"q": q, **({"db": database} if database else {})}
+    body = urllib.parse.urlencode(params).encode()
+    with urllib.request.urlopen(f"{server.http_url}/query", body, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def databases(server: InfluxServer) -> set[str]:
+    result = raw_query(server, "SHOW DATABASES")["results"][0]
+    return {row[0] for series in result.get("series", []) for row in series.get("values", [])}
+
+
+@pytest.fixture
+def database(influxdb: InfluxServer) -> Iterator[str]:
+    name = f"ts_{uuid.uuid4().hex[:12]}"
+    yield name
+    raw_query(influxdb, f'DROP DATABASE "{name}"')
+
+
+def real_store(server: InfluxServer, database: str) -> InfluxTimeSeries:
+    return InfluxTimeSeries(f"influxdb://{server.host}:{server.port}/{database}")
+
+
+# --- against a real influxd -------------------------------------------------------------------
+
+
+def test_the_database_is_created_on_first_use(influxdb: InfluxServer, database: str) -> None:
+    store = real_store(influxdb, database)
+    assert database not in databases(influxdb)
+    store.write([pt("dev", T0, voltage_v=750.0)])
+    assert database in databases(influxdb)
+    store.close()
+
+
+def test_a_first_query_creates_the_database_too(influxdb: InfluxServer, database: str) -> None:
+    store = real_store(influxdb, database)
+    assert store.latest() == {}
+    assert database in databases(influxdb)
+    store.close()
+
+
+def test_values_are_stored_as_float_fields_and_boot_seq_as_integers(
+    influxdb: InfluxServer, database: str
+) -> None:
+    store = real_store(influxdb, database)
+    store.write([pt("dev", T0, 12, voltage_v=750)])
+    answer = raw_query(influxdb, "SHOW FIELD KEYS FROM iot_telemetry", database)
+    series = answer["results"][0]["series"][0]
+    assert dict(map(tuple, series["values"])) == {
+        "boot": "integer", "seq": "integer", "voltage_v": "float"}
+    store.close()
+
+
+def test_an_outage_raises_store_unavailable_then_the_same_store_recovers(
+    private_influxdb: InfluxServer,
+) -> None:
+    store = InfluxTimeSeries(private_influxdb.url, TOKEN, retries=2, backoff_s=0.05, timeout=2)
+    store.write([pt("dev", T0, 1, voltage_v=1.0)])
+    private_influxdb.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as caught:
+        store.write([pt("dev", T0 + 1000, 2, voltage_v=2.0)])
+    assert time.monotonic() - started < 5
+    assert str(caught.value).startswith("influxdb: cannot reach")
+    assert "after 3 attempts" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    with pytest.raises(StoreUnavailable):
+        store.latest()
+    private_influxdb.start()
+    store.write([pt("dev", T0 + 1000, 2, voltage_v=2.0)])
+    assert store.counts() == {"dev": 2}
+    store.close()
+
+
+def test_a_field_type_conflict_is_a_partial_write_naming_the_points(
+    influxdb: InfluxServer, database: str
+) -> None:
+    store = real_store(influxdb, database)
+    store.check()  # creates the database
+    line = f'iot_telemetry,device_id=old,device_type=x voltage_v="text",boot=1i,seq=1i {T0}'
+    urllib.request.urlopen(
+        f"{influxdb.http_url}/write?db={database}&precision=ms", line.encode(), timeout=10
+    ).close()
+    conflicting = [pt("a", T0 + 1, voltage_v=750.0), pt("b", T0 + 2, voltage_v=751.0)]
+    fine = pt("c", T0 + 3, current_a=5.0)
+    with pytest.raises(PartialWriteError) as caught:
+        store.write([conflicting[0], fine, conflicting[1]])
+    assert caught.value.failed == conflicting
+    assert caught.value.accepted == 1
+    assert "field type conflict" in str(caught.value)
+    assert store.counts() == {"old": 1, "c": 1}
+    store.close()
+
+
+# --- against a scripted server ------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    client: tuple[str, int]
+
+
+@dataclass
+class ScriptedInflux:
+    """An HTTP/1.1 keep-alive server answering with `answer(request)`; records requests."""
+
+    answer: Callable[[Seen], tuple[int, dict[str, str], bytes]]
+    seen: list[Seen] = field(default_factory=list)
+    close_after_each: bool = False
+
+    def __post_init__(self) -> None:
+        script = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                request = Seen(self.command, self.path, dict(self.headers.items()),
+                               self.rfile.read(length), self.client_address)
+                script.seen.append(request)
+                status, headers, body = script.answer(request)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                # Hang up without saying so, as a server dropping an idle connection does.
+                self.close_connection = script.close_after_each
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    def url(self, database: str = "iot-metrics") -> str:
+        return f"influxdb://127.0.0.1:{self.server.server_address[1]}/{database}"
+
+    def writes(self) -> list[Seen]:
+        return [s for s in self.seen if s.path.startswith("/write")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ok(request: Seen) -> tuple[int, dict[str, str], bytes]:
+    if request.path.startswith("/write"):
+        return 204, {}, b""
+    return 200, {"Content-Type": "application/json"}, b'{"results":[{"statement_id":0}]}\n'
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedInflux]]:
+    servers: list[ScriptedInflux] = []
+
+    def start(answer: Callable[[Seen], tuple[int, dict[str, str], bytes]] = ok,
+              close_after_each: bool = False) -> ScriptedInflux:
+        servers.append(ScriptedInflux(answer, close_after_each=close_after_each))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def on_write(*answers: tuple[int, dict[str, str], bytes]) -> Callable[[Seen], tuple[
+        int, dict[str, str], bytes]]:
+    """Answer writes from `answers` in turn (the last one repeats), everything else ok."""
+    remaining = list(answers)
+
+    def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if not request.path.startswith("/write"):
+            return ok(request)
+        return remaining.pop(0) if len(remaining) > 1 else remaining[0]
+
+    return answer
+
+
+def test_the_wire_format(scripted: Callable[..., ScriptedInflux]) -> None:
+    server = scripted()
+    store = InfluxTimeSeries(server.url(), TOKEN)
+    store.write([Point("dev 1,x=y", "power_meter_dc", T0, 7, 12,
+                       {"voltage_v": 750, "a b,c=d": -1.5, "tiny": 1e-5})])
+    [create, write] = server.seen
+    assert urllib.parse.parse_qs(create.body.decode()) == {"q": ['CREATE DATABASE "iot-metrics"']}
+    assert write.path == "/write?db=iot-metrics&precision=ms"
+    assert write.headers["Content-Encoding"] == "gzip"
+    assert write.headers["Authorization"] == f"Token {TOKEN}"
+    assert gzip.decompress(write.body).decode() == (
+        r"iot_telemetry,device_id=dev\ 1\,x\=y,device_type=power_meter_dc "
+        rf"voltage_v=750.0,a\ b\,c\=d=-1.5,tiny=1e-05,boot=7i,seq=12i {T0}"
+    )
+
+
+def test_a_user_password_token_goes_as_basic_auth(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    server = scripted()
+    InfluxTimeSeries(server.url(), "admin:pa:ss").write([pt("d", T0, v=1.0)])
+    assert {s.headers["Authorization"] for s in server.seen} == {"Basic YWRtaW46cGE6c3M="}
+
+
+def test_one_keep_alive_connection_per_thread(scripted: Callable[..., ScriptedInflux]) -> None:
+    server = scripted()
+    store = InfluxTimeSeries(server.url())
+
+    def write_five() -> None:
+        for i in range(5):
+            store.write([pt("d", T0 + i, v=1.0)])
+
+    threads = [threading.Thread(target=write_five) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    write_five()
+    assert len(server.writes()) == 20
+    assert len({s.client for s in server.seen}) == 4
+    store.close()
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_a_retry(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    server = scripted(close_after_each=True)
+    store = InfluxTimeSeries(server.url(), retries=0)
+    for i in range(3):
+        store.write([pt("d", T0 + i, v=1.0)])
+    assert len(server.writes()) == 3
+
+
+def test_5xx_is_retried_honouring_retry_after(scripted: Callable[..., ScriptedInflux]) -> None:
+    server = scripted(on_write(
+        (503, {"Retry-After": "0.2"}, b'{"error":"busy"}'),
+        (500, {}, b'{"error":"engine hiccup"}'),
+        (204, {}, b""),
+    ))
+    store = InfluxTimeSeries(server.url(), retries=3, backoff_s=0.01)
+    started = time.monotonic()
+    store.write([pt("d", T0, v=1.0)])
+    assert len(server.writes()) == 3
+    assert time.monotonic() - started >= 0.2
+
+
+def test_retries_are_bounded(scripted: Callable[..., ScriptedInflux]) -> None:
+    server = scripted(on_write((503, {}, b'{"error":"overloaded"}')))
+    store = InfluxTimeSeries(server.url(), TOKEN, retries=2, backoff_s=0.01)
+    with pytest.raises(StoreUnavailable) as caught:
+        store.write([pt("d", T0, v=1.0)])
+    assert len(server.writes()) == 3
+    assert "answered 503: overloaded (after 3 attempts)" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+
+
+def test_a_long_retry_after_is_handed_to_the_caller(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    server = scripted(on_write((429, {"Retry-After": "120"}, b'{"error":"rate limited"}')))
+    store = InfluxTimeSeries(server.url(), retries=5, backoff_s=0.01, max_backoff_s=1.0)
+    with pytest.raises(StoreUnavailable) as caught:
+        store.write([pt("d", T0, v=1.0)])
+    assert caught.value.retry_after == 120
+    assert len(server.writes()) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 413, 422])
+def test_other_4xx_is_rejected_at_once(
+    scripted: Callable[..., ScriptedInflux], status: int
+) -> None:
+    server = scripted(on_write((status, {}, b'{"error":"authorization failed"}')))
+    store = InfluxTimeSeries(server.url(), TOKEN, retries=3)
+    with pytest.raises(StoreRejected) as caught:
+        store.write([pt("d", T0, v=1.0)])
+    assert not isinstance(caught.value, PartialWriteError)
+    assert len(server.writes()) == 1
+    assert "authorization failed" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+
+
+def test_refusal_to_create_the_database_is_ignored(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if b"CREATE+DATABASE" in request.body:
+            return 403, {}, b'{"error":"insufficient permissions"}'
+        return ok(request)
+
+    server = scripted(answer)
+    InfluxTimeSeries(server.url()).write([pt("d", T0, v=1.0)])
+    assert len(server.writes()) == 1
+
+
+def test_unparsed_lines_quoted_by_1x_are_the_failed_points(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    line = rf"iot_telemetry,device_id=b,device_type=power_meter_dc v=2.0,boot=7i,seq=1i {T0}"
+    body = json.dumps({"error": f"partial write: unable to parse '{line}': bad dropped=0"})
+    server = scripted(on_write((400, {}, body.encode())))
+    points = [pt("a", T0, v=1.0), pt("b", T0, v=2.0), pt("c", T0, v=3.0)]
+    with pytest.raises(PartialWriteError) as caught:
+        InfluxTimeSeries(server.url()).write(points)
+    assert caught.value.failed == [points[1]]
+    assert caught.value.accepted == 2
+
+
+def test_3x_partial_write_line_numbers_name_the_failed_points(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    body = json.dumps({"error": "partial write of line protocol occurred", "data": [
+        {"original_line": "...", "line_number": 3, "error_message": "invalid column type"}]})
+    server = scripted(on_write((400, {}, body.encode())))
+    points = [pt("a", T0, v=1.0), pt("b", T0, v=2.0), pt("c", T0, v=3.0)]
+    with pytest.raises(PartialWriteError) as caught:
+        InfluxTimeSeries(server.url()).write(points)
+    assert caught.value.failed == [points[2]]
+    assert caught.value.accepted == 2
+
+
+def test_an_unexplained_partial_write_fails_the_whole_chunk(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    body = b'{"error":"partial write: max-values-per-tag limit exceeded dropped=1"}'
+    server = scripted(on_write((400, {}, body)))
+    points = [pt("a", T0, v=1.0), pt("b", T0, v=2.0)]
+    with pytest.raises(PartialWriteError) as caught:
+        InfluxTimeSeries(server.url()).write(points)
+    assert caught.value.failed == points  # a superset is safe: a rewrite is harmless
+    assert caught.value.accepted == 1
+
+
+def test_a_malformed_url_or_database_name_is_refused() -> None:
+    with pytest.raises(ValueError):
+        InfluxTimeSeries("http://127.0.0.1:8086/db")
+    with pytest.raises(ValueError):
+        InfluxTimeSeries('influxdb://127.0.0.1:8086/bad"name')
