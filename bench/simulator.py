@@ -130,7 +130,8 @@ async def measure(args: argparse.Namespace, port: int, broker_pid: int, home: Pa
                                  f"after {args.connect_timeout} s")
             await asyncio.sleep(0.2)
         connect_s = time.monotonic() - t0
-        print(f"{args.devices} devices connected in {connect_s:.1f} s; warming up "
+        print(f"{args.devices} devices connected in {connect_s:.1f} s "
+              f"({fleet.stats().connect_failures} failed attempts retried); warming up "
               f"{args.warmup:g} s", flush=True)
         await asyncio.sleep(args.warmup)
 
@@ -153,6 +154,7 @@ async def measure(args: argparse.Namespace, port: int, broker_pid: int, home: Pa
             "kind": args.kind,
             "window_s": round(wall, 2),
             "connect_all_s": round(connect_s, 2),
+            "connect_attempts_failed": start.connect_failures,
             "connections_held_min": min_online,
             # The broker's own count (published each second, before the $SYS reader joined), less
             # our counting subscriber.

@@ -32,6 +32,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "share_group": ["a/b", "group+", "#"],
     "metrics_port": ["0", "-1", "65536", "http", "9108.5"],
     "log_level": ["TRACE", "verbose", "5"],
+    "redeliver_after_s": ["0", "-1", "10s", "nan", "inf"],
+    "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
+                        "127.0.0.1:70000", "a b:9109", "::1:9109"],
+    "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
 
@@ -241,7 +245,10 @@ def test_bad_typed_toml_value(home: Path, tmp_path: Path, key: str, toml_value: 
     [("metrics_port", "1"), ("metrics_port", "65535"), ("auto_register", "YES"),
      ("auto_register", "off"), ("archive_gzip", "0"), ("log_level", "error"),
      ("db_url", "postgres://iot@db/iot"), ("tsdb_url", "influxdbs://influx:8086/iot-metrics"),
-     ("s3_endpoint", "http://127.0.0.1:9000"), ("spool_max_bytes", "4096")],
+     ("s3_endpoint", "http://127.0.0.1:9000"), ("spool_max_bytes", "4096"),
+     ("firmware_listen", "0.0.0.0:9109"), ("firmware_listen", "[::1]:0"),
+     ("firmware_listen", "collector.example.net:80"),
+     ("firmware_base_url", "https://fw.example.net/iotmeter")],
 )
 def test_good_edge_values(home: Path, key: str, good: str) -> None:
     load_settings(env={BY_KEY[key].env: good})

@@ -21,6 +21,9 @@ LOOPBACK = "127.0.0.1"
 MOSQUITTO_FALLBACK = Path("/usr/sbin/mosquitto")
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+# Written into the data directory while the broker runs, so other iotmeter processes on the
+# same IOTMETER_HOME (the `command` and `ota` subcommands) can find it.
+PORT_FILE = "port"
 
 
 class BrokerError(IotmeterError, RuntimeError):
@@ -118,6 +121,16 @@ def mosquitto_config(port: int, data_dir: str | Path) -> str:
     )
 
 
+def running_broker_url(data_dir: str | Path) -> str | None:
+    """The URL of the embedded broker running on `data_dir`, or None if none answers there."""
+    try:
+        port = int((Path(data_dir) / PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    # The file outlives a crashed broker; only a listening port counts.
+    return f"mqtt://{LOOPBACK}:{port}" if tcp_accepts(LOOPBACK, port) else None
+
+
 class EmbeddedBroker:
     """A private mosquitto on 127.0.0.1 that keeps its port and data directory across restarts."""
 
@@ -167,6 +180,11 @@ class EmbeddedBroker:
             name="mosquitto",
             log_path=self.log_path,
         )
+        self._port_file.write_text(f"{self.port}\n")
+
+    @property
+    def _port_file(self) -> Path:
+        return self.data_dir / PORT_FILE
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Clean shutdown (SIGTERM): mosquitto writes its persistence file on the way out."""
@@ -184,6 +202,7 @@ class EmbeddedBroker:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
+        self._port_file.unlink(missing_ok=True)
         process.send_signal(sig)
         try:
             process.wait(timeout_s)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 ENV_PREFIX = "IOTMETER_"
 
@@ -91,6 +91,19 @@ def _port(text: str) -> int:
     return int(value)
 
 
+def _host_port(text: str) -> str:
+    # host:port for a listening socket; [v6]:port for IPv6. Port 0 lets the kernel pick one.
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9109)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    # An IPv6 address must be bracketed, or "::1:9109" would be ambiguous.
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", bare) or (":" in bare and not bracketed):
+        raise ValueError(f"{text!r} has no valid host before the port")
+    return text
+
+
 def _text(text: str) -> str:
     return text
 
@@ -152,6 +165,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("archive_window_s", _positive(float), 60.0,
             "Seconds of messages per archive object, per device and category."),
     Setting("metrics_port", _port, 9108, "Port of the Prometheus /metrics endpoint."),
+    Setting("redeliver_after_s", _positive(float), 10.0,
+            "Seconds without an answer after which a command is published again or a "
+            "firmware offer repeated (devices act once per id)."),
+    Setting("firmware_listen", _host_port, "127.0.0.1:9109",
+            "HOST:PORT the collector's firmware endpoint (GET /firmware/<version>) binds; "
+            "it runs unless the archive is S3 and no firmware base URL is set."),
+    Setting("firmware_base_url", _url(("http", "https")), None,
+            "How devices reach the firmware endpoint, e.g. https://fw.example.net; unset: a "
+            "presigned S3 URL when the archive is S3, else http://<firmware_listen>."),
     Setting("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
 )
 
@@ -178,6 +200,9 @@ class Settings:
     archive_gzip: bool
     archive_window_s: float
     metrics_port: int
+    redeliver_after_s: float
+    firmware_listen: str
+    firmware_base_url: str | None
     log_level: str
 
     @property
@@ -268,9 +293,13 @@ def _read_toml(path: Path) -> dict[str, tuple[str, Any]]:
 
 
 def local_path(url: str) -> Path:
-    """The file or directory a sqlite:// or file:// URL names. `sqlite:///abs/path` and
-    `sqlite:////abs/path` (what `sqlite:///$IOTMETER_HOME/...` expands to) are the same file."""
-    path = urlsplit(url).path
+    """The file or directory a sqlite:// or file:// URL names, %-escapes decoded (the one
+    place that reads such a URL). `sqlite:///abs/path` and `sqlite:////abs/path` (what
+    `sqlite:///$IOTMETER_HOME/...` expands to) are the same file. Raises ValueError when the
+    URL names no path."""
+    path = unquote(urlsplit(url).path)
     if path.startswith("//"):
         path = path[1:]
+    if path in ("", "/"):
+        raise ValueError(f"{url!r} names no path (sqlite:///path/to/file.db, file:///path/to/dir)")
     return Path(path)

@@ -3,7 +3,9 @@
 Pure functions over values, no I/O. `decode` turns what arrives on a topic into a validated
 `Message` or a `Rejection` carrying a machine-readable reason; it is on the collector's
 per-message path, so it is written for speed (one topic split, one json decode, telemetry
-checked inline) and it never raises.
+checked inline) and it never raises. What the stores can hold is decided here too (field
+names, tag values, counts, times), so a message the stores would refuse is rejected at
+intake; stores/timeseries.py takes these rules from this module.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 LABEL_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
 _LABEL_RE = re.compile(LABEL_PATTERN)
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # boot, seq and sizes must fit a signed 64-bit integer (PostgreSQL BIGINT, SQLite INTEGER,
-# an InfluxDB integer field); ts must be a time InfluxDB can store (nanoseconds in int64).
+# an InfluxDB integer field).
 MAX_COUNT: Final = 2**63 - 1
-MAX_TS_MS: Final = MAX_COUNT // 1_000_000
+# ts must be a time InfluxDB can store and a query can reach, its exclusive end (ts + 1 ms)
+# included, both as nanoseconds in an int64: the year 2262.
+MAX_TS_MS: Final = MAX_COUNT // 1_000_000 - 1
 # A JSON integer beyond this cannot become a float (telemetry is stored as floats).
 _FLOAT_MAX: Final = sys.float_info.max
 
@@ -62,12 +65,18 @@ OTA_STATES: Final = frozenset(
 STATUS_STATES: Final = frozenset({"online", "offline"})
 DEVICE_TYPES: Final = frozenset({"power_meter_dc", "power_meter_ac"})
 
-# Telemetry field names the time-series store already uses for something else (InfluxDB's
-# time column, the integer fields boot/seq, the tags), and the empty name line protocol
-# cannot carry. A meter sending one would collide with them, so it is a bad_field.
-RESERVED_TELEMETRY_FIELDS: Final = frozenset(
-    {"", "time", "boot", "seq", "device_id", "device_type"}
-)
+# Telemetry field names: safe as a double-quoted InfluxQL identifier (no quote, backslash or
+# control character) and in line protocol once commas, spaces and '=' are escaped.
+FIELD_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_ .,=:/%+-]{0,127}"
+_FIELD_NAME_RE = re.compile(FIELD_NAME_PATTERN)
+# Names a stored point already uses for something else: InfluxDB's time column, the integer
+# fields boot/seq and the tags. A meter sending one would collide with them: a bad_field.
+RESERVED_TELEMETRY_FIELDS: Final = frozenset({"time", "boot", "seq", "device_id", "device_type"})
+# Tag values (device_id, device_type): a backslash has no escape that InfluxDB 1.x, 2.x and
+# 3.x read alike, and line protocol cannot carry a line break at all. DEVICE_ID_PATTERN and
+# LABEL_PATTERN (the device_type of a hello) lie within these rules.
+MAX_TAG_LENGTH: Final = 256
+_BAD_TAG_CHAR_RE = re.compile(r"[\\\x00-\x1f\x7f]")
 
 # Every reason a device -> server message can be rejected for, with what it means.
 # docs/protocol.md lists the same table; a test keeps the two in step.
@@ -83,9 +92,10 @@ REJECTION_REASONS: Final[dict[str, str]] = {
     "type_mismatch": 'the "msg_type" field is missing, unknown, or does not match the topic',
     "bad_seq": '"boot" or "seq" is missing (allowed on status only) or not an integer '
     "0 .. 2^63-1",
-    "bad_ts": '"ts" is missing or not an integer of milliseconds 0 .. 9223372036854',
+    "bad_ts": f'"ts" is missing or not an integer of milliseconds 0 .. {MAX_TS_MS}',
     "bad_field": '"data" is missing or not an object, a field in it has the wrong type or '
-    "value, or the payload holds NaN/Infinity",
+    "value, a telemetry field name breaks the field name rules, or the payload holds "
+    "NaN/Infinity",
     "unknown_device": "the device is not registered and auto-registration is off (collector)",
 }
 
@@ -145,6 +155,29 @@ def is_valid_device_id(device_id: str) -> bool:
     return _DEVICE_ID_RE.fullmatch(device_id) is not None
 
 
+def is_valid_label(text: str) -> bool:
+    """A device type, firmware version, command or campaign id, or command name."""
+    return _LABEL_RE.fullmatch(text) is not None
+
+
+def field_name_problem(name: object) -> str | None:
+    """Why `name` cannot be a telemetry field name (in a message or a store), or None."""
+    if type(name) is not str or _FIELD_NAME_RE.fullmatch(name) is None:
+        return f"field name {_show(name)} does not match {FIELD_NAME_PATTERN}"
+    if name in RESERVED_TELEMETRY_FIELDS:
+        return f"field name {name!r} is reserved"
+    return None
+
+
+def tag_problem(tag: str, value: object) -> str | None:
+    """Why `value` cannot be the value of tag `tag` in the time-series store, or None."""
+    if type(value) is not str or not value or len(value) > MAX_TAG_LENGTH:
+        return f"{tag} {_show(value)} must be a non-empty string of at most {MAX_TAG_LENGTH}"
+    if _BAD_TAG_CHAR_RE.search(value):
+        return f"{tag} {_show(value)} contains a backslash or a control character"
+    return None
+
+
 def parse_topic(topic: str) -> tuple[str, str] | None:
     """(device_id, msg_type) for a device -> server topic, or None."""
     parts = topic.split("/", 2)
@@ -160,6 +193,11 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
 # stream of distinct topics cannot grow it without end; only valid topics are kept.
 _TOPIC_CACHE: dict[str, tuple[str, str]] = {}
 _TOPIC_CACHE_MAX: Final = 1 << 16
+# Telemetry field names found good: a fleet sends the same few dozen over and over, so each
+# is checked once (and a message's names are looked up at C speed). Bounded like the topic
+# cache.
+_GOOD_FIELD_NAMES: set[str] = set()
+_GOOD_FIELD_NAMES_MAX: Final = 1 << 16
 
 
 def _is_count(value: object, limit: int = MAX_COUNT) -> TypeGuard[int]:
@@ -274,16 +312,17 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
                 problem = f"data[{_show(name)}]={_show(value)} is not a finite number"
                 break
         else:
+            # Names matching FIELD_NAME_PATTERN are ASCII without control characters and the
+            # values are numbers, so telemetry leaves nothing for _text_problem to find.
             if not data:
                 problem = "telemetry data is empty"
-            elif not RESERVED_TELEMETRY_FIELDS.isdisjoint(data):
-                taken = sorted(RESERVED_TELEMETRY_FIELDS.intersection(data))
-                problem = f"reserved field name(s) {taken}"
+            elif not _GOOD_FIELD_NAMES.issuperset(data):
+                problem = _field_names_problem(data)
     else:
         problem = _DATA_CHECKS[msg_type](data)
-    # Control characters and lone surrogates can only arrive through a JSON escape.
-    if problem is None and "\\" in text:
-        problem = _text_problem(data, msg_type == TELEMETRY)
+        # A NUL or a lone surrogate can only arrive through a JSON escape.
+        if problem is None and "\\" in text:
+            problem = _text_problem(data)
     if problem is not None:
         return Rejection("bad_field", problem, topic, payload, topic_device)
 
@@ -292,16 +331,28 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     return Message(device_id, msg_type, boot, seq, ts, data, payload)
 
 
-def _text_problem(data: dict[str, Any], telemetry: bool) -> str | None:
-    """Strings a store cannot hold: lone surrogates (not encodable as UTF-8), NUL (refused by
-    PostgreSQL text) and, in telemetry field names, any control character (line protocol)."""
+def _field_names_problem(data: dict[str, Any]) -> str | None:
+    """Why a telemetry field name in `data` cannot be stored, or None; good names are
+    remembered."""
+    for name in data:
+        if name not in _GOOD_FIELD_NAMES:
+            problem = field_name_problem(name)
+            if problem is not None:
+                return problem
+            if len(_GOOD_FIELD_NAMES) >= _GOOD_FIELD_NAMES_MAX:
+                _GOOD_FIELD_NAMES.clear()
+            _GOOD_FIELD_NAMES.add(name)
+    return None
+
+
+def _text_problem(data: dict[str, Any]) -> str | None:
+    """Strings a store cannot hold: lone surrogates (not encodable as UTF-8) and NUL (refused
+    by PostgreSQL text)."""
     stack: list[Any] = [data]
     while stack:
         item = stack.pop()
         if type(item) is dict:
             for key, value in item.items():
-                if telemetry and _CONTROL_RE.search(key):
-                    return f"field name {_show(key)} holds a control character"
                 stack.append(key)
                 stack.append(value)
         elif type(item) is list:

@@ -18,7 +18,9 @@ from iotmeter_tui.backend.stores.archive_writer import ArchiveReader
 
 def settings_for(home: Path, stores: Mapping[str, str], **overrides: Any) -> Settings:
     """Settings as the environment would give them: `stores` maps IOTMETER_* variables."""
-    env = {"IOTMETER_HOME": str(home), **stores}
+    # A free port for the collector's firmware endpoint unless a test picks one: collectors
+    # of parallel test runs must not fight over the default 9109.
+    env = {"IOTMETER_HOME": str(home), "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0", **stores}
     for key, value in overrides.items():
         env[f"IOTMETER_{key.upper()}"] = str(value)
     return load_settings(env=env)
@@ -29,7 +31,8 @@ def env_for(settings: Settings, mqtt_url: str) -> dict[str, str]:
     env = {"IOTMETER_MQTT_URL": mqtt_url}
     for key in ("home", "db_url", "tsdb_url", "archive_url", "influx_token", "s3_endpoint",
                 "s3_access_key", "s3_secret_key", "s3_region", "reorder_timeout_s",
-                "archive_window_s", "client_id", "spool_max_bytes", "auto_register"):
+                "archive_window_s", "client_id", "spool_max_bytes", "auto_register",
+                "redeliver_after_s", "firmware_listen", "firmware_base_url"):
         value = getattr(settings, key)
         if value is not None:
             env[f"IOTMETER_{key.upper()}"] = str(value).lower() if isinstance(

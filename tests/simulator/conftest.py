@@ -90,7 +90,7 @@ class Recorder:
             return list(self._messages)
 
     def of(self, msg_type: str, device_id: str | None = None) -> list[protocol.Message]:
-        """Decoded messages of one type (status: live ones only, not retained leftovers)."""
+        """The valid messages of one type, in arrival order (rejected payloads left out)."""
         suffix = "/" + protocol.DEVICE_TOPIC_SUFFIX[msg_type]
         out = []
         for r in self.messages:
@@ -131,6 +131,21 @@ class Recorder:
                 assert decoded.boot is not None
                 out.setdefault((decoded.device_id, decoded.boot), []).append(decoded.seq)
         return out
+
+    def assert_clean_sequence(self, device_id: str, boot: int) -> list[protocol.Message]:
+        """What a fault-free boot looks like: its first message a hello (sent on connect,
+        ahead of anything buffered before the connection was up), every seq from 0 exactly
+        once, and telemetry in seq order. Returns the boot's messages in arrival order."""
+        messages = [m for m in (r.decode() for r in self.messages)
+                    if isinstance(m, protocol.Message) and m.device_id == device_id
+                    and m.boot == boot and m.seq is not None]
+        assert messages, f"nothing from {device_id} boot {boot}"
+        assert messages[0].msg_type == protocol.HELLO, messages[0]
+        seqs = [m.seq for m in messages]
+        assert sorted(seqs) == list(range(len(seqs))), "every seq once, none missing"
+        telemetry = [m.seq for m in messages if m.msg_type == protocol.TELEMETRY]
+        assert telemetry == sorted(telemetry), "telemetry in order"
+        return messages
 
     def acks(self, command_id: str) -> list[dict[str, Any]]:
         return [m.data for m in self.of(protocol.COMMAND_ACK)

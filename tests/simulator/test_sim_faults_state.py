@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
@@ -114,7 +115,9 @@ def test_a_second_simulator_with_the_same_prefix_is_refused(tmp_path: Path) -> N
     other.open()  # another prefix is another set of devices: fine
     other.close()
     first.close()
-    DeviceStateStore(state_path(tmp_path, "")).open()  # the lock went with close()
+    reopened = DeviceStateStore(state_path(tmp_path, ""))
+    reopened.open()  # the lock went with close()
+    reopened.close()
 
 
 def test_a_damaged_state_file_stops_the_simulator(tmp_path: Path) -> None:
@@ -128,8 +131,6 @@ def test_a_damaged_state_file_stops_the_simulator(tmp_path: Path) -> None:
 
 
 def test_persist_coalesces_and_reaches_disk(tmp_path: Path) -> None:
-    import asyncio
-
     store = DeviceStateStore(state_path(tmp_path, ""))
     store.open()
     writes = []

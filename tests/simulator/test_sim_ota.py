@@ -83,8 +83,8 @@ def test_ota_good_and_bad_images(mosquitto: Any, prefix: str, recorder_factory: 
                       ("downloading", 75), ("downloading", 100), ("verifying", 100),
                       ("installing", 100), ("rebooting", 100), ("done", 100)]
     assert all(s["error"] is None for s in recorder.ota(good))
-    hellos = [m for m in recorder.of(protocol.HELLO, device) if m.boot == 2]
-    assert hellos[0].seq == 0 and hellos[0].data["fw_version"] == "2.0.0"
+    first = recorder.assert_clean_sequence(device, boot=2)[0]
+    assert first.msg_type == protocol.HELLO and first.data["fw_version"] == "2.0.0"
     done = next(m for m in recorder.of(protocol.OTA_STATUS, device)
             if m.data["campaign_id"] == good and m.data["state"] == "done")
     assert done.boot == 2, "done is reported by the new firmware, after the reboot"

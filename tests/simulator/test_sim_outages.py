@@ -50,8 +50,10 @@ def test_offline_buffer_replays_after_a_broker_restart(private_mosquitto: Any, p
     for device_id in whole_ids:
         arrived = seqs[(device_id, 1)]
         assert sorted(set(arrived)) == list(range(max(arrived) + 1)), "no seq missing"
-        assert first_occurrences(arrived) == sorted(set(arrived)), "replayed in order"
         readings = recorder.of(protocol.TELEMETRY, device_id)
+        # Replayed in order (the hello after the reconnect goes ahead of the replay).
+        telemetry_seqs = first_occurrences([m.seq for m in readings if m.seq is not None])
+        assert telemetry_seqs == sorted(telemetry_seqs)
         during = [m for m in readings if down_at + 0.1 < m.ts / 1000 < up_at - 0.1]
         assert len(during) >= 20, "readings taken during the outage were kept"
         # Original timestamps: still 50 ms apart, not bunched at the replay.
@@ -75,18 +77,28 @@ def test_every_fault_kind_is_observable(mosquitto: Any, prefix: str, recorder_fa
         faults="drop=0.05,dup=0.05,reorder=0.05,disconnect=0.02,malformed=0.05,clock_skew=3600",
     )
     ids = controller.start(4, "mixed", rate=25)
+    def reasons() -> set[str]:
+        return {d.reason for d in (r.decode() for r in recorder.messages)
+                if isinstance(d, protocol.Rejection)}
+
     recorder.wait_for(lambda: all(controller.stats().faults.get(k, 0) >= 3 for k in
-                                  ("drop", "dup", "reorder", "disconnect", "malformed")),
-                      what="every fault a few times")
+                                  ("drop", "dup", "reorder", "disconnect", "malformed"))
+                      and len(reasons()) == 5, what="every fault a few times")
+    # Faults off, then a few clean readings: a drop at the very end would not show as a gap,
+    # and a device cut off by the last disconnect must get back to deliver its buffer.
+    controller.set_faults("clock_skew=3600")
+    recorder.wait_for(lambda: controller.stats().online == 4 and controller.stats().buffered == 0,
+                      what="devices back with empty buffers")
+    produced = controller.stats().produced
+    recorder.wait_for(lambda: controller.stats().produced >= produced + 20, what="clean readings")
     controller.stop()
     recorder.wait_quiet()
     faults = controller.stats().faults
+    assert controller.stats().lost_at_power_off == 0
 
     received = recorder.messages
-    rejected = [r for r in received if isinstance(r.decode(), protocol.Rejection)]
-    assert rejected, "malformed: garbage payloads the collector must reject"
-    reasons = {r.decode().reason for r in rejected}  # type: ignore[union-attr]
-    assert len(reasons) >= 3
+    # malformed: garbage payloads the collector must reject, for each of these reasons.
+    assert reasons() == {"not_json", "not_utf8", "not_object", "bad_field", "bad_seq"}
 
     messages = [r.decode() for r in received]
     good = [m for m in messages if isinstance(m, protocol.Message)]
@@ -109,6 +121,8 @@ def test_every_fault_kind_is_observable(mosquitto: Any, prefix: str, recorder_fa
     for device_id in ids:
         states = [m.data["state"] for m in good
                   if m.msg_type == protocol.STATUS and m.device_id == device_id]
-        assert states[0] == "online" and states[-1] == "offline"
+        # The first may be a Last Will: a disconnect right after connecting can beat the
+        # online status, which is then resent after the reconnect.
+        assert "online" in states and states[-1] == "offline"
     all_states = [m.data["state"] for m in good if m.msg_type == protocol.STATUS]
     assert all_states.count("offline") > len(ids), "Last Wills beyond the clean stop"

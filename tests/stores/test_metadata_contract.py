@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import StoreError, StoreRejected
 from iotmeter_tui.backend.stores.metadata import (
     DEVICE_ORDER_COLUMNS,
@@ -39,7 +40,7 @@ from iotmeter_tui.backend.stores.metadata_sql import (
     SqlMetadataStore,
     now_ms,
 )
-from iotmeter_tui.backend.stores.metadata_sqlite import SqliteBackend, sqlite_path
+from iotmeter_tui.backend.stores.metadata_sqlite import SqliteBackend
 
 ADAPTERS = ["postgresql", "sqlite"]
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def store(store_url: str) -> Iterator[MetadataStore]:
 
 def backend_for(url: str) -> SqlBackend:
     if url.startswith("sqlite:"):
-        return SqliteBackend(sqlite_path(url))
+        return SqliteBackend(local_path(url))
     return PostgresBackend(url)
 
 
@@ -174,7 +175,9 @@ def test_threads_migrating_at_once_apply_each_step_once(store_url: str) -> None:
     finally:
         for opened in stores:
             opened.close()
-    assert sorted(applied) == [[], [], [], [m.version for m in MIGRATIONS]]
+    # Each step is its own transaction, so with several steps two threads may share the
+    # work; what matters is that every step is applied exactly once.
+    assert sorted(chain.from_iterable(applied)) == [m.version for m in MIGRATIONS]
 
 
 def test_processes_starting_at_once_both_succeed(store_url: str) -> None:

@@ -32,6 +32,7 @@ from iotmeter_tui.backend.collector.sinks import (
 )
 from iotmeter_tui.backend.collector.spool import Position, Spool
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
 from iotmeter_tui.backend.stores.archive_writer import ArchiveWriter
@@ -65,6 +66,7 @@ class Collector:
         self.pipeline: Pipeline | None = None
         self.intake: MqttIntake | None = None
         self.spool: Spool | None = None
+        self.dispatcher: Dispatcher | None = None  # commands and OTA: server -> device
         self._stop = threading.Event()
         # start() may still be preparing in its own thread when stop() is called.
         self._lifecycle = threading.Lock()
@@ -143,6 +145,8 @@ class Collector:
         ]
         for runner in self.runners:
             runner.start()
+        self.dispatcher = Dispatcher.for_collector(s, self.mqtt_url, self.stores)
+        self.dispatcher.start()
         self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
                                  share_group=s.share_group)
         self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
@@ -202,6 +206,8 @@ class Collector:
         deadline = time.monotonic() + budget_s
         with self._lifecycle:
             self._stop.set()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self.intake is not None:
             self.intake.stop()
         if self.pipeline is not None:
@@ -240,6 +246,7 @@ class Collector:
             "spool_bytes": self.spool.size_bytes if self.spool else 0,
             "spool_full": bool(m.sample("iotmeter_spool_full")),
             "sinks": sinks,
+            "dispatcher": self.dispatcher.health() if self.dispatcher else None,
         }
 
 

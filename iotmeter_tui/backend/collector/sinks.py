@@ -30,6 +30,7 @@ from iotmeter_tui.backend.collector.spool import (
     SpoolRecord,
 )
 from iotmeter_tui.backend.errors import PartialWriteError, StoreError
+from iotmeter_tui.backend.ota_plan import target_state_for_report
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
 from iotmeter_tui.backend.stores.metadata import DeviceUpdate, MetadataStore, SeqState
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore
@@ -284,8 +285,10 @@ class RegistrySink(Sink):
             self.store.update_command(str(data["command_id"]), state=result, at=at,
                                       result=result, detail=str(data.get("detail") or ""))
         for device_id, data, at in ota:
+            # A reported "done" is not final yet: the next hello must show the new version.
             self.store.update_target(
-                str(data["campaign_id"]), device_id, state=str(data["state"]), at=at,
+                str(data["campaign_id"]), device_id,
+                state=target_state_for_report(str(data["state"])), at=at,
                 progress_pct=float(data.get("progress_pct", 0)),
                 error=(str(data["error"]) if data.get("error") else None))
         changed = self.tracker.take_changed()

@@ -43,7 +43,8 @@ DRAIN_TIMEOUT_S: Final = 5.0
 MIN_INTERVAL_S: Final = 0.01
 MAX_INTERVAL_S: Final = 86_400.0
 MIN_HEARTBEAT_S: Final = 0.1
-REMEMBERED_IDS: Final = 1024  # command and campaign ids kept for idempotency
+REMEMBERED_IDS: Final = 1024  # command and campaign ids kept in memory for idempotency
+PERSISTED_COMMAND_IDS: Final = 32  # kept across simulator restarts too (the protocol's minimum)
 
 
 @dataclass(slots=True)
@@ -138,8 +139,11 @@ class SimulatedMeter:
         self._subscriptions = [(t, 1) for t in protocol.device_subscriptions(device_id)]
         self._buffer: deque[tuple[str, bytes]] = deque()
         self._held: list[tuple[str, bytes]] = []  # a reordered message waits for the next one
-        self._commands: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
-        self._campaigns: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        # The last ack per command id and the last status per campaign: idempotency.
+        self._commands: OrderedDict[str, dict[str, Any]] = OrderedDict(
+            (ack["command_id"], ack) for ack in record.commands
+        )
+        self._campaigns: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._ota: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection: asyncio.Task[None] | None = None
@@ -309,8 +313,10 @@ class SimulatedMeter:
             return
         self.online = True
         self.client.publish(self._topics[protocol.STATUS], self._status("online"), 1, True)
+        # The protocol's order: online, hello, then the replay. The hello's seq is newer than
+        # the buffered ones; the collector's reorder window takes the replay that follows.
+        self._emit(protocol.HELLO, self._hello(), ahead=True)
         self._drain()
-        self._emit(protocol.HELLO, self._hello())
         self._came_online.set()
 
     def _will(self) -> Will:
@@ -344,8 +350,9 @@ class SimulatedMeter:
 
     # --- sending -------------------------------------------------------------------------
 
-    def _emit(self, msg_type: str, data: dict[str, Any]) -> None:
-        """Give a message the next seq and send it, through the fault injector if one is set."""
+    def _emit(self, msg_type: str, data: dict[str, Any], *, ahead: bool = False) -> None:
+        """Give a message the next seq and send it, through the fault injector if one is set.
+        `ahead`: publish at once, before whatever is buffered."""
         ts = self._now_ms()
         seq = self.seq
         self.seq = seq + 1
@@ -355,11 +362,13 @@ class SimulatedMeter:
         )
         topic = self._topics[msg_type]
         if self.faults.active:
-            self._emit_with_faults(topic, payload, ts)
+            self._emit_with_faults(topic, payload, ts, ahead)
         else:
-            self._send(topic, payload)
+            self._send(topic, payload, ahead)
+            if self._held:  # held back by a fault spec since switched off: swap, as promised
+                self._release_held()
 
-    def _emit_with_faults(self, topic: str, payload: bytes, ts: int) -> None:
+    def _emit_with_faults(self, topic: str, payload: bytes, ts: int, ahead: bool) -> None:
         decision = self.faults.decide()
         counts = self.counters.faults
         if decision.malformed:
@@ -379,8 +388,8 @@ class SimulatedMeter:
             counts["reorder"] += 1
             self._held = batch
             batch = []
-        for item in batch:
-            self._send(*item)
+        for item_topic, item_payload in batch:
+            self._send(item_topic, item_payload, ahead)
         if decision.disconnect and self.client.connected:
             counts["disconnect"] += 1
             self.client.abort()
@@ -390,20 +399,20 @@ class SimulatedMeter:
         for item in held:
             self._send(*item)
 
-    def _send(self, topic: str, payload: bytes) -> None:
+    def _send(self, topic: str, payload: bytes, ahead: bool = False) -> None:
         client = self.client
-        if self._buffer or not self.online or not client.connected or \
-                client.inflight_count >= INFLIGHT_WINDOW:
-            if len(self._buffer) >= self.buffer_limit:
-                self._buffer.popleft()
-                self.counters.buffer_dropped += 1
-                if self.counters.buffer_dropped % 1000 == 1:
-                    log.warning("%s: offline buffer full (%d); dropped %d oldest so far",
-                                self.device_id, self.buffer_limit, self.counters.buffer_dropped)
-            self._buffer.append((topic, payload))
+        if self.online and client.connected and (ahead or (
+                not self._buffer and client.inflight_count < INFLIGHT_WINDOW)):
+            client.publish(topic, payload, 1)
+            self.counters.published += 1
             return
-        client.publish(topic, payload, 1)
-        self.counters.published += 1
+        if len(self._buffer) >= self.buffer_limit:
+            self._buffer.popleft()
+            self.counters.buffer_dropped += 1
+            if self.counters.buffer_dropped % 1000 == 1:
+                log.warning("%s: offline buffer full (%d); dropped %d oldest so far",
+                            self.device_id, self.buffer_limit, self.counters.buffer_dropped)
+        self._buffer.append((topic, payload))
 
     def _drain(self) -> None:
         """Replay buffered messages in order, as far as the in-flight window allows."""
@@ -439,53 +448,49 @@ class SimulatedMeter:
         return task
 
     @staticmethod
-    def _remember(memory: OrderedDict[str, dict[str, Any] | None], key: str,
-                  final: dict[str, Any] | None) -> None:
-        memory[key] = final
+    def _remember(memory: OrderedDict[str, dict[str, Any]], key: str,
+                  last: dict[str, Any]) -> None:
+        memory[key] = last
         memory.move_to_end(key)
         while len(memory) > REMEMBERED_IDS:
             memory.popitem(last=False)
 
     def _ack(self, command_id: str, result: str, detail: str) -> None:
         data = {"command_id": command_id, "result": result, "detail": detail}
-        if result != "accepted":
-            self._remember(self._commands, command_id, data)
+        self._remember(self._commands, command_id, data)
+        # The protocol asks for the last 32 ids across reboots: they go in the state file
+        # (saved with every boot and every few seconds).
+        kept = [a for a in self.record.commands if a["command_id"] != command_id]
+        self.record.commands = [*kept, data][-PERSISTED_COMMAND_IDS:]
         self._emit(protocol.COMMAND_ACK, data)
 
     def _on_command(self, command: protocol.ServerMessage) -> None:
-        if command.id in self._commands:
-            # Seen before: act once. Repeat the outcome if there is one, so a server that
-            # lost the first ack still learns it.
-            final = self._commands[command.id]
-            if final is not None:
-                self._emit(protocol.COMMAND_ACK, final)
+        last = self._commands.get(command.id)
+        if last is not None:
+            # Seen before: act once, repeat the last ack, so a server that lost it learns it.
+            self._emit(protocol.COMMAND_ACK, last)
             return
-        self._remember(self._commands, command.id, None)
         self.counters.commands += 1
         name = command.body.get("name")
-        params = command.body.get("params", {})
+        params = command.body["params"]  # decode_server_message checked it is an object
         if command.expires_ts < int(time.time() * 1000):
             self._ack(command.id, "rejected", "expired")
             return
-        if not isinstance(params, dict):
-            self._ack(command.id, "rejected", "params is not an object")
-            return
+        # Instant commands answer `done` (or `rejected`) at once; one that takes time (reboot)
+        # answers `accepted` first and `done` when finished.
         try:
             if name == "ping":
-                self._ack(command.id, "accepted", "")
                 self._ack(command.id, "done", "pong")
             elif name == "set_interval":
                 interval = _interval_param(params)
-                self._ack(command.id, "accepted", "")
                 self.set_interval(interval)
                 self._ack(command.id, "done", f"interval_s={interval:g}")
             elif name == "set_config":
                 changes = _config_params(params)
-                self._ack(command.id, "accepted", "")
                 self._apply_config(changes)
                 self._ack(command.id, "done", ", ".join(f"{k}={v}" for k, v in changes.items()))
             elif name == "reboot":
-                self._ack(command.id, "accepted", "")
+                self._ack(command.id, "accepted", "rebooting")
                 self._spawn(self._reboot_command(command.id))
             else:
                 self._ack(command.id, "rejected", f"unknown command {name!r}")
@@ -510,15 +515,14 @@ class SimulatedMeter:
                     error: str | None = None) -> None:
         data = {"campaign_id": campaign_id, "fw_version": fw_version, "state": state,
                 "progress_pct": progress, "error": error}
-        if state in ("done", "failed"):
-            self._remember(self._campaigns, campaign_id, data)
+        self._remember(self._campaigns, campaign_id, data)
         self._emit(protocol.OTA_STATUS, data)
 
     def _on_ota(self, offer: protocol.ServerMessage) -> None:
-        if offer.id in self._campaigns:
-            final = self._campaigns[offer.id]
-            if final is not None:
-                self._emit(protocol.OTA_STATUS, final)
+        last = self._campaigns.get(offer.id)
+        if last is not None:
+            # In progress or finished: not started again; the device says where it is.
+            self._emit(protocol.OTA_STATUS, last)
             return
         target = str(offer.body["fw_version"])
         if self._ota is not None and not self._ota.done():
@@ -527,7 +531,6 @@ class SimulatedMeter:
                 "campaign_id": offer.id, "fw_version": target, "state": "failed",
                 "progress_pct": 0, "error": "busy with another update"})
             return
-        self._remember(self._campaigns, offer.id, None)
         self._ota = self._spawn(self._run_ota(offer, target))
 
     async def _run_ota(self, offer: protocol.ServerMessage, target: str) -> None:

@@ -103,7 +103,8 @@ class FaultInjector:
 
     def __init__(self, spec: FaultSpec, rng: random.Random) -> None:
         self._rng = rng
-        self._garbage_turn = 0
+        # Devices start the garbage rotation at different kinds, so a fleet shows them all.
+        self._garbage_turn = rng.randrange(len(_GARBAGE))
         self.spec = spec
 
     @property

@@ -14,7 +14,7 @@ import fcntl
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +37,7 @@ class DeviceRecord:
     supply_system: str
     energy_import_kwh: float
     energy_export_kwh: float
+    commands: list[dict[str, Any]] = field(default_factory=list)  # last acks, newest last
 
 
 def state_path(home: Path, prefix: str) -> Path:
@@ -101,6 +102,7 @@ class DeviceStateStore:
                     supply_system=str(r["supply_system"]),
                     energy_import_kwh=float(r["energy_import_kwh"]),
                     energy_export_kwh=float(r["energy_export_kwh"]),
+                    commands=[_ack(a) for a in r.get("commands", [])],
                 )
                 for device_id, r in obj["devices"].items()
             }
@@ -155,3 +157,10 @@ class DeviceStateStore:
                 waiter.set_exception(SimulatorStateError(f"cannot write {self.path}: {exc}"))
             else:
                 waiter.set_result(None)
+
+
+def _ack(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("command_id"), str):
+        raise ValueError(f"remembered command {raw!r} has no command_id")
+    return {"command_id": raw["command_id"], "result": str(raw.get("result", "")),
+            "detail": str(raw.get("detail", ""))}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import urlsplit
 
+from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import StoreRejected
 
 DEFAULT_BUCKET = "iot-data"
@@ -89,9 +89,13 @@ def open_archive(
 
     parts = urlsplit(url)
     if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path:
+        if parts.netloc not in ("", "localhost"):
             raise StoreRejected("archive", f"{url!r} is not file:///absolute/path")
-        return DirectoryArchive(url2pathname(unquote(parts.path)))
+        try:
+            root = local_path(url)
+        except ValueError as exc:
+            raise StoreRejected("archive", str(exc)) from None
+        return DirectoryArchive(root)
     if parts.scheme == "s3":
         if not parts.netloc or parts.path not in ("", "/"):
             raise StoreRejected("archive", f"{url!r} is not s3://bucket (no path after the bucket)")

@@ -29,7 +29,12 @@ COMMAND_STATES: Final = COMMAND_OPEN_STATES + COMMAND_FINAL_STATES
 
 # OTA target states are the device's reported ones plus the server's own; only the final
 # ones are enforced (no change after them), so the OTA service may add intermediate states.
-TARGET_FINAL_STATES: Final = ("done", "failed", "timed_out")
+# `skipped`: never offered, because its campaign was aborted first.
+TARGET_FINAL_STATES: Final = ("done", "failed", "timed_out", "skipped")
+
+# A campaign created without a per-target timeout (and every campaign stored before the
+# column existed) gives each device this long from its offer to report the new version.
+DEFAULT_TARGET_TIMEOUT_S: Final = 900.0
 
 # Columns list_devices may sort by: the dashboard passes user choices straight through.
 DEVICE_ORDER_COLUMNS: Final = (
@@ -146,6 +151,7 @@ class Campaign:
     created_at: int
     updated_at: int
     detail: str | None = None
+    target_timeout_s: float = DEFAULT_TARGET_TIMEOUT_S  # offer -> final state, per device
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +305,8 @@ class MetadataStore(Protocol):
 
     def get_campaign(self, campaign_id: str) -> Campaign | None: ...
 
-    def list_campaigns(self, limit: int = 100) -> list[Campaign]:
-        """Newest first."""
+    def list_campaigns(self, limit: int = 100, *, state: str | None = None) -> list[Campaign]:
+        """Newest first; only those in `state` when given."""
 
     def update_campaign(
         self, campaign_id: str, *, state: str, at: int, detail: str | None = None

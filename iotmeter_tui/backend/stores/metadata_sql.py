@@ -27,6 +27,7 @@ from iotmeter_tui.backend.stores.metadata import (
     COMMAND_OPEN_STATES,
     COMMAND_STATES,
     CONNECTION_STATUSES,
+    DEFAULT_TARGET_TIMEOUT_S,
     DEVICE_ORDER_COLUMNS,
     TARGET_FINAL_STATES,
     UNKNOWN,
@@ -244,6 +245,18 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX ota_targets_device_idx ON ota_targets (device_id)",
         ),
     ),
+    Migration(
+        2,
+        "OTA: per-target timeout of a campaign, campaigns by state",
+        (
+            # No CHECK here: SQLite cannot add a column with one to a table holding rows;
+            # the OTA service validates the value.
+            "ALTER TABLE ota_campaigns ADD COLUMN target_timeout_s DOUBLE PRECISION NOT NULL"
+            f" DEFAULT {DEFAULT_TARGET_TIMEOUT_S!r}",
+            # The dispatcher looks up the open campaigns every second.
+            "CREATE INDEX ota_campaigns_state_idx ON ota_campaigns (state, created_at)",
+        ),
+    ),
 )
 
 
@@ -323,6 +336,13 @@ def _command(row: Sequence[Any]) -> Command:
         detail,
         sent_at,
     )
+
+
+def _campaign(row: Sequence[Any]) -> Campaign:
+    campaign = Campaign(*row)
+    # SQLite may hand back a REAL column's integral value as an int.
+    return replace(campaign, max_failures_pct=float(campaign.max_failures_pct),
+                   target_timeout_s=float(campaign.target_timeout_s))
 
 
 def _device_row(update: DeviceUpdate, now: int) -> dict[str, Any]:
@@ -856,7 +876,7 @@ class SqlMetadataStore:
             tx.run(
                 f"INSERT INTO ota_campaigns ({CAMPAIGN_COLUMNS}) VALUES (:id, :fw_version,"
                 " :selector, :batch_size, :max_failures_pct, :state, :created_at,"
-                " :updated_at, :detail)",
+                " :updated_at, :detail, :target_timeout_s)",
                 {f.name: getattr(c, f.name) for f in fields(Campaign)},
             )
             tx.many(
@@ -870,16 +890,17 @@ class SqlMetadataStore:
             row = tx.one(
                 f"SELECT {CAMPAIGN_COLUMNS} FROM ota_campaigns WHERE id = :id", {"id": campaign_id}
             )
-        return None if row is None else Campaign(*row)
+        return None if row is None else _campaign(row)
 
-    def list_campaigns(self, limit: int = 100) -> list[Campaign]:
+    def list_campaigns(self, limit: int = 100, *, state: str | None = None) -> list[Campaign]:
+        where, params = _equal_filter(state=state)
         with self._tx() as tx:
             rows = tx.all(
-                f"SELECT {CAMPAIGN_COLUMNS} FROM ota_campaigns"
+                f"SELECT {CAMPAIGN_COLUMNS} FROM ota_campaigns{where}"
                 " ORDER BY created_at DESC, id DESC LIMIT :limit",
-                {"limit": limit},
+                params | {"limit": limit},
             )
-        return [Campaign(*row) for row in rows]
+        return [_campaign(row) for row in rows]
 
     def update_campaign(
         self, campaign_id: str, *, state: str, at: int, detail: str | None = None

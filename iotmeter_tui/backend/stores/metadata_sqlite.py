@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import ClassVar, Final
-from urllib.parse import unquote, urlsplit
 
+from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.metadata_sql import Cursor, SqlMetadataStore
 
@@ -35,14 +35,6 @@ _RETRYABLE_CODES: Final = frozenset(
         sqlite3.SQLITE_PROTOCOL,
     }
 )
-
-
-def sqlite_path(url: str) -> Path:
-    """sqlite:///path/to/file.db -> Path('/path/to/file.db')."""
-    path = unquote(urlsplit(url).path)
-    if not path or path == "/":
-        raise ValueError(f"{url!r} has no file path (sqlite:///path/to/file.db)")
-    return Path(path)
 
 
 class SqliteBackend:
@@ -143,8 +135,10 @@ class SqliteBackend:
 
 
 def open_sqlite_metadata(url: str, *, timeout_s: float | None = None) -> SqlMetadataStore:
+    """The metadata store in the file a sqlite:///path URL names (config.local_path); raises
+    ValueError when it names none."""
     return SqlMetadataStore(
         SqliteBackend(
-            sqlite_path(url), timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+            local_path(url), timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
         )
     )

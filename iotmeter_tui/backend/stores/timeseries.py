@@ -7,14 +7,19 @@ Adapters: `timeseries_influx.InfluxTimeSeries` (InfluxDB v1-compatible HTTP API)
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import StoreRejected
+from iotmeter_tui.backend.protocol import (
+    MAX_COUNT,
+    MAX_TS_MS,
+    field_name_problem,
+    tag_problem,
+)
 
 MEASUREMENT = "iot_telemetry"
 DEFAULT_DATABASE = "iot-metrics"
@@ -56,10 +61,14 @@ class Bucket:
 
 class TimeSeriesStore(Protocol):
     def write(self, points: Sequence[Point]) -> None:
-        """Store a batch. Raises StoreUnavailable (retry) or StoreRejected/PartialWriteError."""
+        """Store a batch. Raises StoreUnavailable (retry) or StoreRejected. Points no adapter
+        can hold (see point_problem) or the store refused are listed in a PartialWriteError,
+        raised after the rest are stored."""
 
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
-        """Last values of every device (or the given ones) that has any point."""
+        """Last values of every device (or the given ones) that has any point: each
+        telemetry field's last value (boot and seq are not among them), the newest point's
+        time and device_type."""
 
     def history(
         self,
@@ -68,9 +77,15 @@ class TimeSeriesStore(Protocol):
         start_ms: int,
         end_ms: int,
         max_points: int = 500,
+        *,
+        aggregates: Sequence[str] = AGGREGATES,
     ) -> list[Bucket]:
         """[start_ms, end_ms) downsampled into at most `max_points` equal buckets
-        (GROUP BY time), each with mean/min/max/last per field; empty buckets left out."""
+        (GROUP BY time), each with the requested `aggregates` (of AGGREGATES) per field and
+        only those: each costs a pass over the range, so a chart asks for what it draws.
+        Empty buckets are left out. Buckets start at start_ms + k * bucket_width(...).
+        Raises ValueError on a field name that breaks protocol.FIELD_NAME_PATTERN or an
+        aggregate not in AGGREGATES."""
 
     def counts(self, start_ms: int | None = None, end_ms: int | None = None) -> dict[str, int]:
         """Number of points per device in the range (all time when unset)."""
@@ -87,29 +102,8 @@ class TimeSeriesStore(Protocol):
 
 
 # --- rules both adapters share: what a storable point is, how history is bucketed ----------
-
-# Field names that are safe as an InfluxQL double-quoted identifier (no quote, no backslash,
-# no control character) and in line protocol once commas, spaces and '=' are escaped.
-FIELD_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_ .,=:/%+-]{0,127}"
-_FIELD_NAME_RE = re.compile(FIELD_NAME_PATTERN)
-# Names taken by the point itself: InfluxDB's time column, our integer fields and the tags.
-RESERVED_NAMES = frozenset({"time", "boot", "seq", "device_id", "device_type"})
-# Tag values: a backslash has no escape that InfluxDB 1.x, 2.x and 3.x read alike, and line
-# protocol cannot carry a line break at all.
-_BAD_TAG_CHAR_RE = re.compile(r"[\\\x00-\x1f\x7f]")
-MAX_TAG_LENGTH = 256
-INT64_MAX = 2**63 - 1
-# The last millisecond whose nanosecond timestamp InfluxDB can hold (year 2262).
-MAX_TS_MS = 9_223_372_036_853
-
-
-def field_name_problem(name: object) -> str | None:
-    """Why `name` cannot be a field name, or None when it can."""
-    if type(name) is not str or not _FIELD_NAME_RE.fullmatch(name):
-        return f"field name {name!r} does not match {FIELD_NAME_PATTERN}"
-    if name in RESERVED_NAMES:
-        return f"field name {name!r} is reserved"
-    return None
+# Field names, tag values, counts and times follow the protocol's rules (protocol.py), so
+# what the collector accepts is what every adapter can hold.
 
 
 def check_field_names(names: Iterable[str]) -> list[str]:
@@ -123,26 +117,55 @@ def check_field_names(names: Iterable[str]) -> list[str]:
     return unique
 
 
+def check_aggregates(aggregates: Iterable[str]) -> tuple[str, ...]:
+    """The requested aggregates without repeats, in AGGREGATES order; raises ValueError on
+    one that is not in AGGREGATES."""
+    if isinstance(aggregates, str):  # "mean" would otherwise read as "m", "e", "a", "n"
+        raise ValueError(f"aggregates must be a sequence of names, not {aggregates!r}")
+    wanted = list(aggregates)
+    unknown = [a for a in wanted if a not in AGGREGATES]
+    if unknown:
+        raise ValueError(f"unknown aggregate(s) {unknown!r}; choose from {AGGREGATES}")
+    return tuple(a for a in AGGREGATES if a in wanted)
+
+
+# Tag values and field names already found good: a fleet repeats the same few thousand, and
+# point_problem runs for every point written. Bounded, so odd input cannot grow them forever.
+_GOOD_TAGS: set[str] = set()
+_GOOD_NAMES: set[str] = set()
+_GOOD_LIMIT = 100_000
+
+
 def point_problem(point: Point) -> str | None:
     """Why a point cannot be stored (by any adapter), or None when it can."""
     for tag, text in (("device_id", point.device_id), ("device_type", point.device_type)):
-        if type(text) is not str or not text or len(text) > MAX_TAG_LENGTH:
-            return f"{tag} {text!r} must be a non-empty string of at most {MAX_TAG_LENGTH}"
-        if _BAD_TAG_CHAR_RE.search(text):
-            return f"{tag} {text!r} contains a backslash or a control character"
+        if text not in _GOOD_TAGS:
+            problem = tag_problem(tag, text)
+            if problem is not None:
+                return problem
+            _remember(_GOOD_TAGS, text)
     if type(point.ts) is not int or not 0 <= point.ts <= MAX_TS_MS:
         return f"ts {point.ts!r} is not an integer in 0..{MAX_TS_MS} ms"
     for name, count in (("boot", point.boot), ("seq", point.seq)):
-        if type(count) is not int or not 0 <= count <= INT64_MAX:
+        if type(count) is not int or not 0 <= count <= MAX_COUNT:
             return f"{name} {count!r} is not a non-negative 64-bit integer"
     for name, value in point.fields.items():
-        problem = field_name_problem(name)
-        if problem is not None:
-            return problem
-        # bool is an int subclass, but True is no measurement.
-        if type(value) not in (float, int) or not math.isfinite(value):
+        if name not in _GOOD_NAMES:
+            problem = field_name_problem(name)
+            if problem is not None:
+                return problem
+            _remember(_GOOD_NAMES, name)
+        kind = type(value)  # exact: bool is an int subclass, but True is no measurement
+        # x - x is 0.0 for every finite float and nan for inf and nan.
+        if not (kind is int or (kind is float and value - value == 0.0)):
             return f"field {name!r} = {value!r} is not a finite number"
     return None
+
+
+def _remember(good: set[str], text: str) -> None:
+    if len(good) >= _GOOD_LIMIT:
+        good.clear()
+    good.add(text)
 
 
 def clamp_range(start_ms: int | None, end_ms: int | None) -> tuple[int, int]:
@@ -162,10 +185,10 @@ def bucket_width(start_ms: int, end_ms: int, max_points: int) -> int:
 
 def open_timeseries(url: str, token: str | None = None) -> TimeSeriesStore:
     """The adapter for a time-series URL: influxdb://host:port/db (influxdbs:// for TLS; the
-    token as in InfluxTimeSeries) or sqlite:///path. Nothing is contacted here: the database
-    is prepared on first use. Raises StoreRejected on a URL no adapter serves."""
+    token as in InfluxTimeSeries) or sqlite:///path (config.local_path). Nothing is contacted
+    here: the database is prepared on first use. Raises StoreRejected on a URL no adapter
+    serves."""
     # Imported here because both adapters import this module (the port and its rules).
-    from iotmeter_tui.backend.stores.metadata_sqlite import sqlite_path
     from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
     from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
 
@@ -174,9 +197,10 @@ def open_timeseries(url: str, token: str | None = None) -> TimeSeriesStore:
         return InfluxTimeSeries(url, token)
     if scheme == "sqlite":
         try:
-            return SqliteTimeSeries(sqlite_path(url))
+            path = local_path(url)
         except ValueError as exc:
             raise StoreRejected("timeseries", str(exc)) from None
+        return SqliteTimeSeries(path)
     raise StoreRejected(
         "timeseries", f"unsupported time-series URL scheme in {url!r}; use influxdb:// or sqlite://"
     )

@@ -10,10 +10,11 @@ colon is a 1.x `user:password` pair, which 1.x does not read from a Token header
 HTTP Basic auth instead, which 1.x, 2.x (v1 auth) and 3.x all accept and which, unlike the
 `u`/`p` query parameters, keeps the password out of URLs and access logs.
 
-Speed on InfluxDB 1.6 (bench/stores_timeseries.py): the cost of a query grows with the number
-of series it touches, not of points. `latest()` for a page of devices is tag-scoped and fast;
-for a whole fleet it is one pair of `GROUP BY device_id` statements, which 1.6 answers in
-about 0.2 ms per device.
+Speed on InfluxDB 1.6 (bench/stores_timeseries.py): `latest()` for a page of devices is
+tag-scoped and fast; for a whole fleet it is one pair of `GROUP BY device_id` statements,
+which 1.6 answers in about 0.2 ms per device. `history()` costs one pass over the range's
+points per field and aggregate (no two calls share a scan, whatever the statement's shape),
+about 15 ms for a day at 1 s: hence only the aggregates asked for are selected.
 """
 
 from __future__ import annotations
@@ -40,13 +41,20 @@ from iotmeter_tui.backend.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from iotmeter_tui.backend.protocol import (
+    RESERVED_TELEMETRY_FIELDS,
+    field_name_problem,
+    tag_problem,
+)
 from iotmeter_tui.backend.stores.timeseries import (
+    AGGREGATES,
     DEFAULT_DATABASE,
     MEASUREMENT,
     Bucket,
     Latest,
     Point,
     bucket_width,
+    check_aggregates,
     check_field_names,
     clamp_range,
     point_problem,
@@ -63,10 +71,9 @@ SCOPED_LATEST_LIMIT: Final = 2_000
 QUERY_CHUNK_ROWS: Final = 10_000
 # A database name safe both in the URL and as a double-quoted InfluxQL identifier.
 _DATABASE_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_TAG_CHARS_OK: Final = re.compile(r"[^\\\x00-\x1f\x7f]{1,256}")
 _CONFLICT_RE: Final = re.compile(r'input field "(.*?)" on measurement')
 _DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
-_HEAD_CACHE_LIMIT: Final = 100_000
+_CACHE_LIMIT: Final = 100_000
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +141,11 @@ class InfluxTimeSeries:
         self._lock = threading.Lock()  # guards _connections
         self._prepare_lock = threading.Lock()
         self._prepared = False
-        # Line-protocol prefixes per (device_id, device_type) and "key=" per field name: the
-        # same few thousand strings are escaped over and over otherwise.
+        # Line-protocol prefixes per (device_id, device_type), and %-templates for the rest
+        # per tuple of field names: a fleet repeats a few thousand of each, and building
+        # lines is most of the client's cost of a write.
         self._heads: dict[tuple[str, str], str] = {}
-        self._keys: dict[str, str] = {}
-
-    @property
-    def database(self) -> str:
-        return self._database
+        self._templates: dict[tuple[str, ...], str] = {}
 
     # --- the port -------------------------------------------------------------------------
 
@@ -196,17 +200,20 @@ class InfluxTimeSeries:
         start_ms: int,
         end_ms: int,
         max_points: int = 500,
+        *,
+        aggregates: Sequence[str] = AGGREGATES,
     ) -> list[Bucket]:
         names = check_field_names(fields)
+        chosen = check_aggregates(aggregates)
         start_ms, end_ms = clamp_range(start_ms, end_ms)
         width = bucket_width(start_ms, end_ms, max_points)
-        if not names or end_ms <= start_ms or not _storable_tag(device_id):
+        if not names or not chosen or end_ms <= start_ms or not _storable_tag(device_id):
             return []
         self._prepare()
         selected = ", ".join(
-            f'mean({q}) AS "mean{i}", min({q}) AS "min{i}", max({q}) AS "max{i}", '
-            f'last({q}) AS "last{i}"'
-            for i, q in enumerate(_ident(name) for name in names)
+            f'{aggregate}({_ident(name)}) AS "{aggregate}{i}"'
+            for i, name in enumerate(names)
+            for aggregate in chosen
         )
         statement = (
             f"SELECT {selected} FROM {_ident(MEASUREMENT)} "
@@ -214,13 +221,17 @@ class InfluxTimeSeries:
             # The offset aligns buckets on start_ms, so there are at most max_points of them.
             f"GROUP BY time({width}ms, {start_ms % width}ms) fill(none)"
         )
+        per_field = len(chosen)
         buckets: list[Bucket] = []
         for series in self._query([statement])[0]:
             for row in series.values:
+                # Each aggregate reads the data apart from the others, so while points are
+                # being written into a bucket some may see them and some not yet: such a
+                # half-seen field is left out of the bucket until the next read.
                 values = {
-                    name: {agg: float(row[1 + 4 * i + j]) for j, agg in enumerate(_AGGS)}
+                    name: dict(zip(chosen, map(float, found), strict=True))
                     for i, name in enumerate(names)
-                    if row[1 + 4 * i] is not None
+                    if None not in (found := row[1 + per_field * i : 1 + per_field * (i + 1)])
                 }
                 if values:
                     buckets.append(Bucket(int(row[0]), values))
@@ -250,14 +261,15 @@ class InfluxTimeSeries:
             f'WHERE "device_id" = {_literal(device_id)} AND {_time_range(start_ms, end_ms)}'
         )
         points: list[Point] = []
-        for series in self._query([statement])[0]:
+        for series in self._query([statement], chunked=True)[0]:
             columns = series.columns
             for row in series.values:
                 record = dict(zip(columns, row, strict=True))
                 fields = {
                     name: float(value)
                     for name, value in record.items()
-                    if value is not None and name not in _POINT_COLUMNS
+                    # type(): another writer's string or boolean fields are not telemetry.
+                    if type(value) in (float, int) and name not in RESERVED_TELEMETRY_FIELDS
                 }
                 points.append(Point(
                     device_id=device_id,
@@ -310,19 +322,20 @@ class InfluxTimeSeries:
         raise self._refusal("write", reply)
 
     def _line(self, point: Point) -> str:
+        """One point as line protocol. Values go through float(), so 750 is written 750.0
+        and a field never meets a type conflict; %r is the shortest exact float text."""
         head = self._heads.get((point.device_id, point.device_type))
         if head is None:
             head = self._head(point.device_id, point.device_type)
-        keys = self._keys
-        fields = [
-            (keys.get(name) or self._key(name)) + repr(float(value))
-            for name, value in point.fields.items()
-        ]
-        fields.append(f"boot={point.boot}i,seq={point.seq}i")
-        return f"{head}{','.join(fields)} {point.ts}"
+        names = tuple(point.fields)
+        template = self._templates.get(names)
+        if template is None:
+            template = self._template(names)
+        values = (*map(float, point.fields.values()), point.boot, point.seq, point.ts)
+        return head + template % values
 
     def _head(self, device_id: str, device_type: str) -> str:
-        if len(self._heads) >= _HEAD_CACHE_LIMIT:
+        if len(self._heads) >= _CACHE_LIMIT:
             self._heads.clear()
         head = (
             f"{MEASUREMENT},device_id={_escape(device_id)},"
@@ -331,49 +344,65 @@ class InfluxTimeSeries:
         self._heads[(device_id, device_type)] = head
         return head
 
-    def _key(self, name: str) -> str:
-        key = _escape(name) + "="
-        self._keys[name] = key
-        return key
+    def _template(self, names: tuple[str, ...]) -> str:
+        if len(self._templates) >= _CACHE_LIMIT:
+            self._templates.clear()
+        fields = "".join(_escape(name).replace("%", "%%") + "=%r," for name in names)
+        template = fields + "boot=%di,seq=%di %d"
+        self._templates[names] = template
+        return template
 
     # --- reading ----------------------------------------------------------------------------
 
     def _latest(self, conditions: list[str | None]) -> dict[str, Latest]:
-        """Two statements per condition: with one selector InfluxQL returns the point's own
-        time (and may add a tag), with several (last(*)) it returns time 0."""
+        """Per condition, two statements: with one selector InfluxQL returns the point's own
+        time (and may add a tag); with several it returns time 0. The fields are named, not
+        last(*): that would also run last() over boot and seq, a third of the cost."""
+        names = self._float_fields()
         statements: list[str] = []
         for condition in conditions:
             where = _time_range(None, None) + (f" AND ({condition})" if condition else "")
             source = f'FROM {_ident(MEASUREMENT)} WHERE {where} GROUP BY "device_id"'
             statements.append(f'SELECT last("seq"), "device_type" {source}')
-            statements.append(f"SELECT last(*) {source}")
+            if names:
+                lasts = ", ".join(f'last({_ident(name)}) AS "v{i}"' for i, name in enumerate(names))
+                statements.append(f"SELECT {lasts} {source}")
+        per_condition = 2 if names else 1
         results = self._query(statements)
         newest: dict[str, tuple[int, str]] = {}
         values: dict[str, dict[str, float]] = {}
-        for heads, lasts in zip(results[0::2], results[1::2], strict=True):
-            for series in heads:
+        for i in range(0, len(results), per_condition):
+            for series in results[i]:
                 ts, _seq, device_type = series.values[0]
                 newest[series.tags["device_id"]] = (int(ts), str(device_type))
-            for series in lasts:
+            for series in results[i + 1] if names else []:
                 values[series.tags["device_id"]] = {
-                    column.removeprefix("last_"): float(value)
-                    for column, value in zip(series.columns, series.values[0], strict=True)
-                    if value is not None and column not in ("time", "last_boot", "last_seq")
+                    name: float(value)
+                    for name, value in zip(names, series.values[0][1:], strict=True)
+                    if value is not None
                 }
         return {
             device: Latest(device, device_type, ts, values.get(device, {}))
             for device, (ts, device_type) in newest.items()
         }
 
-    def _query(self, statements: list[str]) -> list[list[_Series]]:
-        """Run InfluxQL statements in one request: per statement, its series."""
-        body = urlencode({
-            "db": self._database,
-            "q": ";".join(statements),
-            "epoch": "ms",
-            "chunked": "true",
-            "chunk_size": str(QUERY_CHUNK_ROWS),
-        }).encode()
+    def _float_fields(self) -> list[str]:
+        """The measurement's telemetry fields (metadata only: about a millisecond). Names
+        another writer stored that our rules would refuse are left out."""
+        [keys] = self._query([f"SHOW FIELD KEYS FROM {_ident(MEASUREMENT)}"])
+        return [
+            name for series in keys for name, kind in series.values
+            if kind == "float" and field_name_problem(name) is None
+        ]
+
+    def _query(self, statements: list[str], *, chunked: bool = False) -> list[list[_Series]]:
+        """Run InfluxQL statements in one request: per statement, its series. `chunked` for
+        answers of unbounded length (never cut at a server's row limit); it makes answers of
+        many short series much slower to produce, so only points() asks for it."""
+        params = {"db": self._database, "q": ";".join(statements), "epoch": "ms"}
+        if chunked:
+            params.update(chunked="true", chunk_size=str(QUERY_CHUNK_ROWS))
+        body = urlencode(params).encode()
         reply = self._request("POST", "/query", body, {
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
@@ -422,6 +451,9 @@ class InfluxTimeSeries:
             reused = getattr(self._local, "used", False)
             try:
                 reply = self._exchange(method, target, body, headers)
+            except ssl.SSLCertVerificationError as exc:
+                self._drop_connection()
+                raise StoreRejected(STORE, f"TLS to {self._where} refused: {exc}") from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
                 if reused and not stale_retried and not isinstance(exc, TimeoutError):
@@ -486,16 +518,13 @@ class InfluxTimeSeries:
         if connection is not None:
             connection.close()
             self._local.connection = None
+            self._local.used = False
 
     def _refusal(self, what: str, reply: _Reply) -> StoreRejected:
         text = _error_text(reply.body)
         if reply.status in (401, 403):
             return StoreRejected(STORE, f"{what} on {self._where} not authorised: {text}")
         return StoreRejected(STORE, f"{what} on {self._where} refused ({reply.status}): {text}")
-
-
-_AGGS: Final = ("mean", "min", "max", "last")
-_POINT_COLUMNS: Final = frozenset({"time", "device_id", "device_type", "boot", "seq"})
 
 
 class _StatementError(Exception):
@@ -512,7 +541,7 @@ def _auth_headers(token: str | None) -> dict[str, str]:
 
 def _escape(text: str) -> str:
     """Line-protocol escaping of a tag value or field key. Backslashes never get here
-    (point_problem refuses them: 1.x keeps an escaped one doubled, 3.x does not)."""
+    (the protocol's rules refuse them: 1.x keeps an escaped one doubled, 3.x does not)."""
     return text.replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
 
 
@@ -529,7 +558,7 @@ def _literal(text: str) -> str:
 def _storable_tag(value: object) -> bool:
     """Whether a point could carry this tag value: any other can match nothing, so the query
     need not run (and a control character never reaches InfluxQL)."""
-    return isinstance(value, str) and _TAG_CHARS_OK.fullmatch(value) is not None
+    return tag_problem("device_id", value) is None
 
 
 def _time_range(start_ms: int | None, end_ms: int | None) -> str:
@@ -543,8 +572,11 @@ def _error_text(body: bytes) -> str:
         parsed = json.loads(body)
     except ValueError:
         return body.decode("utf-8", "replace").strip()[:500] or "(empty answer)"
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return str(parsed["error"])[:500]
+    if isinstance(parsed, dict):
+        # 1.x and 3.x say "error"; 2.x says "message" (beside a "code").
+        for key in ("error", "message"):
+            if isinstance(parsed.get(key), str):
+                return str(parsed[key])[:500]
     return json.dumps(parsed)[:500]
 
 
@@ -564,27 +596,28 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 def _parse_results(body: bytes, statement_count: int) -> list[list[_Series]]:
-    """A (possibly chunked: one JSON object a line) /query answer -> series per statement,
-    a series split over chunks joined again."""
-    results: list[dict[tuple[str, tuple[tuple[str, str], ...]], _Series]] = [
-        {} for _ in range(statement_count)
-    ]
+    """A (possibly chunked: one JSON object a line) /query answer -> series per statement.
+    A chunked answer marks a series it continues in the next chunk "partial"; the pieces
+    are joined again."""
+    results: list[list[_Series]] = [[] for _ in range(statement_count)]
+    continued = [False] * statement_count
     for document in _json_lines(body):
         if "error" in document:
             raise _StatementError(document["error"])
         for result in document.get("results", []):
             if "error" in result:
                 raise _StatementError(result["error"])
-            by_key = results[int(result.get("statement_id", 0))]
+            statement = int(result.get("statement_id", 0))
+            pieces = results[statement]
             for raw in result.get("series", []):
                 tags = raw.get("tags") or {}
-                key = (raw.get("name", ""), tuple(sorted(tags.items())))
-                series = by_key.get(key)
-                if series is None:
-                    by_key[key] = _Series(tags, raw["columns"], list(raw.get("values", [])))
+                values = raw.get("values") or []
+                if continued[statement] and pieces[-1].tags == tags:
+                    pieces[-1].values.extend(values)
                 else:
-                    series.values.extend(raw.get("values", []))
-    return [list(by_key.values()) for by_key in results]
+                    pieces.append(_Series(tags, raw["columns"], values))
+                continued[statement] = bool(raw.get("partial"))
+    return results
 
 
 def _json_lines(body: bytes) -> Iterator[dict[str, Any]]:

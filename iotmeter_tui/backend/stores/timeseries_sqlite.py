@@ -14,7 +14,7 @@ Schema (chosen by measurement; bench/stores_timeseries.py has the figures):
 
 History walks a per-connection temp table of bucket numbers and aggregates each bucket's
 range through the primary key: no sort of the rows, and each field's last value is one
-backward index probe per bucket.
+backward index probe per bucket. Only the aggregates asked for are computed.
 
 WAL mode lets readers run beside the one writer; writes start with BEGIN IMMEDIATE so they
 wait (busy_timeout) for the write lock up front instead of failing half-way;
@@ -39,10 +39,12 @@ from iotmeter_tui.backend.errors import (
     StoreUnavailable,
 )
 from iotmeter_tui.backend.stores.timeseries import (
+    AGGREGATES,
     Bucket,
     Latest,
     Point,
     bucket_width,
+    check_aggregates,
     check_field_names,
     clamp_range,
     point_problem,
@@ -151,11 +153,14 @@ class SqliteTimeSeries:
         start_ms: int,
         end_ms: int,
         max_points: int = 500,
+        *,
+        aggregates: Sequence[str] = AGGREGATES,
     ) -> list[Bucket]:
         names = check_field_names(fields)
+        chosen = check_aggregates(aggregates)
         start_ms, end_ms = clamp_range(start_ms, end_ms)
         width = bucket_width(start_ms, end_ms, max_points)
-        if not names or end_ms <= start_ms:
+        if not names or not chosen or end_ms <= start_ms:
             return []
         with self._errors("history"):
             connection = self._connection()
@@ -165,10 +170,13 @@ class SqliteTimeSeries:
             count = -(-(end_ms - start_ms) // width)
             self._ensure_slots(connection, count)
             rows = connection.execute(
-                _history_sql([n for _, n in columns]),
+                _history_sql([n for _, n in columns], chosen),
                 {"d": device_id, "s": start_ms, "w": width, "e": end_ms, "n": count},
             ).fetchall()
-        return [bucket for row in rows if (bucket := _bucket(row, columns, start_ms, width))]
+        found = [name for name, _ in columns]
+        return [
+            bucket for row in rows if (bucket := _bucket(row, found, chosen, start_ms, width))
+        ]
 
     def counts(self, start_ms: int | None = None, end_ms: int | None = None) -> dict[str, int]:
         start, end = clamp_range(start_ms, end_ms)
@@ -356,6 +364,8 @@ class SqliteTimeSeries:
             yield
         except sqlite3.Error as exc:
             raise self._translate(what, exc) from exc
+        except OSError as exc:  # creating the file's directory
+            raise StoreRejected(STORE, f"{what} on {self._path} failed: {exc}") from exc
 
     def _translate(self, what: str, exc: sqlite3.Error) -> StoreError:
         message = f"{what} on {self._path} failed: {exc}"
@@ -429,33 +439,35 @@ def _upsert_latest(
         )
 
 
-def _history_sql(numbers: list[int]) -> str:
-    """Per bucket k of [s, e) cut into width w: count, then per field mean, min, max and
-    count over the bucket's rows, then per field its last non-null value."""
+def _history_sql(numbers: list[int], aggregates: Sequence[str]) -> str:
+    """Per non-empty bucket k of [s, e) cut into width w: k, then per field column f<n> each
+    of `aggregates` over its values in the bucket (NULL when it has none there)."""
     bounds = "ts >= :s + b.k * :w AND {0}ts < min(:s + (b.k + 1) * :w, :e)"
     in_bucket = "device_id = :d AND " + bounds.format("")
-    aggregates = "".join(
-        f", avg(p.f{n}), min(p.f{n}), max(p.f{n}), count(p.f{n})" for n in numbers
-    )
-    lasts = "".join(
-        f", (SELECT f{n} FROM points WHERE {in_bucket} AND f{n} IS NOT NULL"
-        " ORDER BY ts DESC LIMIT 1)"
-        for n in numbers
-    )
+    sql = {
+        "mean": "avg(p.f{n})",
+        "min": "min(p.f{n})",
+        "max": "max(p.f{n})",
+        "last": "(SELECT f{n} FROM points WHERE " + in_bucket + " AND f{n} IS NOT NULL"
+        " ORDER BY ts DESC LIMIT 1)",
+    }
+    selected = "".join(f", {sql[a].format(n=n)}" for n in numbers for a in aggregates)
     return (
-        f"SELECT b.k{aggregates}{lasts} FROM temp.bucket_slots b"
+        f"SELECT b.k{selected} FROM temp.bucket_slots b"
         f" JOIN points p ON p.device_id = :d AND p.{bounds.format('p.')}"
         " WHERE b.k < :n GROUP BY b.k ORDER BY b.k"
     )
 
 
 def _bucket(
-    row: tuple[Any, ...], columns: list[tuple[str, int]], start_ms: int, width: int
+    row: tuple[Any, ...], names: list[str], aggregates: Sequence[str], start_ms: int, width: int
 ) -> Bucket | None:
+    """A _history_sql row as a Bucket of the fields with values in it; None when none has.
+    One statement reads one snapshot, so a field's aggregates are all NULL or none is."""
     values: dict[str, dict[str, float]] = {}
-    lasts = 1 + 4 * len(columns)
-    for i, (name, _) in enumerate(columns):
-        mean, low, high, count = row[1 + 4 * i : 5 + 4 * i]
-        if count:
-            values[name] = {"mean": mean, "min": low, "max": high, "last": row[lasts + i]}
+    per_field = len(aggregates)
+    for i, name in enumerate(names):
+        found = row[1 + per_field * i : 1 + per_field * (i + 1)]
+        if found[0] is not None:
+            values[name] = dict(zip(aggregates, found, strict=True))
     return Bucket(start_ms + row[0] * width, values) if values else None

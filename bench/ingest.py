@@ -1,0 +1,243 @@
+"""End-to-end ingest benchmark: QoS 1 telemetry from separate C publishers (mosquitto_pub -l)
+through a private mosquitto into the collector (a separate process, as in production) and on
+into a private InfluxDB, the archive and the registry.
+
+Prints and writes bench/results/ingest.json:
+- the sustained rate at which points became queryable in InfluxDB;
+- publish-to-queryable latency percentiles, from probe messages sent during the run;
+- CPU seconds per component (collector, broker, InfluxDB, publishers) per 1,000 messages;
+- as a same-run baseline, the rate at which the same publishers move the same messages
+  through the broker to a subscriber that only counts (mosquitto_sub), so the collector's
+  figure reads as a fraction of what the broker path alone carries here.
+
+    .venv/bin/python bench/ingest.py [--rate 20000] [--seconds 60] [--publishers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iotmeter_tui.backend import protocol  # noqa: E402
+from iotmeter_tui.backend.broker import free_port  # noqa: E402
+from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase  # noqa: E402
+from iotmeter_tui.testing.fleet import Publisher  # noqa: E402
+from iotmeter_tui.testing.harness import env_for, settings_for  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DATA = {"voltage_v": 748.2, "current_a": 1210.5, "power_kw": 905.7,
+        "energy_import_kwh": 182733.41, "energy_export_kwh": 20311.02}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its reaped children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def influx_count(http_url: str, db: str, device_prefix: str) -> int:
+    q = (f"SELECT count(seq) FROM iot_telemetry WHERE device_id =~ /^{device_prefix}/")
+    url = f"{http_url}/query?" + urllib.parse.urlencode({"db": db, "q": q})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.load(response)
+    series = body["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def influx_has(http_url: str, db: str, device_id: str, seq: int) -> bool:
+    q = (f"SELECT seq FROM iot_telemetry WHERE device_id = '{device_id}' AND seq = {seq}")
+    url = f"{http_url}/query?" + urllib.parse.urlencode({"db": db, "q": q})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bool(json.load(response)["results"][0].get("series"))
+
+
+class PacedPublishers:
+    """N mosquitto_pub -l processes (one device each), fed lines at a total target rate."""
+
+    def __init__(self, broker: MosquittoServer, count: int, rate: float, seconds: float,
+                 prefix: str) -> None:
+        self.devices = [f"{prefix}{i:04d}" for i in range(count)]
+        self.per_device = int(rate * seconds / count)
+        self.rate = rate
+        self.cpu_used = 0.0
+        self.procs = [
+            subprocess.Popen(
+                ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+                 "-l", "-t", protocol.device_topic(d, protocol.TELEMETRY),
+                 "-i", f"bench-pub-{d}"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            for d in self.devices
+        ]
+        self.threads = [threading.Thread(target=self._feed, args=(p, d), daemon=True)
+                        for p, d in zip(self.procs, self.devices, strict=True)]
+
+    def _feed(self, proc: subprocess.Popen[bytes], device_id: str) -> None:
+        assert proc.stdin is not None
+        per_second = self.rate / len(self.devices)
+        chunk = max(1, int(per_second / 20))  # 20 writes a second per publisher
+        started = time.monotonic()
+        seq = 0
+        while seq < self.per_device:
+            lines = []
+            for _ in range(min(chunk, self.per_device - seq)):
+                lines.append(protocol.encode_device_message(
+                    device_id, protocol.TELEMETRY, DATA, ts=1_795_000_000_000 + seq, boot=1,
+                    seq=seq) + b"\n")
+                seq += 1
+            proc.stdin.write(b"".join(lines))
+            proc.stdin.flush()
+            delay = started + seq / per_second - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        proc.stdin.close()
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def wait(self) -> None:
+        for t in self.threads:
+            t.join()
+        for p in self.procs:
+            # wait4 rather than wait(): it also returns the child's CPU use, which /proc no
+            # longer shows once the child is reaped.
+            _pid, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            self.cpu_used += usage.ru_utime + usage.ru_stime
+
+    @property
+    def total(self) -> int:
+        return self.per_device * len(self.devices)
+
+    def cpu(self) -> float:
+        return self.cpu_used
+
+
+def baseline(broker: MosquittoServer, args: argparse.Namespace) -> dict[str, float]:
+    """The same publishers into a counting mosquitto_sub at QoS 1."""
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+         "-t", "iot/+/telemetry", "-i", "bench-baseline", "-C",
+         str(int(args.rate * args.seconds / args.publishers) * args.publishers)],
+        stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "base-")
+    started = time.monotonic()
+    pubs.start()
+    pubs.wait()
+    sub.wait(args.seconds * 3 + 60)
+    elapsed = time.monotonic() - started
+    return {"messages": pubs.total, "seconds": round(elapsed, 2),
+            "rate": round(pubs.total / elapsed, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=5_000, help="target msg/s in total")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--publishers", type=int, default=8)
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args()
+
+    with (MosquittoServer() as broker, InfluxServer() as influx,
+          PostgresDatabase() as database, tempfile.TemporaryDirectory() as tmp):
+        base = None if args.no_baseline else baseline(broker, args)
+        db = "bench"
+        settings = settings_for(Path(tmp), {
+            "IOTMETER_DB_URL": database.url,
+            "IOTMETER_TSDB_URL": f"influxdb://{influx.host}:{influx.port}/{db}",
+        }, archive_window_s=10)
+        metrics_port = free_port()
+        env = {**os.environ, **env_for(settings, broker.url)}
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "iotmeter_tui", "--collector-only",
+             "--metrics-port", str(metrics_port)],
+            env=env, stdout=open(Path(tmp) / "collector.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT)
+        time.sleep(3)  # connect, migrate, subscribe
+
+        cpu0 = {"collector": cpu_seconds(collector.pid),
+                "broker": cpu_seconds(broker.broker._process.pid),  # type: ignore[union-attr]
+                "influxdb": cpu_seconds(influx._process.pid)}  # type: ignore[attr-defined]
+        pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "dc-")
+        probe = Publisher(broker.url, "bench-probe")
+        latencies: list[float] = []
+        started = time.monotonic()
+        pubs.start()
+        seq = 0
+        while any(t.is_alive() for t in pubs.threads):
+            topic, payload = (protocol.device_topic("probe-0001", protocol.TELEMETRY),
+                              protocol.encode_device_message(
+                                  "probe-0001", protocol.TELEMETRY, DATA,
+                                  ts=1_795_000_000_000 + seq, boot=1, seq=seq))
+            sent = time.monotonic()
+            probe.publish([(topic, payload)])
+            while not influx_has(influx.http_url, db, "probe-0001", seq):
+                if time.monotonic() - sent > 60:
+                    break
+                time.sleep(0.02)
+            latencies.append(time.monotonic() - sent)
+            seq += 1
+            time.sleep(0.25)
+        pubs.wait()
+        published_at = time.monotonic()
+        count = 0
+        while count < pubs.total and time.monotonic() - published_at < 300:
+            count = influx_count(influx.http_url, db, "dc-")
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        cpu = {"collector": cpu_seconds(collector.pid) - cpu0["collector"],
+               "broker": cpu_seconds(broker.broker._process.pid)  # type: ignore[union-attr]
+               - cpu0["broker"],
+               "influxdb": cpu_seconds(influx._process.pid)  # type: ignore[attr-defined]
+               - cpu0["influxdb"],
+               "publishers": pubs.cpu()}
+        probe.close()
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(15)
+
+    latencies.sort()
+    quantile = (lambda q: round(latencies[min(len(latencies) - 1,  # noqa: E731
+                                              int(q * len(latencies)))] * 1000, 1))
+    result = {
+        "target_rate": args.rate, "seconds": args.seconds, "publishers": args.publishers,
+        "published": pubs.total, "queryable": count, "elapsed_s": round(elapsed, 2),
+        "rate_into_influxdb": round(count / elapsed, 1),
+        "latency_ms": {"p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99),
+                       "max": round(latencies[-1] * 1000, 1), "probes": len(latencies)}
+        if latencies else None,
+        "cpu_s_per_1000_msgs": {k: round(v / max(1, count) * 1000, 4) for k, v in cpu.items()},
+        "cpu_share_of_one_core": {k: round(v / elapsed, 3) for k, v in cpu.items()},
+        "baseline_broker_only": base,
+    }
+    if base:
+        result["ratio_to_baseline"] = round(result["rate_into_influxdb"] / base["rate"], 3)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    lost = pubs.total - count
+    if lost:
+        print(f"NOT ALL QUERYABLE: {lost} of {pubs.total} missing after the wait",
+              file=sys.stderr)
+    return 0 if lost == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,451 @@
+"""The Textual app: wires the screens to the backend runtime, nothing else.
+
+`IotmeterApp` takes any object shaped like `DashboardRuntime` (the real `Runtime`, or the
+deterministic one the tests build), reads the stores on a small pool of long-lived threads
+and polls the collector's health once a second. `run_dashboard` is what `iotmeter` runs:
+build the runtime, start it behind the UI (progress and failures show in the status line),
+run the app, stop everything on quit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import ModalScreen, Screen
+
+from iotmeter_tui.screens.alerts import AlertsScreen
+from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.screens.commands import CommandsScreen
+from iotmeter_tui.screens.device import DeviceScreen
+from iotmeter_tui.screens.fleet import FleetScreen
+from iotmeter_tui.screens.help import HelpScreen
+from iotmeter_tui.screens.ota import OtaScreen
+from iotmeter_tui.screens.simulator import SimulatorScreen
+from iotmeter_tui.screens.system import SystemScreen
+from iotmeter_tui.widgets.format import one_line
+from iotmeter_tui.widgets.health import HealthTracker, StatusSnapshot, StoreLight
+
+if TYPE_CHECKING:
+    from iotmeter_tui.backend.config import Settings
+    from iotmeter_tui.backend.simulator.device import DeviceInfo
+    from iotmeter_tui.backend.simulator.fleet import FleetStats
+    from iotmeter_tui.backend.stores import Stores
+    from iotmeter_tui.backend.stores.metadata import Campaign, Command, Firmware, OtaTarget
+
+T = TypeVar("T")
+
+# --- what the app needs from the backend ----------------------------------------------------
+
+
+class HealthSource(Protocol):
+    def health(self) -> dict[str, Any] | None: ...
+
+
+class SimulatorControl(Protocol):
+    """The part of SimulatorController the simulator screen drives."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def stop(self, *, graceful: bool = True) -> None: ...
+    def add_devices(self, count: int, kind: str = "mixed", rate: float = 1.0) -> list[str]: ...
+    def remove_devices(self, device_ids: Iterable[str]) -> None: ...
+    def power_off(self, device_ids: Iterable[str] | None = None, *,
+                  graceful: bool = True) -> None: ...
+    def power_on(self, device_ids: Iterable[str] | None = None) -> None: ...
+    def reboot(self, device_ids: Iterable[str] | None = None) -> None: ...
+    def set_rate(self, rate: float, device_ids: Iterable[str] | None = None) -> None: ...
+    def set_faults(self, spec: Any, device_ids: Iterable[str] | None = None) -> None: ...
+    def drop_connections(self, device_ids: Iterable[str] | None = None) -> None: ...
+    def stats(self) -> FleetStats: ...
+    def devices(self) -> list[DeviceInfo]: ...
+
+
+class CommandSender(Protocol):
+    """runtime.commands (the commands/OTA issue's CommandService)."""
+
+    def send(self, device_id: str, name: str, params: dict[str, Any],
+             timeout_s: float) -> Command: ...
+
+
+class OtaControl(Protocol):
+    """runtime.ota (the commands/OTA issue's OtaService)."""
+
+    def upload(self, path: Path, version: str) -> Firmware: ...
+    def start_campaign(self, version: str, device_ids: list[str] | None = None,
+                       device_type: str | None = None, all_devices: bool = False,
+                       **options: Any) -> Campaign: ...
+    def status(self, campaign_id: str) -> tuple[Campaign, list[OtaTarget]]: ...
+
+
+class StoreStatusLike(Protocol):
+    name: str
+    ok: bool
+    detail: str
+
+
+class DashboardRuntime(Protocol):
+    """What the dashboard uses of `iotmeter_tui.backend.runtime.Runtime`. Optional parts
+    (`commands`, `ota`) are looked up with getattr, so the screens work before they exist."""
+
+    @property
+    def stores(self) -> Stores: ...
+
+    @property
+    def worker(self) -> HealthSource | None: ...
+
+    @property
+    def simulator(self) -> SimulatorControl | None: ...
+
+    def start_simulator(self, devices: int, kind: str = "mixed",
+                        rate: float = 1.0) -> list[str]: ...
+
+    def store_status(self) -> list[Any]: ...
+
+
+class StartableRuntime(DashboardRuntime, Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+# --- starting the runtime behind the UI -------------------------------------------------------
+
+
+@dataclass
+class RuntimeStarter:
+    """Runs `runtime.start()` on a plain thread: it takes seconds (broker, collector child,
+    simulated fleet) and the first paint must not wait for it. A plain thread, not a Textual
+    worker, so `run_dashboard` can join it after the app has gone."""
+
+    runtime: StartableRuntime
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="iotmeter-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.runtime.start()
+        except Exception as exc:  # noqa: BLE001 - shown in the status line, never a traceback
+            self.error = one_line(str(exc)) or type(exc).__name__
+        finally:
+            self.done.set()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def phase(self) -> tuple[str, str]:
+        """('starting' | 'running' | 'failed', detail)."""
+        if self.error is not None:
+            return "failed", f"start-up failed: {self.error}"
+        if not self.done.is_set():
+            rt: Any = self.runtime
+            steps = [name for name, attr in (("broker", "broker"), ("collector", "worker"),
+                                             ("simulator", "simulator"))
+                     if getattr(rt, attr, None) is not None]
+            return "starting", "starting " + (" · ".join(steps) + " …" if steps else "…")
+        return "running", ""
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+SCREENS_BY_NAME: dict[str, str] = {
+    "fleet": "fleet",
+    "devices": "fleet",
+    "alerts": "alerts",
+    "commands": "commands",
+    "cmd": "commands",
+    "ota": "ota",
+    "firmware": "ota",
+    "simulator": "simulator",
+    "sim": "simulator",
+    "system": "system",
+    "sys": "system",
+    "health": "system",
+}
+JUMP_WORDS = ("fleet", "device", "alerts", "commands", "ota", "simulator", "system",
+              "help", "quit")
+
+STATUS_PROBE_EVERY = 5  # store connectivity checks run every Nth health tick
+
+
+class IotmeterApp(App[int]):
+    """The dashboard. `now` (seconds since the epoch) is injectable so tests freeze time."""
+
+    TITLE = "iotmeter"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {
+        "fleet": FleetScreen,
+        "alerts": AlertsScreen,
+        "commands": CommandsScreen,
+        "ota": OtaScreen,
+        "simulator": SimulatorScreen,
+        "system": SystemScreen,
+    }
+    # Global keys live here so the footer lists them after the view's own keys; check_action
+    # switches them off while a dialog is open (its fields need q, : and ?).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("colon", "jump_prompt", "view", key_display=":"),
+        Binding("question_mark", "help", "help", key_display="?"),
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True),
+        Binding("ctrl+t", "next_theme", "theme", show=False),
+    ]
+    MODAL_OFF = frozenset({"jump_prompt", "help", "quit"})
+    THEMES = ("textual-dark", "textual-light", "ansi-dark", "ansi-light")
+
+    def __init__(
+        self,
+        runtime: DashboardRuntime,
+        *,
+        now: Callable[[], float] = time.time,
+        refresh_s: float = 1.0,
+        start_runtime: bool = False,
+        initial: str = "fleet",
+    ) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.now = now
+        self.refresh_s = refresh_s
+        self.initial = initial
+        self.starter = RuntimeStarter(runtime) if start_runtime else None  # type: ignore[arg-type]
+        self.status = StatusSnapshot()
+        self.health_tracker = HealthTracker()
+        self.stores_ready = asyncio.Event()
+        self.device_selection: list[str] = []  # marked in the fleet, offered by dialogs
+        # Long-lived threads: the SQLite adapters keep one connection per thread, so a new
+        # thread per read (Textual's thread workers) would leak a connection every second.
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="iotmeter-io")
+        self._probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotmeter-probe")
+        self._ticks = 0
+        self._service_lock = threading.Lock()
+        self._polling = False
+        self._probing = False
+
+    def now_ms(self) -> int:
+        return int(self.now() * 1000)
+
+    # --- background reads ---------------------------------------------------------------
+
+    async def run_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store or service call off the UI thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args))
+
+    async def service(self, name: str) -> Any:
+        """runtime.<name> (commands, ota), fetched in an I/O thread: Runtime builds its
+        services on first use, which may connect to the broker. One at a time, so two
+        threads never build the same service twice."""
+
+        def fetch() -> Any:
+            with self._service_lock:
+                return getattr(self.runtime, name)
+
+        return await self.run_io(fetch)
+
+    async def _prepare_stores(self) -> None:
+        try:
+            await self.run_io(lambda: self.runtime.stores)
+        except Exception as exc:  # noqa: BLE001 - a bad store shows as a status line
+            self.status.errors["stores"] = one_line(str(exc))
+        self.stores_ready.set()
+        if self.starter is not None:
+            self.starter.start()
+        await self._poll_status()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.theme = self.THEMES[0]
+        self.switch_mode(self.initial)
+        self.run_worker(self._prepare_stores(), group="prepare")
+        self.set_interval(self.refresh_s, self._tick_status)
+
+    def on_unmount(self) -> None:
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._probe.shutdown(wait=False, cancel_futures=True)
+
+    def _tick_status(self) -> None:
+        # Skipped while a poll runs: a slow store must not pile polls up, nor cancel them.
+        if self.stores_ready.is_set() and not self._polling:
+            self.run_worker(self._poll_status(), group="status")
+
+    async def _poll_status(self) -> None:
+        self._polling = True
+        try:
+            await self._read_status()
+        finally:
+            self._polling = False
+        if self._ticks % STATUS_PROBE_EVERY == 0 and not self._probing:
+            self.run_worker(self._probe_stores(), group="probe")
+        self._ticks += 1
+        self._show_status()
+
+    def _show_status(self) -> None:
+        screen = self.screen
+        if isinstance(screen, DashboardScreen):
+            screen.show_status(self.status)
+
+    async def _read_status(self) -> None:
+        status = self.status
+        status.at = self.now()
+        if self.starter is not None:
+            status.phase, status.phase_detail = self.starter.phase()
+        worker = self.runtime.worker
+        if worker is None:
+            status.collector = "none"
+            status.health = None
+        else:
+            health = worker.health()
+            status.health = health
+            if health is None:
+                status.collector = "starting" if status.phase == "starting" else "down"
+            elif health.get("starting"):
+                status.collector = "starting"
+            else:
+                status.collector = "up" if health.get("broker_connected") else "no broker"
+            self.health_tracker.add(health)
+        status.rate = self.health_tracker.rate()
+        simulator = self.runtime.simulator
+        status.sim_devices = status.sim_online = None
+        if simulator is not None and simulator.running:
+            try:
+                stats = await self.run_io(simulator.stats)
+                status.sim_devices, status.sim_online = stats.devices, stats.online
+            except Exception:  # noqa: BLE001 - stopping: show nothing rather than fail
+                pass
+
+    async def _probe_stores(self) -> None:
+        """Store connectivity, on its own thread: a store that is down may take its full
+        timeout to say so, and the health line must keep moving meanwhile."""
+        self._probing = True
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._probe, self.runtime.store_status)
+        except Exception as exc:  # noqa: BLE001 - the check itself failed: say so
+            self.status.errors["stores"] = one_line(str(exc))
+        else:
+            self.status.errors.pop("stores", None)
+            self.status.stores = [StoreLight(s.name, s.ok, one_line(s.detail)) for s in results]
+        finally:
+            self._probing = False
+        self._show_status()
+
+    def refresh_stores(self) -> None:
+        """Check store connectivity now (the system screen's `r`)."""
+        if not self._probing:
+            self.run_worker(self._probe_stores(), group="probe")
+
+    # --- navigation -------------------------------------------------------------------------
+
+    def jump(self, text: str) -> str | None:
+        """Go where a `:` command says (`fleet`, `device dc-0001`, `al`, `q`, …). Returns an
+        error message for the prompt, or None when it went."""
+        word, _, arg = text.strip().partition(" ")
+        word = word.lower()
+        if not word:
+            return None
+        matches = [w for w in (*SCREENS_BY_NAME, *JUMP_WORDS) if w.startswith(word)]
+        target = word if word in SCREENS_BY_NAME or word in JUMP_WORDS else None
+        if target is None and matches:
+            resolved = {SCREENS_BY_NAME.get(m, m) for m in matches}
+            if len(resolved) > 1:
+                return f"{word!r} is ambiguous: {', '.join(sorted(resolved))}"
+            target = matches[0]
+        if target is None:
+            return f"unknown view {word!r}: try {', '.join(JUMP_WORDS)}"
+        if target in ("quit", "q"):
+            self.exit(0)
+        elif target == "help":
+            self.show_help()
+        elif target == "device":
+            if not arg.strip():
+                return "device needs an id: device dc-0001"
+            self.open_device(arg.strip())
+        else:
+            self.show_view(SCREENS_BY_NAME[target])
+        return None
+
+    def show_view(self, mode: str) -> None:
+        if self.current_mode != mode:
+            self.switch_mode(mode)
+        # `:fleet` from a device page means the list, as in k9s.
+        while len(self.screen_stack) > 1 and isinstance(self.screen, DeviceScreen):
+            self.pop_screen()
+
+    def open_device(self, device_id: str) -> None:
+        self.push_screen(DeviceScreen(device_id))
+
+    def show_help(self) -> None:
+        self.push_screen(HelpScreen(self.screen))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if isinstance(self.screen, ModalScreen) and action in self.MODAL_OFF:
+            return False
+        return True
+
+    def action_jump_prompt(self) -> None:
+        if isinstance(self.screen, DashboardScreen):
+            self.screen.action_prompt_jump()
+
+    def action_help(self) -> None:
+        self.show_help()
+
+    async def action_quit(self) -> None:
+        self.exit(0)
+
+    async def action_force_quit(self) -> None:
+        self.exit(0)
+
+    def action_next_theme(self) -> None:
+        current = self.THEMES.index(self.theme) if self.theme in self.THEMES else -1
+        self.theme = self.THEMES[(current + 1) % len(self.THEMES)]
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def shutdown_runtime(self, *, say: Callable[[str], None] | None = None) -> None:
+        """Stop what this app started (after the app has exited)."""
+        if self.starter is None:
+            return
+        if say:
+            say("iotmeter: stopping simulator, collector and broker …")
+        self.starter.join()
+        try:
+            self.starter.runtime.stop()
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+            if say:
+                say(f"iotmeter: stop: {one_line(str(exc))}")
+
+
+def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
+    """`iotmeter`: the dashboard on the configured (or embedded) stores. Exit code 1 when the
+    runtime failed to start (the app still ran, showing why)."""
+    from iotmeter_tui.backend.runtime import Runtime
+
+    runtime = Runtime(settings, simulate=simulate)
+    app = IotmeterApp(runtime, start_runtime=True)
+    try:
+        app.run()
+    finally:
+        app.shutdown_runtime(say=lambda line: print(line, file=sys.stderr))
+    starter = app.starter
+    if starter is not None and starter.error is not None:
+        print(f"iotmeter: {starter.error}", file=sys.stderr)
+        return 1
+    return 0

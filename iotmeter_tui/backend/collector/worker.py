@@ -1,0 +1,108 @@
+"""The collector in a child process, for the dashboard: ingest never competes with the UI for
+the interpreter. The child sends a health snapshot once a second over a pipe; the parent keeps
+the latest one."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from iotmeter_tui.backend.config import Settings
+
+HEALTH_PERIOD_S = 1.0
+
+
+def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
+    import logging
+    import signal
+
+    from iotmeter_tui.backend import logjson
+    from iotmeter_tui.backend.collector.service import Collector
+
+    # Logs go to a file: the parent's terminal belongs to the dashboard.
+    log_path = settings.home / "collector.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logjson.configure(settings.log_level, stream=open(log_path, "a", buffering=1))  # noqa: SIM115
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the dashboard
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    collector = Collector(settings, mqtt_url)
+    starter = threading.Thread(target=collector.start, daemon=True)
+    starter.start()
+    try:
+        while not stop.is_set():
+            if conn.poll(HEALTH_PERIOD_S):
+                if conn.recv() == "stop":
+                    break
+            conn.send(_health(collector, starter.is_alive()))
+    except (EOFError, BrokenPipeError, OSError):
+        pass  # the parent went away: stop cleanly all the same
+    finally:
+        collector.stop()
+        logging.shutdown()
+
+
+def _health(collector: Any, starting: bool) -> dict[str, Any]:
+    snapshot = collector.health()
+    snapshot["starting"] = starting
+    snapshot["at"] = time.time()
+    return snapshot
+
+
+class CollectorWorker:
+    """Starts, watches and stops the child collector."""
+
+    def __init__(self, settings: Settings, mqtt_url: str) -> None:
+        self.settings = settings
+        self.mqtt_url = mqtt_url
+        self._conn: Connection | None = None
+        self._process: mp.process.BaseProcess | None = None
+        self._latest: dict[str, Any] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")  # a clean interpreter: no Textual state, no threads
+        parent, child = ctx.Pipe()
+        self._process = ctx.Process(target=_child, args=(self.settings, self.mqtt_url, child),
+                                    name="iotmeter-collector", daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name="iotmeter-collector-health")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._conn is not None
+        try:
+            while True:
+                self._latest = self._conn.recv()
+        except (EOFError, OSError):
+            return
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def health(self) -> dict[str, Any] | None:
+        """The latest snapshot, or None before the first one (or once the child died)."""
+        if not self.alive:
+            return None
+        return self._latest
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._process is None:
+            return
+        try:
+            if self._conn is not None:
+                self._conn.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(timeout_s)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(2)
+        self._process = None

@@ -1,0 +1,131 @@
+"""Everything the dashboard starts, owns and stops: the embedded broker (when no broker is
+configured), the collector worker (a child process), the simulator controller, and the stores
+the screens read. Screens talk to this object, never to MQTT directly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from iotmeter_tui.backend.broker import EmbeddedBroker
+from iotmeter_tui.backend.collector.worker import CollectorWorker
+from iotmeter_tui.backend.commands import CommandService
+from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.ota import OtaService
+from iotmeter_tui.backend.publisher import ServerPublisher
+from iotmeter_tui.backend.simulator.controller import SimulatorController
+from iotmeter_tui.backend.stores import Stores, open_stores
+
+log = logging.getLogger(__name__)
+
+DEMO_DC = 12
+DEMO_AC = 12
+
+
+@dataclass
+class StoreStatus:
+    name: str
+    ok: bool
+    detail: str
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, simulate: str = "auto",
+                 start_collector: bool = True) -> None:
+        self.settings = settings
+        self.simulate = simulate
+        self.start_collector = start_collector
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt_url = settings.mqtt_url or ""
+        self.worker: CollectorWorker | None = None
+        self.simulator: SimulatorController | None = None
+        self._stores: Stores | None = None
+        self._publisher: ServerPublisher | None = None
+        self._commands: CommandService | None = None
+        self._ota: OtaService | None = None
+
+    @property
+    def stores(self) -> Stores:
+        if self._stores is None:
+            self._stores = open_stores(self.settings)
+        return self._stores
+
+    @property
+    def commands(self) -> CommandService:
+        """Send and follow commands: send(device_id, name, params, timeout_s), list(), get(),
+        wait(). A command is stored at once and published when its device is online; the
+        collector's dispatcher delivers the rest."""
+        if self._commands is None:
+            if self._publisher is None and self.mqtt_url:
+                self._publisher = ServerPublisher(self.mqtt_url, f"iotmeter-dashboard-{id(self):x}")
+                self._publisher.start()
+            self._commands = CommandService(self.stores.metadata, self._publisher,
+                                            redeliver_after_s=self.settings.redeliver_after_s)
+        return self._commands
+
+    @property
+    def ota(self) -> OtaService:
+        """Firmware and campaigns: upload(path, version), start_campaign(...),
+        list_campaigns(), status(campaign_id), abort(campaign_id)."""
+        if self._ota is None:
+            self._ota = OtaService(self.stores.metadata, self.stores.archive)
+        return self._ota
+
+    def start(self) -> None:
+        if self.settings.mqtt_url is None:
+            self.broker = EmbeddedBroker(self.settings.home / "broker")
+            self.broker.start()
+            self.mqtt_url = self.broker.url
+        if self.start_collector:
+            self.worker = CollectorWorker(self.settings, self.mqtt_url)
+            self.worker.start()
+        if self._wants_demo_fleet():
+            self.start_simulator(DEMO_DC, "dc")
+            self.start_simulator(DEMO_AC, "ac")
+
+    def _wants_demo_fleet(self) -> bool:
+        if self.simulate == "yes":
+            return True
+        if self.simulate == "no" or not self.settings.embedded:
+            return False
+        try:
+            return self.stores.metadata.count_devices() == 0
+        except StoreError:
+            return False
+
+    def start_simulator(self, devices: int, kind: str = "mixed", rate: float = 1.0) -> list[str]:
+        """Add `devices` simulated meters (starting the controller on first use)."""
+        if self.simulator is None:
+            self.simulator = SimulatorController(self.mqtt_url, self.settings.home / "simulator")
+        if self.simulator.running:
+            return self.simulator.add_devices(devices, kind, rate)
+        return self.simulator.start(devices, kind, rate)
+
+    def store_status(self) -> list[StoreStatus]:
+        """Each store's reachability, for the status line and the system screen."""
+        result = []
+        for name in ("metadata", "timeseries", "archive"):
+            try:
+                getattr(self.stores, name).check()
+                result.append(StoreStatus(name, True, "ok"))
+            except StoreError as exc:
+                result.append(StoreStatus(name, False, str(exc)))
+        return result
+
+    def stop(self) -> None:
+        """Stop everything this runtime started, the simulator first so its devices say
+        goodbye while the collector still listens."""
+        if self.simulator is not None:
+            try:
+                self.simulator.stop()
+            except Exception:  # noqa: BLE001 - shutting down: carry on with the rest
+                log.exception("simulator did not stop cleanly")
+        if self._publisher is not None:
+            self._publisher.close()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self._stores is not None:
+            self._stores.close()

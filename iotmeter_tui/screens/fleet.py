@@ -1,0 +1,254 @@
+"""Fleet: every meter in the registry, live. Only the rows around the viewport are read
+(list_devices with offset/limit, plus count_devices for the scrollbar); sort and filter run
+in the store's query; live values are read for the visible rows only, so 10,000 meters cost
+what 60 do."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+
+from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
+from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.widgets.format import (
+    STATUS_DOTS,
+    ago,
+    key_fields,
+    num,
+    role_of,
+    short_type,
+)
+from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
+
+if TYPE_CHECKING:
+    from iotmeter_tui.backend.stores import Stores
+    from iotmeter_tui.backend.stores.metadata import Device
+    from iotmeter_tui.backend.stores.timeseries import Latest
+
+COLUMNS = (
+    Column("device_id", "DEVICE", 12, flex=True),
+    Column("device_type", "TYPE", 4),
+    Column("connection_status", "STATUS", 9),
+    Column("fw_version", "FIRMWARE", 9, priority=3),
+    Column("last_seen", "SEEN", 5, align="right"),
+    Column("volts", "VOLTS", 7, align="right"),
+    Column("amps", "AMPS", 7, align="right"),
+    Column("kw", "KW", 7, align="right"),
+    Column("alerts", "ALERTS", 6, align="right", priority=2),
+)
+# Columns the store can sort by, in the order `s` walks through them.
+SORTABLE = ("device_id", "device_type", "connection_status", "fw_version", "last_seen")
+STATUS_FILTERS = (None, "online", "offline", "unknown")
+ALERT_COUNTS_EVERY_S = 3.0  # open alerts are counted fleet-wide; no need to every second
+
+
+@dataclass(frozen=True, slots=True)
+class FleetQuery:
+    search: str | None = None
+    status: str | None = None
+    order_by: str = "device_id"
+    descending: bool = False
+
+
+@dataclass(slots=True)
+class FleetPage:
+    total: int
+    offset: int
+    devices: list[Device]
+    latest: dict[str, Latest]
+    alert_counts: dict[str, int] | None
+    errors: dict[str, str | None]
+
+
+def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
+              count_alerts: bool) -> FleetPage:
+    """One refresh of the fleet table, in an I/O thread. A store that fails leaves its part
+    empty and its error in `errors`; the others still show."""
+    md = stores.metadata
+    errors: dict[str, str | None] = {}
+    filters = {"search": query.search, "status": query.status}
+    try:
+        total = md.count_devices(**filters)
+        devices = md.list_devices(**filters, order_by=query.order_by,
+                                  descending=query.descending, offset=offset, limit=limit)
+        errors["metadata"] = None
+    except StoreError as exc:
+        errors["metadata"] = str(exc)
+        return FleetPage(0, offset, [], {}, None, errors)
+    latest: dict[str, Latest] = {}
+    try:
+        latest = stores.timeseries.latest([d.device_id for d in devices])
+        errors["timeseries"] = None
+    except StoreError as exc:
+        errors["timeseries"] = str(exc)
+    counts = None
+    if count_alerts:
+        try:
+            counts = dict(Counter(a.device_id for a in md.open_alerts()))
+        except StoreError as exc:
+            errors["metadata"] = str(exc)
+    return FleetPage(total, offset, devices, latest, counts, errors)
+
+
+def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) -> Row:
+    status = device.connection_status
+    volts = amps = kw = None
+    if latest is not None:
+        v_field, a_field, kw_field = key_fields(device.device_type)
+        volts, amps, kw = (latest.fields.get(v_field), latest.fields.get(a_field),
+                           latest.fields.get(kw_field))
+    return Row(
+        device.device_id,
+        (
+            device.device_id,
+            short_type(device.device_type),
+            (f"{STATUS_DOTS.get(status, '?')} {status}", role_of(status)),
+            device.fw_version or "—",
+            ago(device.last_seen, now_ms),
+            num(volts),
+            num(amps),
+            num(kw),
+            (str(alerts), "error") if alerts else ("·", "muted"),
+        ),
+        role="muted" if status == "offline" else "",
+    )
+
+
+class FleetScreen(DashboardScreen):
+    VIEW = "Fleet"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "open"),
+        Binding("slash", "filter", "filter"),
+        Binding("s", "sort", "sort"),
+        Binding("S", "reverse", "reverse", show=False),
+        Binding("o", "status_filter", "online/off"),
+        Binding("p", "ping", "ping"),
+        Binding("c", "command", "command"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query_state = FleetQuery()
+        self.shown_query: FleetQuery | None = None  # the query the rows on screen answer
+        self.total = 0
+        self._generation = 0
+        self._alert_counts: dict[str, int] = {}
+        self._alerts_read_at = -1e9
+
+    def compose_body(self) -> ComposeResult:
+        table = LiveTable(COLUMNS, id="fleet-table", markable=True,
+                          empty_text="no devices in the registry yet")
+        table.set_sort("device_id", False)
+        yield table
+
+    @property
+    def table(self) -> LiveTable:
+        return self.query_one("#fleet-table", LiveTable)
+
+    def focus_main(self) -> None:
+        self.table.focus()
+
+    def view_title(self) -> str:
+        q = self.query_state
+        parts = [f"Fleet {self.total:,}"]
+        if q.status:
+            parts.append(q.status)
+        if q.search:
+            parts.append(f"/{q.search}")
+        return " · ".join(parts)
+
+    # --- data -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        table = self.table
+        generation, query = self._generation, self.query_state
+        offset, limit = table.window()
+        now_s = self.dash.now()
+        count_alerts = now_s - self._alerts_read_at >= ALERT_COUNTS_EVERY_S
+        page = await self.io(read_page, self.dash.runtime.stores, query, offset, limit,
+                             count_alerts)
+        if generation != self._generation:
+            self._again = True  # the query changed while we read: read again
+            return
+        for source, error in page.errors.items():
+            self.report(source, error)
+        if page.errors.get("metadata"):
+            if not table.loaded:
+                table.empty_text = "registry unavailable"
+                table.load_window(0, 0, [])
+            return
+        if page.alert_counts is not None:
+            self._alert_counts, self._alerts_read_at = page.alert_counts, now_s
+        now_ms = int(now_s * 1000)
+        rows = [device_row(d, page.latest.get(d.device_id),
+                           self._alert_counts.get(d.device_id, 0), now_ms)
+                for d in page.devices]
+        table.empty_text = ("no devices match the filter" if query.search or query.status
+                            else "no devices in the registry yet")
+        table.load_window(page.total, page.offset, rows)
+        self.shown_query = query
+        if page.total != self.total:
+            self.total = page.total
+            self.show_status(self.dash.status)
+
+    def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
+        self.reload()
+
+    def _requery(self, **changes: object) -> None:
+        self.query_state = FleetQuery(**{
+            "search": self.query_state.search, "status": self.query_state.status,
+            "order_by": self.query_state.order_by, "descending": self.query_state.descending,
+            **changes,
+        })
+        self._generation += 1
+        table = self.table
+        table.set_sort(self.query_state.order_by, self.query_state.descending)
+        self.show_status(self.dash.status)
+        self.reload()
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def action_open(self) -> None:
+        row = self.table.cursor_row
+        if row is not None:
+            self.dash.open_device(row.key)
+
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
+        event.stop()
+        self.dash.open_device(event.row.key)
+
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
+        # Dialogs opened from other views offer the devices chosen here.
+        self.dash.device_selection = self.table.selection()
+
+    def action_sort(self) -> None:
+        current = SORTABLE.index(self.query_state.order_by)
+        self._requery(order_by=SORTABLE[(current + 1) % len(SORTABLE)], descending=False)
+
+    def action_reverse(self) -> None:
+        self._requery(descending=not self.query_state.descending)
+
+    def action_status_filter(self) -> None:
+        current = STATUS_FILTERS.index(self.query_state.status)
+        self._requery(status=STATUS_FILTERS[(current + 1) % len(STATUS_FILTERS)])
+        self.table.move_cursor(0)
+
+    def search_text(self) -> str:
+        return self.query_state.search or ""
+
+    def set_search(self, text: str) -> None:
+        self._requery(search=text or None)
+        self.table.move_cursor(0)
+
+    async def action_ping(self) -> None:
+        ids = self.table.selection()
+        if ids:
+            await send_to_devices(self, ids, "ping", {}, 10.0)
+
+    def action_command(self) -> None:
+        open_command_dialog(self, self.table.selection())

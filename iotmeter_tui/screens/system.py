@@ -1,0 +1,147 @@
+"""System: is ingest keeping up, and can every store be reached? The collector's health
+channel (counters, rates, messages in flight, spool, each sink's state and backlog), how fresh
+the newest message in the registry is, and each store's connectivity with its URL."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Label, Sparkline, Static
+
+from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.stores import redact
+from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.widgets.format import ago, count, one_line, rate, size
+from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
+
+if TYPE_CHECKING:
+    from iotmeter_tui.backend.stores import Stores
+    from iotmeter_tui.widgets.health import StatusSnapshot
+
+SINK_COLUMNS = (
+    Column("name", "SINK", 12),
+    Column("up", "STATE", 7),
+    Column("backlog", "BACKLOG", 10, align="right"),
+    Column("error", "LAST ERROR", 20, flex=True),
+)
+STORE_COLUMNS = (
+    Column("name", "STORE", 11),
+    Column("ok", "STATE", 7),
+    Column("url", "URL", 24, flex=True, priority=1),
+    Column("detail", "DETAIL", 24, flex=True),
+)
+STALE_HEALTH_S = 5.0  # the child sends health every second; older means it is stuck
+
+
+def newest_message(stores: Stores) -> int | None:
+    newest = stores.metadata.list_devices(order_by="last_seen", descending=True, limit=1)
+    return newest[0].last_seen if newest else None
+
+
+def collector_text(status: StatusSnapshot, ack_rate: float | None, newest_ms: int | None,
+                   now_ms: int) -> str:
+    health = status.health
+    look = {"up": "$text-success", "starting": "$text-warning"}.get(status.collector,
+                                                                  "$text-error")
+    if status.collector == "none":
+        return " [$text-muted]collector: not run by this dashboard (see the headless " \
+               "collector's /metrics)[/]"
+    lines = [f" [b]collector[/b]   [{look}]● {status.collector}[/]"]
+    if health is None:
+        lines.append(" no health report yet")
+        return "\n".join(lines)
+    age = max(0.0, status.at - float(health.get("at", status.at)))
+    broker = "broker connected" if health.get("broker_connected") else \
+        f"[$text-error]broker: {one_line(health.get('broker_error') or 'not connected', 60)}[/]"
+    stale = f"  [$text-error]health {age:.0f}s old[/]" if age > STALE_HEALTH_S else ""
+    lines[0] += f"  {broker}{stale}"
+    received, acked = health.get("received") or 0, health.get("acked") or 0
+    lines.append(f" received  {count(received):>13} {rate(status.rate):>9}    "
+                 f"acked {count(acked):>13} {rate(ack_rate):>9}")
+    spool_full = " [$text-error]FULL[/]" if health.get("spool_full") else ""
+    lines.append(f" in flight {count(max(0, received - acked)):>13}              "
+                 f"dupes {count(health.get('duplicates')):>13}")
+    lines.append(f" spool     {size(health.get('spool_bytes')):>13}{spool_full}              "
+                 f"newest message {ago(newest_ms, now_ms)} ago")
+    return "\n".join(lines)
+
+
+def sink_rows(health: dict[str, Any] | None) -> list[Row]:
+    sinks = (health or {}).get("sinks") or {}
+    return [
+        Row(name, (name, ("up", "ok") if info.get("up") else ("down", "error"),
+                   size(info.get("backlog_bytes")),
+                   (one_line(info.get("error")) or "—", "error" if info.get("error") else
+                    "muted")))
+        for name, info in sorted(sinks.items())
+    ]
+
+
+def store_rows(status: StatusSnapshot, urls: dict[str, str]) -> list[Row]:
+    return [
+        Row(light.name, (light.name, ("ok", "ok") if light.ok else ("down", "error"),
+                         urls.get(light.name, ""),
+                         (light.detail, "" if light.ok else "error")))
+        for light in status.stores
+    ]
+
+
+class SystemScreen(DashboardScreen):
+    VIEW = "System"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "refresh_now", "refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.newest_ms: int | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="collector-health")
+        yield Sparkline([], id="rate-sparkline")
+        yield Label(" sinks", classes="section")
+        yield LiveTable(SINK_COLUMNS, id="sinks-table", empty_text="no sink reports yet")
+        yield Label(" stores", classes="section")
+        yield LiveTable(STORE_COLUMNS, id="stores-table", empty_text="checking…")
+
+    def focus_main(self) -> None:
+        self.query_one("#stores-table", LiveTable).focus()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.focus_main()
+
+    async def load(self) -> None:
+        try:
+            self.newest_ms = await self.io(newest_message, self.dash.runtime.stores)
+            self.report("metadata", None)
+        except StoreError as exc:
+            self.report("metadata", exc)
+        self._render_health()
+
+    def show_status(self, status: StatusSnapshot) -> None:
+        super().show_status(status)
+        if self.is_mounted:
+            self._render_health()
+
+    def _render_health(self) -> None:
+        dash = self.dash
+        status = dash.status
+        self.query_one("#collector-health", Static).update(
+            collector_text(status, dash.health_tracker.ack_rate(), self.newest_ms,
+                           dash.now_ms()))
+        self.query_one("#rate-sparkline", Sparkline).data = list(dash.health_tracker.history)
+        self.query_one("#sinks-table", LiveTable).set_rows(sink_rows(status.health))
+        try:
+            stores = dash.runtime.stores
+            urls = dict(zip(("metadata", "timeseries", "archive"),
+                            (redact(u) for u in stores.urls), strict=False))
+        except Exception:  # noqa: BLE001 - stores failed to open: the notice line says why
+            urls = {}
+        self.query_one("#stores-table", LiveTable).set_rows(store_rows(status, urls))
+
+    def action_refresh_now(self) -> None:
+        self.dash.refresh_stores()
+        self.reload()
