@@ -14,6 +14,7 @@ import functools
 import sys
 import threading
 import time
+from multiprocessing import resource_tracker
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -225,6 +226,11 @@ class IotmeterApp(App[int]):
         self.refresh_s = refresh_s
         self.initial = initial
         self.starter = RuntimeStarter(runtime) if start_runtime else None  # type: ignore[arg-type]
+        if start_runtime:
+            # The collector worker is a spawned process, and spawning starts multiprocessing's
+            # resource tracker with sys.stderr's fd; once Textual captures stderr that fd is
+            # -1 and the spawn fails ("bad value(s) in fds_to_keep"). Start it now.
+            resource_tracker.ensure_running()
         self.status = StatusSnapshot()
         self.health_tracker = HealthTracker()
         self.stores_ready = asyncio.Event()

@@ -97,6 +97,32 @@ def case(reason: str, raw: bytes | Any, on: str = TELEMETRY_TOPIC, *, id: str) -
     return pytest.param(reason, on, data, id=f"{reason}-{id}")
 
 
+# Telemetry field names no store can hold (protocol.FIELD_NAME_PATTERN, reserved names): each
+# one makes the message a bad_field at intake rather than a point the store refuses later.
+BAD_FIELD_NAMES: dict[str, str] = {
+    **{f"reserved-{name}": name for name in sorted(p.RESERVED_TELEMETRY_FIELDS)},
+    "empty": "",
+    "leading-underscore": "_private",
+    "leading-dash": "-voltage",
+    "leading-space": " voltage",
+    "leading-dot": ".voltage",
+    "129-chars": "v" * 129,
+    "non-ascii": "temp\u00e9rature_c",
+    "double-quote": 'a"b',
+    "single-quote": "it's",
+    "backslash": "a\\b",
+    "semicolon": "a;b",
+    "braces": "a{b}",
+    "star": "a*",
+    "newline": "volt\nage_v",
+    "tab": "volt\tage",
+    "nul": "v\x00",
+    "del": "v\x7f",
+}
+# Names that look odd but every store holds (the time-series contract writes the same ones).
+ODD_GOOD_FIELD_NAMES = ["temp c", "a,b", "x=y", "L1.voltage/V", "thd%", "9lives", "a-b+c:d",
+                        "Time", "v" * 128, "0"]
+
 # (reason, topic, payload): every way decode() refuses a message.
 REJECTIONS = [
     case("bad_topic", envelope(), "iot/dc-0001", id="two-segments"),
@@ -197,13 +223,13 @@ REJECTIONS = [
     case("bad_field", payload(envelope()).replace(b"748.2", b"1" + b"0" * 400), id="huge-int"),
     case("bad_field", payload(envelope(note=float("nan"))), id="nan-outside-data"),
     *[
-        case("bad_field", with_data(p.TELEMETRY, **{name: 1.0}), id=f"reserved-{name or 'empty'}")
-        for name in sorted(p.RESERVED_TELEMETRY_FIELDS)
+        case("bad_field", with_data(p.TELEMETRY, **{name: 1.0}), id=f"name-{label}")
+        for label, name in BAD_FIELD_NAMES.items()
     ],
-    case("bad_field", with_data(p.TELEMETRY, **{"volt\nage_v": 1.0}), id="newline-in-name"),
-    case("bad_field", with_data(p.TELEMETRY, **{"v\x00": 1.0}), id="nul-in-name"),
     case("bad_field", payload(envelope()).replace(b"voltage_v", b"volt\\ud800"),
-         id="lone-surrogate-name"),
+         id="name-lone-surrogate"),
+    case("bad_field", payload(envelope()).replace(b"voltage_v", b"volt\\u00e9"),
+         id="name-escaped-non-ascii"),
     case("bad_field", with_data(p.HELLO, device_type=...), topic(p.HELLO), id="hello-no-type"),
     case("bad_field", with_data(p.HELLO, device_type=""), topic(p.HELLO), id="hello-empty-type"),
     case("bad_field", with_data(p.HELLO, device_type=3), topic(p.HELLO), id="hello-type-number"),
@@ -294,7 +320,10 @@ ACCEPTED = [
     pytest.param(with_data(p.TELEMETRY, current_a=-812.5), id="telemetry-regenerating"),
     pytest.param(with_data(p.TELEMETRY, voltage_v=750), id="telemetry-int"),
     pytest.param(with_data(p.TELEMETRY, harmonic_5_pct=1.25), id="telemetry-unknown-field"),
-    pytest.param(with_data(p.TELEMETRY, **{"temp\u00e9rature_c": 40.0}), id="telemetry-unicode"),
+    *[
+        pytest.param(with_data(p.TELEMETRY, **{name: 1.0}), id=f"telemetry-name-{name[:12]}")
+        for name in ODD_GOOD_FIELD_NAMES
+    ],
     pytest.param(with_data(p.TELEMETRY, peak_w=1e308), id="telemetry-huge-finite"),
     pytest.param(envelope(boot=0, seq=0, ts=0), id="telemetry-zeroes"),
     pytest.param(envelope(boot=2**63 - 1, seq=2**63 - 1, ts=p.MAX_TS_MS), id="telemetry-maxima"),
@@ -620,8 +649,8 @@ def test_decode_server_message_never_raises(raw: bytes, on: str) -> None:
     assert result is None or isinstance(result, p.ServerMessage)
 
 
-field_names = st.text(min_size=1, max_size=24).filter(
-    lambda name: name not in p.RESERVED_TELEMETRY_FIELDS and not re.search(r"[\x00-\x1f\x7f]", name)
+field_names = st.from_regex(p.FIELD_NAME_PATTERN, fullmatch=True).filter(
+    lambda name: name not in p.RESERVED_TELEMETRY_FIELDS
 )
 numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(
     min_value=-(2**1023), max_value=2**1023
@@ -648,6 +677,80 @@ def test_valid_telemetry_decodes_to_the_same_data(
     assert all(type(v) is float for v in p.numeric_fields(result.data).values())
 
 
+# --- intake agrees with the stores ----------------------------------------------------------
+
+any_field_names = st.one_of(
+    st.text(max_size=12),
+    st.from_regex(p.FIELD_NAME_PATTERN, fullmatch=True),
+    st.sampled_from([*BAD_FIELD_NAMES.values(), *ODD_GOOD_FIELD_NAMES]),
+)
+
+
+@settings(max_examples=400)
+@given(name=any_field_names, ts=st.integers(p.MAX_TS_MS - 2, p.MAX_TS_MS + 2) | st.integers(0))
+def test_decode_accepts_exactly_what_the_time_series_store_holds(name: str, ts: int) -> None:
+    """A telemetry message passes intake iff its point is one every adapter can store."""
+    from iotmeter_tui.backend.stores.timeseries import Point, point_problem
+
+    data = {name: 1.5}
+    raw = p.encode_device_message("dc-0001", p.TELEMETRY, data, ts=ts, boot=0, seq=0)
+    result = decode(TELEMETRY_TOPIC, raw)
+    point = Point("dc-0001", "power_meter_dc", ts, 0, 0, p.numeric_fields(data))
+    assert isinstance(result, Message) == (point_problem(point) is None), result
+
+
+@given(
+    device_id=st.from_regex(p.DEVICE_ID_PATTERN, fullmatch=True),
+    label=st.from_regex(p.LABEL_PATTERN, fullmatch=True),
+)
+def test_device_ids_and_hello_device_types_are_storable_tags(device_id: str, label: str) -> None:
+    """Tags come from the topic's device id and a hello's device_type (a label): whatever
+    decode accepts there, the time-series store holds."""
+    assert p.tag_problem("device_id", device_id) is None
+    assert p.tag_problem("device_type", label) is None
+    hello = with_data(p.HELLO, device_type=label)
+    hello["device_id"] = device_id
+    assert isinstance(decode(topic(p.HELLO, device_id), payload(hello)), Message)
+
+
+def test_the_store_takes_its_rules_from_the_protocol() -> None:
+    from iotmeter_tui.backend.stores import timeseries
+
+    assert timeseries.field_name_problem is p.field_name_problem
+    assert timeseries.tag_problem is p.tag_problem
+    assert timeseries.MAX_TS_MS == p.MAX_TS_MS
+
+
+def test_protocol_imports_nothing_of_the_project() -> None:
+    """protocol.py stays pure: the standard library only, so any layer may import it."""
+    import ast
+    import sys
+
+    tree = ast.parse(Path(p.__file__).read_text(encoding="utf-8"))
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_field_name_cache_stays_bounded_and_keeps_only_good_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(p, "_GOOD_FIELD_NAMES", set())
+    monkeypatch.setattr(p, "_GOOD_FIELD_NAMES_MAX", 8)
+    for n in range(20):
+        assert isinstance(decode(TELEMETRY_TOPIC, payload(with_data(p.TELEMETRY, **{
+            f"extra_{n}": 1.0}))), Message)
+        assert len(p._GOOD_FIELD_NAMES) <= 8
+    for _ in range(2):  # a refused name is refused again, never remembered
+        bad = decode(TELEMETRY_TOPIC, payload(with_data(p.TELEMETRY, _private=1.0)))
+        assert isinstance(bad, Rejection) and bad.reason == "bad_field"
+    assert "_private" not in p._GOOD_FIELD_NAMES
+
+
 # --- docs stay honest ----------------------------------------------------------------------
 
 def docs_text() -> str:
@@ -667,6 +770,8 @@ def test_docs_table_lists_exactly_the_rejection_reasons() -> None:
         p.command_topic("{device_id}"),
         p.ota_topic("{device_id}"),
         p.DEVICE_ID_PATTERN,
+        p.FIELD_NAME_PATTERN,
+        str(p.MAX_TS_MS),
         "64 KiB",
         "_rejected/",
         "iotmeter_messages_rejected_total{reason=",

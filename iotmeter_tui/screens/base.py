@@ -35,7 +35,7 @@ class DashboardScreen(Screen[None]):
         super().__init__()
         self.loads = 0  # completed loads: tests and the bench wait on it
         self._errors: dict[str, str] = {}
-        self._loading = False
+        self._loading = 0  # reads in flight
         self._again = False
 
     @property
@@ -67,12 +67,13 @@ class DashboardScreen(Screen[None]):
         if self.is_current:
             self.reload()
 
-    def reload(self) -> None:
-        """Read the data again, now (or right after the read in progress)."""
-        if self._loading:
+    def reload(self, *, urgent: bool = False) -> None:
+        """Read the data again: right after the read in progress, or (urgent: a key asked
+        for other data) at once beside it -- the screen drops answers that arrive late."""
+        if self._loading and not urgent:
             self._again = True
             return
-        self._loading = True
+        self._loading += 1
         self.run_worker(self._load_loop(), group="load")
 
     async def _load_loop(self) -> None:
@@ -88,7 +89,7 @@ class DashboardScreen(Screen[None]):
                 if not self._again:
                     break
         finally:
-            self._loading = False
+            self._loading -= 1
 
     async def load(self) -> None:
         """Read what the screen shows (override)."""

@@ -91,7 +91,7 @@ def read_device(stores: Stores, device_id: str, start_ms: int, end_ms: int) -> D
         data.latest = ts.latest([device_id]).get(device_id)
         if device_type is None and data.latest is not None:
             device_type = data.latest.device_type
-        data.fields = key_fields(device_type)
+        data.fields = key_fields(device_type, data.latest.fields if data.latest else None)
         data.history = ts.history(device_id, list(data.fields), start_ms, end_ms,
                                   max_points=HISTORY_POINTS)
         data.errors["timeseries"] = None

@@ -99,7 +99,7 @@ def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) 
     status = device.connection_status
     volts = amps = kw = None
     if latest is not None:
-        v_field, a_field, kw_field = key_fields(device.device_type)
+        v_field, a_field, kw_field = key_fields(device.device_type, latest.fields)
         volts, amps, kw = (latest.fields.get(v_field), latest.fields.get(a_field),
                            latest.fields.get(kw_field))
     return Row(
@@ -137,6 +137,8 @@ class FleetScreen(DashboardScreen):
         self.shown_query: FleetQuery | None = None  # the query the rows on screen answer
         self.total = 0
         self._generation = 0
+        self._started = 0  # reads started / the newest read shown: late answers are dropped
+        self._applied = 0
         self._alert_counts: dict[str, int] = {}
         self._alerts_read_at = -1e9
 
@@ -170,11 +172,15 @@ class FleetScreen(DashboardScreen):
         offset, limit = table.window()
         now_s = self.dash.now()
         count_alerts = now_s - self._alerts_read_at >= ALERT_COUNTS_EVERY_S
+        self._started += 1
+        sequence = self._started
         page = await self.io(read_page, self.dash.runtime.stores, query, offset, limit,
                              count_alerts)
         if generation != self._generation:
-            self._again = True  # the query changed while we read: read again
-            return
+            return  # the query changed while we read: the urgent read for it is under way
+        if sequence < self._applied:
+            return  # a read started later has already been shown
+        self._applied = sequence
         for source, error in page.errors.items():
             self.report(source, error)
         if page.errors.get("metadata"):
@@ -197,7 +203,7 @@ class FleetScreen(DashboardScreen):
             self.show_status(self.dash.status)
 
     def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
-        self.reload()
+        self.reload(urgent=True)
 
     def _requery(self, **changes: object) -> None:
         self.query_state = FleetQuery(**{
@@ -209,7 +215,7 @@ class FleetScreen(DashboardScreen):
         table = self.table
         table.set_sort(self.query_state.order_by, self.query_state.descending)
         self.show_status(self.dash.status)
-        self.reload()
+        self.reload(urgent=True)
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -223,8 +229,9 @@ class FleetScreen(DashboardScreen):
         self.dash.open_device(event.row.key)
 
     def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
-        # Dialogs opened from other views offer the devices chosen here.
-        self.dash.device_selection = self.table.selection()
+        # Dialogs opened from other views (new command, OTA campaign) offer the devices
+        # marked here; the cursor alone is no choice of targets.
+        self.dash.device_selection = sorted(self.table.marked)
 
     def action_sort(self) -> None:
         current = SORTABLE.index(self.query_state.order_by)

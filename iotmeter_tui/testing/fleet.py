@@ -51,7 +51,10 @@ class Publisher:
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._connected = threading.Event()
+        self._acked: set[int] = set()
+        self._acked_changed = threading.Condition()
         self._client.on_connect = lambda *a: self._connected.set()
+        self._client.on_publish = self._on_publish
         address = BrokerAddress.parse(url)
         self._client.connect(address.host, address.port)
         self._client.loop_start()
@@ -62,12 +65,24 @@ class Publisher:
                 retain: bool = False, timeout_s: float = 60.0) -> int:
         infos = [self._client.publish(topic, payload, qos=qos, retain=retain)
                  for topic, payload in items]
+        # Not wait_for_publish(): it raises when the broker is away, whereas paho keeps a
+        # QoS 1 message queued and sends it again once it has reconnected. PUBACKs are
+        # counted by message id in on_publish instead.
+        if qos == 0:
+            return len(infos)
+        pending = {info.mid for info in infos}
         deadline = time.monotonic() + timeout_s
-        for info in infos:
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError("broker did not acknowledge every message")
+        with self._acked_changed:
+            while not pending <= self._acked:
+                if not self._acked_changed.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("broker did not acknowledge every message")
+            self._acked -= pending
         return len(infos)
+
+    def _on_publish(self, _client: object, _userdata: object, mid: int, *_rest: object) -> None:
+        with self._acked_changed:
+            self._acked.add(mid)
+            self._acked_changed.notify_all()
 
     def set_will(self, topic: str, payload: bytes) -> None:
         self._client.will_set(topic, payload, qos=1, retain=True)

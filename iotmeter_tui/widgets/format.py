@@ -57,12 +57,20 @@ def role_of(state: str | None) -> str:
     return STATE_ROLES.get(state or "", "")
 
 
-def key_fields(device_type: str | None) -> tuple[str, str, str]:
-    return KEY_FIELDS.get(device_type or "", DEFAULT_KEY_FIELDS)
+def key_fields(device_type: str | None,
+               present: Mapping[str, float] | None = None) -> tuple[str, str, str]:
+    """The V / A / kW fields of a meter type. A meter not yet typed (no hello seen) still
+    shows its power: whichever type's power field its telemetry carries."""
+    fields = KEY_FIELDS.get(device_type or "")
+    if fields is not None:
+        return fields
+    if present is not None and "active_power_kw" in present and "power_kw" not in present:
+        return KEY_FIELDS["power_meter_ac"]
+    return DEFAULT_KEY_FIELDS
 
 
 def short_type(device_type: str | None) -> str:
-    if not device_type:
+    if not device_type or device_type == "unknown":
         return "?"
     return TYPE_SHORT.get(device_type, device_type)
 

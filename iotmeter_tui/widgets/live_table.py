@@ -30,6 +30,7 @@ from textual.strip import Strip
 
 ROLES = ("ok", "warn", "error", "muted", "accent")
 SEPARATOR = 1  # blank cells between columns
+STRIP_CACHE = 2000  # rendered lines kept
 BAR_FULL = "━"
 BAR_EMPTY = "─"
 
@@ -180,6 +181,7 @@ class LiveTable(ScrollView, can_focus=True):
         self._column_layout = _Layout(0)
         self._window_requested = False
         self._last_highlight: str | None = None
+        self._strips: dict[tuple[object, ...], Strip] = {}
 
     # --- data in ----------------------------------------------------------------------------
 
@@ -216,10 +218,11 @@ class LiveTable(ScrollView, can_focus=True):
         self.refresh()
 
     def window(self) -> tuple[int, int]:
-        """(offset, limit) worth fetching: the visible page and one page either side."""
+        """(offset, limit) worth fetching: the visible page and two pages either side, so
+        page up/down land on rows already held while the next window is read."""
         page = max(10, self._body_height())
-        start = max(0, self._top() - page)
-        return start, page * 3
+        start = max(0, self._top() - 2 * page)
+        return start, page * 5
 
     def viewport_held(self) -> bool:
         """Every row on screen is held (nothing drawn as a placeholder)."""
@@ -305,6 +308,10 @@ class LiveTable(ScrollView, can_focus=True):
         super().watch_scroll_y(old_value, new_value)
         self._check_window()
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()  # a new theme: every cached line has old colours
+
     def on_resize(self, event: events.Resize) -> None:
         self._update_virtual_size()
         self._check_window()
@@ -325,12 +332,12 @@ class LiveTable(ScrollView, can_focus=True):
         self.virtual_size = Size(self.scrollable_content_region.width, self.total + 1)
 
     def _check_window(self) -> None:
-        """Ask for rows when the visible range (plus half a page) is not all held."""
+        """Ask for rows when the visible range (plus a page either side) is not all held."""
         if self._window_requested or not self.loaded or self.total == 0:
             return
         top, height = self._top(), self._body_height()
-        want_start = max(0, top - height // 2)
-        want_end = min(self.total, top + height + height // 2)
+        want_start = max(0, top - height)
+        want_end = min(self.total, top + 2 * height)
         held_end = self.first + len(self.rows)
         if want_start < self.first or want_end > held_end:
             self._window_requested = True
@@ -389,7 +396,15 @@ class LiveTable(ScrollView, can_focus=True):
         if row is None:
             style = base + self.get_component_rich_style("live-table--muted")
             return Strip([Segment(" …".ljust(width), style)], width)
-        return self._render_row(row, index, width, base)
+        # Scrolling repaints every line, and a refresh brings mostly unchanged rows: a row
+        # drawn before is drawn from the cache.
+        key = (row, index == self.cursor, self.has_focus, row.key in self.marked, width)
+        strip = self._strips.get(key)
+        if strip is None:
+            if len(self._strips) > STRIP_CACHE:
+                self._strips.clear()
+            strip = self._strips[key] = self._render_row(row, index, width, base)
+        return strip
 
     def _render_header(self, width: int, base: Style) -> Strip:
         style = base + self.get_component_rich_style("live-table--header")

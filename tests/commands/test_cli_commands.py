@@ -95,6 +95,7 @@ def test_ota_upload_start_status(tmp_path: Path, private_mosquitto: MosquittoSer
         assert {d.fw_version for d in sim.devices()} == {"2.0.0"}
 
         again = run_cli(settings, url, "ota", "status", campaign_id, "--json")
+        assert again.returncode == 0, again.stderr
         report = json.loads(again.stdout)
         assert report["campaign"]["state"] == "completed" and len(report["targets"]) == 3
         listed = run_cli(settings, url, "ota", "list")
@@ -112,9 +113,9 @@ def test_a_store_that_is_down_is_one_line_and_exit_1(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, {
         "IOTMETER_DB_URL": f"postgresql://iot@127.0.0.1:{free_port()}/iotmeter"})
     result = run_cli(settings, "mqtt://127.0.0.1:1", "command", "list")
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("iotmeter: postgresql: ")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("iotmeter: postgresql: "), result.stderr
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

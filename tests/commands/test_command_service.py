@@ -159,6 +159,7 @@ def test_broker_down_leaves_commands_queued_and_uncounted(metadata: MetadataStor
     broker.connected = False
     commands = service(metadata, broker, clock)
     first = commands.send("dc-1", "ping", timeout_s=60)
+    clock.at += 1
     second = commands.send("dc-1", "ping", timeout_s=60)
     commands.dispatch()
     assert [(c.state, c.attempts) for c in commands.list()] == [("queued", 0)] * 2

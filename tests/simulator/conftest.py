@@ -33,13 +33,14 @@ class Received:
     payload: bytes
     retain: bool
     at: float  # time.time() on arrival
+    decoded: protocol.Message | protocol.Rejection  # decoded once, on arrival
 
     @property
     def device_id(self) -> str:
         return self.topic.split("/")[1]
 
     def decode(self) -> protocol.Message | protocol.Rejection:
-        return protocol.decode(self.topic, self.payload)
+        return self.decoded
 
     def message(self) -> protocol.Message:
         decoded = self.decode()
@@ -78,7 +79,8 @@ class Recorder:
         parts = msg.topic.split("/")
         if len(parts) >= 3 and parts[1].startswith(self.prefix):
             with self._lock:
-                self._messages.append(Received(msg.topic, msg.payload, msg.retain, time.time()))
+                self._messages.append(Received(msg.topic, msg.payload, msg.retain, time.time(),
+                                               protocol.decode(msg.topic, msg.payload)))
 
     def close(self) -> None:
         self.client.disconnect()

@@ -70,6 +70,7 @@ def test_two_hundred_devices(mosquitto: Any, prefix: str, recorder_factory: Any,
     stats = controller.stats()
     assert stats.acked_per_s > 0.8 * 200 * 5
     controller.stop()
+    assert all(isinstance(r.decode(), protocol.Message) for r in recorder.messages)
     seqs = recorder.seqs()
     assert set(seqs) == {(device, 1) for device in ids}
     for device in ids:

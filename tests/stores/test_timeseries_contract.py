@@ -3,6 +3,7 @@ influxd with a database per test, and SQLite files)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from iotmeter_tui.backend.errors import PartialWriteError
 from iotmeter_tui.backend.stores.timeseries import (
+    AGGREGATES,
     Bucket,
     Point,
     TimeSeriesStore,
@@ -170,6 +172,68 @@ def test_history_buckets_and_aggregates_by_hand(store: TimeSeriesStore) -> None:
         Bucket(T0 + 7500, {"v": {"mean": 7.0, "min": 7.0, "max": 7.0, "last": 7.0},
                            "w": {"mean": 6.0, "min": 6.0, "max": 6.0, "last": 6.0}}),
     ]
+
+
+def test_history_computes_only_the_requested_aggregates(store: TimeSeriesStore) -> None:
+    store.write([
+        pt("h", T0, 1, v=1.0, w=5.0),
+        pt("h", T0 + 1000, 2, v=2.0),
+        pt("h", T0 + 5000, 3, v=10.0, w=-1.0),
+        pt("h", T0 + 7000, 4, v=-4.0),
+    ])
+    everything = store.history("h", ["v", "w"], T0, T0 + 10_000, max_points=4)
+    assert everything == store.history("h", ["v", "w"], T0, T0 + 10_000, max_points=4,
+                                       aggregates=AGGREGATES)
+    # Every non-empty subset, in any order and with repeats: the same buckets, each field
+    # holding exactly the aggregates asked for, with the values the full answer has.
+    for size in range(1, len(AGGREGATES) + 1):
+        for subset in itertools.combinations(AGGREGATES, size):
+            asked = [*reversed(subset), subset[0]]
+            got = store.history("h", ["v", "w"], T0, T0 + 10_000, max_points=4,
+                                aggregates=asked)
+            assert got == [
+                Bucket(b.ts, {name: {a: values[a] for a in subset}
+                              for name, values in b.values.items()})
+                for b in everything
+            ], subset
+
+
+def test_history_for_a_chart(store: TimeSeriesStore) -> None:
+    """What the dashboard's live charts ask: mean alone, or mean with min and max."""
+    store.write([pt("c", T0 + i * 100, i, voltage_v=750.0 + i, current_a=-1.0 - i,
+                    power_kw=0.5 * i) for i in range(40)])
+    fields = ["voltage_v", "current_a", "power_kw"]
+    means = store.history("c", fields, T0, T0 + 4000, max_points=2, aggregates=("mean",))
+    assert means == [
+        Bucket(T0, {"voltage_v": {"mean": 759.5}, "current_a": {"mean": -10.5},
+                    "power_kw": {"mean": 4.75}}),
+        Bucket(T0 + 2000, {"voltage_v": {"mean": 779.5}, "current_a": {"mean": -30.5},
+                           "power_kw": {"mean": 14.75}}),
+    ]
+    bands = store.history("c", fields, T0, T0 + 4000, max_points=1,
+                          aggregates=("mean", "min", "max"))
+    assert bands == [Bucket(T0, {
+        "voltage_v": {"mean": 769.5, "min": 750.0, "max": 789.0},
+        "current_a": {"mean": -20.5, "min": -40.0, "max": -1.0},
+        "power_kw": {"mean": 9.75, "min": 0.0, "max": 19.5},
+    })]
+
+
+@pytest.mark.parametrize("aggregates", [
+    ("median",), ("mean", "avg"), ("MEAN",), ("last", ""), "mean", ("mean", None),
+])
+def test_history_refuses_unknown_aggregates(store: TimeSeriesStore, aggregates: object) -> None:
+    store.write([pt("h", T0, 1, v=1.0)])
+    with pytest.raises(ValueError, match="aggregate"):
+        store.history("h", ["v"], T0, T0 + 10, aggregates=aggregates)  # type: ignore[arg-type]
+    # Refused before anything else is looked at: an unknown device or field changes nothing.
+    with pytest.raises(ValueError, match="aggregate"):
+        store.history("nobody", ["nope"], T0, T0, aggregates=aggregates)  # type: ignore[arg-type]
+
+
+def test_history_of_no_aggregates_is_empty(store: TimeSeriesStore) -> None:
+    store.write([pt("h", T0, 1, v=1.0)])
+    assert store.history("h", ["v"], T0, T0 + 10, aggregates=()) == []
 
 
 def test_history_width_rounds_up_so_buckets_never_exceed_max_points(

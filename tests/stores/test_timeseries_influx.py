@@ -235,6 +235,24 @@ def test_the_wire_format(scripted: Callable[..., ScriptedInflux]) -> None:
     )
 
 
+def test_history_selects_only_the_requested_aggregates(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    """Each aggregate call is a pass over the range on the server: none is sent unasked."""
+    server = scripted()
+    store = InfluxTimeSeries(server.url())
+    store.history("dev", ["voltage_v", "current_a"], T0, T0 + 10_000, 10,
+                  aggregates=("max", "mean", "max"))
+    [query] = [s for s in server.seen if s.path == "/query" and b"SELECT" in s.body]
+    statement = urllib.parse.parse_qs(query.body.decode())["q"][0]
+    assert statement.startswith(
+        'SELECT mean("voltage_v") AS "mean0", max("voltage_v") AS "max0", '
+        'mean("current_a") AS "mean1", max("current_a") AS "max1" FROM "iot_telemetry" '
+    )
+    assert "min(" not in statement and "last(" not in statement
+    store.close()
+
+
 def test_a_user_password_token_goes_as_basic_auth(
     scripted: Callable[..., ScriptedInflux],
 ) -> None:

@@ -287,12 +287,6 @@ class MqttClient:
         else:
             self._write(codec.encode_publish(topic, payload, 0, retain=retain))
 
-    def publish_raw(self, packet: bytes) -> None:
-        """Write bytes as they are (tests and fault injection); no tracking."""
-        if not self._connected:
-            raise MqttNotConnected(f"{self.client_id}: not connected")
-        self._write(packet)
-
     async def subscribe(self, filters: list[tuple[str, int]]) -> tuple[int, ...]:
         """Subscribe and wait for the SUBACK; its granted QoS per filter."""
         if not self._connected or self._loop is None:

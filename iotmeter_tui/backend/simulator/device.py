@@ -2,11 +2,11 @@
 commands and OTA. The fleet's scheduler calls `sample()` and `heartbeat()`; everything else
 reacts to the connection and to messages from the server.
 
-Message order is the device's promise: every message with a seq goes out in seq order. While
-the device is offline, or its in-flight window is full, messages queue in a bounded buffer
-(oldest dropped beyond the bound, counted and logged) and are replayed in order, with their
-original seq and ts, once it is back. The hello that follows each connect goes after the
-replay, so a reader never sees seq go backwards except where a fault says so.
+Messages go out in seq order. While the device is offline, or its in-flight window is full,
+they queue in a bounded buffer (oldest dropped beyond the bound, counted and logged) and are
+replayed in order, with their original seq and ts, once it is back. The one exception is the
+hello that follows each connect: the protocol puts it right after the online status, ahead of
+the replay, so the server knows the device before its backlog arrives.
 """
 
 from __future__ import annotations
