@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iotmeter_tui.backend import protocol  # noqa: E402
-from iotmeter_tui.backend.broker import free_port  # noqa: E402
-from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase  # noqa: E402
-from iotmeter_tui.testing.fleet import Publisher  # noqa: E402
-from iotmeter_tui.testing.harness import env_for, settings_for  # noqa: E402
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.broker import free_port
+from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase
+from iotmeter_tui.testing.fleet import Publisher
+from iotmeter_tui.testing.harness import env_for, settings_for
 
 RESULTS = Path(__file__).parent / "results"
 DATA = {"voltage_v": 748.2, "current_a": 1210.5, "power_kw": 905.7,

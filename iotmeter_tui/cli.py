@@ -56,7 +56,13 @@ def _run_migrate(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.stores import open_stores
 
     stores = open_stores(settings)
-    stores.close()
+    try:
+        applied = stores.metadata.migrate()
+        stores.timeseries.check()  # creates the InfluxDB database where allowed
+        stores.archive.check()  # creates the bucket where allowed
+    finally:
+        stores.close()
+    print(f"migrations applied: {applied or 'none (up to date)'}")
     print(f"stores ready: {stores.describe()}")
     return 0
 

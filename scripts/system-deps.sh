@@ -6,7 +6,7 @@ set -euo pipefail
 
 need_run=(mosquitto:mosquitto)
 need_test=(mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb
-           pg_ctlcluster:postgresql-common initdb:postgresql)
+           pg_ctlcluster:postgresql-common initdb:postgresql promtool:prometheus)
 
 case "${1:-}" in
   run) wanted=("${need_run[@]}") ;;

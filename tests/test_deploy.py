@@ -59,8 +59,9 @@ def need(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        pytest.fail(f"{module} is missing: add `{package}` to the test dependencies "
-                    f"(pip install {package})", pytrace=False)
+        pass
+    pytest.fail(f"{module} is missing: add `{package}` to the test dependencies "
+                f"(pip install {package})", pytrace=False)
 
 
 def need_binary(name: str, how: str) -> str:

@@ -32,6 +32,8 @@ PATH_PREFIX: Final = "/firmware/"
 # Each download holds its image in memory; more at once wait their turn, which bounds the
 # memory a fleet-wide rollout can take (campaign batches bound it further).
 MAX_CONCURRENT_DOWNLOADS: Final = 16
+# On stop, downloads under way get this long to finish (within the collector's stop budget).
+STOP_DRAIN_S: Final = 4.0
 RETRY_AFTER_S: Final = 5
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 
@@ -102,6 +104,8 @@ class FirmwareServer:
         httpd.metadata = self.metadata
         httpd.archive = self.archive
         httpd.downloads = threading.BoundedSemaphore(MAX_CONCURRENT_DOWNLOADS)
+        httpd.active = 0
+        httpd.idle = threading.Condition()
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="iotmeter-firmware-http", daemon=True)
@@ -114,25 +118,38 @@ class FirmwareServer:
             "event": "firmware_endpoint_started", "listen": f"{self.host}:{self.port}",
             "url": self.advertised_url})
 
-    def stop(self) -> None:
-        """Stop accepting; downloads under way are finished first (their threads joined)."""
+    def stop(self, drain_s: float = STOP_DRAIN_S) -> None:
+        """Stop accepting; downloads under way get `drain_s` to finish, so a clean stop does
+        not cut a device off halfway through an image (a stalled one does not hold it up)."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
         httpd.shutdown()
+        with httpd.idle:
+            httpd.idle.wait_for(lambda: httpd.active == 0, timeout=drain_s)
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(5)
 
 
 class _FirmwareHTTPServer(http.server.ThreadingHTTPServer):
-    # Not daemon threads: server_close() then waits for downloads in progress, so a clean
-    # stop does not cut a device off halfway through an image.
-    daemon_threads = False
-    block_on_close = True
+    daemon_threads = True
+    block_on_close = False  # stop() waits for downloads itself, with a bound
     metadata: MetadataStore
     archive: ArchiveStore
     downloads: threading.BoundedSemaphore
+    active: int  # requests being answered, guarded by `idle`
+    idle: threading.Condition
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.idle:
+            self.active += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.idle:
+                self.active -= 1
+                self.idle.notify_all()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("firmware endpoint: request failed", extra={
@@ -146,7 +163,7 @@ class _FirmwareHTTPServer6(_FirmwareHTTPServer):
 class _FirmwareHandler(http.server.BaseHTTPRequestHandler):
     server: _FirmwareHTTPServer
     server_version = "iotmeter-firmware"
-    timeout = 60  # a device that stops reading does not hold a thread for ever
+    timeout = 30  # a device that stops reading does not hold a thread for ever
 
     def do_GET(self) -> None:
         self._serve(with_body=True)

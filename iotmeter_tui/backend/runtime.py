@@ -119,7 +119,7 @@ class Runtime:
         if self.simulator is not None:
             try:
                 self.simulator.stop()
-            except Exception:  # noqa: BLE001 - shutting down: carry on with the rest
+            except Exception:
                 log.exception("simulator did not stop cleanly")
         if self._publisher is not None:
             self._publisher.close()

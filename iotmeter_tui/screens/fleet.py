@@ -233,24 +233,28 @@ class FleetScreen(DashboardScreen):
         # marked here; the cursor alone is no choice of targets.
         self.dash.device_selection = sorted(self.table.marked)
 
+    # A new order shows the top of the list: what the operator sorted for. (Keeping the
+    # cursor's index deep in the list would also make the store sort down to that offset.)
     def action_sort(self) -> None:
         current = SORTABLE.index(self.query_state.order_by)
+        self.table.move_cursor(0)
         self._requery(order_by=SORTABLE[(current + 1) % len(SORTABLE)], descending=False)
 
     def action_reverse(self) -> None:
+        self.table.move_cursor(0)
         self._requery(descending=not self.query_state.descending)
 
     def action_status_filter(self) -> None:
         current = STATUS_FILTERS.index(self.query_state.status)
-        self._requery(status=STATUS_FILTERS[(current + 1) % len(STATUS_FILTERS)])
         self.table.move_cursor(0)
+        self._requery(status=STATUS_FILTERS[(current + 1) % len(STATUS_FILTERS)])
 
     def search_text(self) -> str:
         return self.query_state.search or ""
 
     def set_search(self, text: str) -> None:
-        self._requery(search=text or None)
         self.table.move_cursor(0)
+        self._requery(search=text or None)
 
     async def action_ping(self) -> None:
         ids = self.table.selection()

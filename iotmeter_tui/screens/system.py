@@ -65,6 +65,14 @@ def collector_text(status: StatusSnapshot, ack_rate: float | None, newest_ms: in
                  f"dupes {count(health.get('duplicates')):>13}")
     lines.append(f" spool     {size(health.get('spool_bytes')):>13}{spool_full}              "
                  f"newest message {ago(newest_ms, now_ms)} ago")
+    dispatcher = health.get("dispatcher")
+    if isinstance(dispatcher, dict):
+        # Commands and OTA offers go out through the collector's dispatcher.
+        error = dispatcher.get("error")
+        state = f"[$text-error]{one_line(str(error), 60)}[/]" if error else "ok"
+        endpoint = dispatcher.get("firmware_endpoint") or "—"
+        lines.append(f" dispatch  {count(dispatcher.get('passes')):>13} passes  {state}  "
+                     f"firmware {endpoint}")
     return "\n".join(lines)
 
 

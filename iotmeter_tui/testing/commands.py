@@ -78,7 +78,7 @@ class SilentDevice:
         client.subscribe([(t, 1) for t in protocol.device_subscriptions(self.device_id)])
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        decoded = protocol.decode_server_message(msg.topic, msg.payload)
+        decoded = protocol.decode_server_message(msg.topic, bytes(msg.payload))
         if decoded is not None:
             with self._lock:
                 self.received.append(decoded)

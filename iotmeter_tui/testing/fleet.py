@@ -124,7 +124,7 @@ def wait_for(predicate: Any, *, timeout_s: float = 30.0, interval_s: float = 0.1
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except Exception as exc:  # noqa: BLE001 - a store may be down while we wait
+        except Exception as exc:
             last = exc
         if last and not isinstance(last, Exception):
             return last
@@ -158,7 +158,7 @@ class SteadyLoad(threading.Thread):
                 self.sent.extend((d, self.boot, seq) for d in self.devices)
                 seq += 1
                 self.stopping.wait(max(0.0, period - (time.monotonic() - started)))
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+        except BaseException as exc:
             self.error = exc
 
     def stop(self) -> list[tuple[str, int, int]]:

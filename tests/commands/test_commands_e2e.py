@@ -5,6 +5,7 @@ here is created without a broker at hand, so the collector's dispatcher delivers
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from iotmeter_tui.backend.commands import CommandService
@@ -71,11 +72,12 @@ def test_a_command_for_an_offline_device_waits_for_it_until_expiry(
 
 
 def test_a_device_that_never_answers_gets_repeats_then_time_out(
-        tmp_path: Path, private_mosquitto: MosquittoServer, silent_device: type) -> None:
+        tmp_path: Path, private_mosquitto: MosquittoServer,
+        silent_device: Callable[[str, str], SilentDevice]) -> None:
     settings = settings_for(tmp_path, {}, redeliver_after_s=1)
     url = private_mosquitto.url
     with running_collector(settings, url):
-        mute: SilentDevice = silent_device(url, "mute-1")
+        mute = silent_device(url, "mute-1")
         audit = StoreAudit(settings)
         wait_online(audit.stores.metadata, ["mute-1"])
         commands = CommandService(audit.stores.metadata)

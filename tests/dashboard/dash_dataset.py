@@ -221,6 +221,8 @@ class FakeWorker:
                 "timeseries": {"up": False, "error": "timeseries: connection refused",
                                "backlog_bytes": 5 * 1024 * 1024},
             },
+            "dispatcher": {"passes": 1_204, "error": None, "broker_connected": True,
+                           "firmware_endpoint": "http://127.0.0.1:9109"},
             "starting": False,
             "at": NOW_S,
         }

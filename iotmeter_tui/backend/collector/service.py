@@ -213,13 +213,17 @@ class Collector:
         if self.pipeline is not None:
             self.pipeline.stopping.set()
             self.pipeline.join(max(0.1, deadline - time.monotonic() - 2))
-        if self.spool is not None and self.pipeline is not None and not self.pipeline.is_alive():
-            if self.spool.committed_size(self.spool.active_segment) > 0:
-                self.spool.roll()  # sealed, so the archive can take it now
+        pipeline_done = self.pipeline is not None and not self.pipeline.is_alive()
+        if self.spool is not None and pipeline_done and self.spool.committed_size(
+                self.spool.active_segment) > 0:
+            self.spool.roll()  # sealed, so the archive can take it now
         for runner in self.runners:
             runner.stop(max(0.0, deadline - time.monotonic() - 0.5))
         for runner in self.runners:
             runner.join(max(0.1, deadline - time.monotonic()))
+        for runner in self.runners:
+            if not runner.is_alive():
+                runner.sink.close()
         if self.spool is not None and all(not r.is_alive() for r in self.runners):
             self.spool.release([r.cursor for r in self.runners])
             self.spool.close()

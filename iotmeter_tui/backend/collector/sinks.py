@@ -80,8 +80,12 @@ class Sink(ABC):
     def write(self, records: list[SpoolRecord], end: Position) -> None:
         """Store the records; raise StoreError to have the same batch retried later."""
 
-    def idle(self) -> None:
-        """Called when caught up: periodic work that needs no new records."""
+    def housekeeping(self) -> None:  # noqa: B027 - optional hook
+        """Periodic work that needs no new records; called after every turn of the runner,
+        busy or idle, so it must limit its own rate."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the sink holds (the runner has stopped)."""
 
 
 class TimeSeriesSink(Sink):
@@ -156,6 +160,9 @@ class ArchiveSink(Sink):
             for r in records if r.kind == REJECTED
         ]
         self.writer.write_batch(accepted, rejected, batch_id=str(end.segment))
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class _DeviceChange:
@@ -317,7 +324,9 @@ class RegistrySink(Sink):
         return SeqState(device_id, boot, track.highest, track.received, track.duplicates,
                         track.gap_count, track.ranges(), _now_ms())
 
-    def idle(self) -> None:
+    def housekeeping(self) -> None:
+        # Silence detection and gap sweeps must run under sustained load too, not only when
+        # the sink has caught up.
         now = time.monotonic()
         if now < self._next_housekeeping:
             return
@@ -369,7 +378,7 @@ class SinkRunner(threading.Thread):
                 records, end = self.sink.next_batch(self.spool, self.cursor)
                 if not records:
                     self.cursor = end
-                    self.sink.idle()
+                    self.sink.housekeeping()
                     self._ok()
                     if self.stopping.is_set():
                         return  # caught up
@@ -383,9 +392,10 @@ class SinkRunner(threading.Thread):
                     time.perf_counter() - started)
                 self.metrics.sink_batch.labels(self.sink.name).observe(len(records))
                 self.cursor = end
+                self.sink.housekeeping()
                 self._ok()
                 backoff = 0.2
-            except Exception as exc:  # noqa: BLE001 - a sink must never die; it retries
+            except Exception as exc:
                 self._failed(exc)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
@@ -399,7 +409,7 @@ class SinkRunner(threading.Thread):
                 cursor = self.spool.normalise(self.sink.load_cursor())
                 self.loaded.set()
                 return cursor
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._failed(exc)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)

@@ -5,6 +5,7 @@ the latest one."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -34,9 +35,8 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
     starter.start()
     try:
         while not stop.is_set():
-            if conn.poll(HEALTH_PERIOD_S):
-                if conn.recv() == "stop":
-                    break
+            if conn.poll(HEALTH_PERIOD_S) and conn.recv() == "stop":
+                break
             conn.send(_health(collector, starter.is_alive()))
     except (EOFError, BrokenPipeError, OSError):
         pass  # the parent went away: stop cleanly all the same
@@ -68,7 +68,14 @@ class CollectorWorker:
         parent, child = ctx.Pipe()
         self._process = ctx.Process(target=_child, args=(self.settings, self.mqtt_url, child),
                                     name="iotmeter-collector", daemon=True)
-        self._process.start()
+        # Inside a running Textual app sys.stderr is a capture whose fileno() is -1, which
+        # multiprocessing would pass on to the child ("bad value(s) in fds_to_keep"): start
+        # the child with the real stderr.
+        captured, sys.stderr = sys.stderr, sys.__stderr__
+        try:
+            self._process.start()
+        finally:
+            sys.stderr = captured
         child.close()
         self._conn = parent
         self._reader = threading.Thread(target=self._read, daemon=True,
