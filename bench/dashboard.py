@@ -43,15 +43,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from textual._compositor import CompositorUpdate  # noqa: E402
+from textual._compositor import CompositorUpdate
 
-from iotmeter_tui.app import IotmeterApp  # noqa: E402
-from iotmeter_tui.backend.config import Settings, load_settings  # noqa: E402
-from iotmeter_tui.backend.runtime import Runtime  # noqa: E402
-from iotmeter_tui.backend.stores import open_stores  # noqa: E402
-from iotmeter_tui.backend.stores.metadata import DeviceUpdate  # noqa: E402
-from iotmeter_tui.backend.stores.timeseries import Point  # noqa: E402
-from iotmeter_tui.screens.fleet import FleetScreen  # noqa: E402
+from iotmeter_tui.app import IotmeterApp
+from iotmeter_tui.backend.config import Settings, load_settings
+from iotmeter_tui.backend.runtime import Runtime
+from iotmeter_tui.backend.stores import open_stores
+from iotmeter_tui.backend.stores.metadata import DeviceUpdate
+from iotmeter_tui.backend.stores.timeseries import Point
+from iotmeter_tui.screens.fleet import FleetScreen
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = (120, 40)
@@ -280,12 +280,16 @@ def main() -> int:
                             f"{target:,.0f} msg/s into the collector")
             print(f"load: {md.count_devices():,} meters registered, collector at "
                   f"{rate:,.0f} msg/s; measuring …", flush=True)
+            load_before = os.getloadavg()[0]
             loaded = asyncio.run(measure_app(runtime, args.keys))
+            loaded["loadavg_1m_before"] = round(load_before, 2)
             loaded["ingest_msgs_per_s"] = round(ingest_rate(runtime), 1)
             stop_load(load)
             wait_for(lambda: ingest_rate(runtime, 2.0) < 5, 60, "the collector to go quiet")
             print("load stopped; measuring the baseline …", flush=True)
+            load_before = os.getloadavg()[0]
             baseline = asyncio.run(measure_app(runtime, args.keys))
+            baseline["loadavg_1m_before"] = round(load_before, 2)
         finally:
             if load.poll() is None:
                 stop_load(load)

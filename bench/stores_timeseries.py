@@ -19,6 +19,7 @@ raw, unparsed, is the baseline of each. Targets: (a) < 100 ms for the chart case
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import http.client
 import json
@@ -326,7 +327,7 @@ def raw_queries(raw: RawInflux) -> dict[str, Callable[[], object]]:
         )
     lasts = ", ".join(f'last("{f}") AS "v{i}"' for i, f in enumerate(FIELDS))
     queries["latest_10000_devices_ms"] = f"{_NEWEST};SELECT {lasts} FROM iot_telemetry {_EVERY}"
-    return {key: lambda q=q: raw.query("bench_query", q) for key, q in queries.items()}
+    return {key: functools.partial(raw.query, "bench_query", q) for key, q in queries.items()}
 
 
 def version(server: InfluxServer) -> str:
@@ -430,14 +431,15 @@ def main() -> None:
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    print(f"{'query':<50}{'store':>10}{'median ms':>11}{'p95 ms':>9}{'x raw':>7}")
+    print(f"{'query':<52}{'store':>9}{'median ms':>11}{'p95 ms':>9}{'raw ms':>9}{'x raw':>7}")
     queries = [f"history_day_500_buckets_{name}_ms" for name in HISTORY_CASES]
     for query in [*queries, "latest_10000_devices_ms", "latest_page_of_50_devices_ms"]:
         for store in ("influxdb", "sqlite"):
             figures = result[store]
-            ratio = figures.get("ratio_" + query)
-            shown = f"{ratio:>7.2f}" if ratio is not None else f"{'':>7}"
-            print(f"{query:<50}{store:>10}{figures[query]['median']:>11.2f}"
+            raw = figures.get("baseline_raw_query_" + query)
+            shown = (f"{raw['median']:>9.2f}{figures['ratio_' + query]:>7.2f}" if raw
+                     else f"{'':>16}")
+            print(f"{query:<52}{store:>9}{figures[query]['median']:>11.2f}"
                   f"{figures[query]['p95']:>9.2f}{shown}")
 
 

@@ -14,10 +14,10 @@ import functools
 import sys
 import threading
 import time
-from multiprocessing import resource_tracker
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -141,7 +141,7 @@ class RuntimeStarter:
     def _run(self) -> None:
         try:
             self.runtime.start()
-        except Exception as exc:  # noqa: BLE001 - shown in the status line, never a traceback
+        except Exception as exc:
             self.error = one_line(str(exc)) or type(exc).__name__
         finally:
             self.done.set()
@@ -268,7 +268,7 @@ class IotmeterApp(App[int]):
     async def _prepare_stores(self) -> None:
         try:
             await self.run_io(lambda: self.runtime.stores)
-        except Exception as exc:  # noqa: BLE001 - a bad store shows as a status line
+        except Exception as exc:
             self.status.errors["stores"] = one_line(str(exc))
         self.stores_ready.set()
         if self.starter is not None:
@@ -334,7 +334,7 @@ class IotmeterApp(App[int]):
             try:
                 stats = await self.run_io(simulator.stats)
                 status.sim_devices, status.sim_online = stats.devices, stats.online
-            except Exception:  # noqa: BLE001 - stopping: show nothing rather than fail
+            except Exception:
                 pass
 
     async def _probe_stores(self) -> None:
@@ -344,7 +344,7 @@ class IotmeterApp(App[int]):
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._probe, self.runtime.store_status)
-        except Exception as exc:  # noqa: BLE001 - the check itself failed: say so
+        except Exception as exc:
             self.status.errors["stores"] = one_line(str(exc))
         else:
             self.status.errors.pop("stores", None)
@@ -402,9 +402,7 @@ class IotmeterApp(App[int]):
         self.push_screen(HelpScreen(self.screen))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if isinstance(self.screen, ModalScreen) and action in self.MODAL_OFF:
-            return False
-        return True
+        return not (isinstance(self.screen, ModalScreen) and action in self.MODAL_OFF)
 
     def action_jump_prompt(self) -> None:
         if isinstance(self.screen, DashboardScreen):
@@ -434,7 +432,7 @@ class IotmeterApp(App[int]):
         self.starter.join()
         try:
             self.starter.runtime.stop()
-        except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        except Exception as exc:
             if say:
                 say(f"iotmeter: stop: {one_line(str(exc))}")
 

@@ -35,18 +35,21 @@ FIRMWARE_RETRY_S: Final = 5.0
 # up this long after the last offer, so a restart does not fail the downloads it just asked
 # for (a crash still does: those targets fail and can be offered again in a new campaign).
 OFFER_DRAIN_S: Final = 3.0
+STOP_BUDGET_S: Final = 4.0  # of the collector's 8 s between SIGTERM and exit
 
 
 class Dispatcher:
     def __init__(self, commands: CommandService, rollout: RolloutDriver | None, *,
                  publisher: ServerPublisher | None = None,
                  firmware_server: FirmwareServer | None = None,
-                 interval_s: float = INTERVAL_S) -> None:
+                 interval_s: float = INTERVAL_S,
+                 firmware_retry_s: float = FIRMWARE_RETRY_S) -> None:
         self.commands = commands
         self.rollout = rollout
         self.publisher = publisher
         self.firmware_server = firmware_server
         self.interval_s = interval_s
+        self.firmware_retry_s = firmware_retry_s
         self.passes = 0
         self.last_error: str | None = None
         self.firmware_error: str | None = None
@@ -75,17 +78,19 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="iotmeter-dispatch", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Finish the pass under way, then stop serving firmware (after OFFER_DRAIN_S past
-        the last offer; downloads under way are completed) and disconnect."""
+    def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
+        """Within `budget_s`: finish the pass under way, keep the firmware endpoint up until
+        OFFER_DRAIN_S after the last offer and for downloads under way, then disconnect."""
+        deadline = time.monotonic() + budget_s
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            self._thread.join(min(1.0, budget_s))  # a pass stuck on a store: not waited for
         if self.firmware_server is not None:
             if self.rollout is not None and self.firmware_server.serving:
                 since = time.monotonic() - self.rollout.last_offer_monotonic
-                time.sleep(max(0.0, min(OFFER_DRAIN_S, OFFER_DRAIN_S - since)))
-            self.firmware_server.stop()
+                linger = min(OFFER_DRAIN_S - since, deadline - time.monotonic() - 0.5)
+                time.sleep(max(0.0, linger))
+            self.firmware_server.stop(drain_s=max(0.1, deadline - time.monotonic()))
         if self.publisher is not None:
             self.publisher.close()
 
@@ -106,12 +111,13 @@ class Dispatcher:
         self.commands.dispatch()
         if self.rollout is None:
             return
+        offering = True
         if self.firmware_server is not None and not self.firmware_server.serving:
-            # Offers would name an endpoint that is not there: campaigns wait for it.
+            # Offers would name an endpoint that is not there: they wait for it, while
+            # timeouts and versions reported are still followed.
             self._start_firmware_server()
-            if not self.firmware_server.serving:
-                return
-        self.rollout.advance()
+            offering = self.firmware_server.serving
+        self.rollout.advance(offering=offering)
 
     def _run(self) -> None:
         backoff = self.interval_s
@@ -136,7 +142,7 @@ class Dispatcher:
         try:
             server.start()
         except OSError as exc:
-            self._next_firmware_try = time.monotonic() + FIRMWARE_RETRY_S
+            self._next_firmware_try = time.monotonic() + self.firmware_retry_s
             message = (f"firmware endpoint cannot listen on {server.host}:"
                        f"{server.requested_port}: {exc.strerror or exc}; campaigns wait")
             if message != self.firmware_error:  # once, not every retry

@@ -141,9 +141,14 @@ class _FirmwareHTTPServer(http.server.ThreadingHTTPServer):
     active: int  # requests being answered, guarded by `idle`
     idle: threading.Condition
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Counted here, in the serving thread, so stop() cannot miss a request accepted
+        # just before shutdown whose thread has not started yet.
         with self.idle:
             self.active += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:

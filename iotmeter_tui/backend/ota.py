@@ -309,8 +309,9 @@ class RolloutDriver:
         self._last_offer: dict[tuple[str, str], int] = {}
         self.last_offer_monotonic = float("-inf")  # for the endpoint's drain on stop
 
-    def advance(self) -> None:
-        """One pass. Raises PublishError (offers left for the next pass) or StoreError."""
+    def advance(self, *, offering: bool = True) -> None:
+        """One pass; with `offering` False nothing is published (the firmware endpoint is
+        down). Raises PublishError (offers left for the next pass) or StoreError."""
         campaigns = [c for state in CAMPAIGN_OPEN_STATES
                      for c in self.metadata.list_campaigns(10_000, state=state)]
         if not campaigns:
@@ -319,9 +320,10 @@ class RolloutDriver:
         devices = {d.device_id: DeviceView(d.connection_status == "online", d.fw_version)
                    for d in self.metadata.list_devices()}
         for campaign in sorted(campaigns, key=lambda c: c.created_at):
-            self._advance(campaign, devices, int(self._clock() * 1000))
+            self._advance(campaign, devices, int(self._clock() * 1000), offering)
 
-    def _advance(self, campaign: Campaign, devices: dict[str, DeviceView], now: int) -> None:
+    def _advance(self, campaign: Campaign, devices: dict[str, DeviceView], now: int,
+                 offering: bool) -> None:
         targets = {t.device_id: t for t in self.metadata.list_targets(campaign.id)}
         plan = plan_rollout(campaign, list(targets.values()), devices, now,
                             redeliver_after_ms=self.redeliver_after_ms)
@@ -335,8 +337,8 @@ class RolloutDriver:
                     "device_id": finish.device_id, "reason": finish.reason})
         # A state change and offers never come together: offers only while running.
         self._set_state(campaign, plan.campaign_state, plan.campaign_detail, now)
-        if not (plan.offer or plan.reoffer) or not self.publisher.connected:
-            return  # offers wait for the broker; timeouts and states went on above
+        if not (plan.offer or plan.reoffer) or not offering or not self.publisher.connected:
+            return  # offers wait for the broker or the endpoint; the rest went on above
         fw = self.metadata.get_firmware(campaign.fw_version)
         if fw is None:  # the foreign key makes this a row deleted behind our back
             self._set_state(campaign, "failed", f"firmware {campaign.fw_version} vanished", now)

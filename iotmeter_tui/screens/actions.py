@@ -99,7 +99,7 @@ def _send_all(service: Any, ids: list[str], name: str, params: dict[str, Any],
     for device_id in ids:
         try:
             service.send(device_id, name, params, timeout_s)
-        except Exception as exc:  # noqa: BLE001 - per device, reported in one line
+        except Exception as exc:
             failures.append(f"{device_id}: {one_line(str(exc), 80)}")
     return failures
 
@@ -111,7 +111,7 @@ async def send_to_devices(screen: DashboardScreen, ids: list[str], name: str,
         return
     try:
         service = await screen.dash.service("commands")
-    except Exception as exc:  # noqa: BLE001 - e.g. the broker refused the publisher
+    except Exception as exc:
         screen.notify(f"{UNAVAILABLE}: {one_line(str(exc), 100)}", severity="error")
         return
     failures = await screen.io(_send_all, service, ids, name, params, timeout_s)

@@ -83,7 +83,7 @@ class DashboardScreen(Screen[None]):
                 self._again = False
                 try:
                     await self.load()
-                except Exception as exc:  # noqa: BLE001 - a failed read is a notice line
+                except Exception as exc:
                     self.report("load", exc)
                 self.loads += 1
                 if not self._again:

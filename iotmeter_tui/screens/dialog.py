@@ -122,9 +122,7 @@ class FormDialog(ModalScreen[R | None], Generic[R]):
 
     def set_value(self, key: str, value: str) -> None:
         widget = self.query_one(f"#field-{key}")
-        if isinstance(widget, Select):
-            widget.value = value
-        elif isinstance(widget, Input):
+        if isinstance(widget, (Select, Input)):
             widget.value = value
 
     def action_submit(self) -> None:

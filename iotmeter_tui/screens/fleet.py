@@ -6,8 +6,8 @@ what 60 do."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -126,7 +126,7 @@ class FleetScreen(DashboardScreen):
         Binding("slash", "filter", "filter"),
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
-        Binding("o", "status_filter", "online/off"),
+        Binding("o", "status_filter", "status"),
         Binding("p", "ping", "ping"),
         Binding("c", "command", "command"),
     ]
@@ -169,7 +169,10 @@ class FleetScreen(DashboardScreen):
     async def load(self) -> None:
         table = self.table
         generation, query = self._generation, self.query_state
-        offset, limit = table.window()
+        # A new sort or filter: the rows on screen first (a smaller read, painted sooner);
+        # the table then asks for the window around them (WindowNeeded).
+        first_of_query = table.loaded and query != self.shown_query
+        offset, limit = table.visible() if first_of_query else table.window()
         now_s = self.dash.now()
         count_alerts = now_s - self._alerts_read_at >= ALERT_COUNTS_EVERY_S
         self._started += 1
@@ -205,12 +208,8 @@ class FleetScreen(DashboardScreen):
     def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
         self.reload(urgent=True)
 
-    def _requery(self, **changes: object) -> None:
-        self.query_state = FleetQuery(**{
-            "search": self.query_state.search, "status": self.query_state.status,
-            "order_by": self.query_state.order_by, "descending": self.query_state.descending,
-            **changes,
-        })
+    def _requery(self, **changes: Any) -> None:
+        self.query_state = replace(self.query_state, **changes)
         self._generation += 1
         table = self.table
         table.set_sort(self.query_state.order_by, self.query_state.descending)

@@ -256,7 +256,7 @@ class OtaScreen(DashboardScreen):
         try:
             ota = await self.dash.service("ota")
             campaign = await self.io(start_campaign, ota, request)
-        except Exception as exc:  # noqa: BLE001 - the service's refusal, in one line
+        except Exception as exc:
             self.notify(f"campaign not started: {one_line(str(exc), 120)}", severity="error")
             return
         campaign_id = getattr(campaign, "id", None)

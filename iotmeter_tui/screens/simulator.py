@@ -52,7 +52,7 @@ def read_simulator(simulator: SimulatorControl | None) -> SimData:
         return SimData(False)
     try:
         return SimData(True, simulator.stats(), simulator.devices())
-    except Exception as exc:  # noqa: BLE001 - e.g. stopped meanwhile: show, do not fail
+    except Exception as exc:
         return SimData(False, error=one_line(str(exc)))
 
 
@@ -166,7 +166,7 @@ class SimulatorScreen(DashboardScreen):
     async def _control(self, what: str, call: Callable[[], Any]) -> None:
         try:
             await self.io(call)
-        except Exception as exc:  # noqa: BLE001 - the controller's refusal, in one line
+        except Exception as exc:
             self.notify(f"{what}: {one_line(str(exc), 120)}", severity="error")
         else:
             self.notify(what, timeout=3)

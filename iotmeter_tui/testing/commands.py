@@ -126,11 +126,14 @@ def register(metadata: MetadataStore, device_id: str, *, online: bool = True,
         connection_status="online" if online else "offline", status_at=at)], [])
 
 
-def run_cli(settings: Settings, mqtt_url: str, *args: str,
+def run_cli(settings: Settings, mqtt_url: str | None, *args: str,
             timeout_s: float = 90.0) -> subprocess.CompletedProcess[str]:
-    """The real `iotmeter` command in a child process, on the test's settings."""
+    """The real `iotmeter` command in a child process, on the test's settings; `mqtt_url`
+    None leaves IOTMETER_MQTT_URL unset (the embedded defaults)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTMETER_")}
-    env.update(env_for(settings, mqtt_url))
+    env.update(env_for(settings, mqtt_url or ""))
+    if mqtt_url is None:
+        del env["IOTMETER_MQTT_URL"]
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "iotmeter_tui", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout_s, check=False)

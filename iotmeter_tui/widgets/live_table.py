@@ -217,6 +217,10 @@ class LiveTable(ScrollView, can_focus=True):
         self.first = 0
         self.refresh()
 
+    def visible(self) -> tuple[int, int]:
+        """(offset, limit) of the rows on screen."""
+        return self._top(), self._body_height()
+
     def window(self) -> tuple[int, int]:
         """(offset, limit) worth fetching: the visible page and two pages either side, so
         page up/down land on rows already held while the next window is read."""
@@ -332,12 +336,15 @@ class LiveTable(ScrollView, can_focus=True):
         self.virtual_size = Size(self.scrollable_content_region.width, self.total + 1)
 
     def _check_window(self) -> None:
-        """Ask for rows when the visible range (plus a page either side) is not all held."""
+        """Ask for rows when the visible range (and a page and a half either side) is not
+        all held."""
         if self._window_requested or not self.loaded or self.total == 0:
             return
+        # Asked for well before the edge: a page key lands on held rows while the window
+        # around it is read.
         top, height = self._top(), self._body_height()
-        want_start = max(0, top - height)
-        want_end = min(self.total, top + 2 * height)
+        want_start = max(0, top - height - height // 2)
+        want_end = min(self.total, top + 2 * height + height // 2)
         held_end = self.first + len(self.rows)
         if want_start < self.first or want_end > held_end:
             self._window_requested = True
@@ -409,7 +416,7 @@ class LiveTable(ScrollView, can_focus=True):
     def _render_header(self, width: int, base: Style) -> Strip:
         style = base + self.get_component_rich_style("live-table--header")
         segments: list[Segment] = []
-        for i, x, w in self._columns_for(width):
+        for i, _x, w in self._columns_for(width):
             column = self.columns[i]
             title = column.title
             if column.key == self.sort_key:

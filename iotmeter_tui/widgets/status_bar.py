@@ -19,7 +19,7 @@ COLLECTOR_LOOK = {
     "starting": ("$text-warning", "◌"),
     "no broker": ("$text-error", "●"),
     "down": ("$text-error", "●"),
-    "none": ("$text-muted", "–"),
+    "none": ("$text-muted", "-"),
 }
 STORE_SHORT = {"metadata": "meta", "timeseries": "ts", "archive": "arch"}
 
@@ -27,7 +27,7 @@ STORE_SHORT = {"metadata": "meta", "timeseries": "ts", "archive": "arch"}
 def _status_markup(view: str, status: StatusSnapshot) -> Content:
     colour, dot = COLLECTOR_LOOK.get(status.collector, ("$text-muted", "?"))
     parts: list[Content] = [
-        Content.from_markup(" [b]iotmeter[/b] › [b $text-accent]$view[/]", view=view),
+        Content.from_markup(" [b]iotmeter[/b] » [b $text-accent]$view[/]", view=view),
     ]
     collector = Content.from_markup(f"  collector [{colour}]{dot}[/]")
     if status.collector == "up" and status.rate is not None:

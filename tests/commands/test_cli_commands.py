@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iotmeter_tui.backend.broker import free_port
+from iotmeter_tui.backend.broker import EmbeddedBroker, free_port, running_broker_url
 from iotmeter_tui.testing import MosquittoServer
 from iotmeter_tui.testing.commands import run_cli, simulated_fleet, wait_online
 from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
@@ -126,3 +126,19 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
                  ["command", "send", "dc-1", "ping", "--timeout", "-5"]):
         result = run_cli(settings, "mqtt://127.0.0.1:1", *args)
         assert result.returncode == 2, (args, result.stderr)
+
+
+def test_on_the_embedded_defaults_the_cli_finds_the_running_broker(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, {})
+    broker = EmbeddedBroker(settings.home / "broker")
+    with broker, running_collector(settings, broker.url), \
+            simulated_fleet(broker.url, tmp_path / "sim", 1) as (_sim, [device]):
+        assert running_broker_url(settings.home / "broker") == broker.url
+        audit = StoreAudit(settings)
+        wait_online(audit.stores.metadata, [device])
+        result = run_cli(settings, None, "command", "send", device, "reboot")
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        sent = audit.stores.metadata.get_command(result.stdout.strip())
+        assert sent is not None and sent.attempts == 1, "published by the CLI itself"
+        audit.close()
+    assert running_broker_url(settings.home / "broker") is None, "a stopped broker is not found"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_a_taken_port_holds_campaigns_but_not_commands(metadata: MetadataStore,
     command = CommandService(metadata, None).send("dc-1", "ping")
     dispatcher = Dispatcher(CommandService(metadata, broker),
                             RolloutDriver(metadata, broker, server),
-                            firmware_server=server, interval_s=0.05)
+                            firmware_server=server, interval_s=0.05, firmware_retry_s=0.2)
     dispatcher.start()
     try:
         wait_for(lambda: broker.sent, timeout_s=5, what="the command delivered")
@@ -145,3 +146,14 @@ def test_a_taken_port_holds_campaigns_but_not_commands(metadata: MetadataStore,
     finally:
         dispatcher.stop()
         blocker.close()
+
+
+def test_stop_does_not_wait_long_for_a_stalled_client(endpoint: FirmwareServer) -> None:
+    stalled = socket.create_connection(("127.0.0.1", endpoint.port))  # never sends a request
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        endpoint.stop(drain_s=0.5)
+        assert time.monotonic() - started < 2
+    finally:
+        stalled.close()

@@ -98,8 +98,7 @@ def device_specs() -> list[DeviceSpec]:
 
 def build_stores(home: Path) -> Stores:
     home.mkdir(parents=True, exist_ok=True)
-    md_url, ts_url = f"sqlite:///{home}/iotmeter.db", f"sqlite:///{home}/timeseries.db"
-    md = open_sqlite_metadata(md_url)
+    md = open_sqlite_metadata(f"sqlite:///{home}/iotmeter.db")
     ts = SqliteTimeSeries(home / "timeseries.db")
     archive = DirectoryArchive(home / "archive")
     specs = device_specs()
@@ -367,7 +366,7 @@ class FakeRuntime:
             try:
                 getattr(self.stores, name).check()
                 result.append(StoreStatus(name, True, "ok"))
-            except Exception as exc:  # noqa: BLE001 - as Runtime does with StoreError
+            except Exception as exc:
                 result.append(StoreStatus(name, False, str(exc)))
         return result
 

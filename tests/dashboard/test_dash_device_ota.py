@@ -15,7 +15,6 @@ from iotmeter_tui.widgets.live_chart import LiveChart
 from iotmeter_tui.widgets.live_table import Bar, LiveTable
 
 
-
 def test_device_view_shows_charts_values_and_panels(make_app: Any) -> None:
     async def scenario(pilot: Any) -> None:
         pilot.app.open_device("dc-0001")

@@ -18,7 +18,6 @@ from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
 
 
-
 def keys(text: str) -> list[str]:
     return ["space" if c == " " else c for c in text]
 

@@ -201,9 +201,9 @@ class StartingRuntime(FakeRuntime):
 
 
 def test_start_up_progress_then_failure_is_a_status_line(dash_stores: Stores) -> None:
-    from iotmeter_tui.backend.broker import BrokerError
-
     from dash_dataset import frozen_now
+
+    from iotmeter_tui.backend.broker import BrokerError
 
     runtime = StartingRuntime(dash_stores, BrokerError(
         "mosquitto not found: install it with `apt-get install mosquitto`"))

@@ -140,4 +140,5 @@ class MqttIntake:
         # msg.topic would raise on a topic that is not UTF-8; decode leniently and let the
         # protocol reject it as bad_topic.
         topic = msg._topic.decode("utf-8", "replace")
-        self.inbox.put(Arrival(topic, msg.payload, msg.mid, msg.qos, int(time.time() * 1000)))
+        self.inbox.put(Arrival(topic, bytes(msg.payload), msg.mid, msg.qos,
+                               int(time.time() * 1000)))

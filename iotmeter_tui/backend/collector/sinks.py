@@ -16,6 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.alerts import AlertEngine
@@ -223,8 +224,8 @@ class RegistrySink(Sink):
 
     def write(self, records: list[SpoolRecord], end: Position) -> None:
         changes: dict[str, _DeviceChange] = {}
-        commands: list[tuple[str, dict[str, object], int]] = []
-        ota: list[tuple[str, dict[str, object], int]] = []
+        commands: list[tuple[str, dict[str, Any], int]] = []
+        ota: list[tuple[str, dict[str, Any], int]] = []
         newest = 0
         for r in records:
             if r.kind == REJECTED:
@@ -246,8 +247,8 @@ class RegistrySink(Sink):
         self._flush(changes, commands, ota, end, gaps)
 
     def _fold(self, r: SpoolRecord, change: _DeviceChange,
-              commands: list[tuple[str, dict[str, object], int]],
-              ota: list[tuple[str, dict[str, object], int]]) -> None:
+              commands: list[tuple[str, dict[str, Any], int]],
+              ota: list[tuple[str, dict[str, Any], int]]) -> None:
         obj = json.loads(r.payload)
         data = obj["data"]
         at = r.received_ms
@@ -283,8 +284,8 @@ class RegistrySink(Sink):
             change.status, change.status_at = "online", at
 
     def _flush(self, changes: dict[str, _DeviceChange],
-               commands: list[tuple[str, dict[str, object], int]],
-               ota: list[tuple[str, dict[str, object], int]], end: Position, gaps: int) -> None:
+               commands: list[tuple[str, dict[str, Any], int]],
+               ota: list[tuple[str, dict[str, Any], int]], end: Position, gaps: int) -> None:
         # Command and OTA updates are guarded against going back from a final state, so
         # applying them again after a crash is harmless; they go before the cursor moves.
         for _device_id, data, at in commands:
