@@ -67,14 +67,16 @@ class DeviceData:
     commands: list[Command] = field(default_factory=list)
     seq: list[SeqState] = field(default_factory=list)
     latest: Latest | None = None
-    history: list[Bucket] = field(default_factory=list)
+    history: list[Bucket] | None = None  # None: not read this time
     fields: tuple[str, str, str] = ("voltage_v", "current_a", "power_kw")
     errors: dict[str, str | None] = field(default_factory=dict)
 
 
-def read_device(stores: Stores, device_id: str, start_ms: int, end_ms: int) -> DeviceData:
-    """Everything the device page shows, in an I/O thread; each store's failure is kept
-    apart so the other's data still shows."""
+def read_device(stores: Stores, device_id: str,
+                history: tuple[int, int] | None) -> DeviceData:
+    """Everything the device page shows, in an I/O thread, with the chart data of the
+    `history` range [start_ms, end_ms) when given; each store's failure is kept apart so
+    the other's data still shows."""
     data = DeviceData()
     md, ts = stores.metadata, stores.timeseries
     try:
@@ -92,8 +94,9 @@ def read_device(stores: Stores, device_id: str, start_ms: int, end_ms: int) -> D
         if device_type is None and data.latest is not None:
             device_type = data.latest.device_type
         data.fields = key_fields(device_type, data.latest.fields if data.latest else None)
-        data.history = ts.history(device_id, list(data.fields), start_ms, end_ms,
-                                  max_points=HISTORY_POINTS)
+        if history is not None:
+            data.history = ts.history(device_id, list(data.fields), *history,
+                                      max_points=HISTORY_POINTS)
         data.errors["timeseries"] = None
     except StoreError as exc:
         data.errors["timeseries"] = str(exc)
@@ -151,6 +154,8 @@ class DeviceScreen(DashboardScreen):
         self.window_min = DEFAULT_WINDOW_MIN
         self.panel = 0
         self.data = DeviceData()
+        self._history_at = 0  # when the chart data was read, and for which window
+        self._history_for = 0
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="device-summary")
@@ -195,11 +200,20 @@ class DeviceScreen(DashboardScreen):
 
     async def load(self) -> None:
         now_ms = self.dash.now_ms()
-        start_ms = now_ms - self.window_min * 60_000
-        data = await self.io(read_device, self.dash.runtime.stores, self.device_id,
-                             start_ms, now_ms + 1)
+        window_ms = self.window_min * 60_000
+        # A long window's chart changes only as fast as its buckets fill: read it again every
+        # half bucket (every second at most, every minute at least), not every second.
+        every_ms = min(60_000, max(1000, window_ms // HISTORY_POINTS // 2))
+        due = (self._history_for != self.window_min or self.data.history is None
+               or now_ms - self._history_at >= every_ms)
+        span = (now_ms - window_ms, now_ms + 1) if due else None
+        data = await self.io(read_device, self.dash.runtime.stores, self.device_id, span)
         for source, error in data.errors.items():
             self.report(source, error)
+        if data.history is None:
+            data.history = self.data.history
+        elif not data.errors.get("timeseries"):
+            self._history_at, self._history_for = now_ms, self.window_min
         self.data = data
         self._show_summary(now_ms)
         self._show_charts(now_ms)
@@ -229,7 +243,7 @@ class DeviceScreen(DashboardScreen):
     def _show_charts(self, now_ms: int) -> None:
         for i, name in enumerate(self.data.fields):
             minutes, means, lows, highs = [], [], [], []
-            for bucket in self.data.history:
+            for bucket in self.data.history or []:
                 values = bucket.values.get(name)
                 if not values:
                     continue

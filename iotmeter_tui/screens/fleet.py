@@ -172,7 +172,7 @@ class FleetScreen(DashboardScreen):
         # A new sort or filter: the rows on screen first (a smaller read, painted sooner);
         # the table then asks for the window around them (WindowNeeded).
         first_of_query = table.loaded and query != self.shown_query
-        offset, limit = table.visible() if first_of_query else table.window()
+        offset, limit = table.visible_rows() if first_of_query else table.window()
         now_s = self.dash.now()
         count_alerts = now_s - self._alerts_read_at >= ALERT_COUNTS_EVERY_S
         self._started += 1
@@ -209,10 +209,14 @@ class FleetScreen(DashboardScreen):
         self.reload(urgent=True)
 
     def _requery(self, **changes: Any) -> None:
+        """A new sort or filter: read it at once, from the top of the list -- what the
+        operator sorted or filtered for. (Keeping the cursor's index deep in the list would
+        also make the store sort down to that offset.)"""
         self.query_state = replace(self.query_state, **changes)
         self._generation += 1
         table = self.table
         table.set_sort(self.query_state.order_by, self.query_state.descending)
+        table.home()
         self.show_status(self.dash.status)
         self.reload(urgent=True)
 
@@ -232,27 +236,21 @@ class FleetScreen(DashboardScreen):
         # marked here; the cursor alone is no choice of targets.
         self.dash.device_selection = sorted(self.table.marked)
 
-    # A new order shows the top of the list: what the operator sorted for. (Keeping the
-    # cursor's index deep in the list would also make the store sort down to that offset.)
     def action_sort(self) -> None:
         current = SORTABLE.index(self.query_state.order_by)
-        self.table.move_cursor(0)
         self._requery(order_by=SORTABLE[(current + 1) % len(SORTABLE)], descending=False)
 
     def action_reverse(self) -> None:
-        self.table.move_cursor(0)
         self._requery(descending=not self.query_state.descending)
 
     def action_status_filter(self) -> None:
         current = STATUS_FILTERS.index(self.query_state.status)
-        self.table.move_cursor(0)
         self._requery(status=STATUS_FILTERS[(current + 1) % len(STATUS_FILTERS)])
 
     def search_text(self) -> str:
         return self.query_state.search or ""
 
     def set_search(self, text: str) -> None:
-        self.table.move_cursor(0)
         self._requery(search=text or None)
 
     async def action_ping(self) -> None:

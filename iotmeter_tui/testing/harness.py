@@ -47,6 +47,8 @@ def running_collector(settings: Settings, mqtt_url: str,
                                                                       sink_max_backoff_s=1.0))
     collector.start()
     try:
+        if not collector.wait_ready():
+            raise TimeoutError("collector did not connect and subscribe within 30 s")
         yield collector
     finally:
         collector.stop()

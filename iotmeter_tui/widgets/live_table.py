@@ -217,7 +217,7 @@ class LiveTable(ScrollView, can_focus=True):
         self.first = 0
         self.refresh()
 
-    def visible(self) -> tuple[int, int]:
+    def visible_rows(self) -> tuple[int, int]:
         """(offset, limit) of the rows on screen."""
         return self._top(), self._body_height()
 
@@ -272,6 +272,15 @@ class LiveTable(ScrollView, can_focus=True):
             self.refresh_line(index + 1)
         self._announce_highlight()
         self._check_window()
+
+    def home(self) -> None:
+        """Cursor and view back to the first row without asking for rows: the caller is
+        about to read a new list (load_window asks again if need be)."""
+        self._window_requested = True
+        self.cursor = 0
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self.refresh()
+        self._announce_highlight()
 
     def action_cursor(self, delta: int) -> None:
         self.move_cursor(self.cursor + delta)
@@ -456,7 +465,9 @@ class LiveTable(ScrollView, can_focus=True):
             # The cursor's colours win over the cells' own (post_style), as in k9s.
             segments = list(Segment.apply_style(segments, post_style=overlay))
             row_style += overlay
-        return Strip(segments).adjust_cell_length(width, row_style)
+        # Fewer, longer segments: every later stage (compositor, terminal output) works per
+        # segment, and plain cells share the row's style with their separators.
+        return Strip(segments).adjust_cell_length(width, row_style).simplify()
 
     def _render_bar(self, bar: Bar, width: int, row_style: Style) -> list[Segment]:
         label = "  ?%" if bar.pct is None else f"{bar.pct:4.0f}%"

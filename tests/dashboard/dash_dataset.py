@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.runtime import StoreStatus
 from iotmeter_tui.backend.simulator.device import DeviceInfo
 from iotmeter_tui.backend.simulator.fleet import FleetStats
@@ -338,6 +339,19 @@ class FakeOta:
     def status(self, campaign_id: str) -> tuple[Campaign, list[Any]]:
         md = self.stores.metadata
         return md.get_campaign(campaign_id), md.list_targets(campaign_id)
+
+
+class DownStore:
+    """A store whose server is unreachable: every call fails as the adapters report it."""
+
+    def __init__(self, store: str, message: str) -> None:
+        self.error = StoreUnavailable(store, message)
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise self.error
+
+        return fail
 
 
 class FakeRuntime:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from dash_dataset import FakeRuntime, FakeSimulator
+from dash_dataset import DownStore, FakeRuntime, FakeSimulator
 from dash_helpers import (
     drive,
     flat_text,
@@ -18,7 +18,6 @@ from dash_helpers import (
 )
 
 from iotmeter_tui.app import IotmeterApp
-from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.stores import Stores
 from iotmeter_tui.screens.dialog import FormDialog
 from iotmeter_tui.screens.fleet import FleetScreen
@@ -126,19 +125,6 @@ def test_system_without_collector_and_with_stale_health(make_app: Any, dash_runt
         assert "collector: not run by this dashboard" in screen_text(pilot.app)
 
     drive(make_app("system"), scenario)
-
-
-class DownStore:
-    """A store whose server is unreachable: every call fails as the adapters report it."""
-
-    def __init__(self, store: str, message: str) -> None:
-        self.error = StoreUnavailable(store, message)
-
-    def __getattr__(self, name: str) -> Any:
-        def fail(*args: Any, **kwargs: Any) -> Any:
-            raise self.error
-
-        return fail
 
 
 def test_metadata_down_is_a_status_line(make_app: Any, dash_stores: Stores) -> None:

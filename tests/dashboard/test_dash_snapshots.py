@@ -10,9 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from dash_dataset import FakeRuntime
+from dash_dataset import DownStore, FakeRuntime
 from dash_helpers import settle, wait_until
-from test_dash_sim_system import DownStore
 from textual.widgets import Input
 
 from iotmeter_tui.backend.stores import Stores

@@ -91,6 +91,7 @@ class MqttIntake:
         self._client = make_client(self.address, client_id, persistent=True, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     def start(self) -> None:
@@ -120,11 +121,24 @@ class MqttIntake:
         self.last_error = None
         # With a session present the broker kept our subscriptions; subscribing again would
         # make it resend every retained status message.
-        if not flags.session_present:
-            client.subscribe([(f, 1) for f in protocol.collector_subscriptions(self.share_group)])
-        self.connected.set()
         log.info("mqtt connected", extra={"event": "mqtt_connected",
                                           "session_present": flags.session_present})
+        if flags.session_present:
+            self.connected.set()
+        else:
+            # "connected" means ready to receive: only once the broker confirmed the
+            # subscription (what is published before that has no session to wait in).
+            client.subscribe([(f, 1) for f in protocol.collector_subscriptions(self.share_group)])
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
+                      reasons: list[mqtt.ReasonCode], _props: object) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self.last_error = f"broker refused the subscription: {', '.join(failed)}"
+            log.error("mqtt subscription refused", extra={"event": "mqtt_subscribe_refused",
+                                                          "reasons": failed})
+            return
+        self.connected.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object,
                        _flags: mqtt.DisconnectFlags, reason: mqtt.ReasonCode,

@@ -157,6 +157,15 @@ class Collector:
                                              name="iotmeter-housekeeping")
         self._housekeeper.start()
 
+    def wait_ready(self, timeout_s: float = 30.0) -> bool:
+        """True once the collector is subscribed and taking messages."""
+        deadline = time.monotonic() + timeout_s
+        while self.intake is None:
+            if time.monotonic() > deadline or self._stop.is_set():
+                return False
+            time.sleep(0.05)
+        return self.intake.connected.wait(max(0.0, deadline - time.monotonic()))
+
     def _replay(self, decider: Decider, cursor: Position | None) -> int:
         """Feed the decider every record the registry has not stored yet."""
         assert self.spool is not None

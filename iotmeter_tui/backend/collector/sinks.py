@@ -24,7 +24,6 @@ from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
-    DUPLICATE,
     REJECTED,
     Position,
     Spool,
@@ -203,6 +202,7 @@ class RegistrySink(Sink):
         self.alerts = alerts
         self.metrics = metrics
         self.current_boot: dict[str, int] = {}
+        self._observed_end: Position | None = None
         self._next_housekeeping = 0.0
 
     def load_cursor(self) -> Position | None:
@@ -223,21 +223,25 @@ class RegistrySink(Sink):
             self.current_boot[s.device_id] = max(s.boot, self.current_boot.get(s.device_id, -1))
 
     def write(self, records: list[SpoolRecord], end: Position) -> None:
+        # The tracker must see each record once: a retried batch (same end) was observed
+        # already when its first attempt failed after observing.
+        observe = end != self._observed_end
+        self._observed_end = end
         changes: dict[str, _DeviceChange] = {}
         commands: list[tuple[str, dict[str, Any], int]] = []
         ota: list[tuple[str, dict[str, Any], int]] = []
         newest = 0
+        if observe:
+            for r in records:
+                if r.kind != REJECTED and r.seq >= 0:
+                    verdict = self.tracker.observe(r.device_id, r.boot, r.seq, r.received_ms)
+                    if verdict is not Verdict.DUPLICATE:
+                        self.current_boot[r.device_id] = max(
+                            r.boot, self.current_boot.get(r.device_id, -1))
         for r in records:
-            if r.kind == REJECTED:
+            if r.kind != ACCEPTED:
                 continue
             newest = max(newest, r.received_ms)
-            if r.seq >= 0:
-                verdict = self.tracker.observe(r.device_id, r.boot, r.seq, r.received_ms)
-                if verdict is not Verdict.DUPLICATE:
-                    self.current_boot[r.device_id] = max(r.boot,
-                                                         self.current_boot.get(r.device_id, -1))
-            if r.kind == DUPLICATE:
-                continue
             change = changes.get(r.device_id)
             if change is None:
                 change = changes[r.device_id] = _DeviceChange(r.received_ms)
@@ -374,9 +378,13 @@ class SinkRunner(threading.Thread):
     def run(self) -> None:
         self.cursor = self._load()
         backoff = 0.2
+        # A failed batch is retried exactly as it was (not re-read, which could take in
+        # more records), so a sink can tell a retry from a new batch by its end position.
+        failed: tuple[list[SpoolRecord], Position] | None = None
         while not self._should_stop():
             try:
-                records, end = self.sink.next_batch(self.spool, self.cursor)
+                records, end = failed or self.sink.next_batch(self.spool, self.cursor)
+                failed = None
                 if not records:
                     self.cursor = end
                     self.sink.housekeeping()
@@ -387,8 +395,10 @@ class SinkRunner(threading.Thread):
                     self.wake.clear()
                     continue
                 started = time.perf_counter()
+                failed = (records, end)
                 self.sink.write(records, end)
                 self.sink.save_cursor(end)
+                failed = None
                 self.metrics.sink_latency.labels(self.sink.name).observe(
                     time.perf_counter() - started)
                 self.metrics.sink_batch.labels(self.sink.name).observe(len(records))

@@ -1,0 +1,62 @@
+"""The registry sink against a real SQLite metadata store: a batch that fails to store is
+retried without counting anything twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.seqtrack import SeqTracker
+from iotmeter_tui.backend.collector.sinks import RegistrySink
+from iotmeter_tui.backend.collector.spool import ACCEPTED, DUPLICATE, Position, SpoolRecord
+from iotmeter_tui.backend.errors import StoreUnavailable
+from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.testing.fleet import telemetry
+
+
+class FailsOnce:
+    """The real store, whose first collector batch fails as an outage would."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+        self.failed = False
+
+    def apply_collector_batch(self, *args: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("sqlite", "database is locked")
+        self._store.apply_collector_batch(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def record(seq: int, kind: int = ACCEPTED) -> SpoolRecord:
+    topic, payload = telemetry("dc-0001", 1, seq)
+    return SpoolRecord(kind, 1_000 + seq, "dc-0001", "telemetry", "power_meter_dc", 1, seq,
+                       1_000 + seq, topic, "", "", payload if kind == ACCEPTED else b"")
+
+
+def test_a_retried_batch_is_counted_once(tmp_path: Path) -> None:
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    flaky = FailsOnce(store)
+    sink = RegistrySink(flaky, "test/registry", SeqTracker(5_000),  # type: ignore[arg-type]
+                        AlertEngine(store), CollectorMetrics())
+    batch = [record(0), record(1), record(1, DUPLICATE), record(3)]
+    end = Position(1, 400)
+    try:
+        sink.write(batch, end)
+    except StoreUnavailable:
+        pass
+    assert flaky.failed
+    assert store.get_cursor("test/registry") is None  # nothing stored, cursor not moved
+    sink.write(batch, end)  # the runner retries the very same batch
+    (state,) = store.load_seq_states(["dc-0001"])
+    assert (state.highest_seq, state.received, state.duplicates) == (3, 3, 1)
+    assert state.gaps == ((2, 2),)
+    assert store.get_cursor("test/registry") == "1:400"
+    device = store.get_device("dc-0001")
+    assert device is not None and device.connection_status == "online"
+    store.close()
