@@ -10,7 +10,9 @@ run the app, stop everything on quit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import signal
 import sys
 import threading
 import time
@@ -437,6 +439,12 @@ class IotmeterApp(App[int]):
                 say(f"iotmeter: stop: {one_line(str(exc))}")
 
 
+def _say(line: str) -> None:
+    # After a SIGHUP the terminal is gone and writing to it fails; stopping must go on.
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr)
+
+
 def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
     """`iotmeter`: the dashboard on the configured (or embedded) stores. Exit code 1 when the
     runtime failed to start (the app still ran, showing why)."""
@@ -444,10 +452,14 @@ def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
 
     runtime = Runtime(settings, simulate=simulate)
     app = IotmeterApp(runtime, start_runtime=True)
+    # A dropped SSH session (SIGHUP) or a service manager (SIGTERM) must not leave the
+    # broker and the collector running: leave the app so the finally below stops them.
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, lambda *_: app.exit())
     try:
         app.run()
     finally:
-        app.shutdown_runtime(say=lambda line: print(line, file=sys.stderr))
+        app.shutdown_runtime(say=_say)
     starter = app.starter
     if starter is not None and starter.error is not None:
         print(f"iotmeter: {starter.error}", file=sys.stderr)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DEMO_DC = 12
 DEMO_AC = 12
+WORKER_READY_S = 20.0
 
 
 @dataclass
@@ -81,6 +82,10 @@ class Runtime:
             self.worker = CollectorWorker(self.settings, self.mqtt_url)
             self.worker.start()
         if self._wants_demo_fleet():
+            # A first-ever collector session only receives what is published after it has
+            # subscribed: the demo meters' first hello must not go to nobody.
+            if self.worker is not None:
+                self.worker.wait_ready(WORKER_READY_S)
             self.start_simulator(DEMO_DC, "dc")
             self.start_simulator(DEMO_AC, "ac")
 

@@ -1,6 +1,7 @@
 """OTA: firmware campaigns, newest first, each with its overall progress; below, the targets
 of the highlighted campaign, one progress bar each. `u` uploads a firmware image and starts a
-campaign (through `runtime.ota`); tab moves between the two lists."""
+campaign, `x` aborts the highlighted one (through `runtime.ota`); tab moves between the two
+lists."""
 
 from __future__ import annotations
 
@@ -189,6 +190,7 @@ class OtaScreen(DashboardScreen):
     VIEW = "OTA"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("u", "upload", "upload+start"),
+        Binding("x", "abort", "abort"),
         Binding("tab", "switch", "campaigns/targets", show=False),
     ]
 
@@ -251,6 +253,23 @@ class OtaScreen(DashboardScreen):
                 self.run_worker(self._start(request))
 
         self.app.push_screen(campaign_dialog(list(self.dash.device_selection)), chosen)
+
+    async def action_abort(self) -> None:
+        """Abort the highlighted campaign: no new offers; meters mid-update finish."""
+        campaign_id = self.selected
+        if campaign_id is None:
+            return
+        if not offers(self.dash.runtime, "ota"):
+            self.notify(UNAVAILABLE, severity="error")
+            return
+        try:
+            ota = await self.dash.service("ota")
+            await self.io(ota.abort, campaign_id)
+        except Exception as exc:  # the service's refusal, in one line
+            self.notify(f"not aborted: {one_line(str(exc), 120)}", severity="error")
+            return
+        self.notify(f"campaign {campaign_id} aborting", timeout=3)
+        self.reload()
 
     async def _start(self, request: CampaignRequest) -> None:
         try:

@@ -311,6 +311,7 @@ class FakeOta:
         self.stores = stores
         self.uploads: list[tuple[Path, str]] = []
         self.started: list[dict[str, Any]] = []
+        self.aborted: list[str] = []
 
     def upload(self, path: Path, version: str) -> Firmware:
         data = Path(path).read_bytes()
@@ -335,6 +336,12 @@ class FakeOta:
                             "running", NOW_MS + len(self.started), NOW_MS)
         md.create_campaign(campaign, device_ids)
         return campaign
+
+    def abort(self, campaign_id: str) -> Campaign:
+        md = self.stores.metadata
+        md.update_campaign(campaign_id, state="aborting", at=NOW_MS, detail="by the operator")
+        self.aborted.append(campaign_id)
+        return md.get_campaign(campaign_id)
 
     def status(self, campaign_id: str) -> tuple[Campaign, list[Any]]:
         md = self.stores.metadata

@@ -133,6 +133,10 @@ def test_upload_and_start_a_campaign(make_app: Any, dash_runtime: Any, tmp_path:
         await wait_until(pilot, lambda: screen.selected == "ota-t001", what="selected")
         targets = screen.query_one("#targets-table", LiveTable)
         await wait_until(pilot, lambda: len(targets.rows) == 12, what="12 AC targets")
+        await press(pilot, "x")  # abort it
+        await wait_until(pilot, lambda: ota.aborted == ["ota-t001"], what="aborted")
+        await wait_until(pilot, lambda: screen.campaigns["ota-t001"].state == "aborting",
+                         what="shown aborting")
 
     drive(make_app("ota"), scenario)
 

@@ -5,6 +5,7 @@ the latest one."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import threading
 import time
@@ -23,6 +24,8 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
     from iotmeter_tui.backend import logjson
     from iotmeter_tui.backend.collector.service import Collector
 
+    parent = os.getppid()
+
     # Logs go to a file: the parent's terminal belongs to the dashboard.
     log_path = settings.home / "collector.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +37,9 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
     starter = threading.Thread(target=collector.start, daemon=True)
     starter.start()
     try:
-        while not stop.is_set():
+        # A dashboard that died (its SSH session dropped, say) sends no "stop": the child
+        # notices it was orphaned and drains on its own.
+        while not stop.is_set() and os.getppid() == parent:
             if conn.poll(HEALTH_PERIOD_S) and conn.recv() == "stop":
                 break
             conn.send(_health(collector, starter.is_alive()))
@@ -99,6 +104,16 @@ class CollectorWorker:
         if not self.alive:
             return None
         return self._latest
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """True once the child reports it is subscribed to the broker."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.alive:
+            health = self._latest
+            if health is not None and health.get("broker_connected"):
+                return True
+            time.sleep(0.1)
+        return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._process is None:
