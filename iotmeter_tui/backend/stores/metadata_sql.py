@@ -257,6 +257,21 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX ota_campaigns_state_idx ON ota_campaigns (state, created_at)",
         ),
     ),
+    Migration(
+        3,
+        "devices: sort indexes that end in device_id, as the fleet view pages",
+        (
+            # The fleet view orders by a column then device_id (stable pages); an index on
+            # exactly that order lets a page be read without sorting the whole fleet.
+            "DROP INDEX devices_connection_status_idx",
+            "DROP INDEX devices_device_type_idx",
+            "DROP INDEX devices_last_seen_idx",
+            "CREATE INDEX devices_status_order_idx ON devices (connection_status, device_id)",
+            "CREATE INDEX devices_type_order_idx ON devices (device_type, device_id)",
+            "CREATE INDEX devices_fw_order_idx ON devices (fw_version, device_id)",
+            "CREATE INDEX devices_last_seen_order_idx ON devices (last_seen, device_id)",
+        ),
+    ),
 )
 
 
