@@ -184,3 +184,39 @@ def test_reboot_is_not_mistaken_for_duplicates(
         points = audit.stores.timeseries.points("ac-0001")
         assert {p.device_type for p in points} == {"power_meter_ac"}
     audit.close()
+
+
+def test_two_collectors_sharing_a_subscription_store_everything_once(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    first = settings_for(tmp_path, store_env, share_group="collectors", client_id="col-a",
+                         reorder_timeout_s=0.5)
+    second = settings_for(tmp_path, store_env, share_group="collectors", client_id="col-b",
+                          reorder_timeout_s=0.5)
+    devices = ["dc-0001", "dc-0002", "ac-0003"]
+    sent = [telemetry(d, 1, s) for s in range(100) for d in devices]
+    with running_collector(first, private_mosquitto.url) as a, \
+            running_collector(second, private_mosquitto.url) as b:
+        pub = Publisher(private_mosquitto.url)
+        pub.publish(sent)
+        pub.close()
+        audit = StoreAudit(first)
+        expected = {(1, s): 1 for s in range(100)}
+        for device_id in devices:
+            wait_for(lambda d=device_id: dict(audit.timeseries_keys(d)) == expected,
+                     what=f"time series of {device_id}")
+            wait_for(lambda d=device_id: dict(audit.archive_keys(d)) == expected,
+                     what=f"archive of {device_id}")
+        meta = audit.stores.metadata
+        merged = wait_for(lambda: (s := _seq_state(audit, "dc-0001", 1)) and s.received == 100
+                          and s, what="merged sequence state")
+        assert (merged.highest_seq, merged.missing, merged.gaps) == (99, 0, ())
+        # The broker split the work: each collector took part and kept its own rows.
+        share_a = a.metrics.sample("iotmeter_messages_accepted_total", {"msg_type": "telemetry"})
+        share_b = b.metrics.sample("iotmeter_messages_accepted_total", {"msg_type": "telemetry"})
+        assert share_a > 0 and share_b > 0 and share_a + share_b == len(sent)
+        own = meta.load_seq_states(["dc-0001"], collector="col-a")
+        assert own and own[0].received < 100
+        # Each collector's local "gaps" are the other's share: no gap is reported.
+        assert a.metrics.sample("iotmeter_seq_gaps_total") == 0
+    audit.close()

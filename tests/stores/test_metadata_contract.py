@@ -315,6 +315,20 @@ def test_seq_states_are_upserted_per_boot(store: MetadataStore) -> None:
     assert store.load_seq_states([]) == []
 
 
+def test_each_collector_keeps_its_own_seq_rows_and_readers_get_them_merged(
+    store: MetadataStore,
+) -> None:
+    # Two collectors sharing a subscription: each saw part of dev-1's boot 3.
+    a = SeqState("dev-1", 3, 9, 5, 0, 5, ((1, 1), (3, 3), (5, 5), (7, 7)), 1000, "col-a")
+    b = SeqState("dev-1", 3, 8, 4, 1, 5, ((0, 0), (2, 2), (4, 4), (6, 6), (8, 8)), 1100, "col-b")
+    store.apply_collector_batch([], [a, b])
+    assert store.load_seq_states(["dev-1"], collector="col-a") == [a]
+    assert store.load_seq_states(collector="col-b") == [b]
+    (merged,) = store.load_seq_states(["dev-1"])
+    assert (merged.highest_seq, merged.received, merged.duplicates) == (9, 9, 1)
+    assert merged.gaps == () and merged.missing == 0  # what one lacks, the other has
+
+
 def test_load_seq_states_takes_many_ids(store: MetadataStore) -> None:
     states = [SeqState(f"dev-{i:04d}", 1, i, i + 1, 0, 0, (), 1000) for i in range(1200)]
     store.apply_collector_batch([], states)

@@ -103,9 +103,11 @@ class Collector:
         metadata = self.stores.metadata
         alerts = AlertEngine(metadata)
         registry = RegistrySink(metadata, f"{s.client_id}/registry", SeqTracker(reorder_ms),
-                                alerts, self.metrics)
+                                alerts, self.metrics, collector=s.client_id,
+                                shared=s.share_group is not None)
         state = self._retry("load registry state", lambda: (
-            registry.load_cursor(), metadata.load_seq_states(), metadata.device_types()))
+            registry.load_cursor(), metadata.load_seq_states(collector=s.client_id),
+            metadata.device_types()))
         if state is None:
             return
         cursor, seq_states, types = state

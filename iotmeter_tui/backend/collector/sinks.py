@@ -195,8 +195,14 @@ class RegistrySink(Sink):
     HOUSEKEEPING_S = 5.0
 
     def __init__(self, store: MetadataStore, cursor_name: str, tracker: SeqTracker,
-                 alerts: AlertEngine, metrics: CollectorMetrics) -> None:
+                 alerts: AlertEngine, metrics: CollectorMetrics, *, collector: str = "",
+                 shared: bool = False) -> None:
         self.store = store
+        # Its own rows of device_seq_tracking. With a shared subscription each collector
+        # sees part of every sequence, so its local gaps are mostly other collectors' share:
+        # gap alerts and the gap metric then come from nowhere rather than from noise.
+        self.collector = collector
+        self.shared = shared
         self.cursor_name = cursor_name
         self.tracker = tracker
         self.alerts = alerts
@@ -316,18 +322,19 @@ class RegistrySink(Sink):
             # Not stored: mark them changed again so the retry writes them.
             self.tracker.mark_changed((d, b) for d, b, _ in changed)
             raise
-        if gaps:
+        if gaps and not self.shared:
             self.metrics.gaps.inc(gaps)
 
     def alerts_for_gaps(self, changed: list[tuple[str, int, BootTrack]]) -> None:
+        if self.shared:
+            return
         for device_id, boot, track in changed:
             if boot == self.current_boot.get(device_id):
                 self.alerts.on_gaps(device_id, track.gap_count, _now_ms())
 
-    @staticmethod
-    def _state(device_id: str, boot: int, track: BootTrack) -> SeqState:
+    def _state(self, device_id: str, boot: int, track: BootTrack) -> SeqState:
         return SeqState(device_id, boot, track.highest, track.received, track.duplicates,
-                        track.gap_count, track.ranges(), _now_ms())
+                        track.gap_count, track.ranges(), _now_ms(), self.collector)
 
     def housekeeping(self) -> None:
         # Silence detection and gap sweeps must run under sustained load too, not only when
@@ -350,7 +357,7 @@ class RegistrySink(Sink):
         except BaseException:
             self.tracker.mark_changed((d, b) for d, b, _ in changed)
             raise
-        if gaps:
+        if gaps and not self.shared:
             self.metrics.gaps.inc(gaps)
         counts = self.store.device_counts_by_status()
         self.metrics.devices_online.set(counts.get("online", 0))

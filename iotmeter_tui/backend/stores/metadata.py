@@ -98,6 +98,47 @@ class SeqState:
     missing: int
     gaps: tuple[tuple[int, int], ...]
     updated_at: int
+    # Which collector's view this is. Collectors sharing a subscription each see part of a
+    # device's sequence, so each keeps its own row; readers get them merged.
+    collector: str = ""
+
+
+def merge_seq_states(states: Iterable[SeqState]) -> list[SeqState]:
+    """One state per (device, boot) from the rows of several collectors: a seq is missing
+    only if no collector has it (each collector's gaps, plus everything above its highest)."""
+    groups: dict[tuple[str, int], list[SeqState]] = {}
+    for state in states:
+        groups.setdefault((state.device_id, state.boot), []).append(state)
+    merged = []
+    for (device_id, boot), rows in sorted(groups.items()):
+        if len(rows) == 1:
+            merged.append(rows[0])
+            continue
+        highest = max(r.highest_seq for r in rows)
+        gaps: list[tuple[int, int]] = [(0, highest)]
+        for r in rows:
+            not_seen = [*r.gaps, (r.highest_seq + 1, highest)]
+            gaps = _intersect(gaps, [g for g in not_seen if g[0] <= g[1]])
+        merged.append(SeqState(
+            device_id, boot, highest, sum(r.received for r in rows),
+            sum(r.duplicates for r in rows), sum(last - first + 1 for first, last in gaps),
+            tuple(gaps), max(r.updated_at for r in rows)))
+    return merged
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Intersection of two sorted lists of disjoint inclusive ranges."""
+    out, i, j = [], 0, 0
+    b = sorted(b)
+    while i < len(a) and j < len(b):
+        first, last = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if first <= last:
+            out.append((first, last))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +236,10 @@ class MetadataStore(Protocol):
 
     def get_cursor(self, name: str) -> str | None: ...
 
-    def load_seq_states(self, device_ids: Iterable[str] | None = None) -> list[SeqState]:
-        """Every stored boot of the given devices (all devices when None)."""
+    def load_seq_states(self, device_ids: Iterable[str] | None = None, *,
+                        collector: str | None = None) -> list[SeqState]:
+        """Every stored boot of the given devices (all devices when None): one collector's
+        own rows when `collector` is given, else every collector's rows merged."""
 
     def device_types(self) -> dict[str, str]:
         """device_id -> device_type of every registered device."""

@@ -39,6 +39,7 @@ from iotmeter_tui.backend.stores.metadata import (
     Firmware,
     OtaTarget,
     SeqState,
+    merge_seq_states,
 )
 
 Params = Mapping[str, Any]
@@ -272,6 +273,30 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX devices_last_seen_order_idx ON devices (last_seen, device_id)",
         ),
     ),
+    Migration(
+        4,
+        "device_seq_tracking: one row per collector (shared subscriptions)",
+        (
+            # SQLite cannot change a primary key in place: build, copy, swap.
+            """CREATE TABLE device_seq_tracking_v4 (
+            device_id {key} NOT NULL,
+            boot BIGINT NOT NULL,
+            highest_seq BIGINT NOT NULL,
+            received BIGINT NOT NULL,
+            duplicates BIGINT NOT NULL,
+            missing BIGINT NOT NULL,
+            gaps {json} NOT NULL,
+            updated_at BIGINT NOT NULL,
+            collector {key} NOT NULL DEFAULT '',
+            PRIMARY KEY (device_id, boot, collector))""",
+            "INSERT INTO device_seq_tracking_v4 (device_id, boot, highest_seq, received,"
+            " duplicates, missing, gaps, updated_at, collector)"
+            " SELECT device_id, boot, highest_seq, received, duplicates, missing, gaps,"
+            " updated_at, '' FROM device_seq_tracking",
+            "DROP TABLE device_seq_tracking",
+            "ALTER TABLE device_seq_tracking_v4 RENAME TO device_seq_tracking",
+        ),
+    ),
 )
 
 
@@ -301,7 +326,7 @@ TARGET_COLUMNS: Final = _columns(OtaTarget)
 
 
 def _seq_state(row: Sequence[Any]) -> SeqState:
-    device_id, boot, highest_seq, received, duplicates, missing, gaps, updated_at = row
+    device_id, boot, highest_seq, received, duplicates, missing, gaps, updated_at, collector = row
     return SeqState(
         device_id,
         boot,
@@ -311,6 +336,7 @@ def _seq_state(row: Sequence[Any]) -> SeqState:
         missing,
         tuple((int(first), int(last)) for first, last in json.loads(gaps)),
         updated_at,
+        collector,
     )
 
 
@@ -392,6 +418,7 @@ def _seq_row(state: SeqState) -> dict[str, Any]:
         "missing": state.missing,
         "gaps": json.dumps([list(gap) for gap in state.gaps]),
         "updated_at": state.updated_at,
+        "collector": state.collector,
     }
 
 
@@ -430,8 +457,8 @@ UPSERT_DEVICE: Final = f"""
 UPSERT_SEQ: Final = f"""
     INSERT INTO device_seq_tracking ({SEQ_COLUMNS})
     VALUES (:device_id, :boot, :highest_seq, :received, :duplicates, :missing, :gaps,
-            :updated_at)
-    ON CONFLICT (device_id, boot) DO UPDATE SET
+            :updated_at, :collector)
+    ON CONFLICT (device_id, boot, collector) DO UPDATE SET
         highest_seq = excluded.highest_seq, received = excluded.received,
         duplicates = excluded.duplicates, missing = excluded.missing, gaps = excluded.gaps,
         updated_at = excluded.updated_at"""
@@ -601,7 +628,8 @@ class SqlMetadataStore:
         # on each other's batches; the sort is stable, so several updates of one device still
         # apply in the order given. One executemany per statement kind.
         device_rows = [_device_row(u, now) for u in sorted(devices, key=_by_device)]
-        seq_rows = [_seq_row(s) for s in sorted(seq_states, key=lambda s: (s.device_id, s.boot))]
+        seq_rows = [_seq_row(s) for s in sorted(
+            seq_states, key=lambda s: (s.device_id, s.boot, s.collector))]
         with self._tx(write=True) as tx:
             tx.many(UPSERT_DEVICE, device_rows)
             tx.many(UPSERT_SEQ, seq_rows)
@@ -613,11 +641,14 @@ class SqlMetadataStore:
             row = tx.one("SELECT value FROM collector_cursors WHERE name = :name", {"name": name})
         return None if row is None else str(row[0])
 
-    def load_seq_states(self, device_ids: Iterable[str] | None = None) -> list[SeqState]:
-        select = f"SELECT {SEQ_COLUMNS} FROM device_seq_tracking"
+    def load_seq_states(self, device_ids: Iterable[str] | None = None, *,
+                        collector: str | None = None) -> list[SeqState]:
+        select = f"SELECT {SEQ_COLUMNS} FROM device_seq_tracking WHERE "
+        mine = {} if collector is None else {"collector": collector}
+        select += "collector = :collector" if mine else "1 = 1"
         with self._tx() as tx:
             if device_ids is None:
-                rows = tx.all(select)
+                rows = tx.all(select, mine)
             else:
                 rows = []
                 ids = list(dict.fromkeys(device_ids))
@@ -625,8 +656,10 @@ class SqlMetadataStore:
                     chunk = ids[start : start + _IN_CHUNK]
                     names = {f"d{i}": device_id for i, device_id in enumerate(chunk)}
                     in_list = ", ".join(f":{name}" for name in names)
-                    rows += tx.all(f"{select} WHERE device_id IN ({in_list})", names)
-        return sorted((_seq_state(row) for row in rows), key=lambda s: (s.device_id, s.boot))
+                    rows += tx.all(f"{select} AND device_id IN ({in_list})", {**names, **mine})
+        states = sorted((_seq_state(row) for row in rows),
+                        key=lambda s: (s.device_id, s.boot, s.collector))
+        return states if collector is not None else merge_seq_states(states)
 
     def device_types(self) -> dict[str, str]:
         with self._tx() as tx:
