@@ -26,7 +26,9 @@ def test_runtime_sends_commands_and_runs_campaigns(tmp_path: Path,
             wait_for(lambda: commands.publisher is not None and commands.publisher.connected,
                      timeout_s=10, what="the dashboard's publisher connected")
             sent = commands.send(ids[0], "ping", {}, 20)
-            assert sent.state == "sent", "published at once: the device is online"
+            # Published at once (the device is online), so never left queued; a quick device
+            # may even have answered before send() read the state back.
+            assert sent.state in {"sent", "accepted", "done"}
             assert commands.wait(sent.id, timeout_s=15).state == "done"
             assert [c.id for c in commands.list(device_id=ids[0])] == [sent.id]
 
