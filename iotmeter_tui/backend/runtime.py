@@ -31,6 +31,18 @@ class StoreStatus:
     detail: str
 
 
+def check_stores(stores: Stores) -> list[StoreStatus]:
+    """Each store's reachability: ok, or the store's own one-line error."""
+    result = []
+    for name in ("metadata", "timeseries", "archive"):
+        try:
+            getattr(stores, name).check()
+            result.append(StoreStatus(name, True, "ok"))
+        except StoreError as exc:
+            result.append(StoreStatus(name, False, str(exc)))
+    return result
+
+
 class Runtime:
     def __init__(self, settings: Settings, *, simulate: str = "auto",
                  start_collector: bool = True) -> None:
@@ -109,14 +121,7 @@ class Runtime:
 
     def store_status(self) -> list[StoreStatus]:
         """Each store's reachability, for the status line and the system screen."""
-        result = []
-        for name in ("metadata", "timeseries", "archive"):
-            try:
-                getattr(self.stores, name).check()
-                result.append(StoreStatus(name, True, "ok"))
-            except StoreError as exc:
-                result.append(StoreStatus(name, False, str(exc)))
-        return result
+        return check_stores(self.stores)
 
     def stop(self) -> None:
         """Stop everything this runtime started, the simulator first so its devices say

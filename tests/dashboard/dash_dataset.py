@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.runtime import StoreStatus
+from iotmeter_tui.backend.runtime import StoreStatus, check_stores
 from iotmeter_tui.backend.simulator.device import DeviceInfo
 from iotmeter_tui.backend.simulator.fleet import FleetStats
 from iotmeter_tui.backend.stores import Stores
@@ -382,14 +382,7 @@ class FakeRuntime:
         return []
 
     def store_status(self) -> list[StoreStatus]:
-        result = []
-        for name in ("metadata", "timeseries", "archive"):
-            try:
-                getattr(self.stores, name).check()
-                result.append(StoreStatus(name, True, "ok"))
-            except Exception as exc:
-                result.append(StoreStatus(name, False, str(exc)))
-        return result
+        return check_stores(self.stores)
 
 
 def build_large_registry(home: Path, devices: int = 10_000) -> Stores:
