@@ -19,6 +19,7 @@ from typing import ClassVar, Final
 from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.metadata_sql import Cursor, SqlMetadataStore
+from iotmeter_tui.backend.stores.sqlite_wal import switch_to_wal
 
 STORE: Final = "sqlite"
 DEFAULT_TIMEOUT_S: Final = 10.0
@@ -117,7 +118,7 @@ class SqliteBackend:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            switch_to_wal(conn, self._timeout_s)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:

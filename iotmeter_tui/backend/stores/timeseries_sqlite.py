@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -39,6 +38,7 @@ from iotmeter_tui.backend.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from iotmeter_tui.backend.stores.sqlite_wal import switch_to_wal
 from iotmeter_tui.backend.stores.timeseries import (
     AGGREGATES,
     Bucket,
@@ -330,7 +330,7 @@ class SqliteTimeSeries:
         return connection
 
     def _create_schema(self, connection: sqlite3.Connection) -> None:
-        self._switch_to_wal(connection)
+        switch_to_wal(connection, self._timeout)
         with self._transaction(connection):
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -345,22 +345,6 @@ class SqliteTimeSeries:
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._reload_columns(connection)
         self._schema_ready = True
-
-    def _switch_to_wal(self, connection: sqlite3.Connection) -> None:
-        """journal_mode is a property of the file and cannot change inside a transaction.
-        Switching a new file to WAL does not wait on busy_timeout: while another connection
-        (a thread or process opening the same new file) makes the same switch, it fails at
-        once, so it is retried here for as long as a write would wait."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                connection.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", 0)
-                if code & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.005)
 
     @contextmanager
     def _transaction(self, connection: sqlite3.Connection) -> Iterator[None]:
