@@ -16,6 +16,7 @@ Prints and writes bench/results/ingest.json:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -170,6 +171,8 @@ def main() -> int:
              "--metrics-port", str(metrics_port)],
             env=env, stdout=open(Path(tmp) / "collector.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT)
+        # Whatever happens below, the collector must not outlive the bench.
+        atexit.register(lambda: collector.poll() is None and collector.kill())
         time.sleep(3)  # connect, migrate, subscribe
 
         cpu0 = {"collector": cpu_seconds(collector.pid),
