@@ -4,6 +4,7 @@ benches. "Exactly once" is checked by counting every (boot, seq) in each store."
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +25,21 @@ def settings_for(home: Path, stores: Mapping[str, str], **overrides: Any) -> Set
     for key, value in overrides.items():
         env[f"IOTMETER_{key.upper()}"] = str(value)
     return load_settings(env=env)
+
+
+def production_stores(pg_url: str, influx: Any, s3: Any) -> dict[str, str]:
+    """IOTMETER_* variables for the production stack on test servers, with a database and
+    a bucket of their own (PostgreSQL database: the caller's)."""
+    unique = uuid.uuid4().hex[:10]
+    return {
+        "IOTMETER_DB_URL": pg_url,
+        "IOTMETER_TSDB_URL": f"influxdb://{influx.host}:{influx.port}/iot_{unique}",
+        "IOTMETER_ARCHIVE_URL": f"s3://iot-{unique}",
+        "IOTMETER_S3_ENDPOINT": s3.endpoint,
+        "IOTMETER_S3_ACCESS_KEY": s3.access_key,
+        "IOTMETER_S3_SECRET_KEY": s3.secret_key,
+        "IOTMETER_S3_REGION": s3.region,
+    }
 
 
 def env_for(settings: Settings, mqtt_url: str) -> dict[str, str]:

@@ -59,6 +59,8 @@ class Decider:
         self.directory = directory
         self.metrics = metrics
         self.auto_register = auto_register
+        # Per-message path: the labelled children are looked up once, not per message.
+        self._accepted = {t: metrics.accepted.labels(t) for t in protocol.MSG_TYPES}
         # Last status (ts, payload) per device: a retained status the broker sends again is
         # the same message, not a new one.
         self.last_status: dict[str, bytes] = {}
@@ -88,7 +90,7 @@ class Decider:
             self.directory.types[msg.device_id] = str(msg.data["device_type"])
         elif msg.msg_type == protocol.TELEMETRY:
             self.metrics.lag.observe(max(0.0, (arrival.received_ms - msg.ts) / 1000))
-        self.metrics.accepted.labels(msg.msg_type).inc()
+        self._accepted[msg.msg_type].inc()
         return SpoolRecord(
             ACCEPTED, arrival.received_ms, msg.device_id, msg.msg_type,
             self.directory.type_of(msg.device_id),
