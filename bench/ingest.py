@@ -154,10 +154,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--publishers", type=int, default=8)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the collector's home (spool, collector.log) here")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="sample the collector (the thread holding the GIL) with py-spy "
+                             "into PATH as collapsed "
+                             "stacks (speedscope and flamegraph.pl read them)")
     args = parser.parse_args()
 
     with (MosquittoServer() as broker, InfluxServer() as influx,
-          PostgresDatabase() as database, tempfile.TemporaryDirectory() as tmp):
+          PostgresDatabase() as database, tempfile.TemporaryDirectory() as scratch):
+        tmp = args.workdir or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         base = None if args.no_baseline else baseline(broker, args)
         db = "bench"
         settings = settings_for(Path(tmp), {
@@ -179,6 +187,11 @@ def main() -> int:
                 "broker": cpu_seconds(broker.broker._process.pid),  # type: ignore[union-attr]
                 "influxdb": cpu_seconds(influx._process.pid)}  # type: ignore[attr-defined]
         pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "dc-")
+        profiler = None if not args.profile else subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--gil",
+             "--format", "raw", "--rate", "200", "--pid", str(collector.pid),
+             "--output", args.profile, "--duration", str(int(args.seconds))],
+            stdout=subprocess.DEVNULL)
         probe = Publisher(broker.url, "bench-probe")
         latencies: list[float] = []
         started = time.monotonic()
@@ -212,6 +225,8 @@ def main() -> int:
                - cpu0["influxdb"],
                "publishers": pubs.cpu()}
         probe.close()
+        if profiler is not None:
+            profiler.wait(60)
         collector.send_signal(signal.SIGTERM)
         collector.wait(15)
 

@@ -406,7 +406,7 @@ def test_mosquitto_conf_has_what_the_delivery_guarantee_needs() -> None:
     assert conf["listener"] == ["1883"]
     assert conf["persistence"] == ["true"]
     assert conf["autosave_interval"] == ["60"]
-    assert int(conf["max_inflight_messages"][0]) >= 1000
+    assert int(conf["max_inflight_messages"][0]) >= 10_000
     assert int(conf["max_queued_messages"][0]) >= 1_000_000
     assert conf["max_queued_bytes"] == ["0"]
     assert conf["allow_anonymous"] == ["false"]

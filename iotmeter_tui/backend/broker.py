@@ -110,8 +110,9 @@ def mosquitto_config(port: int, data_dir: str | Path) -> str:
             f"persistence_location {location}/",
             "persistence_file mosquitto.db",
             # A fleet publishing while the collector is away must queue, not drop: the defaults
-            # (20 in flight, 1000 queued per client) would lose messages within seconds.
-            "max_inflight_messages 1000",
+            # (20 in flight, 1000 queued per client) would lose messages within seconds. A wide
+            # window keeps messages coming while the collector's group commit is written.
+            "max_inflight_messages 10000",
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
             "log_dest stderr",

@@ -15,8 +15,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.collector.intake import BrokerAddress, make_client
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.paho_session import make_client
 from iotmeter_tui.backend.publisher import PublishError
 from iotmeter_tui.backend.simulator.controller import SimulatorController
 from iotmeter_tui.backend.stores.metadata import DeviceUpdate, MetadataStore

@@ -4,10 +4,53 @@ a test keeps the two in step."""
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
+
+
+class BatchHistogram:
+    """A Prometheus histogram fed a whole batch of observations at once. prometheus_client's
+    Histogram takes a lock and walks its buckets in Python for every observation, which at
+    20,000 messages a second is a noticeable share of the pipeline's time."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = list(buckets)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        if not values:
+            return
+        # "le" buckets: a value equal to a bound belongs to that bound's bucket.
+        per_bucket = Tally(bisect_left(self.bounds, v) for v in values)
+        total = sum(values)
+        with self._lock:
+            for index, n in per_bucket.items():
+                self._counts[index] += n
+            self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip([*map(str, map(float, self.bounds)), "+Inf"], counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
+                                    sum_value=total)
 
 
 class CollectorMetrics:
@@ -52,9 +95,9 @@ class CollectorMetrics:
         self.spool_full = Gauge(
             "iotmeter_spool_full", "1 while the spool is full and acknowledgements are held",
             registry=r)
-        self.lag = Histogram(
+        self.lag = BatchHistogram(
             "iotmeter_end_to_end_lag_seconds",
-            "Arrival time minus the device's ts, for telemetry", buckets=LAG_BUCKETS, registry=r)
+            "Arrival time minus the device's ts, for telemetry", LAG_BUCKETS, r)
         self.devices_online = Gauge(
             "iotmeter_devices_online", "Devices whose connection_status is online", registry=r)
         self.alerts_active = Gauge(

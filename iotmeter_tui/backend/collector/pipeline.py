@@ -13,10 +13,11 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.collector.intake import Arrival
+from iotmeter_tui.backend.collector.intake import Delivery
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
@@ -51,7 +52,7 @@ class DeviceDirectory:
 
 
 class Decider:
-    """The pure part of a turn: turns arrivals into spool records, counting as it goes."""
+    """The pure part of a turn: turns messages into spool records, counting as it goes."""
 
     def __init__(self, tracker: SeqTracker, directory: DeviceDirectory,
                  metrics: CollectorMetrics, *, auto_register: bool) -> None:
@@ -59,50 +60,72 @@ class Decider:
         self.directory = directory
         self.metrics = metrics
         self.auto_register = auto_register
-        # Per-message path: the labelled children are looked up once, not per message.
-        self._accepted = {t: metrics.accepted.labels(t) for t in protocol.MSG_TYPES}
+        # Counted per message in plain Python and handed to Prometheus once per turn
+        # (publish_counts): its counters take a lock per increment.
+        self._accepted: Counter[str] = Counter()
+        # Every type's series exists from the start, at zero.
+        self._accepted_total = {t: metrics.accepted.labels(t) for t in protocol.MSG_TYPES}
+        self._rejected_by_reason: Counter[str] = Counter()
+        self._duplicates = 0
+        self._lags: list[float] = []
         # Last status (ts, payload) per device: a retained status the broker sends again is
         # the same message, not a new one.
         self.last_status: dict[str, bytes] = {}
 
-    def decide(self, arrival: Arrival) -> SpoolRecord | None:
+    def decide(self, topic: str, payload: bytes, received_ms: int) -> SpoolRecord | None:
         """A record to spool: the message, its rejection, or a duplicate's marker. None for a
         status message seen already (a retained one sent again)."""
-        result = protocol.decode(arrival.topic, arrival.payload)
+        result = protocol.decode(topic, payload)
         if isinstance(result, protocol.Rejection):
-            return self._rejected(arrival, result.reason, result.detail, result.device_id)
+            return self._rejected(topic, payload, received_ms, result.reason, result.detail,
+                                  result.device_id)
         msg = result
         if not self.auto_register and msg.device_id not in self.directory.types:
-            return self._rejected(arrival, "unknown_device",
+            return self._rejected(topic, payload, received_ms, "unknown_device",
                                   f"{msg.device_id} is not registered", msg.device_id)
         if msg.seq is not None and msg.boot is not None:
-            verdict = self.tracker.observe(msg.device_id, msg.boot, msg.seq, arrival.received_ms)
+            verdict = self.tracker.observe(msg.device_id, msg.boot, msg.seq, received_ms)
             if verdict is Verdict.DUPLICATE:
-                self.metrics.duplicates.inc()
-                return SpoolRecord(DUPLICATE, arrival.received_ms, msg.device_id, msg.msg_type,
+                self._duplicates += 1
+                return SpoolRecord(DUPLICATE, received_ms, msg.device_id, msg.msg_type,
                                    "", msg.boot, msg.seq, msg.ts, "", "", "", b"")
         elif msg.msg_type == protocol.STATUS:
             if self.last_status.get(msg.device_id) == msg.raw:
-                self.metrics.duplicates.inc()
+                self._duplicates += 1
                 return None
             self.last_status[msg.device_id] = msg.raw
         if msg.msg_type == protocol.HELLO:
             self.directory.types[msg.device_id] = str(msg.data["device_type"])
         elif msg.msg_type == protocol.TELEMETRY:
-            self.metrics.lag.observe(max(0.0, (arrival.received_ms - msg.ts) / 1000))
-        self._accepted[msg.msg_type].inc()
+            self._lags.append(max(0.0, (received_ms - msg.ts) / 1000))
+        self._accepted[msg.msg_type] += 1
         return SpoolRecord(
-            ACCEPTED, arrival.received_ms, msg.device_id, msg.msg_type,
+            ACCEPTED, received_ms, msg.device_id, msg.msg_type,
             self.directory.type_of(msg.device_id),
             -1 if msg.boot is None else msg.boot, -1 if msg.seq is None else msg.seq, msg.ts,
-            arrival.topic, "", "", arrival.payload,
+            topic, "", "", payload, msg.data,
         )
 
-    def _rejected(self, arrival: Arrival, reason: str, detail: str,
+    def _rejected(self, topic: str, payload: bytes, received_ms: int, reason: str, detail: str,
                   device_id: str | None) -> SpoolRecord:
-        self.metrics.rejected.labels(reason).inc()
-        return SpoolRecord(REJECTED, arrival.received_ms, device_id or "", "", "", -1, -1, -1,
-                           arrival.topic, reason, detail, arrival.payload)
+        self._rejected_by_reason[reason] += 1
+        return SpoolRecord(REJECTED, received_ms, device_id or "", "", "", -1, -1, -1,
+                           topic, reason, detail, payload)
+
+    def publish_counts(self) -> None:
+        """Add what was counted since the last call to the Prometheus metrics."""
+        m = self.metrics
+        for msg_type, n in self._accepted.items():
+            self._accepted_total[msg_type].inc(n)
+        for reason, n in self._rejected_by_reason.items():
+            m.rejected.labels(reason).inc(n)
+        if self._duplicates:
+            m.duplicates.inc(self._duplicates)
+        m.lag.observe_many(self._lags)
+        self._accepted.clear()
+        self._rejected_by_reason.clear()
+        self._duplicates = 0
+        self._lags = []
 
     def replay(self, record: SpoolRecord) -> None:
         """Learn from a record spooled before a restart, so its redelivery is a duplicate."""
@@ -125,10 +148,10 @@ class Pipeline(threading.Thread):
 
     def __init__(
         self,
-        inbox: queue.SimpleQueue[Arrival],
+        inbox: queue.SimpleQueue[Delivery],
         decider: Decider,
         spool: Spool,
-        ack: Callable[[list[Arrival]], None],
+        ack: Callable[[list[Delivery]], None],
         metrics: CollectorMetrics,
         *,
         on_commit: Callable[[], None] = lambda: None,
@@ -148,32 +171,39 @@ class Pipeline(threading.Thread):
 
     def run(self) -> None:
         while True:
-            arrivals = self._take()
-            if not arrivals:
+            deliveries = self._take()
+            if not deliveries:
                 self.idle.set()
                 self.spool.roll_if_due()
                 if self.stopping.is_set():
                     return
                 continue
             self.idle.clear()
-            self._turn(arrivals)
+            self._turn(deliveries)
 
-    def _take(self) -> list[Arrival]:
+    def _take(self) -> list[Delivery]:
         try:
             first = self.inbox.get(timeout=0.05)
         except queue.Empty:
             return []
-        arrivals = [first]
-        while len(arrivals) < MAX_TURN:
+        deliveries = [first]
+        count = len(first.publishes)
+        while count < MAX_TURN:
             try:
-                arrivals.append(self.inbox.get_nowait())
+                more = self.inbox.get_nowait()
             except queue.Empty:
                 break
-        return arrivals
+            deliveries.append(more)
+            count += len(more.publishes)
+        return deliveries
 
-    def _turn(self, arrivals: list[Arrival]) -> None:
-        self.metrics.received.inc(len(arrivals))
-        records = [r for a in arrivals if (r := self.decider.decide(a)) is not None]
+    def _turn(self, deliveries: list[Delivery]) -> None:
+        count = sum(len(d.publishes) for d in deliveries)
+        self.metrics.received.inc(count)
+        decide = self.decider.decide
+        records = [r for d in deliveries for p in d.publishes
+                   if (r := decide(p.topic, p.payload, d.received_ms)) is not None]
+        self.decider.publish_counts()
         while True:
             try:
                 if records:
@@ -196,7 +226,7 @@ class Pipeline(threading.Thread):
                 "event": "spool_resumed", "held_s": round(time.monotonic() - self.full_since, 1)})
             self.full_since = None
             self.metrics.spool_full.set(0)
-        self.ack(arrivals)
-        self.metrics.acked.inc(len(arrivals))
+        self.ack(deliveries)
+        self.metrics.acked.inc(count)
         self.on_commit()
         self.spool.roll_if_due()

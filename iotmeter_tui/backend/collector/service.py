@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
-from iotmeter_tui.backend.collector.intake import Arrival, MqttIntake
+from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
@@ -61,7 +61,7 @@ class Collector:
         self.metrics = metrics or CollectorMetrics()
         self.tuning = tuning or Tuning()
         self._stores = stores
-        self.inbox: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self.runners: list[SinkRunner] = []
         self.pipeline: Pipeline | None = None
         self.intake: MqttIntake | None = None
@@ -220,10 +220,13 @@ class Collector:
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.intake is not None:
-            self.intake.stop()
+            self.intake.stop_reading()
         if self.pipeline is not None:
             self.pipeline.stopping.set()
             self.pipeline.join(max(0.1, deadline - time.monotonic() - 2))
+        if self.intake is not None:
+            # After the pipeline's last turn: what it committed is acknowledged, not sent again.
+            self.intake.disconnect()
         pipeline_done = self.pipeline is not None and not self.pipeline.is_alive()
         if self.spool is not None and pipeline_done and self.spool.committed_size(
                 self.spool.active_segment) > 0:

@@ -42,6 +42,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _data(record: SpoolRecord) -> dict[str, Any]:
+    """The message's "data": as the pipeline parsed it, or parsed again from the payload for
+    a record read back from the spool file."""
+    if record.data is not None:
+        return record.data
+    data: dict[str, Any] = json.loads(record.payload)["data"]
+    return data
+
+
 class CursorFile:
     """A sink's cursor in a small JSON file, replaced atomically."""
 
@@ -105,8 +114,9 @@ class TimeSeriesSink(Sink):
 
     def write(self, records: list[SpoolRecord], end: Position) -> None:
         points = [
-            Point(r.device_id, r.device_type, r.ts, r.boot, r.seq,
-                  protocol.numeric_fields(json.loads(r.payload)["data"]))
+            # The values as parsed: every adapter stores them as floats, so a JSON 750 is
+            # 750.0 there without a per-field conversion here.
+            Point(r.device_id, r.device_type, r.ts, r.boot, r.seq, _data(r))
             for r in records
             if r.kind == ACCEPTED and r.msg_type == protocol.TELEMETRY
         ]
@@ -259,8 +269,7 @@ class RegistrySink(Sink):
     def _fold(self, r: SpoolRecord, change: _DeviceChange,
               commands: list[tuple[str, dict[str, Any], int]],
               ota: list[tuple[str, dict[str, Any], int]]) -> None:
-        obj = json.loads(r.payload)
-        data = obj["data"]
+        data = _data(r)
         at = r.received_ms
         if r.msg_type == protocol.TELEMETRY:
             self.alerts.on_telemetry(r.device_id, r.device_type, data, at)
@@ -274,10 +283,10 @@ class RegistrySink(Sink):
             self._online(change, at)
         elif r.msg_type == protocol.STATUS:
             state = str(data["state"])
-            boot = obj.get("boot")
-            # Sparkplug's rule: a death certificate from an earlier boot is stale.
-            if state == "offline" and isinstance(boot, int) and boot < self.current_boot.get(
-                    r.device_id, -1):
+            # Sparkplug's rule: a death certificate from an earlier boot is stale. (The
+            # protocol keeps no boot for a status, so it is read from the payload.)
+            boot = json.loads(r.payload).get("boot") if state == "offline" else None
+            if isinstance(boot, int) and boot < self.current_boot.get(r.device_id, -1):
                 return
             change.status, change.status_at = state, at
             self.alerts.on_status(r.device_id, state, at)

@@ -28,7 +28,9 @@ AGGREGATES = ("mean", "min", "max", "last")
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One telemetry message as stored: tags device_id/device_type, float fields, boot/seq.
+    """One telemetry message as stored: tags device_id/device_type, fields, boot/seq. Field
+    values are numbers; every adapter stores them as floats (750 becomes 750.0), so a field
+    never meets a type conflict.
 
     (device_id, ts) identifies a point: writing the same point again overwrites it, which is
     what makes a redelivered batch harmless."""
