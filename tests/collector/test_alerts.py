@@ -225,6 +225,18 @@ def test_nothing_is_inferred_without_a_live_voltage() -> None:
     assert infer_supply_system(AC_TYPE, -5.0) is None
 
 
+def test_extreme_readings_and_hints_never_break_the_inference() -> None:
+    """Found by the collector fuzz: each of these once raised inside the registry sink,
+    which then retried the same batch for ever."""
+    tiny = 5e-324  # the smallest float: tiny / 750 is 0.0
+    assert infer_supply_system(DC_TYPE, tiny) is DC_750
+    assert infer_supply_system(AC_TYPE, 25_000, tiny) is AC_15KV
+    assert infer_supply_system(DC_TYPE, 750, hinted_nominal=tiny) is DC_750
+    assert infer_supply_system(DC_TYPE, 1e308) is DC_3000
+    assert limits_from_config("d", {"nominal_v": 10**309, "max_current_a": tiny}) == Limits(
+        max_current_a=tiny)
+
+
 @given(st.sampled_from(SUPPLY_SYSTEMS), st.floats(0, 1))
 def test_any_reading_inside_a_range_infers_that_system(system: SupplySystem, x: float) -> None:
     voltage = system.min_v + x * (system.max_v - system.min_v)

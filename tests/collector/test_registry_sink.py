@@ -60,3 +60,25 @@ def test_a_retried_batch_is_counted_once(tmp_path: Path) -> None:
     device = store.get_device("dc-0001")
     assert device is not None and device.connection_status == "online"
     store.close()
+
+
+class BrokenRule(AlertEngine):
+    """The real engine with a bug planted in one reading's evaluation."""
+
+    def on_telemetry(self, device_id: str, device_type: str, data: Any, at: int) -> None:
+        if data.get("seq_marker") == 1:
+            raise ValueError("math domain error")
+        super().on_telemetry(device_id, device_type, data, at)
+
+
+def test_an_alert_rule_that_fails_does_not_stop_the_registry(tmp_path: Path) -> None:
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    metrics = CollectorMetrics()
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), BrokenRule(store), metrics)
+    sink.write([record(0), record(1), record(2)], Position(1, 300))
+    # Stored and moved on: retrying would fail the same way for ever.
+    assert store.get_cursor("test/registry") == "1:300"
+    (state,) = store.load_seq_states(["dc-0001"])
+    assert (state.highest_seq, state.received) == (2, 3)
+    assert metrics.sample("iotmeter_sink_failures_total", {"sink": "registry"}) == 1
+    store.close()

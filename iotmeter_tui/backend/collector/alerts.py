@@ -99,7 +99,8 @@ def _nearest_on_log_scale(
 ) -> SupplySystem:
     # Nominals span 750 V to 25 kV: on a linear scale 10 kV would be "near" 15 kV for
     # the same reason 1.9 kV is near 1.5 kV; a log scale weighs both deviations alike.
-    return min(systems, key=lambda s: abs(math.log(value / of(s))))
+    # log(a) - log(b), not log(a / b): a tiny reading (5e-324) divided by a nominal is 0.0.
+    return min(systems, key=lambda s: abs(math.log(value) - math.log(of(s))))
 
 
 def infer_supply_system(
@@ -160,7 +161,7 @@ def _positive(device_id: str, config: Mapping[str, Any], key: str) -> float | No
         return None
     value = None
     if not isinstance(raw, bool):  # JSON true is not a voltage
-        with contextlib.suppress(TypeError, ValueError):
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
             value = _positive_number(float(raw))  # a hand-typed "1500" still means 1500
     if value is None:
         log.warning("device %s: config %s=%r ignored, not a positive number", device_id, key, raw)
@@ -170,7 +171,11 @@ def _positive(device_id: str, config: Mapping[str, Any], key: str) -> float | No
 def _positive_number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) and value > 0 else None
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def limits_from_config(device_id: str, config: Mapping[str, Any]) -> Limits:

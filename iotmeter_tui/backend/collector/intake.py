@@ -75,6 +75,7 @@ class MqttIntake:
         self._connection = 0
         self._send_lock = threading.Lock()
         self._last_sent = 0.0
+        self._ping_sent: float | None = None  # an unanswered PINGREQ's time
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="iotmeter-intake", daemon=True)
 
@@ -137,6 +138,7 @@ class MqttIntake:
                                         clean_session=False, username=self.address.username,
                                         password=self.address.password))
         last_heard = time.monotonic()
+        self._ping_sent = None
         subscribed = False
         while not self._stopping.is_set():
             try:
@@ -151,13 +153,12 @@ class MqttIntake:
             if chunk is None:
                 if not subscribed and now - last_heard > CONNECT_TIMEOUT_S:
                     raise _Dropped("the broker did not answer CONNECT/SUBSCRIBE in time")
-                if now - last_heard > 1.5 * self.keepalive:
-                    raise _Dropped("the broker went silent (no PINGRESP)")
-                self._keep_alive(now)
+                self._keep_alive(now, last_heard)
                 continue
             if not chunk:
                 raise _Dropped("disconnected from broker: connection closed")
             last_heard = now
+            self._ping_sent = None  # anything heard answers the question a ping asks
             try:
                 packets = decoder.feed(chunk)
             except codec.MqttProtocolError as exc:
@@ -170,7 +171,7 @@ class MqttIntake:
             if len(publishes) != len(packets):
                 subscribed = self._control([p for p in packets if type(p) is not Publish],
                                            subscribed)
-            self._keep_alive(now)
+            self._keep_alive(now, last_heard)
 
     def _control(self, packets: list[object], subscribed: bool) -> bool:
         for packet in packets:
@@ -203,8 +204,17 @@ class MqttIntake:
                 self.connected.set()
         return subscribed
 
-    def _keep_alive(self, now: float) -> None:
-        if now - self._last_sent >= self.keepalive / 2:
+    def _keep_alive(self, now: float, last_heard: float) -> None:
+        """Ping when we have sent nothing for half the keepalive (the broker's rule) or heard
+        nothing for as long (ours: acks flowing out prove nothing about the way in). The
+        connection is dead only when a ping goes unanswered."""
+        if self._ping_sent is not None:
+            if now - self._ping_sent > self.keepalive:
+                raise _Dropped("the broker did not answer a ping")
+            return
+        half = self.keepalive / 2
+        if now - self._last_sent >= half or now - last_heard >= half:
+            self._ping_sent = now
             try:
                 self._send(codec.encode_pingreq())
             except OSError as exc:

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,14 +273,14 @@ class RegistrySink(Sink):
         data = _data(r)
         at = r.received_ms
         if r.msg_type == protocol.TELEMETRY:
-            self.alerts.on_telemetry(r.device_id, r.device_type, data, at)
+            self._evaluate(self.alerts.on_telemetry, r, r.device_id, r.device_type, data, at)
             self._online(change, at)
         elif r.msg_type == protocol.HELLO:
             change.device_type = str(data["device_type"])
             change.fw_version = str(data["fw_version"])
             change.boot = r.boot
             change.heartbeat_s = float(data["heartbeat_s"])
-            self.alerts.on_hello(r.device_id, change.device_type, data, at)
+            self._evaluate(self.alerts.on_hello, r, r.device_id, change.device_type, data, at)
             self._online(change, at)
         elif r.msg_type == protocol.STATUS:
             state = str(data["state"])
@@ -296,6 +297,17 @@ class RegistrySink(Sink):
         elif r.msg_type == protocol.OTA_STATUS:
             ota.append((r.device_id, data, at))
             self._online(change, at)
+
+    def _evaluate(self, rule: Callable[..., None], r: SpoolRecord, *args: Any) -> None:
+        """Run the alert rules on one message. A rule that fails on some reading is a bug to
+        log, not a reason to stop the registry: retrying the batch would fail the same way
+        for ever, and status, commands and OTA would stop for the whole fleet."""
+        try:
+            rule(*args)
+        except Exception:
+            self.metrics.sink_failures.labels(self.name).inc()
+            log.exception("alert rules failed on a message; its alerts are skipped", extra={
+                "event": "alert_rule_failed", "device_id": r.device_id, "seq": r.seq})
 
     def _online(self, change: _DeviceChange, at: int) -> None:
         # Any message but a status says the device is connected now.
