@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import cpu_seconds
+
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase
@@ -40,16 +42,6 @@ from iotmeter_tui.testing.harness import env_for, settings_for
 RESULTS = Path(__file__).parent / "results"
 DATA = {"voltage_v": 748.2, "current_a": 1210.5, "power_kw": 905.7,
         "energy_import_kwh": 182733.41, "energy_export_kwh": 20311.02}
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its reaped children, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def influx_count(http_url: str, db: str, device_prefix: str) -> int:

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import broker_clients, cpu_seconds, raise_file_limit  # noqa: E402
 
 from iotmeter_tui.backend.broker import (  # noqa: E402
     LOOPBACK,
@@ -39,13 +40,6 @@ from iotmeter_tui.backend.mqtt.client import BrokerAddress  # noqa: E402
 from iotmeter_tui.backend.simulator.fleet import Fleet  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "simulator.json"
-
-
-def raise_file_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -98,24 +92,6 @@ class TopicCounter:
         self.process.wait()
 
 
-def broker_clients(port: int) -> int | None:
-    binary = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
-    try:
-        out = subprocess.run(
-            [binary, "-h", LOOPBACK, "-p", str(port), "-C", "1", "-W", "5",
-             "-t", "$SYS/broker/clients/connected"],
-            capture_output=True, timeout=10, check=False,
-        ).stdout.strip()
-        return int(out) if out else None
-    except (subprocess.TimeoutExpired, ValueError):
-        return None
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(args: argparse.Namespace, port: int, broker_pid: int, home: Path) -> dict:
     fleet = Fleet(BrokerAddress(LOOPBACK, port), home, seed=args.seed, prefix="bench-")
     await fleet.start()
@@ -137,14 +113,14 @@ async def measure(args: argparse.Namespace, port: int, broker_pid: int, home: Pa
 
         start = fleet.stats()
         wall0, cpu0, count0 = time.monotonic(), time.process_time(), counter.count
-        broker_cpu0 = process_cpu_s(broker_pid)
+        broker_cpu0 = cpu_seconds(broker_pid)
         min_online = args.devices
         end = wall0 + args.duration
         while time.monotonic() < end:
             await asyncio.sleep(min(1.0, end - time.monotonic()))
             min_online = min(min_online, fleet.stats().online)
         wall1, cpu1, count1 = time.monotonic(), time.process_time(), counter.count
-        broker_cpu1 = process_cpu_s(broker_pid)
+        broker_cpu1 = cpu_seconds(broker_pid)
         finish = fleet.stats()
         clients = await asyncio.get_running_loop().run_in_executor(None, broker_clients, port)
         wall = wall1 - wall0

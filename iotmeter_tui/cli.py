@@ -48,6 +48,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         mqtt_url=settings.mqtt_url,
         home=settings.home,
+        summary=args.summary,
     )
 
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                      help="stop after this long (default: until SIGINT/SIGTERM)")
     sim.add_argument("--prefix", default="", help="device id prefix, to run several side by side")
+    sim.add_argument("--summary", metavar="FILE", default=None,
+                     help="on a clean stop, write what each device sent (JSON), to check a run "
+                     "against the stores")
     sim.set_defaults(handler=_run_simulate)
 
     mig = sub.add_parser("migrate", help="prepare the stores (schema, database, bucket) and exit")

@@ -16,36 +16,23 @@ from hypothesis import strategies as st
 
 from iotmeter_tui.backend import protocol as p
 from iotmeter_tui.backend.protocol import Message, Rejection, decode
+from iotmeter_tui.testing.strategies import (
+    AC_DATA,
+    BAD_FIELD_NAMES,
+    DC_DATA,
+    ODD_GOOD_FIELD_NAMES,
+    VALID_DATA,
+    any_field_names,
+    device_ids,
+    field_names,
+    json_values,
+    numbers,
+    topics,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 TS = 1795740001250
 SHA = "ab" * 32
-
-DC_DATA = {
-    "voltage_v": 748.2,
-    "current_a": 1210.5,
-    "power_kw": 905.7,
-    "energy_import_kwh": 182733.41,
-    "energy_export_kwh": 20311.02,
-}
-VALID_DATA: dict[str, dict[str, Any]] = {
-    p.TELEMETRY: DC_DATA,
-    p.HELLO: {
-        "device_type": "power_meter_dc",
-        "fw_version": "2.4.1",
-        "heartbeat_s": 60,
-        "uptime_s": 12.5,
-    },
-    p.STATUS: {"state": "online"},
-    p.COMMAND_ACK: {"command_id": "c-42", "result": "done", "detail": "pong"},
-    p.OTA_STATUS: {
-        "campaign_id": "fw-2.5.0",
-        "fw_version": "2.5.0",
-        "state": "downloading",
-        "progress_pct": 40,
-        "error": None,
-    },
-}
 
 
 def envelope(kind: str = p.TELEMETRY, **changes: Any) -> dict:
@@ -99,31 +86,7 @@ def case(reason: str, raw: bytes | Any, on: str = TELEMETRY_TOPIC, *, id: str) -
     return pytest.param(reason, on, data, id=f"{reason}-{id}")
 
 
-# Telemetry field names no store can hold (protocol.FIELD_NAME_PATTERN, reserved names): each
-# one makes the message a bad_field at intake rather than a point the store refuses later.
-BAD_FIELD_NAMES: dict[str, str] = {
-    **{f"reserved-{name}": name for name in sorted(p.RESERVED_TELEMETRY_FIELDS)},
-    "empty": "",
-    "leading-underscore": "_private",
-    "leading-dash": "-voltage",
-    "leading-space": " voltage",
-    "leading-dot": ".voltage",
-    "129-chars": "v" * 129,
-    "non-ascii": "temp\u00e9rature_c",
-    "double-quote": 'a"b',
-    "single-quote": "it's",
-    "backslash": "a\\b",
-    "semicolon": "a;b",
-    "braces": "a{b}",
-    "star": "a*",
-    "newline": "volt\nage_v",
-    "tab": "volt\tage",
-    "nul": "v\x00",
-    "del": "v\x7f",
-}
-# Names that look odd but every store holds (the time-series contract writes the same ones).
-ODD_GOOD_FIELD_NAMES = ["temp c", "a,b", "x=y", "L1.voltage/V", "thd%", "9lives", "a-b+c:d",
-                        "Time", "v" * 128, "0"]
+# BAD_FIELD_NAMES and ODD_GOOD_FIELD_NAMES: iotmeter_tui/testing/strategies.py.
 
 # (reason, topic, payload): every way decode() refuses a message.
 REJECTIONS = [
@@ -303,19 +266,6 @@ def test_decode_rejects(reason: str, on: str, raw: bytes) -> None:
 
 # --- accepted messages ---------------------------------------------------------------------
 
-AC_DATA = {
-    "voltage_v": 25012.4,
-    "current_a": 310.2,
-    "active_power_kw": 7402.1,
-    "reactive_power_kvar": 1203.3,
-    "power_factor": 0.987,
-    "frequency_hz": 50.01,
-    "energy_import_kwh": 918273.5,
-    "energy_export_kwh": 1022.75,
-    "thd_pct": 2.3,
-    "temperature_c": 41.5,
-}
-
 ACCEPTED = [
     pytest.param(envelope(), id="telemetry-dc"),
     pytest.param(envelope(device_id="ac-0001", data=AC_DATA), id="telemetry-ac"),
@@ -369,6 +319,47 @@ def test_payload_of_exactly_64_kib_is_accepted() -> None:
     raw = padded_to(p.MAX_PAYLOAD_BYTES)
     assert len(raw) == p.MAX_PAYLOAD_BYTES
     assert isinstance(decode(TELEMETRY_TOPIC, raw), Message)
+
+
+def nested(depth: int, kind: str = p.HELLO, brackets: tuple[str, str] = ("[", "]")) -> bytes:
+    """A valid message of `kind` with an extra key that makes it `depth` levels deep (its
+    top-level object is level 1)."""
+    opening, closing = brackets
+    inner = opening * (depth - 1) + "1" + closing * (depth - 1)
+    return payload(envelope(kind, deep="@")).replace(b'"@"', inner.encode())
+
+
+@pytest.mark.parametrize("brackets", [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"])
+@pytest.mark.parametrize("kind", [p.TELEMETRY, p.HELLO])
+def test_nesting_up_to_the_limit_is_accepted_and_one_more_is_not_json(
+    kind: str, brackets: tuple[str, str]
+) -> None:
+    assert isinstance(decode(topic(kind), nested(p.MAX_JSON_DEPTH, kind, brackets)), Message)
+    result = decode(topic(kind), nested(p.MAX_JSON_DEPTH + 1, kind, brackets))
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.detail) == ("not_json", f"nesting deeper than "
+                                              f"{p.MAX_JSON_DEPTH} levels")
+
+
+@pytest.mark.parametrize("depth", [p.MAX_JSON_DEPTH + 1, 500, 950, 990, 1100, 30_000])
+@pytest.mark.parametrize("stack", [0, 300])
+def test_deep_nesting_verdict_does_not_depend_on_the_callers_stack(depth: int,
+                                                                    stack: int) -> None:
+    """Found by tests/fuzz: a message nested ~950 deep was accepted by the collector's
+    pipeline thread (shallow stack) and refused as not_json by the same decode() called a few
+    hundred frames deeper (json's RecursionError), so the verdict was not a function of the
+    message; and a sink re-parsing an accepted payload deeper in its stack could fail on it."""
+
+    def decode_at(frames: int, raw: bytes) -> Message | Rejection:
+        return decode(topic(p.HELLO), raw) if frames == 0 else decode_at(frames - 1, raw)
+
+    result = decode_at(stack, nested(depth))
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.detail) == ("not_json", f"nesting deeper than "
+                                              f"{p.MAX_JSON_DEPTH} levels")
+    deep_command = json.dumps({**VALID_COMMAND, "params": {"x": "@"}}).encode().replace(
+        b'"@"', b"[" * depth + b"]" * depth)
+    assert p.decode_server_message(CMD_TOPIC, deep_command) is None
 
 
 def test_topic_cache_stays_bounded_and_keeps_only_device_topics(
@@ -593,14 +584,6 @@ def test_device_id_pattern(device_id: str, valid: bool) -> None:
 
 # --- properties ----------------------------------------------------------------------------
 
-device_ids = st.from_regex(p.DEVICE_ID_PATTERN, fullmatch=True)
-topics = st.one_of(
-    st.text(),
-    st.builds(p.device_topic, device_ids, st.sampled_from(sorted(p.MSG_TYPES))),
-    st.builds(lambda d, s: f"iot/{d}/{s}", st.text(), st.text()),
-)
-
-
 def assert_verdict(result: object) -> None:
     assert isinstance(result, Message | Rejection)
     if isinstance(result, Rejection):
@@ -612,14 +595,6 @@ def assert_verdict(result: object) -> None:
 @given(on=topics, raw=st.binary(max_size=512))
 def test_arbitrary_bytes_never_raise(on: str, raw: bytes) -> None:
     assert_verdict(decode(on, raw))
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=12,
-)
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
@@ -651,14 +626,6 @@ def test_decode_server_message_never_raises(raw: bytes, on: str) -> None:
     assert result is None or isinstance(result, p.ServerMessage)
 
 
-field_names = st.from_regex(p.FIELD_NAME_PATTERN, fullmatch=True).filter(
-    lambda name: name not in p.RESERVED_TELEMETRY_FIELDS
-)
-numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(
-    min_value=-(2**1023), max_value=2**1023
-)
-
-
 @settings(max_examples=300)
 @given(
     device_id=device_ids,
@@ -680,13 +647,6 @@ def test_valid_telemetry_decodes_to_the_same_data(
 
 
 # --- intake agrees with the stores ----------------------------------------------------------
-
-any_field_names = st.one_of(
-    st.text(max_size=12),
-    st.from_regex(p.FIELD_NAME_PATTERN, fullmatch=True),
-    st.sampled_from([*BAD_FIELD_NAMES.values(), *ODD_GOOD_FIELD_NAMES]),
-)
-
 
 @settings(max_examples=400)
 @given(name=any_field_names, ts=st.integers(p.MAX_TS_MS - 2, p.MAX_TS_MS + 2) | st.integers(0))

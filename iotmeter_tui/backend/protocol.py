@@ -36,6 +36,12 @@ MAX_COUNT: Final = 2**63 - 1
 MAX_TS_MS: Final = MAX_COUNT // 1_000_000 - 1
 # A JSON integer beyond this cannot become a float (telemetry is stored as floats).
 _FLOAT_MAX: Final = sys.float_info.max
+# Deepest nesting of arrays and objects a message may have (its top-level object is depth 1).
+# Python's json parser alone gives up where the caller's stack runs out, so without a fixed
+# limit the same payload would be accepted on a shallow stack and refused on a deeper one, and
+# a sink re-parsing an accepted payload deeper in its own stack could fail on it for ever.
+# Far below any caller's remaining recursion budget; far above what a meter sends.
+MAX_JSON_DEPTH: Final = 128
 
 TELEMETRY: Final = "telemetry"
 HELLO: Final = "hello"
@@ -260,8 +266,14 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     except _NonFinite as exc:
         detail = f"non-finite number {exc.args[0]}"
         return Rejection("bad_field", detail, topic, payload, topic_device)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Deeper than the parser could go from here, so deeper than MAX_JSON_DEPTH: the same
+        # verdict and detail as the check below gives, whatever the caller's stack depth.
+        return Rejection("not_json", _TOO_DEEP, topic, payload, topic_device)
+    except ValueError as exc:
         return Rejection("not_json", str(exc)[:200], topic, payload, topic_device)
+    if _too_deep(text, obj):
+        return Rejection("not_json", _TOO_DEEP, topic, payload, topic_device)
     if type(obj) is not dict:
         detail = f"JSON {type(obj).__name__}, expected an object"
         return Rejection("not_object", detail, topic, payload, topic_device)
@@ -329,6 +341,28 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     if msg_type == STATUS:
         boot = seq = None
     return Message(device_id, msg_type, boot, seq, ts, data, payload)
+
+
+_TOO_DEEP: Final = f"nesting deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _too_deep(text: str, obj: object) -> bool:
+    """True if `obj`, parsed from `text`, nests deeper than MAX_JSON_DEPTH."""
+    # Nesting that deep takes that many opening and as many closing brackets: a short
+    # payload cannot, and in a longer one they are counted at C speed, so the walk below
+    # runs only for payloads holding more than MAX_JSON_DEPTH of them (never for a meter's).
+    if len(text) <= 2 * MAX_JSON_DEPTH or text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth + 1 > MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _field_names_problem(data: dict[str, Any]) -> str | None:
@@ -576,9 +610,10 @@ def decode_server_message(topic: str, payload: bytes) -> ServerMessage | None:
         return None
     id_key, check = kind
     try:
-        obj = _decode_json(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
+        obj = _decode_json(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError and _NonFinite included
         return None
-    if type(obj) is not dict or check(obj) is not None:
+    if _too_deep(text, obj) or type(obj) is not dict or check(obj) is not None:
         return None
     return ServerMessage(parts[2], obj[id_key], obj["ts"], obj["expires_ts"], obj)

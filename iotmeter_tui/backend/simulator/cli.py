@@ -4,19 +4,26 @@
 SIGINT or SIGTERM stop it like a power-down with a hold-up supply: every device delivers what
 it holds, publishes a retained status offline and disconnects, and the state file is saved;
 exit 0. A second signal, or SIGKILL, is a power cut: the broker publishes the Last Wills.
+
+With `summary`, a clean stop also writes a JSON object device_id -> what that device sent
+(`SimulatedMeter.summary`: boot, seq range, counts per message type, what was not delivered),
+so a run can be checked message for message against what the collector stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import secrets
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker
 from iotmeter_tui.backend.config import ConfigError, load_settings
@@ -50,10 +57,11 @@ def run_simulate(
     home: str | Path | None = None,
     *,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    summary: str | Path | None = None,
 ) -> int:
     """Simulate `devices` meters until SIGINT/SIGTERM or `duration` seconds; the exit code.
     No `mqtt_url`: a private mosquitto is started and its URL logged. No `home`: the
-    configured IOTMETER_HOME."""
+    configured IOTMETER_HOME. `summary`: where to write the per-device account on exit."""
     _ensure_logging()
     try:
         spec = FaultSpec.parse(faults)
@@ -69,6 +77,9 @@ def run_simulate(
             raise ValueError(f"heartbeat {heartbeat_s} s must be greater than 0")
         address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
         home_dir = Path(home) if home is not None else load_settings().home
+        summary_path = None if summary is None else Path(summary)
+        if summary_path is not None and not summary_path.parent.is_dir():
+            raise ValueError(f"--summary {summary}: no directory {summary_path.parent}")
     except (FaultSpecError, ConfigError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:
@@ -79,12 +90,13 @@ def run_simulate(
         raise_open_file_limit(devices)
         if address is not None:
             return asyncio.run(_simulate(address, home_dir, devices, rate, kind, spec, seed,
-                                         duration, prefix, heartbeat_s))
+                                         duration, prefix, heartbeat_s, summary_path))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
             log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
             return asyncio.run(_simulate(BrokerAddress.parse(broker.url), home_dir, devices,
-                                         rate, kind, spec, seed, duration, prefix, heartbeat_s))
+                                         rate, kind, spec, seed, duration, prefix, heartbeat_s,
+                                         summary_path))
     except BrokerError as exc:
         return _fail(str(exc), EXIT_FAILURE)
     except IotmeterError as exc:
@@ -94,6 +106,7 @@ def run_simulate(
 async def _simulate(
     address: BrokerAddress, home: Path, devices: int, rate: float, kind: str, faults: FaultSpec,
     seed: int, duration: float | None, prefix: str, heartbeat_s: float,
+    summary: Path | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -124,7 +137,21 @@ async def _simulate(
         log.info("stopping: powering %d devices down", len(fleet.devices))
         await fleet.close(graceful=True)
         log.info("stopped; %s", describe(fleet.stats()))
+    if summary is not None:  # a clean stop only: an error above leaves no partial account
+        try:
+            write_summary(summary, fleet.summary())
+        except OSError as exc:
+            return _fail(f"--summary {summary}: {exc.strerror or exc}", EXIT_FAILURE)
+        log.info("per-device summary of %d devices written to %s", len(fleet.devices),
+                 summary)
     return 0
+
+
+def write_summary(path: Path, devices: dict[str, dict[str, Any]]) -> None:
+    """Write the per-device account atomically: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(devices, separators=(",", ":")) + "\n")
+    os.replace(partial, path)
 
 
 def describe(stats: FleetStats) -> str:

@@ -59,6 +59,7 @@ class DeviceConfig:
 @dataclass(slots=True)
 class DeviceCounters:
     produced: int = 0  # messages given a seq (published, buffered or dropped by a fault)
+    boots: int = 0  # power-ons in this run
     published: int = 0  # PUBLISH packets written: replays, duplicates and garbage included
     acked: int = 0  # PUBACKs received
     buffer_dropped: int = 0  # oldest buffered messages discarded beyond the bound
@@ -69,6 +70,7 @@ class DeviceCounters:
     commands: int = 0
     bad_server_messages: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    produced_by_type: Counter[str] = field(default_factory=Counter)  # `produced` per msg_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,7 @@ class SimulatedMeter:
         await self._persist()
         self.boot = self.record.boot
         self.seq = 0
+        self.counters.boots += 1
         self._booted_at = time.monotonic()
         self._came_online = asyncio.Event()
         self.powered = True
@@ -253,6 +256,30 @@ class SimulatedMeter:
             acked=self.counters.acked,
             last_reading=dict(self.last_reading),
         )
+
+    def summary(self) -> dict[str, Any]:
+        """What this device sent in this run, for checking a run against the stores: the
+        current boot and its seq range (every seq'd message type), the counts since the
+        simulator started (all boots), and what did not get through."""
+        counters = self.counters
+        return {
+            "boot": self.boot,
+            "boots": counters.boots,
+            "first_seq": 0 if self.seq else None,
+            "last_seq": self.seq - 1 if self.seq else None,
+            "produced": counters.produced,
+            "produced_by_type": dict(sorted(counters.produced_by_type.items())),
+            "published": counters.published,
+            "acked": counters.acked,
+            # QoS 1 publishes (status included) still without a PUBACK, and messages still
+            # waiting in the offline buffer.
+            "unacked": self.client.inflight_count,
+            "buffered": len(self._buffer),
+            "buffer_dropped": counters.buffer_dropped,
+            "lost_at_power_off": counters.lost_at_power_off,
+            "connection_losses": counters.connection_losses,
+            "faults": dict(sorted(counters.faults.items())),
+        }
 
     @property
     def buffered(self) -> int:
@@ -357,6 +384,7 @@ class SimulatedMeter:
         seq = self.seq
         self.seq = seq + 1
         self.counters.produced += 1
+        self.counters.produced_by_type[msg_type] += 1
         payload = protocol.encode_device_message(
             self.device_id, msg_type, data, ts=ts, boot=self.boot, seq=seq
         )

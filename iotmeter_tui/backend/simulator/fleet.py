@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.errors import IotmeterError
@@ -276,6 +276,11 @@ class Fleet:
     def infos(self) -> list[DeviceInfo]:
         return [d.info() for d in self.devices.values()]
 
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """device_id -> what it sent in this run (SimulatedMeter.summary), devices in the
+        fleet now; after close() it is the final account."""
+        return {device_id: d.summary() for device_id, d in sorted(self.devices.items())}
+
     def stats(self) -> FleetStats:
         """Totals over the fleet (devices removed included). Walks every device: at 10,000
         that is a few milliseconds, fine once a second, not in a tight loop."""
@@ -380,7 +385,8 @@ def _interval_for(rate: float) -> float:
     return interval
 
 
-_COUNTER_NAMES: Final = tuple(f.name for f in fields(DeviceCounters) if f.name != "faults")
+_COUNTER_NAMES: Final = tuple(f.name for f in fields(DeviceCounters)
+                              if f.name not in ("faults", "produced_by_type"))
 
 
 def _counter_fields(device: SimulatedMeter) -> dict[str, int]:
