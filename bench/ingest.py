@@ -6,11 +6,15 @@ Prints and writes bench/results/ingest.json:
 - the sustained rate at which points became queryable in InfluxDB;
 - publish-to-queryable latency percentiles, from probe messages sent during the run;
 - CPU seconds per component (collector, broker, InfluxDB, publishers) per 1,000 messages;
+- that nothing was lost: what the broker took from the publishers ($SYS), points in InfluxDB,
+  messages counted by the registry's sequence tracking and lines in the archive must all equal
+  what was published (exit status 1 otherwise);
 - as a same-run baseline, the rate at which the same publishers move the same messages
   through the broker to a subscriber that only counts (mosquitto_sub), so the collector's
   figure reads as a fraction of what the broker path alone carries here.
 
     .venv/bin/python bench/ingest.py [--rate 20000] [--seconds 60] [--publishers 8]
+        [--no-baseline] [--workdir DIR] [--profile PATH]
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import cpu_seconds
+from _common import broker_sys, cpu_seconds
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.broker import free_port
+from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase
 from iotmeter_tui.testing.fleet import Publisher
-from iotmeter_tui.testing.harness import env_for, settings_for
+from iotmeter_tui.testing.harness import StoreAudit, env_for, settings_for
 
 RESULTS = Path(__file__).parent / "results"
 DATA = {"voltage_v": 748.2, "current_a": 1210.5, "power_kw": 905.7,
@@ -179,6 +184,9 @@ def main() -> int:
                 "broker": cpu_seconds(broker.broker._process.pid),  # type: ignore[union-attr]
                 "influxdb": cpu_seconds(influx._process.pid)}  # type: ignore[attr-defined]
         pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "dc-")
+        if base is not None:
+            time.sleep(11)  # the broker's $SYS counters lag by up to 10 s
+        received_before = broker_received(broker)
         profiler = None if not args.profile else subprocess.Popen(
             [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--gil",
              "--format", "raw", "--rate", "200", "--pid", str(collector.pid),
@@ -210,6 +218,11 @@ def main() -> int:
             count = influx_count(influx.http_url, db, "dc-")
             time.sleep(0.2)
         elapsed = time.monotonic() - started
+        # What the broker took from the publishers (its $SYS counter, refreshed every 10 s),
+        # so a shortfall can be told apart: publishers' or collector's.
+        time.sleep(11)
+        into_broker = broker_received(broker) - received_before - seq
+        registry, archived = audit_stores(settings, pubs)
         cpu = {"collector": cpu_seconds(collector.pid) - cpu0["collector"],
                "broker": cpu_seconds(broker.broker._process.pid)  # type: ignore[union-attr]
                - cpu0["broker"],
@@ -227,7 +240,9 @@ def main() -> int:
                                               int(q * len(latencies)))] * 1000, 1))
     result = {
         "target_rate": args.rate, "seconds": args.seconds, "publishers": args.publishers,
-        "published": pubs.total, "queryable": count, "elapsed_s": round(elapsed, 2),
+        "published": pubs.total, "received_by_broker": into_broker, "queryable": count,
+        "in_registry_seq_tracking": registry, "archived": archived,
+        "elapsed_s": round(elapsed, 2),
         "rate_into_influxdb": round(count / elapsed, 1),
         "latency_ms": {"p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99),
                        "max": round(latencies[-1] * 1000, 1), "probes": len(latencies)}
@@ -241,11 +256,40 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    lost = pubs.total - count
-    if lost:
-        print(f"NOT ALL QUERYABLE: {lost} of {pubs.total} missing after the wait",
+    short = {name: pubs.total - got for name, got in (
+        ("broker", into_broker), ("influxdb", count), ("registry", registry),
+        ("archive", archived)) if got != pubs.total}
+    for name, missing in short.items():
+        print(f"NOT ALL STORED in {name}: {missing} of {pubs.total} missing after the wait",
               file=sys.stderr)
-    return 0 if lost == 0 else 1
+    return 1 if short else 0
+
+
+def broker_received(broker: MosquittoServer) -> int:
+    topic = "$SYS/broker/publish/messages/received"
+    return int(broker_sys(broker.port, topic).get(topic, -1))
+
+
+def audit_stores(settings: Settings, pubs: PacedPublishers,
+                 timeout_s: float = 180) -> tuple[int, int]:
+    """Messages counted by the registry's sequence tracking and lines in the archive, once
+    both have caught up (or the timeout has passed)."""
+    audit = StoreAudit(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            registry = sum(s.received for s in audit.stores.metadata.load_seq_states(
+                pubs.devices))
+            if registry == pubs.total or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        while True:
+            archived = sum(sum(audit.archive_keys(d).values()) for d in pubs.devices)
+            if archived == pubs.total or time.monotonic() > deadline:
+                return registry, archived
+            time.sleep(2)
+    finally:
+        audit.close()
 
 
 if __name__ == "__main__":

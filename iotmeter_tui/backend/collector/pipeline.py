@@ -103,7 +103,7 @@ class Decider:
             ACCEPTED, received_ms, msg.device_id, msg.msg_type,
             self.directory.type_of(msg.device_id),
             -1 if msg.boot is None else msg.boot, -1 if msg.seq is None else msg.seq, msg.ts,
-            topic, "", "", payload, msg.data,
+            "", "", "", payload, msg.data,  # no topic: it is device_topic(id, msg_type)
         )
 
     def _rejected(self, topic: str, payload: bytes, received_ms: int, reason: str, detail: str,
@@ -138,7 +138,8 @@ class Decider:
         if record.msg_type == protocol.STATUS:
             self.last_status[record.device_id] = record.payload
         if record.msg_type == protocol.HELLO:
-            result = protocol.decode(record.topic, record.payload)
+            result = protocol.decode(
+                protocol.device_topic(record.device_id, record.msg_type), record.payload)
             if isinstance(result, protocol.Message):
                 self.directory.types[record.device_id] = str(result.data["device_type"])
 

@@ -63,7 +63,7 @@ class SpoolRecord:
     boot: int  # -1 when absent (status messages, rejections)
     seq: int
     ts: int
-    topic: str
+    topic: str  # rejected records only: an accepted message's is device_topic(id, msg_type)
     reason: str
     detail: str
     payload: bytes
@@ -101,12 +101,15 @@ class SpoolRecord:
         at += n_type
         device_type = str(view[at : at + n_dtype], "utf-8")
         at += n_dtype
-        topic = str(view[at : at + n_topic], "utf-8", "replace")
-        at += n_topic
-        reason = str(view[at : at + n_reason], "utf-8")
-        at += n_reason
-        detail = str(view[at : at + n_detail], "utf-8", "replace")
-        at += n_detail
+        # Empty for every accepted record (sinks read these back by the million).
+        topic = reason = detail = ""
+        if n_topic or n_reason or n_detail:
+            topic = str(view[at : at + n_topic], "utf-8", "replace")
+            at += n_topic
+            reason = str(view[at : at + n_reason], "utf-8")
+            at += n_reason
+            detail = str(view[at : at + n_detail], "utf-8", "replace")
+            at += n_detail
         return cls(kind, received, dev, msg_type, device_type, boot, seq, ts, topic, reason,
                    detail, body[at:])
 
