@@ -106,11 +106,11 @@ class FakeStore:
         return [a for a in self.alerts if a.state != "cleared"
                 and (device_id is None or a.device_id == device_id)]
 
-    def get_config(self, device_id: str) -> dict[str, Any]:
+    def get_configs(self) -> dict[str, dict[str, Any]]:
         self.config_reads += 1
         if self.down:
             raise StoreUnavailable("metadata", "database is down")
-        return dict(self.configs.get(device_id, {}))
+        return {device_id: dict(config) for device_id, config in self.configs.items()}
 
     # test helpers
     def of(self, device_id: str, rule: Rule) -> list[FakeAlert]:
@@ -518,6 +518,22 @@ def test_config_overrides_limits_and_is_reread_at_most_every_minute() -> None:
     run(engine, T0 + 21_000, 31, lambda at: dc(engine, at, current=2_500))
     assert store.config_reads == 2
     assert [a.state for a in store.of("dc-1", Rule.OVER_CURRENT)] == ["cleared"]
+
+
+def test_one_config_read_serves_the_whole_fleet() -> None:
+    """A fleet of 5,000 meters once meant 5,000 config queries a minute on the registry's
+    path; now every device's config comes from one read per minute."""
+    clock = Clock()
+    store = FakeStore(configs={"dc-7": {"max_current_a": 2_000}})
+    engine, _ = make_engine(store, clock=clock)
+    for n in range(50):
+        engine.on_telemetry(f"dc-{n}", DC_TYPE, {"voltage_v": 750.0, "current_a": 2_500.0},
+                            T0)
+    engine.flush(T0)
+    assert store.config_reads == 1
+    run(engine, T0 + 1000, 31, lambda at: dc(engine, at, current=2_500, device="dc-7"))
+    assert store.config_reads == 1
+    assert len(store.of("dc-7", Rule.OVER_CURRENT)) == 1  # its own limit, 2,000 A
 
 
 def test_a_failed_config_read_falls_back_and_is_retried_soon() -> None:

@@ -560,6 +560,8 @@ def test_config_values_round_trip_as_json(store: MetadataStore) -> None:
     store.set_config("dev-2", "label", "south")
     assert store.get_config("dev-1") == values | {"interval_s": 10}
     assert store.get_config("dev-2") == {"label": "south"}
+    assert store.get_configs() == {"dev-1": values | {"interval_s": 10},
+                                   "dev-2": {"label": "south"}}
     with pytest.raises(StoreRejected):
         store.set_config("dev-1", "bad", float("nan"))
     with pytest.raises(StoreRejected):

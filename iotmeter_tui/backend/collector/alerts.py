@@ -282,7 +282,7 @@ class AlertStore(Protocol):
 
     def open_alerts(self, device_id: str | None = None) -> Sequence[OpenAlert]: ...
 
-    def get_config(self, device_id: str) -> Mapping[str, Any]: ...
+    def get_configs(self) -> Mapping[str, Mapping[str, Any]]: ...
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ class _Device:
     hello_nominal: float | None = None
     inferred: SupplySystem | None = None  # locked from readings, see _system()
     limits: Limits = field(default_factory=Limits)
-    config_due_ms: int = 0
+    limits_read: int = 0  # the config read `limits` came from
     gap_level: int | None = None
     gap_events: deque[tuple[int, int]] = field(default_factory=deque)  # (at, seqs lost)
     rules: dict[Rule, _RuleTrack] = field(default_factory=dict)
@@ -369,6 +369,11 @@ class AlertEngine:
         self._gap_window_ms = gap_window_ms
         self._config_ttl_ms = config_ttl_ms
         self._clock = clock
+        # Every device's config, read in one query per TTL: one query per device and TTL
+        # was thousands of round trips a minute for a large fleet, all on the registry's path.
+        self._configs: Mapping[str, Mapping[str, Any]] = {}
+        self._configs_read = 0  # how many successful reads so far
+        self._configs_due_ms = 0
         self._devices: dict[str, _Device] = {}
         self._waiting: set[str] = set()  # devices where time alone may clear or age something
         self._queued: dict[tuple[str, Rule], list[_Change]] = {}
@@ -483,17 +488,18 @@ class AlertEngine:
 
     def _limits(self, device_id: str, dev: _Device) -> Limits:
         now = self._clock()
-        if now < dev.config_due_ms:
-            return dev.limits
-        try:
-            config = self._store.get_config(device_id)
-        except StoreError as exc:
-            # Judge with what we have; a store outage must not stop the message path.
-            log.warning("device %s: config not read, using cached limits: %s", device_id, exc)
-            dev.config_due_ms = now + CONFIG_RETRY_MS
-            return dev.limits
-        dev.limits = limits_from_config(device_id, config)
-        dev.config_due_ms = now + self._config_ttl_ms
+        if now >= self._configs_due_ms:
+            try:
+                self._configs = self._store.get_configs()
+                self._configs_read += 1
+                self._configs_due_ms = now + self._config_ttl_ms
+            except StoreError as exc:
+                # Judge with what we have; a store outage must not stop the message path.
+                log.warning("device configs not read, using cached limits: %s", exc)
+                self._configs_due_ms = now + CONFIG_RETRY_MS
+        if dev.limits_read != self._configs_read:
+            dev.limits = limits_from_config(device_id, self._configs.get(device_id, {}))
+            dev.limits_read = self._configs_read
         return dev.limits
 
     def _system(

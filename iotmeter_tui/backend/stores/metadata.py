@@ -277,6 +277,9 @@ class MetadataStore(Protocol):
 
     def get_config(self, device_id: str) -> dict[str, Any]: ...
 
+    def get_configs(self) -> dict[str, dict[str, Any]]:
+        """Every device's config in one read; a device without settings is absent."""
+
     def set_config(self, device_id: str, key: str, value: Any) -> None:
         """Store one JSON-serialisable setting of a device."""
 

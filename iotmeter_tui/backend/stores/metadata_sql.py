@@ -727,6 +727,15 @@ class SqlMetadataStore:
             )
         return {key: json.loads(value) for key, value in rows}
 
+    def get_configs(self) -> dict[str, dict[str, Any]]:
+        with self._tx() as tx:
+            rows = tx.all(
+                "SELECT device_id, key, value FROM device_configs ORDER BY device_id, key")
+        configs: dict[str, dict[str, Any]] = {}
+        for device_id, key, value in rows:
+            configs.setdefault(device_id, {})[key] = json.loads(value)
+        return configs
+
     def set_config(self, device_id: str, key: str, value: Any) -> None:
         try:
             encoded = json.dumps(value, allow_nan=False)
