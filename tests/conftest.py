@@ -19,6 +19,7 @@ from iotmeter_tui.testing import (
     S3Server,
     ServiceError,
 )
+from iotmeter_tui.testing.harness import production_stores
 
 
 @contextmanager
@@ -99,3 +100,15 @@ def iotmeter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("IOTMETER_HOME", str(home))
     return home
+
+
+@pytest.fixture(params=["embedded", "production"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """IOTMETER_* store variables for a collector test, once per store set: {} means the
+    embedded defaults under IOTMETER_HOME; "production" is PostgreSQL, InfluxDB and S3, with a
+    database, InfluxDB database and bucket of the test's own."""
+    if request.param == "embedded":
+        return {}
+    database: PostgresDatabase = request.getfixturevalue("pg_database")
+    return production_stores(database.url, request.getfixturevalue("influxdb"),
+                             request.getfixturevalue("s3"))
