@@ -113,6 +113,16 @@ def test_bound_raises_spool_full_and_keeps_committed_data(tmp_path: Path) -> Non
     assert [r.seq for r in read_all(spool)] == list(range(10))
 
 
+def test_an_empty_spool_takes_a_turn_larger_than_its_bound(tmp_path: Path) -> None:
+    """Otherwise a turn bigger than the bound would be held for ever."""
+    spool = Spool(tmp_path, max_bytes=1_000)
+    spool.append([record(s, b"x" * 600) for s in range(3)])
+    spool.commit()
+    with pytest.raises(SpoolFull):
+        spool.append([record(3)])
+    assert [r.seq for r in read_all(spool)] == [0, 1, 2]
+
+
 def test_segment_rolls_by_age_only_when_committed(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20, segment_max_age_s=10)
     first = spool.active_segment

@@ -198,6 +198,17 @@ class Pipeline(threading.Thread):
             count += len(more.publishes)
         return deliveries
 
+    def _seal_for_release(self) -> None:
+        """Seal the active segment if it holds data: only sealed segments are taken by the
+        archive and released, so a spool full inside its active segment would never free."""
+        if self.spool.committed_size(self.spool.active_segment) == 0:
+            return
+        try:
+            self.spool.roll()
+        except OSError as exc:  # a full disk may refuse even a new empty file
+            log.warning("spool segment not sealed, will retry", extra={
+                "event": "spool_roll_failed", "error": str(exc)})
+
     def _turn(self, deliveries: list[Delivery]) -> None:
         count = sum(len(d.publishes) for d in deliveries)
         self.metrics.received.inc(count)
@@ -221,6 +232,7 @@ class Pipeline(threading.Thread):
                     self.metrics.spool_full.set(1)
                     log.error("spool full: holding acknowledgements",
                               extra={"event": "spool_full", "detail": str(exc)})
+                self._seal_for_release()
                 time.sleep(self.retry_s)
         if self.full_since is not None:
             log.warning("spool has room again", extra={

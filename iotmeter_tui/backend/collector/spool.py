@@ -165,8 +165,16 @@ class Spool:
         # elsewhere (the registry's, in the database) never points past new data.
         segment = max(int(time.time() * 1000), max(self._sizes, default=0) + 1)
         path = self.directory / _segment_name(segment)
-        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the segment
-        _fsync_dir(self.directory)
+        fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the segment
+        try:
+            _fsync_dir(self.directory)
+        except OSError:
+            # Leave the spool as it was (a full disk can refuse this): the old segment stays
+            # active.
+            fh.close()
+            path.unlink(missing_ok=True)
+            raise
+        self._fh = fh
         with self._lock:
             self._sizes[segment] = 0
             self._active = segment
@@ -180,7 +188,10 @@ class Spool:
     def append(self, records: list[SpoolRecord]) -> None:
         """Write records to the active segment (not yet durable: call commit())."""
         data = b"".join(r.encode() for r in records)
-        if self.size_bytes + len(data) > self.max_bytes:
+        size = self.size_bytes
+        # An empty spool takes any one turn, or a turn larger than the bound would be held
+        # for ever.
+        if size and size + len(data) > self.max_bytes:
             raise SpoolFull(f"spool is at its bound of {self.max_bytes} bytes")
         try:
             # An unbuffered write may take only part of the data (a nearly full disk does
@@ -247,9 +258,11 @@ class Spool:
         return True
 
     def roll(self) -> None:
-        """Seal the active segment (it must be committed) and open a new one."""
-        self._fh.close()
+        """Seal the active segment (it must be committed) and open a new one. If the new
+        one cannot be created (OSError), the active segment stays as it was."""
+        sealed = self._fh
         self._open_segment()
+        sealed.close()
 
     def close(self) -> None:
         self._fh.close()
