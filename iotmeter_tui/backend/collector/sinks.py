@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.alerts import AlertEngine
@@ -25,6 +25,7 @@ from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
+    DUPLICATE,
     REJECTED,
     Position,
     Spool,
@@ -74,7 +75,10 @@ class CursorFile:
         os.replace(tmp, self.path)
 
 
-class Sink(ABC):
+R = TypeVar("R")  # what a sink's batches hold
+
+
+class Sink(ABC, Generic[R]):
     name: str
 
     @abstractmethod
@@ -83,22 +87,29 @@ class Sink(ABC):
     @abstractmethod
     def save_cursor(self, position: Position) -> None: ...
 
-    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
-        return spool.read(cursor)
+    @abstractmethod
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[R], Position]: ...
 
     @abstractmethod
-    def write(self, records: list[SpoolRecord], end: Position) -> None:
+    def write(self, records: list[R], end: Position) -> None:
         """Store the records; raise StoreError to have the same batch retried later."""
 
-    def housekeeping(self) -> None:  # noqa: B027 - optional hook
+    def housekeeping(self) -> None:
         """Periodic work that needs no new records; called after every turn of the runner,
         busy or idle, so it must limit its own rate."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release what the sink holds (the runner has stopped)."""
 
 
-class TimeSeriesSink(Sink):
+class RecordSink(Sink[SpoolRecord]):
+    """A sink fed spool records in order, in batches of what has been committed."""
+
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
+        return spool.read(cursor)
+
+
+class TimeSeriesSink(RecordSink):
     name = "timeseries"
 
     def __init__(self, store: TimeSeriesStore, cursor: CursorFile,
@@ -133,7 +144,7 @@ class TimeSeriesSink(Sink):
                 "event": "points_refused", "refused": len(exc.failed), "detail": str(exc)})
 
 
-class ArchiveSink(Sink):
+class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
     """Turns each sealed spool segment into objects named after it."""
 
     name = "archive"
@@ -148,7 +159,8 @@ class ArchiveSink(Sink):
     def save_cursor(self, position: Position) -> None:
         self.cursor.save(position)
 
-    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[
+            list[ArchiveRecord | RejectedRecord], Position]:
         cursor = spool.normalise(cursor)
         for segment in spool.segments():
             if segment < cursor.segment or not spool.is_sealed(segment):
@@ -156,20 +168,21 @@ class ArchiveSink(Sink):
             size = spool.committed_size(segment)
             if segment == cursor.segment and cursor.offset >= size:
                 continue
-            # The whole segment, whatever the cursor's offset: objects are per segment.
-            return spool.read_segment(segment), Position(segment, size)
+            # The whole segment, whatever the cursor's offset: objects are per segment. Only
+            # what the archive keeps is held (a segment is a minute of the fleet's traffic),
+            # not the spool records it is read from.
+            return [
+                ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+                if r.kind == ACCEPTED else
+                RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None,
+                               r.received_ms, r.payload)
+                for r in spool.iter_segment(segment) if r.kind != DUPLICATE
+            ], Position(segment, size)
         return [], cursor
 
-    def write(self, records: list[SpoolRecord], end: Position) -> None:
-        accepted = [
-            ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
-            for r in records if r.kind == ACCEPTED
-        ]
-        rejected = [
-            RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None, r.received_ms,
-                           r.payload)
-            for r in records if r.kind == REJECTED
-        ]
+    def write(self, records: list[ArchiveRecord | RejectedRecord], end: Position) -> None:
+        accepted = [r for r in records if type(r) is ArchiveRecord]
+        rejected = [r for r in records if type(r) is RejectedRecord]
         self.writer.write_batch(accepted, rejected, batch_id=str(end.segment))
 
     def close(self) -> None:
@@ -196,7 +209,7 @@ class _DeviceChange:
                             self.boot, self.heartbeat_s, self.status, self.status_at)
 
 
-class RegistrySink(Sink):
+class RegistrySink(RecordSink):
     """Device registry, sequence tracking, alerts, command acks and OTA progress.
 
     Its cursor lives in the metadata store and moves in the same transaction as the registry
@@ -388,7 +401,7 @@ class RegistrySink(Sink):
 class SinkRunner(threading.Thread):
     """Feeds one sink from the spool, retrying failed batches with back-off."""
 
-    def __init__(self, sink: Sink, spool: Spool, metrics: CollectorMetrics,
+    def __init__(self, sink: Sink[Any], spool: Spool, metrics: CollectorMetrics,
                  wake: threading.Event, *, max_backoff_s: float = 10.0) -> None:
         super().__init__(name=f"iotmeter-sink-{sink.name}", daemon=True)
         self.sink = sink
@@ -408,7 +421,7 @@ class SinkRunner(threading.Thread):
         backoff = 0.2
         # A failed batch is retried exactly as it was (not re-read, which could take in
         # more records), so a sink can tell a retry from a new batch by its end position.
-        failed: tuple[list[SpoolRecord], Position] | None = None
+        failed: tuple[list[Any], Position] | None = None
         while not self._should_stop():
             try:
                 records, end = failed or self.sink.next_batch(self.spool, self.cursor)

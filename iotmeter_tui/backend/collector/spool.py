@@ -19,6 +19,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -343,15 +344,13 @@ class Spool:
                 records.extend(more)
         return records, end
 
-    def read_segment(self, segment: int) -> list[SpoolRecord]:
-        """Every record of a sealed segment."""
-        records: list[SpoolRecord] = []
+    def iter_segment(self, segment: int) -> Iterator[SpoolRecord]:
+        """Every record of a sealed segment, read a few MiB at a time."""
         position = Position(segment, 0)
         end = self.committed_size(segment)
         while position.offset < end:
-            batch, position = self.read(position, max_records=1 << 30, max_bytes=64 << 20)
-            records.extend(batch)
-        return records
+            batch, position = self.read(position)
+            yield from batch
 
     # --- space ------------------------------------------------------------------------------
 
