@@ -8,14 +8,21 @@ from typing import Any
 
 import pytest
 
+from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker
 from iotmeter_tui.backend.collector.sinks import RegistrySink
-from iotmeter_tui.backend.collector.spool import ACCEPTED, DUPLICATE, Position, SpoolRecord
+from iotmeter_tui.backend.collector.spool import (
+    ACCEPTED,
+    DUPLICATE,
+    Position,
+    Spool,
+    SpoolRecord,
+)
 from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
-from iotmeter_tui.testing.fleet import telemetry
+from iotmeter_tui.testing.fleet import hello, telemetry
 
 
 class FailsOnce:
@@ -81,4 +88,32 @@ def test_an_alert_rule_that_fails_does_not_stop_the_registry(tmp_path: Path) -> 
     (state,) = store.load_seq_states(["dc-0001"])
     assert (state.highest_seq, state.received) == (2, 3)
     assert metrics.sample("iotmeter_sink_failures_total", {"sink": "registry"}) == 1
+    store.close()
+
+
+def test_telemetry_alone_waits_for_the_write_interval_news_does_not(tmp_path: Path) -> None:
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
+                        CollectorMetrics())
+    cursor = spool.start()
+    spool.append([record(0)])
+    spool.commit()
+    batch, cursor = sink.next_batch(spool, cursor)
+    sink.write(batch, cursor)  # the first write starts the interval
+    spool.append([record(1)])
+    spool.commit()
+    assert sink.next_batch(spool, cursor) == ([], cursor)  # telemetry only: it waits
+    _topic, payload = hello("dc-0001", 1, 2)
+    spool.append([SpoolRecord(ACCEPTED, 1_002, "dc-0001", protocol.HELLO, "power_meter_dc", 1,
+                              2, 1_002, "", "", "", payload)])
+    spool.commit()
+    batch, end = sink.next_batch(spool, cursor)  # news: at once, with what waited before it
+    assert [r.seq for r in batch] == [1, 2]
+    sink.write(batch, end)
+    spool.append([record(3)])
+    spool.commit()
+    assert sink.next_batch(spool, end)[0] == []
+    sink.draining = True  # the collector stops: everything now
+    assert [r.seq for r in sink.next_batch(spool, end)[0]] == [3]
     store.close()

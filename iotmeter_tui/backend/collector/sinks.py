@@ -80,6 +80,7 @@ R = TypeVar("R")  # what a sink's batches hold
 
 class Sink(ABC, Generic[R]):
     name: str
+    draining = False  # set when the collector stops: take everything there is, now
 
     @abstractmethod
     def load_cursor(self) -> Position | None: ...
@@ -217,6 +218,12 @@ class RegistrySink(RecordSink):
 
     name = "registry"
     HOUSEKEEPING_S = 5.0
+    # A write costs a row per device seen (registry and sequence state), whatever the batch
+    # size: with 5,000 meters, writing as often as possible kept PostgreSQL's client busy
+    # with the same rows over and over (bench/soak.py). So telemetry alone is written at most
+    # this often; anything else (a hello, a status, a command or OTA report) goes at once.
+    MIN_WRITE_INTERVAL_S = 2.0
+    MAX_BATCH = 100_000
 
     def __init__(self, store: MetadataStore, cursor_name: str, tracker: SeqTracker,
                  alerts: AlertEngine, metrics: CollectorMetrics, *, collector: str = "",
@@ -234,6 +241,17 @@ class RegistrySink(RecordSink):
         self.current_boot: dict[str, int] = {}
         self._observed_end: Position | None = None
         self._next_housekeeping = 0.0
+        self._next_write = 0.0
+        self._news_written = 0  # spool.committed_news as of the last batch taken
+
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
+        # Counted before reading: news counted here is committed, so the read includes it.
+        news = spool.committed_news
+        if (not self.draining and news == self._news_written
+                and time.monotonic() < self._next_write):
+            return [], cursor
+        self._news_written = news
+        return spool.read(cursor, max_records=self.MAX_BATCH)
 
     def load_cursor(self) -> Position | None:
         value = self.store.get_cursor(self.cursor_name)
@@ -253,6 +271,7 @@ class RegistrySink(RecordSink):
             self.current_boot[s.device_id] = max(s.boot, self.current_boot.get(s.device_id, -1))
 
     def write(self, records: list[SpoolRecord], end: Position) -> None:
+        self._next_write = time.monotonic() + self.MIN_WRITE_INTERVAL_S
         # The tracker must see each record once: a retried batch (same end) was observed
         # already when its first attempt failed after observing.
         observe = end != self._observed_end
@@ -424,13 +443,16 @@ class SinkRunner(threading.Thread):
         failed: tuple[list[Any], Position] | None = None
         while not self._should_stop():
             try:
+                # Read before the batch: stop() sets `draining` first, so a sink that saw
+                # it stopping has been asked for everything there is.
+                stopping = self.stopping.is_set()
                 records, end = failed or self.sink.next_batch(self.spool, self.cursor)
                 failed = None
                 if not records:
                     self.cursor = end
                     self.sink.housekeeping()
                     self._ok()
-                    if self.stopping.is_set():
+                    if stopping:
                         return  # caught up
                     self.wake.wait(0.1)
                     self.wake.clear()
@@ -491,6 +513,7 @@ class SinkRunner(threading.Thread):
 
     def stop(self, drain_s: float) -> None:
         self.drain_deadline = time.monotonic() + drain_s
+        self.sink.draining = True
         self.stopping.set()
         self.wake.set()
 

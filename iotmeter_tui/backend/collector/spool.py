@@ -153,6 +153,9 @@ class Spool:
         self._written = 0  # bytes written to the active segment, committed or not
         self._opened_at = 0.0
         self._uncommitted: list[SpoolRecord] = []
+        # Accepted messages other than telemetry committed so far: hellos, statuses, command
+        # and OTA reports, which the registry should not keep waiting (RegistrySink).
+        self.committed_news = 0
         # Recently committed records by the position they start at: (end, records).
         self._recent: dict[Position, tuple[Position, list[SpoolRecord]]] = {}
         self._recent_order: deque[Position] = deque()
@@ -222,6 +225,8 @@ class Spool:
             self._sizes[self._active] = self._written
             if self._uncommitted:
                 self._remember(start, Position(self._active, self._written), self._uncommitted)
+        self.committed_news += sum(1 for r in self._uncommitted
+                                   if r.kind == ACCEPTED and r.msg_type != "telemetry")
         self._uncommitted = []
         return Position(self._active, self._written)
 
