@@ -14,7 +14,7 @@ Prints and writes bench/results/ingest.json:
   figure reads as a fraction of what the broker path alone carries here.
 
     .venv/bin/python bench/ingest.py [--rate 20000] [--seconds 60] [--publishers 8]
-        [--no-baseline] [--workdir DIR] [--profile PATH]
+        [--collectors N] [--no-baseline] [--workdir DIR] [--profile PATH]
 """
 
 from __future__ import annotations
@@ -151,8 +151,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--publishers", type=int, default=8)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--collectors", type=int, default=1,
+                        help="collector processes sharing the load ($share subscription)")
     parser.add_argument("--workdir", type=Path,
-                        help="keep the collector's home (spool, collector.log) here")
+                        help="keep the collectors' home (spools, collector-N.log) here")
     parser.add_argument("--profile", metavar="PATH",
                         help="sample the collector (the thread holding the GIL) with py-spy "
                              "into PATH as collapsed "
@@ -169,18 +171,11 @@ def main() -> int:
             "IOTMETER_DB_URL": database.url,
             "IOTMETER_TSDB_URL": f"influxdb://{influx.host}:{influx.port}/{db}",
         }, archive_window_s=10)
-        metrics_port = free_port()
-        env = {**os.environ, **env_for(settings, broker.url)}
-        collector = subprocess.Popen(
-            [sys.executable, "-m", "iotmeter_tui", "--collector-only",
-             "--metrics-port", str(metrics_port)],
-            env=env, stdout=open(Path(tmp) / "collector.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT)
-        # Whatever happens below, the collector must not outlive the bench.
-        atexit.register(lambda: collector.poll() is None and collector.kill())
+        collectors = [start_collector(settings, broker, Path(tmp), n, args.collectors)
+                      for n in range(args.collectors)]
         time.sleep(3)  # connect, migrate, subscribe
 
-        cpu0 = {"collector": cpu_seconds(collector.pid),
+        cpu0 = {"collector": sum(cpu_seconds(c.pid) for c in collectors),
                 "broker": cpu_seconds(broker.broker._process.pid),  # type: ignore[union-attr]
                 "influxdb": cpu_seconds(influx._process.pid)}  # type: ignore[attr-defined]
         pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "dc-")
@@ -189,7 +184,7 @@ def main() -> int:
         received_before = broker_received(broker)
         profiler = None if not args.profile else subprocess.Popen(
             [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--gil",
-             "--format", "raw", "--rate", "200", "--pid", str(collector.pid),
+             "--format", "raw", "--rate", "200", "--pid", str(collectors[0].pid),
              "--output", args.profile, "--duration", str(int(args.seconds))],
             stdout=subprocess.DEVNULL)
         probe = Publisher(broker.url, "bench-probe")
@@ -213,6 +208,8 @@ def main() -> int:
             time.sleep(0.25)
         pubs.wait()
         published_at = time.monotonic()
+        # Sustained means keeping up while the load lasts, not draining a backlog afterwards.
+        while_publishing = influx_count(influx.http_url, db, "dc-")
         count = 0
         while count < pubs.total and time.monotonic() - published_at < 300:
             count = influx_count(influx.http_url, db, "dc-")
@@ -223,7 +220,7 @@ def main() -> int:
         time.sleep(11)
         into_broker = broker_received(broker) - received_before - seq
         registry, archived = audit_stores(settings, pubs)
-        cpu = {"collector": cpu_seconds(collector.pid) - cpu0["collector"],
+        cpu = {"collector": sum(cpu_seconds(c.pid) for c in collectors) - cpu0["collector"],
                "broker": cpu_seconds(broker.broker._process.pid)  # type: ignore[union-attr]
                - cpu0["broker"],
                "influxdb": cpu_seconds(influx._process.pid)  # type: ignore[attr-defined]
@@ -232,18 +229,24 @@ def main() -> int:
         probe.close()
         if profiler is not None:
             profiler.wait(60)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(15)
+        for collector in collectors:
+            collector.send_signal(signal.SIGTERM)
+        for collector in collectors:
+            collector.wait(15)
 
     latencies.sort()
     quantile = (lambda q: round(latencies[min(len(latencies) - 1,  # noqa: E731
                                               int(q * len(latencies)))] * 1000, 1))
     result = {
         "target_rate": args.rate, "seconds": args.seconds, "publishers": args.publishers,
+        "collectors": args.collectors,
         "published": pubs.total, "received_by_broker": into_broker, "queryable": count,
         "in_registry_seq_tracking": registry, "archived": archived,
         "elapsed_s": round(elapsed, 2),
         "rate_into_influxdb": round(count / elapsed, 1),
+        "queryable_when_publishing_ended": while_publishing,
+        "rate_into_influxdb_while_publishing": round(
+            while_publishing / (published_at - started), 1),
         "latency_ms": {"p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99),
                        "max": round(latencies[-1] * 1000, 1), "probes": len(latencies)}
         if latencies else None,
@@ -263,6 +266,23 @@ def main() -> int:
         print(f"NOT ALL STORED in {name}: {missing} of {pubs.total} missing after the wait",
               file=sys.stderr)
     return 1 if short else 0
+
+
+def start_collector(settings: Settings, broker: MosquittoServer, home: Path, n: int,
+                    count: int) -> subprocess.Popen[bytes]:
+    """`iotmeter --collector-only` as its own process; with count > 1, members of one shared
+    subscription, each with its own client id (and so its own spool)."""
+    env = {**os.environ, **env_for(settings, broker.url)}
+    if count > 1:
+        env.update(IOTMETER_SHARE_GROUP="bench", IOTMETER_CLIENT_ID=f"bench-collector-{n}")
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "iotmeter_tui", "--collector-only",
+         "--metrics-port", str(free_port())],
+        env=env, stdout=open(home / f"collector-{n}.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT)
+    # Whatever happens below, the collector must not outlive the bench.
+    atexit.register(lambda: collector.poll() is None and collector.kill())
+    return collector
 
 
 def broker_received(broker: MosquittoServer) -> int:
