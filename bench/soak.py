@@ -97,6 +97,24 @@ _SIM_STATS = re.compile(
 
 # --- reading the figures ---------------------------------------------------------------------
 
+# The collector's metrics the bench follows: kept as they are, summed over labels, or by label.
+_SCALARS = {
+    "iotmeter_messages_received_total": "received",
+    "iotmeter_messages_acked_total": "acked",
+    "iotmeter_messages_duplicate_total": "duplicates",
+    "iotmeter_seq_gaps_total": "gaps",
+    "iotmeter_spool_bytes": "spool_bytes",
+    "iotmeter_spool_full": "spool_full",
+    "iotmeter_end_to_end_lag_seconds_sum": "lag_sum",
+    "iotmeter_end_to_end_lag_seconds_count": "lag_count",
+    "iotmeter_broker_connected": "broker_connected",
+}
+_SUMMED = {"iotmeter_messages_rejected_total": "rejected",
+           "iotmeter_sink_failures_total": "sink_failures"}
+_BY_LABEL = {"iotmeter_messages_accepted_total": ("accepted", "msg_type"),
+             "iotmeter_sink_backlog_bytes": ("backlog_bytes", "sink")}
+
+
 def scrape(port: int) -> dict[str, Any] | None:
     """The collector's /metrics, reduced to what the soak follows."""
     try:
@@ -108,33 +126,13 @@ def scrape(port: int) -> dict[str, Any] | None:
                            "sink_failures": 0.0}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            name, labels, value = s.name, s.labels, s.value
-            if name == "iotmeter_messages_received_total":
-                out["received"] = value
-            elif name == "iotmeter_messages_accepted_total":
-                out["accepted"][labels["msg_type"]] = value
-            elif name == "iotmeter_messages_acked_total":
-                out["acked"] = value
-            elif name == "iotmeter_messages_duplicate_total":
-                out["duplicates"] = value
-            elif name == "iotmeter_seq_gaps_total":
-                out["gaps"] = value
-            elif name == "iotmeter_messages_rejected_total":
-                out["rejected"] += value
-            elif name == "iotmeter_sink_backlog_bytes":
-                out["backlog_bytes"][labels["sink"]] = value
-            elif name == "iotmeter_sink_failures_total":
-                out["sink_failures"] += value
-            elif name == "iotmeter_spool_bytes":
-                out["spool_bytes"] = value
-            elif name == "iotmeter_spool_full":
-                out["spool_full"] = value
-            elif name == "iotmeter_end_to_end_lag_seconds_sum":
-                out["lag_sum"] = value
-            elif name == "iotmeter_end_to_end_lag_seconds_count":
-                out["lag_count"] = value
-            elif name == "iotmeter_broker_connected":
-                out["broker_connected"] = value
+            if s.name in _SCALARS:
+                out[_SCALARS[s.name]] = s.value
+            elif s.name in _SUMMED:
+                out[_SUMMED[s.name]] += s.value
+            elif s.name in _BY_LABEL:
+                key, label = _BY_LABEL[s.name]
+                out[key][s.labels[label]] = s.value
     return out
 
 

@@ -156,7 +156,7 @@ def test_mosquitto_config_has_the_product_settings(tmp_path: Path) -> None:
         "allow_anonymous true",
         "persistence true",
         f"persistence_location {tmp_path.resolve()}/",
-        "max_inflight_messages 1000",
+        "max_inflight_messages 10000",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
         "log_dest stderr",
