@@ -126,7 +126,8 @@ class Collector:
         sinks = [
             TimeSeriesSink(self.stores.timeseries, CursorFile(self.spool_dir / "timeseries.cursor"),
                            self.metrics),
-            ArchiveSink(writer, CursorFile(self.spool_dir / "archive.cursor")),
+            ArchiveSink(writer, CursorFile(self.spool_dir / "archive.cursor"),
+                        source=self.spool_dir.name),
             registry,
         ]
         with self._lifecycle:

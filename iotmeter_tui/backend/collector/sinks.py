@@ -150,9 +150,13 @@ class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
 
     name = "archive"
 
-    def __init__(self, writer: ArchiveWriter, cursor: CursorFile) -> None:
+    def __init__(self, writer: ArchiveWriter, cursor: CursorFile, source: str) -> None:
+        """`source` names this collector's spool (its client id, made key-safe): collectors
+        sharing a subscription have spools of their own whose segment ids can coincide, and
+        their objects for one device must not overwrite each other."""
         self.writer = writer
         self.cursor = cursor
+        self.source = source
 
     def load_cursor(self) -> Position | None:
         return self.cursor.load()
@@ -184,7 +188,8 @@ class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
     def write(self, records: list[ArchiveRecord | RejectedRecord], end: Position) -> None:
         accepted = [r for r in records if type(r) is ArchiveRecord]
         rejected = [r for r in records if type(r) is RejectedRecord]
-        self.writer.write_batch(accepted, rejected, batch_id=str(end.segment))
+        self.writer.write_batch(accepted, rejected,
+                                batch_id=f"{end.segment}-{self.source}"[:128])
 
     def close(self) -> None:
         self.writer.close()
