@@ -35,6 +35,17 @@ TS = 1795740001250
 SHA = "ab" * 32
 
 
+def as_parsed(value: Any) -> Any:
+    """`value` as decode gives it back: integers beyond 64 bits as the nearest float."""
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        return float(value)
+    if type(value) is dict:
+        return {k: as_parsed(v) for k, v in value.items()}
+    if type(value) is list:
+        return [as_parsed(v) for v in value]
+    return value
+
+
 def envelope(kind: str = p.TELEMETRY, **changes: Any) -> dict:
     """A valid message of `kind` as a dict; `changes` replace keys, a value of ... removes one."""
     obj: dict[str, Any] = {
@@ -617,7 +628,41 @@ def test_mangled_messages_never_raise(
     result = decode(topic(msg_type), raw)
     assert_verdict(result)
     if isinstance(result, Message):
-        assert result.data == json.loads(raw)["data"]
+        assert result.data == as_parsed(json.loads(raw)["data"])
+
+
+def _verdict(parse: Any, raw: bytes) -> Any:
+    try:
+        return ("parsed", as_parsed(parse(raw)))
+    except p.Unparsable as exc:
+        return ("refused", exc.reason, exc.detail)
+
+
+_json_texts = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    # Escapes orjson refuses and json takes: lone surrogates, control characters.
+    st.text().map(lambda t: json.dumps([t], ensure_ascii=True).encode()),
+    # Numbers as text: huge and tiny exponents, long integers, signs.
+    st.from_regex(rb"-?(0|[1-9][0-9]{0,40})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,4})?",
+                  fullmatch=True),
+    st.binary(max_size=64),
+)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=_json_texts)
+def test_fast_parser_gives_the_standard_librarys_verdict(raw: bytes) -> None:
+    """loads (orjson first) and the json-only path agree on every payload: the same value, or
+    the same reason and detail; integers beyond 64 bits read as floats are the one difference."""
+    assert _verdict(p.loads, raw) == _verdict(p._loads_slowly, raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":NaN}', b'[1e400]', b'"\\ud800"', b'\xef\xbb\xbf{}', b'{"a":1}\x00', b'["\x01"]',
+    b"[" * 2000 + b"]" * 2000, b"\xff", b"{", b"",
+])
+def test_what_orjson_refuses_gets_the_standard_librarys_verdict(raw: bytes) -> None:
+    assert _verdict(p.loads, raw) == _verdict(p._loads_slowly, raw)
 
 
 @given(raw=st.binary(max_size=256), on=topics)
@@ -641,8 +686,10 @@ def test_valid_telemetry_decodes_to_the_same_data(
     result = decode(p.device_topic(device_id, p.TELEMETRY), raw)
     assert isinstance(result, Message), result
     assert (result.device_id, result.boot, result.seq, result.ts) == (device_id, boot, seq, ts)
-    assert result.data == data
-    assert {k: type(v) for k, v in result.data.items()} == {k: type(v) for k, v in data.items()}
+    expected = as_parsed(data)
+    assert result.data == expected
+    assert {k: type(v) for k, v in result.data.items()} == {
+        k: type(v) for k, v in expected.items()}
     assert all(type(v) is float for v in p.numeric_fields(result.data).values())
 
 
@@ -683,16 +730,16 @@ def test_the_store_takes_its_rules_from_the_protocol() -> None:
     assert timeseries.MAX_TS_MS == p.MAX_TS_MS
 
 
-def test_protocol_imports_only_the_standard_library() -> None:
-    """protocol.py stays pure and dependency-free, so any layer (the stores included) may
-    import it."""
+def test_protocol_imports_only_the_standard_library_and_orjson() -> None:
+    """protocol.py stays pure, so any layer (the stores included) may import it: the standard
+    library and orjson (a parser, no I/O) only."""
     imported: set[str] = set()
     for node in ast.walk(ast.parse(Path(p.__file__).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0] if node.level == 0 else ".")
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "orjson"}, imported
 
 
 def test_field_name_cache_stays_bounded_and_keeps_only_good_names(

@@ -49,7 +49,7 @@ def _data(record: SpoolRecord) -> dict[str, Any]:
     a record read back from the spool file."""
     if record.data is not None:
         return record.data
-    data: dict[str, Any] = json.loads(record.payload)["data"]
+    data: dict[str, Any] = protocol.loads(record.payload)["data"]
     return data
 
 
