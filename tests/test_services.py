@@ -3,11 +3,17 @@ that the fault tests rely on keep what they promise to keep."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,7 +25,12 @@ import pytest
 from minio import Minio
 
 from iotmeter_tui.backend import broker
-from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker, mosquitto_config
+from iotmeter_tui.backend.broker import (
+    BrokerError,
+    EmbeddedBroker,
+    mosquitto_config,
+    tcp_accepts,
+)
 from iotmeter_tui.testing import (
     InfluxServer,
     MosquittoServer,
@@ -172,6 +183,83 @@ def test_missing_mosquitto_is_a_clear_error(
     monkeypatch.setattr(broker, "MOSQUITTO_FALLBACK", tmp_path / "mosquitto")
     with pytest.raises(BrokerError, match="apt-get install mosquitto"):
         EmbeddedBroker(tmp_path)
+
+
+# The embedded broker dies with the process that started it, even a SIGKILLed one. "thread"
+# starts it as the dashboard does: on a thread that ends once start-up is done.
+BROKER_PARENT = textwrap.dedent("""
+    import sys, threading
+    from iotmeter_tui.backend.broker import EmbeddedBroker
+    broker = EmbeddedBroker(sys.argv[1])
+    if sys.argv[2] == "thread":
+        starter = threading.Thread(target=broker.start)
+        starter.start()
+        starter.join()
+    else:
+        broker.start()
+    print(broker._process.pid, broker.port, flush=True)
+    sys.stdin.read()  # until the test kills us
+""")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="PR_SET_PDEATHSIG is Linux only")
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return state.split()[1] in ("Z", "X")
+
+
+@linux_only
+@pytest.mark.parametrize("started_on", ["main", "thread"])
+def test_broker_dies_with_its_sigkilled_parent(tmp_path: Path, started_on: str) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", BROKER_PARENT, str(tmp_path), started_on],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pid = 0
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line, f"the parent exited with {parent.wait()} before starting the broker"
+        pid, port = (int(word) for word in line.split())
+        time.sleep(0.5)  # a broker forked by the ended start thread would be dying by now
+        assert not process_gone(pid)
+        assert tcp_accepts(EmbeddedBroker.host, port)
+
+        parent.kill()
+        parent.wait(TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not process_gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_gone(pid), f"mosquitto {pid} outlived its SIGKILLed parent"
+        # SIGTERM, not a crash: mosquitto saved its sessions on the way out.
+        log = (tmp_path / "mosquitto.log").read_text()
+        assert "terminating" in log and "Saving in-memory database" in log
+    finally:
+        parent.kill()
+        parent.wait(TIMEOUT_S)
+        if pid and not process_gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_broker_started_on_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
+    embedded = EmbeddedBroker(tmp_path)
+    try:
+        for _ in range(2):  # a restart from yet another short-lived thread, too
+            starter = threading.Thread(target=embedded.restart)
+            starter.start()
+            starter.join(TIMEOUT_S)
+            time.sleep(0.5)
+            assert embedded.running, "the broker died with the thread that started it"
+            assert tcp_accepts(embedded.host, embedded.port)
+    finally:
+        embedded.stop()
+    assert not embedded.running
 
 
 # --- InfluxDB -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.backend.lifeline import parent_death_signal, spawn_long_lived
 
 LOOPBACK = "127.0.0.1"
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
@@ -167,14 +168,7 @@ class EmbeddedBroker:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(mosquitto_config(self.port, self.data_dir))
-        # Appending keeps the log of earlier runs, which is what one wants after a restart.
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+        self._process = spawn_long_lived(self._spawn)
         wait_until_ready(
             self._process,
             lambda: tcp_accepts(self.host, self.port),
@@ -182,6 +176,17 @@ class EmbeddedBroker:
             log_path=self.log_path,
         )
         self._port_file.write_text(f"{self.port}\n")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # Appending keeps the log of earlier runs, which is what one wants after a restart.
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [self.binary, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=parent_death_signal(),
+            )
 
     @property
     def _port_file(self) -> Path:
