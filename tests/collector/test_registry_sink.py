@@ -3,6 +3,7 @@ retried without counting anything twice."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,16 @@ class FailsOnce:
         return getattr(self._store, name)
 
 
-def record(seq: int, kind: int = ACCEPTED) -> SpoolRecord:
+def record(seq: int, kind: int = ACCEPTED, received_ms: int | None = None) -> SpoolRecord:
+    """Received at `received_ms` (1,000 + seq by default: long ago)."""
     topic, payload = telemetry("dc-0001", 1, seq)
-    return SpoolRecord(kind, 1_000 + seq, "dc-0001", "telemetry", "power_meter_dc", 1, seq,
+    at = 1_000 + seq if received_ms is None else received_ms
+    return SpoolRecord(kind, at, "dc-0001", "telemetry", "power_meter_dc", 1, seq,
                        1_000 + seq, topic, "", "", payload if kind == ACCEPTED else b"")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def test_a_retried_batch_is_counted_once(tmp_path: Path) -> None:
@@ -97,23 +104,51 @@ def test_telemetry_alone_waits_for_the_write_interval_news_does_not(tmp_path: Pa
     sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
                         CollectorMetrics())
     cursor = spool.start()
-    spool.append([record(0)])
+    spool.append([record(0, received_ms=now_ms())])
     spool.commit()
     batch, cursor = sink.next_batch(spool, cursor)
     sink.write(batch, cursor)  # the first write starts the interval
-    spool.append([record(1)])
+    spool.append([record(1, received_ms=now_ms())])
     spool.commit()
     assert sink.next_batch(spool, cursor) == ([], cursor)  # telemetry only: it waits
     _topic, payload = hello("dc-0001", 1, 2)
-    spool.append([SpoolRecord(ACCEPTED, 1_002, "dc-0001", protocol.HELLO, "power_meter_dc", 1,
-                              2, 1_002, "", "", "", payload)])
+    spool.append([SpoolRecord(ACCEPTED, now_ms(), "dc-0001", protocol.HELLO, "power_meter_dc",
+                              1, 2, 1_002, "", "", "", payload)])
     spool.commit()
     batch, end = sink.next_batch(spool, cursor)  # news: at once, with what waited before it
     assert [r.seq for r in batch] == [1, 2]
     sink.write(batch, end)
-    spool.append([record(3)])
+    spool.append([record(3, received_ms=now_ms())])
     spool.commit()
     assert sink.next_batch(spool, end)[0] == []
     sink.draining = True  # the collector stops: everything now
     assert [r.seq for r in sink.next_batch(spool, end)[0]] == [3]
+    store.close()
+
+
+def test_a_registry_behind_does_not_wait_for_the_write_interval(tmp_path: Path) -> None:
+    """A read never crosses a segment's end, so a registry behind by many segments (after an
+    outage, or with segments sealed early) would catch up one segment per interval: while the
+    records it takes are older than the interval, it takes the next batch at once."""
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
+                        CollectorMetrics())
+    cursor = spool.start()
+    old = now_ms() - 60_000
+    for seq in range(5):  # five sealed segments of a minute ago, then one of now
+        spool.append([record(seq, received_ms=old + seq)])
+        spool.commit()
+        spool.roll()
+    spool.append([record(5, received_ms=now_ms())])
+    spool.commit()
+    taken = []
+    for _ in range(6):
+        batch, cursor = sink.next_batch(spool, cursor)
+        sink.write(batch, cursor)
+        taken += [r.seq for r in batch]
+    assert taken == [0, 1, 2, 3, 4, 5]
+    spool.append([record(6, received_ms=now_ms())])
+    spool.commit()
+    assert sink.next_batch(spool, cursor) == ([], cursor)  # caught up: the interval again
     store.close()

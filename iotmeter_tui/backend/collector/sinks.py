@@ -248,15 +248,23 @@ class RegistrySink(RecordSink):
         self._next_housekeeping = 0.0
         self._next_write = 0.0
         self._news_written = 0  # spool.committed_news as of the last batch taken
+        self._behind = False
 
     def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
         # Counted before reading: news counted here is committed, so the read includes it.
         news = spool.committed_news
-        if (not self.draining and news == self._news_written
+        if (not self.draining and not self._behind and news == self._news_written
                 and time.monotonic() < self._next_write):
             return [], cursor
         self._news_written = news
-        return spool.read(cursor, max_records=self.MAX_BATCH)
+        records, end = spool.read(cursor, max_records=self.MAX_BATCH)
+        # The interval is for a registry that keeps up. One that is behind (after a restart,
+        # an outage, or with many short segments: a read never crosses a segment's end) would
+        # take one read per interval and never catch up, so it reads again at once while the
+        # newest record it took is older than the interval.
+        self._behind = bool(records) and (
+            _now_ms() - records[-1].received_ms > self.MIN_WRITE_INTERVAL_S * 1000)
+        return records, end
 
     def load_cursor(self) -> Position | None:
         value = self.store.get_cursor(self.cursor_name)
