@@ -125,6 +125,20 @@ def test_a_field_type_conflict_is_a_partial_write_naming_the_points(
     store.close()
 
 
+def test_points_leave_out_rows_without_boot_and_seq(influxdb: InfluxServer,
+                                                    database: str) -> None:
+    """Such a row is another writer's, or a point caught half-written (InfluxDB 1.x adds a
+    point to its cache field by field): an audit reading at that moment must not crash."""
+    store = real_store(influxdb, database)
+    store.write([pt("dev", T0, 1, voltage_v=750.0)])
+    line = f"iot_telemetry,device_id=dev,device_type=x voltage_v=1.0 {T0 + 1}"
+    urllib.request.urlopen(
+        f"{influxdb.http_url}/write?db={database}&precision=ms", line.encode(), timeout=10
+    ).close()
+    assert [(p.ts, p.seq) for p in store.points("dev")] == [(T0, 1)]
+    store.close()
+
+
 # --- against a scripted server ------------------------------------------------------------
 
 

@@ -95,7 +95,8 @@ class TimeSeriesStore(Protocol):
     def points(
         self, device_id: str, start_ms: int | None = None, end_ms: int | None = None
     ) -> list[Point]:
-        """Every stored point of one device in time order (audits and tests)."""
+        """Every stored point of one device in time order (audits and tests). A point without
+        boot and seq (another writer's, or one half-visible while it is written) is left out."""
 
     def check(self) -> None:
         """Raise StoreError when the store cannot be reached or used."""

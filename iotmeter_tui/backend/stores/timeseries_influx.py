@@ -265,6 +265,11 @@ class InfluxTimeSeries:
             columns = series.columns
             for row in series.values:
                 record = dict(zip(columns, row, strict=True))
+                if type(record.get("boot")) is not int or type(record.get("seq")) is not int:
+                    # Not a whole point of ours: another writer's, or one being written now
+                    # (InfluxDB 1.x adds a point to its cache field by field, so a query at
+                    # that moment may see some of its fields and not others).
+                    continue
                 fields = {
                     name: float(value)
                     for name, value in record.items()
@@ -275,8 +280,8 @@ class InfluxTimeSeries:
                     device_id=device_id,
                     device_type=str(record["device_type"]),
                     ts=int(record["time"]),
-                    boot=int(record["boot"]),
-                    seq=int(record["seq"]),
+                    boot=record["boot"],
+                    seq=record["seq"],
                     fields=fields,
                 ))
         points.sort(key=lambda point: point.ts)
