@@ -126,29 +126,52 @@ def test_telemetry_alone_waits_for_the_write_interval_news_does_not(tmp_path: Pa
     store.close()
 
 
-def test_a_registry_behind_does_not_wait_for_the_write_interval(tmp_path: Path) -> None:
-    """A read never crosses a segment's end, so a registry behind by many segments (after an
-    outage, or with segments sealed early) would catch up one segment per interval: while the
-    records it takes are older than the interval, it takes the next batch at once."""
+def test_a_batch_takes_everything_committed_across_segments(tmp_path: Path) -> None:
+    """A read stops at a segment's end, so a registry behind by many segments (after an
+    outage, or with segments sealed early) would catch up one segment per write interval, and
+    never: a batch goes on into the following segments."""
     store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
     sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
                         CollectorMetrics())
     cursor = spool.start()
-    old = now_ms() - 60_000
-    for seq in range(5):  # five sealed segments of a minute ago, then one of now
-        spool.append([record(seq, received_ms=old + seq)])
+    for seq in range(5):  # five sealed segments, then the active one
+        spool.append([record(seq, received_ms=now_ms())])
         spool.commit()
         spool.roll()
     spool.append([record(5, received_ms=now_ms())])
     spool.commit()
-    taken = []
-    for _ in range(6):
-        batch, cursor = sink.next_batch(spool, cursor)
-        sink.write(batch, cursor)
-        taken += [r.seq for r in batch]
-    assert taken == [0, 1, 2, 3, 4, 5]
+    batch, cursor = sink.next_batch(spool, cursor)
+    assert [r.seq for r in batch] == [0, 1, 2, 3, 4, 5]
+    assert cursor == Position(spool.active_segment, spool.committed_size(spool.active_segment))
+    sink.write(batch, cursor)
     spool.append([record(6, received_ms=now_ms())])
     spool.commit()
-    assert sink.next_batch(spool, cursor) == ([], cursor)  # caught up: the interval again
+    assert sink.next_batch(spool, cursor) == ([], cursor)  # telemetry only: the interval
+    store.close()
+
+
+def test_a_full_batch_is_followed_at_once(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch cut at MAX_BATCH leaves more committed behind it: the next one does not wait
+    for the write interval (it is as large as a batch gets, so writing it at once costs no
+    more per record)."""
+    monkeypatch.setattr(RegistrySink, "MAX_BATCH", 3)
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
+                        CollectorMetrics())
+    cursor = spool.start()
+    for seq in range(7):  # (a read from memory takes whole commits)
+        spool.append([record(seq, received_ms=now_ms())])
+        spool.commit()
+    taken = []
+    for _ in range(3):
+        batch, cursor = sink.next_batch(spool, cursor)
+        sink.write(batch, cursor)
+        taken.append([r.seq for r in batch])
+    assert taken == [[0, 1, 2], [3, 4, 5], [6]]
+    spool.append([record(7, received_ms=now_ms())])
+    spool.commit()
+    assert sink.next_batch(spool, cursor) == ([], cursor)  # not full: the interval again
     store.close()

@@ -257,13 +257,19 @@ class RegistrySink(RecordSink):
                 and time.monotonic() < self._next_write):
             return [], cursor
         self._news_written = news
+        # Everything committed, across segments (a read stops at a segment's end and after a
+        # few MiB): one read per interval would leave a registry that fell behind, or one fed
+        # short segments, behind for ever.
         records, end = spool.read(cursor, max_records=self.MAX_BATCH)
-        # The interval is for a registry that keeps up. One that is behind (after a restart,
-        # an outage, or with many short segments: a read never crosses a segment's end) would
-        # take one read per interval and never catch up, so it reads again at once while the
-        # newest record it took is older than the interval.
-        self._behind = bool(records) and (
-            _now_ms() - records[-1].received_ms > self.MIN_WRITE_INTERVAL_S * 1000)
+        while records and len(records) < self.MAX_BATCH:
+            more, after = spool.read(end, max_records=self.MAX_BATCH - len(records))
+            if not more:
+                break
+            records += more
+            end = after
+        # A full batch leaves more waiting: the next one goes at once (it is as large as a
+        # batch gets, so this is no return to writing every device's row for a few records).
+        self._behind = len(records) >= self.MAX_BATCH
         return records, end
 
     def load_cursor(self) -> Position | None:
