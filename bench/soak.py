@@ -121,8 +121,9 @@ SINKS = {"timeseries", "archive", "registry"}
 
 
 def spool_bytes(directory: Path) -> int:
-    """Bytes in a stopped collector's spool segments."""
-    return sum(path.stat().st_size for path in directory.glob("*.spool"))
+    """Bytes in a stopped collector's spool segments (each collector has a directory of its
+    own below the spool directory)."""
+    return sum(path.stat().st_size for path in directory.rglob("*.spool"))
 
 
 def scrape(port: int) -> dict[str, Any] | None:
