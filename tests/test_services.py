@@ -200,8 +200,6 @@ BROKER_PARENT = textwrap.dedent("""
     print(broker._process.pid, broker.port, flush=True)
     sys.stdin.read()  # until the test kills us
 """)
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="PR_SET_PDEATHSIG is Linux only")
 
 
 def process_gone(pid: int) -> bool:
@@ -214,7 +212,6 @@ def process_gone(pid: int) -> bool:
     return state.split()[1] in ("Z", "X")
 
 
-@linux_only
 @pytest.mark.parametrize("started_on", ["main", "thread"])
 def test_broker_dies_with_its_sigkilled_parent(tmp_path: Path, started_on: str) -> None:
     parent = subprocess.Popen([sys.executable, "-c", BROKER_PARENT, str(tmp_path), started_on],
@@ -246,7 +243,6 @@ def test_broker_dies_with_its_sigkilled_parent(tmp_path: Path, started_on: str) 
                 os.kill(pid, signal.SIGKILL)
 
 
-@linux_only
 def test_broker_started_on_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
     embedded = EmbeddedBroker(tmp_path)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.lifeline import parent_death_signal, spawn_long_lived
+from iotmeter_tui.backend.lifeline import parent_death_signal, spawn_watched
 
 LOOPBACK = "127.0.0.1"
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
@@ -168,7 +168,7 @@ class EmbeddedBroker:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(mosquitto_config(self.port, self.data_dir))
-        self._process = spawn_long_lived(self._spawn)
+        self._process = spawn_watched(self._spawn)
         wait_until_ready(
             self._process,
             lambda: tcp_accepts(self.host, self.port),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -42,36 +41,22 @@ def parent_death_signal() -> Callable[[], None] | None:
     return die_with_parent
 
 
-_Spawn = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
-_spawn_lock = threading.Lock()
-_spawn_jobs: queue.SimpleQueue[_Spawn] | None = None
-_spawn_owner = 0  # the pid that started the spawn thread: a forked child needs its own
+def spawn_watched(popen: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Run `popen` on a thread of its own, which then waits for the child to exit.
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process, and
+    the dashboard starts its runtime on a short-lived thread (`app.RuntimeStarter`): forked
+    there, the broker would be SIGTERMed seconds after start. A thread that waits for its child
+    lives exactly as long as the child, whichever thread asked for it."""
+    started: Future[subprocess.Popen[bytes]] = Future()
 
-
-def spawn_long_lived(popen: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    """Run `popen` on a thread that lives as long as this process. PR_SET_PDEATHSIG fires when
-    the *thread* that forked the child ends, not the process, and the dashboard starts its
-    runtime on a short-lived thread (`app.RuntimeStarter`): forked there, the broker would be
-    SIGTERMed seconds after start. So the main thread forks directly (it lasts until the process
-    exits) and any other thread hands the fork to one daemon thread that never returns."""
-    global _spawn_jobs, _spawn_owner
-    if threading.current_thread() is threading.main_thread():
-        return popen()
-    with _spawn_lock:
-        if _spawn_jobs is None or _spawn_owner != os.getpid():
-            _spawn_jobs, _spawn_owner = queue.SimpleQueue(), os.getpid()
-            threading.Thread(target=_serve_spawns, args=(_spawn_jobs,), daemon=True,
-                             name="iotmeter-broker-spawn").start()
-        jobs = _spawn_jobs
-    done: Future[subprocess.Popen[bytes]] = Future()
-    jobs.put((popen, done))
-    return done.result()
-
-
-def _serve_spawns(jobs: queue.SimpleQueue[_Spawn]) -> None:
-    while True:
-        popen, done = jobs.get()
+    def watch() -> None:
         try:
-            done.set_result(popen())
+            process = popen()
         except BaseException as exc:
-            done.set_exception(exc)
+            started.set_exception(exc)
+            return
+        started.set_result(process)
+        process.wait()
+
+    threading.Thread(target=watch, daemon=True, name="iotmeter-child-watch").start()
+    return started.result()
