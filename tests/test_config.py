@@ -36,8 +36,19 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
+    # --- api ---
+    "api_host": ["a b", "host/x", "[::1]:80/"],
+    "api_port": ["0", "65536", "http"],
+    "api_workers": ["0", "-1", "two"],
+    "api_rate_limit": ["-1", "nan", "inf", "fast"],
+    "api_rate_burst": ["0", "1.5", "many"],
+    "api_cors_origins": ["*", "example.net", "https://a.example/path", "ftp://a.example"],
+    "api_max_body_bytes": ["0", "1MiB"],
+    "api_max_firmware_bytes": ["0", "-1"],
+    "api_jwks_url": ["idp.example/jwks", "ftp://idp.example/jwks"],
 }
-ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
+ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
+            "api_jwt_audience", "api_jwt_issuer", "api_jwt_role_claim"}
 
 
 @pytest.fixture

@@ -108,6 +108,34 @@ def _text(text: str) -> str:
     return text
 
 
+def _host(text: str) -> str:
+    # An address or name to bind: what _host_port accepts before its colon, unbracketed.
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", text):
+        raise ValueError(f"{text!r} is not a host name or address")
+    return text
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} must be a finite number of 0 or more")
+    return value
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    # Browsers send Origin as scheme://host[:port], nothing more; a typo would silently
+    # allow nobody, so anything else is refused. "*" is refused too: keys ride along.
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
+    return origins
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -175,6 +203,30 @@ SETTINGS: tuple[Setting, ...] = (
             "How devices reach the firmware endpoint, e.g. https://fw.example.net; unset: a "
             "presigned S3 URL when the archive is S3, else http://<firmware_listen>."),
     Setting("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    # --- api ---
+    Setting("api_host", _host, "127.0.0.1",
+            "Address `iotmeter api` binds (0.0.0.0 for every interface)."),
+    Setting("api_port", _port, 8080, "Port of `iotmeter api`."),
+    Setting("api_workers", _positive(int), 1,
+            "gunicorn worker processes of `iotmeter api` (rate limits are per worker)."),
+    Setting("api_rate_limit", _non_negative_float, 50.0,
+            "Requests per second each API key (or JWT subject) may make; 0 turns the limit off."),
+    Setting("api_rate_burst", _positive(int), 100,
+            "Requests a key may make at once before the rate limit applies."),
+    Setting("api_cors_origins", _origins, None,
+            "Comma-separated origins allowed to call the API from a browser "
+            "(https://ops.example.net); none by default."),
+    Setting("api_max_body_bytes", _positive(int), 1 << 20,
+            "Largest request body the API accepts (413 above); firmware uploads excepted."),
+    Setting("api_max_firmware_bytes", _positive(int), 64 << 20,
+            "Largest firmware image the API accepts in one upload (413 above)."),
+    Setting("api_jwks_url", _url(("http", "https")), None,
+            "JWKS URL of an identity provider: JWT bearer tokens signed by its keys are "
+            "accepted. Unset: API keys only."),
+    Setting("api_jwt_audience", _text, None, "Audience (aud) a JWT must carry."),
+    Setting("api_jwt_issuer", _text, None, "Issuer (iss) a JWT must carry."),
+    Setting("api_jwt_role_claim", _text, "iotmeter_role",
+            "JWT claim holding the role: viewer, operator or admin."),
 )
 
 
@@ -204,6 +256,19 @@ class Settings:
     firmware_listen: str
     firmware_base_url: str | None
     log_level: str
+    # --- api ---
+    api_host: str
+    api_port: int
+    api_workers: int
+    api_rate_limit: float
+    api_rate_burst: int
+    api_cors_origins: tuple[str, ...] | None  # None: no browser origin is allowed
+    api_max_body_bytes: int
+    api_max_firmware_bytes: int
+    api_jwks_url: str | None
+    api_jwt_audience: str | None
+    api_jwt_issuer: str | None
+    api_jwt_role_claim: str
 
     @property
     def embedded(self) -> bool:
