@@ -1,0 +1,295 @@
+"""The application factory: the routes, and around every request the API's rules in order:
+request id, CORS preflight, authentication and role, rate limit, body cap, then metrics,
+audit and CORS headers on the way out. Every error leaves as problem+json."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from flask import Response, g, request
+from flask_openapi3 import Info, OpenAPI
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from iotmeter_tui.api import routing
+from iotmeter_tui.api.auth import Authenticator, AuthFailure
+from iotmeter_tui.api.context import ApiContext
+from iotmeter_tui.api.metrics import ApiMetrics
+from iotmeter_tui.api.problems import (
+    ApiProblem,
+    FieldError,
+    Problem,
+    field_name,
+    problem_response,
+)
+from iotmeter_tui.api.ratelimit import RateLimiter, retry_after_header
+from iotmeter_tui.backend.apikeys import role_allows
+from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.errors import IotmeterError, StoreError, StoreUnavailable
+from iotmeter_tui.backend.stores import Stores
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+CORS_MAX_AGE_S = "600"
+CORS_HEADERS = "Authorization, Content-Type, X-Request-ID"
+PUBLIC_PREFIXES = ("/api/v1/openapi", "/api/v1/docs")
+
+
+def create_app(settings: Settings, *, stores: Stores | None = None,
+               metrics: ApiMetrics | None = None) -> OpenAPI:
+    app = OpenAPI(
+        __name__,
+        info=Info(title="iotmeter device-manager API", version=API_VERSION,
+                  description="Devices, telemetry, raw archive, alerts, commands, firmware "
+                  "and OTA of a fleet of railway traction power meters. See docs/api.md."),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer",
+                                     "description": "an API key (iotmeter apikey create) or a "
+                                     "JWT from the configured identity provider"}},
+        doc_prefix="/api/v1/docs",
+        doc_url="/openapi.json",
+        validation_error_status=422,
+        validation_error_model=Problem,
+        validation_error_callback=_validation_problem,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    context = ApiContext(settings, stores)
+    app.extensions["iotmeter"] = context
+    app.extensions["iotmeter_metrics"] = metrics or ApiMetrics()
+    app.extensions["iotmeter_limiter"] = RateLimiter(settings.api_rate_limit,
+                                                     settings.api_rate_burst)
+    app.extensions["iotmeter_auth"] = None  # built on first use: it needs the stores
+
+    from iotmeter_tui.api import (
+        routes_archive,
+        routes_devices,
+        routes_ops,
+        routes_ota,
+        routes_system,
+        routes_telemetry,
+    )
+
+    for module in (routes_devices, routes_telemetry, routes_archive, routes_ops, routes_ota,
+                   routes_system):
+        app.register_api(module.bp)
+    routes_system.register_plain(app)
+
+    # The OpenAPI document also lives at /api/v1/openapi.json (the contract's path).
+    app.add_url_rule("/api/v1/openapi.json", "openapi_json",
+                     lambda: Response(orjson.dumps(app.api_doc), mimetype="application/json"))
+
+    app.before_request(_before)
+    app.after_request(_after)
+    app.teardown_request(_teardown)
+    app.register_error_handler(ApiProblem, _api_problem)
+    app.register_error_handler(HTTPException, _http_problem)
+    app.register_error_handler(StoreUnavailable, _store_unavailable)
+    app.register_error_handler(Exception, _unexpected)
+    return app
+
+
+# --- before ---------------------------------------------------------------------------------
+
+
+def _before() -> Response | None:
+    from flask import current_app
+
+    g.started = time.perf_counter()
+    offered = request.headers.get("X-Request-ID", "")
+    g.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    metrics: ApiMetrics = current_app.extensions["iotmeter_metrics"]
+    metrics.in_flight.inc()
+    g.in_flight = True
+    settings: Settings = current_app.extensions["iotmeter"].settings
+
+    if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+        return _preflight(settings)
+    rule = request.url_rule
+    if rule is None or not request.path.startswith(routing.PREFIX + "/"):
+        return None  # 404/405 and the plain endpoints (/healthz, /readyz, /metrics)
+    if request.path.startswith(PUBLIC_PREFIXES):
+        return None
+    info = routing.ROUTES.get((rule.rule, request.method))
+    if info is None:
+        return None  # HEAD/OPTIONS Flask adds on its own
+
+    authenticator = current_app.extensions["iotmeter_auth"]
+    if authenticator is None:
+        context: ApiContext = current_app.extensions["iotmeter"]
+        authenticator = Authenticator(
+            context.apikeys, jwks_url=settings.api_jwks_url,
+            audience=settings.api_jwt_audience, issuer=settings.api_jwt_issuer,
+            role_claim=settings.api_jwt_role_claim)
+        current_app.extensions["iotmeter_auth"] = authenticator
+    try:
+        principal = authenticator.authenticate(request.headers.get("Authorization"))
+    except AuthFailure as failure:
+        metrics.auth_failures.labels(failure.reason).inc()
+        raise ApiProblem(401, failure.detail, field="Authorization",
+                         headers={"WWW-Authenticate": 'Bearer realm="iotmeter"'}) from None
+    g.principal = principal
+    g.route_info = info
+    if not role_allows(principal.role, info.role):
+        metrics.auth_failures.labels("forbidden").inc()
+        raise ApiProblem(403, f"this needs the {info.role} role; {principal.name!r} is "
+                         f"{principal.role}")
+
+    limiter: RateLimiter = current_app.extensions["iotmeter_limiter"]
+    wait_s = limiter.take(principal.bucket)
+    if wait_s > 0:
+        metrics.rate_limited.inc()
+        raise ApiProblem(429, f"rate limit of {settings.api_rate_limit:g} requests/s for "
+                         f"{principal.name!r} reached", headers={
+                             "Retry-After": retry_after_header(wait_s)})
+
+    cap = int(getattr(settings, info.max_body))
+    request.max_content_length = cap
+    length = request.content_length
+    if length is not None and length > cap:
+        raise ApiProblem(413, f"the body is {length} bytes; at most {cap} are accepted here")
+    if info.json_body:
+        _check_json_body()
+    return None
+
+
+def _check_json_body() -> None:
+    if request.mimetype != "application/json":
+        raise ApiProblem(415, "the body must be JSON (Content-Type: application/json)",
+                         field="Content-Type")
+    try:
+        request.get_json()  # cached: flask-openapi3 reads the same parse
+    except HTTPException:
+        raise ApiProblem(400, "the body is not valid JSON", field="body") from None
+
+
+def _preflight(settings: Settings) -> Response:
+    origin = request.headers.get("Origin", "")
+    if origin not in (settings.api_cors_origins or ()):
+        raise ApiProblem(403, "this origin is not allowed to call the API "
+                         "(IOTMETER_API_CORS_ORIGINS)", field="Origin")
+    response = Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+    response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+    response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE_S
+    return response
+
+
+# --- after ----------------------------------------------------------------------------------
+
+
+def _after(response: Response) -> Response:
+    from flask import current_app
+
+    context: ApiContext = current_app.extensions["iotmeter"]
+    metrics: ApiMetrics = current_app.extensions["iotmeter_metrics"]
+    request_id = getattr(g, "request_id", None)
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    origin = request.headers.get("Origin")
+    if origin and origin in (context.settings.api_cors_origins or ()):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, X-Request-ID"
+        response.headers.add("Vary", "Origin")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+    started = getattr(g, "started", None)
+    if started is not None:
+        metrics.duration.labels(request.method, route).observe(time.perf_counter() - started)
+    _audit(context, response.status_code)
+    return response
+
+
+def _audit(context: ApiContext, status: int) -> None:
+    principal = getattr(g, "principal", None)
+    info = getattr(g, "route_info", None)
+    if principal is None or info is None or info.action is None:
+        return
+    target = getattr(g, "audit_target", None)
+    if target is None and request.view_args:
+        target = next(iter(str(v) for v in request.view_args.values()), None)
+    result = "ok" if status < 400 else ("denied" if status in (401, 403) else "failed")
+    try:
+        context.audit.record(principal.name, principal.role, info.action, target,
+                             f"{result} {status}", request_id=g.request_id,
+                             detail=getattr(g, "audit_detail", None))
+    except StoreError as exc:
+        # The change itself is done (or failed) already; the log line keeps what the table
+        # could not.
+        log.error("audit record not stored", extra={
+            "event": "api_audit_failed", "actor": principal.name, "action": info.action,
+            "target": target, "status": status, "request_id": g.request_id, "error": str(exc)})
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    from flask import current_app
+
+    if getattr(g, "in_flight", False):
+        g.in_flight = False
+        current_app.extensions["iotmeter_metrics"].in_flight.dec()
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _problem(status: int, detail: str, **kwargs: Any) -> Response:
+    return problem_response(status, detail, instance=request.path,
+                            request_id=getattr(g, "request_id", None), **kwargs)
+
+
+def _api_problem(exc: ApiProblem) -> Response:
+    return _problem(exc.status, exc.detail, field=exc.field, errors=exc.errors,
+                    headers=exc.headers)
+
+
+def _http_problem(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    if status == 413:
+        detail = "the body is larger than this endpoint accepts"
+    elif status == 405:
+        allowed = ", ".join(sorted(m for m in (exc.valid_methods or [])  # type: ignore[attr-defined]
+                                   if m not in ("HEAD", "OPTIONS")))
+        detail = f"{request.method} is not allowed here" + (f"; use {allowed}" if allowed else "")
+    elif status == 404:
+        detail = f"no such path {request.path!r}"
+    else:
+        detail = exc.description or exc.name
+    headers = {}
+    response = exc.get_response()
+    if "Allow" in response.headers:
+        headers["Allow"] = response.headers["Allow"]
+    if exc.response is not None and exc.response.status_code == 422:
+        return exc.response  # flask-openapi3's validation problem, already shaped
+    return _problem(status, detail, headers=headers)
+
+
+def _store_unavailable(exc: StoreUnavailable) -> Response:
+    return _problem(503, str(exc), headers={"Retry-After": "5"})
+
+
+def _unexpected(exc: Exception) -> Response:
+    if isinstance(exc, IotmeterError):
+        # A service's refusal that a route did not translate: the message is for people.
+        return _problem(422, str(exc))
+    log.exception("unexpected error answering %s %s", request.method, request.path)
+    return _problem(500, "internal error; the server log has the details (request id "
+                    f"{getattr(g, 'request_id', '-')})")
+
+
+def _validation_problem(exc: ValidationError) -> Response:
+    errors = []
+    for error in exc.errors(include_url=False):
+        errors.append(FieldError(field=field_name(error.get("loc", ())),
+                                 message=str(error.get("msg", "invalid"))))
+    first = errors[0].field if errors else None
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "invalid input"
+    return problem_response(422, detail, instance=request.path, field=first, errors=errors,
+                            request_id=getattr(g, "request_id", None))
