@@ -30,7 +30,14 @@ from iotmeter_tui.api.problems import (
 from iotmeter_tui.api.ratelimit import RateLimiter, retry_after_header
 from iotmeter_tui.backend.apikeys import role_allows
 from iotmeter_tui.backend.config import Settings
-from iotmeter_tui.backend.errors import IotmeterError, StoreError, StoreUnavailable
+from iotmeter_tui.backend.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    IotmeterError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from iotmeter_tui.backend.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,9 @@ def create_app(settings: Settings, *, stores: Stores | None = None,
     app.register_error_handler(ApiProblem, _api_problem)
     app.register_error_handler(HTTPException, _http_problem)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
+    app.register_error_handler(NotFound, lambda e: _problem(404, str(e)))
+    app.register_error_handler(AlreadyExists, lambda e: _problem(409, str(e)))
+    app.register_error_handler(InvalidRequest, lambda e: _problem(422, str(e)))
     app.register_error_handler(Exception, _unexpected)
     return app
 
@@ -211,22 +221,32 @@ def _after(response: Response) -> Response:
 def _audit(context: ApiContext, status: int) -> None:
     principal = getattr(g, "principal", None)
     info = getattr(g, "route_info", None)
-    if principal is None or info is None or info.action is None:
-        return
+    if principal is None or info is None or info.action is None or g.get("audited"):
+        return  # a read, an unauthenticated request, or the service recorded it
     target = getattr(g, "audit_target", None)
     if target is None and request.view_args:
         target = next(iter(str(v) for v in request.view_args.values()), None)
-    result = "ok" if status < 400 else ("denied" if status in (401, 403) else "failed")
+    detail = {"status": status}
+    if getattr(g, "audit_detail", None):
+        detail["note"] = g.audit_detail
     try:
         context.audit.record(principal.name, principal.role, info.action, target,
-                             f"{result} {status}", request_id=g.request_id,
-                             detail=getattr(g, "audit_detail", None))
+                             _result(status), request_id=g.request_id, detail=detail)
     except StoreError as exc:
         # The change itself is done (or failed) already; the log line keeps what the table
         # could not.
         log.error("audit record not stored", extra={
             "event": "api_audit_failed", "actor": principal.name, "action": info.action,
             "target": target, "status": status, "request_id": g.request_id, "error": str(exc)})
+
+
+def _result(status: int) -> str:
+    """An HTTP status as one of audit.RESULTS."""
+    if status < 400:
+        return "ok"
+    return {401: "denied", 403: "denied", 404: "not_found", 409: "conflict",
+            400: "invalid", 413: "invalid", 415: "invalid", 422: "invalid",
+            429: "denied"}.get(status, "failed")
 
 
 def _teardown(_exc: BaseException | None) -> None:
@@ -267,7 +287,7 @@ def _http_problem(exc: HTTPException) -> Response:
     if "Allow" in response.headers:
         headers["Allow"] = response.headers["Allow"]
     if exc.response is not None and exc.response.status_code == 422:
-        return exc.response  # flask-openapi3's validation problem, already shaped
+        return exc.response  # type: ignore[return-value]  # flask-openapi3's problem
     return _problem(status, detail, headers=headers)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from iotmeter_tui.backend.apikeys import ROLES, ApiKeyService
+from iotmeter_tui.backend.apikeys import ROLES, ApiKeyService, hash_secret
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class Authenticator:
     def _from_key(self, secret: str) -> Principal:
         key = self.keys.verify(secret)
         if key is None:
-            if self.keys.is_revoked(secret):
+            known = self.keys.metadata.get_api_key_by_hash(hash_secret(secret))
+            if known is not None and not known.active:
                 raise AuthFailure("revoked", "this API key has been revoked")
             raise AuthFailure("invalid", "unknown API key")
         return Principal(key.name, key.role, "key")

@@ -30,7 +30,7 @@ class ApiContext:
         self.settings = settings
         self._stores = stores
         self._owns_stores = stores is None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # services are made under it and open the stores
         self._publisher: ServerPublisher | None = None
         self._publisher_tried_at = 0.0
         self._services: dict[str, Any] = {}
@@ -64,20 +64,20 @@ class ApiContext:
 
     @property
     def ota(self) -> OtaService:
-        return self._service("ota", lambda: OtaService(self.stores.metadata,  # type: ignore
+        return self._service("ota", lambda: OtaService(self.stores.metadata,
                                                         self.stores.archive))
 
     @property
     def audit(self) -> AuditLog:
-        return self._service("audit", lambda: AuditLog(self.stores.metadata))  # type: ignore
+        return self._service("audit", lambda: AuditLog(self.stores.metadata))
 
     @property
     def apikeys(self) -> ApiKeyService:
-        return self._service("apikeys", lambda: ApiKeyService(self.stores.metadata))  # type: ignore
+        return self._service("apikeys", lambda: ApiKeyService(self.stores.metadata))
 
     @property
     def devices(self) -> DeviceService:
-        return self._service("devices", lambda: DeviceService(  # type: ignore
+        return self._service("devices", lambda: DeviceService(
             self.stores.metadata, self.commands, audit=None))
 
     def _find_publisher(self) -> ServerPublisher | None:

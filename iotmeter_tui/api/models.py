@@ -91,9 +91,11 @@ class DeviceCreate(Strict):
 
 
 class DevicePatch(Strict):
+    """Only the members sent change; null clears a name or location."""
+
     name: str | None = Field(None, max_length=200)
     location: str | None = Field(None, max_length=200)
-    metadata: Metadata | None = None
+    metadata: Metadata = Field(default_factory=dict, description="replaces the whole object")
 
 
 class DeviceCreated(Device):
@@ -114,8 +116,8 @@ class ConfigReplace(Strict):
 class ConfigResult(DeviceConfig):
     command_id: str | None = Field(None, description="the set_config command pushed to the "
                                    "device, when it must apply a change")
-    pushed: bool
-    note: str | None = None
+    pushed: dict[str, Any] = Field(description="the keys and values sent to the device")
+    reason: str | None = Field(None, description="why nothing was sent, when nothing was")
 
 
 # --- telemetry ------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ class AuditEntry(BaseModel):
     target: str | None = None
     result: str
     request_id: str | None = None
-    detail: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 class AuditQuery(PageQuery):

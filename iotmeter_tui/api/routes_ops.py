@@ -59,14 +59,14 @@ def _alert_change(alert_id: int, verb: str) -> Response:
 
 
 @api_route(bp, "post", "/alerts/{alert_id}/ack", role="operator", action="alert.ack",
-           responses={204: None, 409: m.Problem}, tags=ALERTS,
+           responses={204: None}, tags=ALERTS,
            summary="acknowledge an active alert")
 def ack_alert(path: m.AlertPath) -> Response:
     return _alert_change(path.alert_id, "ack")
 
 
 @api_route(bp, "post", "/alerts/{alert_id}/clear", role="operator", action="alert.clear",
-           responses={204: None, 409: m.Problem}, tags=ALERTS,
+           responses={204: None}, tags=ALERTS,
            summary="clear an active or acknowledged alert")
 def clear_alert(path: m.AlertPath) -> Response:
     return _alert_change(path.alert_id, "clear")

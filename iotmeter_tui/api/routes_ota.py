@@ -93,7 +93,7 @@ def list_campaigns(query: m.CampaignQuery) -> Response:
 
 
 @api_route(bp, "post", "/ota/campaigns", role="operator", action="ota.start", json_body=True,
-           responses={201: m.CampaignDetail, 409: m.Problem}, tags=OTA,
+           responses={201: m.CampaignDetail}, tags=OTA,
            summary="start a campaign: devices, a type or all; batch size; failure threshold")
 def start_campaign(body: m.CampaignCreate) -> Response:
     chosen = sum((body.devices is not None, body.type is not None, body.all))
@@ -134,7 +134,7 @@ def get_campaign(path: m.CampaignPath) -> Response:
 
 
 @api_route(bp, "post", "/ota/campaigns/{campaign_id}/abort", role="operator",
-           action="ota.abort", responses={200: m.CampaignDetail, 409: m.Problem}, tags=OTA,
+           action="ota.abort", responses={200: m.CampaignDetail}, tags=OTA,
            summary="stop offering; devices mid-update are still followed")
 def abort_campaign(path: m.CampaignPath) -> Response:
     _status(path.campaign_id)

@@ -20,10 +20,11 @@ from pydantic import BaseModel
 from iotmeter_tui.api.auth import Principal
 from iotmeter_tui.api.context import ApiContext
 from iotmeter_tui.api.problems import Problem
+from iotmeter_tui.backend.audit import Actor
 from iotmeter_tui.backend.protocol import MAX_TS_MS
 
 PREFIX = "/api/v1"
-SECURITY = [{"bearer": []}]
+SECURITY: list[dict[str, list[Any]]] = [{"bearer": []}]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ ROUTES: dict[tuple[str, str], RouteInfo] = {}
 ERRORS = {status: {"description": text, "content": {"application/problem+json": {
     "schema": {"$ref": "#/components/schemas/Problem"}}}}
     for status, text in ((400, "Bad request"), (401, "No, a bad or a revoked key"),
-                         (403, "Role too low"), (404, "Not found"), (413, "Body too large"),
+                         (403, "Role too low"), (404, "Not found"), (409, "Conflict"), (413, "Body too large"),
                          (415, "Not JSON"), (422, "Invalid input"), (429, "Rate limited"))}
 
 
@@ -66,6 +67,15 @@ def ctx() -> ApiContext:
 def caller() -> Principal:
     principal: Principal = g.principal
     return principal
+
+
+def actor() -> Actor:
+    """The caller as the services' audit actor. A route that passes it on leaves the audit
+    entry to the service (which records the outcome with its detail), so the request is not
+    recorded twice."""
+    g.audited = True
+    principal = caller()
+    return Actor(principal.name, principal.role, g.request_id)
 
 
 def out(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -153,6 +163,6 @@ def page_of(items: list[Any], offset: int, limit: int) -> tuple[list[Any], str |
     return page, (encode_cursor(offset + limit) if len(items) > limit else None)
 
 
-__all__ = ["PREFIX", "ROUTES", "Problem", "RouteInfo", "api_route", "caller", "ctx",
+__all__ = ["PREFIX", "ROUTES", "Problem", "RouteInfo", "actor", "api_route", "caller", "ctx",
            "decode_cursor", "encode_cursor", "note_target", "out", "page_of", "parse_duration",
            "parse_time"]
