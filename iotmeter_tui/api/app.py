@@ -47,6 +47,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 CORS_MAX_AGE_S = "600"
 CORS_HEADERS = "Authorization, Content-Type, X-Request-ID"
+# Query parameters that take several values (`?device=a&device=b`); any other given twice is
+# an error rather than silently the first.
+REPEATABLE = frozenset({"device"})
 PUBLIC_PREFIXES = ("/api/v1/openapi", "/api/v1/docs")
 
 
@@ -91,7 +94,7 @@ def create_app(settings: Settings, *, stores: Stores | None = None,
 
     # The OpenAPI document also lives at /api/v1/openapi.json (the contract's path).
     app.add_url_rule("/api/v1/openapi.json", "openapi_json",
-                     lambda: Response(orjson.dumps(app.api_doc), mimetype="application/json"))
+                     lambda: Response(orjson.dumps(_document(app)), mimetype="application/json"))
 
     app.before_request(_before)
     app.after_request(_after)
@@ -104,6 +107,27 @@ def create_app(settings: Settings, *, stores: Stores | None = None,
     app.register_error_handler(InvalidRequest, lambda e: _problem(422, str(e)))
     app.register_error_handler(Exception, _unexpected)
     return app
+
+
+def _document(app: OpenAPI) -> dict[str, Any]:
+    """The generated document plus what the extension cannot declare: links from a created
+    device to what can be done with it (clients and schemathesis follow them)."""
+    doc: dict[str, Any] = app.api_doc
+    paths = doc.get("paths", {})
+    created = paths.get("/api/v1/devices", {}).get("post", {}).get("responses", {}).get("201")
+    if created is not None and "links" not in created:
+        links = {}
+        for path, verbs in (("/api/v1/devices/{device_id}", ("get", "patch", "delete")),
+                            ("/api/v1/devices/{device_id}/config", ("get", "put"))):
+            for verb in verbs:
+                operation = paths.get(path, {}).get(verb)
+                if operation and "operationId" in operation:
+                    name = f"{verb}{path.rsplit('/', 1)[-1].title().replace('{', '')}"
+                    links[name.replace("}", "").replace("_", "")] = {
+                        "operationId": operation["operationId"],
+                        "parameters": {"device_id": "$response.body#/device_id"}}
+        created["links"] = links
+    return doc
 
 
 # --- before ---------------------------------------------------------------------------------
@@ -159,6 +183,11 @@ def _before() -> Response | None:
         raise ApiProblem(429, f"rate limit of {settings.api_rate_limit:g} requests/s for "
                          f"{principal.name!r} reached", headers={
                              "Retry-After": retry_after_header(wait_s)})
+
+    for name, values in request.args.lists():
+        if len(values) > 1 and name not in REPEATABLE:
+            raise ApiProblem(422, f"{name}: given {len(values)} times; it takes one value",
+                             field=name)
 
     cap = int(getattr(settings, info.max_body))
     request.max_content_length = cap
