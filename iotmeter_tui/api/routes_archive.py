@@ -36,8 +36,11 @@ def _range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
     return start_ms, end_ms
 
 
-def _stream(lines: Iterator[bytes]) -> Response:
-    first = next(lines, None)  # store errors surface here, as problems
+def _stream(lines: Iterator[bytes], field: str) -> Response:
+    try:
+        first = next(lines, None)  # store errors surface here, as problems
+    except ValueError as exc:  # the reader refuses a name that cannot be in a key
+        raise ApiProblem(422, f"{field}: {exc}", field=field) from None
 
     def body() -> Iterator[bytes]:
         try:
@@ -62,7 +65,7 @@ def raw(path: m.DevicePath, query: m.RawQuery) -> Response:
     start_ms, end_ms = _range(query.start, query.end)
     return _stream(_lines(iter_raw(ctx().stores.archive, path.device_id,
                                    category=query.category, start_ms=start_ms,
-                                   end_ms=end_ms)))
+                                   end_ms=end_ms)), "category")
 
 
 @api_route(bp, "get", "/rejected", role="viewer", responses=NDJSON_RESPONSE,
@@ -74,5 +77,5 @@ def rejected(query: m.RejectedQuery) -> Response:
     start_ms, end_ms = _range(query.start, query.end)
     entries = iter_rejected(ctx().stores.archive, reason=query.reason, device_id=query.device,
                             start_ms=start_ms, end_ms=end_ms)
-    return _stream(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE,
-                                default=str) for entry in entries)
+    return _stream((orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE, default=str)
+                    for entry in entries), "reason")
