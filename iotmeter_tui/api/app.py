@@ -69,7 +69,9 @@ def create_app(settings: Settings, *, stores: Stores | None = None,
         validation_error_model=Problem,
         validation_error_callback=_validation_problem,
     )
-    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    # No app-wide cap: each route's cap is set per request in _before (a raw upload reads
+    # its own, bounded); a request that matches no route never has its body read.
+    app.config["MAX_CONTENT_LENGTH"] = None
     app.json.sort_keys = False  # type: ignore[attr-defined]
     context = ApiContext(settings, stores)
     app.extensions["iotmeter"] = context
@@ -190,10 +192,18 @@ def _before() -> Response | None:
                              field=name)
 
     cap = int(getattr(settings, info.max_body))
-    request.max_content_length = cap
+    g.body_cap = cap
     length = request.content_length
     if length is not None and length > cap:
         raise ApiProblem(413, f"the body is {length} bytes; at most {cap} are accepted here")
+    if length is None and request.mimetype != "application/octet-stream":
+        # werkzeug stops a chunked body at the cap without saying so; only a raw stream is
+        # read here with a check of its own (routing.read_body), so the rest need a length.
+        request.max_content_length = 0
+        if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raise ApiProblem(411, "send this body with a Content-Length", field="Content-Length")
+    else:
+        request.max_content_length = None if length is None else cap
     if info.json_body:
         _check_json_body()
     return None

@@ -19,6 +19,7 @@ from iotmeter_tui.api.routing import (
     note_target,
     out,
     page_of,
+    read_body,
 )
 from iotmeter_tui.backend.ota import CampaignStatus, OtaError
 from iotmeter_tui.backend.protocol import is_valid_label
@@ -52,7 +53,7 @@ def upload_firmware(query: m.FirmwareQuery) -> Response:
         image = upload.read()
     elif request.mimetype == "application/octet-stream":
         version = query.version
-        image = request.get_data(cache=False)
+        image = read_body()
     else:
         raise ApiProblem(415, "send the image as application/octet-stream (with ?version=) "
                          "or multipart/form-data", field="Content-Type")

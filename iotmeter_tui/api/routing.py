@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from flask import Response, current_app, g
+from flask import Response, current_app, g, request
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
 
@@ -41,7 +41,7 @@ ROUTES: dict[tuple[str, str], RouteInfo] = {}
 ERRORS = {status: {"description": text, "content": {"application/problem+json": {
     "schema": {"$ref": "#/components/schemas/Problem"}}}}
     for status, text in ((400, "Bad request"), (401, "No, a bad or a revoked key"),
-                         (403, "Role too low"), (404, "Not found"), (409, "Conflict"),
+                         (403, "Role too low"), (404, "Not found"), (409, "Conflict"), (411, "Length required"),
                          (413, "Body too large"),
                          (415, "Not JSON"), (422, "Invalid input"), (429, "Rate limited"),
                          (503, "A store is unavailable; try again"))}
@@ -94,6 +94,18 @@ def note_target(target: str | None, detail: str | None = None) -> None:
     g.audit_target = target
     if detail is not None:
         g.audit_detail = detail
+
+
+def read_body() -> bytes:
+    """A raw body, at most the route's cap: 413 past it, also for a chunked upload that
+    announced no length (never a silently shortened body)."""
+    from iotmeter_tui.api.problems import ApiProblem
+
+    cap: int = g.body_cap
+    data = request.stream.read(cap + 1)
+    if len(data) > cap:
+        raise ApiProblem(413, f"the body is larger than the {cap} bytes accepted here")
+    return data
 
 
 # --- times ----------------------------------------------------------------------------------
