@@ -41,8 +41,8 @@ ROUTES: dict[tuple[str, str], RouteInfo] = {}
 ERRORS = {status: {"description": text, "content": {"application/problem+json": {
     "schema": {"$ref": "#/components/schemas/Problem"}}}}
     for status, text in ((400, "Bad request"), (401, "No, a bad or a revoked key"),
-                         (403, "Role too low"), (404, "Not found"), (409, "Conflict"), (411, "Length required"),
-                         (413, "Body too large"),
+                         (403, "Role too low"), (404, "Not found"), (409, "Conflict"),
+                         (411, "Length required"), (413, "Body too large"),
                          (415, "Not JSON"), (422, "Invalid input"), (429, "Rate limited"),
                          (503, "A store is unavailable; try again"))}
 

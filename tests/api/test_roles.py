@@ -1,4 +1,4 @@
-"""The role matrix: every endpoint × no key, a revoked key, viewer, operator, admin. Below the
+"""The role matrix: every endpoint by no key, a revoked key, viewer, operator, admin. Below the
 endpoint's role: 403; no or a revoked key: 401; at or above: answered (never 401/403/5xx).
 Every refusal is problem+json and counted; every changing request lands in the audit log."""
 
