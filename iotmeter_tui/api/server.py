@@ -39,6 +39,9 @@ class ApiServer(BaseApplication):
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "timeout": WORKER_TIMEOUT_S,
             "proc_name": "iotmeter-api",
+            # gunicorn's control socket lives at one path per user: two servers on one
+            # machine would fight over it, and nothing here uses it.
+            "control_socket_disable": True,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": s.log_level.lower(),

@@ -121,7 +121,7 @@ class CommandService:
                           created_by=created_by)
             self.metadata.create_command(cmd)
             log.info("command refused", extra={"event": "command_refused", "command_id":
-                                               command_id, "device_id": device_id, "name": name})
+                                               command_id, "device_id": device_id, "command": name})
             return cmd
         cmd = Command(command_id, device_id, name, params, "queued", now, now, expires_at,
                       created_by=created_by)
@@ -130,7 +130,7 @@ class CommandService:
                                f"{protocol.MAX_PAYLOAD_BYTES} bytes")
         self.metadata.create_command(cmd)
         log.info("command queued", extra={"event": "command_queued", "command_id": command_id,
-                                          "device_id": device_id, "name": name})
+                                          "device_id": device_id, "command": name})
         if self._broker_ready() and self._online(device_id):
             try:
                 self._deliver(cmd, now)
