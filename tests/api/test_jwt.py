@@ -33,7 +33,7 @@ class IdentityProvider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 provider.fetches += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
