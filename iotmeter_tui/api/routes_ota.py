@@ -111,7 +111,8 @@ def start_campaign(body: m.CampaignCreate) -> Response:
             created_by=caller().name)
     except OtaError as exc:
         text = str(exc)
-        status = 409 if "already" in text or "busy" in text else 422
+        # A device still updating in another campaign is a conflict; the rest is bad input.
+        status = 409 if "still updating" in text else 422
         raise ApiProblem(status, text, field="version" if "firmware" in text else "devices") \
             from None
     note_target(campaign.id, f"{body.version} {campaign.selector}"[:500])
