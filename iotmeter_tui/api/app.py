@@ -108,6 +108,7 @@ def create_app(settings: Settings, *, stores: Stores | None = None,
     app.register_error_handler(AlreadyExists, lambda e: _problem(409, str(e)))
     app.register_error_handler(InvalidRequest, lambda e: _problem(422, str(e)))
     app.register_error_handler(Exception, _unexpected)
+    _document(app)  # built once, links included, for both document URLs and the docs page
     return app
 
 

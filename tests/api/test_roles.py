@@ -134,3 +134,14 @@ def test_role_matrix(api: LiveApi) -> None:
 def test_probes_and_documents_need_no_key(api: LiveApi, path: str) -> None:
     response = api.call("GET", path, key=None)
     assert response.status_code == 200, response.text
+
+
+def test_docs_page_is_served_from_the_package(api: LiveApi) -> None:
+    page = api.call("GET", "/api/v1/docs/swagger", key=None)
+    assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+    assert "://" not in page.text.split("<body>")[0]  # no CDN: assets are local
+    asset = api.call("GET", "/api/v1/docs/swagger/js/swagger-ui-bundle.js", key=None)
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+    linked = api.call("GET", "/api/v1/docs/openapi.json", key=None).json()
+    assert linked == api.call("GET", "/api/v1/openapi.json", key=None).json()
+    assert linked["openapi"].startswith("3.1")
