@@ -350,6 +350,10 @@ def _archive_get(args: argparse.Namespace) -> int:
     settings = _load(args)
     skipped = _Skipped()
     out = sys.stdout.buffer
+    # Accepted lines are valid JSON, so they hold no raw control character; an archive is
+    # still only as trustworthy as whoever could write to it, so a terminal gets them escaped
+    # (a pipe or a file gets the bytes exactly).
+    to_terminal = sys.stdout.isatty()
     with _stores(settings) as stores:
         try:
             lines = iter_raw(stores.archive, args.device_id, category=args.category,
@@ -357,6 +361,8 @@ def _archive_get(args: argparse.Namespace) -> int:
                              slack_ms=DEFAULT_SLACK_MS if args.slack is None else args.slack,
                              on_skip=skipped)
             for line in lines:
+                if to_terminal:
+                    line = printable(line.decode("utf-8", "backslashreplace")).encode()
                 out.write(line + b"\n")
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None

@@ -242,3 +242,39 @@ def test_moment_reads_iso_epoch_and_ages() -> None:
     assert moment("1h", now_ms=10_000_000) == 10_000_000 - 3_600_000
     assert moment("90s", now_ms=100_000) == 10_000
     assert moment("1.5d", now_ms=200_000_000) == 200_000_000 - 129_600_000
+
+
+@pytest.mark.parametrize("store_env", ["embedded"], indirect=True)
+def test_a_tampered_archive_line_reaches_a_terminal_escaped(env: dict[str, str]) -> None:
+    import pty
+
+    archive = Path(env["IOTMETER_HOME"]) / "archive" / "dc-1" / "telemetry" / "2026" / "11" / "27"
+    archive.mkdir(parents=True)
+    tampered = b'{"v":2,"device_id":"dc-1","ts":1,"note":"\x1b]0;pwned\x07\x1b[2J"}\n'
+    (archive / "004000-x.ndjson").write_bytes(tampered)
+    # To a pipe: the bytes exactly.
+    piped = child(env, "archive", "get", "dc-1")
+    out, _ = piped.communicate(timeout=60)
+    assert out == tampered
+    # To a terminal: escaped.
+    master, slave = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IOTMETER_")}
+    clean["PYTHONPATH"] = str(REPO) + os.pathsep + clean.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", "iotmeter_tui", "archive", "get", "dc-1"],
+                            cwd=REPO, env={**clean, **env}, stdout=slave,
+                            stderr=subprocess.PIPE)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"\x1b" not in seen and b"\x07" not in seen
+    assert b"\\x1b]0;pwned\\x07\\x1b[2J" in seen
