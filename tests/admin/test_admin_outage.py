@@ -37,7 +37,7 @@ def test_a_change_while_the_database_is_down_fails_whole_and_works_after(
     devices.create("dc-0001", actor=ALICE)
     private_postgres.stop()
     try:
-        with pytest.raises(StoreUnavailable, match="^postgresql: "):
+        with pytest.raises(StoreUnavailable, match=r"^postgresql: "):
             devices.replace_config("dc-0001", {"interval_s": 1}, actor=ALICE)
         with pytest.raises(StoreUnavailable):
             devices.create("dc-0002", actor=ALICE)
