@@ -208,3 +208,16 @@ def test_objects_are_read_one_at_a_time_as_lines_are_taken(archive: ArchiveStore
     next(lines)
     assert counting.gets == 2
     assert len(list(lines)) == 20 * 3 - 4 and counting.gets == 20
+
+
+def test_the_lines_before_damage_in_a_gzip_object_are_kept(archive: ArchiveStore) -> None:
+    lines = [raw("dc-1", seq, T0 + seq) for seq in range(400)]
+    body = gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0)
+    archive.put("dc-1/telemetry/2026/11/27/000000-a.ndjson.gz", body[: len(body) * 2 // 3])
+    archive.put("dc-1/telemetry/2026/11/27/000001-b.ndjson.gz", body[:-8])  # no trailer
+    skipped: list[tuple[str, str]] = []
+    got = list(iter_raw(archive, "dc-1", on_skip=lambda k, why: skipped.append((k, why))))
+    cut = len(got) - len(lines)  # the second object's lines all survive, only its CRC is gone
+    assert got[cut:] == lines and 0 < cut < len(lines) and got[:cut] == lines[:cut]
+    assert [k.rsplit("/", 1)[1] for k, _ in skipped] == ["000000-a.ndjson.gz",
+                                                         "000001-b.ndjson.gz"]
