@@ -71,6 +71,18 @@ def _register_device(sub: Any) -> None:
                      help="a metadata entry; V is read as JSON when it is JSON. Repeat for more")
     add.set_defaults(handler=_device_add)
 
+    update = group.add_parser(
+        "update", help="change a device's name, location or metadata",
+        description="Change only what is given: an empty --name or --location clears it; "
+        "--meta entries are merged into the metadata (--meta K= with nothing after = removes "
+        "K), --replace-meta makes them the whole metadata.")
+    update.add_argument("device_id", metavar="ID")
+    update.add_argument("--name", metavar="N")
+    update.add_argument("--location", metavar="L")
+    update.add_argument("--meta", action="append", default=[], type=_pair, metavar="K=V")
+    update.add_argument("--replace-meta", action="store_true")
+    update.set_defaults(handler=_device_update)
+
     listing = group.add_parser("list", help="registered devices")
     listing.add_argument("--status", choices=CONNECTION_STATUSES)
     listing.add_argument("--type", metavar="T")
@@ -240,6 +252,38 @@ def _device_add(args: argparse.Namespace) -> int:
     if created.password is not None:
         _note("its broker password, shown once:")
         print(created.password)
+    return EXIT_OK
+
+
+def _device_update(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.stores.metadata import UNSET
+
+    settings = _load(args)
+    changes: dict[str, Any] = {}
+    for field in ("name", "location"):
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value or None  # an empty value clears the field
+    with _stores(settings) as stores:
+        service = _device_service(stores)
+        if args.meta or args.replace_meta:
+            current = service.get(args.device_id)
+            metadata = {} if args.replace_meta or current is None else dict(current.metadata)
+            for key, value in args.meta:
+                if value == "":
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = value
+            changes["metadata"] = metadata
+        if not changes:
+            _note("iotmeter: nothing to change: give --name, --location or --meta")
+            return EXIT_USAGE
+        device = service.update(args.device_id, name=changes.get("name", UNSET),
+                                location=changes.get("location", UNSET),
+                                metadata=changes.get("metadata", UNSET), actor=_actor())
+    meta_text = json.dumps(device.metadata, sort_keys=True)  # JSONB keeps no key order
+    print(f"device {device.device_id}: name {printable(device.name or '-')}, location "
+          f"{printable(device.location or '-')}, metadata {printable(meta_text)}")
     return EXIT_OK
 
 

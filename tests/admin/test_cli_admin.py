@@ -278,3 +278,25 @@ def test_a_tampered_archive_line_reaches_a_terminal_escaped(env: dict[str, str])
     assert proc.returncode == 0
     assert b"\x1b" not in seen and b"\x07" not in seen
     assert b"\\x1b]0;pwned\\x07\\x1b[2J" in seen
+
+
+def test_device_update_changes_only_what_is_given(env: dict[str, str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "device", "add", "dc-0001", "--name", "Feeder", "--location", "North",
+        "--meta", "rack=3", "--meta", "tag=spare")
+    code, out, _ = run(capsys, "device", "update", "dc-0001", "--location", "South",
+                       "--meta", "tag=", "--meta", "bay=12")
+    assert code == 0
+    assert out == 'device dc-0001: name Feeder, location South, metadata {"bay": 12, "rack": 3}\n'
+    code, out, _ = run(capsys, "device", "update", "dc-0001", "--name", "", "--replace-meta",
+                       "--meta", "k=v")
+    assert out == 'device dc-0001: name -, location South, metadata {"k": "v"}\n'
+    code, _, err = run(capsys, "device", "update", "dc-0001")
+    assert code == 2 and "nothing to change" in err
+    code, _, err = run(capsys, "device", "update", "nobody", "--name", "x")
+    assert code == 1 and err == "iotmeter: no device 'nobody'\n"
+    code, _, err = run(capsys, "device", "update", "dc-0001", "--name", "a\x1b[2Jb")
+    assert code == 1 and "control characters" in err
+    assert [(a, r) for _, a, _, r in audit_actions(capsys)][1:] == [
+        ("device.update", "ok"), ("device.update", "ok"), ("device.update", "not_found"),
+        ("device.update", "invalid")]
