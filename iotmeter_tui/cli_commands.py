@@ -22,7 +22,6 @@ from typing import Any
 
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.stores.metadata import COMMAND_STATES, Command, OtaTarget
-from iotmeter_tui.terminal_text import printable
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -219,9 +218,6 @@ def _when(ms: int | None) -> str:
 
 
 def _table(rows: list[list[str]]) -> None:
-    # Cells may hold what devices sent (an ack's detail, a firmware version): escaped here,
-    # so no control character reaches the operator's terminal.
-    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths,

@@ -138,7 +138,8 @@ def test_device_sent_text_is_escaped_in_tables(env: dict[str, str],
     code, out, _ = run(capsys, "device", "list")
     assert code == 0
     assert "\x1b" not in out and "\u202e" not in out
-    assert "1.0\\x1b[2J\\u202e" in out
+    # Shown, but defused (escaped or replaced: whichever the one terminal filter does).
+    assert "1.0" in out and "[2J" in out
 
 
 def write_archive(env: dict[str, str]) -> list[bytes]:
@@ -277,7 +278,7 @@ def test_a_tampered_archive_line_reaches_a_terminal_escaped(env: dict[str, str])
     os.close(master)
     assert proc.returncode == 0
     assert b"\x1b" not in seen and b"\x07" not in seen
-    assert b"\\x1b]0;pwned\\x07\\x1b[2J" in seen
+    assert b"]0;pwned" in seen and b"[2J" in seen
 
 
 def test_device_update_changes_only_what_is_given(env: dict[str, str],
