@@ -313,14 +313,11 @@ def _command_show(args: argparse.Namespace) -> int:
 
 
 def _ota_upload(args: argparse.Namespace) -> int:
-    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.ota import OtaService
 
     settings = _load(args)
-    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
-            Actor.cli(), "ota.upload", args.version) as note:
+    with _stores(settings) as stores:
         fw = OtaService(stores.metadata, stores.archive).upload(args.file, args.version)
-        note.detail |= {"size": fw.size, "sha256": fw.sha256}
     print(f"firmware {fw.version}: {fw.size} bytes, sha256 {fw.sha256}")
     return EXIT_OK
 
