@@ -20,6 +20,7 @@ from iotmeter_tui.backend.errors import (
     IotmeterError,
     NotFound,
     StoreError,
+    StoreUnavailable,
 )
 from iotmeter_tui.backend.stores.metadata import AuditEntry, MetadataStore
 
@@ -100,6 +101,12 @@ class AuditLog:
         return self.metadata.list_audit(limit=limit, before_id=before_id, actor=actor,
                                         action=action, since=since)
 
+    def _store_down(self, exc: BaseException) -> bool:
+        """The change failed because this very store is unreachable: writing its entry would
+        only wait out the same timeout again."""
+        return isinstance(exc, StoreUnavailable) and exc.store == getattr(
+            self.metadata, "name", None)
+
     @contextlib.contextmanager
     def audited(self, actor: Actor | None, action: str, target: str | None,
                 detail: dict[str, Any] | None = None) -> Iterator[AuditNote]:
@@ -111,7 +118,8 @@ class AuditLog:
         try:
             yield note
         except BaseException as exc:
-            if actor is not None and isinstance(exc, IotmeterError | ValueError):
+            if actor is not None and isinstance(exc, IotmeterError | ValueError) and \
+                    not self._store_down(exc):
                 note.detail["error"] = (str(exc).splitlines() or [type(exc).__name__])[0]
                 with contextlib.suppress(StoreError):
                     self.record(actor.name, actor.role, action, target, result_of(exc),
