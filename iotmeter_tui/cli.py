@@ -12,6 +12,7 @@ from typing import Any
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
+from iotmeter_tui.relay.cli import register_relay
 
 EXIT_USAGE = 2
 
@@ -74,7 +75,8 @@ def _run_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
-        if setting.key in {"influx_token", "s3_secret_key"} and value:
+        if setting.key in {"influx_token", "s3_secret_key", "github_token",
+                           "alert_relay_token"} and value:
             value = "********"
         print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
     return 0
@@ -149,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommand groups from other modules (commands, OTA) register here.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group]
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
+                                                register_relay]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
