@@ -86,16 +86,16 @@ class BrokerSysCollector:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             values, updated = dict(self._values), self._updated
+        # Families without a sample until the broker has published one (never a made-up 0).
         for topic, (name, kind, doc) in SYS_TOPICS.items():
-            if topic not in values:
-                continue
-            if kind == "counter":
-                yield CounterMetricFamily(name, doc, value=values[topic])
-            else:
-                yield GaugeMetricFamily(name, doc, value=values[topic])
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, doc)
+            if topic in values:
+                family.add_metric([], values[topic])
+            yield family
+        age = GaugeMetricFamily(AGE_METRIC, "Seconds since the broker's last $SYS update")
         if updated:
-            yield GaugeMetricFamily(AGE_METRIC, "Seconds since the broker's last $SYS update",
-                                    value=max(0.0, time.time() - updated))
+            age.add_metric([], max(0.0, time.time() - updated))
+        yield age
 
 
 class BrokerSysMonitor:
