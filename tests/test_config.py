@@ -36,8 +36,14 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
+    # --- obs ---
+    "health_interval_s": ["0", "-1", "nan", "soon"],
+    "github_repo": ["rail", "rail/ops/x", "/ops", "rail/ ops", "https://github.com/rail/ops"],
+    "github_api_url": ["ftp://github", "api.github.com", "https://"],
 }
-ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
+ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
+            # --- obs: secrets and the files holding them (the relay checks they can be read)
+            "github_token", "github_token_file", "alert_relay_token", "alert_relay_token_file"}
 
 
 @pytest.fixture
