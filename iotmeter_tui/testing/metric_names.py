@@ -70,7 +70,9 @@ def exported() -> set[str]:
         for name, kind in process.items():
             out.add(name)
             if kind == "histogram":
-                out |= {name + "_bucket", name + "_sum", name + "_count"}
+                out |= {name + "_bucket", name + "_sum", name + "_count", name + "_created"}
+            elif kind == "counter":
+                out.add(name.removesuffix("_total") + "_created")  # prometheus_client's
     return out
 
 
