@@ -50,6 +50,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         mqtt_url=settings.mqtt_url,
         home=settings.home,
         summary=args.summary,
+        metrics_port=args.sim_metrics_port,
     )
 
 
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--summary", metavar="FILE", default=None,
                      help="on a clean stop, write what each device sent (JSON), to check a run "
                      "against the stores")
+    sim.add_argument("--metrics-port", dest="sim_metrics_port", type=int, default=None,
+                     metavar="PORT", help="serve the simulator's /metrics on 127.0.0.1:PORT")
     sim.set_defaults(handler=_run_simulate)
 
     mig = sub.add_parser("migrate", help="prepare the stores (schema, database, bucket) and exit")

@@ -40,7 +40,7 @@ def _exists(module: str) -> bool:
 
 def api_names() -> dict[str, str]:
     if _exists("iotmeter_tui.api.metrics"):
-        from iotmeter_tui.api.metrics import ApiMetrics  # type: ignore[import-not-found]
+        from iotmeter_tui.api.metrics import ApiMetrics
 
         return names(ApiMetrics().registry)
     return dict(EXPECTED_API_METRICS)

@@ -243,7 +243,8 @@ def test_hostile_label_values_cannot_forge_a_marker(relay: Relay, github: FakeGi
 
 # --- the command ------------------------------------------------------------------------------
 
-def start_relay(github: FakeGitHub, port: int, home: Path, token_file: Path) -> subprocess.Popen[str]:
+def start_relay(github: FakeGitHub, port: int, home: Path,
+                token_file: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTMETER_")}
     env.update({"IOTMETER_HOME": str(home), "IOTMETER_GITHUB_REPO": github.repo,
                 "IOTMETER_GITHUB_TOKEN": GITHUB_TOKEN, "IOTMETER_GITHUB_API_URL": github.url,

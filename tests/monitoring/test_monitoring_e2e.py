@@ -202,7 +202,7 @@ def test_store_down_opens_an_issue_and_store_back_closes_it(stack: dict[str, Any
     assert issues_titled(github, "IotmeterStoreDown") == []
 
     influx.stop()
-    status, body = wait_for("/readyz to name the store", lambda: (
+    _, body = wait_for("/readyz to name the store", lambda: (
         lambda r: r if r[0] == 503 else None)(readyz(port)))
     assert "timeseries" in body["down"]
     [issue] = wait_for("an issue for the store", lambda: issues_titled(
