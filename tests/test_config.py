@@ -40,6 +40,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "health_interval_s": ["0", "-1", "nan", "soon"],
     "github_repo": ["rail", "rail/ops/x", "/ops", "rail/ ops", "https://github.com/rail/ops"],
     "github_api_url": ["ftp://github", "api.github.com", "https://"],
+    "dashboard_url": ["grafana:3000", "ftp://grafana", "https://"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
             # --- obs: secrets and the files holding them (the relay checks they can be read)

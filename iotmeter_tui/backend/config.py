@@ -196,6 +196,9 @@ SETTINGS: tuple[Setting, ...] = (
             "alert-relay: bearer token Alertmanager's webhook must carry (http_config)."),
     Setting("alert_relay_token_file", _text, None,
             "alert-relay: file holding the webhook bearer token."),
+    Setting("dashboard_url", _url(("http", "https")), None,
+            "alert-relay: Grafana dashboard URL every issue links to, e.g. "
+            "https://grafana.example.net/d/iotmeter-overview."),
 )
 
 
@@ -233,6 +236,7 @@ class Settings:
     github_api_url: str
     alert_relay_token: str | None
     alert_relay_token_file: str | None
+    dashboard_url: str | None
 
     @property
     def embedded(self) -> bool:

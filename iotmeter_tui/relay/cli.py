@@ -51,7 +51,7 @@ def run_alert_relay(args: argparse.Namespace, settings: Settings) -> int:
     metrics = RelayMetrics()
     github = GitHubClient(settings.github_api_url, settings.github_repo, github_token, metrics,
                           budget_s=args.retry_budget)
-    relay = AlertRelay(github, webhook_token, metrics)
+    relay = AlertRelay(github, webhook_token, metrics, dashboard_url=settings.dashboard_url)
     try:
         server = HealthServer(metrics.registry, relay.readiness, host=args.host, port=args.port,
                               post_routes={WEBHOOK_PATH: relay.handle_webhook})

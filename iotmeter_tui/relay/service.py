@@ -145,11 +145,12 @@ def alerts_section(n: Notification) -> str:
     return "\n".join(lines)
 
 
-def issue_body(n: Notification) -> str:
+def issue_body(n: Notification, dashboard_url: str | None = None) -> str:
     ann = n.common_annotations
     links = []
+    fallback = {"dashboard_url": dashboard_url or ""}  # the relay's setting; the alert's wins
     for key, text in (("runbook_url", "Runbook"), ("dashboard_url", "Dashboard")):
-        url = ann.get(key, "")
+        url = ann.get(key) or fallback.get(key, "")
         if url.startswith(("http://", "https://")):
             links.append(f"[{text}]({_md(url, 1000)})")
     if n.external_url.startswith(("http://", "https://")):
@@ -177,8 +178,10 @@ def issue_body(n: Notification) -> str:
 # --- the relay --------------------------------------------------------------------------------
 
 class AlertRelay:
-    def __init__(self, github: GitHubClient, webhook_token: str, metrics: RelayMetrics) -> None:
+    def __init__(self, github: GitHubClient, webhook_token: str, metrics: RelayMetrics, *,
+                 dashboard_url: str | None = None) -> None:
         self.github = github
+        self.dashboard_url = dashboard_url
         self._webhook_token = webhook_token.encode()
         self.metrics = metrics
         self.github_down: str | None = None
@@ -250,7 +253,7 @@ class AlertRelay:
             self.metrics.issues_open.set(len(issues) - 1)
             return "closed", issue.number
         if issue is None:
-            number = self.github.create_issue(issue_title(n), issue_body(n), [
+            number = self.github.create_issue(issue_title(n), issue_body(n, self.dashboard_url), [
                 LABEL,
                 _label("severity", n.common_labels.get("severity", "unknown")),
                 _label("alertname", n.common_labels.get("alertname", "mixed")),
@@ -260,7 +263,7 @@ class AlertRelay:
         if _digest_of(issue) == firing_digest(n):
             return "unchanged", issue.number  # the same delivery again
         self.github.comment(issue.number, "Firing again.\n\n" + alerts_section(n))
-        self.github.edit(issue.number, body=issue_body(n))
+        self.github.edit(issue.number, body=issue_body(n, self.dashboard_url))
         return "commented", issue.number
 
 

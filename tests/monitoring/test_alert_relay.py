@@ -63,7 +63,8 @@ class Relay:
         self.metrics = RelayMetrics()
         client = GitHubClient(github.url, github.repo, GITHUB_TOKEN, self.metrics,
                               budget_s=budget_s, first_backoff_s=0.05)
-        self.relay = AlertRelay(client, TOKEN, self.metrics)
+        self.relay = AlertRelay(client, TOKEN, self.metrics,
+                                dashboard_url="https://grafana.example/d/iotmeter-overview")
         self.server = HealthServer(self.metrics.registry, self.relay.readiness,
                                    post_routes={"/webhook": self.relay.handle_webhook}).start()
         self.url = f"http://127.0.0.1:{self.server.port}"
@@ -95,6 +96,7 @@ def test_firing_opens_one_issue_with_marker_labels_and_links(relay: Relay,
     assert "<!-- iotmeter-alert-group: " in issue.body
     assert "https://example.org/docs/alerts.md#iotmeterstoredown" in issue.body
     assert "| store | timeseries |" in issue.body
+    assert "[Dashboard](https://grafana.example/d/iotmeter-overview)" in issue.body
     # The GitHub token went to GitHub, and only there.
     assert {auth for _, _, auth in github.requests} == {f"Bearer {GITHUB_TOKEN}"}
 
