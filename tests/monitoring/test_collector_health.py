@@ -163,3 +163,23 @@ def test_readyz_names_the_broker_while_it_is_away(private_mosquitto: MosquittoSe
                 assert json.loads(r.read()) == {"status": "ok"}
         finally:
             server.stop()
+
+
+def test_a_busy_metrics_port_is_one_clear_line(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTMETER_")}
+        env["IOTMETER_HOME"] = str(tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "iotmeter_tui", "--collector-only", "--metrics-port",
+             str(port)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == (f"iotmeter: IOTMETER_METRICS_PORT: cannot listen on port {port}: "
+                             "Address already in use\n")

@@ -33,7 +33,7 @@ from iotmeter_tui.backend.collector.sinks import (
     TimeSeriesSink,
 )
 from iotmeter_tui.backend.collector.spool import Position, Spool
-from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.config import ConfigError, Settings
 from iotmeter_tui.backend.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
@@ -330,8 +330,15 @@ def run_collector(settings: Settings) -> int:
     collector = Collector(settings, mqtt_url)
     # All interfaces, as before /healthz existed: Prometheus and the probes come from outside
     # the container. /metrics and the health endpoints carry no secret.
-    HealthServer(collector.metrics.registry, collector.readiness, host="0.0.0.0",
-                 port=settings.metrics_port).start()
+    try:
+        health = HealthServer(collector.metrics.registry, collector.readiness, host="0.0.0.0",
+                              port=settings.metrics_port)
+    except OSError as exc:
+        if broker is not None:
+            broker.stop()
+        raise ConfigError("IOTMETER_METRICS_PORT", f"cannot listen on port "
+                          f"{settings.metrics_port}: {exc.strerror or exc}") from None
+    health.start()
     starter = threading.Thread(target=collector.start, daemon=True)
     starter.start()
     stop.wait()
