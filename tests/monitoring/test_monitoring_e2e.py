@@ -174,6 +174,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         prometheus.start()
         s.closers.append(prometheus.close)
         yield {"stack": s, "influx": influx, "github": github, "collector": collector,
+               "broker_url": broker.url,
                "metrics_port": metrics_port, "alertmanager": alertmanager,
                "prometheus": prometheus, "relay_url": relay_url}
     except ServiceError as exc:
@@ -281,6 +282,44 @@ def test_prometheus_accepts_every_rule_and_dashboard_expression(stack: dict[str,
         assert "$" not in expr, where
         answer = prometheus.query(expr)
         assert answer["status"] == "success", (where, expr, answer.get("error"))
+
+
+def influxql(influx: InfluxServer, query: str) -> dict[str, Any]:
+    from urllib.parse import urlencode
+
+    url = f"{influx.http_url}/query?" + urlencode({"db": influx.database, "q": query})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def test_influxql_panels_run_on_the_telemetry(stack: dict[str, Any]) -> None:
+    """The dashboard's InfluxQL panels, with Grafana's macros filled in, answer without error
+    on the telemetry the collector wrote; energy is summed per supply system (device_type)."""
+    influx: InfluxServer = stack["influx"]
+    s: Stack = stack["stack"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IOTMETER_")}
+    simulator = s.spawn(["simulate", "--devices", "4", "--rate", "5", "--duration", "4",
+                         "--kind", "mixed", "--prefix", "e2e-"], base | {
+        "IOTMETER_HOME": str(s.tmp / "sim"), "IOTMETER_MQTT_URL": stack["broker_url"]},
+        "simulator.log")
+    assert simulator.wait(60) == 0, s.log("simulator.log")
+    wait_for("telemetry in InfluxDB", lambda: influxql(
+        influx, 'SELECT count("voltage_v") FROM "iot_telemetry"')["results"][0].get("series"),
+        diagnose=lambda: s.log("collector.log"))
+    board = json.loads((ROOT / "deploy" / "grafana" / "dashboards" /
+                        "iotmeter-overview.json").read_text())
+    queries = [t["query"] for p in board["panels"] for t in p.get("targets", [])
+               if "query" in t]
+    assert len(queries) >= 3
+    for query in queries:
+        concrete = query.replace("$timeFilter", "time > now() - 1h").replace(
+            "$__interval", "1s")
+        answer = wait_for(f"an answer to {query}", lambda q=concrete: (
+            lambda a: a if a["results"][0].get("series") else None)(influxql(influx, q)))
+        result = answer["results"][0]
+        assert "error" not in result, (query, result)
+        assert {series["tags"]["device_type"] for series in result["series"]} == {
+            "power_meter_dc", "power_meter_ac"}, query
 
 
 def test_the_running_processes_export_what_the_tests_expect(stack: dict[str, Any]) -> None:
