@@ -183,3 +183,28 @@ def test_a_busy_metrics_port_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == (f"iotmeter: IOTMETER_METRICS_PORT: cannot listen on port {port}: "
                              "Address already in use\n")
+
+
+def test_dispatch_publishes_are_counted_by_kind(private_mosquitto: MosquittoServer) -> None:
+    from iotmeter_tui.backend.collector.monitor import CountingPublisher
+    from iotmeter_tui.backend.publisher import PublishError, ServerPublisher
+
+    metrics = CollectorMetrics()
+    inner = ServerPublisher(private_mosquitto.url, "counting-test")
+    assert inner.wait_connected(10)
+    publisher = CountingPublisher(inner, metrics)
+    try:
+        publisher.publish("iot/dev-1/command", b"{}")
+        publisher.publish("iot/dev-1/command", b"{}")
+        publisher.publish("iot/dev-1/ota", b"{}")
+        assert metrics.sample("iotmeter_dispatch_published_total", {"kind": "command"}) == 2
+        assert metrics.sample("iotmeter_dispatch_published_total", {"kind": "ota"}) == 1
+        private_mosquitto.stop()
+        deadline = time.monotonic() + 10
+        while publisher.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(PublishError):
+            publisher.publish("iot/dev-1/ota", b"{}")
+        assert metrics.sample("iotmeter_dispatch_publish_failures_total", {"kind": "ota"}) == 1
+    finally:
+        inner.close()
