@@ -307,3 +307,14 @@ def test_relay_refuses_to_start_without_settings(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "IOTMETER_GITHUB_REPO" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_iotmeter_config_masks_the_relay_tokens(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTMETER_")}
+    env.update({"IOTMETER_HOME": str(tmp_path), "IOTMETER_GITHUB_TOKEN": GITHUB_TOKEN,
+                "IOTMETER_ALERT_RELAY_TOKEN": TOKEN, "IOTMETER_GITHUB_REPO": "rail/ops"})
+    result = subprocess.run([sys.executable, "-m", "iotmeter_tui", "config"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert GITHUB_TOKEN not in result.stdout and TOKEN not in result.stdout
+    assert "IOTMETER_GITHUB_REPO" in result.stdout and "rail/ops" in result.stdout
