@@ -338,3 +338,18 @@ def test_the_running_processes_export_what_the_tests_expect(stack: dict[str, Any
     assert not re.search(r"device_id", json.dumps(prometheus.query(
         '{__name__=~"iotmeter_.*"}')["data"]))
     assert PROMETHEUS_NAMES and KUBE_STATE_METRICS_NAMES  # the explicit allow-lists exist
+
+
+def test_a_dead_collector_opens_a_collector_down_issue(stack: dict[str, Any]) -> None:
+    """Last in this module: it kills the collector. Prometheus' own `up` carries the alert."""
+    github: FakeGitHub = stack["github"]
+    prometheus: PrometheusServer = stack["prometheus"]
+    collector: subprocess.Popen[str] = stack["collector"]
+    port = stack["metrics_port"]
+    collector.kill()
+    collector.wait(10)
+    [issue] = wait_for("the collector-down issue of this collector", lambda: [
+        i for i in issues_titled(github, "IotmeterCollectorDown") if f":{port}" in i.body],
+        diagnose=lambda: str(prometheus.query("ALERTS")))
+    assert "severity:critical" in issue.labels
+    assert "docs/alerts.md#iotmetercollectordown" in issue.body
