@@ -14,6 +14,7 @@ from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.cli_admin import register_admin_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
+from iotmeter_tui.relay.cli import register_relay
 
 EXIT_USAGE = 2
 
@@ -51,6 +52,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         mqtt_url=settings.mqtt_url,
         home=settings.home,
         summary=args.summary,
+        metrics_port=args.sim_metrics_port,
     )
 
 
@@ -76,7 +78,8 @@ def _run_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
-        if setting.key in {"influx_token", "s3_secret_key"} and value:
+        if setting.key in {"influx_token", "s3_secret_key", "github_token",
+                           "alert_relay_token"} and value:
             value = "********"
         print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
     return 0
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--summary", metavar="FILE", default=None,
                      help="on a clean stop, write what each device sent (JSON), to check a run "
                      "against the stores")
+    sim.add_argument("--metrics-port", dest="sim_metrics_port", type=int, default=None,
+                     metavar="PORT", help="serve the simulator's /metrics on 127.0.0.1:PORT")
     sim.set_defaults(handler=_run_simulate)
 
     mig = sub.add_parser("migrate", help="prepare the stores (schema, database, bucket) and exit")
@@ -152,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommand groups from other modules (commands, OTA) register here.
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
-                                                register_admin_commands, register_api]
+                                                register_admin_commands, register_api,
+                                                register_relay]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,9 +46,16 @@ BAD_VALUES: dict[str, list[str]] = {
     "api_max_body_bytes": ["0", "1MiB"],
     "api_max_firmware_bytes": ["0", "-1"],
     "api_jwks_url": ["idp.example/jwks", "ftp://idp.example/jwks"],
+    # --- obs ---
+    "health_interval_s": ["0", "-1", "nan", "soon"],
+    "github_repo": ["rail", "rail/ops/x", "/ops", "rail/ ops", "https://github.com/rail/ops"],
+    "github_api_url": ["ftp://github", "api.github.com", "https://"],
+    "dashboard_url": ["grafana:3000", "ftp://grafana", "https://"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
-            "api_jwt_audience", "api_jwt_issuer", "api_jwt_role_claim"}
+            "api_jwt_audience", "api_jwt_issuer", "api_jwt_role_claim",
+            # --- obs: secrets and the files holding them (the relay checks they can be read)
+            "github_token", "github_token_file", "alert_relay_token", "alert_relay_token_file"}
 
 
 @pytest.fixture

@@ -77,6 +77,12 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _github_repo(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}", text):
+        raise ValueError(f"{text!r} is not OWNER/NAME of a GitHub repository")
+    return text
+
+
 def _name(text: str) -> str:
     # Goes into an MQTT topic filter ($share/<name>/...): no wildcards, no levels.
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", text):
@@ -227,6 +233,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_jwt_issuer", _text, None, "Issuer (iss) a JWT must carry."),
     Setting("api_jwt_role_claim", _text, "iotmeter_role",
             "JWT claim holding the role: viewer, operator or admin."),
+    # --- obs ---
+    Setting("health_interval_s", _positive(float), 15.0,
+            "Seconds between the collector's store probes (/readyz, iotmeter_store_up) and "
+            "its fleet figures queries (iotmeter_fleet_*)."),
+    Setting("github_repo", _github_repo, None,
+            "alert-relay: OWNER/NAME of the repository that gets one issue per alert group."),
+    Setting("github_token", _text, None, "alert-relay: GitHub token (issues: read and write)."),
+    Setting("github_token_file", _text, None,
+            "alert-relay: file holding the GitHub token (instead of IOTMETER_GITHUB_TOKEN)."),
+    Setting("github_api_url", _url(("http", "https")), "https://api.github.com",
+            "alert-relay: GitHub REST API base URL (GitHub Enterprise: https://HOST/api/v3)."),
+    Setting("alert_relay_token", _text, None,
+            "alert-relay: bearer token Alertmanager's webhook must carry (http_config)."),
+    Setting("alert_relay_token_file", _text, None,
+            "alert-relay: file holding the webhook bearer token."),
+    Setting("dashboard_url", _url(("http", "https")), None,
+            "alert-relay: Grafana dashboard URL every issue links to, e.g. "
+            "https://grafana.example.net/d/iotmeter-overview."),
 )
 
 
@@ -269,6 +293,15 @@ class Settings:
     api_jwt_audience: str | None
     api_jwt_issuer: str | None
     api_jwt_role_claim: str
+    # --- obs ---
+    health_interval_s: float
+    github_repo: str | None
+    github_token: str | None
+    github_token_file: str | None
+    github_api_url: str
+    alert_relay_token: str | None
+    alert_relay_token_file: str | None
+    dashboard_url: str | None
 
     @property
     def embedded(self) -> bool:

@@ -9,8 +9,17 @@ from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import HistogramMetricFamily
+
+from iotmeter_tui.backend.collector.broker_sys import BrokerSysCollector
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
@@ -104,10 +113,45 @@ class CollectorMetrics:
             "iotmeter_alerts_active", "Open (active or acknowledged) alerts", registry=r)
         self.broker_connected = Gauge(
             "iotmeter_broker_connected", "1 while connected to the MQTT broker", registry=r)
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> object:
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        # --- health: the stores probed every few seconds (/readyz names the ones down) -----
+        self.store_up = Gauge(
+            "iotmeter_store_up", "1 when the store answered the last health probe", ["store"],
+            registry=r)
+        # --- server -> device: commands and OTA offers (the dispatcher) --------------------
+        self.published = Counter(
+            "iotmeter_dispatch_published", "Commands and OTA offers the broker took (PUBACK)",
+            ["kind"], registry=r)
+        self.publish_failures = Counter(
+            "iotmeter_dispatch_publish_failures", "Commands and OTA offers the broker did not take",
+            ["kind"], registry=r)
+        self.dispatch_passes = Counter(
+            "iotmeter_dispatch_passes", "Dispatcher passes over commands and campaigns that "
+            "completed", registry=r)
+        self.dispatch_up = Gauge(
+            "iotmeter_dispatch_up", "1 when the dispatcher's last pass succeeded", registry=r)
+        # --- fleet figures: GROUP BY queries on the metadata store at a low rate ------------
+        self.fleet_devices = Gauge(
+            "iotmeter_fleet_devices", "Registered devices by connection status", ["status"],
+            registry=r)
+        self.fleet_alerts_open = Gauge(
+            "iotmeter_fleet_alerts_open", "Open (active or acknowledged) alerts by severity",
+            ["severity"], registry=r)
+        self.fleet_commands = Gauge(
+            "iotmeter_fleet_commands", "Commands in the store by state (timed_out, done, ...)",
+            ["state"], registry=r)
+        self.fleet_ota_targets = Gauge(
+            "iotmeter_fleet_ota_targets", "OTA campaign targets by state", ["state"], registry=r)
+        self.fleet_campaigns_active = Gauge(
+            "iotmeter_fleet_ota_campaigns_active", "OTA campaigns not in a final state",
+            registry=r)
+        self.fleet_refreshed = Gauge(
+            "iotmeter_fleet_refreshed_timestamp_seconds",
+            "When the fleet figures were last read from the metadata store", registry=r)
+        # --- the broker as seen through $SYS (a side connection of its own) ----------------
+        self.broker_sys = BrokerSysCollector(r)
+        # --- the standard process_* and python_* metrics ----------------------------------
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Current value of a sample (tests and the dashboard's health view)."""

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.broker_sys import BrokerSysMonitor
 from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonitor
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
 from iotmeter_tui.backend.collector.sinks import (
@@ -31,7 +33,7 @@ from iotmeter_tui.backend.collector.sinks import (
     TimeSeriesSink,
 )
 from iotmeter_tui.backend.collector.spool import Position, Spool
-from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.config import ConfigError, Settings
 from iotmeter_tui.backend.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
@@ -67,6 +69,8 @@ class Collector:
         self.intake: MqttIntake | None = None
         self.spool: Spool | None = None
         self.dispatcher: Dispatcher | None = None  # commands and OTA: server -> device
+        self.monitor: StoreMonitor | None = None  # store probes and fleet figures
+        self.broker_sys: BrokerSysMonitor | None = None  # $SYS on a side connection
         self._stop = threading.Event()
         # start() may still be preparing in its own thread when stop() is called.
         self._lifecycle = threading.Lock()
@@ -93,6 +97,11 @@ class Collector:
         if self._stores is None:
             return
         s = self.settings
+        with self._lifecycle:
+            if self._stop.is_set():
+                return
+            self.monitor = StoreMonitor(self._stores, self.metrics, s.health_interval_s)
+            self.monitor.start()
         self.spool = Spool(
             self.spool_dir,
             max_bytes=s.spool_max_bytes,
@@ -149,7 +158,15 @@ class Collector:
         for runner in self.runners:
             runner.start()
         self.dispatcher = Dispatcher.for_collector(s, self.mqtt_url, self.stores)
+        if self.dispatcher.commands.publisher is not None:
+            counting = CountingPublisher(self.dispatcher.commands.publisher, self.metrics)
+            self.dispatcher.commands.publisher = counting
+            if self.dispatcher.rollout is not None:
+                self.dispatcher.rollout.publisher = counting
         self.dispatcher.start()
+        self.broker_sys = BrokerSysMonitor(self.mqtt_url, f"{s.client_id}-sys",
+                                           self.metrics.broker_sys)
+        self.broker_sys.start()
         self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
                                  share_group=s.share_group)
         self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
@@ -201,6 +218,7 @@ class Collector:
             runner.wake.set()
 
     def _housekeeping(self) -> None:
+        counted_passes = 0
         while not self._stop.wait(1.0):
             assert self.spool is not None
             if all(r.loaded.is_set() for r in self.runners):
@@ -209,6 +227,11 @@ class Collector:
             self.metrics.spool_oldest.set(self.spool.oldest_segment_age_s())
             if self.intake is not None:
                 self.metrics.broker_connected.set(1 if self.intake.connected.is_set() else 0)
+            if self.dispatcher is not None:
+                passes = self.dispatcher.passes
+                self.metrics.dispatch_passes.inc(max(0, passes - counted_passes))
+                counted_passes = passes
+                self.metrics.dispatch_up.set(0 if self.dispatcher.last_error else 1)
 
     # --- stop -------------------------------------------------------------------------------
 
@@ -218,6 +241,10 @@ class Collector:
         deadline = time.monotonic() + budget_s
         with self._lifecycle:
             self._stop.set()
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.broker_sys is not None:
+            self.broker_sys.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.intake is not None:
@@ -248,6 +275,20 @@ class Collector:
 
     # --- health -----------------------------------------------------------------------------
 
+    def readiness(self) -> list[str]:
+        """What /readyz names while the collector cannot do its work: `starting`, `broker`,
+        and each store that its probe or its sink found down (empty when ready)."""
+        if self.intake is None:
+            return ["starting"] + (sorted(self.monitor.down) if self.monitor else [])
+        down = set(self.monitor.down) if self.monitor is not None else set()
+        for runner in self.runners:
+            if not runner.healthy:
+                down.add("metadata" if runner.sink.name == "registry" else runner.sink.name)
+        names = sorted(down)
+        if not self.intake.connected.is_set():
+            names.insert(0, "broker")
+        return names
+
     def health(self) -> dict[str, Any]:
         """What the dashboard's system screen shows: rates, lag, sinks, spool."""
         m = self.metrics
@@ -273,6 +314,7 @@ def run_collector(settings: Settings) -> int:
     """`iotmeter --collector-only`: run until SIGTERM/SIGINT, then drain and exit 0."""
     from iotmeter_tui.backend import logjson
     from iotmeter_tui.backend.broker import EmbeddedBroker
+    from iotmeter_tui.backend.health_server import HealthServer
 
     logjson.configure(settings.log_level)
     broker = None
@@ -286,7 +328,17 @@ def run_collector(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     collector = Collector(settings, mqtt_url)
-    collector.metrics.serve(settings.metrics_port)
+    # All interfaces, as before /healthz existed: Prometheus and the probes come from outside
+    # the container. /metrics and the health endpoints carry no secret.
+    try:
+        health = HealthServer(collector.metrics.registry, collector.readiness, host="0.0.0.0",
+                              port=settings.metrics_port)
+    except OSError as exc:
+        if broker is not None:
+            broker.stop()
+        raise ConfigError("IOTMETER_METRICS_PORT", f"cannot listen on port "
+                          f"{settings.metrics_port}: {exc.strerror or exc}") from None
+    health.start()
     starter = threading.Thread(target=collector.start, daemon=True)
     starter.start()
     stop.wait()

@@ -37,6 +37,7 @@ from iotmeter_tui.backend.simulator.fleet import (
     FleetStats,
     raise_open_file_limit,
 )
+from iotmeter_tui.backend.simulator.metrics import SimulatorMetrics
 
 log = logging.getLogger("iotmeter_tui.backend.simulator")
 
@@ -58,6 +59,7 @@ def run_simulate(
     *,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     summary: str | Path | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """Simulate `devices` meters until SIGINT/SIGTERM or `duration` seconds; the exit code.
     No `mqtt_url`: a private mosquitto is started and its URL logged. No `home`: the
@@ -80,6 +82,7 @@ def run_simulate(
         summary_path = None if summary is None else Path(summary)
         if summary_path is not None and not summary_path.parent.is_dir():
             raise ValueError(f"--summary {summary}: no directory {summary_path.parent}")
+        metrics = _serve_metrics(metrics_port) if metrics_port is not None else None
     except (FaultSpecError, ConfigError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:
@@ -90,13 +93,13 @@ def run_simulate(
         raise_open_file_limit(devices)
         if address is not None:
             return asyncio.run(_simulate(address, home_dir, devices, rate, kind, spec, seed,
-                                         duration, prefix, heartbeat_s, summary_path))
+                                         duration, prefix, heartbeat_s, summary_path, metrics))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
             log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
             return asyncio.run(_simulate(BrokerAddress.parse(broker.url), home_dir, devices,
                                          rate, kind, spec, seed, duration, prefix, heartbeat_s,
-                                         summary_path))
+                                         summary_path, metrics))
     except BrokerError as exc:
         return _fail(str(exc), EXIT_FAILURE)
     except IotmeterError as exc:
@@ -106,7 +109,7 @@ def run_simulate(
 async def _simulate(
     address: BrokerAddress, home: Path, devices: int, rate: float, kind: str, faults: FaultSpec,
     seed: int, duration: float | None, prefix: str, heartbeat_s: float,
-    summary: Path | None = None,
+    summary: Path | None = None, metrics: SimulatorMetrics | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -115,6 +118,7 @@ async def _simulate(
     fleet = Fleet(address, home, seed=seed, prefix=prefix, heartbeat_s=heartbeat_s,
                   faults=faults)
     await fleet.start()
+    exporter = None if metrics is None else asyncio.create_task(_export(fleet, metrics))
     try:
         ids = await fleet.add(devices, kind, rate)
         log.info("simulating %d %s meters (%s .. %s) at %g/s on %s, seed %d, faults %s",
@@ -134,6 +138,8 @@ async def _simulate(
         # From here a second signal is a power cut: the default handlers come back.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if exporter is not None:
+            exporter.cancel()
         log.info("stopping: powering %d devices down", len(fleet.devices))
         await fleet.close(graceful=True)
         log.info("stopped; %s", describe(fleet.stats()))
@@ -145,6 +151,24 @@ async def _simulate(
         log.info("per-device summary of %d devices written to %s", len(fleet.devices),
                  summary)
     return 0
+
+
+async def _export(fleet: Fleet, metrics: SimulatorMetrics) -> None:
+    while True:
+        metrics.update(fleet.stats())
+        await asyncio.sleep(1.0)
+
+
+def _serve_metrics(port: int) -> SimulatorMetrics:
+    """/metrics (with /healthz and /readyz) on 127.0.0.1:`port`; ValueError if it cannot."""
+    from iotmeter_tui.backend.health_server import HealthServer
+
+    metrics = SimulatorMetrics()
+    try:
+        HealthServer(metrics.registry, list, host="127.0.0.1", port=port).start()
+    except OSError as exc:
+        raise ValueError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+    return metrics
 
 
 def write_summary(path: Path, devices: dict[str, dict[str, Any]]) -> None:
@@ -172,10 +196,12 @@ def _fail(message: str, code: int) -> int:
 
 
 def _ensure_logging() -> None:
-    # The main CLI may have set logging up already; if not, figures go to stderr.
+    # The main CLI may have set logging up already; if not, figures go to stderr as the same
+    # JSON lines as every other process (backend/logjson.py).
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from iotmeter_tui.backend import logjson
+
+        logjson.configure("INFO", stream=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -185,6 +185,17 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetFigures:
+    """What Prometheus sees of the fleet: counts by status, never per device."""
+
+    devices: dict[str, int]  # connection_status -> n
+    open_alerts: dict[str, int]  # severity -> n (active or acknowledged)
+    commands: dict[str, int]  # state -> n
+    ota_targets: dict[str, int]  # state -> n
+    campaigns: dict[str, int]  # state -> n
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     id: str
     device_id: str
@@ -417,6 +428,9 @@ class MetadataStore(Protocol):
 
     def device_counts_by_status(self) -> dict[str, int]:
         """Devices per connection status; every status in CONNECTION_STATUSES is present."""
+
+    def fleet_figures(self) -> FleetFigures:
+        """Counts for the monitoring gauges, each one GROUP BY query (bounded labels only)."""
 
     def get_config(self, device_id: str) -> dict[str, Any]: ...
 

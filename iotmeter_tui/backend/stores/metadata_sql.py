@@ -42,6 +42,7 @@ from iotmeter_tui.backend.stores.metadata import (
     DeviceDeletion,
     DeviceUpdate,
     Firmware,
+    FleetFigures,
     OtaTarget,
     SeqState,
     Unset,
@@ -888,6 +889,23 @@ class SqlMetadataStore:
                 "SELECT connection_status, COUNT(*) FROM devices GROUP BY connection_status"
             )
         return {status: 0 for status in CONNECTION_STATUSES} | {s: int(n) for s, n in rows}
+
+    def fleet_figures(self) -> FleetFigures:
+        with self._tx() as tx:
+            def grouped(sql: str) -> dict[str, int]:
+                return {str(key): int(n) for key, n in tx.all(sql)}
+
+            return FleetFigures(
+                devices={status: 0 for status in CONNECTION_STATUSES} | grouped(
+                    "SELECT connection_status, COUNT(*) FROM devices GROUP BY connection_status"),
+                open_alerts=grouped(
+                    "SELECT severity, COUNT(*) FROM device_alerts WHERE state <> 'cleared'"
+                    " GROUP BY severity"),
+                commands={state: 0 for state in COMMAND_STATES} | grouped(
+                    "SELECT state, COUNT(*) FROM device_commands GROUP BY state"),
+                ota_targets=grouped("SELECT state, COUNT(*) FROM ota_targets GROUP BY state"),
+                campaigns=grouped("SELECT state, COUNT(*) FROM ota_campaigns GROUP BY state"),
+            )
 
     def get_config(self, device_id: str) -> dict[str, Any]:
         with self._tx() as tx:

@@ -1,0 +1,1 @@
+"""The alert relay: Alertmanager webhooks -> GitHub issues (`iotmeter alert-relay`)."""
