@@ -74,7 +74,7 @@ def _run_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
-        if setting.key in {"influx_token", "s3_secret_key"} and value:
+        if setting.key in {"influx_token", "s3_secret_key", "firmware_url_secret"} and value:
             value = "********"
         print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
     return 0

@@ -108,6 +108,21 @@ def _text(text: str) -> str:
     return text
 
 
+def _url_secret(text: str) -> str:
+    # An HMAC key: short ones can be guessed offline from one signed URL.
+    if len(text.encode()) < 32:
+        raise ValueError("too short: give at least 32 characters (e.g. openssl rand -hex 32)")
+    return text
+
+
+def _public_key(text: str) -> str:
+    # Imported here: config must stay importable without the crypto library loaded.
+    from iotmeter_tui.backend.firmware_signing import parse_public_key
+
+    parse_public_key(text)
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -175,6 +190,20 @@ SETTINGS: tuple[Setting, ...] = (
             "How devices reach the firmware endpoint, e.g. https://fw.example.net; unset: a "
             "presigned S3 URL when the archive is S3, else http://<firmware_listen>."),
     Setting("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    # --- firmware ---
+    Setting("firmware_url_secret", _url_secret, None,
+            "Secret (32+ characters) that signs the firmware endpoint's expiring download "
+            "URLs; unset: generated once into $IOTMETER_HOME/firmware-url.secret (0600). "
+            "Collectors behind one firmware address need the same one."),
+    Setting("firmware_max_downloads", _positive(int), 16,
+            "Firmware downloads served at once; more are answered 503 with Retry-After."),
+    Setting("firmware_idle_timeout_s", _positive(float), 60.0,
+            "Seconds a firmware download may make no progress (per read or write) before "
+            "it is cut; the whole transfer may take as long as it needs."),
+    Setting("firmware_public_key", _public_key, None,
+            "Ed25519 public key firmware must be signed with (base64, or a file holding it "
+            "or a PEM key): uploads without a valid signature are refused, and simulated "
+            "meters pin it."),
 )
 
 
@@ -204,6 +233,11 @@ class Settings:
     firmware_listen: str
     firmware_base_url: str | None
     log_level: str
+    # --- firmware ---
+    firmware_url_secret: str | None
+    firmware_max_downloads: int
+    firmware_idle_timeout_s: float
+    firmware_public_key: str | None
 
     @property
     def embedded(self) -> bool:
