@@ -49,6 +49,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         mqtt_url=settings.mqtt_url,
         home=settings.home,
         summary=args.summary,
+        firmware_key=args.firmware_key or settings.firmware_public_key,
     )
 
 
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--summary", metavar="FILE", default=None,
                      help="on a clean stop, write what each device sent (JSON), to check a run "
                      "against the stores")
+    sim.add_argument("--firmware-key", metavar="KEY", default=None,
+                     help="the firmware signing public key every simulated meter pins "
+                     "(base64 or a key file; default IOTMETER_FIRMWARE_PUBLIC_KEY): they then "
+                     "install signed firmware only")
     sim.set_defaults(handler=_run_simulate)
 
     mig = sub.add_parser("migrate", help="prepare the stores (schema, database, bucket) and exit")

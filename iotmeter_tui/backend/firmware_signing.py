@@ -126,6 +126,16 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def configured_public_key(text: str | None) -> Ed25519PublicKey | None:
+    """The key IOTMETER_FIRMWARE_PUBLIC_KEY names (already validated by the settings)."""
+    if not text:
+        return None
+    try:
+        return parse_public_key(text)
+    except ValueError as exc:  # the key file changed since start-up
+        raise SigningError(f"IOTMETER_FIRMWARE_PUBLIC_KEY: {exc}") from None
+
+
 def _b64(text: str) -> bytes | None:
     try:
         return base64.b64decode(text, validate=True) if text else None

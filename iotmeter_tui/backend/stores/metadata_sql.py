@@ -297,6 +297,11 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE device_seq_tracking_v4 RENAME TO device_seq_tracking",
         ),
     ),
+    Migration(
+        5,
+        "OTA: the Ed25519 signature of a firmware image, carried in offers",
+        ("ALTER TABLE ota_firmware ADD COLUMN signature TEXT",),
+    ),
 )
 
 
@@ -905,7 +910,7 @@ class SqlMetadataStore:
         with self._tx(write=True) as tx:
             tx.run(
                 f"INSERT INTO ota_firmware ({FIRMWARE_COLUMNS})"
-                " VALUES (:version, :size, :sha256, :key, :uploaded_at)",
+                " VALUES (:version, :size, :sha256, :key, :uploaded_at, :signature)",
                 {f.name: getattr(fw, f.name) for f in fields(Firmware)},
             )
 
