@@ -24,6 +24,7 @@ from iotmeter_tui.backend.firmware_signing import (
 from iotmeter_tui.backend.ota import OtaError, OtaService, RolloutDriver
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.metadata import open_metadata
+from iotmeter_tui.screens.ota import CampaignRequest, start_campaign
 from iotmeter_tui.testing import MosquittoServer
 from iotmeter_tui.testing.commands import (
     FakePublisher,
@@ -172,3 +173,24 @@ def test_keygen_sign_upload_and_a_pinned_fleet_installs_it(
                    for t in status.targets)
         assert {d.fw_version for d in sim.devices()} == {"2.0.0"}
         audit.close()
+
+
+def test_the_dashboard_takes_the_signature_beside_the_image(tmp_path: Path) -> None:
+    release = Ed25519PrivateKey.generate()
+    metadata = open_metadata(f"sqlite:///{tmp_path}/meta.db")
+    register(metadata, "dc-1")
+    ota = OtaService(metadata, DirectoryArchive(tmp_path / "archive"),
+                     public_key=release.public_key())
+    image = tmp_path / "meter.bin"
+    image.write_bytes(IMAGE)
+
+    def request(version: str) -> CampaignRequest:
+        return CampaignRequest(image, version, ["dc-1"], None, False, 1, 20.0)
+
+    with pytest.raises(OtaError, match="must be signed"):
+        start_campaign(ota, request("2.0.0"))  # no meter.bin.sig yet
+    Path(f"{image}.sig").write_text(sign_digest(release, hashlib.sha256(IMAGE).hexdigest()))
+    start_campaign(ota, request("2.0.0"))
+    fw = metadata.get_firmware("2.0.0")
+    assert fw is not None and fw.signature is not None
+    metadata.close()
