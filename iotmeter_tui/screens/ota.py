@@ -178,7 +178,10 @@ def start_campaign(ota: Any, request: CampaignRequest) -> Any:
         # `iotmeter ota sign` writes IMAGE.sig beside the image; the dashboard takes it from
         # there (with IOTMETER_FIRMWARE_PUBLIC_KEY set, an image without one is refused).
         signature = request.path.with_name(request.path.name + ".sig")
-        ota.upload(request.path, request.version, signature if signature.is_file() else None)
+        if signature.is_file():
+            ota.upload(request.path, request.version, signature)
+        else:
+            ota.upload(request.path, request.version)
     return ota.start_campaign(
         request.version,
         device_ids=request.device_ids,
