@@ -55,7 +55,8 @@ RETRY_AFTER_S: Final = 5
 SECRET_FILE: Final = "firmware-url.secret"
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 _URL_SIGNATURE_TAG: Final = b"iotmeter-firmware-url-v1"
-_RANGE_RE: Final = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE_RE: Final = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_EXPIRES_RE: Final = re.compile(r"[0-9]{1,12}")
 _BUSY_RESPONSE: Final = (
     f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER_S}\r\n"
     "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n"
@@ -106,9 +107,12 @@ class UrlSigner:
 
     def allows(self, version: str, query: str) -> bool:
         """Whether `query` carries an unexpired signature of `version` (constant-time check)."""
-        fields = parse_qs(query, max_num_fields=4)
+        try:
+            fields = parse_qs(query, max_num_fields=4)
+        except ValueError:  # more fields than a URL of ours has
+            return False
         expires_text, sig = fields.get("expires", [""])[0], fields.get("sig", [""])[0]
-        if not expires_text.isdigit() or len(expires_text) > 12 or not sig:
+        if _EXPIRES_RE.fullmatch(expires_text) is None or not sig:
             return False
         expires = int(expires_text)
         # Compared first whatever the expiry, so timing tells nothing about which check failed.

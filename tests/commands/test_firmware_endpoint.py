@@ -120,6 +120,9 @@ def test_unsigned_expired_or_tampered_urls_are_403(endpoint: FirmwareServer,
         f"/firmware/9.9.9?expires={expires}&sig={sig}",
         f"/firmware/2.0.0?expires=-1&sig={sig}",
         f"/firmware/2.0.0?expires={expires}&sig={sig}x",
+        f"/firmware/2.0.0?expires=%C2%B2&sig={sig}",  # a digit to str.isdigit, not to int
+        f"/firmware/2.0.0?expires={expires}&sig={sig}&a=1&b=2&c=3&d=4",  # too many fields
+        f"/firmware/2.0.0?expires={expires}&sig=%FF%FE",
     ]
     for path in refused:
         assert get(endpoint, path)[:3:2] == (403, b"forbidden\n"), path
