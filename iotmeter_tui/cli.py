@@ -53,6 +53,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         home=settings.home,
         summary=args.summary,
         metrics_port=args.sim_metrics_port,
+        firmware_key=args.firmware_key or settings.firmware_public_key,
     )
 
 
@@ -79,7 +80,7 @@ def _run_config(args: argparse.Namespace) -> int:
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
         if setting.key in {"influx_token", "s3_secret_key", "github_token",
-                           "alert_relay_token"} and value:
+                           "alert_relay_token", "firmware_url_secret"} and value:
             value = "********"
         print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
     return 0
@@ -142,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "against the stores")
     sim.add_argument("--metrics-port", dest="sim_metrics_port", type=int, default=None,
                      metavar="PORT", help="serve the simulator's /metrics on 127.0.0.1:PORT")
+    sim.add_argument("--firmware-key", metavar="KEY", default=None,
+                     help="the firmware signing public key every simulated meter pins "
+                     "(base64 or a key file; default IOTMETER_FIRMWARE_PUBLIC_KEY): they then "
+                     "install signed firmware only")
     sim.set_defaults(handler=_run_simulate)
 
     mig = sub.add_parser("migrate", help="prepare the stores (schema, database, bucket) and exit")

@@ -75,7 +75,26 @@ def register_ota_group(sub: Any) -> None:
     upload = group.add_parser("upload", help="store a firmware image under a version")
     upload.add_argument("file", metavar="FILE")
     upload.add_argument("--version", required=True, metavar="V")
+    upload.add_argument("--signature", metavar="FILE.sig", default=None,
+                        help="the image's signature from `ota sign` (required when "
+                        "IOTMETER_FIRMWARE_PUBLIC_KEY is set; offers carry it)")
     upload.set_defaults(handler=_ota_upload)
+
+    keygen = group.add_parser(
+        "keygen", help="make an Ed25519 firmware signing key pair (offline)",
+        description="Write firmware-signing.key (private, 0600: keep it off the servers) and "
+        "firmware-signing.pub into DIR; print the public key, alone on the last line, for "
+        "IOTMETER_FIRMWARE_PUBLIC_KEY and the devices.")
+    keygen.add_argument("--out", required=True, metavar="DIR")
+    keygen.set_defaults(handler=_ota_keygen)
+
+    sign = group.add_parser(
+        "sign", help="sign a firmware image (offline): writes IMAGE.sig",
+        description="Sign IMAGE with the private key from `ota keygen`; writes IMAGE.sig "
+        "(base64) beside it, for `ota upload --signature`.")
+    sign.add_argument("image", metavar="IMAGE")
+    sign.add_argument("--key", required=True, metavar="PRIVATE_KEY")
+    sign.set_defaults(handler=_ota_sign)
 
     firmware = group.add_parser("firmware", help="uploaded images, newest first")
     firmware.set_defaults(handler=_ota_firmware)
@@ -313,12 +332,39 @@ def _command_show(args: argparse.Namespace) -> int:
 
 
 def _ota_upload(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.firmware_signing import configured_public_key
     from iotmeter_tui.backend.ota import OtaService
 
     settings = _load(args)
+    public_key = configured_public_key(settings.firmware_public_key)
     with _stores(settings) as stores:
-        fw = OtaService(stores.metadata, stores.archive).upload(args.file, args.version)
-    print(f"firmware {fw.version}: {fw.size} bytes, sha256 {fw.sha256}")
+        fw = OtaService(stores.metadata, stores.archive, public_key=public_key).upload(
+            args.file, args.version, args.signature)
+    signed = "signed" if fw.signature else "unsigned"
+    print(f"firmware {fw.version}: {fw.size} bytes, sha256 {fw.sha256}, {signed}")
+    return EXIT_OK
+
+
+def _ota_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from iotmeter_tui.backend.firmware_signing import generate_keypair
+
+    private, public_path, public = generate_keypair(Path(args.out))
+    print(f"private key {private} (0600): keep it offline, it signs firmware", file=sys.stderr)
+    print(f"public key {public_path}; set IOTMETER_FIRMWARE_PUBLIC_KEY and pin it in the "
+          "devices:", file=sys.stderr)
+    print(public)
+    return EXIT_OK
+
+
+def _ota_sign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from iotmeter_tui.backend.firmware_signing import sign_file
+
+    out, _ = sign_file(Path(args.image), Path(args.key))
+    print(out)
     return EXIT_OK
 
 

@@ -59,11 +59,13 @@ def test_bad_setting_is_one_line_naming_the_variable(tmp_path: Path, variable: s
 
 def test_config_prints_every_setting_and_hides_secrets(tmp_path: Path) -> None:
     result = iotmeter("config", env={"IOTMETER_HOME": str(tmp_path),
-                                     "IOTMETER_S3_SECRET_KEY": "hunter2"})
+                                     "IOTMETER_S3_SECRET_KEY": "hunter2",
+                                     "IOTMETER_FIRMWARE_URL_SECRET": "fw-url-secret-" * 3})
     assert result.returncode == 0
     for setting in SETTINGS:
         assert setting.env in result.stdout
     assert "hunter2" not in result.stdout
+    assert "fw-url-secret" not in result.stdout
 
 
 def test_migrate_prepares_the_embedded_stores(tmp_path: Path) -> None:

@@ -51,6 +51,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "github_repo": ["rail", "rail/ops/x", "/ops", "rail/ ops", "https://github.com/rail/ops"],
     "github_api_url": ["ftp://github", "api.github.com", "https://"],
     "dashboard_url": ["grafana:3000", "ftp://grafana", "https://"],
+    "firmware_url_secret": ["short", "x" * 31],
+    "firmware_max_downloads": ["0", "-1", "1.5", "many"],
+    "firmware_idle_timeout_s": ["0", "-1", "1m", "nan", "inf"],
+    "firmware_public_key": ["AAAA", "/no/such/key.pub", "not base64!", "A" * 44 + "=="],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
             "api_jwt_audience", "api_jwt_issuer", "api_jwt_role_claim",
@@ -266,7 +270,10 @@ def test_bad_typed_toml_value(home: Path, tmp_path: Path, key: str, toml_value: 
      ("s3_endpoint", "http://127.0.0.1:9000"), ("spool_max_bytes", "4096"),
      ("firmware_listen", "0.0.0.0:9109"), ("firmware_listen", "[::1]:0"),
      ("firmware_listen", "collector.example.net:80"),
-     ("firmware_base_url", "https://fw.example.net/iotmeter")],
+     ("firmware_base_url", "https://fw.example.net/iotmeter"),
+     ("firmware_url_secret", "s" * 32), ("firmware_max_downloads", "1"),
+     ("firmware_idle_timeout_s", "0.5"),
+     ("firmware_public_key", "COUZQ+CTjg+Pp26nLk46TqXQccaRXX/2UGDQLxI0UHU=")],
 )
 def test_good_edge_values(home: Path, key: str, good: str) -> None:
     load_settings(env={BY_KEY[key].env: good})

@@ -826,10 +826,12 @@ def test_kubernetes_settings_are_known_and_valid(manifests: dict[tuple[str, str]
     env = collector_settings_env(manifests)
     settings = load_settings(env=env)
     assert settings.share_group and settings.mqtt_url and not settings.embedded
+    # Replicas behind one firmware Service must accept each other's signed download URLs.
+    assert settings.firmware_url_secret, "replicas need one shared IOTMETER_FIRMWARE_URL_SECRET"
     # Secrets stay out of the ConfigMap.
     config_map = next(o for (kind, _), o in manifests.items() if kind == "ConfigMap")["data"]
     for key in ("IOTMETER_MQTT_URL", "IOTMETER_DB_URL", "IOTMETER_INFLUX_TOKEN",
-                "IOTMETER_S3_ACCESS_KEY", "IOTMETER_S3_SECRET_KEY"):
+                "IOTMETER_S3_ACCESS_KEY", "IOTMETER_S3_SECRET_KEY", "IOTMETER_FIRMWARE_URL_SECRET"):
         assert key not in config_map, f"{key} is a secret"
 
 

@@ -140,6 +140,19 @@ def _origins(text: str) -> tuple[str, ...]:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
             raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
     return origins
+def _url_secret(text: str) -> str:
+    # An HMAC key: short ones can be guessed offline from one signed URL.
+    if len(text.encode()) < 32:
+        raise ValueError("too short: give at least 32 characters (e.g. openssl rand -hex 32)")
+    return text
+
+
+def _public_key(text: str) -> str:
+    # Imported here: config must stay importable without the crypto library loaded.
+    from iotmeter_tui.backend.firmware_signing import parse_public_key
+
+    parse_public_key(text)
+    return text
 
 
 def _log_level(text: str) -> str:
@@ -251,6 +264,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dashboard_url", _url(("http", "https")), None,
             "alert-relay: Grafana dashboard URL every issue links to, e.g. "
             "https://grafana.example.net/d/iotmeter-overview."),
+    # --- firmware ---
+    Setting("firmware_url_secret", _url_secret, None,
+            "Secret (32+ characters) that signs the firmware endpoint's expiring download "
+            "URLs; unset: generated once into $IOTMETER_HOME/firmware-url.secret (0600). "
+            "Collectors behind one firmware address need the same one."),
+    Setting("firmware_max_downloads", _positive(int), 16,
+            "Firmware downloads served at once; more are answered 503 with Retry-After."),
+    Setting("firmware_idle_timeout_s", _positive(float), 60.0,
+            "Seconds a firmware download may make no progress (per read or write) before "
+            "it is cut; the whole transfer may take as long as it needs."),
+    Setting("firmware_public_key", _public_key, None,
+            "Ed25519 public key firmware must be signed with (base64, or a file holding it "
+            "or a PEM key): uploads without a valid signature are refused, and simulated "
+            "meters pin it."),
 )
 
 
@@ -302,6 +329,11 @@ class Settings:
     alert_relay_token: str | None
     alert_relay_token_file: str | None
     dashboard_url: str | None
+    # --- firmware ---
+    firmware_url_secret: str | None
+    firmware_max_downloads: int
+    firmware_idle_timeout_s: float
+    firmware_public_key: str | None
 
     @property
     def embedded(self) -> bool:

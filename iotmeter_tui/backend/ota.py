@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from iotmeter_tui.backend import protocol
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from iotmeter_tui.backend import firmware_signing, protocol
 from iotmeter_tui.backend.errors import IotmeterError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.firmware import FirmwareLinks
 from iotmeter_tui.backend.ota_plan import (
@@ -90,9 +92,13 @@ def firmware_key(version: str, sha256: str) -> str:
 
 class OtaService:
     def __init__(self, metadata: MetadataStore, archive: ArchiveStore, *,
+                 public_key: Ed25519PublicKey | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """With `public_key` (IOTMETER_FIRMWARE_PUBLIC_KEY), only images signed with its
+        private key are accepted: what devices that pin it would refuse never gets stored."""
         self.metadata = metadata
         self.archive = archive
+        self.public_key = public_key
         self._clock = clock
 
     def _now(self) -> int:
@@ -100,28 +106,38 @@ class OtaService:
 
     # --- firmware ---------------------------------------------------------------------------
 
-    def upload(self, path: str | Path, version: str) -> Firmware:
-        """Store the image file as firmware `version`; see upload_bytes."""
+    def upload(self, path: str | Path, version: str,
+               signature_path: str | Path | None = None) -> Firmware:
+        """Store the image file as firmware `version`, with the signature file `iotmeter ota
+        sign` wrote for it; see upload_bytes."""
+        signature = None
+        if signature_path is not None:
+            try:
+                signature = firmware_signing.read_signature_file(Path(signature_path))
+            except firmware_signing.SigningError as exc:
+                raise OtaError(str(exc)) from None
         try:
             image = Path(path).read_bytes()
         except OSError as exc:
             raise OtaError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-        return self.upload_bytes(image, version)
+        return self.upload_bytes(image, version, signature)
 
-    def upload_bytes(self, image: bytes, version: str) -> Firmware:
+    def upload_bytes(self, image: bytes, version: str, signature: str | None = None) -> Firmware:
         """Store an image as firmware `version`. Versions are immutable: uploading the same
         bytes again returns the stored record; different bytes under a taken version are
-        refused."""
+        refused. With a public key configured, the signature must verify against it."""
         if not protocol.is_valid_label(version):
             raise OtaError(f"{version!r} is not a firmware version (letters, digits, '_.+-', "
                            "at most 64)")
         if not 0 < len(image) <= MAX_IMAGE_BYTES:
             raise OtaError(f"an image must hold 1 to {MAX_IMAGE_BYTES} bytes, not {len(image)}")
         sha256 = hashlib.sha256(image).hexdigest()
+        self._check_signature(sha256, signature)
         existing = self.metadata.get_firmware(version)
         if existing is not None:
             return self._same_or_refuse(existing, sha256, len(image))
-        fw = Firmware(version, len(image), sha256, firmware_key(version, sha256), self._now())
+        fw = Firmware(version, len(image), sha256, firmware_key(version, sha256), self._now(),
+                      signature)
         self.archive.put(fw.key, image)  # first the bytes: a record never names a missing image
         try:
             self.metadata.add_firmware(fw)
@@ -133,6 +149,18 @@ class OtaService:
         log.info("firmware uploaded", extra={"event": "firmware_uploaded", "version": version,
                                              "size": fw.size, "sha256": sha256, "key": fw.key})
         return fw
+
+    def _check_signature(self, sha256: str, signature: str | None) -> None:
+        if signature is not None and not firmware_signing.is_signature(signature):
+            raise OtaError("the signature is not a base64 Ed25519 signature (iotmeter ota sign)")
+        if self.public_key is None:
+            return
+        if signature is None:
+            raise OtaError("firmware must be signed (IOTMETER_FIRMWARE_PUBLIC_KEY is set): "
+                           "sign the image with iotmeter ota sign, upload with --signature")
+        if not firmware_signing.verify(self.public_key, sha256, signature):
+            raise OtaError("the signature does not verify against IOTMETER_FIRMWARE_PUBLIC_KEY "
+                           "(another key, or another image); nothing was stored")
 
     @staticmethod
     def _same_or_refuse(existing: Firmware, sha256: str, size: int) -> Firmware:
@@ -367,7 +395,8 @@ class RolloutDriver:
         url = self.links.url_for(fw, valid_s)
         payload = protocol.encode_ota_offer(campaign.id, fw_version=fw.version, url=url,
                                             sha256=fw.sha256, size=fw.size, ts=now,
-                                            expires_ts=max(expires, now + 1))
+                                            expires_ts=max(expires, now + 1),
+                                            signature=fw.signature)
         if first:
             # Recorded before publishing, so the device's first report cannot be overwritten
             # by it; the per-target timeout runs from here.

@@ -29,6 +29,7 @@ _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 LABEL_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
 _LABEL_RE = re.compile(LABEL_PATTERN)
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_SIGNATURE_RE = re.compile(r"[A-Za-z0-9+/]{86}==")
 
 # boot, seq and sizes must fit a signed 64-bit integer (PostgreSQL BIGINT, SQLite INTEGER,
 # an InfluxDB integer field).
@@ -565,7 +566,15 @@ def _ota_problem(obj: dict[str, Any]) -> str | None:
     size = obj.get("size")
     if not _is_count(size) or size == 0:
         return f"size={_show(size)}, expected a byte count > 0"
+    signature = obj.get("signature")
+    if signature is not None and not _is_signature(signature):
+        return f"signature={_show(signature)}, expected a base64 Ed25519 signature"
     return None
+
+
+def _is_signature(value: Any) -> bool:
+    # 64 bytes in base64: 86 characters and two '=' of padding.
+    return type(value) is str and _SIGNATURE_RE.fullmatch(value) is not None
 
 
 def encode_command(
@@ -598,9 +607,11 @@ def encode_ota_offer(
     size: int,
     ts: int,
     expires_ts: int,
+    signature: str | None = None,
 ) -> bytes:
     """A server -> device firmware offer on iot/{device_id}/ota. Raises ValueError on a value
-    the protocol does not allow."""
+    the protocol does not allow. `signature` (base64 Ed25519, see firmware_signing) is left
+    out for an unsigned image."""
     obj = {
         "v": VERSION,
         "campaign_id": campaign_id,
@@ -611,6 +622,8 @@ def encode_ota_offer(
         "sha256": sha256,
         "size": size,
     }
+    if signature is not None:
+        obj["signature"] = signature
     problem = _ota_problem(obj)
     if problem is not None:
         raise ValueError(f"OTA offer: {problem}")

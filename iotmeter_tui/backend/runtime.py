@@ -12,6 +12,7 @@ from iotmeter_tui.backend.collector.worker import CollectorWorker
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.firmware_signing import configured_public_key
 from iotmeter_tui.backend.ota import OtaService
 from iotmeter_tui.backend.publisher import ServerPublisher
 from iotmeter_tui.backend.simulator.controller import SimulatorController
@@ -82,7 +83,9 @@ class Runtime:
         """Firmware and campaigns: upload(path, version), start_campaign(...),
         list_campaigns(), status(campaign_id), abort(campaign_id)."""
         if self._ota is None:
-            self._ota = OtaService(self.stores.metadata, self.stores.archive)
+            self._ota = OtaService(self.stores.metadata, self.stores.archive,
+                                   public_key=configured_public_key(
+                                       self.settings.firmware_public_key))
         return self._ota
 
     def start(self) -> None:
@@ -114,7 +117,9 @@ class Runtime:
     def start_simulator(self, devices: int, kind: str = "mixed", rate: float = 1.0) -> list[str]:
         """Add `devices` simulated meters (starting the controller on first use)."""
         if self.simulator is None:
-            self.simulator = SimulatorController(self.mqtt_url, self.settings.home / "simulator")
+            self.simulator = SimulatorController(
+                self.mqtt_url, self.settings.home / "simulator",
+                firmware_key=configured_public_key(self.settings.firmware_public_key))
         if self.simulator.running:
             return self.simulator.add_devices(devices, kind, rate)
         return self.simulator.start(devices, kind, rate)

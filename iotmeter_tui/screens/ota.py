@@ -175,7 +175,13 @@ def campaign_dialog(selection: list[str]) -> FormDialog[CampaignRequest]:
 def start_campaign(ota: Any, request: CampaignRequest) -> Any:
     """Upload (when a file is given), then start; runs in an I/O thread."""
     if request.path is not None:
-        ota.upload(request.path, request.version)
+        # `iotmeter ota sign` writes IMAGE.sig beside the image; the dashboard takes it from
+        # there (with IOTMETER_FIRMWARE_PUBLIC_KEY set, an image without one is refused).
+        signature = request.path.with_name(request.path.name + ".sig")
+        if signature.is_file():
+            ota.upload(request.path, request.version, signature)
+        else:
+            ota.upload(request.path, request.version)
     return ota.start_campaign(
         request.version,
         device_ids=request.device_ids,

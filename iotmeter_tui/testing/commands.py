@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.config import Settings
@@ -28,10 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def simulated_fleet(url: str, home: Path, devices: int, *,
-                    kind: str = "dc") -> Iterator[tuple[SimulatorController, list[str]]]:
-    """`devices` simulated meters, quick to reboot, stopped on the way out."""
-    controller = SimulatorController(url, home, seed=11, boot_delay_s=0.1, heartbeat_s=30.0)
+def simulated_fleet(url: str, home: Path, devices: int, *, kind: str = "dc",
+                    firmware_key: Ed25519PublicKey | None = None,
+                    ) -> Iterator[tuple[SimulatorController, list[str]]]:
+    """`devices` simulated meters, quick to reboot, stopped on the way out; with
+    `firmware_key` they pin it (signed firmware only)."""
+    controller = SimulatorController(url, home, seed=11, boot_delay_s=0.1, heartbeat_s=30.0,
+                                     firmware_key=firmware_key)
     try:
         ids = controller.start(devices, kind, rate=2.0)
         yield controller, ids

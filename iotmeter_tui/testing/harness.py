@@ -48,7 +48,8 @@ def env_for(settings: Settings, mqtt_url: str) -> dict[str, str]:
     for key in ("home", "db_url", "tsdb_url", "archive_url", "influx_token", "s3_endpoint",
                 "s3_access_key", "s3_secret_key", "s3_region", "reorder_timeout_s",
                 "archive_window_s", "client_id", "spool_max_bytes", "auto_register",
-                "redeliver_after_s", "firmware_listen", "firmware_base_url"):
+                "redeliver_after_s", "firmware_listen", "firmware_base_url",
+                "firmware_public_key"):
         value = getattr(settings, key)
         if value is not None:
             env[f"IOTMETER_{key.upper()}"] = str(value).lower() if isinstance(

@@ -184,12 +184,12 @@ class Server:
         return command_id
 
     def offer(self, device_id: str, *, fw_version: str, url: str, sha256: str, size: int,
-              campaign_id: str | None = None) -> str:
+              campaign_id: str | None = None, signature: str | None = None) -> str:
         campaign_id = campaign_id or uuid.uuid4().hex
         now = int(time.time() * 1000)
         payload = protocol.encode_ota_offer(campaign_id, fw_version=fw_version, url=url,
                                             sha256=sha256, size=size, ts=now,
-                                            expires_ts=now + 60_000)
+                                            expires_ts=now + 60_000, signature=signature)
         self.client.publish(protocol.ota_topic(device_id), payload, qos=1).wait_for_publish(5)
         return campaign_id
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.firmware_signing import sign_digest
 
 
 @pytest.fixture
@@ -103,3 +105,52 @@ def test_ota_good_and_bad_images(mosquitto: Any, prefix: str, recorder_factory: 
                       what="boot 3 hello")
     assert next(m for m in recorder.of(protocol.HELLO, device)
             if m.boot == 3).data["fw_version"] == "2.0.0"
+
+
+def test_a_pinned_key_makes_the_signature_mandatory(mosquitto: Any, prefix: str,
+                                                    recorder_factory: Any,
+                                                    controller_factory: Any, server_factory: Any,
+                                                    firmware_server: tuple[str, Path]) -> None:
+    base, directory = firmware_server
+    release_key, other_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    image = bytes(range(256)) * 200
+    (directory / "meter-3.0.0.bin").write_bytes(image)
+    sha = hashlib.sha256(image).hexdigest()
+    # Whoever can publish offers also chooses the sha256: here an attacker's own image.
+    evil = image[:-1] + b"\x00"
+    (directory / "evil.bin").write_bytes(evil)
+    evil_sha = hashlib.sha256(evil).hexdigest()
+
+    recorder = recorder_factory(mosquitto.url, prefix)
+    server = server_factory(mosquitto.url)
+    controller = controller_factory(mosquitto.url, prefix,
+                                    firmware_key=release_key.public_key())
+    [device] = controller.start(1, "dc", rate=10)
+    recorder.wait_for(lambda: recorder.of(protocol.HELLO, device), what="hello")
+
+    def outcome(campaign: str) -> dict[str, Any]:
+        recorder.wait_for(lambda: recorder.ota(campaign)
+                          and recorder.ota(campaign)[-1]["state"] in ("failed", "done"),
+                          what=f"outcome of {campaign}")
+        return dict(recorder.ota(campaign)[-1])
+
+    url = f"{base}/meter-3.0.0.bin"
+    unsigned = server.offer(device, fw_version="3.0.0", url=url, sha256=sha, size=len(image))
+    assert outcome(unsigned)["error"] == "unsigned firmware refused: this meter pins a " \
+        "signing key"
+    wrong_key = server.offer(device, fw_version="3.0.0", url=url, sha256=sha, size=len(image),
+                             signature=sign_digest(other_key, sha))
+    failed = outcome(wrong_key)
+    assert failed["error"] == "bad signature: the image is not signed by the pinned key"
+    tampered = server.offer(device, fw_version="3.0.0", url=f"{base}/evil.bin",
+                            sha256=evil_sha, size=len(evil),
+                            signature=sign_digest(release_key, sha))
+    failed = outcome(tampered)
+    assert failed["error"] == "bad signature: the image is not signed by the pinned key"
+    assert controller.devices()[0].fw_version == "1.0.0"
+    assert {r.message().boot for r in recorder.messages} <= {1, None}, "nothing installed"
+
+    good = server.offer(device, fw_version="3.0.0", url=url, sha256=sha, size=len(image),
+                        signature=sign_digest(release_key, sha))
+    assert outcome(good)["state"] == "done"
+    assert controller.devices()[0].fw_version == "3.0.0"

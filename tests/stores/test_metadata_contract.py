@@ -3,6 +3,7 @@ servers and files. Adapter-specific failure behaviour lives in test_metadata_out
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -757,6 +758,17 @@ def test_firmware_round_trips(store: MetadataStore) -> None:
     assert [f.version for f in store.list_firmware()] == ["2.0.0", "1.0.0"]
     with pytest.raises(StoreRejected):
         store.add_firmware(_firmware("1.0.0", 3000))
+
+
+def test_a_firmware_signature_round_trips(store: MetadataStore) -> None:
+    signature = base64.b64encode(bytes(range(64))).decode()
+    signed = replace(_firmware("3.0.0"), signature=signature)
+    store.add_firmware(signed)
+    store.add_firmware(_firmware("3.0.1"))
+    assert store.get_firmware("3.0.0") == signed
+    assert store.get_firmware("3.0.1").signature is None  # type: ignore[union-attr]
+    assert {f.version: f.signature for f in store.list_firmware()} == {
+        "3.0.0": signature, "3.0.1": None}
 
 
 def test_a_campaign_starts_with_pending_targets(store: MetadataStore) -> None:

@@ -25,9 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker
 from iotmeter_tui.backend.config import ConfigError, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.backend.firmware_signing import parse_public_key
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
 from iotmeter_tui.backend.simulator.faults import FaultSpec, FaultSpecError
 from iotmeter_tui.backend.simulator.fleet import (
@@ -60,10 +63,13 @@ def run_simulate(
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     summary: str | Path | None = None,
     metrics_port: int | None = None,
+    firmware_key: str | None = None,
 ) -> int:
     """Simulate `devices` meters until SIGINT/SIGTERM or `duration` seconds; the exit code.
     No `mqtt_url`: a private mosquitto is started and its URL logged. No `home`: the
-    configured IOTMETER_HOME. `summary`: where to write the per-device account on exit."""
+    configured IOTMETER_HOME. `summary`: where to write the per-device account on exit.
+    `firmware_key`: the signing public key every meter pins (base64 or a key file); with
+    one, meters install only firmware signed with its private key."""
     _ensure_logging()
     try:
         spec = FaultSpec.parse(faults)
@@ -80,6 +86,10 @@ def run_simulate(
         address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
         home_dir = Path(home) if home is not None else load_settings().home
         summary_path = None if summary is None else Path(summary)
+        try:
+            pinned = None if firmware_key is None else parse_public_key(firmware_key)
+        except ValueError as exc:
+            raise ValueError(f"--firmware-key: {exc}") from None
         if summary_path is not None and not summary_path.parent.is_dir():
             raise ValueError(f"--summary {summary}: no directory {summary_path.parent}")
         metrics = _serve_metrics(metrics_port) if metrics_port is not None else None
@@ -93,13 +103,14 @@ def run_simulate(
         raise_open_file_limit(devices)
         if address is not None:
             return asyncio.run(_simulate(address, home_dir, devices, rate, kind, spec, seed,
-                                         duration, prefix, heartbeat_s, summary_path, metrics))
+                                         duration, prefix, heartbeat_s, summary_path, metrics,
+                                         pinned))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
             log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
             return asyncio.run(_simulate(BrokerAddress.parse(broker.url), home_dir, devices,
                                          rate, kind, spec, seed, duration, prefix, heartbeat_s,
-                                         summary_path, metrics))
+                                         summary_path, metrics, pinned))
     except BrokerError as exc:
         return _fail(str(exc), EXIT_FAILURE)
     except IotmeterError as exc:
@@ -110,13 +121,14 @@ async def _simulate(
     address: BrokerAddress, home: Path, devices: int, rate: float, kind: str, faults: FaultSpec,
     seed: int, duration: float | None, prefix: str, heartbeat_s: float,
     summary: Path | None = None, metrics: SimulatorMetrics | None = None,
+    firmware_key: Ed25519PublicKey | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     fleet = Fleet(address, home, seed=seed, prefix=prefix, heartbeat_s=heartbeat_s,
-                  faults=faults)
+                  faults=faults, firmware_key=firmware_key)
     await fleet.start()
     exporter = None if metrics is None else asyncio.create_task(_export(fleet, metrics))
     try:
@@ -223,21 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", default=None, help="state directory (default IOTMETER_HOME)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
                         metavar="SECONDS", help="seconds between hello heartbeats")
+    parser.add_argument("--firmware-key", default=None, metavar="KEY",
+                        help="signing public key the meters pin (base64 or a key file; "
+                        "default IOTMETER_FIRMWARE_PUBLIC_KEY): signed firmware only")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    mqtt_url = args.mqtt_url
-    if mqtt_url is None:
+    mqtt_url, firmware_key = args.mqtt_url, args.firmware_key
+    if mqtt_url is None or firmware_key is None:
         try:
-            mqtt_url = load_settings().mqtt_url
+            settings = load_settings()
         except ConfigError as exc:
             return _fail(str(exc), EXIT_USAGE)
+        mqtt_url = mqtt_url or settings.mqtt_url
+        firmware_key = firmware_key or settings.firmware_public_key
     return run_simulate(
         devices=args.devices, rate=args.rate, kind=args.kind, faults=args.faults,
         seed=args.seed, duration=args.duration, prefix=args.prefix, mqtt_url=mqtt_url,
-        home=args.home, heartbeat_s=args.heartbeat,
+        home=args.home, heartbeat_s=args.heartbeat, firmware_key=firmware_key,
     )
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
 from iotmeter_tui.backend.simulator.device import DeviceInfo
 from iotmeter_tui.backend.simulator.faults import FaultSpec
@@ -46,6 +48,7 @@ class SimulatorController:
         faults: str | FaultSpec | None = None,
         boot_delay_s: float = 0.5,
         buffer_limit: int | None = None,
+        firmware_key: Ed25519PublicKey | None = None,
     ) -> None:
         try:
             self._address = BrokerAddress.parse(mqtt_url)
@@ -58,6 +61,7 @@ class SimulatorController:
         self._faults = faults if isinstance(faults, FaultSpec) else FaultSpec.parse(faults)
         self._boot_delay_s = boot_delay_s
         self._buffer_limit = buffer_limit
+        self._firmware_key = firmware_key
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._fleet: Fleet | None = None
@@ -85,7 +89,8 @@ class SimulatorController:
         self._loop, self._thread = loop, thread
         fleet = Fleet(self._address, self.home, seed=self.seed, prefix=self.prefix,
                       heartbeat_s=self._heartbeat_s, faults=self._faults,
-                      boot_delay_s=self._boot_delay_s, buffer_limit=self._buffer_limit)
+                      boot_delay_s=self._boot_delay_s, buffer_limit=self._buffer_limit,
+                      firmware_key=self._firmware_key)
         try:
             self._run(fleet.start())
         except BaseException:

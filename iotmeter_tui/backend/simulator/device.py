@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from iotmeter_tui.backend import protocol
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from iotmeter_tui.backend import firmware_signing, protocol
 from iotmeter_tui.backend.mqtt.client import BrokerAddress, MqttClient, MqttError
 from iotmeter_tui.backend.mqtt.codec import Publish, Will
 from iotmeter_tui.backend.simulator.faults import FaultInjector
@@ -115,6 +117,7 @@ class SimulatedMeter:
         buffer_limit: int = BUFFER_LIMIT,
         boot_delay_s: float = 0.5,
         install_delay_s: float = 0.2,
+        firmware_key: Ed25519PublicKey | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.device_id = device_id
@@ -127,6 +130,8 @@ class SimulatedMeter:
         self.buffer_limit = buffer_limit
         self.boot_delay_s = boot_delay_s
         self.install_delay_s = install_delay_s
+        # A pinned signing key makes a valid signature mandatory (docs/protocol.md, OTA).
+        self.firmware_key = firmware_key
         self.boot = record.boot
         self.seq = 0
         self.powered = False
@@ -598,6 +603,10 @@ class SimulatedMeter:
             self._ota_status(campaign, target, "failed", 100,
                              f"sha256 mismatch: expected {sha256}, got {digest}")
             return
+        problem = self._signature_problem(digest, body.get("signature"))
+        if problem is not None:
+            self._ota_status(campaign, target, "failed", 100, problem)
+            return
         self._ota_status(campaign, target, "installing", 100)
         await asyncio.sleep(self.install_delay_s)
         self.record.fw_version = target  # persisted with the boot number on power-on
@@ -605,6 +614,18 @@ class SimulatedMeter:
         await self._power_cycle()
         await self._came_online.wait()
         self._ota_status(campaign, target, "done", 100)
+
+
+    def _signature_problem(self, digest: str, signature: Any) -> str | None:
+        """Why the image must not be installed, or None. The sha256 alone proves nothing:
+        whoever can publish an offer chooses it; only the signing key's holder can sign."""
+        if self.firmware_key is None:
+            return None
+        if signature is None:
+            return "unsigned firmware refused: this meter pins a signing key"
+        if not firmware_signing.verify(self.firmware_key, digest, str(signature)):
+            return "bad signature: the image is not signed by the pinned key"
+        return None
 
 
 def _number(params: dict[str, Any], key: str, low: float, high: float) -> float:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
@@ -117,6 +119,7 @@ class Fleet:
         connect_concurrency: int = CONNECT_CONCURRENCY,
         boot_delay_s: float = 0.5,
         buffer_limit: int | None = None,
+        firmware_key: Ed25519PublicKey | None = None,
     ) -> None:
         if prefix and not protocol.is_valid_device_id(prefix + "dc-0001"):
             raise SimulatorError(f"prefix {prefix!r}: device ids must match "
@@ -130,6 +133,7 @@ class Fleet:
         self.faults = faults or FaultSpec()
         self.boot_delay_s = boot_delay_s
         self.buffer_limit = buffer_limit
+        self.firmware_key = firmware_key  # pinned by every meter: signed firmware only
         self.devices: dict[str, SimulatedMeter] = {}
         self.store = DeviceStateStore(state_path(home, prefix))
         self._connect_concurrency = connect_concurrency
@@ -225,6 +229,7 @@ class Fleet:
             connect_gate=self._gate,
             boot_delay_s=self.boot_delay_s,
             buffer_limit=self.buffer_limit or BUFFER_LIMIT,
+            firmware_key=self.firmware_key,
         )
 
     def _select(self, ids: Iterable[str] | None) -> list[SimulatedMeter]:

@@ -8,8 +8,8 @@ messages into objects; `ArchiveReader` streams them back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from iotmeter_tui.backend.config import local_path
@@ -19,6 +19,39 @@ DEFAULT_BUCKET = "iot-data"
 REJECTED_PREFIX = "_rejected"
 FIRMWARE_PREFIX = "_firmware"
 MAX_KEY_BYTES = 1024
+# What `stream` hands out at a time: large enough for few system calls, small enough that many
+# parallel firmware downloads of multi-GiB images hold little memory each.
+STREAM_CHUNK_BYTES: Final = 64 * 1024
+
+
+class ObjectStream:
+    """An object's bytes (or a range of them) chunk by chunk, from a source already opened.
+
+    Iterate it, then `close()` it (or use it as a context manager): a reader that stops early
+    must release the file or the HTTP connection underneath."""
+
+    def __init__(self, chunks: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._release is None:
+            raise StopIteration
+        return next(self._chunks)
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> ObjectStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ArchiveStore(Protocol):
@@ -31,6 +64,12 @@ class ArchiveStore(Protocol):
     def get(self, key: str) -> bytes:
         """An object's bytes. Raises KeyError when it does not exist."""
 
+    def stream(self, key: str, offset: int = 0, length: int | None = None) -> ObjectStream:
+        """The object's bytes from `offset` on (at most `length` of them), in chunks of at
+        most STREAM_CHUNK_BYTES, without holding the object in memory. A range past the end
+        is cut at the end (an offset at or past it yields nothing). Raises KeyError at once
+        when the object does not exist."""
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under `prefix`, in lexical order."""
 
@@ -41,6 +80,12 @@ class ArchiveStore(Protocol):
         """Raise StoreError when the store cannot be reached or used."""
 
     def close(self) -> None: ...
+
+
+def validate_range(store: str, offset: int, length: int | None) -> None:
+    """Refuse a negative offset or length (StoreRejected): no adapter serves one."""
+    if offset < 0 or (length is not None and length < 0):
+        raise StoreRejected(store, f"invalid byte range: offset {offset}, length {length}")
 
 
 def validate_key(store: str, key: str) -> str:

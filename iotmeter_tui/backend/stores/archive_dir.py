@@ -14,9 +14,15 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
-from iotmeter_tui.backend.stores.archive import validate_key
+from iotmeter_tui.backend.stores.archive import (
+    STREAM_CHUNK_BYTES,
+    ObjectStream,
+    validate_key,
+    validate_range,
+)
 
 STORE = "file"
 
@@ -58,6 +64,34 @@ class DirectoryArchive:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             # A directory at the path only holds longer keys; it is not this object.
             raise KeyError(key) from None
+        except OSError as exc:
+            raise self._translate(exc, "get", key) from exc
+
+    def stream(self, key: str, offset: int = 0, length: int | None = None) -> ObjectStream:
+        path = self._path(key)
+        validate_range(STORE, offset, length)
+        try:
+            # Opened here, not in the generator, so a missing object is KeyError at once.
+            file = open(path, "rb")  # noqa: SIM115 - closed by the stream
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise self._translate(exc, "get", key) from exc
+        return ObjectStream(self._chunks(file, key, offset, length), file.close)
+
+    def _chunks(self, file: BinaryIO, key: str, offset: int,
+                length: int | None) -> Iterator[bytes]:
+        left = length
+        try:
+            file.seek(offset)
+            while left is None or left > 0:
+                chunk = file.read(STREAM_CHUNK_BYTES if left is None
+                                  else min(STREAM_CHUNK_BYTES, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
         except OSError as exc:
             raise self._translate(exc, "get", key) from exc
 

@@ -23,7 +23,12 @@ from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE, check_bucket_name
 from urllib3.exceptions import MaxRetryError, SSLError
 
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
-from iotmeter_tui.backend.stores.archive import validate_key
+from iotmeter_tui.backend.stores.archive import (
+    STREAM_CHUNK_BYTES,
+    ObjectStream,
+    validate_key,
+    validate_range,
+)
 
 STORE = "s3"
 
@@ -135,6 +140,47 @@ class S3Archive:
             finally:
                 response.close()
                 response.release_conn()
+
+    def stream(self, key: str, offset: int = 0, length: int | None = None) -> ObjectStream:
+        """A ranged GET (the SDK's offset/length): the body is read as it is consumed, each
+        read bounded by the client's read timeout, never the whole transfer."""
+        validate_key(STORE, key)
+        validate_range(STORE, offset, length)
+        self._ensure_bucket()
+        if length == 0:
+            self._require(key)
+            return ObjectStream(iter(()), lambda: None)
+        with self._translated("get", key):
+            try:
+                response = self._client.get_object(self._bucket, key, offset=offset,
+                                                   length=length or 0)
+            except S3Error as exc:
+                if exc.code == "NoSuchKey":
+                    raise KeyError(key) from None
+                if exc.code == "InvalidRange":  # the offset is at or past the end
+                    self._require(key)
+                    return ObjectStream(iter(()), lambda: None)
+                raise
+
+        def release() -> None:
+            response.close()
+            response.release_conn()
+
+        return ObjectStream(self._chunks(response, key), release)
+
+    def _chunks(self, response: urllib3.BaseHTTPResponse, key: str) -> Iterator[bytes]:
+        with self._translated("get", key):
+            yield from response.stream(STREAM_CHUNK_BYTES)
+
+    def _require(self, key: str) -> None:
+        """KeyError unless the object exists (a HEAD)."""
+        with self._translated("get", key):
+            try:
+                self._client.stat_object(self._bucket, key)
+            except S3Error as exc:
+                if exc.code == "NoSuchKey":
+                    raise KeyError(key) from None
+                raise
 
     def list(self, prefix: str = "") -> Iterator[str]:
         self._ensure_bucket()

@@ -219,6 +219,9 @@ class Firmware:
     sha256: str  # hex
     key: str  # where the image lives in the archive store
     uploaded_at: int
+    # Base64 Ed25519 signature of the image (firmware_signing), carried in offers; None for
+    # an image uploaded unsigned.
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,6 +340,11 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " WHERE state <> 'cleared'",
         ),
     ),
+    Migration(
+        6,
+        "OTA: the Ed25519 signature of a firmware image, carried in offers",
+        ("ALTER TABLE ota_firmware ADD COLUMN signature TEXT",),
+    ),
 )
 
 
@@ -1187,7 +1192,7 @@ class SqlMetadataStore:
         with self._tx(write=True) as tx:
             tx.run(
                 f"INSERT INTO ota_firmware ({FIRMWARE_COLUMNS})"
-                " VALUES (:version, :size, :sha256, :key, :uploaded_at)",
+                " VALUES (:version, :size, :sha256, :key, :uploaded_at, :signature)",
                 {f.name: getattr(fw, f.name) for f in fields(Firmware)},
             )
 
