@@ -21,6 +21,7 @@ import psycopg
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.metadata_sql import Cursor, SqlMetadataStore
 
@@ -101,6 +102,10 @@ class PostgresBackend:
         kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in parse_qs(urlsplit(url).query):
             kwargs["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq's minimum is 2
+        if tls.ca_file() is not None and "sslrootcert" not in parse_qs(urlsplit(url).query):
+            # libpq reads ~/.postgresql/root.crt otherwise; sslmode=verify-full in the URL
+            # then checks the server against the private CA of IOTMETER_TLS_CA_FILE.
+            kwargs["sslrootcert"] = str(tls.ca_file())
         self._pool = ConnectionPool(
             url,
             min_size=1,
