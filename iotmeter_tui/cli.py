@@ -46,6 +46,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         duration=args.duration,
         prefix=args.prefix,
+        device_users=args.device_users,
         mqtt_url=settings.mqtt_url,
         home=settings.home,
         summary=args.summary,
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                      help="stop after this long (default: until SIGINT/SIGTERM)")
     sim.add_argument("--prefix", default="", help="device id prefix, to run several side by side")
+    sim.add_argument("--device-users", action="store_true",
+                     help="each meter logs in as its own device id with the password of "
+                     "IOTMETER_MQTT_URL (a broker that makes the user the client id needs it)")
     sim.add_argument("--summary", metavar="FILE", default=None,
                      help="on a clean stop, write what each device sent (JSON), to check a run "
                      "against the stores")

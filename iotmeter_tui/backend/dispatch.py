@@ -65,7 +65,7 @@ class Dispatcher:
         # Its own broker user when configured: where the broker makes the user the client id,
         # sharing the collector's user would make each connection take the other's place.
         dispatch_url = settings.mqtt_dispatch_url or mqtt_url
-        if settings.mqtt_dispatch_url is None and urlsplit(mqtt_url).username:
+        if settings.mqtt_dispatch_url is None and urlsplit(settings.mqtt_url or "").username:
             log.warning("the dispatcher shares the collector's broker user; a broker that ties "
                         "client ids to users needs IOTMETER_MQTT_DISPATCH_URL", extra={
                             "event": "dispatch_shares_identity"})

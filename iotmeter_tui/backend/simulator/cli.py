@@ -58,6 +58,7 @@ def run_simulate(
     *,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     summary: str | Path | None = None,
+    device_users: bool = False,
 ) -> int:
     """Simulate `devices` meters until SIGINT/SIGTERM or `duration` seconds; the exit code.
     No `mqtt_url`: a private mosquitto is started and its URL logged. No `home`: the
@@ -76,6 +77,8 @@ def run_simulate(
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat {heartbeat_s} s must be greater than 0")
         address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
+        if device_users and (address is None or address.password is None):
+            raise ValueError("--device-users needs IOTMETER_MQTT_URL with the meters' password")
         home_dir = Path(home) if home is not None else load_settings().home
         summary_path = None if summary is None else Path(summary)
         if summary_path is not None and not summary_path.parent.is_dir():
@@ -90,7 +93,8 @@ def run_simulate(
         raise_open_file_limit(devices)
         if address is not None:
             return asyncio.run(_simulate(address, home_dir, devices, rate, kind, spec, seed,
-                                         duration, prefix, heartbeat_s, summary_path))
+                                         duration, prefix, heartbeat_s, summary_path,
+                                         device_users))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
             log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
@@ -106,14 +110,14 @@ def run_simulate(
 async def _simulate(
     address: BrokerAddress, home: Path, devices: int, rate: float, kind: str, faults: FaultSpec,
     seed: int, duration: float | None, prefix: str, heartbeat_s: float,
-    summary: Path | None = None,
+    summary: Path | None = None, device_users: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     fleet = Fleet(address, home, seed=seed, prefix=prefix, heartbeat_s=heartbeat_s,
-                  faults=faults)
+                  faults=faults, device_users=device_users)
     await fleet.start()
     try:
         ids = await fleet.add(devices, kind, rate)
