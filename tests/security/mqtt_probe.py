@@ -19,7 +19,7 @@ class Probe:
     def __init__(self, port: int, user: str | None, password: str | None, client_id: str, *,
                  persistent: bool = False, host: str = "127.0.0.1",
                  ca: Path | None = None, cert: tuple[Path, Path] | None = None,
-                 transport: str = "tcp") -> None:
+                 transport: str = "tcp", answer_timeout_s: float = 10.0) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=not persistent, protocol=mqtt.MQTTv311,
                                   transport=transport)  # type: ignore[arg-type]
@@ -40,7 +40,7 @@ class Probe:
         self.client.on_disconnect = lambda *_args: self.disconnected.set()
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
-        if not self._answered.wait(10):
+        if not self._answered.wait(answer_timeout_s):
             self.close()
             raise AssertionError(f"no CONNACK for {client_id}")
 
