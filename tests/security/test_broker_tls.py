@@ -139,7 +139,7 @@ def test_client_certificates_make_the_cn_the_device(broker: ShippedBroker,
     # No certificate (a password instead), or one from another CA: the handshake fails, on
     # the client's side at once or (TLS 1.3) as the server's alert, so no CONNACK comes.
     for cert in (None, broker.ca.client("dc-0101")):
-        with pytest.raises((OSError, AssertionError), match="handshake|alert|no CONNACK|EOF"):
+        with pytest.raises((OSError, AssertionError), match=r"handshake|alert|no CONNACK|EOF"):
             Probe(port, "dc-0101", DEVICE_CREDENTIALS["dc-0101"], "dc-0101", host="localhost",
                   ca=broker.ca.cert, cert=None if cert is None else (cert.cert, cert.key),
                   answer_timeout_s=2.0)
