@@ -22,6 +22,9 @@ from iotmeter_tui.testing.certs import TestCA
 
 MOSQUITTO_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 START_TIMEOUT_S = 10.0
+DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                       "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+                       "/usr/lib/mosquitto_dynamic_security.so")
 
 # The secrets init-passwords.sh is given.
 COLLECTOR_PASSWORD = "collector-secret"
@@ -29,14 +32,25 @@ DISPATCHER_PASSWORD = "dispatcher-secret"
 DEVICE_CREDENTIALS = {"dc-0101": "device-secret", "dc-0102": "other-device-secret"}
 
 
+def dynsec_plugin() -> str:
+    """The dynamic security plugin of the installed mosquitto (Debian: multiarch dir)."""
+    for candidate in DYNSEC_PLUGIN_PATHS:
+        if Path(candidate).is_file():
+            return candidate
+    raise AssertionError("mosquitto's dynamic security plugin is missing: install Debian's "
+                         "`mosquitto` (scripts/system-deps.sh)")
+
+
 class ShippedBroker:
     """mosquitto on the shipped mosquitto.conf + acl. Ports: `port` (plain, 1883 in the
     container), `tls_port` (8883), `ws_port` (9001, MQTT over WebSockets over TLS). `extra`
     is appended to the configuration (another listener, a plugin); `env` is added to
-    init-passwords.sh's environment."""
+    init-passwords.sh's environment. With `dynsec_admin_password`, the broker runs
+    mosquitto-dynsec.conf instead, its plugin file made by init-dynsec.sh."""
 
     def __init__(self, tmp: Path, *, ca: TestCA | None = None, extra: str = "",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 dynsec_admin_password: str | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.ca = ca or TestCA(tmp / "ca")
@@ -54,7 +68,16 @@ class ShippedBroker:
                  "MQTT_COLLECTOR_PASSWORD": COLLECTOR_PASSWORD,
                  "MQTT_DISPATCHER_PASSWORD": DISPATCHER_PASSWORD, **(env or {})})
         server = self.ca.server()
-        text = (MOSQUITTO_DIR / "mosquitto.conf").read_text()
+        if dynsec_admin_password is None:
+            text = (MOSQUITTO_DIR / "mosquitto.conf").read_text()
+        else:
+            text = (MOSQUITTO_DIR / "mosquitto-dynsec.conf").read_text()
+            subprocess.run(
+                ["sh", str(MOSQUITTO_DIR / "init-dynsec.sh")], check=True, capture_output=True,
+                env={"PATH": os.environ["PATH"], "MQTT_ADMIN_PASSWORD": dynsec_admin_password,
+                     "DYNSEC_FILE": str(data / "dynamic-security.json"),
+                     "MOSQUITTO_UID": str(os.getuid())})
+            text = text.replace("/usr/lib/mosquitto_dynamic_security.so", dynsec_plugin())
         text = text.replace("\nlistener 1883\n", f"\nlistener {self.port} {LOOPBACK}\n")
         text = text.replace("\nlistener 8883\n", f"\nlistener {self.tls_port} {LOOPBACK}\n")
         # mosquitto 2.0's websockets listener (libwebsockets) cannot bind one address: it

@@ -1,0 +1,251 @@
+"""Per-device broker credentials through Mosquitto's dynamic security plugin.
+
+`DynsecCredentials` is the `DeviceCredentials` the device service uses when
+`IOTMETER_MQTT_ADMIN_URL` names the plugin's admin user: `provision(device_id)` creates the
+device's broker client (username and client id = the device id, a fresh random password) and
+a role that lets it publish only its own five device -> server topics and receive only its
+own commands and firmware offers; `revoke(device_id)` deletes both, and the plugin
+disconnects the device at once. The service roles (collector, dispatcher, operator) and their
+clients are made with `setup()` and `add_service_client()` (`iotmeter broker ...`).
+
+Commands go as JSON to `$CONTROL/dynamic-security/v1`; the answers come back on its
+`/response` topic. This is a low-rate admin path, so one paho connection and one batch at a
+time is plenty.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.paho_session import make_client
+
+CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC: Final = CONTROL_TOPIC + "/response"
+TIMEOUT_S: Final = 5.0
+PASSWORD_BYTES: Final = 24  # 192 random bits: the plugin's fast hash needs no more
+
+# Topics per role, as (acltype, topic). What a device may send and receive is docs/protocol.md.
+_DEVICE_SENDS: Final = ("telemetry", "hello", "status", "command/ack", "ota/status")
+_DEVICE_RECEIVES: Final = ("command", "ota")
+
+
+def _allow(acltype: str, topic: str) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": True}
+
+
+def _reads(topics: list[str]) -> list[dict[str, Any]]:
+    # The plugin checks a shared subscription's whole filter, $share/<group>/... included;
+    # what is delivered is checked against the message's own topic.
+    return ([_allow("subscribePattern", t) for t in topics]
+            + [_allow("subscribePattern", f"$share/+/{t}") for t in topics]
+            + [_allow("publishClientReceive", t) for t in topics])
+
+
+SERVICE_ROLES: Final[dict[str, list[dict[str, Any]]]] = {
+    # The collector's intake: reads what devices send.
+    "collector": _reads([f"iot/+/{suffix}" for suffix in _DEVICE_SENDS]),
+    # The collector's dispatcher, and the operator's tools (dashboard, CLI, API): send
+    # commands and firmware offers, read nothing.
+    "dispatcher": [_allow("publishClientSend", f"iot/+/{s}") for s in _DEVICE_RECEIVES],
+    "operator": [_allow("publishClientSend", f"iot/+/{s}") for s in _DEVICE_RECEIVES],
+}
+
+
+def device_role(device_id: str) -> str:
+    return f"device-{device_id}"
+
+
+def device_acls(device_id: str) -> list[dict[str, Any]]:
+    """A device's own topics only: literal names, so no wildcard reaches another device."""
+    sends = [_allow("publishClientSend", f"iot/{device_id}/{s}") for s in _DEVICE_SENDS]
+    receives = [f"iot/{device_id}/{s}" for s in _DEVICE_RECEIVES]
+    return (sends + [_allow("subscribeLiteral", t) for t in receives]
+            + [_allow("publishClientReceive", t) for t in receives])
+
+
+class BrokerAdminError(IotmeterError):
+    """The broker's dynamic security plugin could not be reached or refused a command."""
+
+
+class DynsecAdmin:
+    """One connection as the plugin's admin user. `run(commands)` sends a batch and returns
+    each command's error (None: done)."""
+
+    def __init__(self, admin_url: str, *, timeout_s: float = TIMEOUT_S) -> None:
+        self.address = BrokerAddress.parse(admin_url)
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._replies: dict[str, list[dict[str, Any]]] = {}
+        self._replied = threading.Condition()
+        self._refused: str | None = None
+        self._started = False
+        self._client = make_client(self.address, f"iotmeter-admin-{secrets.token_hex(4)}",
+                                   persistent=False)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *_args: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.on_disconnect = lambda *_args: self._connected.clear()
+
+    @property
+    def _where(self) -> str:
+        return f"{self.address.host}:{self.address.port}"
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._client.connect_async(self.address.host, self.address.port, 30)
+            self._client.loop_start()
+        if not (self._connected.wait(self.timeout_s) and self._subscribed.wait(self.timeout_s)):
+            reason = self._refused or "no answer"
+            raise BrokerAdminError(f"broker admin at {self._where}: cannot connect ({reason})")
+
+    def run(self, commands: list[dict[str, Any]]) -> list[str | None]:
+        with self._lock:
+            self._start()
+            token = secrets.token_hex(8)
+            for number, command in enumerate(commands):
+                command["correlationData"] = f"{token}-{number}"
+            info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}),
+                                        qos=1)
+            try:
+                info.wait_for_publish(self.timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                raise BrokerAdminError(f"broker admin at {self._where}: {exc}") from None
+            wanted = {c["correlationData"] for c in commands}
+            with self._replied:
+                if not self._replied.wait_for(lambda: wanted <= self._replies.keys(),
+                                              self.timeout_s):
+                    raise BrokerAdminError(
+                        f"broker admin at {self._where}: no answer from the dynamic security "
+                        "plugin (is it loaded, and is this its admin user?)")
+                replies = [self._replies.pop(c["correlationData"]) for c in commands]
+        return [reply[0].get("error") for reply in replies]
+
+    def close(self) -> None:
+        if self._started:
+            self._started = False
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    # --- paho callbacks (network thread) ----------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object,
+                    reason: mqtt.ReasonCode, _props: object) -> None:
+        if reason.is_failure:
+            self._refused = f"refused: {reason}"
+            return
+        self._connected.set()
+        client.subscribe(RESPONSE_TOPIC, qos=1)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object,
+                    message: mqtt.MQTTMessage) -> None:
+        try:
+            responses = json.loads(message.payload)["responses"]
+        except (ValueError, KeyError, TypeError):
+            return
+        with self._replied:
+            for response in responses if isinstance(responses, list) else []:
+                if isinstance(response, dict) and isinstance(response.get("correlationData"),
+                                                             str):
+                    self._replies.setdefault(response["correlationData"], []).append(response)
+            self._replied.notify_all()
+
+
+def _check(command: str, error: str | None, tolerated: tuple[str, ...] = ()) -> None:
+    if error is not None and not any(t in error for t in tolerated):
+        raise BrokerAdminError(f"broker admin: {command} failed: {error}")
+
+
+class DynsecCredentials:
+    """Broker identities through the dynamic security plugin (structurally the device
+    service's `DeviceCredentials`)."""
+
+    def __init__(self, admin: DynsecAdmin) -> None:
+        self.admin = admin
+
+    @classmethod
+    def from_url(cls, admin_url: str) -> DynsecCredentials:
+        return cls(DynsecAdmin(admin_url))
+
+    def provision(self, device_id: str) -> str:
+        """Create the device's client and role, return its new password (shown once). A
+        device that has a client already gets a new one: the old password stops working and
+        its connection is closed."""
+        if not protocol.is_valid_device_id(device_id):
+            raise BrokerAdminError(f"{device_id!r} is not a device id")
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        role = device_role(device_id)
+        errors = self.admin.run([
+            {"command": "deleteClient", "username": device_id},
+            {"command": "createRole", "rolename": role, "acls": device_acls(device_id)},
+            {"command": "createClient", "username": device_id, "clientid": device_id,
+             "password": password, "roles": [{"rolename": role}],
+             "textname": f"iotmeter device {device_id}"},
+        ])
+        _check("deleteClient", errors[0], ("not found",))
+        _check("createRole", errors[1], ("already exists",))
+        _check("createClient", errors[2])
+        return password
+
+    def revoke(self, device_id: str) -> None:
+        """Delete the device's client (the plugin disconnects it) and its role. Revoking a
+        device that has none is not an error."""
+        if not protocol.is_valid_device_id(device_id):
+            raise BrokerAdminError(f"{device_id!r} is not a device id")
+        errors = self.admin.run([
+            {"command": "deleteClient", "username": device_id},
+            {"command": "deleteRole", "rolename": device_role(device_id)},
+        ])
+        _check("deleteClient", errors[0], ("not found",))
+        _check("deleteRole", errors[1], ("not found",))
+
+    def setup(self) -> None:
+        """Create (or reset) the service roles, and make receiving a message need a grant as
+        much as subscribing does. Safe to run again."""
+        commands: list[dict[str, Any]] = [{
+            "command": "setDefaultACLAccess",
+            "acls": [{"acltype": "publishClientSend", "allow": False},
+                     {"acltype": "publishClientReceive", "allow": False},
+                     {"acltype": "subscribe", "allow": False},
+                     {"acltype": "unsubscribe", "allow": True}],
+        }]
+        for role in SERVICE_ROLES:
+            commands.append({"command": "deleteRole", "rolename": role})
+            commands.append({"command": "createRole", "rolename": role,
+                             "acls": SERVICE_ROLES[role]})
+        errors = self.admin.run(commands)
+        _check("setDefaultACLAccess", errors[0])
+        for command, error in zip(commands[1:], errors[1:], strict=True):
+            _check(command["command"], error, ("not found",))
+
+    def add_service_client(self, username: str, role: str) -> str:
+        """A client with a service role, its client id bound to its username (a collector's
+        persistent session cannot be taken under another user). Returns the new password;
+        an existing client of that name is replaced."""
+        if role not in SERVICE_ROLES:
+            raise BrokerAdminError(f"role {role!r} is not one of {', '.join(SERVICE_ROLES)}")
+        if not protocol.is_valid_device_id(username):
+            raise BrokerAdminError(f"{username!r} is not a client name (letters, digits, _ -)")
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        errors = self.admin.run([
+            {"command": "deleteClient", "username": username},
+            {"command": "createClient", "username": username, "clientid": username,
+             "password": password, "roles": [{"rolename": role}],
+             "textname": f"iotmeter {role}"},
+        ])
+        _check("deleteClient", errors[0], ("not found",))
+        _check("createClient", errors[1])
+        return password
+
+    def close(self) -> None:
+        self.admin.close()
