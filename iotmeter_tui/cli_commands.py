@@ -22,6 +22,7 @@ from typing import Any
 
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.stores.metadata import COMMAND_STATES, Command, OtaTarget
+from iotmeter_tui.terminal_text import printable
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -218,6 +219,9 @@ def _when(ms: int | None) -> str:
 
 
 def _table(rows: list[list[str]]) -> None:
+    # Cells may hold what devices sent (an ack's detail, a firmware version): escaped here,
+    # so no control character reaches the operator's terminal.
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
@@ -228,6 +232,7 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _command_send(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.commands import DEFAULT_TIMEOUT_S, CommandService
     from iotmeter_tui.backend.publisher import ServerPublisher
 
@@ -244,7 +249,12 @@ def _command_send(args: argparse.Namespace) -> int:
             service = CommandService(stores.metadata, publisher,
                                      redeliver_after_s=settings.redeliver_after_s)
             timeout_s = args.timeout or DEFAULT_TIMEOUT_S
-            cmd = service.send(args.device, args.name, dict(args.param), timeout_s)
+            actor = Actor.cli()
+            with AuditLog(stores.metadata).audited(actor, "command.send", args.device,
+                                                   {"name": args.name}) as note:
+                cmd = service.send(args.device, args.name, dict(args.param), timeout_s,
+                                   created_by=actor.name)
+                note.detail["command_id"] = cmd.id
             print(cmd.id, flush=True)
             if cmd.state == "queued":
                 _note("queued: delivered by the collector when the device is online"
@@ -307,11 +317,14 @@ def _command_show(args: argparse.Namespace) -> int:
 
 
 def _ota_upload(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.ota import OtaService
 
     settings = _load(args)
-    with _stores(settings) as stores:
+    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+            Actor.cli(), "ota.upload", args.version) as note:
         fw = OtaService(stores.metadata, stores.archive).upload(args.file, args.version)
+        note.detail |= {"size": fw.size, "sha256": fw.sha256}
     print(f"firmware {fw.version}: {fw.size} bytes, sha256 {fw.sha256}")
     return EXIT_OK
 
@@ -327,6 +340,7 @@ def _ota_firmware(args: argparse.Namespace) -> int:
 
 
 def _ota_start(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.ota import OtaService
     from iotmeter_tui.backend.stores.metadata import DEFAULT_TARGET_TIMEOUT_S
 
@@ -336,11 +350,14 @@ def _ota_start(args: argparse.Namespace) -> int:
                                "target_timeout_s": args.timeout or DEFAULT_TARGET_TIMEOUT_S}
     if args.max_failures is not None:
         options["max_failures_pct"] = args.max_failures
+    actor = Actor.cli()
     with _stores(settings) as stores:
         service = OtaService(stores.metadata, stores.archive)
-        campaign = service.start_campaign(args.version, device_ids=args.device,
-                                          device_type=args.type, all_devices=args.all,
-                                          **options)
+        with AuditLog(stores.metadata).audited(actor, "ota.start", args.version) as note:
+            campaign = service.start_campaign(args.version, device_ids=args.device,
+                                              device_type=args.type, all_devices=args.all,
+                                              created_by=actor.name, **options)
+            note.detail |= {"campaign_id": campaign.id, "selector": campaign.selector}
         targets = len(stores.metadata.list_targets(campaign.id))
     print(f"campaign for firmware {campaign.fw_version} on {targets} device(s) "
           f"({campaign.selector}), {campaign.batch_size} at a time, abort past "
@@ -406,10 +423,12 @@ def _target_row(t: OtaTarget) -> list[str]:
 
 
 def _ota_abort(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.ota import OtaService
 
     settings = _load(args)
-    with _stores(settings) as stores:
+    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+            Actor.cli(), "ota.abort", args.campaign):
         campaign = OtaService(stores.metadata, stores.archive).abort(args.campaign)
     print(f"campaign {campaign.id}: {campaign.state}")
     return EXIT_OK
