@@ -23,6 +23,7 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 
 from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
@@ -84,6 +85,7 @@ class DynsecAdmin:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._answered = threading.Event()  # a CONNACK came, accepted or not
         self._subscribed = threading.Event()
         self._replies: dict[str, list[dict[str, Any]]] = {}
         self._replied = threading.Condition()
@@ -105,7 +107,8 @@ class DynsecAdmin:
             self._started = True
             self._client.connect_async(self.address.host, self.address.port, 30)
             self._client.loop_start()
-        if not (self._connected.wait(self.timeout_s) and self._subscribed.wait(self.timeout_s)):
+        self._answered.wait(self.timeout_s)
+        if not (self._connected.is_set() and self._subscribed.wait(self.timeout_s)):
             reason = self._refused or "no answer"
             raise BrokerAdminError(f"broker admin at {self._where}: cannot connect ({reason})")
 
@@ -143,8 +146,12 @@ class DynsecAdmin:
                     reason: mqtt.ReasonCode, _props: object) -> None:
         if reason.is_failure:
             self._refused = f"refused: {reason}"
+            self._answered.set()
+            # paho would retry with the same wrong credentials: stop here.
+            client.disconnect()
             return
         self._connected.set()
+        self._answered.set()
         client.subscribe(RESPONSE_TOPIC, qos=1)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object,
@@ -249,3 +256,11 @@ class DynsecCredentials:
 
     def close(self) -> None:
         self.admin.close()
+
+
+def device_credentials(settings: Settings) -> DynsecCredentials | None:
+    """The device service's broker credentials: the plugin's when IOTMETER_MQTT_ADMIN_URL is
+    set, else None (password files, or the embedded broker, are managed outside iotmeter)."""
+    if settings.mqtt_admin_url is None:
+        return None
+    return DynsecCredentials.from_url(settings.mqtt_admin_url)

@@ -5,6 +5,7 @@ cut off at once."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +162,37 @@ def test_the_dynsec_conf_differs_from_mosquitto_conf_only_in_authentication() ->
     assert shipped == dynsec
     assert re.search(r"^plugin_opt_config_file /mosquitto/data/",
                      (MOSQUITTO_DIR / "mosquitto-dynsec.conf").read_text(), re.MULTILINE)
+
+
+def test_device_add_shows_the_password_once_and_rm_revokes(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`iotmeter device add` with IOTMETER_MQTT_ADMIN_URL: the device's broker client is
+    created and its password printed once, alone on the last line; `device rm` cuts it off."""
+    from iotmeter_tui.cli import main
+
+    for key in [k for k in os.environ if k.startswith("IOTMETER_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("IOTMETER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IOTMETER_MQTT_ADMIN_URL", stack.broker.url("admin", ADMIN_PASSWORD))
+    assert main(["device", "add", "dc-0007", "--type", "power_meter_dc"]) == 0
+    out, err = capsys.readouterr()
+    password = out.strip().splitlines()[-1]
+    assert "shown once" in err and len(password) >= 32
+    assert ADMIN_PASSWORD not in out + err
+    device = stack.probe("dc-0007", password)
+    try:
+        assert device.refused is None
+        assert main(["device", "rm", "dc-0007", "--yes"]) == 0
+        assert device.disconnected.wait(2)
+    finally:
+        device.client.loop_stop()
+    assert stack.probe("dc-0007", password, answer_timeout_s=5).refused is not None
+
+    # The broker refuses: nothing is registered, one line says why.
+    monkeypatch.setenv("IOTMETER_MQTT_ADMIN_URL", stack.broker.url("admin", "wrong"))
+    assert main(["device", "add", "dc-0008"]) != 0
+    _out, err = capsys.readouterr()
+    assert "broker admin at" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("IOTMETER_MQTT_ADMIN_URL")
+    assert main(["device", "show", "dc-0008"]) != 0
