@@ -12,6 +12,7 @@ from typing import Any
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.cli_admin import register_admin_commands
+from iotmeter_tui.cli_broker import register_broker_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
 
 EXIT_USAGE = 2
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommand groups from other modules (commands, OTA) register here.
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
-                                                register_admin_commands]
+                                                register_admin_commands,
+                                                register_broker_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

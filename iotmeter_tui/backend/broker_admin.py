@@ -77,68 +77,79 @@ class BrokerAdminError(IotmeterError):
 
 
 class DynsecAdmin:
-    """One connection as the plugin's admin user. `run(commands)` sends a batch and returns
-    each command's error (None: done)."""
+    """The plugin's admin user. `run(commands)` connects, sends the batch, collects each
+    command's error (None: done) and disconnects: the broker makes the user the client id,
+    so a connection held open would be taken over by the next admin (another operator's
+    CLI, the API) and fight it for the session."""
 
     def __init__(self, admin_url: str, *, timeout_s: float = TIMEOUT_S) -> None:
         self.address = BrokerAddress.parse(admin_url)
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._connected = threading.Event()
-        self._answered = threading.Event()  # a CONNACK came, accepted or not
-        self._subscribed = threading.Event()
-        self._replies: dict[str, list[dict[str, Any]]] = {}
-        self._replied = threading.Condition()
-        self._refused: str | None = None
-        self._started = False
-        self._client = make_client(self.address, f"iotmeter-admin-{secrets.token_hex(4)}",
-                                   persistent=False)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = lambda *_args: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.on_disconnect = lambda *_args: self._connected.clear()
 
     @property
     def _where(self) -> str:
         return f"{self.address.host}:{self.address.port}"
 
-    def _start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._client.connect_async(self.address.host, self.address.port, 30)
-            self._client.loop_start()
-        self._answered.wait(self.timeout_s)
-        if not (self._connected.is_set() and self._subscribed.wait(self.timeout_s)):
-            reason = self._refused or "no answer"
-            raise BrokerAdminError(f"broker admin at {self._where}: cannot connect ({reason})")
-
     def run(self, commands: list[dict[str, Any]]) -> list[str | None]:
         with self._lock:
-            self._start()
-            token = secrets.token_hex(8)
-            for number, command in enumerate(commands):
-                command["correlationData"] = f"{token}-{number}"
-            info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}),
-                                        qos=1)
+            session = _AdminSession(self.address, self.timeout_s)
             try:
-                info.wait_for_publish(self.timeout_s)
-            except (RuntimeError, ValueError) as exc:
+                session.open()
+                return session.run(commands)
+            except BrokerAdminError as exc:
                 raise BrokerAdminError(f"broker admin at {self._where}: {exc}") from None
-            wanted = {c["correlationData"] for c in commands}
-            with self._replied:
-                if not self._replied.wait_for(lambda: wanted <= self._replies.keys(),
-                                              self.timeout_s):
-                    raise BrokerAdminError(
-                        f"broker admin at {self._where}: no answer from the dynamic security "
-                        "plugin (is it loaded, and is this its admin user?)")
-                replies = [self._replies.pop(c["correlationData"]) for c in commands]
-        return [reply[0].get("error") for reply in replies]
+            finally:
+                session.close()
 
     def close(self) -> None:
-        if self._started:
-            self._started = False
-            self._client.disconnect()
-            self._client.loop_stop()
+        """Nothing held between batches; kept so callers can release it all the same."""
+
+
+class _AdminSession:
+    """One admin connection: subscribed to the plugin's responses, then one batch."""
+
+    def __init__(self, address: BrokerAddress, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.address = address
+        self._answered = threading.Event()  # a CONNACK came, accepted or not
+        self._subscribed = threading.Event()
+        self._replies: dict[str, dict[str, Any]] = {}
+        self._replied = threading.Condition()
+        self._refused: str | None = None
+        self._client = make_client(address, f"iotmeter-admin-{secrets.token_hex(4)}",
+                                   persistent=False)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *_args: self._subscribed.set()
+        self._client.on_message = self._on_message
+
+    def open(self) -> None:
+        self._client.connect_async(self.address.host, self.address.port, 30)
+        self._client.loop_start()
+        self._answered.wait(self.timeout_s)
+        if self._refused is not None or not self._subscribed.wait(self.timeout_s):
+            raise BrokerAdminError(f"cannot connect ({self._refused or 'no answer'})")
+
+    def run(self, commands: list[dict[str, Any]]) -> list[str | None]:
+        token = secrets.token_hex(8)
+        for number, command in enumerate(commands):
+            command["correlationData"] = f"{token}-{number}"
+        info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
+        try:
+            info.wait_for_publish(self.timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            raise BrokerAdminError(str(exc)) from None
+        wanted = {c["correlationData"] for c in commands}
+        with self._replied:
+            if not self._replied.wait_for(lambda: wanted <= self._replies.keys(),
+                                          self.timeout_s):
+                raise BrokerAdminError("no answer from the dynamic security plugin (is it "
+                                       "loaded, and is this its admin user?)")
+            return [self._replies[c["correlationData"]].get("error") for c in commands]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
     # --- paho callbacks (network thread) ----------------------------------------------------
 
@@ -146,13 +157,10 @@ class DynsecAdmin:
                     reason: mqtt.ReasonCode, _props: object) -> None:
         if reason.is_failure:
             self._refused = f"refused: {reason}"
-            self._answered.set()
-            # paho would retry with the same wrong credentials: stop here.
-            client.disconnect()
-            return
-        self._connected.set()
+            client.disconnect()  # paho would retry with the same credentials
+        else:
+            client.subscribe(RESPONSE_TOPIC, qos=1)
         self._answered.set()
-        client.subscribe(RESPONSE_TOPIC, qos=1)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object,
                     message: mqtt.MQTTMessage) -> None:
@@ -164,7 +172,7 @@ class DynsecAdmin:
             for response in responses if isinstance(responses, list) else []:
                 if isinstance(response, dict) and isinstance(response.get("correlationData"),
                                                              str):
-                    self._replies.setdefault(response["correlationData"], []).append(response)
+                    self._replies[response["correlationData"]] = response
             self._replied.notify_all()
 
 

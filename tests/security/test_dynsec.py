@@ -196,3 +196,30 @@ def test_device_add_shows_the_password_once_and_rm_revokes(
     assert "broker admin at" in err and len(err.strip().splitlines()) == 1
     monkeypatch.delenv("IOTMETER_MQTT_ADMIN_URL")
     assert main(["device", "show", "dc-0008"]) != 0
+
+
+def test_broker_cli_sets_up_roles_and_adds_service_clients(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from iotmeter_tui.cli import main
+
+    for key in [k for k in os.environ if k.startswith("IOTMETER_")]:
+        monkeypatch.delenv(key)
+    assert main(["broker", "setup"]) == 2
+    _out, err = capsys.readouterr()
+    assert "IOTMETER_MQTT_ADMIN_URL is not set" in err and len(err.strip().splitlines()) == 1
+
+    monkeypatch.setenv("IOTMETER_MQTT_ADMIN_URL", stack.broker.url("admin", ADMIN_PASSWORD))
+    assert main(["broker", "setup"]) == 0  # again: idempotent
+    assert main(["broker", "add-client", "collector-1", "--role", "collector"]) == 0
+    out, _err = capsys.readouterr()
+    password = out.strip().splitlines()[-1]
+    collector = stack.probe("collector-1", password)
+    device = stack.probe("dc-0003", stack.credentials.provision("dc-0003"))
+    try:
+        collector.subscribe("$share/collectors/iot/+/hello")
+        device.publish("iot/dc-0003/hello", b"hi")
+        assert collector.received() == ("iot/dc-0003/hello", b"hi")
+    finally:
+        collector.close()
+        device.close()
