@@ -138,6 +138,11 @@ class PostgresBackend:
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
+    def has_table(self, cursor: Cursor, table: str) -> bool:
+        cursor.execute("SELECT to_regclass(%(name)s) IS NOT NULL", {"name": table})
+        row = cursor.fetchone()
+        return bool(row and row[0])
+
     def lock_migrations(self, cursor: Cursor) -> None:
         # Transaction-scoped: released by the commit or rollback that ends the migration.
         cursor.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": MIGRATION_LOCK_KEY})
