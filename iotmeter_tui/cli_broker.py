@@ -8,11 +8,13 @@ A new password is printed once, alone on the last line, for a secret store to ta
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from iotmeter_tui.cli_commands import EXIT_OK, _load, _note
 
 EXIT_USAGE = 2
+MIN_PASSWORD_CHARS = 16
 
 
 def register_broker_commands(sub: Any) -> None:
@@ -26,6 +28,9 @@ def register_broker_commands(sub: Any) -> None:
                            "name) and print its password once")
     add.add_argument("name", metavar="NAME", help="e.g. collector-0 (one per replica)")
     add.add_argument("--role", required=True, choices=("collector", "dispatcher", "operator"))
+    add.add_argument("--password-stdin", action="store_true",
+                     help="take the password from the first line of stdin (at least 16 "
+                     "characters) instead of making one, e.g. one Secret for every replica")
     add.set_defaults(handler=_add_client)
 
 
@@ -52,13 +57,23 @@ def _setup(args: argparse.Namespace) -> int:
 
 
 def _add_client(args: argparse.Namespace) -> int:
+    given = None
+    if args.password_stdin:
+        given = sys.stdin.readline().rstrip("\r\n")
+        if len(given) < MIN_PASSWORD_CHARS:
+            _note(f"iotmeter broker add-client: the password on stdin is shorter than "
+                  f"{MIN_PASSWORD_CHARS} characters")
+            return EXIT_USAGE
     credentials = _credentials(args)
     if credentials is None:
         return EXIT_USAGE
     try:
-        password = credentials.add_service_client(args.name, args.role)
+        password = credentials.add_service_client(args.name, args.role, password=given)
     finally:
         credentials.close()
+    if given is not None:
+        print(f"client {args.name} ({args.role}) created with the given password")
+        return EXIT_OK
     _note(f"client {args.name} ({args.role}) created; its password, shown once:")
     print(password, flush=True)
     return EXIT_OK

@@ -243,15 +243,17 @@ class DynsecCredentials:
         for command, error in zip(commands[1:], errors[1:], strict=True):
             _check(command["command"], error, ("not found",))
 
-    def add_service_client(self, username: str, role: str) -> str:
+    def add_service_client(self, username: str, role: str, *,
+                           password: str | None = None) -> str:
         """A client with a service role, its client id bound to its username (a collector's
-        persistent session cannot be taken under another user). Returns the new password;
-        an existing client of that name is replaced."""
+        persistent session cannot be taken under another user). Returns its password (a new
+        random one unless given); an existing client of that name is replaced."""
         if role not in SERVICE_ROLES:
             raise BrokerAdminError(f"role {role!r} is not one of {', '.join(SERVICE_ROLES)}")
         if not protocol.is_valid_device_id(username):
             raise BrokerAdminError(f"{username!r} is not a client name (letters, digits, _ -)")
-        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        if password is None:
+            password = secrets.token_urlsafe(PASSWORD_BYTES)
         errors = self.admin.run([
             {"command": "deleteClient", "username": username},
             {"command": "createClient", "username": username, "clientid": username,

@@ -223,3 +223,30 @@ def test_broker_cli_sets_up_roles_and_adds_service_clients(
     finally:
         collector.close()
         device.close()
+
+
+def test_add_client_takes_a_shared_password_from_stdin(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Replicas of a StatefulSet share one Secret: collector-N and collector-N-dispatch are
+    created with the password it holds, which is never echoed."""
+    import io
+
+    from iotmeter_tui.cli import main
+
+    for key in [k for k in os.environ if k.startswith("IOTMETER_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("IOTMETER_MQTT_ADMIN_URL", stack.broker.url("admin", ADMIN_PASSWORD))
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["broker", "add-client", "collector-1", "--role", "collector",
+                 "--password-stdin"]) == 2
+    shared = "s" * 24
+    for name, role in (("collector-1", "collector"), ("collector-1-dispatch", "dispatcher")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(shared + "\n"))
+        assert main(["broker", "add-client", name, "--role", role, "--password-stdin"]) == 0
+    out, err = capsys.readouterr()
+    assert shared not in out + err
+    for name in ("collector-1", "collector-1-dispatch"):
+        probe = stack.probe(name, shared)
+        assert probe.refused is None
+        probe.close()
