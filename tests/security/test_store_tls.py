@@ -5,6 +5,7 @@ throw-away CA: InfluxDB 1.x over HTTPS (`influxdbs://`) and PostgreSQL with
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -13,16 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tls_proxy import TlsProxy
 
 from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.config import load_settings
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.stores.archive_s3 import S3Archive
 from iotmeter_tui.backend.stores.metadata_postgres import open_postgres_metadata
 from iotmeter_tui.backend.stores.timeseries import Point
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
 from iotmeter_tui.testing.certs import TestCA
-from iotmeter_tui.testing.services import PrivatePostgres, influxd_config
+from iotmeter_tui.testing.services import PrivatePostgres, S3Server, influxd_config
 
 
 @pytest.fixture
@@ -109,3 +112,27 @@ def test_postgresql_with_verify_full(ca: TestCA) -> None:
                 untrusted.create_device("dc-0002", "power_meter_dc")
         finally:
             untrusted.close()
+
+
+def test_s3_over_https_verifies_the_endpoint(ca: TestCA, s3: S3Server) -> None:
+    """moto cannot serve TLS with our certificate, so a TLS-terminating proxy on loopback
+    stands in front of it: the client's side (certificate and host name checks) is real."""
+    server = ca.server("s3")
+    proxy = TlsProxy(server.cert, server.key, (s3.host, s3.port))
+    endpoint = f"https://localhost:{proxy.port}"
+    try:
+        load_settings({"IOTMETER_TLS_CA_FILE": str(ca.cert)})
+        archive = S3Archive(f"tls-{secrets.token_hex(4)}", endpoint, s3.access_key,
+                            s3.secret_key, s3.region)
+        archive.put("dc-0001/telemetry/a.ndjson", b"{}\n")
+        assert archive.get("dc-0001/telemetry/a.ndjson") == b"{}\n"
+        archive.close()
+
+        load_settings({})  # system CAs only
+        untrusted = S3Archive("tls-untrusted", endpoint, s3.access_key, s3.secret_key,
+                              s3.region, retries=0)
+        with pytest.raises(StoreError, match="(?i)certificate|ssl"):
+            untrusted.check()
+        untrusted.close()
+    finally:
+        proxy.close()
