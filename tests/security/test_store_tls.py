@@ -131,7 +131,7 @@ def test_s3_over_https_verifies_the_endpoint(ca: TestCA, s3: S3Server) -> None:
         load_settings({})  # system CAs only
         untrusted = S3Archive("tls-untrusted", endpoint, s3.access_key, s3.secret_key,
                               s3.region, retries=0)
-        with pytest.raises(StoreError, match="(?i)certificate|ssl"):
+        with pytest.raises(StoreError, match=r"(?i)certificate|ssl"):
             untrusted.check()
         untrusted.close()
     finally:
