@@ -187,3 +187,31 @@ def test_persistent_sessions_expire_and_packets_are_capped() -> None:
     assert live["persistent_client_expiration"] == "7d"
     # The protocol's 64 KiB payload plus topic and header, well under what would hurt.
     assert 65_536 < int(live["max_packet_size"]) <= 1 << 20
+
+
+def test_the_dispatcher_has_its_own_broker_user(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """With IOTMETER_MQTT_DISPATCH_URL the dispatcher logs in as itself; without it, sharing
+    the collector's user is logged at start, since on the shipped broker the two connections
+    would push each other off."""
+    from iotmeter_tui.backend.config import load_settings
+    from iotmeter_tui.backend.dispatch import Dispatcher
+    from iotmeter_tui.backend.stores import open_stores
+
+    base = {"IOTMETER_HOME": str(tmp_path / "home"), "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0",
+            "IOTMETER_MQTT_URL": "mqtt://collector:pw@127.0.0.1:1883"}
+    for env, user, warned in (
+            (base, "collector", True),
+            ({**base, "IOTMETER_MQTT_DISPATCH_URL": "mqtt://dispatcher:pw2@127.0.0.1:1883"},
+             "dispatcher", False)):
+        caplog.clear()
+        settings = load_settings(env)
+        stores = open_stores(settings)
+        try:
+            dispatcher = Dispatcher.for_collector(settings, settings.mqtt_url or "", stores)
+            assert dispatcher.publisher is not None
+            assert dispatcher.publisher.address.username == user
+            assert any(getattr(r, "event", None) == "dispatch_shares_identity"
+                       for r in caplog.records) is warned
+        finally:
+            stores.close()
