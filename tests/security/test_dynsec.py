@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,3 +251,23 @@ def test_add_client_takes_a_shared_password_from_stdin(
         probe = stack.probe(name, shared)
         assert probe.refused is None
         probe.close()
+
+
+def test_init_dynsec_runs_once_and_needs_the_admin_password(tmp_path: Path) -> None:
+    script = MOSQUITTO_DIR / "init-dynsec.sh"
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    target = tmp_path / "dynamic-security.json"
+    env = {"PATH": "/usr/bin:/bin", "DYNSEC_FILE": str(target)}
+    missing = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and not target.exists()
+    assert missing.stderr.strip() == "init-dynsec: MQTT_ADMIN_PASSWORD is not set"
+    env["MQTT_ADMIN_PASSWORD"] = "first"
+    assert subprocess.run(["sh", str(script)], env=env, capture_output=True).returncode == 0
+    assert target.stat().st_mode & 0o077 == 0  # the admin's hash is the operators' only
+    written = target.read_bytes()
+    env["MQTT_ADMIN_PASSWORD"] = "second"  # a later run: the plugin's own file is kept
+    again = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "left as it is" in again.stdout
+    assert target.read_bytes() == written
+    assert b"first" not in written and b"second" not in written
