@@ -215,3 +215,16 @@ def test_the_dispatcher_has_its_own_broker_user(tmp_path: Path,
                        for r in caplog.records) is warned
         finally:
             stores.close()
+
+
+def test_device_users_need_a_broker_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from iotmeter_tui.backend.simulator.cli import main
+
+    monkeypatch.delenv("IOTMETER_MQTT_URL", raising=False)
+    for url in ("mqtt://127.0.0.1:1", None):
+        argv = ["--devices", "1", "--device-users", "--home", str(tmp_path)]
+        assert main([*argv, "--mqtt-url", url] if url else argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("--device-users needs IOTMETER_MQTT_URL with the meters' password")
+        assert len(err.splitlines()) == 1

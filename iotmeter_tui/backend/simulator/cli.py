@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", default=None, help="state directory (default IOTMETER_HOME)")
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
                         metavar="SECONDS", help="seconds between hello heartbeats")
+    parser.add_argument("--device-users", action="store_true",
+                        help="each meter logs in as its own device id with the URL's password")
     return parser
 
 
@@ -215,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_simulate(
         devices=args.devices, rate=args.rate, kind=args.kind, faults=args.faults,
         seed=args.seed, duration=args.duration, prefix=args.prefix, mqtt_url=mqtt_url,
-        home=args.home, heartbeat_s=args.heartbeat,
+        home=args.home, heartbeat_s=args.heartbeat, device_users=args.device_users,
     )
 
 
