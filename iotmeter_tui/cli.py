@@ -13,6 +13,7 @@ from iotmeter_tui.api.cli import register_api
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.cli_admin import register_admin_commands
+from iotmeter_tui.cli_broker import register_broker_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
 from iotmeter_tui.relay.cli import register_relay
 
@@ -49,6 +50,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         duration=args.duration,
         prefix=args.prefix,
+        device_users=args.device_users,
         mqtt_url=settings.mqtt_url,
         home=settings.home,
         summary=args.summary,
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                      help="stop after this long (default: until SIGINT/SIGTERM)")
     sim.add_argument("--prefix", default="", help="device id prefix, to run several side by side")
+    sim.add_argument("--device-users", action="store_true",
+                     help="each meter logs in as its own device id with the password of "
+                     "IOTMETER_MQTT_URL (a broker that makes the user the client id needs it)")
     sim.add_argument("--summary", metavar="FILE", default=None,
                      help="on a clean stop, write what each device sent (JSON), to check a run "
                      "against the stores")
@@ -163,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommand groups from other modules (commands, OTA) register here.
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
                                                 register_admin_commands, register_api,
-                                                register_relay]
+                                                register_relay, register_broker_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -212,14 +212,17 @@ def _actor() -> Any:
     return Actor.cli()
 
 
-def _device_service(stores: Any) -> Any:
+def _device_service(stores: Any, settings: Any = None) -> Any:
+    from iotmeter_tui.backend.broker_admin import device_credentials
     from iotmeter_tui.backend.commands import CommandService
     from iotmeter_tui.backend.devices import DeviceService
 
     # No publisher: set_config commands are stored queued and the running collector's
-    # dispatcher delivers them. Broker credentials are wired in by the deployment's
-    # DeviceCredentials once iotmeter manages the broker (None: it does not).
-    return DeviceService(stores.metadata, CommandService(stores.metadata), credentials=None)
+    # dispatcher delivers them. With IOTMETER_MQTT_ADMIN_URL, adding a device creates its
+    # broker client (password shown once) and removing it revokes that (docs/security.md).
+    credentials = None if settings is None else device_credentials(settings)
+    return DeviceService(stores.metadata, CommandService(stores.metadata),
+                         credentials=credentials)
 
 
 def _device_json(device: Device) -> dict[str, Any]:
@@ -245,7 +248,7 @@ def _silence_stdout() -> None:
 def _device_add(args: argparse.Namespace) -> int:
     settings = _load(args)
     with _stores(settings) as stores:
-        created = _device_service(stores).create(
+        created = _device_service(stores, settings).create(
             args.device_id, args.type, name=args.name, location=args.location,
             metadata=dict(args.meta), actor=_actor())
     print(f"device {created.device.device_id} registered ({created.device.device_type})")
@@ -339,7 +342,7 @@ def _device_rm(args: argparse.Namespace) -> int:
             _note("not deleted")
             return EXIT_NOT_DONE
     with _stores(settings) as stores:
-        deleted = _device_service(stores).delete(args.device_id, actor=_actor())
+        deleted = _device_service(stores, settings).delete(args.device_id, actor=_actor())
     print(f"device {deleted.device_id} deleted: {deleted.commands_failed} open command(s) "
           f"failed, {deleted.alerts_cleared} alert(s) cleared, {deleted.targets_skipped} OTA "
           "target(s) skipped; its time series and archive stay")

@@ -18,6 +18,9 @@ BY_KEY = {setting.key: setting for setting in SETTINGS}
 # ANY_TEXT; a new setting in neither place fails test_every_setting_has_bad_values_or_takes_text.
 BAD_VALUES: dict[str, list[str]] = {
     "mqtt_url": ["http://broker:1883", "broker", "mqtt://", "mqtt://broker:port", "tcp://b:1883"],
+    "mqtt_dispatch_url": ["http://broker:1883", "broker", "mqtt://"],
+    "mqtt_admin_url": ["http://broker:1883", "mqtt://broker:port"],
+    "tls_ca_file": ["/nonexistent/ca.pem", "/etc/hostname"],
     "db_url": ["mysql://db/iot", "sqlite://", "sqlite:///", "postgresql://", "postgresql://db:x/i",
                "/var/lib/iotmeter.db"],
     "tsdb_url": ["http://influx:8086", "influxdb://", "influxdb://influx:port/db", "sqlite://",
@@ -89,9 +92,10 @@ def test_defaults_are_embedded_under_the_home_directory(home: Path) -> None:
     assert settings.s3_endpoint is None
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
-        if setting.key == "home" or "{home}" in str(setting.default):
+        if setting.key in ("home", "client_id") or "{home}" in str(setting.default):
             continue
         assert value == setting.default, setting.key
+    assert settings.client_id == "iotmeter-collector"  # no broker user to derive it from
     assert "~" not in settings.db_url
 
 
@@ -336,3 +340,34 @@ def test_docs_document_every_setting() -> None:
         assert toml_key == f"`{setting.key}`", setting.env
         assert default.strip("`") == documented_default(setting), setting.env
         assert description, setting.env
+
+
+def test_client_id_follows_the_broker_user_unless_set() -> None:
+    """The shipped broker makes the user the client id (use_username_as_clientid): the
+    collector's own name for its session and spool follows it."""
+    url = "mqtt://collector-1:pw@broker:1883"
+    assert load_settings({"IOTMETER_MQTT_URL": url}).client_id == "collector-1"
+    assert load_settings({"IOTMETER_MQTT_URL": url,
+                          "IOTMETER_CLIENT_ID": "mine"}).client_id == "mine"
+    assert load_settings({"IOTMETER_MQTT_URL": "mqtt://broker"}).client_id == (
+        "iotmeter-collector")
+
+
+def test_tls_ca_file_must_hold_a_pem_certificate(tmp_path: Path) -> None:
+    from iotmeter_tui.backend import tls
+
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError, match=r"^IOTMETER_TLS_CA_FILE: cannot read"):
+        load_settings({"IOTMETER_TLS_CA_FILE": str(missing)})
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"^IOTMETER_TLS_CA_FILE: .* holds no PEM"):
+        load_settings({"IOTMETER_TLS_CA_FILE": str(junk)})
+    good = tmp_path / "ca.pem"
+    good.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    try:
+        assert load_settings({"IOTMETER_TLS_CA_FILE": str(good)}).tls_ca_file == good
+        assert tls.ca_file() == good
+    finally:
+        load_settings({})
+    assert tls.ca_file() is None

@@ -34,8 +34,14 @@ from typing import Any
 import pytest
 import yaml  # PyYAML: a test dependency (today it only arrives through moto)
 
-from iotmeter_tui.backend.broker import find_mosquitto, free_port, mosquitto_config
+from iotmeter_tui.backend.broker import free_port, mosquitto_config
 from iotmeter_tui.backend.config import ENV_PREFIX, SETTINGS, load_settings
+from iotmeter_tui.testing.shipped_broker import (
+    COLLECTOR_PASSWORD,
+    DEVICE_CREDENTIALS,
+    DISPATCHER_PASSWORD,
+    ShippedBroker,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -403,7 +409,7 @@ def mosquitto_directives(text: str) -> dict[str, list[str]]:
 
 def test_mosquitto_conf_has_what_the_delivery_guarantee_needs() -> None:
     conf = mosquitto_directives((MOSQUITTO / "mosquitto.conf").read_text())
-    assert conf["listener"] == ["1883"]
+    assert conf["listener"] == ["1883", "8883", "9001"]  # plain inside, TLS, WebSockets+TLS
     assert conf["persistence"] == ["true"]
     assert conf["autosave_interval"] == ["60"]
     assert int(conf["max_inflight_messages"][0]) >= 10_000
@@ -434,80 +440,34 @@ def test_compose_mounts_the_broker_files_where_the_conf_reads_them(
 
 
 def test_acl_grants_the_collector_exactly_its_topics() -> None:
-    """The protocol's topics (docs/protocol.md): devices publish five, read two."""
+    """The protocol's topics (docs/protocol.md): devices publish five, read two; the collector
+    reads the five, its dispatcher writes the two."""
     acl = (MOSQUITTO / "acl").read_text()
     collector = acl.split("user collector\n")[1].split("\n\n")[0]
+    dispatcher = acl.split("user dispatcher\n")[1].split("\n\n")[0]
     reads = set(re.findall(r"^topic read (\S+)$", collector, re.MULTILINE))
-    writes = set(re.findall(r"^topic write (\S+)$", collector, re.MULTILINE))
     assert reads == {"iot/+/telemetry", "iot/+/hello", "iot/+/status", "iot/+/command/ack",
                      "iot/+/ota/status"}
+    assert not re.findall(r"^topic (write|readwrite) ", collector, re.MULTILINE)
+    writes = set(re.findall(r"^topic write (\S+)$", dispatcher, re.MULTILINE))
     assert writes == {"iot/+/command", "iot/+/ota"}
+    assert not re.findall(r"^topic (read|readwrite) ", dispatcher, re.MULTILINE)
     device_writes = set(re.findall(r"^pattern write (\S+)$", acl, re.MULTILINE))
     assert device_writes == {t.replace("+", "%u") for t in reads}
+    device_reads = set(re.findall(r"^pattern read (\S+)$", acl, re.MULTILINE))
+    assert device_reads == {t.replace("+", "%u") for t in writes}
+    assert "readwrite" not in acl and "#" not in "".join(
+        line for line in acl.splitlines() if not line.startswith("#"))
 
 
-class Broker:
-    """The shipped mosquitto.conf and acl on a free loopback port, with the shipped
-    init-passwords.sh writing its password file."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.auth = tmp / "auth"
-        data = tmp / "data"
-        data.mkdir()
-        devices = tmp / "credentials"
-        devices.write_text("# a comment\ndc-0001:device-secret\n")
-        subprocess.run(
-            ["sh", str(MOSQUITTO / "init-passwords.sh")], check=True, capture_output=True,
-            env={"PATH": os.environ["PATH"], "AUTH_DIR": str(self.auth),
-                 "DEVICE_CREDENTIALS": str(devices), "MOSQUITTO_UID": str(os.getuid()),
-                 "MQTT_COLLECTOR_PASSWORD": "collector-secret"})
-        text = (MOSQUITTO / "mosquitto.conf").read_text()
-        text = text.replace("\nlistener 1883\n", f"\nlistener {self.port} 127.0.0.1\n")
-        text = text.replace("/mosquitto/auth/", f"{self.auth}/")
-        text = text.replace("/mosquitto/config/acl", str(MOSQUITTO / "acl"))
-        text = text.replace("/mosquitto/data/", f"{data}/")
-        live = [line for line in text.splitlines() if not line.startswith("#")]
-        left = [line for line in live if re.search(r"(^|\s)/mosquitto/", line)]
-        assert not left, f"container paths left: {left}"
-        # As broker.py does: keep the current user (mosquitto ignores it unless root).
-        import pwd
-
-        text += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(text)
-        self.log = tmp / "mosquitto.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.conf)],
-                                            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self._accepts():
-            assert self.process.poll() is None, f"mosquitto exited: {self.log.read_text()}"
-            assert time.monotonic() < deadline, "mosquitto did not start"
-            time.sleep(0.05)
-
-    def _accepts(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+# The shipped mosquitto.conf, acl and init-passwords.sh on free loopback ports, with a test CA.
+Broker = ShippedBroker
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     need_binary("mosquitto", "install Debian's `mosquitto` (scripts/system-deps.sh)")
-    running = Broker(tmp_path)
+    running = Broker(tmp_path / "broker")
     yield running
     running.stop()
 
@@ -562,7 +522,9 @@ def test_collector_runs_through_the_shipped_broker_config(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
         "IOTMETER_HOME": str(tmp_path / "home"),
-        "IOTMETER_MQTT_URL": f"mqtt://collector:collector-secret@127.0.0.1:{broker.port}",
+        "IOTMETER_MQTT_URL": broker.url("collector", COLLECTOR_PASSWORD),
+        # The shipped broker makes the user the client id: the dispatcher has its own.
+        "IOTMETER_MQTT_DISPATCH_URL": broker.url("dispatcher", DISPATCHER_PASSWORD),
         "IOTMETER_CLIENT_ID": collector_env["IOTMETER_CLIENT_ID"],
         "IOTMETER_SHARE_GROUP": collector_env["IOTMETER_SHARE_GROUP"],
         "IOTMETER_METRICS_PORT": str(metrics_port),
@@ -584,17 +546,17 @@ def test_collector_runs_through_the_shipped_broker_config(
             assert time.monotonic() < deadline, (tmp_path / "collector.log").read_text()
             time.sleep(0.1)
 
-        device = mqtt_client(broker, "dc-0001", "device-secret", "dc-0001")
-        hello = {"v": 2, "device_id": "dc-0001", "msg_type": "hello", "boot": 1, "seq": 0,
+        device = mqtt_client(broker, "dc-0101", DEVICE_CREDENTIALS["dc-0101"], "dc-0101")
+        hello = {"v": 2, "device_id": "dc-0101", "msg_type": "hello", "boot": 1, "seq": 0,
                  "ts": 1795740001250, "data": {"device_type": "power_meter_dc",
                                                "fw_version": "1.0.0", "heartbeat_s": 30,
                                                "uptime_s": 5}}
-        spoof = {"v": 2, "device_id": "dc-0002", "msg_type": "status", "ts": 1795740001000,
+        spoof = {"v": 2, "device_id": "dc-0102", "msg_type": "status", "ts": 1795740001000,
                  "data": {"state": "online"}}
         # Denied by the ACL (a device writes only under its own id): the broker drops it. Sent
         # first on the same connection, so it would be counted before the hello.
-        device.publish("iot/dc-0002/status", json.dumps(spoof), qos=1).wait_for_publish(5)
-        device.publish("iot/dc-0001/hello", json.dumps(hello), qos=1).wait_for_publish(5)
+        device.publish("iot/dc-0102/status", json.dumps(spoof), qos=1).wait_for_publish(5)
+        device.publish("iot/dc-0101/hello", json.dumps(hello), qos=1).wait_for_publish(5)
         hello_accepted = 'iotmeter_messages_accepted_total{msg_type="hello"}'
         deadline = time.monotonic() + 10
         while True:  # accepted, then acknowledged once fsynced in the spool

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from iotmeter_tui.backend import tls
+
 ENV_PREFIX = "IOTMETER_"
 
 
@@ -140,6 +142,8 @@ def _origins(text: str) -> tuple[str, ...]:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
             raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
     return origins
+
+
 def _url_secret(text: str) -> str:
     # An HMAC key: short ones can be guessed offline from one signed URL.
     if len(text.encode()) < 32:
@@ -153,6 +157,17 @@ def _public_key(text: str) -> str:
 
     parse_public_key(text)
     return text
+
+
+def _ca_file(text: str) -> Path:
+    path = Path(os.path.expanduser(text))
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError as exc:
+        raise ValueError(f"cannot read {text!r}: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ValueError(f"{text!r} holds no PEM certificate")
+    return path
 
 
 def _log_level(text: str) -> str:
@@ -203,8 +218,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a missing seq may still arrive out of order before it counts as a gap."),
     Setting("share_group", _name, None,
             "Subscribe through $share/<group>/... so several collectors split the load."),
-    Setting("client_id", _text, "iotmeter-collector",
-            "MQTT client id of the collector's persistent session (one per collector)."),
+    Setting("client_id", _text, None,
+            "MQTT client id of the collector's persistent session (one per collector); "
+            "unset: the user of IOTMETER_MQTT_URL, else iotmeter-collector."),
     Setting("spool_max_bytes", _positive(int), 1 << 30,
             "Bound of the write-ahead spool; when full the collector stops acknowledging "
             "and the broker holds the messages."),
@@ -278,6 +294,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Ed25519 public key firmware must be signed with (base64, or a file holding it "
             "or a PEM key): uploads without a valid signature are refused, and simulated "
             "meters pin it."),
+    # --- broker identities ---
+    Setting("mqtt_dispatch_url", _url(("mqtt", "mqtts")), None,
+            "Broker URL of the collector's dispatcher (commands, firmware offers) with a "
+            "user of its own; unset: IOTMETER_MQTT_URL. Required by a broker that ties "
+            "client ids to users (the shipped use_username_as_clientid, dynamic security)."),
+    Setting("mqtt_admin_url", _url(("mqtt", "mqtts")), None,
+            "Broker URL with the dynamic security admin user: `device add` creates the "
+            "device's own broker client and shows its password once; `device rm` revokes it."),
+    Setting("tls_ca_file", _ca_file, None,
+            "PEM file of a private CA trusted besides the system's, for mqtts://, "
+            "influxdbs://, https:// S3 and PostgreSQL (sslrootcert, with sslmode=verify-full)."),
 )
 
 
@@ -334,6 +361,9 @@ class Settings:
     firmware_max_downloads: int
     firmware_idle_timeout_s: float
     firmware_public_key: str | None
+    mqtt_dispatch_url: str | None
+    mqtt_admin_url: str | None
+    tls_ca_file: Path | None
 
     @property
     def embedded(self) -> bool:
@@ -390,6 +420,12 @@ def load_settings(
     if values["archive_url"].startswith("s3:") and values["s3_endpoint"] is None:
         # AWS S3 itself: the minio SDK needs a host; pick the region's endpoint.
         values["s3_endpoint"] = f"https://s3.{values['s3_region']}.amazonaws.com"
+    if values["client_id"] is None:
+        # The collector's client id follows its broker identity, as the shipped broker
+        # forces it (use_username_as_clientid): one user, one session, one spool.
+        user = urlsplit(values["mqtt_url"] or "").username
+        values["client_id"] = unquote(user) if user else "iotmeter-collector"
+    tls.use_ca_file(values["tls_ca_file"])
     return Settings(**values)
 
 

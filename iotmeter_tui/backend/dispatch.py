@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
@@ -61,7 +62,14 @@ class Dispatcher:
     def for_collector(cls, settings: Settings, mqtt_url: str, stores: Stores) -> Dispatcher:
         """The collector's dispatcher: its own clean MQTT session `{client_id}-dispatch`, and
         the firmware endpoint when offers point at it."""
-        publisher = ServerPublisher(mqtt_url, f"{settings.client_id}-dispatch")
+        # Its own broker user when configured: where the broker makes the user the client id,
+        # sharing the collector's user would make each connection take the other's place.
+        dispatch_url = settings.mqtt_dispatch_url or mqtt_url
+        if settings.mqtt_dispatch_url is None and urlsplit(settings.mqtt_url or "").username:
+            log.warning("the dispatcher shares the collector's broker user; a broker that ties "
+                        "client ids to users needs IOTMETER_MQTT_DISPATCH_URL", extra={
+                            "event": "dispatch_shares_identity"})
+        publisher = ServerPublisher(dispatch_url, f"{settings.client_id}-dispatch")
         links, server = firmware_links(settings, stores.metadata, stores.archive)
         commands = CommandService(stores.metadata, publisher,
                                   redeliver_after_s=settings.redeliver_after_s)

@@ -485,7 +485,9 @@ class PrivatePostgres(_Service):
 
     host = LOOPBACK
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) PEM files to serve TLS with (ssl = on)."""
+        self.tls = tls
         self.bin_dir = _postgres_bin_dir()
         self._run_as: list[str] = []
         owner: pwd.struct_passwd | None = None
@@ -576,6 +578,17 @@ class PrivatePostgres(_Service):
             "fsync = off",
             "full_page_writes = off",
         ]
+        if self.tls is not None:
+            # The server reads its key only when the key file is the server user's, 0600.
+            for source, name in zip(self.tls, ("server.crt", "server.key"), strict=True):
+                target = self.data_dir / name
+                shutil.copyfile(source, target)
+                target.chmod(0o600)
+                if self._run_as:
+                    owner = pwd.getpwnam("postgres")
+                    os.chown(target, owner.pw_uid, owner.pw_gid)
+            settings += ["ssl = on", "ssl_cert_file = 'server.crt'",
+                         "ssl_key_file = 'server.key'"]
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# iotmeter test cluster\n" + "\n".join(settings) + "\n")
 

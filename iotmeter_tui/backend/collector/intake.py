@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend import protocol, tls
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
 from iotmeter_tui.backend.mqtt.codec import CONNACK_CODES, SUBACK_FAILURE, ConnAck, Publish, SubAck
@@ -227,7 +227,7 @@ class MqttIntake:
             sock = socket.create_connection((self.address.host, self.address.port),
                                             timeout=CONNECT_TIMEOUT_S)
             if self.address.tls:
-                context = ssl.create_default_context()
+                context = tls.client_context()
                 sock = context.wrap_socket(sock, server_hostname=self.address.host)
         except OSError as exc:
             raise _Dropped(f"cannot reach the broker at {self.address.url}: {exc}") from None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.codec import (
@@ -149,7 +150,7 @@ class MqttClient:
         self.on_puback = on_puback
         self.connect_timeout_s = connect_timeout_s
         self._ssl = ssl_context if ssl_context is not None else (
-            ssl.create_default_context() if address.tls else None
+            tls.client_context() if address.tls else None
         )
         self._conn: _Connection | None = None
         self._connected = False

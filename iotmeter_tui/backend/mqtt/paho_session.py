@@ -4,10 +4,9 @@ mqtts://. The collector's intake and the simulator use `mqtt.codec` instead, for
 
 from __future__ import annotations
 
-import ssl
-
 import paho.mqtt.client as mqtt
 
+from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
 
 
@@ -24,6 +23,6 @@ def make_client(address: BrokerAddress, client_id: str, *, persistent: bool,
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
     if address.tls:
-        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set_context(tls.client_context())
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client

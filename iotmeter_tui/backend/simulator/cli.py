@@ -64,6 +64,7 @@ def run_simulate(
     summary: str | Path | None = None,
     metrics_port: int | None = None,
     firmware_key: str | None = None,
+    device_users: bool = False,
 ) -> int:
     """Simulate `devices` meters until SIGINT/SIGTERM or `duration` seconds; the exit code.
     No `mqtt_url`: a private mosquitto is started and its URL logged. No `home`: the
@@ -84,6 +85,8 @@ def run_simulate(
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat {heartbeat_s} s must be greater than 0")
         address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
+        if device_users and (address is None or address.password is None):
+            raise ValueError("--device-users needs IOTMETER_MQTT_URL with the meters' password")
         home_dir = Path(home) if home is not None else load_settings().home
         summary_path = None if summary is None else Path(summary)
         try:
@@ -104,7 +107,7 @@ def run_simulate(
         if address is not None:
             return asyncio.run(_simulate(address, home_dir, devices, rate, kind, spec, seed,
                                          duration, prefix, heartbeat_s, summary_path, metrics,
-                                         pinned))
+                                         pinned, device_users))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
             log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
@@ -121,14 +124,14 @@ async def _simulate(
     address: BrokerAddress, home: Path, devices: int, rate: float, kind: str, faults: FaultSpec,
     seed: int, duration: float | None, prefix: str, heartbeat_s: float,
     summary: Path | None = None, metrics: SimulatorMetrics | None = None,
-    firmware_key: Ed25519PublicKey | None = None,
+    firmware_key: Ed25519PublicKey | None = None, device_users: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     fleet = Fleet(address, home, seed=seed, prefix=prefix, heartbeat_s=heartbeat_s,
-                  faults=faults, firmware_key=firmware_key)
+                  faults=faults, firmware_key=firmware_key, device_users=device_users)
     await fleet.start()
     exporter = None if metrics is None else asyncio.create_task(_export(fleet, metrics))
     try:
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--firmware-key", default=None, metavar="KEY",
                         help="signing public key the meters pin (base64 or a key file; "
                         "default IOTMETER_FIRMWARE_PUBLIC_KEY): signed firmware only")
+    parser.add_argument("--device-users", action="store_true",
+                        help="each meter logs in as its own device id with the URL's password")
     return parser
 
 
@@ -255,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devices=args.devices, rate=args.rate, kind=args.kind, faults=args.faults,
         seed=args.seed, duration=args.duration, prefix=args.prefix, mqtt_url=mqtt_url,
         home=args.home, heartbeat_s=args.heartbeat, firmware_key=firmware_key,
+        device_users=args.device_users,
     )
 
 

@@ -11,6 +11,7 @@ background thread for the dashboard, `run_simulate` on the main thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -120,6 +121,7 @@ class Fleet:
         boot_delay_s: float = 0.5,
         buffer_limit: int | None = None,
         firmware_key: Ed25519PublicKey | None = None,
+        device_users: bool = False,
     ) -> None:
         if prefix and not protocol.is_valid_device_id(prefix + "dc-0001"):
             raise SimulatorError(f"prefix {prefix!r}: device ids must match "
@@ -127,6 +129,9 @@ class Fleet:
         if heartbeat_s <= 0:
             raise SimulatorError(f"heartbeat {heartbeat_s} s must be greater than 0")
         self.address = address
+        # Each meter its own broker user (its device id, the URL's password), as real meters
+        # log in where the broker makes the user the client id (docs/security.md).
+        self.device_users = device_users
         self.seed = seed
         self.prefix = prefix
         self.heartbeat_s = heartbeat_s
@@ -221,7 +226,8 @@ class Fleet:
         assert self._gate is not None, "Fleet.start() first"
         return SimulatedMeter(
             device_id, system, record, meter,
-            address=self.address,
+            address=(dataclasses.replace(self.address, username=device_id)
+                     if self.device_users else self.address),
             config=DeviceConfig(interval_s=interval_s, heartbeat_s=self.heartbeat_s),
             faults=FaultInjector(self.faults, random.Random(f"{self.seed}:{device_id}:faults")),
             persist=self.store.persist,

@@ -22,6 +22,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE, check_bucket_name
 from urllib3.exceptions import MaxRetryError, SSLError
 
+from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.archive import (
     STREAM_CHUNK_BYTES,
@@ -81,6 +82,8 @@ class S3Archive:
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             maxsize=10,
+            # Verifies against the system's CAs plus IOTMETER_TLS_CA_FILE (https:// only).
+            ssl_context=tls.client_context() if parts.scheme == "https" else None,
             retries=urllib3.Retry(
                 total=retries,
                 connect=retries,

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import StoreError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.metadata_sql import Cursor, SqlMetadataStore
 
@@ -101,6 +102,10 @@ class PostgresBackend:
         kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in parse_qs(urlsplit(url).query):
             kwargs["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq's minimum is 2
+        if tls.ca_file() is not None and "sslrootcert" not in parse_qs(urlsplit(url).query):
+            # libpq reads ~/.postgresql/root.crt otherwise; sslmode=verify-full in the URL
+            # then checks the server against the private CA of IOTMETER_TLS_CA_FILE.
+            kwargs["sslrootcert"] = str(tls.ca_file())
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -132,6 +137,11 @@ class PostgresBackend:
                 yield cursor
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
+
+    def has_table(self, cursor: Cursor, table: str) -> bool:
+        cursor.execute("SELECT to_regclass(%(name)s) IS NOT NULL", {"name": table})
+        row = cursor.fetchone()
+        return bool(row and row[0])
 
     def lock_migrations(self, cursor: Cursor) -> None:
         # Transaction-scoped: released by the commit or rollback that ends the migration.

@@ -92,6 +92,10 @@ class SqlBackend(Protocol):
 
     def transaction(self, *, write: bool) -> AbstractContextManager[Cursor]: ...
 
+    def has_table(self, cursor: Cursor, table: str) -> bool:
+        """Whether `table` exists (a runtime role that may not CREATE checks before)."""
+        ...
+
     def lock_migrations(self, cursor: Cursor) -> None:
         """Inside the migration transaction: wait until no other process migrates."""
 
@@ -634,7 +638,10 @@ class SqlMetadataStore:
             with self._backend.transaction(write=True) as cursor:
                 tx = _Tx(cursor, self._backend.placeholders)
                 self._backend.lock_migrations(cursor)
-                tx.run(MIGRATIONS_TABLE)
+                # Even CREATE TABLE IF NOT EXISTS needs the CREATE right on PostgreSQL: a
+                # least-privilege runtime role (docs/security.md) only reads the table.
+                if not self._backend.has_table(cursor, "schema_migrations"):
+                    tx.run(MIGRATIONS_TABLE)
                 applied = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
                 self._refuse_newer_schema(applied)
                 step = next((m for m in self._migrations if m.version not in applied), None)

@@ -77,6 +77,11 @@ class SqliteBackend:
         finally:
             self._release(conn)
 
+    def has_table(self, cursor: Cursor, table: str) -> bool:
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name",
+                       {"name": table})
+        return cursor.fetchone() is not None
+
     def lock_migrations(self, cursor: Cursor) -> None:
         """Nothing to add: the migration runs in a BEGIN IMMEDIATE transaction, which
         already keeps every other writer out until it commits."""

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlencode, urlsplit
 
+from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import (
     PartialWriteError,
     StoreRejected,
@@ -506,7 +507,7 @@ class InfluxTimeSeries:
             if self._tls:
                 connection = http.client.HTTPSConnection(
                     self._host, self._port, timeout=self._timeout,
-                    context=self._ssl_context or ssl.create_default_context(),
+                    context=self._ssl_context or tls.client_context(),
                 )
             else:
                 connection = http.client.HTTPConnection(
