@@ -20,6 +20,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "mqtt_url": ["http://broker:1883", "broker", "mqtt://", "mqtt://broker:port", "tcp://b:1883"],
     "mqtt_dispatch_url": ["http://broker:1883", "broker", "mqtt://"],
     "mqtt_admin_url": ["http://broker:1883", "mqtt://broker:port"],
+    "mqtt_sys_url": ["http://broker:1883", "broker", "mqtt://"],
     "tls_ca_file": ["/nonexistent/ca.pem", "/etc/hostname"],
     "db_url": ["mysql://db/iot", "sqlite://", "sqlite:///", "postgresql://", "postgresql://db:x/i",
                "/var/lib/iotmeter.db"],

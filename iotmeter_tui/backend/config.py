@@ -299,6 +299,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Broker URL of the collector's dispatcher (commands, firmware offers) with a "
             "user of its own; unset: IOTMETER_MQTT_URL. Required by a broker that ties "
             "client ids to users (the shipped use_username_as_clientid, dynamic security)."),
+    Setting("mqtt_sys_url", _url(("mqtt", "mqtts")), None,
+            "Broker URL of a user allowed to read $SYS/broker/#, for the collector's broker "
+            "metrics; unset: IOTMETER_MQTT_URL, or no broker metrics when "
+            "IOTMETER_MQTT_DISPATCH_URL is set (the broker ties client ids to users)."),
     Setting("mqtt_admin_url", _url(("mqtt", "mqtts")), None,
             "Broker URL with the dynamic security admin user: `device add` creates the "
             "device's own broker client and shows its password once; `device rm` revokes it."),
@@ -362,6 +366,7 @@ class Settings:
     firmware_idle_timeout_s: float
     firmware_public_key: str | None
     mqtt_dispatch_url: str | None
+    mqtt_sys_url: str | None
     mqtt_admin_url: str | None
     tls_ca_file: Path | None
 

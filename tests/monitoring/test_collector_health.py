@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from iotmeter_tui.backend.collector.broker_sys import BrokerSysCollector, BrokerSysMonitor
+from iotmeter_tui.backend.collector.broker_sys import (
+    BrokerSysCollector,
+    BrokerSysMonitor,
+    broker_sys_url,
+)
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import StoreMonitor
 from iotmeter_tui.backend.health_server import HealthServer
@@ -208,3 +212,13 @@ def test_dispatch_publishes_are_counted_by_kind(private_mosquitto: MosquittoServ
         assert metrics.sample("iotmeter_dispatch_publish_failures_total", {"kind": "ota"}) == 1
     finally:
         inner.close()
+
+
+def test_broker_metrics_never_share_an_identity_bound_user() -> None:
+    # The shipped broker makes the user the client id: a $SYS side connection under the
+    # collector's user would take the intake's session (it did, in the shipped-config test).
+    plain = "mqtt://127.0.0.1:1883"
+    assert broker_sys_url(None, plain, None) == plain
+    assert broker_sys_url(None, "mqtt://collector:pw@b:1883", "mqtt://dispatcher:pw@b:1883") is None
+    own = "mqtt://monitor:pw@b:1883"
+    assert broker_sys_url(own, "mqtt://collector:pw@b:1883", "mqtt://dispatcher:pw@b:1883") == own

@@ -98,6 +98,16 @@ class BrokerSysCollector:
         yield age
 
 
+def broker_sys_url(sys_url: str | None, mqtt_url: str, dispatch_url: str | None) -> str | None:
+    """Where to read $SYS: its own URL when configured, else the collector's, unless the
+    dispatcher has a user of its own. That says the broker ties client ids to users (the
+    shipped `use_username_as_clientid`, dynamic security), where a second connection under the
+    collector's user would take the intake's session: the side connection needs its own user."""
+    if sys_url is not None:
+        return sys_url
+    return mqtt_url if dispatch_url is None else None
+
+
 class BrokerSysMonitor:
     """The side connection. Failures are logged once and retried by paho; the collector's
     own work never waits for it."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
-from iotmeter_tui.backend.collector.broker_sys import BrokerSysMonitor
+from iotmeter_tui.backend.collector.broker_sys import BrokerSysMonitor, broker_sys_url
 from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonitor
@@ -164,9 +164,14 @@ class Collector:
             if self.dispatcher.rollout is not None:
                 self.dispatcher.rollout.publisher = counting
         self.dispatcher.start()
-        self.broker_sys = BrokerSysMonitor(self.mqtt_url, f"{s.client_id}-sys",
-                                           self.metrics.broker_sys)
-        self.broker_sys.start()
+        sys_url = broker_sys_url(s.mqtt_sys_url, self.mqtt_url, s.mqtt_dispatch_url)
+        if sys_url is None:
+            log.info("no broker metrics: set IOTMETER_MQTT_SYS_URL to a user that may read "
+                     "$SYS/broker/#", extra={"event": "broker_sys_disabled"})
+        else:
+            self.broker_sys = BrokerSysMonitor(sys_url, f"{s.client_id}-sys",
+                                               self.metrics.broker_sys)
+            self.broker_sys.start()
         self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
                                  share_group=s.share_group)
         self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
