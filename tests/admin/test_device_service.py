@@ -256,3 +256,24 @@ def test_a_deleted_device_heard_again_is_a_new_unknown_device(metadata: Metadata
 def test_audit_log_refuses_an_unknown_result(metadata: MetadataStore) -> None:
     with pytest.raises(ValueError, match="audit result"):
         AuditLog(metadata).record("a", "cli", "x", None, "maybe")
+
+
+@pytest.mark.parametrize("ending", ["timed_out", "rejected", "failed"])
+def test_the_same_config_again_retries_a_set_config_that_did_not_land(
+        metadata: MetadataStore, ending: str) -> None:
+    devices = service(metadata)
+    devices.create("dc-0001")
+    first = devices.replace_config("dc-0001", {"interval_s": 2, "heartbeat_s": 30,
+                                               "nominal_v": 750}, actor=CI, timeout_s=60)
+    assert first.command_id is not None
+    cmd = metadata.get_command(first.command_id)
+    assert cmd is not None and cmd.expires_at == cmd.created_at + 60_000
+    # Still on its way: the same config sends nothing more.
+    assert devices.replace_config("dc-0001", first.config, actor=CI).command_id is None
+    metadata.update_command(first.command_id, state=ending, at=cmd.created_at + 1)
+    retry = devices.replace_config("dc-0001", first.config, actor=CI)
+    assert retry.command_id not in (None, first.command_id)
+    assert retry.sent == {"interval_s": 2, "heartbeat_s": 30}
+    # Once one is done, unchanged keys are not sent again.
+    metadata.update_command(retry.command_id, state="done", at=cmd.created_at + 2)  # type: ignore[arg-type]
+    assert devices.replace_config("dc-0001", first.config, actor=CI).command_id is None
