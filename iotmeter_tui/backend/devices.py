@@ -78,6 +78,7 @@ MAX_NOTE_KEY_CHARS: Final = 64
 MAX_TEXT_CHARS: Final = 200  # name, location, a note's text
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_PAGE: Final = 1000
+MAX_EXACT_INT: Final = 2**53
 # How far back replace_config looks for the device's last set_config among its commands.
 _RECENT_COMMANDS: Final = 100
 
@@ -146,7 +147,7 @@ def _number(key: str, value: Any, rule: NumberRule) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(f"config {key}: must be a number")
-    if not math.isfinite(value):
+    if not _finite(value):
         raise InvalidRequest(f"config {key}: must be a finite number")
     if rule.integer and value != int(value):
         raise InvalidRequest(f"config {key}: must be a whole number")
@@ -154,6 +155,14 @@ def _number(key: str, value: Any, rule: NumberRule) -> Any:
         raise InvalidRequest(f"config {key}: {value!r} is not between {rule.low:g} and "
                              f"{rule.high:g}")
     return int(value) if rule.integer else value
+
+
+def _finite(value: int | float) -> bool:
+    """A number every JSON reader takes alike: finite, and an integer within ±2**53 (what a
+    double holds exactly); a JSON integer may be any size, and float() of one may overflow."""
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INT
+    return math.isfinite(value)
 
 
 def validate_config(values: Any) -> dict[str, Any]:
@@ -169,8 +178,8 @@ def validate_config(values: Any) -> dict[str, Any]:
             clean[key] = _number(key, value, rule)
         elif key.startswith(NOTE_PREFIX) and 2 < len(key) <= MAX_NOTE_KEY_CHARS and \
                 protocol.is_valid_label(key):
-            if not (value is None or isinstance(value, bool | int | str) or
-                    (isinstance(value, float) and math.isfinite(value))):
+            if not (value is None or isinstance(value, str | bool)
+                    or (isinstance(value, int | float) and _finite(value))):
                 raise InvalidRequest(f"config {key}: a note is text, a number or true/false")
             clean[key] = _text(f"config {key}", value) if isinstance(value, str) else value
         else:
