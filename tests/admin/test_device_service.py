@@ -315,3 +315,13 @@ def test_any_json_is_validated_or_refused_cleanly(values: Any) -> None:
             assert value is True or value is False or math.isfinite(value)
         else:
             assert key.startswith("x_") and len(key) > 2
+
+
+def test_audit_listing_bounds_its_limit(metadata: MetadataStore) -> None:
+    audit = AuditLog(metadata)
+    for n in range(3):
+        audit.record("a", "cli", "x", str(n), "ok")
+    assert [e.target for e in audit.list(limit=2)] == ["2", "1"]
+    for bad in (0, -1, 1001):
+        with pytest.raises(InvalidRequest, match="limit"):
+            audit.list(limit=bad)
