@@ -1,0 +1,75 @@
+#!/bin/sh
+# Writes the reference stack's secrets as files, one value per file, for Docker secrets
+# (deploy/compose.yaml) and, with --kubernetes, the env file the staging overlay's Secret is
+# generated from (deploy/kubernetes/overlays/staging/secrets.env). Random values, URL-safe (hex),
+# so they can sit inside URLs without encoding. Existing files are kept: run it again after
+# adding a secret and only the new one is written.
+#
+#   sh deploy/make-secrets.sh [--kubernetes]
+#
+#   SECRETS_DIR   where to write (default: secrets/ next to this script)
+#
+# Files are 0644 inside a 0700 directory: compose bind-mounts each file into containers that
+# run as their own users (iotmeter 10001, postgres 999, ...), which must be able to read it,
+# while no other user of the host can reach the directory. github_token is left empty: put a
+# token that may create issues in the alert repository there.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+dir=${SECRETS_DIR:-$here/secrets}
+
+random() {
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+umask 077
+mkdir -p "$dir"
+chmod 0700 "$dir"
+
+# put NAME VALUE: write unless the file exists; the value is read back either way.
+put() {
+    if [ ! -e "$dir/$1" ]; then
+        printf '%s\n' "$2" >"$dir/$1"
+        chmod 0644 "$dir/$1"
+    fi
+}
+get() {
+    head -n 1 "$dir/$1"
+}
+
+put mqtt_collector_password "$(random)"
+put mqtt_simulator_password "$(random)"
+put postgres_password "$(random)"
+put influxdb_admin_password "$(random)"
+put influxdb_token "$(random)"
+put s3_access_key "$(random)"
+put s3_secret_key "$(random)"
+put grafana_admin_password "$(random)"
+put alert_relay_token "$(random)"
+if [ ! -e "$dir/github_token" ]; then
+    : >"$dir/github_token"
+    chmod 0644 "$dir/github_token"
+fi
+# The iotmeter processes take whole URLs; they are derived from the passwords above.
+put collector_mqtt_url "mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883"
+put simulator_mqtt_url "mqtt://simulator:$(get mqtt_simulator_password)@mosquitto:1883"
+put db_url "postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter"
+
+if [ "${1:-}" = --kubernetes ]; then
+    env_file=${KUBERNETES_ENV:-$here/kubernetes/overlays/staging/secrets.env}
+    if [ ! -e "$env_file" ]; then
+        {
+            echo "IOTMETER_MQTT_URL=mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883"
+            echo "IOTMETER_DB_URL=postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter"
+            echo "IOTMETER_INFLUX_TOKEN=$(get influxdb_token)"
+            echo "IOTMETER_S3_ACCESS_KEY=$(get s3_access_key)"
+            echo "IOTMETER_S3_SECRET_KEY=$(get s3_secret_key)"
+            echo "MQTT_COLLECTOR_PASSWORD=$(get mqtt_collector_password)"
+            echo "POSTGRES_PASSWORD=$(get postgres_password)"
+            echo "INFLUXDB_ADMIN_PASSWORD=$(get influxdb_admin_password)"
+        } >"$env_file"
+        chmod 0600 "$env_file"
+    fi
+    echo "wrote $env_file"
+fi
+echo "secrets in $dir (github_token is empty: add a token for the alert relay)"
