@@ -1,13 +1,14 @@
 #!/bin/sh
 # Writes the reference stack's secrets as files, one value per file, for Docker secrets
-# (deploy/compose.yaml) and, with --kubernetes, the env file the staging overlay's Secret is
-# generated from (deploy/kubernetes/overlays/staging/secrets.env). Random values, URL-safe (hex),
+# (deploy/compose.yaml) and, with --kubernetes, the env files the staging overlay's Secrets are
+# generated from (deploy/kubernetes/overlays/staging/secrets/*.env). Random values, URL-safe (hex),
 # so they can sit inside URLs without encoding. Existing files are kept: run it again after
 # adding a secret and only the new one is written.
 #
 #   sh deploy/make-secrets.sh [--kubernetes]
 #
-#   SECRETS_DIR   where to write (default: secrets/ next to this script)
+#   SECRETS_DIR             where to write (default: secrets/ next to this script)
+#   KUBERNETES_SECRETS_DIR  where --kubernetes writes (default: the staging overlay's secrets/)
 #
 # Files are 0644 inside a 0700 directory: compose bind-mounts each file into containers that
 # run as their own users (iotmeter 10001, postgres 999, ...), which must be able to read it,
@@ -56,20 +57,35 @@ put simulator_mqtt_url "mqtt://simulator:$(get mqtt_simulator_password)@mosquitt
 put db_url "postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter"
 
 if [ "${1:-}" = --kubernetes ]; then
-    env_file=${KUBERNETES_ENV:-$here/kubernetes/overlays/staging/secrets.env}
-    if [ ! -e "$env_file" ]; then
-        {
-            echo "IOTMETER_MQTT_URL=mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883"
-            echo "IOTMETER_DB_URL=postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter"
-            echo "IOTMETER_INFLUX_TOKEN=$(get influxdb_token)"
-            echo "IOTMETER_S3_ACCESS_KEY=$(get s3_access_key)"
-            echo "IOTMETER_S3_SECRET_KEY=$(get s3_secret_key)"
-            echo "MQTT_COLLECTOR_PASSWORD=$(get mqtt_collector_password)"
-            echo "POSTGRES_PASSWORD=$(get postgres_password)"
-            echo "INFLUXDB_ADMIN_PASSWORD=$(get influxdb_admin_password)"
-        } >"$env_file"
-        chmod 0600 "$env_file"
-    fi
-    echo "wrote $env_file"
+    # One env file per Secret of the staging overlay: each pod mounts only what it needs.
+    kdir=${KUBERNETES_SECRETS_DIR:-$here/kubernetes/overlays/staging/secrets}
+    mkdir -p "$kdir"
+    chmod 0700 "$kdir"
+    # envfile NAME LINE...: write unless it exists.
+    envfile() {
+        name=$1
+        shift
+        if [ ! -e "$kdir/$name" ]; then
+            printf '%s\n' "$@" >"$kdir/$name"
+        fi
+    }
+    envfile collector.env \
+        "IOTMETER_MQTT_URL=mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883"
+    envfile stores.env \
+        "IOTMETER_DB_URL=postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter" \
+        "IOTMETER_INFLUX_TOKEN=$(get influxdb_token)" \
+        "IOTMETER_S3_ACCESS_KEY=$(get s3_access_key)" \
+        "IOTMETER_S3_SECRET_KEY=$(get s3_secret_key)"
+    envfile alert-relay.env \
+        "IOTMETER_GITHUB_TOKEN=$(cat "$dir/github_token")" \
+        "IOTMETER_ALERT_RELAY_TOKEN=$(get alert_relay_token)"
+    envfile staging-stores.env \
+        "MQTT_COLLECTOR_PASSWORD=$(get mqtt_collector_password)" \
+        "POSTGRES_PASSWORD=$(get postgres_password)" \
+        "INFLUXDB_ADMIN_PASSWORD=$(get influxdb_admin_password)" \
+        "INFLUXDB_TOKEN=$(get influxdb_token)" \
+        "S3_ACCESS_KEY=$(get s3_access_key)" \
+        "S3_SECRET_KEY=$(get s3_secret_key)"
+    echo "Kubernetes staging secrets in $kdir"
 fi
 echo "secrets in $dir (github_token is empty: add a token for the alert relay)"
