@@ -9,15 +9,21 @@ Secrets as files: for every variable `IOTMETER_<NAME>_FILE` the file's content (
 newline dropped) becomes `IOTMETER_<NAME>` in the environment of the process it starts, so a
 Docker or Kubernetes secret never has to be in the container's configuration.
 
-Replicas of one compose service (`docker compose up --scale collector=N`) share one
-configuration, but each collector needs its own MQTT client id: its persistent session and its
-spool directory belong to that id. When `IOTMETER_CLIENT_ID` is unset, the collector role
-claims the lowest free slot N under `$IOTMETER_HOME/slots/` (an exclusive lock held by the
-collector process for its whole life, released by the kernel when it exits) and runs as
-`iotmeter-collector-N`. A replica that restarts takes a free slot again and, with the slot,
-that slot's session and spool, which live on the shared volume.
+A `_FILE` variable that iotmeter reads itself (a setting such as IOTMETER_GITHUB_TOKEN_FILE) is
+left for it.
 
-Standard library only: it runs with the image's interpreter before anything else.
+Replicas of one compose service (`docker compose up --scale collector=N`) share one
+configuration, but each collector needs its own broker identity: its persistent session and
+its spool directory belong to it, and the shipped broker makes the username the client id
+(use_username_as_clientid). When `IOTMETER_CLIENT_ID` is unset, the collector role claims the
+lowest free slot N under `$IOTMETER_HOME/slots/` (an exclusive lock held by the collector
+process for its whole life, released by the kernel when it exits). Slot 1 runs with the broker
+users of IOTMETER_MQTT_URL and IOTMETER_MQTT_DISPATCH_URL as they are (`collector`,
+`dispatcher`); slot N > 1 as `<user>-N` (`collector-2`, `dispatcher-2`, same passwords), and
+the client id is the intake user. A replica that restarts takes a free slot again and, with
+it, that slot's session and spool, which live on the shared volume.
+
+Standard library and the package's own setting list only: it runs before anything else.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 PREFIX = "IOTMETER_"
 SLOT_PREFIX = "iotmeter-collector"
@@ -39,7 +46,7 @@ MAX_SLOTS = 256
 ROLES: dict[str, list[str]] = {
     "collector": ["--collector-only"],
     "api": ["api", "--host", "0.0.0.0", "--port", "8080"],
-    "alert-relay": ["alert-relay", "--port", "9095"],
+    "alert-relay": ["alert-relay", "--host", "0.0.0.0", "--port", "9095"],
     "simulator": ["simulate"],
     "dashboard": [],
     "web": ["serve", "--port", "8000"],
@@ -50,11 +57,24 @@ class EntrypointError(Exception):
     """A problem the operator must fix: printed as one line, exit status 2."""
 
 
-def secrets_from_files(env: Mapping[str, str]) -> dict[str, str]:
-    """`IOTMETER_X_FILE=/path` -> `IOTMETER_X=<content>`; the _FILE variables are dropped."""
+def read_by_iotmeter() -> frozenset[str]:
+    """The variables iotmeter itself reads: a `_FILE` among them is a setting, not ours."""
+    try:
+        from iotmeter_tui.backend.config import SETTINGS
+    except ImportError:  # run outside the image's environment
+        return frozenset()
+    return frozenset(s.env for s in SETTINGS)
+
+
+def secrets_from_files(env: Mapping[str, str],
+                       settings: frozenset[str] = frozenset()) -> dict[str, str]:
+    """`IOTMETER_X_FILE=/path` -> `IOTMETER_X=<content>`; those _FILE variables are dropped.
+    A _FILE variable in `settings` is iotmeter's own and stays as it is."""
     out = dict(env)
     for name, path in env.items():
         if not (name.startswith(PREFIX) and name.endswith("_FILE")) or name == PREFIX + "FILE":
+            continue
+        if name in settings:
             continue
         target = name[: -len("_FILE")]
         if env.get(target):
@@ -91,9 +111,29 @@ def claim_slot(home: Path) -> tuple[int, int]:
     raise EntrypointError(f"IOTMETER_HOME: all {MAX_SLOTS} collector slots are taken")
 
 
+def with_user_suffix(url: str, suffix: str) -> str:
+    """The broker URL with `suffix` appended to its username (password, host kept)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=f"{user}{suffix}{colon}{password}@{hostport}"))
+
+
+def replica_identity(env: dict[str, str], slot: int) -> None:
+    """Slot N's broker users and client id, in place (see the module's docstring)."""
+    suffix = "" if slot == 1 else f"-{slot}"
+    for name in (PREFIX + "MQTT_URL", PREFIX + "MQTT_DISPATCH_URL"):
+        if env.get(name) and suffix:
+            env[name] = with_user_suffix(env[name], suffix)
+    user = urlsplit(env.get(PREFIX + "MQTT_URL", "")).username
+    env[PREFIX + "CLIENT_ID"] = user if user else f"{SLOT_PREFIX}{suffix}"
+
+
 def plan(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The `iotmeter` command line and environment for an entry point invocation."""
-    env = secrets_from_files(env)
+    env = secrets_from_files(env, read_by_iotmeter())
     if not argv:
         argv = ["collector"]
     role, rest = argv[0], list(argv[1:])
@@ -101,7 +141,7 @@ def plan(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[str], dict[s
     if role == "collector" and not env.get(PREFIX + "CLIENT_ID"):
         home = Path(env.get(PREFIX + "HOME") or "/var/lib/iotmeter")
         slot, _fd = claim_slot(home)
-        env[PREFIX + "CLIENT_ID"] = f"{SLOT_PREFIX}-{slot}"
+        replica_identity(env, slot)
     return ["iotmeter", *command], env
 
 

@@ -8,12 +8,18 @@
 #   sh deploy/make-secrets.sh [--kubernetes]
 #
 #   SECRETS_DIR             where to write (default: secrets/ next to this script)
+#   MQTT_HOSTNAME           the name meters reach the broker by, in its TLS certificate
+#                           (default: localhost; `mosquitto` is always in it)
 #   KUBERNETES_SECRETS_DIR  where --kubernetes writes (default: the staging overlay's secrets/)
 #
 # Files are 0644 inside a 0700 directory: compose bind-mounts each file into containers that
 # run as their own users (iotmeter 10001, postgres 999, ...), which must be able to read it,
 # while no other user of the host can reach the directory. github_token is left empty: put a
 # token that may create issues in the alert repository there.
+#
+# The broker's TLS listeners (8883, 9001) need a key pair: mqtt-certs/ gets a private CA
+# (ca.crt, the file meters and mqtts:// clients trust) and a server certificate for
+# MQTT_HOSTNAME signed by it, made with openssl. Replace them with your CA's to taste.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +45,7 @@ get() {
 }
 
 put mqtt_collector_password "$(random)"
+put mqtt_dispatcher_password "$(random)"
 put mqtt_simulator_password "$(random)"
 put postgres_password "$(random)"
 put influxdb_admin_password "$(random)"
@@ -53,8 +60,33 @@ if [ ! -e "$dir/github_token" ]; then
 fi
 # The iotmeter processes take whole URLs; they are derived from the passwords above.
 put collector_mqtt_url "mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883"
+put dispatcher_mqtt_url "mqtt://dispatcher:$(get mqtt_dispatcher_password)@mosquitto:1883"
 put simulator_mqtt_url "mqtt://simulator:$(get mqtt_simulator_password)@mosquitto:1883"
 put db_url "postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter"
+
+certs="$dir/mqtt-certs"
+if [ ! -e "$certs/server.crt" ]; then
+    if ! command -v openssl >/dev/null 2>&1; then
+        echo "make-secrets: openssl is needed for the broker's TLS certificate" \
+            "(or put ca.crt, server.crt and server.key in $certs)" >&2
+        exit 1
+    fi
+    host=${MQTT_HOSTNAME:-localhost}
+    mkdir -p "$certs"
+    chmod 0700 "$certs"
+    openssl req -x509 -newkey rsa:3072 -nodes -days 3650 -subj "/CN=iotmeter broker CA" \
+        -keyout "$certs/ca.key" -out "$certs/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$host" \
+        -keyout "$certs/server.key" -out "$certs/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:%s,DNS:mosquitto,DNS:localhost,IP:127.0.0.1\n' "$host" \
+        >"$certs/san.ext"
+    openssl x509 -req -in "$certs/server.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
+        -CAcreateserial -days 825 -extfile "$certs/san.ext" -out "$certs/server.crt" 2>/dev/null
+    rm -f "$certs/server.csr" "$certs/san.ext" "$certs/ca.srl"
+    # The broker (uid 1883) reads the key through the bind mount; the directory guards it.
+    chmod 0644 "$certs/ca.crt" "$certs/server.crt" "$certs/server.key"
+    chmod 0600 "$certs/ca.key"
+fi
 
 if [ "${1:-}" = --kubernetes ]; then
     # One env file per Secret of the staging overlay: each pod mounts only what it needs.
@@ -70,7 +102,8 @@ if [ "${1:-}" = --kubernetes ]; then
         fi
     }
     envfile collector.env \
-        "IOTMETER_MQTT_URL=mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883"
+        "IOTMETER_MQTT_URL=mqtt://collector:$(get mqtt_collector_password)@mosquitto:1883" \
+        "IOTMETER_MQTT_DISPATCH_URL=mqtt://dispatcher:$(get mqtt_dispatcher_password)@mosquitto:1883"
     envfile stores.env \
         "IOTMETER_DB_URL=postgresql://iot:$(get postgres_password)@postgres:5432/iotmeter" \
         "IOTMETER_INFLUX_TOKEN=$(get influxdb_token)" \
@@ -81,6 +114,7 @@ if [ "${1:-}" = --kubernetes ]; then
         "IOTMETER_ALERT_RELAY_TOKEN=$(get alert_relay_token)"
     envfile staging-stores.env \
         "MQTT_COLLECTOR_PASSWORD=$(get mqtt_collector_password)" \
+        "MQTT_DISPATCHER_PASSWORD=$(get mqtt_dispatcher_password)" \
         "POSTGRES_PASSWORD=$(get postgres_password)" \
         "INFLUXDB_ADMIN_PASSWORD=$(get influxdb_admin_password)" \
         "INFLUXDB_TOKEN=$(get influxdb_token)" \

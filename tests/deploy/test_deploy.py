@@ -289,7 +289,7 @@ def resolved_env(compose: Mapping[str, Any], service: Mapping[str, Any],
     """The IOTMETER_ environment the iotmeter process of a service gets: each
     IOTMETER_<X>_FILE must name a secret the service mounts, and the entry point reads it."""
     env = {k: v for k, v in service_env(service).items() if k.startswith(ENV_PREFIX)}
-    mounted = set(service.get("secrets") or [])
+    mounted = secret_names(service)
     for key, path in list(env.items()):
         if key.endswith("_FILE"):
             name = path.removeprefix("/run/secrets/")
@@ -298,6 +298,11 @@ def resolved_env(compose: Mapping[str, Any], service: Mapping[str, Any],
             assert compose["secrets"][name]["file"] == f"./secrets/{name}"
             env[key] = str(secrets_dir / name)
     return entrypoint.secrets_from_files(env)
+
+
+def secret_names(service: Mapping[str, Any]) -> set[str]:
+    """The secrets a service mounts (short syntax: a name; long: its source)."""
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
 
 
 def iotmeter_services(compose: Mapping[str, Any]) -> dict[str, Any]:
@@ -330,7 +335,9 @@ def test_compose_has_the_whole_reference_stack(compose: dict[str, Any]) -> None:
     assert services["caddy"]["profiles"] == ["proxy"]
     broker_ports = {p.split(":")[-2] if p.count(":") == 2 else p.split(":")[0]
                     for p in services["mosquitto"]["ports"]}
-    assert broker_ports == {"1883", "8883", "9001"}
+    # TLS and WebSockets over TLS for the meters; plain 1883 (passwords in clear text) stays
+    # on the stack's network.
+    assert broker_ports == {"8883", "9001"}
     # Collectors scale with --scale: no fixed client id, no container name, no host port.
     collector = services["collector"]
     assert "IOTMETER_CLIENT_ID" not in collector["environment"]
@@ -386,7 +393,7 @@ def test_compose_networks_are_what_each_service_needs(compose: dict[str, Any]) -
     assert compose["networks"]["stores"]["internal"] is True
     # Only what talks to the stores is on their network; only what talks MQTT on the broker's.
     assert {n for n, nets in networks.items() if "stores" in nets} == stores | {
-        "collector", "api", "dashboard", "web"}
+        "collector", "api", "dashboard", "web", "grafana"}  # Grafana's InfluxDB datasource
     assert {n for n, nets in networks.items() if "mqtt" in nets} == {
         "mosquitto", "collector", "simulator", "caddy"}
     assert {n for n, nets in networks.items() if "egress" in nets} == {"alert-relay"}
@@ -401,11 +408,13 @@ def nets_all_internal(compose: Mapping[str, Any], nets: set[str]) -> bool:
     return all((compose["networks"][n] or {}).get("internal") for n in nets)
 
 
-def test_compose_references_existing_files(compose: dict[str, Any]) -> None:
+def test_compose_references_existing_files(compose: dict[str, Any], secrets_dir: Path) -> None:
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source")
-            if source.startswith((".", "/")):
+            if source.startswith("./secrets/"):  # written by make-secrets.sh, not shipped
+                assert (secrets_dir / source.removeprefix("./secrets/")).exists(), source
+            elif source.startswith((".", "/")):
                 assert (DEPLOY / source).exists() or source in OWNED_ELSEWHERE, (
                     f"{name}: mounts missing {source}")
             else:
@@ -416,12 +425,15 @@ def test_compose_references_existing_files(compose: dict[str, Any]) -> None:
             assert (context / build["dockerfile"]).resolve() == DOCKERFILE
         entrypoint_args = service.get("entrypoint") or []
         scripts = [word for arg in entrypoint_args for word in arg.split() if word.endswith(".sh")]
-        for script in scripts:
+        for script in set(scripts) - IMAGE_SCRIPTS.get(name, set()):
             mounted = [v for v in service["volumes"] if v.split(":")[1] == script]
             assert mounted, f"{name}: entrypoint {script} is not mounted"
-        for secret in service.get("secrets", []):
+        for secret in secret_names(service):
             assert secret in compose["secrets"], f"{name}: undeclared secret {secret}"
 
+
+# Scripts an entrypoint runs that are the image's own, not mounted.
+IMAGE_SCRIPTS = {"grafana": {"/run.sh"}}
 
 # Mounted from files the observability branch provides (deploy/alertmanager/, deploy/grafana/):
 # docs/deployment.md names them; once they exist here this set is empty.
@@ -432,9 +444,11 @@ OWNED_ELSEWHERE = {p for p in ("./alertmanager/alertmanager.yml", "./grafana/pro
 def test_make_secrets_writes_every_secret_compose_mounts(
         compose: dict[str, Any], secrets_dir: Path) -> None:
     declared = {spec["file"].removeprefix("./secrets/") for spec in compose["secrets"].values()}
-    assert {p.name for p in secrets_dir.iterdir()} == declared
+    assert {p.name for p in secrets_dir.iterdir() if p.is_file()} == declared
     assert secrets_dir.stat().st_mode & 0o777 == 0o700, "other host users could read them"
     for path in secrets_dir.iterdir():
+        if path.is_dir():
+            continue
         assert path.stat().st_mode & 0o777 == 0o644  # readable by the containers' own users
         value = path.read_text()
         if path.name != "github_token":  # the operator's to fill in
@@ -453,12 +467,13 @@ def test_make_secrets_keeps_what_exists(secrets_dir: Path, tmp_path: Path) -> No
     copy = tmp_path / "secrets"
     shutil.copytree(secrets_dir, copy)
     (copy / "influxdb_token").unlink()
-    before = {p.name: p.read_text() for p in copy.iterdir()}
+    before = {str(p.relative_to(copy)): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     subprocess.run(["sh", str(DEPLOY / "make-secrets.sh")], check=True, capture_output=True,
                    env={"PATH": os.environ["PATH"], "SECRETS_DIR": str(copy)})
-    after = {p.name: p.read_text() for p in copy.iterdir()}
+    after = {str(p.relative_to(copy)): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     assert {k: after[k] for k in before} == before
     assert len(after["influxdb_token"].strip()) == 48
+    assert after["mqtt-certs/server.key"] == before["mqtt-certs/server.key"]
 
 
 def test_compose_iotmeter_variables_are_settings_with_valid_values(
@@ -579,7 +594,8 @@ def test_compose_secret_files_reach_the_third_party_images(compose: dict[str, An
         assert services[name]["environment"][variable] == f"/run/secrets/{secret}", name
         assert secret in services[name]["secrets"], name
     init = services["mosquitto-init"]
-    assert set(init["secrets"]) == {"mqtt_collector_password", "mqtt_simulator_password"}
+    assert set(init["secrets"]) == {"mqtt_collector_password", "mqtt_dispatcher_password",
+                                    "mqtt_simulator_password"}
     for secret in init["secrets"]:
         assert f"/run/secrets/{secret}" in init["entrypoint"][-1]
 
@@ -756,6 +772,76 @@ def test_broker_healthcheck_user_reads_only_its_topic(broker: Broker) -> None:
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_compose_mounts_the_certificates_the_broker_reads(
+        compose: dict[str, Any], secrets_dir: Path) -> None:
+    """The TLS listeners' files (mosquitto.conf: certfile, keyfile, cafile) are those
+    make-secrets.sh writes, mounted where the configuration reads them."""
+    broker = compose["services"]["mosquitto"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in broker["volumes"]}
+    assert mounts["/mosquitto/certs"] == "./secrets/mqtt-certs"
+    written = {p.name for p in (secrets_dir / "mqtt-certs").iterdir()}
+    assert {"ca.crt", "server.crt", "server.key"} <= written
+    conf = mosquitto_directives((MOSQUITTO / "mosquitto.conf").read_text())
+    for key in ("certfile", "keyfile", "cafile"):
+        for path in conf.get(key, []):
+            directory, _, name = path.rpartition("/")
+            assert directory == "/mosquitto/certs" and name in written, f"{key} {path}"
+
+
+def tls_connect(port: int, ca_file: Path) -> int:
+    """Connect over TLS to 127.0.0.1 by the name `localhost`; the CONNACK's reason code."""
+    import queue
+
+    import paho.mqtt.client as mqtt
+
+    codes: queue.Queue[int] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(ca_file))
+    client.on_connect = lambda _c, _u, _f, reason, _p: codes.put(reason.value)
+    client.connect("localhost", port)
+    client.loop_start()
+    try:
+        return codes.get(timeout=10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_make_secrets_certificates_serve_tls_on_a_real_mosquitto(
+        secrets_dir: Path, tmp_path: Path) -> None:
+    """The key pair make-secrets.sh writes, on a real mosquitto TLS listener: a client that
+    trusts the generated CA connects and verifies the name; one trusting another CA is refused."""
+    import pwd
+    import ssl
+
+    mosquitto = need_binary("mosquitto", "install Debian's `mosquitto` (scripts/system-deps.sh)")
+    certs = secrets_dir / "mqtt-certs"
+    port = free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    f"certfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n"
+                    f"tls_version tlsv1.2\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    process = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert tls_connect(port, certs / "ca.crt") == 0
+                break
+            except ConnectionRefusedError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        other = tmp_path / "other"
+        subprocess.run(["sh", str(DEPLOY / "make-secrets.sh")], check=True, capture_output=True,
+                       env={"PATH": os.environ["PATH"], "SECRETS_DIR": str(other)})
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_connect(port, other / "mqtt-certs" / "ca.crt")
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -41,7 +41,7 @@ def run_entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
     (["api"], ["iotmeter", "api", "--host", "0.0.0.0", "--port", "8080"]),
     (["api", "--workers", "4"], ["iotmeter", "api", "--host", "0.0.0.0", "--port", "8080",
                                  "--workers", "4"]),
-    (["alert-relay"], ["iotmeter", "alert-relay", "--port", "9095"]),
+    (["alert-relay"], ["iotmeter", "alert-relay", "--host", "0.0.0.0", "--port", "9095"]),
     (["simulator", "--devices", "5"], ["iotmeter", "simulate", "--devices", "5"]),
     (["dashboard", "--simulate", "no"], ["iotmeter", "--simulate", "no"]),
     (["web"], ["iotmeter", "serve", "--port", "8000"]),
@@ -65,6 +65,17 @@ def test_secrets_are_read_from_files(tmp_path: Path) -> None:
     assert env == {"IOTMETER_DB_URL": "postgresql://iot:s3cret@db:5432/iotmeter",
                    "IOTMETER_INFLUX_TOKEN": "tok", "OTHER_FILE": "/not/ours"}
     load_settings(env=env)  # what the entry point hands on is valid configuration
+
+
+def test_a_file_setting_of_iotmeter_is_left_to_it(tmp_path: Path) -> None:
+    """A _FILE variable that is itself a setting (the relay's IOTMETER_GITHUB_TOKEN_FILE, say)
+    is read by iotmeter: the entry point passes it on untouched."""
+    (tmp_path / "token").write_text("tok\n")
+    env = {"IOTMETER_GITHUB_TOKEN_FILE": str(tmp_path / "token")}
+    assert entrypoint.secrets_from_files(env, frozenset(env)) == env
+    assert entrypoint.secrets_from_files(env) == {"IOTMETER_GITHUB_TOKEN": "tok"}
+    # What the image consults: the settings of this iotmeter.
+    assert "IOTMETER_MQTT_URL" in entrypoint.read_by_iotmeter()
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -114,7 +125,7 @@ def test_replicas_claim_distinct_slots_until_they_exit(tmp_path: Path) -> None:
     for _ in range(2):
         result = run_entrypoint("collector", env=env)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["iotmeter", "--collector-only", "iotmeter-collector-1"]
+        assert result.stdout.split() == ["iotmeter", "--collector-only", "iotmeter-collector"]
     # A process holding slot 1 (here: one that inherited the lock and sleeps) pushes the next
     # replica to slot 2.
     holder = subprocess.Popen(
@@ -133,7 +144,25 @@ def test_replicas_claim_distinct_slots_until_they_exit(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     result = run_entrypoint("collector", env=env)
-    assert result.stdout.split()[-1] == "iotmeter-collector-1", "the slot was not released"
+    assert result.stdout.split()[-1] == "iotmeter-collector", "the slot was not released"
+
+
+@pytest.mark.parametrize(("slot", "intake", "dispatch"), [
+    (1, "mqtt://collector:pw@mosquitto:1883", "mqtts://dispatcher:p%40ss@mosquitto:8883"),
+    (3, "mqtt://collector-3:pw@mosquitto:1883", "mqtts://dispatcher-3:p%40ss@mosquitto:8883"),
+])
+def test_a_slot_is_a_broker_identity(slot: int, intake: str, dispatch: str) -> None:
+    """The shipped broker makes the username the client id: replica N > 1 connects as
+    <user>-N, and its client id (and spool) follow the intake user."""
+    env = {"IOTMETER_MQTT_URL": "mqtt://collector:pw@mosquitto:1883",
+           "IOTMETER_MQTT_DISPATCH_URL": "mqtts://dispatcher:p%40ss@mosquitto:8883"}
+    entrypoint.replica_identity(env, slot)
+    assert env == {"IOTMETER_MQTT_URL": intake, "IOTMETER_MQTT_DISPATCH_URL": dispatch,
+                   "IOTMETER_CLIENT_ID": "collector" if slot == 1 else f"collector-{slot}"}
+    load_settings(env={k: v for k, v in env.items() if k != "IOTMETER_MQTT_DISPATCH_URL"})
+    no_user = {"IOTMETER_MQTT_URL": "mqtt://mosquitto:1883"}
+    entrypoint.replica_identity(no_user, slot)
+    assert no_user["IOTMETER_MQTT_URL"] == "mqtt://mosquitto:1883"
 
 
 def test_an_explicit_client_id_claims_no_slot(tmp_path: Path) -> None:
@@ -214,11 +243,13 @@ def test_scaled_collectors_share_a_volume_with_their_own_sessions(
             assert time.monotonic() < deadline, "a collector did not connect"
             time.sleep(0.1)
     ids = [client_id_of(p) for p in collectors]
-    assert ids == ["iotmeter-collector-1", "iotmeter-collector-2"]
+    assert ids == ["collector", "collector-2"]
     # The secret reached the process that needs it, and nothing else set it.
     environ = Path(f"/proc/{collectors[0].pid}/environ").read_bytes()
     assert b"IOTMETER_MQTT_URL=mqtt://collector:s3cret@" in environ
     assert b"IOTMETER_MQTT_URL_FILE=" not in environ
+    second = Path(f"/proc/{collectors[1].pid}/environ").read_bytes()
+    assert b"IOTMETER_MQTT_URL=mqtt://collector-2:s3cret@" in second
 
     collectors[0].send_signal(signal.SIGTERM)
     assert collectors[0].wait(15) == 0
@@ -230,7 +261,7 @@ def test_scaled_collectors_share_a_volume_with_their_own_sessions(
     while not connected(replacement_env):
         assert collectors[-1].poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    assert client_id_of(collectors[-1]) == "iotmeter-collector-1"
+    assert client_id_of(collectors[-1]) == "collector"
     for process in collectors[1:]:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
@@ -250,7 +281,8 @@ def test_scaled_collectors_share_a_volume_with_their_own_sessions(
      "http://127.0.0.1:9300/healthz"),
     (["python", "/x/iotmeter", "api", "--host", "0.0.0.0", "--port", "8080"], {},
      "http://127.0.0.1:8080/healthz"),
-    (["python", "/x/iotmeter", "alert-relay", "--port=9096"], {}, "http://127.0.0.1:9096/healthz"),
+    (["python", "/x/iotmeter", "alert-relay", "--host", "0.0.0.0", "--port=9096"], {},
+     "http://127.0.0.1:9096/healthz"),
     (["python", "/x/iotmeter", "serve", "--port", "8000"], {}, "http://127.0.0.1:8000/healthz"),
     (["python", "/x/iotmeter", "simulate", "--devices", "5"], {}, None),
     (["python", "/x/iotmeter", "--simulate", "no"], {}, None),

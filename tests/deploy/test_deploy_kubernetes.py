@@ -457,13 +457,45 @@ def test_staging_broker_is_no_weaker_than_the_compose_broker() -> None:
     assert staging["listener"] == ["1883"]
 
 
-def test_staging_acl_grants_the_collector_exactly_its_topics() -> None:
+def test_staging_acl_grants_each_user_exactly_its_topics() -> None:
+    """The collector reads what devices send, its dispatcher writes commands and offers,
+    devices only their own topics; nothing else (as deploy/mosquitto/acl)."""
     acl = (K8S / "overlays/staging/mosquitto/acl").read_text()
-    collector = acl.split("user collector\n")[1].split("\n\n")[0]
-    assert set(re.findall(r"^topic read (\S+)$", collector, re.MULTILINE)) == PROTOCOL_READS
-    assert set(re.findall(r"^topic write (\S+)$", collector, re.MULTILINE)) == PROTOCOL_WRITES
+    blocks = {name: acl.split(f"user {name}\n")[1].split("\n\n")[0]
+              for name in ("collector", "dispatcher")}
+    grants = {name: {(kind, topic) for kind, topic in
+                     re.findall(r"^topic (\w+) (\S+)$", block, re.MULTILINE)}
+              for name, block in blocks.items()}
+    assert grants["collector"] == {("read", t) for t in PROTOCOL_READS}
+    assert grants["dispatcher"] == {("write", t) for t in PROTOCOL_WRITES}
     device_writes = set(re.findall(r"^pattern write (\S+)$", acl, re.MULTILINE))
     assert device_writes == {t.replace("+", "%u") for t in PROTOCOL_READS}
+    device_reads = set(re.findall(r"^pattern read (\S+)$", acl, re.MULTILINE))
+    assert device_reads == {t.replace("+", "%u") for t in PROTOCOL_WRITES}
+    assert "readwrite" not in acl
+
+
+def test_staging_broker_has_a_user_for_each_connection(rendered: dict[str, Objects]) -> None:
+    """The broker makes the username the client id: the collector's intake and dispatcher
+    connect as the users the init container creates, with the passwords of the Secrets."""
+    conf = directives((K8S / "overlays/staging/mosquitto/mosquitto.conf").read_text())
+    assert conf["use_username_as_clientid"] == ["true"]
+    objects = rendered["staging"]
+    mosquitto = by_kind(objects, "StatefulSet")["mosquitto"]["spec"]["template"]["spec"]
+    script = mosquitto["initContainers"][0]["args"][0]
+    created = dict(re.findall(r"mosquitto_passwd -b \S+ (\w+) \\\s*\"\$\(cat \S+/(\w+)\)\"",
+                              script))
+    assert created == {"collector": "MQTT_COLLECTOR_PASSWORD",
+                       "dispatcher": "MQTT_DISPATCHER_PASSWORD"}
+    values = {}
+    for o in objects:
+        if o["kind"] == "Secret":
+            values.update({k: base64.b64decode(v).decode() for k, v in o["data"].items()})
+    for variable, user in (("IOTMETER_MQTT_URL", "collector"),
+                           ("IOTMETER_MQTT_DISPATCH_URL", "dispatcher")):
+        password = values[created[user]]
+        assert values[variable] == f"mqtt://{user}:{password}@mosquitto:1883"
+    assert by_kind(objects, "StatefulSet")["iotmeter-collector"]["spec"]["replicas"] == 1
 
 
 def test_staging_has_the_stores_in_the_cluster(rendered: dict[str, Objects]) -> None:
