@@ -32,6 +32,7 @@ IMAGE_UID = 10001  # deploy/Dockerfile's USER (tests/deploy/test_deploy.py check
 CUSTOM_RESOURCES = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),  # the observability work's, for API and relay
     ("external-secrets.io/v1", "ExternalSecret"),
 }
 # The Secrets the base mounts and leaves to the overlays.
@@ -598,6 +599,15 @@ def test_monitoring_objects_watch_the_collectors(rendered: dict[str, Objects]) -
     port_names = {p["name"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]}
     for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
         assert endpoint["port"] in port_names
+    # ServiceMonitors (the API's and the relay's) select a Service with the port they name.
+    services = by_kind(objects, "Service")
+    for name, monitor in by_kind(objects, "ServiceMonitor").items():
+        selected = [s for s in services.values() if label_selector_matches(
+            monitor["spec"]["selector"], s["metadata"].get("labels", {}))]
+        assert selected, f"ServiceMonitor {name} selects no Service"
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
+                       for s in selected), f"ServiceMonitor {name}: port {endpoint['port']}"
     rules = next(iter(by_kind(objects, "PrometheusRule").values()))
     alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     # kustomize re-serialises block scalars (a blank line may appear in an expression).
