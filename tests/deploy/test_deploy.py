@@ -600,6 +600,18 @@ def test_compose_secret_files_reach_the_third_party_images(compose: dict[str, An
         assert f"/run/secrets/{secret}" in init["entrypoint"][-1]
 
 
+def test_compose_services_mount_only_the_secrets_they_use(compose: dict[str, Any]) -> None:
+    """Least privilege: a secret a service mounts is read by it (an IOTMETER_<X>_FILE, an
+    image's *_FILE variable, its entrypoint, or a target path its configuration names)."""
+    for name, service in compose["services"].items():
+        text = yaml.safe_dump({k: service.get(k) for k in ("environment", "entrypoint")})
+        for secret in service.get("secrets") or []:
+            if isinstance(secret, dict):  # a target path: alertmanager.yml reads it there
+                assert secret["target"].startswith("/"), name
+                continue
+            assert f"/run/secrets/{secret}" in text, f"{name} mounts {secret} and never reads it"
+
+
 def test_env_example_sets_every_variable_compose_requires(compose: dict[str, Any]) -> None:
     example = (DEPLOY / "env.example").read_text()
     defined = set(re.findall(r"^(\w+)=", example, re.MULTILINE))
