@@ -6,12 +6,13 @@ existing overlay from a self-hosted runner behind a GitHub environment."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from typing import Any
 
 import pytest
 import yaml
-from deploy_helpers import K8S, ROOT, WORKFLOWS, need_binary
+from deploy_helpers import K8S, ROOT, WORKFLOWS, need_binary, render
 
 
 def workflow(name: str) -> dict[str, Any]:
@@ -116,3 +117,40 @@ def test_deploy_applies_an_existing_overlay_behind_an_environment() -> None:
 @pytest.mark.parametrize("name", ["ci.yml", "release.yml", "deploy.yml"])
 def test_workflows_grant_the_least_permissions(name: str) -> None:
     assert workflow(name)["permissions"] == {"contents": "read"}
+
+
+def step_script(job: dict[str, Any], name: str) -> str:
+    return next(step["run"] for step in job["steps"] if step.get("name") == name)
+
+
+@pytest.mark.parametrize(("overlay", "version", "ok"), [
+    ("production", "1.2.3", True), ("staging", "0.1.0", True),
+    ("production-emqx", "10.20.30", True), ("../base", "1.2.3", False),
+    ("production", "latest", False), ("production", "1.2.3; rm -rf /", False),
+])
+def test_deploy_checks_its_inputs(overlay: str, version: str, ok: bool) -> None:
+    script = step_script(workflow("deploy.yml")["jobs"]["apply"], "Check the inputs")
+    result = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "OVERLAY": overlay, "VERSION": version},
+                            timeout=30)
+    assert (result.returncode == 0) is ok, result.stderr
+
+
+def test_deploy_pins_the_release_image_on_the_overlay(tmp_path: Any) -> None:
+    """The step that writes overlays/_release, run as the job runs it (bash -e), then
+    rendered by kubectl: every iotmeter container runs ghcr.io/<owner>/iotmeter:<version>."""
+    shutil.copytree(K8S, tmp_path / "deploy" / "kubernetes")
+    script = step_script(workflow("deploy.yml")["jobs"]["apply"], "Pin the image of this release")
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30,
+                            env={"PATH": "/usr/bin:/bin", "OVERLAY": "production",
+                                 "VERSION": "1.2.3", "GITHUB_REPOSITORY_OWNER": "Example-Org"})
+    assert result.returncode == 0, result.stderr
+    objects = render(tmp_path / "deploy" / "kubernetes" / "overlays" / "_release")
+    images = {c["image"] for o in objects if o["kind"] in {"Deployment", "StatefulSet"}
+              for c in o["spec"]["template"]["spec"]["containers"]}
+    assert images == {"ghcr.io/example-org/iotmeter:1.2.3"}
+    # The same objects as the overlay itself, but for the image.
+    plain = render(tmp_path / "deploy" / "kubernetes" / "overlays" / "production")
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in plain)
