@@ -612,6 +612,70 @@ def test_compose_services_mount_only_the_secrets_they_use(compose: dict[str, Any
             assert f"/run/secrets/{secret}" in text, f"{name} mounts {secret} and never reads it"
 
 
+def test_broker_passwords_follow_the_secret_files(
+        compose: dict[str, Any], secrets_dir: Path, tmp_path: Path) -> None:
+    """make-secrets.sh -> mosquitto-init (compose's own entrypoint, the container paths mapped
+    here) -> a real mosquitto on that password file -> the collector's URL from its secret
+    file connects; a wrong password does not."""
+    import pwd
+    from urllib.parse import unquote, urlsplit
+
+    mosquitto = need_binary("mosquitto", "install Debian's `mosquitto` (scripts/system-deps.sh)")
+    need_binary("mosquitto_passwd", "install Debian's `mosquitto`")
+    init = compose["services"]["mosquitto-init"]
+    script = interpolate(init["entrypoint"][-1])  # what compose hands the container ($$ -> $)
+    script = script.replace("/run/secrets/", f"{secrets_dir}/").replace(
+        "/init-passwords.sh", str(MOSQUITTO / "init-passwords.sh"))
+    auth = tmp_path / "auth"
+    result = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ["PATH"], "AUTH_DIR": str(auth),
+             "DEVICE_CREDENTIALS": str(tmp_path / "none"), "MOSQUITTO_UID": str(os.getuid())})
+    assert result.returncode == 0, result.stderr
+    port = free_port()
+    conf = tmp_path / "broker.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                    f"password_file {auth / 'passwd'}\n"
+                    f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    process = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = urlsplit((secrets_dir / "collector_mqtt_url").read_text().strip())
+        user, password = unquote(url.username or ""), unquote(url.password or "")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                code = mqtt_connect(port, user, password)
+                break
+            except ConnectionRefusedError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert code == 0
+        assert mqtt_connect(port, user, password + "x") != 0
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def mqtt_connect(port: int, user: str, password: str) -> int:
+    """The CONNACK reason code for user/password on 127.0.0.1:port."""
+    import queue
+
+    import paho.mqtt.client as mqtt
+
+    codes: queue.Queue[int] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.username_pw_set(user, password)
+    client.on_connect = lambda _c, _u, _f, reason, _p: codes.put(reason.value)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        return codes.get(timeout=10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 def test_env_example_sets_every_variable_compose_requires(compose: dict[str, Any]) -> None:
     example = (DEPLOY / "env.example").read_text()
     defined = set(re.findall(r"^(\w+)=", example, re.MULTILINE))
