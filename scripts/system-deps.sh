@@ -7,7 +7,7 @@ set -euo pipefail
 need_run=(mosquitto:mosquitto)
 need_test=(mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb
            pg_ctlcluster:postgresql-common initdb:postgresql promtool:prometheus
-           systemd-analyze:systemd)
+           systemd-analyze:systemd openssl:openssl)
 
 case "${1:-}" in
   run) wanted=("${need_run[@]}") ;;
