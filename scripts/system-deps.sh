@@ -8,7 +8,8 @@ need_run=(mosquitto:mosquitto)
 need_test=(mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb
            pg_ctlcluster:postgresql-common initdb:postgresql promtool:prometheus
            amtool:prometheus-alertmanager
-           mosquitto_ctrl:mosquitto-clients mosquitto_passwd:mosquitto psql:postgresql-client)
+           mosquitto_ctrl:mosquitto-clients mosquitto_passwd:mosquitto psql:postgresql-client
+           systemd-analyze:systemd openssl:openssl)
 
 case "${1:-}" in
   run) wanted=("${need_run[@]}") ;;

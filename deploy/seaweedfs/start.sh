@@ -4,9 +4,14 @@
 # from the stack's secrets at every start, so no key is ever stored in the repository. The
 # collector creates its bucket (iot-data) itself on first use, which the Admin action allows.
 #
-#   S3_ACCESS_KEY, S3_SECRET_KEY   the iotmeter identity (required)
+#   S3_ACCESS_KEY, S3_SECRET_KEY   the iotmeter identity (required), or
+#   S3_ACCESS_KEY_FILE, S3_SECRET_KEY_FILE   files holding them (Docker secrets)
 #   S3_CONFIG                      where to write the identity file (default /tmp/s3.json)
 set -eu
+
+# A *_FILE variable wins: its file's first line is the value.
+if [ -n "${S3_ACCESS_KEY_FILE:-}" ]; then S3_ACCESS_KEY=$(head -n 1 "$S3_ACCESS_KEY_FILE"); fi
+if [ -n "${S3_SECRET_KEY_FILE:-}" ]; then S3_SECRET_KEY=$(head -n 1 "$S3_SECRET_KEY_FILE"); fi
 
 if [ -z "${S3_ACCESS_KEY:-}" ] || [ -z "${S3_SECRET_KEY:-}" ]; then
     echo "seaweedfs: S3_ACCESS_KEY and S3_SECRET_KEY must be set" >&2
