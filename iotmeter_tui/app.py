@@ -306,9 +306,18 @@ class IotmeterApp(App[int]):
         self._show_status()
 
     def _show_status(self) -> None:
-        screen = self.screen
-        if isinstance(screen, DashboardScreen):
-            screen.show_status(self.status)
+        # The view under a dialog stays on screen, so its status line must keep moving
+        # too (issue 16: clock and rates froze while a dialog was open).
+        view = self.current_view()
+        if view is not None:
+            view.show_status(self.status)
+
+    def current_view(self) -> DashboardScreen | None:
+        """The topmost view in the stack: the screen, or the one under its dialogs."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, DashboardScreen):
+                return screen
+        return None
 
     async def _read_status(self) -> None:
         status = self.status
