@@ -31,7 +31,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         return run_collector(settings)
     from iotmeter_tui.app import run_dashboard
 
-    return run_dashboard(settings, simulate=args.simulate)
+    return run_dashboard(settings, simulate=args.simulate or settings.simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the collector's /metrics endpoint (default 9108)",
     )
     parser.add_argument(
-        "--simulate", choices=("auto", "yes", "no"), default="auto",
+        "--simulate", choices=("auto", "yes", "no"), default=None,
         help="dashboard: start the demo fleet of simulated meters "
-        "(auto: on the embedded defaults when the registry is empty)",
+        "(auto: on the embedded defaults, at every start; default IOTMETER_SIMULATE)",
     )
     parser.set_defaults(handler=_run_dashboard)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -36,6 +36,11 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
+    # --- ux ---
+    "simulate": ["maybe", "true", "1"],
+    "planned_reboot_s": ["0", "-1", "5m", "nan", "inf"],
+    "offline_group_min": ["0", "-2", "2.5", "many"],
+    "keymap": ["quit", "app.quit", "App.Quit=x", "app.quit=ctrl x", "app.quit=x;fleet sort=o"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
 
@@ -311,3 +316,10 @@ def test_docs_document_every_setting() -> None:
         assert toml_key == f"`{setting.key}`", setting.env
         assert default.strip("`") == documented_default(setting), setting.env
         assert description, setting.env
+
+
+def test_keymap_from_the_environment_and_a_toml_table(home: Path, tmp_path: Path) -> None:
+    env = {"IOTMETER_KEYMAP": "app.quit=ctrl+x; fleet.sort=o,O"}
+    assert load_settings(env=env).keymap == {"app.quit": "ctrl+x", "fleet.sort": "o,O"}
+    path = write_toml(tmp_path / "c.toml", '[keymap]\n"app.quit" = "f10"\n')
+    assert load_settings(env={}, config_file=path).keymap == {"app.quit": "f10"}

@@ -45,6 +45,8 @@ COLUMNS = (
 SORTABLE = ("device_id", "device_type", "connection_status", "fw_version", "last_seen")
 STATUS_FILTERS = (None, "online", "offline", "unknown")
 ALERT_COUNTS_EVERY_S = 3.0  # open alerts are counted fleet-wide; no need to every second
+SILENT_FLEET_HINT = ("no meter is online: ':sim' then 's' starts simulated meters (or run "
+                     "iotmeter --simulate yes); real meters publish to the collector's broker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class FleetPage:
     latest: dict[str, Latest]
     alert_counts: dict[str, int] | None
     errors: dict[str, str | None]
+    online: int | None = None  # meters online fleet-wide (None: not read)
 
 
 def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
@@ -74,6 +77,7 @@ def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
     filters = {"search": query.search, "status": query.status}
     try:
         total = md.count_devices(**filters)
+        online = md.count_devices(status="online")
         devices = md.list_devices(**filters, order_by=query.order_by,
                                   descending=query.descending, offset=offset, limit=limit)
         errors["metadata"] = None
@@ -92,7 +96,7 @@ def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
             counts = dict(Counter(a.device_id for a in md.open_alerts()))
         except StoreError as exc:
             errors["metadata"] = str(exc)
-    return FleetPage(total, offset, devices, latest, counts, errors)
+    return FleetPage(total, offset, devices, latest, counts, errors, online)
 
 
 def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) -> Row:
@@ -201,9 +205,17 @@ class FleetScreen(DashboardScreen):
                             else "no devices in the registry yet")
         table.load_window(page.total, page.offset, rows)
         self.shown_query = query
+        self.report("fleet", SILENT_FLEET_HINT if self._fleet_is_silent(page) else None)
         if page.total != self.total:
             self.total = page.total
             self.show_status(self.dash.status)
+
+    def _fleet_is_silent(self, page: FleetPage) -> bool:
+        """Nothing online and nothing on its way: say how to start a fleet (issue 16: a
+        dead fleet on screen and no word why)."""
+        if page.online != 0 or self.dash.status.phase == "starting":
+            return False
+        return not self.dash.status.sim_devices  # simulated meters on their way: wait
 
     def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
         self.reload(urgent=True)
