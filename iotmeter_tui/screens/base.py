@@ -118,6 +118,11 @@ class DashboardScreen(Screen[None]):
     def view_title(self) -> str:
         return self.VIEW
 
+    def notices(self) -> tuple[str, ...]:
+        """The lines the notice line shows now."""
+        found = self.query(NoticeLine)
+        return found.first().lines if found else ()
+
     def _show_notices(self) -> None:
         status = self.dash.status
         lines = []
