@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
@@ -27,10 +27,12 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen, Screen
 
+from iotmeter_tui.keymap import keymap_problems, known_bindings
 from iotmeter_tui.screens.alerts import AlertsScreen
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.commands import CommandsScreen
 from iotmeter_tui.screens.device import DeviceScreen
+from iotmeter_tui.screens.dialog import FormDialog
 from iotmeter_tui.screens.fleet import FleetScreen
 from iotmeter_tui.screens.help import HelpScreen
 from iotmeter_tui.screens.ota import OtaScreen
@@ -38,6 +40,8 @@ from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
 from iotmeter_tui.widgets.format import one_line
 from iotmeter_tui.widgets.health import HealthTracker, StatusSnapshot, StoreLight
+from iotmeter_tui.widgets.live_table import LiveTable
+from iotmeter_tui.widgets.prompt_bar import PromptBar
 
 if TYPE_CHECKING:
     from iotmeter_tui.backend.config import Settings
@@ -204,11 +208,13 @@ class IotmeterApp(App[int]):
     # Global keys live here so the footer lists them after the view's own keys; check_action
     # switches them off while a dialog is open (its fields need q, : and ?).
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("colon", "jump_prompt", "view", key_display=":"),
-        Binding("question_mark", "help", "help", key_display="?"),
-        Binding("q", "quit", "quit"),
-        Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True),
-        Binding("ctrl+t", "next_theme", "theme", show=False),
+        # No key_display: a remapped key must show as itself (Textual shows colon as ":").
+        Binding("colon", "jump_prompt", "view", id="app.jump_prompt"),
+        Binding("question_mark", "help", "help", id="app.help"),
+        Binding("q", "quit", "quit", id="app.quit"),
+        Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True,
+                id="app.force_quit"),
+        Binding("ctrl+t", "next_theme", "theme", show=False, id="app.next_theme"),
     ]
     MODAL_OFF = frozenset({"jump_prompt", "help", "quit"})
     THEMES = ("textual-dark", "textual-light", "ansi-dark", "ansi-light")
@@ -221,9 +227,11 @@ class IotmeterApp(App[int]):
         refresh_s: float = 1.0,
         start_runtime: bool = False,
         initial: str = "fleet",
+        keymap: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.runtime = runtime
+        self.keymap = dict(keymap or {})
         self.now = now
         self.refresh_s = refresh_s
         self.initial = initial
@@ -281,6 +289,12 @@ class IotmeterApp(App[int]):
 
     def on_mount(self) -> None:
         self.theme = self.THEMES[0]
+        if self.keymap:
+            known = known_bindings(KEYMAP_OWNERS)
+            problems = keymap_problems(self.keymap, known)
+            if problems:
+                self.status.errors["keymap"] = "; ".join(problems)
+            self.set_keymap({k: v for k, v in self.keymap.items() if k in known})
         self.switch_mode(self.initial)
         self.run_worker(self._prepare_stores(), group="prepare")
         self.set_interval(self.refresh_s, self._tick_status)
@@ -460,7 +474,7 @@ def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
     from iotmeter_tui.backend.runtime import Runtime
 
     runtime = Runtime(settings, simulate=simulate)
-    app = IotmeterApp(runtime, start_runtime=True)
+    app = IotmeterApp(runtime, start_runtime=True, keymap=settings.keymap)
     # A dropped SSH session (SIGHUP) or a service manager (SIGTERM) must not leave the
     # broker and the collector running: leave the app so the finally below stops them.
     for sig in (signal.SIGHUP, signal.SIGTERM):
@@ -474,3 +488,10 @@ def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
         print(f"iotmeter: {starter.error}", file=sys.stderr)
         return 1
     return 0
+
+
+# Every class whose bindings a keymap may name.
+KEYMAP_OWNERS: list[type] = [
+    IotmeterApp, FleetScreen, DeviceScreen, AlertsScreen, CommandsScreen, OtaScreen,
+    SimulatorScreen, SystemScreen, HelpScreen, FormDialog, LiveTable, PromptBar,
+]

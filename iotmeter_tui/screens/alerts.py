@@ -59,14 +59,14 @@ def _apply(md: MetadataStore, verb: str, ids: list[int], at: int) -> int:
 class AlertsScreen(DashboardScreen):
     VIEW = "Alerts"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "acknowledge", "ack"),
-        Binding("x", "clear", "clear"),
-        Binding("enter", "open", "device"),
-        Binding("slash", "filter", "filter"),
-        Binding("0", "state(0)", "all", show=False),
-        Binding("1", "state(1)", "active"),
-        Binding("2", "state(2)", "acked", show=False),
-        Binding("3", "state(3)", "cleared", show=False),
+        Binding("a", "acknowledge", "ack", id="alerts.acknowledge"),
+        Binding("x", "clear", "clear", id="alerts.clear"),
+        Binding("enter", "open", "device", id="alerts.open"),
+        Binding("slash", "filter", "filter", id="alerts.filter"),
+        Binding("0", "state(0)", "all", show=False, id="alerts.state_0"),
+        Binding("1", "state(1)", "active", id="alerts.state_1"),
+        Binding("2", "state(2)", "acked", show=False, id="alerts.state_2"),
+        Binding("3", "state(3)", "cleared", show=False, id="alerts.state_3"),
     ]
 
     def __init__(self) -> None:

@@ -65,11 +65,11 @@ def _matches(cmd: Command, needle: str) -> bool:
 class CommandsScreen(DashboardScreen):
     VIEW = "Commands"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("n", "new", "new"),
-        Binding("r", "resend", "resend"),
-        Binding("o", "open_only", "open only"),
-        Binding("enter", "open", "device"),
-        Binding("slash", "filter", "filter"),
+        Binding("n", "new", "new", id="commands.new"),
+        Binding("r", "resend", "resend", id="commands.resend"),
+        Binding("o", "open_only", "open only", id="commands.open_only"),
+        Binding("enter", "open", "device", id="commands.open"),
+        Binding("slash", "filter", "filter", id="commands.filter"),
     ]
 
     def __init__(self) -> None:

@@ -136,16 +136,16 @@ def panel_rows(panel: str, data: DeviceData, now_ms: int) -> list[Row]:
 class DeviceScreen(DashboardScreen):
     VIEW = "Device"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "back"),
-        Binding("w", "window", "window"),
-        Binding("p", "ping", "ping"),
-        Binding("c", "command", "command"),
-        Binding("1", "panel(0)", "values", show=False),
-        Binding("2", "panel(1)", "config", show=False),
-        Binding("3", "panel(2)", "alerts", show=False),
-        Binding("4", "panel(3)", "commands", show=False),
-        Binding("5", "panel(4)", "gaps", show=False),
-        Binding("tab", "panel_next", "panel", show=False),
+        Binding("escape", "back", "back", id="device.back"),
+        Binding("w", "window", "window", id="device.window"),
+        Binding("p", "ping", "ping", id="device.ping"),
+        Binding("c", "command", "command", id="device.command"),
+        Binding("1", "panel(0)", "values", show=False, id="device.panel_0"),
+        Binding("2", "panel(1)", "config", show=False, id="device.panel_1"),
+        Binding("3", "panel(2)", "alerts", show=False, id="device.panel_2"),
+        Binding("4", "panel(3)", "commands", show=False, id="device.panel_3"),
+        Binding("5", "panel(4)", "gaps", show=False, id="device.panel_4"),
+        Binding("tab", "panel_next", "panel", show=False, id="device.panel_next"),
     ]
 
     def __init__(self, device_id: str) -> None:

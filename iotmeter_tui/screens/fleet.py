@@ -126,13 +126,13 @@ def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) 
 class FleetScreen(DashboardScreen):
     VIEW = "Fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "open"),
-        Binding("slash", "filter", "filter"),
-        Binding("s", "sort", "sort"),
-        Binding("S", "reverse", "reverse", show=False),
-        Binding("o", "status_filter", "status"),
-        Binding("p", "ping", "ping"),
-        Binding("c", "command", "command"),
+        Binding("enter", "open", "open", id="fleet.open"),
+        Binding("slash", "filter", "filter", id="fleet.filter"),
+        Binding("s", "sort", "sort", id="fleet.sort"),
+        Binding("S", "reverse", "reverse", show=False, id="fleet.reverse"),
+        Binding("o", "status_filter", "status", id="fleet.status_filter"),
+        Binding("p", "ping", "ping", id="fleet.ping"),
+        Binding("c", "command", "command", id="fleet.command"),
     ]
 
     def __init__(self) -> None:
