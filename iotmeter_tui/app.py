@@ -27,6 +27,8 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen, Screen
 
+from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import write_csv
 from iotmeter_tui.keymap import keymap_problems, known_bindings
 from iotmeter_tui.screens.alerts import AlertsScreen
 from iotmeter_tui.screens.base import DashboardScreen
@@ -215,8 +217,9 @@ class IotmeterApp(App[int]):
         Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True,
                 id="app.force_quit"),
         Binding("ctrl+t", "next_theme", "theme", show=False, id="app.next_theme"),
+        Binding("e", "export", "export", show=False, id="app.export"),
     ]
-    MODAL_OFF = frozenset({"jump_prompt", "help", "quit"})
+    MODAL_OFF = frozenset({"jump_prompt", "help", "quit", "export"})
     THEMES = ("textual-dark", "textual-light", "ansi-dark", "ansi-light")
 
     def __init__(
@@ -228,10 +231,13 @@ class IotmeterApp(App[int]):
         start_runtime: bool = False,
         initial: str = "fleet",
         keymap: Mapping[str, str] | None = None,
+        export_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.runtime = runtime
         self.keymap = dict(keymap or {})
+        settings = getattr(runtime, "settings", None)
+        self.export_dir = export_dir or (settings.home / "exports" if settings else None)
         self.now = now
         self.refresh_s = refresh_s
         self.initial = initial
@@ -253,6 +259,7 @@ class IotmeterApp(App[int]):
         self._service_lock = threading.Lock()
         self._polling = False
         self._probing = False
+        self.last_export: Path | None = None
 
     def now_ms(self) -> int:
         return int(self.now() * 1000)
@@ -441,6 +448,29 @@ class IotmeterApp(App[int]):
 
     async def action_force_quit(self) -> None:
         self.exit(0)
+
+    async def action_export(self) -> None:
+        """`e`: the current view's data to a new CSV file; its path on screen."""
+        view = self.current_view()
+        try:
+            table = await view.export_table() if view is not None else None
+        except StoreError as exc:
+            self.notify(f"export failed: {one_line(str(exc))}", severity="error", timeout=10)
+            return
+        if table is None:
+            self.notify("nothing to export in this view", severity="warning", timeout=4)
+            return
+        if self.export_dir is None:
+            self.notify("export: no IOTMETER_HOME to write to", severity="error")
+            return
+        try:
+            path = await self.run_io(write_csv, self.export_dir, table, self.now_ms())
+        except OSError as exc:
+            self.notify(f"export failed: {one_line(str(exc))}", severity="error", timeout=10)
+            return
+        self.last_export = path
+        self.notify(f"exported {len(table.rows):,} rows to {path}", title="CSV export",
+                    timeout=15)
 
     def action_next_theme(self) -> None:
         current = self.THEMES.index(self.theme) if self.theme in self.THEMES else -1

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.widgets.format import num, role_of, stamp
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
@@ -101,6 +103,15 @@ class AlertsScreen(DashboardScreen):
             alerts = [a for a in alerts if _matches(a, self.search)]
         self.alerts = {str(a.id): a for a in alerts}
         self.table.set_rows(alert_row(a) for a in alerts)
+
+    async def export_table(self) -> ExportTable:
+        rows: list[Sequence[Cell]] = [
+            [a.id, iso(a.raised_at), a.device_id, a.rule, a.severity, a.state, a.value,
+             a.message, iso(a.acknowledged_at), iso(a.cleared_at)]
+            for a in self.alerts.values()]
+        return ExportTable("alerts", ("id", "raised_at_utc", "device_id", "rule", "severity",
+                                      "state", "value", "message", "acknowledged_at_utc",
+                                      "cleared_at_utc"), rows)
 
     async def _change(self, verb: str) -> None:
         table = self.table

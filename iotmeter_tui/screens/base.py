@@ -19,6 +19,7 @@ from iotmeter_tui.widgets.status_bar import NoticeLine, StatusBar
 
 if TYPE_CHECKING:
     from iotmeter_tui.app import IotmeterApp
+    from iotmeter_tui.export import ExportTable
 
 T = TypeVar("T")
 
@@ -93,6 +94,10 @@ class DashboardScreen(Screen[None]):
 
     async def load(self) -> None:
         """Read what the screen shows (override)."""
+
+    async def export_table(self) -> ExportTable | None:
+        """What `e` writes to CSV: the view's data (override); None: nothing to export."""
+        return None
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.dash.run_io(fn, *args)

@@ -5,6 +5,7 @@ command history and sequence gaps. `p` pings, `c` sends any command, escape goes
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -15,6 +16,7 @@ from textual.markup import escape
 from textual.widgets import ContentSwitcher, Static
 
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.widgets.format import (
@@ -101,6 +103,18 @@ def read_device(stores: Stores, device_id: str,
     except StoreError as exc:
         data.errors["timeseries"] = str(exc)
     return data
+
+
+def telemetry_export(stores: Stores, device_id: str, start_ms: int,
+                     end_ms: int) -> ExportTable:
+    """Every stored point of the device in the chart's window: one row a message, one
+    column a field (the union over the window), in an I/O thread."""
+    points = stores.timeseries.points(device_id, start_ms, end_ms)
+    names = sorted({name for p in points for name in p.fields})
+    rows: list[Sequence[Cell]] = [[iso(p.ts), p.boot, p.seq, *(p.fields.get(n) for n in names)]
+                                  for p in points]
+    stem = f"telemetry-{device_id}"
+    return ExportTable(stem, ("ts_utc", "boot", "seq", *names), rows)
 
 
 def _gaps_text(state: SeqState) -> str:
@@ -220,6 +234,11 @@ class DeviceScreen(DashboardScreen):
         for panel in PANELS:
             self.query_one(f"#panel-{panel}", LiveTable).set_rows(
                 panel_rows(panel, data, now_ms))
+
+    async def export_table(self) -> ExportTable:
+        now_ms = self.dash.now_ms()
+        return await self.io(telemetry_export, self.dash.runtime.stores, self.device_id,
+                             now_ms - self.window_min * 60_000, now_ms + 1)
 
     def _show_summary(self, now_ms: int) -> None:
         device = self.data.device

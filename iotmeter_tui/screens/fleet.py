@@ -6,6 +6,7 @@ what 60 do."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,6 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.widgets.format import (
@@ -97,6 +99,28 @@ def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
         except StoreError as exc:
             errors["metadata"] = str(exc)
     return FleetPage(total, offset, devices, latest, counts, errors, online)
+
+
+def fleet_export(stores: Stores, query: FleetQuery) -> ExportTable:
+    """Every meter the fleet view lists under its filter and sort (not just the rows on
+    screen), with the values the view shows, in an I/O thread."""
+    md = stores.metadata
+    devices = md.list_devices(search=query.search, status=query.status,
+                              order_by=query.order_by, descending=query.descending)
+    latest = stores.timeseries.latest([d.device_id for d in devices]) if devices else {}
+    alerts = Counter(a.device_id for a in md.open_alerts())
+    rows: list[Sequence[Cell]] = []
+    for d in devices:
+        values: list[float | None] = [None, None, None]
+        point = latest.get(d.device_id)
+        if point is not None:
+            names = key_fields(d.device_type, point.fields)
+            values = [point.fields.get(name) for name in names]
+        rows.append([d.device_id, d.device_type, d.connection_status, d.fw_version,
+                     iso(d.last_seen), *values, alerts.get(d.device_id, 0)])
+    return ExportTable("fleet", ("device_id", "device_type", "connection_status",
+                                 "fw_version", "last_seen_utc", "volts", "amps", "kw",
+                                 "open_alerts"), rows)
 
 
 def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) -> Row:
@@ -216,6 +240,9 @@ class FleetScreen(DashboardScreen):
         if page.online != 0 or self.dash.status.phase == "starting":
             return False
         return not self.dash.status.sim_devices  # simulated meters on their way: wait
+
+    async def export_table(self) -> ExportTable:
+        return await self.io(fleet_export, self.dash.runtime.stores, self.query_state)
 
     def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
         self.reload(urgent=True)

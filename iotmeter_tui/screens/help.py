@@ -23,6 +23,7 @@ GLOBAL_KEYS = (
     ("app.help", "this help"),
     ("app.quit", "quit and stop everything the dashboard started"),
     ("app.next_theme", "next colour theme (dark, light, the terminal's own)"),
+    ("app.export", "export this view to CSV under $IOTMETER_HOME/exports (path shown)"),
 )
 
 
