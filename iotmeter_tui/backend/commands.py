@@ -102,8 +102,9 @@ class CommandService:
     # --- what operators and the dashboard call ----------------------------------------------
 
     def send(self, device_id: str, name: str, params: dict[str, Any] | None = None,
-             timeout_s: float = DEFAULT_TIMEOUT_S) -> Command:
-        """Store a command and, when the device is online, publish it at once.
+             timeout_s: float = DEFAULT_TIMEOUT_S, *, created_by: str | None = None) -> Command:
+        """Store a command and, when the device is online, publish it at once. `created_by`
+        records who asked (an OS user, an API key's name).
 
         A name iotmeter does not know is stored already `rejected` and never published (the
         protocol's encoder refuses it). Raises CommandError for an unknown device or bad
@@ -116,12 +117,14 @@ class CommandService:
         if name not in protocol.COMMAND_NAMES:
             known = ", ".join(sorted(protocol.COMMAND_NAMES))
             cmd = Command(command_id, device_id, name, params, "rejected", now, now, expires_at,
-                          detail=f"unknown command {name!r} (known: {known}); not sent")
+                          detail=f"unknown command {name!r} (known: {known}); not sent",
+                          created_by=created_by)
             self.metadata.create_command(cmd)
             log.info("command refused", extra={"event": "command_refused", "command_id":
                                                command_id, "device_id": device_id, "name": name})
             return cmd
-        cmd = Command(command_id, device_id, name, params, "queued", now, now, expires_at)
+        cmd = Command(command_id, device_id, name, params, "queued", now, now, expires_at,
+                      created_by=created_by)
         if len(command_payload(cmd)) > protocol.MAX_PAYLOAD_BYTES:
             raise CommandError(f"parameters too large: a command is at most "
                                f"{protocol.MAX_PAYLOAD_BYTES} bytes")

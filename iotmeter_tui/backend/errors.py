@@ -38,3 +38,17 @@ class PartialWriteError(StoreRejected):
         super().__init__(store, message)
         self.failed = failed
         self.accepted = accepted
+
+
+class AlreadyExists(StoreRejected):
+    """What was to be created exists already (a device id, an API key name): a conflict
+    the caller can report as such (HTTP 409) rather than as a store failure."""
+
+
+class NotFound(IotmeterError):
+    """What a request names does not exist (a device, an API key): HTTP 404 for the API."""
+
+
+class InvalidRequest(IotmeterError):
+    """A request a service refuses as asked (a bad value, an unknown key); `str()` is one line
+    naming what is wrong (HTTP 400 / 422 for the API)."""

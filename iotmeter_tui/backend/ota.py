@@ -157,10 +157,11 @@ class OtaService:
         batch_pct: float | None = None,
         max_failures_pct: float = DEFAULT_MAX_FAILURES_PCT,
         target_timeout_s: float = DEFAULT_TARGET_TIMEOUT_S,
+        created_by: str | None = None,
     ) -> Campaign:
         """Create a campaign; the collector's dispatcher rolls it out. Exactly one of
         `device_ids`, `device_type`, `all_devices` picks the devices; `batch_size` devices
-        (or `batch_pct` % of them) update at a time."""
+        (or `batch_pct` % of them) update at a time. `created_by` records who started it."""
         if self.metadata.get_firmware(version) is None:
             raise OtaError(f"no firmware {version!r}: upload it first (iotmeter ota upload)")
         if not 0 <= max_failures_pct <= 100:
@@ -174,7 +175,7 @@ class OtaService:
         now = self._now()
         campaign = Campaign(f"camp-{uuid.uuid4().hex[:12]}", version, selector, size,
                             float(max_failures_pct), RUNNING, now, now, None,
-                            float(target_timeout_s))
+                            float(target_timeout_s), created_by)
         self.metadata.create_campaign(campaign, targets)
         log.info("campaign started", extra={
             "event": "campaign_started", "campaign_id": campaign.id, "version": version,

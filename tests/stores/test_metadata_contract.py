@@ -21,15 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotmeter_tui.backend.config import local_path
-from iotmeter_tui.backend.errors import StoreError, StoreRejected
+from iotmeter_tui.backend.errors import AlreadyExists, StoreError, StoreRejected
 from iotmeter_tui.backend.stores.metadata import (
     DEVICE_ORDER_COLUMNS,
+    ApiKey,
+    AuditEntry,
     Campaign,
     Command,
     DeviceUpdate,
     Firmware,
     MetadataStore,
     SeqState,
+    encode_device_cursor,
     open_metadata,
 )
 from iotmeter_tui.backend.stores.metadata_postgres import PostgresBackend
@@ -908,3 +911,233 @@ def test_dashboard_queries_over_ten_thousand_devices_are_fast(
     # Generous bounds: a shared CI machine is slow, not ten times slower.
     assert max(page_ms, sorted_ms, count_ms, filtered_ms) < 50
     assert max(insert_ms, update_ms) < 1000
+
+
+# --- device administration (issue 12) -------------------------------------------------------
+
+
+def test_an_operator_registers_a_device_before_it_is_heard(store: MetadataStore) -> None:
+    device = store.create_device("dc-0100", "power_meter_dc", name="Feeder 7",
+                                 location="Depot North", metadata={"rack": 3, "tags": ["a"]},
+                                 at=1234)
+    assert device == store.get_device("dc-0100")
+    assert (device.device_type, device.connection_status, device.created_at) == (
+        "power_meter_dc", "unknown", 1234)
+    assert (device.name, device.location, device.metadata) == (
+        "Feeder 7", "Depot North", {"rack": 3, "tags": ["a"]})
+    assert device.last_seen is None
+    bare = store.create_device("dc-0101")
+    assert (bare.device_type, bare.name, bare.location, bare.metadata) == (
+        "unknown", None, None, {})
+
+
+def test_registering_a_known_device_is_a_conflict(store: MetadataStore) -> None:
+    store.apply_collector_batch([hello("dc-0001", 5000)], [])
+    with pytest.raises(AlreadyExists, match="dc-0001"):
+        store.create_device("dc-0001")
+    store.create_device("dc-0002")
+    with pytest.raises(AlreadyExists):
+        store.create_device("dc-0002", "power_meter_ac")
+    assert store.get_device("dc-0002").device_type == "unknown"  # type: ignore[union-attr]
+
+
+def test_the_collector_keeps_what_operators_wrote(store: MetadataStore) -> None:
+    store.create_device("dc-0001", name="Feeder", location="North", metadata={"k": 1})
+    store.apply_collector_batch([hello("dc-0001", 5000), status("dc-0001", "online", 5000)], [])
+    device = store.get_device("dc-0001")
+    assert device is not None
+    assert (device.device_type, device.connection_status, device.last_seen) == (
+        "power_meter_dc", "online", 5000)
+    assert (device.name, device.location, device.metadata) == ("Feeder", "North", {"k": 1})
+    # A device the collector registered has the empty defaults.
+    store.apply_collector_batch([DeviceUpdate("heard-1", 100)], [])
+    heard = store.get_device("heard-1")
+    assert heard is not None and (heard.name, heard.location, heard.metadata) == (None, None, {})
+
+
+def test_update_device_info_changes_only_the_given_fields(store: MetadataStore) -> None:
+    store.create_device("dc-0001", name="Feeder", location="North", metadata={"k": 1})
+    changed = store.update_device_info("dc-0001", location="South")
+    assert changed is not None
+    assert (changed.name, changed.location, changed.metadata) == ("Feeder", "South", {"k": 1})
+    changed = store.update_device_info("dc-0001", name=None, metadata={})
+    assert changed is not None and (changed.name, changed.location, changed.metadata) == (
+        None, "South", {})
+    assert store.update_device_info("dc-0001") == store.get_device("dc-0001")
+    assert store.update_device_info("nobody", name="x") is None
+    with pytest.raises(StoreRejected, match="metadata"):
+        store.update_device_info("dc-0001", metadata={"bad": float("nan")})
+
+
+def test_deleting_a_device_closes_what_points_at_it(store: MetadataStore) -> None:
+    store.apply_collector_batch(
+        [hello("dc-0001", 5000), hello("dc-0002", 5000)],
+        [SeqState("dc-0001", 1, 10, 11, 0, 0, (), 5000)])
+    store.set_config("dc-0001", "nominal_v", 750)
+    store.set_config("dc-0002", "nominal_v", 1500)
+    store.create_command(_command("cmd-open", "dc-0001"))
+    store.create_command(_command("cmd-done", "dc-0001"))
+    store.update_command("cmd-done", state="done", at=2000)
+    store.create_command(_command("cmd-other", "dc-0002"))
+    alert, _ = store.raise_alert("dc-0001", "undervoltage", "critical", 400.0, "low", 3000)
+    other, _ = store.raise_alert("dc-0002", "undervoltage", "critical", 400.0, "low", 3000)
+    store.add_firmware(_firmware())
+    store.create_campaign(_campaign(), ["dc-0001", "dc-0002"])
+
+    deleted = store.delete_device("dc-0001", at=9000)
+    assert deleted is not None
+    assert (deleted.configs, deleted.seq_rows, deleted.commands_failed,
+            deleted.targets_skipped, deleted.alerts_cleared) == (1, 1, 1, 1, 1)
+    assert store.get_device("dc-0001") is None
+    assert store.get_config("dc-0001") == {}
+    assert store.load_seq_states(["dc-0001"]) == []
+    failed = store.get_command("cmd-open")
+    assert failed is not None and (failed.state, failed.detail) == ("failed", "device deleted")
+    assert store.get_command("cmd-done").state == "done"  # type: ignore[union-attr]
+    assert [a.id for a in store.open_alerts()] == [other.id]
+    assert alert.id in [a.id for a in store.list_alerts(state="cleared")]
+    targets = {t.device_id: t.state for t in store.list_targets("camp-1")}
+    assert targets == {"dc-0001": "skipped", "dc-0002": "pending"}
+    # The other device is untouched, and a second delete finds nothing.
+    assert store.get_config("dc-0002") == {"nominal_v": 1500}
+    assert store.get_command("cmd-other").state == "queued"  # type: ignore[union-attr]
+    assert store.delete_device("dc-0001") is None
+    # Heard again: registered again, as a new unknown device.
+    store.apply_collector_batch([DeviceUpdate("dc-0001", 9500)], [])
+    again = store.get_device("dc-0001")
+    assert again is not None and again.device_type == "unknown" and again.created_at >= 9000
+
+
+def test_search_matches_name_and_location(store: MetadataStore) -> None:
+    _fleet(store)
+    store.update_device_info("dc-0002", name="Feeder Seven", location="Depot North")
+    assert _ids(store.list_devices(search="seven")) == ["dc-0002"]
+    assert _ids(store.list_devices(search="depot n")) == ["dc-0002"]
+    assert store.count_devices(search="depot") == 1
+
+
+@pytest.mark.parametrize("column", DEVICE_ORDER_COLUMNS)
+@pytest.mark.parametrize("descending", [False, True])
+def test_keyset_pages_walk_every_order(store: MetadataStore, column: str,
+                                       descending: bool) -> None:
+    _fleet(store)
+    store.update_device_info("dc-0001", name="b", location="y")
+    store.update_device_info("x-new", name="a")
+    every = _ids(store.list_devices(order_by=column, descending=descending))
+    walked: list[str] = []
+    after = None
+    while True:
+        page = store.list_devices(order_by=column, descending=descending, limit=2, after=after)
+        if not page:
+            break
+        walked += _ids(page)
+        after = encode_device_cursor(page[-1], column, descending)
+    assert walked == every
+
+
+def test_keyset_pages_survive_inserts_and_deletes(store: MetadataStore) -> None:
+    _fleet(store)
+    first = store.list_devices(limit=2)
+    assert _ids(first) == ["AC-0003", "dc-0001"]
+    after = encode_device_cursor(first[-1])
+    store.delete_device("AC-0003")
+    store.create_device("AAA-before")  # sorts before the page already read
+    assert _ids(store.list_devices(limit=2, after=after)) == ["dc-0002", "dc_50%"]
+
+
+def test_a_bad_or_foreign_cursor_is_refused(store: MetadataStore) -> None:
+    _fleet(store)
+    token = encode_device_cursor(store.list_devices(limit=1)[0], "last_seen", True)
+    with pytest.raises(ValueError, match="another sort order"):
+        store.list_devices(after=token)
+    for bad in ("", "not-base64!", "W10", "WzEsMiwzLDRd"):
+        with pytest.raises(ValueError, match="cursor"):
+            store.list_devices(after=bad)
+
+
+def test_counts_by_status_and_type_and_alerts_by_severity(store: MetadataStore) -> None:
+    assert store.count_devices_by_status_and_type() == {}
+    assert store.count_open_alerts_by_severity() == {}
+    _fleet(store)
+    assert store.count_devices_by_status_and_type() == {
+        ("online", "power_meter_dc"): 1, ("offline", "power_meter_dc"): 1,
+        ("online", "power_meter_ac"): 1, ("unknown", "unknown"): 2}
+    a, _ = store.raise_alert("dc-0001", "undervoltage", "critical", 1.0, "m", 1)
+    store.raise_alert("dc-0002", "undervoltage", "critical", 1.0, "m", 1)
+    b, _ = store.raise_alert("dc-0002", "gap", "warning", 1.0, "m", 1)
+    store.acknowledge_alert(b.id, 2)
+    store.clear_alert(a.id, 3)
+    assert store.count_open_alerts_by_severity() == {"critical": 1, "warning": 1}
+
+
+def _key(name: str = "ci", role: str = "operator", key_hash: str = "h" * 64) -> ApiKey:
+    return ApiKey(name, role, key_hash, 1000)
+
+
+def test_api_keys_round_trip_and_revoke(store: MetadataStore) -> None:
+    store.add_api_key(_key("ci", "operator", "a" * 64))
+    store.add_api_key(_key("admin-1", "admin", "b" * 64))
+    assert store.get_api_key_by_hash("a" * 64) == _key("ci", "operator", "a" * 64)
+    assert store.get_api_key("admin-1") == _key("admin-1", "admin", "b" * 64)
+    assert store.get_api_key_by_hash("c" * 64) is None
+    assert [k.name for k in store.list_api_keys()] == ["admin-1", "ci"]
+    store.touch_api_key("ci", at=5000)
+    store.touch_api_key("ci", at=4000)  # last use only grows
+    assert store.get_api_key("ci").last_used_at == 5000  # type: ignore[union-attr]
+    assert store.revoke_api_key("ci", at=6000) is True
+    assert store.revoke_api_key("ci", at=7000) is False
+    assert store.revoke_api_key("nobody") is False
+    revoked = store.get_api_key_by_hash("a" * 64)
+    assert revoked is not None and revoked.revoked_at == 6000 and not revoked.active
+
+
+def test_an_api_key_name_or_hash_is_taken_for_good(store: MetadataStore) -> None:
+    store.add_api_key(_key("ci", key_hash="a" * 64))
+    store.revoke_api_key("ci")
+    with pytest.raises(AlreadyExists, match="ci"):
+        store.add_api_key(_key("ci", key_hash="b" * 64))
+    with pytest.raises(AlreadyExists):
+        store.add_api_key(_key("other", key_hash="a" * 64))
+    with pytest.raises(StoreRejected):
+        store.add_api_key(_key("bad-role", role="root", key_hash="c" * 64))
+
+
+def test_audit_entries_list_newest_first_with_filters(store: MetadataStore) -> None:
+    added = [
+        store.add_audit(AuditEntry(0, 1000 + i, actor, role, action, f"dev-{i}", "ok",
+                                   request_id=f"req-{i}", detail={"i": i} if i % 2 else None))
+        for i, (actor, role, action) in enumerate([
+            ("alice", "cli", "device.create"), ("ci", "operator", "command.send"),
+            ("alice", "cli", "device.delete"), ("ci", "operator", "device.create")])
+    ]
+    assert [e.id for e in added] == sorted({e.id for e in added})
+    listed = store.list_audit()
+    assert listed == list(reversed(added))
+    assert listed[2].detail == {"i": 1} and listed[3].detail is None
+    assert [e.target for e in store.list_audit(actor="alice")] == ["dev-2", "dev-0"]
+    assert [e.target for e in store.list_audit(action="device.create")] == ["dev-3", "dev-0"]
+    assert [e.target for e in store.list_audit(since=1002)] == ["dev-3", "dev-2"]
+    assert [e.target for e in store.list_audit(limit=2)] == ["dev-3", "dev-2"]
+    assert [e.target for e in store.list_audit(limit=2, before_id=added[2].id)] == [
+        "dev-1", "dev-0"]
+
+
+def test_commands_and_campaigns_record_who_created_them(store: MetadataStore) -> None:
+    store.create_command(replace(_command("cmd-1"), created_by="alice"))
+    store.create_command(_command("cmd-2"))
+    assert store.get_command("cmd-1").created_by == "alice"  # type: ignore[union-attr]
+    assert store.get_command("cmd-2").created_by is None  # type: ignore[union-attr]
+    store.add_firmware(_firmware())
+    store.create_campaign(replace(_campaign(), created_by="ci"), ["dev-1"])
+    assert store.get_campaign("camp-1").created_by == "ci"  # type: ignore[union-attr]
+
+
+def test_replace_config_makes_the_whole_config(store: MetadataStore) -> None:
+    store.set_config("dc-0001", "nominal_v", 750)
+    store.set_config("dc-0001", "x_note", "old")
+    store.set_config("dc-0002", "nominal_v", 1500)
+    store.replace_config("dc-0001", {"nominal_v": 900, "interval_s": 0.5})
+    assert store.get_config("dc-0001") == {"interval_s": 0.5, "nominal_v": 900}
+    store.replace_config("dc-0001", {})
+    assert store.get_config("dc-0001") == {}
+    assert store.get_config("dc-0002") == {"nominal_v": 1500}

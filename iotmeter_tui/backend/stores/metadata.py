@@ -12,12 +12,32 @@ Errors are the project's own (`StoreUnavailable`: retry later; `StoreRejected`: 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 UNKNOWN: Final = "unknown"
+
+
+class Unset:
+    """The type of UNSET: "leave this field as it is" where None is a value (clear it)."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset()
 
 CONNECTION_STATUSES: Final = ("online", "offline", UNKNOWN)
 
@@ -47,7 +67,11 @@ DEVICE_ORDER_COLUMNS: Final = (
     "heartbeat_s",
     "status_changed_at",
     "created_at",
+    "name",
+    "location",
 )
+
+API_KEY_ROLES: Final = ("viewer", "operator", "admin")
 
 
 # --- records --------------------------------------------------------------------------------
@@ -66,6 +90,10 @@ class Device:
     heartbeat_s: float | None
     status_changed_at: int | None  # when connection_status last changed, ms
     created_at: int
+    # What operators say about the device (never what the device says about itself).
+    name: str | None = None
+    location: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # free JSON object
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +198,7 @@ class Command:
     result: str | None = None
     detail: str | None = None
     sent_at: int | None = None
+    created_by: str | None = None  # who asked: an OS user (CLI) or an API key's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +222,7 @@ class Campaign:
     updated_at: int
     detail: str | None = None
     target_timeout_s: float = DEFAULT_TARGET_TIMEOUT_S  # offer -> final state, per device
+    created_by: str | None = None  # who started it: an OS user (CLI) or an API key's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +235,79 @@ class OtaTarget:
     attempts: int
     started_at: int | None
     updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's record. The secret itself is never stored, only its sha256 (hex)."""
+
+    name: str
+    role: str  # viewer | operator | admin
+    key_hash: str
+    created_at: int
+    revoked_at: int | None = None
+    last_used_at: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit row: who (actor, role) did what (action) to what (target), with what result.
+    `id` is assigned by the store (0 before); `detail` is a small JSON object or None."""
+
+    id: int
+    at: int
+    actor: str
+    role: str
+    action: str
+    target: str | None
+    result: str
+    request_id: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDeletion:
+    """What delete_device removed and closed, for the audit log and the operator."""
+
+    device_id: str
+    configs: int
+    seq_rows: int
+    commands_failed: int
+    targets_skipped: int
+    alerts_cleared: int
+
+
+# --- keyset pages of devices ----------------------------------------------------------------
+
+
+def encode_device_cursor(device: Device, order_by: str = "device_id",
+                         descending: bool = False) -> str:
+    """The opaque `after` token for the page that follows `device` (the last of a page) in
+    the given order. URL-safe; it carries the order so a token is never used with another."""
+    value = getattr(device, order_by) if order_by in DEVICE_ORDER_COLUMNS else None
+    raw = json.dumps([order_by, descending, value, device.device_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_device_cursor(cursor: str, order_by: str, descending: bool) -> tuple[Any, str]:
+    """(order value, device_id) of a token from encode_device_cursor; ValueError when the
+    token is malformed or was made for another order."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        token_order, token_desc, value, device_id = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise ValueError("the page cursor is not one this server made") from None
+    if token_order != order_by or token_desc is not descending:
+        raise ValueError("the page cursor was made for another sort order")
+    if not isinstance(device_id, str) or not (
+        value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    ):
+        raise ValueError("the page cursor is not one this server made")
+    return value, device_id
 
 
 # --- the port -------------------------------------------------------------------------------
@@ -260,9 +363,49 @@ class MetadataStore(Protocol):
         descending: bool = False,
         offset: int = 0,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[Device]:
-        """A page of devices. `search` is a case-insensitive substring of the id, type or
-        firmware version; `order_by` one of DEVICE_ORDER_COLUMNS (ValueError otherwise)."""
+        """A page of devices. `search` is a case-insensitive substring of the id, type,
+        firmware version, name or location; `order_by` one of DEVICE_ORDER_COLUMNS
+        (ValueError otherwise). `after`: a token from encode_device_cursor (the last device
+        of the previous page, same order): the page starts after it, stable while devices
+        come and go (ValueError for a bad token)."""
+
+    def create_device(
+        self,
+        device_id: str,
+        device_type: str = UNKNOWN,
+        *,
+        name: str | None = None,
+        location: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        at: int | None = None,
+    ) -> Device:
+        """Register a device before it is heard (status unknown); AlreadyExists when the
+        id is registered (also when the collector registered it first)."""
+
+    def update_device_info(
+        self,
+        device_id: str,
+        *,
+        name: str | Unset | None = UNSET,
+        location: str | Unset | None = UNSET,
+        metadata: dict[str, Any] | Unset = UNSET,
+    ) -> Device | None:
+        """Change only the fields given (None clears name/location); None when unknown."""
+
+    def delete_device(self, device_id: str, *, at: int | None = None) -> DeviceDeletion | None:
+        """In one transaction: the registry row, its configs and sequence tracking go; its
+        open commands end `failed` and its unfinished OTA targets `skipped` (kept as history,
+        with "device deleted" as detail); its open alerts are cleared. Time series and archive
+        stay. None when the device is not registered. A deleted device that speaks again is
+        registered again by the collector, as a new unknown device."""
+
+    def count_devices_by_status_and_type(self) -> dict[tuple[str, str], int]:
+        """(connection_status, device_type) -> devices; only pairs that occur."""
+
+    def count_open_alerts_by_severity(self) -> dict[str, int]:
+        """Open (active or acknowledged) alerts per severity; only severities that occur."""
 
     def count_devices(
         self,
@@ -282,6 +425,9 @@ class MetadataStore(Protocol):
 
     def set_config(self, device_id: str, key: str, value: Any) -> None:
         """Store one JSON-serialisable setting of a device."""
+
+    def replace_config(self, device_id: str, values: dict[str, Any]) -> None:
+        """Make `values` the device's whole config, in one transaction (keys left out go)."""
 
     # -- alerts: at most one active-or-acknowledged alert per (device, rule)
     def raise_alert(
@@ -336,6 +482,39 @@ class MetadataStore(Protocol):
 
     def pending_commands(self, device_id: str | None = None) -> list[Command]:
         """Commands not in a final state, oldest first."""
+
+    # -- API keys (the secret is never stored: only its sha256)
+    def add_api_key(self, key: ApiKey) -> None:
+        """AlreadyExists when the name (revoked or not) or the hash is taken."""
+
+    def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+
+    def get_api_key(self, name: str) -> ApiKey | None: ...
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """By name, revoked ones included."""
+
+    def revoke_api_key(self, name: str, *, at: int | None = None) -> bool:
+        """True when the key was active and is now revoked."""
+
+    def touch_api_key(self, name: str, *, at: int | None = None) -> None:
+        """Record a use (last_used_at only grows)."""
+
+    # -- audit log
+    def add_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Store the entry (its `id` is ignored); returns it with the id assigned."""
+
+    def list_audit(
+        self,
+        *,
+        limit: int = 100,
+        before_id: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: int | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first; `before_id` pages back (entries with a smaller id), `since` keeps
+        entries at or after that time (ms)."""
 
     # -- OTA
     def add_firmware(self, fw: Firmware) -> None:

@@ -20,9 +20,10 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
 
-from iotmeter_tui.backend.errors import StoreRejected, StoreUnavailable
+from iotmeter_tui.backend.errors import AlreadyExists, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.metadata import (
     ALERT_STATES,
+    API_KEY_ROLES,
     COMMAND_FINAL_STATES,
     COMMAND_OPEN_STATES,
     COMMAND_STATES,
@@ -31,14 +32,20 @@ from iotmeter_tui.backend.stores.metadata import (
     DEVICE_ORDER_COLUMNS,
     TARGET_FINAL_STATES,
     UNKNOWN,
+    UNSET,
     Alert,
+    ApiKey,
+    AuditEntry,
     Campaign,
     Command,
     Device,
+    DeviceDeletion,
     DeviceUpdate,
     Firmware,
     OtaTarget,
     SeqState,
+    Unset,
+    decode_device_cursor,
     merge_seq_states,
 )
 
@@ -297,6 +304,41 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE device_seq_tracking_v4 RENAME TO device_seq_tracking",
         ),
     ),
+    Migration(
+        5,
+        "device administration: names, locations, metadata; API keys; audit log; created_by",
+        (
+            "ALTER TABLE devices ADD COLUMN name TEXT",
+            "ALTER TABLE devices ADD COLUMN location TEXT",
+            "ALTER TABLE devices ADD COLUMN metadata {json} NOT NULL DEFAULT '{{}}'",
+            "ALTER TABLE device_commands ADD COLUMN created_by TEXT",
+            "ALTER TABLE ota_campaigns ADD COLUMN created_by TEXT",
+            # A name is taken for good, revoked or not, so the audit log's actor names one key.
+            f"""CREATE TABLE api_keys (
+            name {{key}} PRIMARY KEY,
+            role {{key}} NOT NULL CHECK (role IN ({_in(API_KEY_ROLES)})),
+            key_hash {{key}} NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT,
+            last_used_at BIGINT)""",
+            """CREATE TABLE audit_log (
+            id {serial},
+            at BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            role {key} NOT NULL,
+            action {key} NOT NULL,
+            target TEXT,
+            result {key} NOT NULL,
+            request_id TEXT,
+            detail {json})""",
+            # Newest first, by id: the log pages back with before_id.
+            "CREATE INDEX audit_log_actor_idx ON audit_log (actor, id)",
+            "CREATE INDEX audit_log_action_idx ON audit_log (action, id)",
+            "CREATE INDEX audit_log_at_idx ON audit_log (at)",
+            "CREATE INDEX device_alerts_open_severity_idx ON device_alerts (severity)"
+            " WHERE state <> 'cleared'",
+        ),
+    ),
 )
 
 
@@ -317,6 +359,13 @@ def _columns(record: type) -> str:
 
 
 DEVICE_COLUMNS: Final = _columns(Device)
+# What the collector writes: the registry fields, never the operators' name/location/metadata.
+_COLLECTOR_DEVICE_FIELDS: Final = (
+    "device_id", "device_type", "connection_status", "fw_version", "last_seen", "boot",
+    "heartbeat_s", "status_changed_at", "created_at",
+)
+API_KEY_COLUMNS: Final = _columns(ApiKey)
+AUDIT_COLUMNS: Final = _columns(AuditEntry)
 SEQ_COLUMNS: Final = _columns(SeqState)
 ALERT_COLUMNS: Final = _columns(Alert)
 COMMAND_COLUMNS: Final = _columns(Command)
@@ -338,6 +387,20 @@ def _seq_state(row: Sequence[Any]) -> SeqState:
         updated_at,
         collector,
     )
+
+
+def _device(row: Sequence[Any]) -> Device:
+    (device_id, device_type, status, fw_version, last_seen, boot, heartbeat_s, changed_at,
+     created_at, name, location, metadata) = row
+    return Device(device_id, device_type, status, fw_version, last_seen, boot, heartbeat_s,
+                  changed_at, created_at, name, location,
+                  json.loads(metadata) if metadata else {})
+
+
+def _audit(row: Sequence[Any]) -> AuditEntry:
+    entry_id, at, actor, role, action, target, result, request_id, detail = row
+    return AuditEntry(entry_id, at, actor, role, action, target, result, request_id,
+                      None if detail is None else json.loads(detail))
 
 
 def _alert(row: Sequence[Any]) -> Alert:
@@ -362,6 +425,7 @@ def _command(row: Sequence[Any]) -> Command:
         result,
         detail,
         sent_at,
+        created_by,
     ) = row
     return Command(
         command_id,
@@ -376,6 +440,7 @@ def _command(row: Sequence[Any]) -> Command:
         result,
         detail,
         sent_at,
+        created_by,
     )
 
 
@@ -436,7 +501,7 @@ _NEWER_STATUS: Final = (
     "excluded.status_changed_at >= COALESCE(devices.status_changed_at, excluded.status_changed_at)"
 )
 UPSERT_DEVICE: Final = f"""
-    INSERT INTO devices ({DEVICE_COLUMNS})
+    INSERT INTO devices ({", ".join(_COLLECTOR_DEVICE_FIELDS)})
     VALUES (:device_id, :device_type, :connection_status, :fw_version, :last_seen, :boot,
             :heartbeat_s, :status_changed_at, :created_at)
     ON CONFLICT (device_id) DO UPDATE SET
@@ -677,7 +742,7 @@ class SqlMetadataStore:
             row = tx.one(
                 f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = :id", {"id": device_id}
             )
-        return None if row is None else Device(*row)
+        return None if row is None else _device(row)
 
     def list_devices(
         self,
@@ -689,9 +754,14 @@ class SqlMetadataStore:
         descending: bool = False,
         offset: int = 0,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[Device]:
         where, params = _device_filter(search, status, device_type)
         order = _device_order(order_by, descending)
+        if after is not None:
+            value, last_id = decode_device_cursor(after, order_by, descending)
+            where += (" AND " if where else " WHERE ") + _after_clause(order_by, descending, value)
+            params |= {"after_value": value, "after_id": last_id}
         params |= {"limit": _NO_LIMIT if limit is None else limit, "offset": offset}
         with self._tx() as tx:
             rows = tx.all(
@@ -699,7 +769,107 @@ class SqlMetadataStore:
                 " LIMIT :limit OFFSET :offset",
                 params,
             )
-        return [Device(*row) for row in rows]
+        return [_device(row) for row in rows]
+
+    def create_device(
+        self,
+        device_id: str,
+        device_type: str = UNKNOWN,
+        *,
+        name: str | None = None,
+        location: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        at: int | None = None,
+    ) -> Device:
+        row = {
+            "device_id": device_id,
+            "device_type": device_type,
+            "name": name,
+            "location": location,
+            "metadata": _json(self.name, "metadata", metadata or {}),
+            "at": self._clock() if at is None else at,
+        }
+        with self._tx(write=True) as tx:
+            created = tx.one(
+                "INSERT INTO devices (device_id, device_type, connection_status, name, location,"
+                " metadata, created_at) VALUES (:device_id, :device_type, 'unknown', :name,"
+                f" :location, :metadata, :at) ON CONFLICT (device_id) DO NOTHING"
+                f" RETURNING {DEVICE_COLUMNS}",
+                row,
+            )
+        if created is None:
+            raise AlreadyExists(self.name, f"device {device_id!r} is already registered")
+        return _device(created)
+
+    def update_device_info(
+        self,
+        device_id: str,
+        *,
+        name: str | Unset | None = UNSET,
+        location: str | Unset | None = UNSET,
+        metadata: dict[str, Any] | Unset = UNSET,
+    ) -> Device | None:
+        changes: dict[str, Any] = {}
+        if not isinstance(name, Unset):
+            changes["name"] = name
+        if not isinstance(location, Unset):
+            changes["location"] = location
+        if not isinstance(metadata, Unset):
+            changes["metadata"] = _json(self.name, "metadata", metadata)
+        if not changes:
+            return self.get_device(device_id)
+        assignments = ", ".join(f"{column} = :{column}" for column in changes)
+        with self._tx(write=True) as tx:
+            row = tx.one(
+                f"UPDATE devices SET {assignments} WHERE device_id = :id"
+                f" RETURNING {DEVICE_COLUMNS}",
+                changes | {"id": device_id},
+            )
+        return None if row is None else _device(row)
+
+    def delete_device(self, device_id: str, *, at: int | None = None) -> DeviceDeletion | None:
+        now = self._clock() if at is None else at
+        params = {"id": device_id, "at": now, "detail": "device deleted"}
+        with self._tx(write=True) as tx:
+            if tx.run("DELETE FROM devices WHERE device_id = :id", params) == 0:
+                return None
+            configs = tx.run("DELETE FROM device_configs WHERE device_id = :id", params)
+            seq_rows = tx.run("DELETE FROM device_seq_tracking WHERE device_id = :id", params)
+            # Kept as history, but closed: nobody will answer them, and an open command or
+            # target would otherwise wait for a device that is no longer in the registry.
+            commands = tx.run(
+                "UPDATE device_commands SET state = 'failed', updated_at = :at,"
+                " detail = :detail"
+                f" WHERE device_id = :id AND state IN ({_in(COMMAND_OPEN_STATES)})",
+                params,
+            )
+            targets = tx.run(
+                "UPDATE ota_targets SET state = 'skipped', updated_at = :at, error = :detail"
+                f" WHERE device_id = :id AND state NOT IN ({_in(TARGET_FINAL_STATES)})",
+                params,
+            )
+            alerts = tx.run(
+                "UPDATE device_alerts SET state = 'cleared', cleared_at = :at, updated_at = :at"
+                " WHERE device_id = :id AND state <> 'cleared'",
+                params,
+            )
+        return DeviceDeletion(device_id, configs, seq_rows, commands, targets, alerts)
+
+    def count_devices_by_status_and_type(self) -> dict[tuple[str, str], int]:
+        with self._tx() as tx:
+            rows = tx.all(
+                "SELECT connection_status, device_type, COUNT(*) FROM devices"
+                " GROUP BY connection_status, device_type"
+            )
+        return {(status, kind): int(n) for status, kind, n in rows}
+
+    def count_open_alerts_by_severity(self) -> dict[str, int]:
+        with self._tx() as tx:
+            rows = tx.all(
+                "SELECT severity, COUNT(*) FROM device_alerts WHERE state <> 'cleared'"
+                " GROUP BY severity"
+            )
+        return {severity: int(n) for severity, n in rows}
 
     def count_devices(
         self,
@@ -746,6 +916,15 @@ class SqlMetadataStore:
                 UPSERT_CONFIG,
                 {"device_id": device_id, "key": key, "value": encoded, "at": self._clock()},
             )
+
+    def replace_config(self, device_id: str, values: dict[str, Any]) -> None:
+        at = self._clock()
+        rows = [{"device_id": device_id, "key": key, "value": _json(self.name, f"config {key!r}",
+                                                                    value), "at": at}
+                for key, value in values.items()]
+        with self._tx(write=True) as tx:
+            tx.run("DELETE FROM device_configs WHERE device_id = :id", {"id": device_id})
+            tx.many(UPSERT_CONFIG, rows)
 
     # -- alerts
 
@@ -899,6 +1078,91 @@ class SqlMetadataStore:
             )
         return [_command(row) for row in rows]
 
+    # -- API keys
+
+    def add_api_key(self, key: ApiKey) -> None:
+        row = {f.name: getattr(key, f.name) for f in fields(ApiKey)}
+        values = ", ".join(f":{name}" for name in row)
+        with self._tx(write=True) as tx:
+            added = tx.run(
+                f"INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ({values})"
+                " ON CONFLICT DO NOTHING",
+                row,
+            )
+        if added == 0:
+            raise AlreadyExists(self.name, f"an API key named {key.name!r} exists already")
+
+    def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        with self._tx() as tx:
+            row = tx.one(
+                f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = :h", {"h": key_hash}
+            )
+        return None if row is None else ApiKey(*row)
+
+    def get_api_key(self, name: str) -> ApiKey | None:
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE name = :n", {"n": name})
+        return None if row is None else ApiKey(*row)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self._tx() as tx:
+            rows = tx.all(f"SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY name")
+        return [ApiKey(*row) for row in rows]
+
+    def revoke_api_key(self, name: str, *, at: int | None = None) -> bool:
+        with self._tx(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE api_keys SET revoked_at = :at WHERE name = :n AND revoked_at IS NULL",
+                    {"n": name, "at": self._clock() if at is None else at},
+                )
+                > 0
+            )
+
+    def touch_api_key(self, name: str, *, at: int | None = None) -> None:
+        with self._tx(write=True) as tx:
+            tx.run(
+                "UPDATE api_keys SET last_used_at = :at WHERE name = :n"
+                " AND (last_used_at IS NULL OR last_used_at < :at)",
+                {"n": name, "at": self._clock() if at is None else at},
+            )
+
+    # -- audit log
+
+    def add_audit(self, entry: AuditEntry) -> AuditEntry:
+        row = {f.name: getattr(entry, f.name) for f in fields(AuditEntry) if f.name != "id"}
+        row["detail"] = None if entry.detail is None else _json(self.name, "detail",
+                                                                entry.detail)
+        columns = ", ".join(row)
+        values = ", ".join(f":{name}" for name in row)
+        with self._tx(write=True) as tx:
+            new_id = tx.one(
+                f"INSERT INTO audit_log ({columns}) VALUES ({values}) RETURNING id", row
+            )[0]
+        return replace(entry, id=int(new_id))
+
+    def list_audit(
+        self,
+        *,
+        limit: int = 100,
+        before_id: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: int | None = None,
+    ) -> list[AuditEntry]:
+        where, params = _equal_filter(actor=actor, action=action)
+        for clause, name, value in (("id < :before_id", "before_id", before_id),
+                                    ("at >= :since", "since", since)):
+            if value is not None:
+                where += (" AND " if where else " WHERE ") + clause
+                params[name] = value
+        with self._tx() as tx:
+            rows = tx.all(
+                f"SELECT {AUDIT_COLUMNS} FROM audit_log{where} ORDER BY id DESC LIMIT :limit",
+                params | {"limit": limit},
+            )
+        return [_audit(row) for row in rows]
+
     # -- OTA
 
     def add_firmware(self, fw: Firmware) -> None:
@@ -933,7 +1197,7 @@ class SqlMetadataStore:
             tx.run(
                 f"INSERT INTO ota_campaigns ({CAMPAIGN_COLUMNS}) VALUES (:id, :fw_version,"
                 " :selector, :batch_size, :max_failures_pct, :state, :created_at,"
-                " :updated_at, :detail, :target_timeout_s)",
+                " :updated_at, :detail, :target_timeout_s, :created_by)",
                 {f.name: getattr(c, f.name) for f in fields(Campaign)},
             )
             tx.many(
@@ -1034,7 +1298,7 @@ def _device_filter(
     if search:
         clause = " OR ".join(
             f"LOWER({column}) LIKE :pattern ESCAPE '\\'"
-            for column in ("device_id", "device_type", "fw_version")
+            for column in ("device_id", "device_type", "fw_version", "name", "location")
         )
         where += (" AND " if where else " WHERE ") + f"({clause})"
         params["pattern"] = _like(search)
@@ -1044,6 +1308,26 @@ def _device_filter(
 _NOT_NULL_DEVICE_COLUMNS: Final = frozenset(
     {"device_id", "device_type", "connection_status", "created_at"}
 )
+
+
+def _after_clause(order_by: str, descending: bool, value: Any) -> str:
+    """Keyset condition for "after (value, device_id)" in the order _device_order writes:
+    NULLs last, device_id breaking ties."""
+    cmp = "<" if descending else ">"
+    if order_by == "device_id":
+        return f"device_id {cmp} :after_id"
+    if value is None:
+        return f"({order_by} IS NULL AND device_id {cmp} :after_id)"
+    nulls = "" if order_by in _NOT_NULL_DEVICE_COLUMNS else f" OR {order_by} IS NULL"
+    return (f"({order_by} {cmp} :after_value"
+            f" OR ({order_by} = :after_value AND device_id {cmp} :after_id){nulls})")
+
+
+def _json(store: str, what: str, value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreRejected(store, f"{what} is not JSON: {exc}") from None
 
 
 def _device_order(order_by: str, descending: bool) -> str:
