@@ -38,6 +38,7 @@ from iotmeter_tui.screens.dialog import FormDialog
 from iotmeter_tui.screens.fleet import FleetScreen
 from iotmeter_tui.screens.help import HelpScreen
 from iotmeter_tui.screens.ota import OtaScreen
+from iotmeter_tui.screens.raw import RawScreen, RejectedScreen
 from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
 from iotmeter_tui.widgets.format import one_line
@@ -186,9 +187,10 @@ SCREENS_BY_NAME: dict[str, str] = {
     "system": "system",
     "sys": "system",
     "health": "system",
+    "rejected": "rejected",
 }
 JUMP_WORDS = ("fleet", "device", "alerts", "commands", "ota", "simulator", "system",
-              "help", "quit")
+              "rejected", "help", "quit")
 
 STATUS_PROBE_EVERY = 5  # store connectivity checks run every Nth health tick
 
@@ -206,6 +208,7 @@ class IotmeterApp(App[int]):
         "ota": OtaScreen,
         "simulator": SimulatorScreen,
         "system": SystemScreen,
+        "rejected": RejectedScreen,
     }
     # Global keys live here so the footer lists them after the view's own keys; check_action
     # switches them off while a dialog is open (its fields need q, : and ?).
@@ -424,7 +427,7 @@ class IotmeterApp(App[int]):
         if self.current_mode != mode:
             self.switch_mode(mode)
         # `:fleet` from a device page means the list, as in k9s.
-        while len(self.screen_stack) > 1 and isinstance(self.screen, DeviceScreen):
+        while len(self.screen_stack) > 1 and isinstance(self.screen, DeviceScreen | RawScreen):
             self.pop_screen()
 
     def open_device(self, device_id: str) -> None:
@@ -523,5 +526,6 @@ def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
 # Every class whose bindings a keymap may name.
 KEYMAP_OWNERS: list[type] = [
     IotmeterApp, FleetScreen, DeviceScreen, AlertsScreen, CommandsScreen, OtaScreen,
-    SimulatorScreen, SystemScreen, HelpScreen, FormDialog, LiveTable, PromptBar,
+    SimulatorScreen, SystemScreen, RejectedScreen, RawScreen, HelpScreen, FormDialog,
+    LiveTable, PromptBar,
 ]

@@ -11,6 +11,7 @@ from iotmeter_tui.backend.broker import EmbeddedBroker
 from iotmeter_tui.backend.collector.worker import CollectorWorker
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.ota import OtaService
 from iotmeter_tui.backend.publisher import ServerPublisher
@@ -57,6 +58,7 @@ class Runtime:
         self._publisher: ServerPublisher | None = None
         self._commands: CommandService | None = None
         self._ota: OtaService | None = None
+        self._devices: DeviceService | None = None
 
     @property
     def stores(self) -> Stores:
@@ -84,6 +86,14 @@ class Runtime:
         if self._ota is None:
             self._ota = OtaService(self.stores.metadata, self.stores.archive)
         return self._ota
+
+    @property
+    def devices(self) -> DeviceService:
+        """Device administration for the dashboard, the same service as the CLI and the
+        API: registry entries, and configs pushed to the device as set_config."""
+        if self._devices is None:
+            self._devices = DeviceService(self.stores.metadata, self.commands)
+        return self._devices
 
     def start(self) -> None:
         if self.settings.mqtt_url is None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 JUMP_WORDS = ("fleet", "device ", "alerts", "commands", "ota", "simulator", "system",
-              "help", "quit")
+              "rejected", "help", "quit")
 
 
 class DashboardScreen(Screen[None]):

@@ -19,6 +19,7 @@ from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.screens.device_admin import delete_device, edit_config, edit_device
 from iotmeter_tui.widgets.format import (
     STATUS_DOTS,
     ago,
@@ -160,6 +161,10 @@ class DeviceScreen(DashboardScreen):
         Binding("4", "panel(3)", "commands", show=False, id="device.panel_3"),
         Binding("5", "panel(4)", "gaps", show=False, id="device.panel_4"),
         Binding("tab", "panel_next", "panel", show=False, id="device.panel_next"),
+        Binding("r", "raw", "raw", id="device.raw"),
+        Binding("n", "edit", "name/location", show=False, id="device.edit"),
+        Binding("s", "config", "edit config", show=False, id="device.config"),
+        Binding("x", "delete", "delete", show=False, id="device.delete"),
     ]
 
     def __init__(self, device_id: str) -> None:
@@ -257,6 +262,8 @@ class DeviceScreen(DashboardScreen):
             f"fw {escape(device.fw_version or '—')}  seen {ago(device.last_seen, now_ms)}  "
             f"boot {device.boot if device.boot is not None else '—'}  hb {hb}  "
             f"[$text-accent]window {_window_label(self.window_min)}[/]"
+            + "".join(f"  [$text-muted]{label}[/] {escape(value)}" for label, value in
+                      (("name", device.name), ("at", device.location)) if value)
         )
 
     def _show_charts(self, now_ms: int) -> None:
@@ -297,6 +304,20 @@ class DeviceScreen(DashboardScreen):
 
     async def action_ping(self) -> None:
         await send_to_devices(self, [self.device_id], "ping", {}, 10.0)
+
+    def action_edit(self) -> None:
+        edit_device(self, self.device_id)
+
+    def action_config(self) -> None:
+        edit_config(self, self.device_id)
+
+    def action_delete(self) -> None:
+        delete_device(self, self.device_id, after=self.action_back)
+
+    def action_raw(self) -> None:
+        from iotmeter_tui.screens.raw import RawScreen
+
+        self.app.push_screen(RawScreen(self.device_id))
 
     def action_command(self) -> None:
         open_command_dialog(self, [self.device_id])

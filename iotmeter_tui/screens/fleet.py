@@ -17,6 +17,7 @@ from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.screens.device_admin import add_device, delete_device, edit_device
 from iotmeter_tui.widgets.format import (
     STATUS_DOTS,
     ago,
@@ -157,6 +158,9 @@ class FleetScreen(DashboardScreen):
         Binding("o", "status_filter", "status", id="fleet.status_filter"),
         Binding("p", "ping", "ping", id="fleet.ping"),
         Binding("c", "command", "command", id="fleet.command"),
+        Binding("a", "add", "add device", show=False, id="fleet.add"),
+        Binding("n", "edit", "name/location", show=False, id="fleet.edit"),
+        Binding("x", "delete", "delete device", show=False, id="fleet.delete"),
     ]
 
     def __init__(self) -> None:
@@ -299,3 +303,16 @@ class FleetScreen(DashboardScreen):
 
     def action_command(self) -> None:
         open_command_dialog(self, self.table.selection())
+
+    def action_add(self) -> None:
+        add_device(self)
+
+    def action_edit(self) -> None:
+        row = self.table.cursor_row
+        if row is not None:
+            edit_device(self, row.key)
+
+    def action_delete(self) -> None:
+        row = self.table.cursor_row
+        if row is not None:
+            delete_device(self, row.key)
