@@ -501,12 +501,16 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr)
 
 
-def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
+def run_dashboard(settings: Settings, simulate: str = "auto", *, view_only: bool = False) -> int:
     """`iotmeter`: the dashboard on the configured (or embedded) stores. Exit code 1 when the
-    runtime failed to start (the app still ran, showing why)."""
+    runtime failed to start (the app still ran, showing why). `view_only`: start no broker,
+    collector or simulator (a session of `iotmeter serve`, attached to its runtime)."""
     from iotmeter_tui.backend.runtime import Runtime
 
-    runtime = Runtime(settings, simulate=simulate)
+    if view_only:
+        runtime = Runtime(settings, simulate="no", start_collector=False, start_broker=False)
+    else:
+        runtime = Runtime(settings, simulate=simulate)
     app = IotmeterApp(runtime, start_runtime=True, keymap=settings.keymap)
     # A dropped SSH session (SIGHUP) or a service manager (SIGTERM) must not leave the
     # broker and the collector running: leave the app so the finally below stops them.

@@ -12,6 +12,7 @@ from typing import Any
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
+from iotmeter_tui.serve_cli import register_serve
 
 EXIT_USAGE = 2
 
@@ -31,7 +32,8 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         return run_collector(settings)
     from iotmeter_tui.app import run_dashboard
 
-    return run_dashboard(settings, simulate=args.simulate or settings.simulate)
+    return run_dashboard(settings, simulate=args.simulate or settings.simulate,
+                         view_only=args.view_only)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
@@ -117,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dashboard: start the demo fleet of simulated meters "
         "(auto: on the embedded defaults, at every start; default IOTMETER_SIMULATE)",
     )
+    parser.add_argument(
+        "--view-only", action="store_true",
+        help="dashboard: start no broker, collector or simulator; show the stores and send "
+        "commands through IOTMETER_MQTT_URL (what each `iotmeter serve` session runs)",
+    )
     parser.set_defaults(handler=_run_dashboard)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -149,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommand groups from other modules (commands, OTA) register here.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group]
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
+                                                 register_serve]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,8 @@ set -euo pipefail
 
 need_run=(mosquitto:mosquitto)
 need_test=(mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb
-           pg_ctlcluster:postgresql-common initdb:postgresql promtool:prometheus)
+           pg_ctlcluster:postgresql-common initdb:postgresql promtool:prometheus
+           chromium:chromium chromedriver:chromium-driver)
 
 case "${1:-}" in
   run) wanted=("${need_run[@]}") ;;

@@ -42,7 +42,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "offline_group_min": ["0", "-2", "2.5", "many"],
     "keymap": ["quit", "app.quit", "App.Quit=x", "app.quit=ctrl x", "app.quit=x;fleet sort=o"],
 }
-ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
+ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
+            "serve_token"}
 
 
 @pytest.fixture

@@ -214,6 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("offline_group_min", _positive(int), 5,
             "This many meters or more going offline within one check raise one grouped "
             "offline alert (how many, where) instead of one alert each."),
+    Setting("serve_token", _text, None,
+            "Token `iotmeter serve` requires when bound to a non-loopback address; unset: "
+            "one is made up at start and printed in the URL."),
     Setting("keymap", _keymap, None,
             "Dashboard keys: 'binding-id=keys; ...', e.g. 'app.quit=ctrl+x; fleet.sort=o' "
             "(binding ids in docs/dashboard.md)."),
@@ -249,6 +252,7 @@ class Settings:
     simulate: str
     planned_reboot_s: float
     offline_group_min: int
+    serve_token: str | None
     keymap: dict[str, str] | None
 
     @property

@@ -46,10 +46,11 @@ def check_stores(stores: Stores) -> list[StoreStatus]:
 
 class Runtime:
     def __init__(self, settings: Settings, *, simulate: str = "auto",
-                 start_collector: bool = True) -> None:
+                 start_collector: bool = True, start_broker: bool = True) -> None:
         self.settings = settings
         self.simulate = simulate
         self.start_collector = start_collector
+        self.start_broker = start_broker
         self.broker: EmbeddedBroker | None = None
         self.mqtt_url = settings.mqtt_url or ""
         self.worker: CollectorWorker | None = None
@@ -96,7 +97,7 @@ class Runtime:
         return self._devices
 
     def start(self) -> None:
-        if self.settings.mqtt_url is None:
+        if self.settings.mqtt_url is None and self.start_broker:
             self.broker = EmbeddedBroker(self.settings.home / "broker")
             self.broker.start()
             self.mqtt_url = self.broker.url
