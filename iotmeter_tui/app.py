@@ -38,7 +38,7 @@ from iotmeter_tui.screens.dialog import FormDialog
 from iotmeter_tui.screens.fleet import FleetScreen
 from iotmeter_tui.screens.help import HelpScreen
 from iotmeter_tui.screens.ota import OtaScreen
-from iotmeter_tui.screens.raw import RawScreen, RejectedScreen
+from iotmeter_tui.screens.raw import MessageScreen, RawScreen, RejectedScreen
 from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
 from iotmeter_tui.widgets.format import one_line
@@ -530,6 +530,6 @@ def run_dashboard(settings: Settings, simulate: str = "auto", *, view_only: bool
 # Every class whose bindings a keymap may name.
 KEYMAP_OWNERS: list[type] = [
     IotmeterApp, FleetScreen, DeviceScreen, AlertsScreen, CommandsScreen, OtaScreen,
-    SimulatorScreen, SystemScreen, RejectedScreen, RawScreen, HelpScreen, FormDialog,
-    LiveTable, PromptBar,
+    SimulatorScreen, SystemScreen, RejectedScreen, RawScreen, MessageScreen, HelpScreen,
+    FormDialog, LiveTable, PromptBar,
 ]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
+from iotmeter_tui.backend.collector.alerts import GROUP_DEVICE
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.base import DashboardScreen
@@ -143,8 +144,13 @@ class AlertsScreen(DashboardScreen):
 
     def action_open(self) -> None:
         row = self.table.cursor_row
-        if row is not None and row.key in self.alerts:
-            self.dash.open_device(self.alerts[row.key].device_id)
+        if row is None or row.key not in self.alerts:
+            return
+        alert = self.alerts[row.key]
+        if alert.device_id == GROUP_DEVICE:  # a grouped alert names no one meter: the fleet
+            self.dash.show_view("fleet")
+            return
+        self.dash.open_device(alert.device_id)
 
     def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()

@@ -12,6 +12,9 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.protocol import REJECTION_REASONS
@@ -24,6 +27,7 @@ from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 RAW_WINDOW_MS = 3_600_000  # the device's messages of the last hour
 REJECTED_WINDOW_MS = 86_400_000
 READ_EVERY_S = 5.0  # the archive is read object by object: not every second
+MAX_SHOWN = 70_000  # a message is at most 64 KiB; its escapes may make it longer
 REASONS: tuple[str | None, ...] = (None, *sorted(REJECTION_REASONS))
 
 RAW_COLUMNS = (
@@ -39,6 +43,34 @@ REJECTED_COLUMNS = (
     Column("detail", "DETAIL", 16, priority=2),
     Column("payload", "AS SENT", 20, flex=True, priority=1),
 )
+
+
+class MessageScreen(ModalScreen[None]):
+    """One message in full (`enter` on a row): the table cuts long payloads at its width."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,enter,q", "close", "close", id="message.close"),
+    ]
+    DEFAULT_CSS = """
+    MessageScreen { align: center middle; background: $background 60%; }
+    MessageScreen > VerticalScroll {
+        width: 100; max-width: 100%; height: auto; max-height: 100%;
+        border: round $primary; background: $surface; padding: 0 1;
+    }
+    """
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(self.title_text, markup=False, classes="message-title")
+            yield Static(self.text, markup=False, id="message-text")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
 
 
 def spool_root(runtime: object) -> Path | None:
@@ -66,12 +98,14 @@ class RawScreen(_Periodic):
     VIEW = "Raw"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "back", id="raw.back"),
+        Binding("enter", "show", "full message", id="raw.show"),
     ]
 
     def __init__(self, device_id: str) -> None:
         super().__init__()
         self.device_id = device_id
         self.messages: list[Sequence[Cell]] = []
+        self._full: dict[str, tuple[str, str]] = {}
 
     def compose_body(self) -> ComposeResult:
         yield LiveTable(RAW_COLUMNS, id="raw-table",
@@ -102,10 +136,13 @@ class RawScreen(_Periodic):
             return
         self.report("archive", None)
         rows = []
-        self.messages = []
+        self.messages, self._full = [], {}
         for n, m in enumerate(found):
             rows.append(Row(str(n), (stamp(m.ts), printable(m.msg_type, 20),
                                      (m.source, "muted"), printable(m.payload))))
+            self._full[str(n)] = (f"{self.device_id} {printable(m.msg_type, 20)} "
+                                  f"{stamp(m.ts)} ({m.source})",
+                                  printable(m.payload, MAX_SHOWN))
             self.messages.append([iso(m.ts), m.msg_type, m.source,
                                   m.payload.decode("utf-8", "backslashreplace")])
         self.table.set_rows(rows)
@@ -117,6 +154,15 @@ class RawScreen(_Periodic):
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
+
+    def action_show(self) -> None:
+        row = self.table.cursor_row
+        if row is not None and row.key in self._full:
+            self.app.push_screen(MessageScreen(*self._full[row.key]))
+
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
+        event.stop()
+        self.action_show()
 
 
 class RejectedScreen(_Periodic):

@@ -13,7 +13,7 @@ from dash_helpers import drive, press, screen_text, settle
 
 from iotmeter_tui.backend.collector.spool import ACCEPTED, REJECTED, Spool, SpoolRecord
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
-from iotmeter_tui.screens.raw import RawScreen, RejectedScreen
+from iotmeter_tui.screens.raw import MessageScreen, RawScreen, RejectedScreen
 
 HOSTILE = b'{"v": 2, "note": "\x1b]0;owned\x07\x1b[2J"}'
 
@@ -66,6 +66,13 @@ def test_raw_messages_of_a_device_from_archive_and_spool(make_app: Any, dash_run
         assert [r.cells[2][0] for r in rows] == ["spool", "spool", "archive", "archive",
                                                  "archive"]
         assert '"seq":4' in screen_text(pilot.app)
+        await press(pilot, "enter")  # the newest in full: the table cuts it at its width
+        full = pilot.app.screen
+        assert isinstance(full, MessageScreen)
+        assert full.text.endswith('"data":{"voltage_v":750.4}}')
+        assert "750.4" in screen_text(pilot.app)
+        await press(pilot, "escape")
+        assert isinstance(pilot.app.screen, RawScreen)
         await press(pilot, "escape")
         assert pilot.app.screen.__class__.__name__ == "DeviceScreen"
 
