@@ -141,12 +141,8 @@ def run_serve(settings: Settings, host: str, port: int, config: str | None,
               simulate: str) -> int:
     from iotmeter_tui.backend.runtime import Runtime
 
-    token = settings.serve_token
-    verify = None
-    if not is_loopback(host):
-        verify = _api_key_check(settings)
-        if token is None:
-            token = secrets.token_urlsafe(24)
+    check = access_for(settings, host)
+    token = check.token
     runtime = Runtime(settings, simulate=simulate)
     try:
         runtime.start()
@@ -163,13 +159,22 @@ def run_serve(settings: Settings, host: str, port: int, config: str | None,
     print(f"iotmeter serve: the dashboard on {url}" +
           ("" if token is None else "  (a token or an operator API key is required)"),
           flush=True)
-    server = DashboardServer(session_command(config), host, port, TokenCheck(token, verify))
+    server = DashboardServer(session_command(config), host, port, check)
     try:
         server.serve()
     finally:
         print("iotmeter serve: stopping simulator, collector and broker …", file=sys.stderr)
         runtime.stop()
     return 0
+
+
+def access_for(settings: Settings, host: str) -> TokenCheck:
+    """Loopback: the configured token if any, else open. Elsewhere: a token always (the
+    configured one, or a new one) and operator API keys."""
+    if is_loopback(host):
+        return TokenCheck(settings.serve_token)
+    return TokenCheck(settings.serve_token or secrets.token_urlsafe(24),
+                      _api_key_check(settings))
 
 
 def _api_key_check(settings: Settings) -> Callable[[str], bool]:
