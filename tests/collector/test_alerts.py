@@ -785,3 +785,29 @@ def test_a_restarted_engine_clears_an_adopted_group_when_no_meter_is_offline() -
     restarted.on_fleet_offline(0, T0 + 25_000)
     restarted.flush(T0 + 25_000)
     assert group.state == "cleared"
+
+
+def test_a_grouped_alert_says_where_by_the_registrys_locations(tmp_path: Path) -> None:
+    """Locations come from the registry (real SQLite store) when the group forms; meters
+    without one are described by type and id prefix."""
+    from iotmeter_tui.backend.collector.service import device_locations
+    from iotmeter_tui.backend.stores.metadata import open_metadata
+
+    store = open_metadata(f"sqlite:///{tmp_path}/metadata.db")
+    try:
+        for i in range(7):
+            store.create_device(f"dc-{i:04d}", DC_TYPE, name=None,
+                                location="Substation North" if i < 5 else None, metadata={})
+        engine = AlertEngine(store, hold_ms=HOLD, clock=Clock(), group_min=5,
+                             group_window_ms=WINDOW,
+                             locate=lambda ids: device_locations(store, ids))
+        for i in range(7):
+            dc(engine, T0 - 60_000, device=f"dc-{i:04d}")
+            engine.on_status(f"dc-{i:04d}", "offline", T0 + i)
+        engine.flush(T0 + WINDOW)
+        [group] = store.open_alerts()
+        assert (group.device_id, group.rule) == ("*", "offline_group")
+        assert group.message == ("7 meters offline together: 5 at Substation North, "
+                                 "2 power_meter_dc dc-*")
+    finally:
+        store.close()

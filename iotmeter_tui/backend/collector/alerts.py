@@ -268,15 +268,19 @@ OFFLINE_VIOLATION: Final = Violation(
 GROUP_DEVICE: Final = "*"
 
 
-def offline_group_message(members: Mapping[str, str]) -> str:
-    """'24 meters offline together: 12 power_meter_dc dc-*, 12 power_meter_ac ac-*' from
-    {device id: device type}: how many, and where, by type and id prefix."""
-    places: dict[tuple[str, str], int] = {}
+def offline_group_message(members: Mapping[str, str],
+                          locations: Mapping[str, str] | None = None) -> str:
+    """'24 meters offline together: 12 at Substation North, 12 power_meter_ac ac-*' from
+    {device id: device type} and the registry's locations: how many, and where (the
+    location, else the type and id prefix)."""
+    places: dict[str, int] = {}
     for device_id, device_type in members.items():
-        key = (device_type, device_id.rstrip("0123456789") + "*")
+        location = (locations or {}).get(device_id)
+        key = f"at {location}" if location else \
+            f"{device_type} {device_id.rstrip('0123456789')}*"
         places[key] = places.get(key, 0) + 1
     ranked = sorted(places.items(), key=lambda kv: (-kv[1], kv[0]))
-    shown = ", ".join(f"{n} {kind} {prefix}" for (kind, prefix), n in ranked[:4])
+    shown = ", ".join(f"{n} {where}" for where, n in ranked[:4])
     more = f", {len(ranked) - 4} more groups" if len(ranked) > 4 else ""
     return f"{len(members)} meters offline together: {shown}{more}"
 
@@ -389,6 +393,7 @@ class AlertEngine:
         planned_reboot_ms: int = 300_000,
         group_min: int = 5,
         group_window_ms: int = 0,  # 0: no grouping, every offline meter alerts at once
+        locate: Callable[[list[str]], Mapping[str, str]] | None = None,
         clock: Callable[[], int] = _wall_ms,
     ) -> None:
         self._store = store
@@ -417,6 +422,9 @@ class AlertEngine:
         self._pending_since: int | None = None
         self._group: dict[str, str] = {}  # members of the open grouped alert -> type
         self._group_adopted = False  # an open grouped alert from before a restart
+        # Device id -> location from the registry, asked only when a group forms or grows.
+        self._locate = locate
+        self._locations: dict[str, str] = {}
 
     # -- start-up
 
@@ -670,7 +678,12 @@ class AlertEngine:
         for device_id in members:
             self._devices[device_id].grouped = True
         self._group.update(members)
-        message = offline_group_message(self._group)
+        if self._locate is not None:
+            try:
+                self._locations.update(self._locate(list(members)))
+            except StoreError as exc:  # where is a nicety; the alert must still go out
+                log.warning("device locations not read for a grouped alert: %s", exc)
+        message = offline_group_message(self._group, self._locations)
         self._queue(GROUP_DEVICE, Rule.OFFLINE_GROUP,
                     _Change(_Op.RAISE, at, float(len(self._group)), message))
 
