@@ -11,6 +11,7 @@ from typing import Any
 
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.cli_admin import register_admin_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
 from iotmeter_tui.serve_cli import register_serve
 
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommand groups from other modules (commands, OTA) register here.
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
-                                                 register_serve]
+                                                 register_admin_commands, register_serve]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -228,6 +228,7 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _command_send(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.commands import DEFAULT_TIMEOUT_S, CommandService
     from iotmeter_tui.backend.publisher import ServerPublisher
 
@@ -244,7 +245,12 @@ def _command_send(args: argparse.Namespace) -> int:
             service = CommandService(stores.metadata, publisher,
                                      redeliver_after_s=settings.redeliver_after_s)
             timeout_s = args.timeout or DEFAULT_TIMEOUT_S
-            cmd = service.send(args.device, args.name, dict(args.param), timeout_s)
+            actor = Actor.cli()
+            with AuditLog(stores.metadata).audited(actor, "command.send", args.device,
+                                                   {"name": args.name}) as note:
+                cmd = service.send(args.device, args.name, dict(args.param), timeout_s,
+                                   created_by=actor.name)
+                note.detail["command_id"] = cmd.id
             print(cmd.id, flush=True)
             if cmd.state == "queued":
                 _note("queued: delivered by the collector when the device is online"
@@ -327,6 +333,7 @@ def _ota_firmware(args: argparse.Namespace) -> int:
 
 
 def _ota_start(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.ota import OtaService
     from iotmeter_tui.backend.stores.metadata import DEFAULT_TARGET_TIMEOUT_S
 
@@ -336,11 +343,14 @@ def _ota_start(args: argparse.Namespace) -> int:
                                "target_timeout_s": args.timeout or DEFAULT_TARGET_TIMEOUT_S}
     if args.max_failures is not None:
         options["max_failures_pct"] = args.max_failures
+    actor = Actor.cli()
     with _stores(settings) as stores:
         service = OtaService(stores.metadata, stores.archive)
-        campaign = service.start_campaign(args.version, device_ids=args.device,
-                                          device_type=args.type, all_devices=args.all,
-                                          **options)
+        with AuditLog(stores.metadata).audited(actor, "ota.start", args.version) as note:
+            campaign = service.start_campaign(args.version, device_ids=args.device,
+                                              device_type=args.type, all_devices=args.all,
+                                              created_by=actor.name, **options)
+            note.detail |= {"campaign_id": campaign.id, "selector": campaign.selector}
         targets = len(stores.metadata.list_targets(campaign.id))
     print(f"campaign for firmware {campaign.fw_version} on {targets} device(s) "
           f"({campaign.selector}), {campaign.batch_size} at a time, abort past "
@@ -406,10 +416,12 @@ def _target_row(t: OtaTarget) -> list[str]:
 
 
 def _ota_abort(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.ota import OtaService
 
     settings = _load(args)
-    with _stores(settings) as stores:
+    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+            Actor.cli(), "ota.abort", args.campaign):
         campaign = OtaService(stores.metadata, stores.archive).abort(args.campaign)
     print(f"campaign {campaign.id}: {campaign.state}")
     return EXIT_OK

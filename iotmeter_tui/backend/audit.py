@@ -20,6 +20,7 @@ from iotmeter_tui.backend.errors import (
     IotmeterError,
     NotFound,
     StoreError,
+    StoreUnavailable,
 )
 from iotmeter_tui.backend.stores.metadata import AuditEntry, MetadataStore
 
@@ -27,6 +28,7 @@ CLI_ROLE: Final = "cli"
 # Results an entry may carry; free-form results would make the log hard to filter.
 RESULTS: Final = ("ok", "denied", "failed", "not_found", "invalid", "conflict")
 MAX_FIELD_CHARS: Final = 256
+MAX_LIST: Final = 1000
 
 
 def cli_actor() -> str:
@@ -96,9 +98,18 @@ class AuditLog:
     def list(self, *, limit: int = 100, before_id: int | None = None,
              actor: str | None = None, action: str | None = None,
              since: int | None = None) -> list[AuditEntry]:
-        """Newest first; `before_id` pages back, `since` (ms) keeps newer entries only."""
+        """Newest first; `before_id` pages back, `since` (ms) keeps newer entries only.
+        InvalidRequest for a limit outside 1..MAX_LIST."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidRequest(f"limit {limit} is not between 1 and {MAX_LIST}")
         return self.metadata.list_audit(limit=limit, before_id=before_id, actor=actor,
                                         action=action, since=since)
+
+    def _store_down(self, exc: BaseException) -> bool:
+        """The change failed because this very store is unreachable: writing its entry would
+        only wait out the same timeout again."""
+        return isinstance(exc, StoreUnavailable) and exc.store == getattr(
+            self.metadata, "name", None)
 
     @contextlib.contextmanager
     def audited(self, actor: Actor | None, action: str, target: str | None,
@@ -111,7 +122,8 @@ class AuditLog:
         try:
             yield note
         except BaseException as exc:
-            if actor is not None and isinstance(exc, IotmeterError | ValueError):
+            if actor is not None and isinstance(exc, IotmeterError | ValueError) and \
+                    not self._store_down(exc):
                 note.detail["error"] = (str(exc).splitlines() or [type(exc).__name__])[0]
                 with contextlib.suppress(StoreError):
                     self.record(actor.name, actor.role, action, target, result_of(exc),

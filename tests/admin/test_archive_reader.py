@@ -169,3 +169,55 @@ def test_a_hostile_rejected_line_is_reported(archive: ArchiveStore) -> None:
     assert len(skipped) == 3
     with pytest.raises(ValueError, match="reason"):
         list(iter_rejected(archive, reason="../x"))
+
+
+class CountingArchive:
+    """A real archive that counts the objects read, to show the reader is lazy."""
+
+    def __init__(self, inner: ArchiveStore) -> None:
+        self.inner = inner
+        self.gets = 0
+
+    def get(self, key: str) -> bytes:
+        self.gets += 1
+        return self.inner.get(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_objects_are_read_one_at_a_time_as_lines_are_taken(archive: ArchiveStore) -> None:
+    write_history(archive, batches=20, per_batch=3)
+    counting = CountingArchive(archive)
+    lines = iter_raw(counting, "dc-1", category="telemetry")  # type: ignore[arg-type]
+    assert counting.gets == 0
+    first = [next(lines) for _ in range(3)]  # the first object holds three lines
+    assert counting.gets == 1 and len(first) == 3
+    next(lines)
+    assert counting.gets == 2
+    assert len(list(lines)) == 20 * 3 - 4 and counting.gets == 20
+
+
+def test_the_lines_before_damage_in_a_gzip_object_are_kept(archive: ArchiveStore) -> None:
+    lines = [raw("dc-1", seq, T0 + seq) for seq in range(400)]
+    body = gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0)
+    archive.put("dc-1/telemetry/2026/11/27/000000-a.ndjson.gz", body[: len(body) * 2 // 3])
+    archive.put("dc-1/telemetry/2026/11/27/000001-b.ndjson.gz", body[:-8])  # no trailer
+    skipped: list[tuple[str, str]] = []
+    got = list(iter_raw(archive, "dc-1", on_skip=lambda k, why: skipped.append((k, why))))
+    cut = len(got) - len(lines)  # the second object's lines all survive, only its CRC is gone
+    assert got[cut:] == lines and 0 < cut < len(lines) and got[:cut] == lines[:cut]
+    assert [k.rsplit("/", 1)[1] for k, _ in skipped] == ["000000-a.ndjson.gz",
+                                                         "000001-b.ndjson.gz"]
