@@ -27,6 +27,7 @@ from iotmeter_tui.backend.stores.archive import ArchiveStore
 
 _FRAME: Final = struct.Struct("<II")
 MAX_FRAME: Final = 16 << 20  # larger than any record the collector writes: a torn length
+SPOOL_READ_BUDGET: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +50,31 @@ class RejectedMessage:
     source: str
 
 
-def iter_spool(spool_root: Path) -> Iterator[SpoolRecord]:
-    """Every complete record in the spool segments under `spool_root` (each collector's
-    own directory is below it), oldest segment first. Read-only."""
+def iter_spool(spool_root: Path, since_ms: int = 0,
+               budget_bytes: int = SPOOL_READ_BUDGET) -> Iterator[SpoolRecord]:
+    """The complete records in the spool segments under `spool_root` (each collector's own
+    directory is below it), newest segment first. Read-only. Segments last written before
+    `since_ms` are skipped (nothing in them was received later), and reading stops after
+    `budget_bytes`: a spool grown large during a store outage must not be read whole every
+    few seconds for a screen."""
     if not spool_root.is_dir():
         return
-    for path in sorted(spool_root.rglob("*.spool"), key=lambda p: (p.parent, p.name)):
+    segments = []
+    for path in spool_root.rglob("*.spool"):
+        try:
+            modified_ms = path.stat().st_mtime_ns // 1_000_000
+        except OSError:
+            continue  # released by the collector meanwhile
+        if modified_ms >= since_ms:
+            segments.append(path)
+    for path in sorted(segments, key=lambda p: p.name, reverse=True):
+        if budget_bytes <= 0:
+            return
         try:
             data = path.read_bytes()
         except OSError:
-            continue  # released by the collector meanwhile
+            continue
+        budget_bytes -= len(data)
         at = 0
         while at + _FRAME.size <= len(data):
             length, crc = _FRAME.unpack_from(data, at)
@@ -103,7 +119,7 @@ def latest_raw(archive: ArchiveStore, spool_root: Path | None, device_id: str, *
     for line in iter_raw(archive, device_id, start_ms=since_ms, slack_ms=SLACK_MS):
         found.setdefault(line, RawMessage(_ts(line), None, _msg_type(line), line, "archive"))
     if spool_root is not None:
-        for r in iter_spool(spool_root):
+        for r in iter_spool(spool_root, since_ms):
             if r.kind == ACCEPTED and r.device_id == device_id and r.payload not in found \
                     and (r.ts >= since_ms or r.ts <= 0):
                 found[r.payload] = RawMessage(r.ts if r.ts > 0 else _ts(r.payload),
@@ -126,7 +142,7 @@ def latest_rejected(archive: ArchiveStore, spool_root: Path | None, *,
         newest.append(message)
     spooled = []
     if spool_root is not None:
-        for r in iter_spool(spool_root):
+        for r in iter_spool(spool_root, since_ms):
             if r.kind != REJECTED or r.received_ms < since_ms:
                 continue
             if (reason is not None and r.reason != reason) or \
