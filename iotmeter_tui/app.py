@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
@@ -27,17 +27,24 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen, Screen
 
+from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import write_csv
+from iotmeter_tui.keymap import keymap_problems, known_bindings
 from iotmeter_tui.screens.alerts import AlertsScreen
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.commands import CommandsScreen
 from iotmeter_tui.screens.device import DeviceScreen
+from iotmeter_tui.screens.dialog import FormDialog
 from iotmeter_tui.screens.fleet import FleetScreen
 from iotmeter_tui.screens.help import HelpScreen
 from iotmeter_tui.screens.ota import OtaScreen
+from iotmeter_tui.screens.raw import MessageScreen, RawScreen, RejectedScreen
 from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
 from iotmeter_tui.widgets.format import one_line
 from iotmeter_tui.widgets.health import HealthTracker, StatusSnapshot, StoreLight
+from iotmeter_tui.widgets.live_table import LiveTable
+from iotmeter_tui.widgets.prompt_bar import PromptBar
 
 if TYPE_CHECKING:
     from iotmeter_tui.backend.config import Settings
@@ -180,9 +187,10 @@ SCREENS_BY_NAME: dict[str, str] = {
     "system": "system",
     "sys": "system",
     "health": "system",
+    "rejected": "rejected",
 }
 JUMP_WORDS = ("fleet", "device", "alerts", "commands", "ota", "simulator", "system",
-              "help", "quit")
+              "rejected", "help", "quit")
 
 STATUS_PROBE_EVERY = 5  # store connectivity checks run every Nth health tick
 
@@ -200,17 +208,21 @@ class IotmeterApp(App[int]):
         "ota": OtaScreen,
         "simulator": SimulatorScreen,
         "system": SystemScreen,
+        "rejected": RejectedScreen,
     }
     # Global keys live here so the footer lists them after the view's own keys; check_action
     # switches them off while a dialog is open (its fields need q, : and ?).
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("colon", "jump_prompt", "view", key_display=":"),
-        Binding("question_mark", "help", "help", key_display="?"),
-        Binding("q", "quit", "quit"),
-        Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True),
-        Binding("ctrl+t", "next_theme", "theme", show=False),
+        # No key_display: a remapped key must show as itself (Textual shows colon as ":").
+        Binding("colon", "jump_prompt", "view", id="app.jump_prompt"),
+        Binding("question_mark", "help", "help", id="app.help"),
+        Binding("q", "quit", "quit", id="app.quit"),
+        Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True,
+                id="app.force_quit"),
+        Binding("ctrl+t", "next_theme", "theme", show=False, id="app.next_theme"),
+        Binding("e", "export", "export", show=False, id="app.export"),
     ]
-    MODAL_OFF = frozenset({"jump_prompt", "help", "quit"})
+    MODAL_OFF = frozenset({"jump_prompt", "help", "quit", "export"})
     THEMES = ("textual-dark", "textual-light", "ansi-dark", "ansi-light")
 
     def __init__(
@@ -221,9 +233,14 @@ class IotmeterApp(App[int]):
         refresh_s: float = 1.0,
         start_runtime: bool = False,
         initial: str = "fleet",
+        keymap: Mapping[str, str] | None = None,
+        export_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.runtime = runtime
+        self.keymap = dict(keymap or {})
+        settings = getattr(runtime, "settings", None)
+        self.export_dir = export_dir or (settings.home / "exports" if settings else None)
         self.now = now
         self.refresh_s = refresh_s
         self.initial = initial
@@ -245,6 +262,7 @@ class IotmeterApp(App[int]):
         self._service_lock = threading.Lock()
         self._polling = False
         self._probing = False
+        self.last_export: Path | None = None
 
     def now_ms(self) -> int:
         return int(self.now() * 1000)
@@ -281,6 +299,12 @@ class IotmeterApp(App[int]):
 
     def on_mount(self) -> None:
         self.theme = self.THEMES[0]
+        if self.keymap:
+            known = known_bindings(KEYMAP_OWNERS)
+            problems = keymap_problems(self.keymap, known)
+            if problems:
+                self.status.errors["keymap"] = "; ".join(problems)
+            self.set_keymap({k: v for k, v in self.keymap.items() if k in known})
         self.switch_mode(self.initial)
         self.run_worker(self._prepare_stores(), group="prepare")
         self.set_interval(self.refresh_s, self._tick_status)
@@ -306,9 +330,18 @@ class IotmeterApp(App[int]):
         self._show_status()
 
     def _show_status(self) -> None:
-        screen = self.screen
-        if isinstance(screen, DashboardScreen):
-            screen.show_status(self.status)
+        # The view under a dialog stays on screen, so its status line must keep moving
+        # too (issue 16: clock and rates froze while a dialog was open).
+        view = self.current_view()
+        if view is not None:
+            view.show_status(self.status)
+
+    def current_view(self) -> DashboardScreen | None:
+        """The topmost view in the stack: the screen, or the one under its dialogs."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, DashboardScreen):
+                return screen
+        return None
 
     async def _read_status(self) -> None:
         status = self.status
@@ -394,7 +427,7 @@ class IotmeterApp(App[int]):
         if self.current_mode != mode:
             self.switch_mode(mode)
         # `:fleet` from a device page means the list, as in k9s.
-        while len(self.screen_stack) > 1 and isinstance(self.screen, DeviceScreen):
+        while len(self.screen_stack) > 1 and isinstance(self.screen, DeviceScreen | RawScreen):
             self.pop_screen()
 
     def open_device(self, device_id: str) -> None:
@@ -418,6 +451,29 @@ class IotmeterApp(App[int]):
 
     async def action_force_quit(self) -> None:
         self.exit(0)
+
+    async def action_export(self) -> None:
+        """`e`: the current view's data to a new CSV file; its path on screen."""
+        view = self.current_view()
+        try:
+            table = await view.export_table() if view is not None else None
+        except StoreError as exc:
+            self.notify(f"export failed: {one_line(str(exc))}", severity="error", timeout=10)
+            return
+        if table is None:
+            self.notify("nothing to export in this view", severity="warning", timeout=4)
+            return
+        if self.export_dir is None:
+            self.notify("export: no IOTMETER_HOME to write to", severity="error")
+            return
+        try:
+            path = await self.run_io(write_csv, self.export_dir, table, self.now_ms())
+        except OSError as exc:
+            self.notify(f"export failed: {one_line(str(exc))}", severity="error", timeout=10)
+            return
+        self.last_export = path
+        self.notify(f"exported {len(table.rows):,} rows to {path}", title="CSV export",
+                    timeout=15)
 
     def action_next_theme(self) -> None:
         current = self.THEMES.index(self.theme) if self.theme in self.THEMES else -1
@@ -445,13 +501,17 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr)
 
 
-def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
+def run_dashboard(settings: Settings, simulate: str = "auto", *, view_only: bool = False) -> int:
     """`iotmeter`: the dashboard on the configured (or embedded) stores. Exit code 1 when the
-    runtime failed to start (the app still ran, showing why)."""
+    runtime failed to start (the app still ran, showing why). `view_only`: start no broker,
+    collector or simulator (a session of `iotmeter serve`, attached to its runtime)."""
     from iotmeter_tui.backend.runtime import Runtime
 
-    runtime = Runtime(settings, simulate=simulate)
-    app = IotmeterApp(runtime, start_runtime=True)
+    if view_only:
+        runtime = Runtime(settings, simulate="no", start_collector=False, start_broker=False)
+    else:
+        runtime = Runtime(settings, simulate=simulate)
+    app = IotmeterApp(runtime, start_runtime=True, keymap=settings.keymap)
     # A dropped SSH session (SIGHUP) or a service manager (SIGTERM) must not leave the
     # broker and the collector running: leave the app so the finally below stops them.
     for sig in (signal.SIGHUP, signal.SIGTERM):
@@ -465,3 +525,11 @@ def run_dashboard(settings: Settings, simulate: str = "auto") -> int:
         print(f"iotmeter: {starter.error}", file=sys.stderr)
         return 1
     return 0
+
+
+# Every class whose bindings a keymap may name.
+KEYMAP_OWNERS: list[type] = [
+    IotmeterApp, FleetScreen, DeviceScreen, AlertsScreen, CommandsScreen, OtaScreen,
+    SimulatorScreen, SystemScreen, RejectedScreen, RawScreen, MessageScreen, HelpScreen,
+    FormDialog, LiveTable, PromptBar,
+]

@@ -16,6 +16,7 @@ from iotmeter_tui.cli_admin import register_admin_commands
 from iotmeter_tui.cli_broker import register_broker_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
 from iotmeter_tui.relay.cli import register_relay
+from iotmeter_tui.serve_cli import register_serve
 
 EXIT_USAGE = 2
 
@@ -35,7 +36,8 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         return run_collector(settings)
     from iotmeter_tui.app import run_dashboard
 
-    return run_dashboard(settings, simulate=args.simulate)
+    return run_dashboard(settings, simulate=args.simulate or settings.simulate,
+                         view_only=args.view_only)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
@@ -121,9 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the collector's /metrics endpoint (default 9108)",
     )
     parser.add_argument(
-        "--simulate", choices=("auto", "yes", "no"), default="auto",
+        "--simulate", choices=("auto", "yes", "no"), default=None,
         help="dashboard: start the demo fleet of simulated meters "
-        "(auto: on the embedded defaults when the registry is empty)",
+        "(auto: on the embedded defaults, at every start; default IOTMETER_SIMULATE)",
+    )
+    parser.add_argument(
+        "--view-only", action="store_true",
+        help="dashboard: start no broker, collector or simulator; show the stores and send "
+        "commands through IOTMETER_MQTT_URL (what each `iotmeter serve` session runs)",
     )
     parser.set_defaults(handler=_run_dashboard)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -168,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommand groups from other modules (commands, OTA) register here.
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register_ota_group,
                                                 register_admin_commands, register_api,
-                                                register_relay, register_broker_commands]
+                                                register_relay, register_broker_commands,
+                                                register_serve]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,8 @@ need_test=(mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb
            pg_ctlcluster:postgresql-common initdb:postgresql promtool:prometheus
            amtool:prometheus-alertmanager
            mosquitto_ctrl:mosquitto-clients mosquitto_passwd:mosquitto psql:postgresql-client
-           systemd-analyze:systemd openssl:openssl)
+           systemd-analyze:systemd openssl:openssl
+           chromium:chromium chromedriver:chromium-driver)
 
 case "${1:-}" in
   run) wanted=("${need_run[@]}") ;;

@@ -59,11 +59,17 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_max_downloads": ["0", "-1", "1.5", "many"],
     "firmware_idle_timeout_s": ["0", "-1", "1m", "nan", "inf"],
     "firmware_public_key": ["AAAA", "/no/such/key.pub", "not base64!", "A" * 44 + "=="],
+    # --- ux ---
+    "simulate": ["maybe", "true", "1"],
+    "planned_reboot_s": ["0", "-1", "5m", "nan", "inf"],
+    "offline_group_min": ["0", "-2", "2.5", "many"],
+    "keymap": ["quit", "app.quit", "App.Quit=x", "app.quit=ctrl x", "app.quit=x;fleet sort=o"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
             "api_jwt_audience", "api_jwt_issuer", "api_jwt_role_claim",
             # --- obs: secrets and the files holding them (the relay checks they can be read)
-            "github_token", "github_token_file", "alert_relay_token", "alert_relay_token_file"}
+            "github_token", "github_token_file", "alert_relay_token", "alert_relay_token_file",
+            "serve_token"}
 
 
 @pytest.fixture
@@ -372,3 +378,10 @@ def test_tls_ca_file_must_hold_a_pem_certificate(tmp_path: Path) -> None:
     finally:
         load_settings({})
     assert tls.ca_file() is None
+
+
+def test_keymap_from_the_environment_and_a_toml_table(home: Path, tmp_path: Path) -> None:
+    env = {"IOTMETER_KEYMAP": "app.quit=ctrl+x; fleet.sort=o,O"}
+    assert load_settings(env=env).keymap == {"app.quit": "ctrl+x", "fleet.sort": "o,O"}
+    path = write_toml(tmp_path / "c.toml", '[keymap]\n"app.quit" = "f10"\n')
+    assert load_settings(env={}, config_file=path).keymap == {"app.quit": "f10"}

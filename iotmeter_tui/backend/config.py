@@ -177,6 +177,35 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _simulate(text: str) -> str:
+    choice = text.strip().lower()
+    if choice not in {"auto", "yes", "no"}:
+        raise ValueError(f"{text!r} is not one of auto, yes, no")
+    return choice
+
+
+_KEYMAP_ID = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?")
+_KEY_NAME = re.compile(r"[A-Za-z0-9_+]+")
+
+
+def _keymap(text: str) -> dict[str, str]:
+    """'app.quit=ctrl+x; fleet.sort=o,O' -> {binding id: keys}; keys as Textual names them,
+    several separated by commas."""
+    keymap: dict[str, str] = {}
+    for entry in text.split(";"):
+        if not entry.strip():
+            continue
+        binding_id, sep, keys = (part.strip() for part in entry.partition("="))
+        if not sep or not _KEYMAP_ID.fullmatch(binding_id):
+            raise ValueError(f"{entry.strip()!r}: write binding-id=keys (app.quit=ctrl+x)")
+        names = [k.strip() for k in keys.split(",")]
+        if not all(_KEY_NAME.fullmatch(k) for k in names):
+            raise ValueError(f"{entry.strip()!r}: keys are names such as x, ctrl+x, f5, "
+                             "separated by commas")
+        keymap[binding_id] = ",".join(names)
+    return keymap
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     key: str  # attribute of Settings and key in the TOML file
@@ -309,6 +338,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_ca_file", _ca_file, None,
             "PEM file of a private CA trusted besides the system's, for mqtts://, "
             "influxdbs://, https:// S3 and PostgreSQL (sslrootcert, with sslmode=verify-full)."),
+    # --- ux ---
+    Setting("simulate", _simulate, "auto",
+            "Dashboard demo fleet of simulated meters: auto (on the embedded defaults, at "
+            "every start), yes (always), no (never); --simulate overrides it."),
+    Setting("planned_reboot_s", _positive(float), 300.0,
+            "Seconds a meter may stay offline after a planned reboot (an OTA install or a "
+            "reboot command) before it raises an offline alert."),
+    Setting("offline_group_min", _positive(int), 5,
+            "This many meters or more going offline within one check raise one grouped "
+            "offline alert (how many, where) instead of one alert each."),
+    Setting("serve_token", _text, None,
+            "Token `iotmeter serve` requires when bound to a non-loopback address; unset: "
+            "one is made up at start and printed in the URL."),
+    Setting("keymap", _keymap, None,
+            "Dashboard keys: 'binding-id=keys; ...', e.g. 'app.quit=ctrl+x; fleet.sort=o' "
+            "(binding ids in docs/dashboard.md)."),
 )
 
 
@@ -369,6 +414,11 @@ class Settings:
     mqtt_sys_url: str | None
     mqtt_admin_url: str | None
     tls_ca_file: Path | None
+    simulate: str
+    planned_reboot_s: float
+    offline_group_min: int
+    serve_token: str | None
+    keymap: dict[str, str] | None
 
     @property
     def embedded(self) -> bool:
@@ -435,6 +485,8 @@ def load_settings(
 
 
 def _parse(setting: Setting, origin: str, value: Any) -> Any:
+    if isinstance(value, dict):  # a TOML table ([keymap]): the same text as the variable
+        value = "; ".join(f"{k}={v}" for k, v in value.items())
     if not isinstance(value, str):
         # TOML gives typed values; parse their text so one parser validates both sources.
         value = str(value).lower() if isinstance(value, bool) else str(value)

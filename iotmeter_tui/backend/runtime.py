@@ -11,6 +11,7 @@ from iotmeter_tui.backend.broker import EmbeddedBroker
 from iotmeter_tui.backend.collector.worker import CollectorWorker
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.firmware_signing import configured_public_key
 from iotmeter_tui.backend.ota import OtaService
@@ -46,10 +47,11 @@ def check_stores(stores: Stores) -> list[StoreStatus]:
 
 class Runtime:
     def __init__(self, settings: Settings, *, simulate: str = "auto",
-                 start_collector: bool = True) -> None:
+                 start_collector: bool = True, start_broker: bool = True) -> None:
         self.settings = settings
         self.simulate = simulate
         self.start_collector = start_collector
+        self.start_broker = start_broker
         self.broker: EmbeddedBroker | None = None
         self.mqtt_url = settings.mqtt_url or ""
         self.worker: CollectorWorker | None = None
@@ -58,6 +60,7 @@ class Runtime:
         self._publisher: ServerPublisher | None = None
         self._commands: CommandService | None = None
         self._ota: OtaService | None = None
+        self._devices: DeviceService | None = None
 
     @property
     def stores(self) -> Stores:
@@ -88,8 +91,16 @@ class Runtime:
                                        self.settings.firmware_public_key))
         return self._ota
 
+    @property
+    def devices(self) -> DeviceService:
+        """Device administration for the dashboard, the same service as the CLI and the
+        API: registry entries, and configs pushed to the device as set_config."""
+        if self._devices is None:
+            self._devices = DeviceService(self.stores.metadata, self.commands)
+        return self._devices
+
     def start(self) -> None:
-        if self.settings.mqtt_url is None:
+        if self.settings.mqtt_url is None and self.start_broker:
             self.broker = EmbeddedBroker(self.settings.home / "broker")
             self.broker.start()
             self.mqtt_url = self.broker.url
@@ -105,14 +116,13 @@ class Runtime:
             self.start_simulator(DEMO_AC, "ac")
 
     def _wants_demo_fleet(self) -> bool:
-        if self.simulate == "yes":
-            return True
-        if self.simulate == "no" or not self.settings.embedded:
-            return False
-        try:
-            return self.stores.metadata.count_devices() == 0
-        except StoreError:
-            return False
+        # On the embedded defaults the demo fleet comes back at every start (issue 16: a
+        # second start used to show two dozen dead meters). The same ids, and each meter's
+        # boot counter advances from the simulator's state file under the home, as after a
+        # power cycle.
+        if self.simulate in ("yes", "no"):
+            return self.simulate == "yes"
+        return self.settings.embedded
 
     def start_simulator(self, devices: int, kind: str = "mixed", rate: float = 1.0) -> list[str]:
         """Add `devices` simulated meters (starting the controller on first use)."""

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
+from iotmeter_tui.backend.collector.alerts import GROUP_DEVICE
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.widgets.format import num, role_of, stamp
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
@@ -59,14 +62,14 @@ def _apply(md: MetadataStore, verb: str, ids: list[int], at: int) -> int:
 class AlertsScreen(DashboardScreen):
     VIEW = "Alerts"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "acknowledge", "ack"),
-        Binding("x", "clear", "clear"),
-        Binding("enter", "open", "device"),
-        Binding("slash", "filter", "filter"),
-        Binding("0", "state(0)", "all", show=False),
-        Binding("1", "state(1)", "active"),
-        Binding("2", "state(2)", "acked", show=False),
-        Binding("3", "state(3)", "cleared", show=False),
+        Binding("a", "acknowledge", "ack", id="alerts.acknowledge"),
+        Binding("x", "clear", "clear", id="alerts.clear"),
+        Binding("enter", "open", "device", id="alerts.open"),
+        Binding("slash", "filter", "filter", id="alerts.filter"),
+        Binding("0", "state(0)", "all", show=False, id="alerts.state_0"),
+        Binding("1", "state(1)", "active", id="alerts.state_1"),
+        Binding("2", "state(2)", "acked", show=False, id="alerts.state_2"),
+        Binding("3", "state(3)", "cleared", show=False, id="alerts.state_3"),
     ]
 
     def __init__(self) -> None:
@@ -102,6 +105,15 @@ class AlertsScreen(DashboardScreen):
         self.alerts = {str(a.id): a for a in alerts}
         self.table.set_rows(alert_row(a) for a in alerts)
 
+    async def export_table(self) -> ExportTable:
+        rows: list[Sequence[Cell]] = [
+            [a.id, iso(a.raised_at), a.device_id, a.rule, a.severity, a.state, a.value,
+             a.message, iso(a.acknowledged_at), iso(a.cleared_at)]
+            for a in self.alerts.values()]
+        return ExportTable("alerts", ("id", "raised_at_utc", "device_id", "rule", "severity",
+                                      "state", "value", "message", "acknowledged_at_utc",
+                                      "cleared_at_utc"), rows)
+
     async def _change(self, verb: str) -> None:
         table = self.table
         ids = [int(key) for key in table.selection() if key in self.alerts]
@@ -132,8 +144,13 @@ class AlertsScreen(DashboardScreen):
 
     def action_open(self) -> None:
         row = self.table.cursor_row
-        if row is not None and row.key in self.alerts:
-            self.dash.open_device(self.alerts[row.key].device_id)
+        if row is None or row.key not in self.alerts:
+            return
+        alert = self.alerts[row.key]
+        if alert.device_id == GROUP_DEVICE:  # a grouped alert names no one meter: the fleet
+            self.dash.show_view("fleet")
+            return
+        self.dash.open_device(alert.device_id)
 
     def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()

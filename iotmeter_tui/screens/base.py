@@ -19,11 +19,12 @@ from iotmeter_tui.widgets.status_bar import NoticeLine, StatusBar
 
 if TYPE_CHECKING:
     from iotmeter_tui.app import IotmeterApp
+    from iotmeter_tui.export import ExportTable
 
 T = TypeVar("T")
 
 JUMP_WORDS = ("fleet", "device ", "alerts", "commands", "ota", "simulator", "system",
-              "help", "quit")
+              "rejected", "help", "quit")
 
 
 class DashboardScreen(Screen[None]):
@@ -94,6 +95,10 @@ class DashboardScreen(Screen[None]):
     async def load(self) -> None:
         """Read what the screen shows (override)."""
 
+    async def export_table(self) -> ExportTable | None:
+        """What `e` writes to CSV: the view's data (override); None: nothing to export."""
+        return None
+
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.dash.run_io(fn, *args)
 
@@ -117,6 +122,11 @@ class DashboardScreen(Screen[None]):
 
     def view_title(self) -> str:
         return self.VIEW
+
+    def notices(self) -> tuple[str, ...]:
+        """The lines the notice line shows now."""
+        found = self.query(NoticeLine)
+        return found.first().lines if found else ()
 
     def _show_notices(self) -> None:
         status = self.dash.status

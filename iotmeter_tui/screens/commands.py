@@ -5,6 +5,7 @@ fleet (or typed in the dialog); `r` sends the highlighted command again."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
@@ -12,6 +13,7 @@ from textual.binding import Binding, BindingType
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata import COMMAND_OPEN_STATES
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import (
     DEFAULT_TIMEOUT_S,
     UNAVAILABLE,
@@ -65,11 +67,11 @@ def _matches(cmd: Command, needle: str) -> bool:
 class CommandsScreen(DashboardScreen):
     VIEW = "Commands"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("n", "new", "new"),
-        Binding("r", "resend", "resend"),
-        Binding("o", "open_only", "open only"),
-        Binding("enter", "open", "device"),
-        Binding("slash", "filter", "filter"),
+        Binding("n", "new", "new", id="commands.new"),
+        Binding("r", "resend", "resend", id="commands.resend"),
+        Binding("o", "open_only", "open only", id="commands.open_only"),
+        Binding("enter", "open", "device", id="commands.open"),
+        Binding("slash", "filter", "filter", id="commands.filter"),
     ]
 
     def __init__(self) -> None:
@@ -116,6 +118,15 @@ class CommandsScreen(DashboardScreen):
         self.commands = {c.id: c for c in commands}
         now_ms = self.dash.now_ms()
         self.table.set_rows(command_row(c, now_ms) for c in commands)
+
+    async def export_table(self) -> ExportTable:
+        rows: list[Sequence[Cell]] = [
+            [c.id, iso(c.created_at), c.device_id, c.name, json.dumps(c.params), c.state,
+             c.attempts, c.result, c.detail, iso(c.updated_at)]
+            for c in self.commands.values()]
+        return ExportTable("commands", ("id", "created_at_utc", "device_id", "name", "params",
+                                        "state", "attempts", "result", "detail",
+                                        "updated_at_utc"), rows)
 
     def action_new(self) -> None:
         ids = list(self.dash.device_selection)

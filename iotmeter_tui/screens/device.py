@@ -5,6 +5,7 @@ command history and sequence gaps. `p` pings, `c` sends any command, escape goes
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -15,8 +16,10 @@ from textual.markup import escape
 from textual.widgets import ContentSwitcher, Static
 
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.screens.device_admin import delete_device, edit_config, edit_device
 from iotmeter_tui.widgets.format import (
     STATUS_DOTS,
     ago,
@@ -103,6 +106,18 @@ def read_device(stores: Stores, device_id: str,
     return data
 
 
+def telemetry_export(stores: Stores, device_id: str, start_ms: int,
+                     end_ms: int) -> ExportTable:
+    """Every stored point of the device in the chart's window: one row a message, one
+    column a field (the union over the window), in an I/O thread."""
+    points = stores.timeseries.points(device_id, start_ms, end_ms)
+    names = sorted({name for p in points for name in p.fields})
+    rows: list[Sequence[Cell]] = [[iso(p.ts), p.boot, p.seq, *(p.fields.get(n) for n in names)]
+                                  for p in points]
+    stem = f"telemetry-{device_id}"
+    return ExportTable(stem, ("ts_utc", "boot", "seq", *names), rows)
+
+
 def _gaps_text(state: SeqState) -> str:
     if not state.gaps:
         return "—"
@@ -136,16 +151,20 @@ def panel_rows(panel: str, data: DeviceData, now_ms: int) -> list[Row]:
 class DeviceScreen(DashboardScreen):
     VIEW = "Device"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "back"),
-        Binding("w", "window", "window"),
-        Binding("p", "ping", "ping"),
-        Binding("c", "command", "command"),
-        Binding("1", "panel(0)", "values", show=False),
-        Binding("2", "panel(1)", "config", show=False),
-        Binding("3", "panel(2)", "alerts", show=False),
-        Binding("4", "panel(3)", "commands", show=False),
-        Binding("5", "panel(4)", "gaps", show=False),
-        Binding("tab", "panel_next", "panel", show=False),
+        Binding("escape", "back", "back", id="device.back"),
+        Binding("w", "window", "window", id="device.window"),
+        Binding("p", "ping", "ping", id="device.ping"),
+        Binding("c", "command", "command", id="device.command"),
+        Binding("1", "panel(0)", "values", show=False, id="device.panel_0"),
+        Binding("2", "panel(1)", "config", show=False, id="device.panel_1"),
+        Binding("3", "panel(2)", "alerts", show=False, id="device.panel_2"),
+        Binding("4", "panel(3)", "commands", show=False, id="device.panel_3"),
+        Binding("5", "panel(4)", "gaps", show=False, id="device.panel_4"),
+        Binding("tab", "panel_next", "panel", show=False, id="device.panel_next"),
+        Binding("r", "raw", "raw", id="device.raw"),
+        Binding("n", "edit", "name/location", show=False, id="device.edit"),
+        Binding("s", "config", "edit config", show=False, id="device.config"),
+        Binding("x", "delete", "delete", show=False, id="device.delete"),
     ]
 
     def __init__(self, device_id: str) -> None:
@@ -221,6 +240,11 @@ class DeviceScreen(DashboardScreen):
             self.query_one(f"#panel-{panel}", LiveTable).set_rows(
                 panel_rows(panel, data, now_ms))
 
+    async def export_table(self) -> ExportTable:
+        now_ms = self.dash.now_ms()
+        return await self.io(telemetry_export, self.dash.runtime.stores, self.device_id,
+                             now_ms - self.window_min * 60_000, now_ms + 1)
+
     def _show_summary(self, now_ms: int) -> None:
         device = self.data.device
         summary = self.query_one("#device-summary", Static)
@@ -238,6 +262,8 @@ class DeviceScreen(DashboardScreen):
             f"fw {escape(device.fw_version or '—')}  seen {ago(device.last_seen, now_ms)}  "
             f"boot {device.boot if device.boot is not None else '—'}  hb {hb}  "
             f"[$text-accent]window {_window_label(self.window_min)}[/]"
+            + "".join(f"  [$text-muted]{label}[/] {escape(value)}" for label, value in
+                      (("name", device.name), ("at", device.location)) if value)
         )
 
     def _show_charts(self, now_ms: int) -> None:
@@ -278,6 +304,20 @@ class DeviceScreen(DashboardScreen):
 
     async def action_ping(self) -> None:
         await send_to_devices(self, [self.device_id], "ping", {}, 10.0)
+
+    def action_edit(self) -> None:
+        edit_device(self, self.device_id)
+
+    def action_config(self) -> None:
+        edit_config(self, self.device_id)
+
+    def action_delete(self) -> None:
+        delete_device(self, self.device_id, after=self.action_back)
+
+    def action_raw(self) -> None:
+        from iotmeter_tui.screens.raw import RawScreen
+
+        self.app.push_screen(RawScreen(self.device_id))
 
     def action_command(self) -> None:
         open_command_dialog(self, [self.device_id])

@@ -30,8 +30,8 @@ class Field:
 
 class FormDialog(ModalScreen[R | None], Generic[R]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "cancel"),
-        Binding("ctrl+s", "submit", "submit"),
+        Binding("escape", "cancel", "cancel", id="dialog.cancel"),
+        Binding("ctrl+s", "submit", "submit", id="dialog.submit"),
     ]
 
     DEFAULT_CSS = """

@@ -6,6 +6,7 @@ what 60 do."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,8 +14,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
+from iotmeter_tui.screens.device_admin import add_device, delete_device, edit_device
 from iotmeter_tui.widgets.format import (
     STATUS_DOTS,
     ago,
@@ -45,6 +48,8 @@ COLUMNS = (
 SORTABLE = ("device_id", "device_type", "connection_status", "fw_version", "last_seen")
 STATUS_FILTERS = (None, "online", "offline", "unknown")
 ALERT_COUNTS_EVERY_S = 3.0  # open alerts are counted fleet-wide; no need to every second
+SILENT_FLEET_HINT = ("no meter is online: ':sim' then 's' starts simulated meters (or run "
+                     "iotmeter --simulate yes); real meters publish to the collector's broker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class FleetPage:
     latest: dict[str, Latest]
     alert_counts: dict[str, int] | None
     errors: dict[str, str | None]
+    online: int | None = None  # meters online fleet-wide (None: not read)
 
 
 def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
@@ -74,6 +80,7 @@ def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
     filters = {"search": query.search, "status": query.status}
     try:
         total = md.count_devices(**filters)
+        online = md.count_devices(status="online")
         devices = md.list_devices(**filters, order_by=query.order_by,
                                   descending=query.descending, offset=offset, limit=limit)
         errors["metadata"] = None
@@ -92,7 +99,29 @@ def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
             counts = dict(Counter(a.device_id for a in md.open_alerts()))
         except StoreError as exc:
             errors["metadata"] = str(exc)
-    return FleetPage(total, offset, devices, latest, counts, errors)
+    return FleetPage(total, offset, devices, latest, counts, errors, online)
+
+
+def fleet_export(stores: Stores, query: FleetQuery) -> ExportTable:
+    """Every meter the fleet view lists under its filter and sort (not just the rows on
+    screen), with the values the view shows, in an I/O thread."""
+    md = stores.metadata
+    devices = md.list_devices(search=query.search, status=query.status,
+                              order_by=query.order_by, descending=query.descending)
+    latest = stores.timeseries.latest([d.device_id for d in devices]) if devices else {}
+    alerts = Counter(a.device_id for a in md.open_alerts())
+    rows: list[Sequence[Cell]] = []
+    for d in devices:
+        values: list[float | None] = [None, None, None]
+        point = latest.get(d.device_id)
+        if point is not None:
+            names = key_fields(d.device_type, point.fields)
+            values = [point.fields.get(name) for name in names]
+        rows.append([d.device_id, d.device_type, d.connection_status, d.fw_version,
+                     iso(d.last_seen), *values, alerts.get(d.device_id, 0)])
+    return ExportTable("fleet", ("device_id", "device_type", "connection_status",
+                                 "fw_version", "last_seen_utc", "volts", "amps", "kw",
+                                 "open_alerts"), rows)
 
 
 def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) -> Row:
@@ -122,13 +151,16 @@ def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) 
 class FleetScreen(DashboardScreen):
     VIEW = "Fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "open"),
-        Binding("slash", "filter", "filter"),
-        Binding("s", "sort", "sort"),
-        Binding("S", "reverse", "reverse", show=False),
-        Binding("o", "status_filter", "status"),
-        Binding("p", "ping", "ping"),
-        Binding("c", "command", "command"),
+        Binding("enter", "open", "open", id="fleet.open"),
+        Binding("slash", "filter", "filter", id="fleet.filter"),
+        Binding("s", "sort", "sort", id="fleet.sort"),
+        Binding("S", "reverse", "reverse", show=False, id="fleet.reverse"),
+        Binding("o", "status_filter", "status", id="fleet.status_filter"),
+        Binding("p", "ping", "ping", id="fleet.ping"),
+        Binding("c", "command", "command", id="fleet.command"),
+        Binding("a", "add", "add device", show=False, id="fleet.add"),
+        Binding("n", "edit", "name/location", show=False, id="fleet.edit"),
+        Binding("x", "delete", "delete device", show=False, id="fleet.delete"),
     ]
 
     def __init__(self) -> None:
@@ -201,9 +233,20 @@ class FleetScreen(DashboardScreen):
                             else "no devices in the registry yet")
         table.load_window(page.total, page.offset, rows)
         self.shown_query = query
+        self.report("fleet", SILENT_FLEET_HINT if self._fleet_is_silent(page) else None)
         if page.total != self.total:
             self.total = page.total
             self.show_status(self.dash.status)
+
+    def _fleet_is_silent(self, page: FleetPage) -> bool:
+        """Nothing online and nothing on its way: say how to start a fleet (issue 16: a
+        dead fleet on screen and no word why)."""
+        if page.online != 0 or self.dash.status.phase == "starting":
+            return False
+        return not self.dash.status.sim_devices  # simulated meters on their way: wait
+
+    async def export_table(self) -> ExportTable:
+        return await self.io(fleet_export, self.dash.runtime.stores, self.query_state)
 
     def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
         self.reload(urgent=True)
@@ -260,3 +303,16 @@ class FleetScreen(DashboardScreen):
 
     def action_command(self) -> None:
         open_command_dialog(self, self.table.selection())
+
+    def action_add(self) -> None:
+        add_device(self)
+
+    def action_edit(self) -> None:
+        row = self.table.cursor_row
+        if row is not None:
+            edit_device(self, row.key)
+
+    def action_delete(self) -> None:
+        row = self.table.cursor_row
+        if row is not None:
+            delete_device(self, row.key)

@@ -195,9 +195,9 @@ def start_campaign(ota: Any, request: CampaignRequest) -> Any:
 class OtaScreen(DashboardScreen):
     VIEW = "OTA"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("u", "upload", "upload+start"),
-        Binding("x", "abort", "abort"),
-        Binding("tab", "switch", "campaigns/targets", show=False),
+        Binding("u", "upload", "upload+start", id="ota.upload"),
+        Binding("x", "abort", "abort", id="ota.abort"),
+        Binding("tab", "switch", "campaigns/targets", show=False, id="ota.switch"),
     ]
 
     def __init__(self) -> None:

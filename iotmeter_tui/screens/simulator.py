@@ -123,14 +123,14 @@ def parse_faults(values: dict[str, str]) -> str:
 class SimulatorScreen(DashboardScreen):
     VIEW = "Simulator"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "add", "add"),
-        Binding("s", "start_stop", "start/stop"),
-        Binding("r", "rate", "rate"),
-        Binding("f", "faults", "faults"),
-        Binding("o", "power", "on/off"),
-        Binding("b", "reboot", "reboot"),
-        Binding("d", "drop", "drop link", show=False),
-        Binding("x", "remove", "remove", show=False),
+        Binding("a", "add", "add", id="sim.add"),
+        Binding("s", "start_stop", "start/stop", id="sim.start_stop"),
+        Binding("r", "rate", "rate", id="sim.rate"),
+        Binding("f", "faults", "faults", id="sim.faults"),
+        Binding("o", "power", "on/off", id="sim.power"),
+        Binding("b", "reboot", "reboot", id="sim.reboot"),
+        Binding("d", "drop", "drop link", show=False, id="sim.drop"),
+        Binding("x", "remove", "remove", show=False, id="sim.remove"),
     ]
 
     def __init__(self) -> None:

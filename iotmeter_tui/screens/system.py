@@ -99,7 +99,7 @@ def store_rows(status: StatusSnapshot, urls: dict[str, str]) -> list[Row]:
 class SystemScreen(DashboardScreen):
     VIEW = "System"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "refresh_now", "refresh"),
+        Binding("r", "refresh_now", "refresh", id="system.refresh_now"),
     ]
 
     def __init__(self) -> None:

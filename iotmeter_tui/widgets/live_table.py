@@ -80,13 +80,13 @@ class LiveTable(ScrollView, can_focus=True):
     left to the screen, which knows what opening a row means (and lists it in the footer)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("up,k", "cursor(-1)", "up", show=False),
-        Binding("down,j", "cursor(1)", "down", show=False),
-        Binding("pageup,ctrl+b", "page(-1)", "page up", show=False),
-        Binding("pagedown,ctrl+f", "page(1)", "page down", show=False),
-        Binding("home,g", "first", "top", show=False),
-        Binding("end,G", "last", "bottom", show=False),
-        Binding("space", "mark", "mark", show=False),
+        Binding("up,k", "cursor(-1)", "up", show=False, id="table.up"),
+        Binding("down,j", "cursor(1)", "down", show=False, id="table.down"),
+        Binding("pageup,ctrl+b", "page(-1)", "page up", show=False, id="table.page_up"),
+        Binding("pagedown,ctrl+f", "page(1)", "page down", show=False, id="table.page_down"),
+        Binding("home,g", "first", "top", show=False, id="table.first"),
+        Binding("end,G", "last", "bottom", show=False, id="table.last"),
+        Binding("space", "mark", "mark", show=False, id="table.mark"),
     ]
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {

@@ -18,7 +18,7 @@ from textual.widgets import Input, Label
 
 class PromptInput(Input):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "cancel", show=False),
+        Binding("escape", "cancel", "cancel", show=False, id="prompt.cancel"),
     ]
 
     def action_cancel(self) -> None:

@@ -661,3 +661,153 @@ def test_alert_lifecycle_in_the_sqlite_metadata_store(tmp_path: Path) -> None:
         assert (rows["offline"].state, rows["offline"].severity) == ("cleared", "major")
     finally:
         store.close()
+
+
+# --- planned reboots and grouped offline alerts (issue 16, finding 2) -----------------------
+
+PLANNED = 300_000
+WINDOW = 10_000
+
+
+def fleet_engine(store: FakeStore | None = None) -> tuple[AlertEngine, FakeStore]:
+    """The engine as the collector builds it: grouping on, a 5-meter threshold."""
+    return make_engine(store, planned_reboot_ms=PLANNED, group_min=5, group_window_ms=WINDOW)
+
+
+def ota_campaign(engine: AlertEngine, devices: list[str], at: int) -> None:
+    """Each meter installs, reboots (its Last Will fires), and is offline from `at`."""
+    for i, device in enumerate(devices):
+        dc(engine, at - 5_000, device=device)
+        engine.expect_reboot(device, "OTA install", at - 2_000 + i)
+        engine.on_status(device, "offline", at + i)
+
+
+def test_a_campaign_whose_meters_all_return_leaves_no_offline_alert() -> None:
+    engine, store = fleet_engine()
+    devices = [f"dc-{i:04d}" for i in range(24)]
+    ota_campaign(engine, devices, T0)
+    for t in range(T0, T0 + 60_000, 5_000):
+        engine.flush(t)  # the collector flushes with every batch and housekeeping round
+    for device in devices:
+        engine.on_hello(device, DC_TYPE, {"device_type": DC_TYPE, "heartbeat_s": 10},
+                        T0 + 60_000)
+    engine.flush(T0 + 60_000 + PLANNED * 2)
+    assert [a for a in store.alerts if a.rule in ("offline", "offline_group")] == []
+    assert store.writes == []
+
+
+def test_a_campaign_alerts_exactly_once_for_each_meter_that_does_not_return() -> None:
+    engine, store = fleet_engine()
+    devices = [f"dc-{i:04d}" for i in range(24)]
+    stuck = devices[3:9]  # six: more than the group threshold, still one alert each
+    ota_campaign(engine, devices, T0)
+    for device in devices:
+        if device not in stuck:
+            dc(engine, T0 + 40_000, device=device)
+    engine.flush(T0 + PLANNED - 3_000)  # inside the bound: nothing yet
+    assert store.alerts == []
+    for t in range(T0 + PLANNED, T0 + 3 * PLANNED, 5_000):
+        engine.flush(t)
+    offline = [a for a in store.alerts if a.rule == "offline"]
+    assert sorted(a.device_id for a in offline) == stuck
+    assert all(a.state == "active" and "planned reboot (OTA install)" in a.message
+               for a in offline)
+    assert not [a for a in store.alerts if a.rule == "offline_group"]
+    assert all(store.raises(d, Rule.OFFLINE) == 1 for d in stuck)
+
+
+def test_a_meter_back_from_its_reboot_pages_again_on_its_next_outage() -> None:
+    engine, store = fleet_engine()
+    engine.expect_reboot("dc-1", "reboot command", T0)
+    engine.on_status("dc-1", "offline", T0 + 1_000)
+    engine.on_hello("dc-1", DC_TYPE, {"device_type": DC_TYPE, "heartbeat_s": 10}, T0 + 9_000)
+    engine.on_status("dc-1", "offline", T0 + 20_000)  # unplanned, within the old bound
+    engine.flush(T0 + 20_000 + WINDOW)
+    [alert] = store.of("dc-1", Rule.OFFLINE)
+    assert (alert.state, alert.raised_at) == ("active", T0 + 20_000)
+
+
+def test_a_burst_of_offline_meters_is_one_grouped_alert() -> None:
+    engine, store = fleet_engine()
+    dcs = [f"dc-{i:04d}" for i in range(1, 13)]
+    acs = [f"ac-{i:04d}" for i in range(13, 21)]
+    for device in dcs:
+        dc(engine, T0 - 60_000, device=device)
+    for device in acs:
+        ac(engine, T0 - 60_000, device=device)
+    for i, device in enumerate(dcs + acs):  # Last Wills over 8 s, as keep-alives expire
+        engine.on_status(device, "offline", T0 + i * 400)
+        engine.flush(T0 + i * 400)
+    assert store.alerts == [], "decided when the window is over, not meter by meter"
+    engine.flush(T0 + WINDOW)
+    [group] = store.alerts
+    assert (group.device_id, group.rule, group.severity, group.value) == (
+        "*", "offline_group", "critical", 20.0)
+    assert group.message == ("20 meters offline together: 12 power_meter_dc dc-*, "
+                             "8 power_meter_ac ac-*")
+    # One more meter lost during the outage joins the same alert.
+    dc(engine, T0 - 60_000, device="dc-0099")
+    engine.on_status("dc-0099", "offline", T0 + 30_000)
+    engine.flush(T0 + 30_000)
+    assert len(store.alerts) == 1 and group.value == 21.0
+    assert store.of("dc-0001", Rule.OFFLINE) == []
+    # Cleared when the last of them is back.
+    for device in [*dcs, *acs, "dc-0099"]:
+        engine.on_status(device, "online", T0 + 60_000)
+    engine.flush(T0 + 60_000)
+    assert group.state == "cleared"
+    assert len(store.alerts) == 1
+
+
+def test_a_few_offline_meters_alert_one_by_one_after_the_window() -> None:
+    engine, store = fleet_engine()
+    for i in range(4):
+        engine.on_status(f"dc-{i}", "offline", T0 + i)
+    engine.flush(T0 + WINDOW - 1)
+    assert store.alerts == []
+    engine.flush(T0 + WINDOW)
+    assert sorted(a.device_id for a in store.alerts) == ["dc-0", "dc-1", "dc-2", "dc-3"]
+    assert {(a.rule, a.raised_at) for a in store.alerts if a.device_id == "dc-2"} == {
+        ("offline", T0 + 2)}
+
+
+def test_a_restarted_engine_clears_an_adopted_group_when_no_meter_is_offline() -> None:
+    engine, store = fleet_engine()
+    for i in range(6):
+        engine.on_status(f"dc-{i}", "offline", T0)
+    engine.flush(T0 + WINDOW)
+    [group] = store.alerts
+    restarted, _ = fleet_engine(store)
+    assert restarted.load(store) == 1
+    restarted.on_fleet_offline(2, T0 + 20_000)
+    restarted.flush(T0 + 20_000)
+    assert group.state == "active"
+    restarted.on_fleet_offline(0, T0 + 25_000)
+    restarted.flush(T0 + 25_000)
+    assert group.state == "cleared"
+
+
+def test_a_grouped_alert_says_where_by_the_registrys_locations(tmp_path: Path) -> None:
+    """Locations come from the registry (real SQLite store) when the group forms; meters
+    without one are described by type and id prefix."""
+    from iotmeter_tui.backend.collector.service import device_locations
+    from iotmeter_tui.backend.stores.metadata import open_metadata
+
+    store = open_metadata(f"sqlite:///{tmp_path}/metadata.db")
+    try:
+        for i in range(7):
+            store.create_device(f"dc-{i:04d}", DC_TYPE, name=None,
+                                location="Substation North" if i < 5 else None, metadata={})
+        engine = AlertEngine(store, hold_ms=HOLD, clock=Clock(), group_min=5,
+                             group_window_ms=WINDOW,
+                             locate=lambda ids: device_locations(store, ids))
+        for i in range(7):
+            dc(engine, T0 - 60_000, device=f"dc-{i:04d}")
+            engine.on_status(f"dc-{i:04d}", "offline", T0 + i)
+        engine.flush(T0 + WINDOW)
+        [group] = store.open_alerts()
+        assert (group.device_id, group.rule) == ("*", "offline_group")
+        assert group.message == ("7 meters offline together: 5 at Substation North, "
+                                 "2 power_meter_dc dc-*")
+    finally:
+        store.close()

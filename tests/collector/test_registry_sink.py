@@ -175,3 +175,50 @@ def test_a_full_batch_is_followed_at_once(tmp_path: Path,
     spool.commit()
     assert sink.next_batch(spool, cursor) == ([], cursor)  # not full: the interval again
     store.close()
+
+
+def _message(device_id: str, msg_type: str, data: dict[str, Any], boot: int, seq: int,
+             at: int) -> SpoolRecord:
+    payload = protocol.encode_device_message(device_id, msg_type, data, ts=at, boot=boot,
+                                             seq=seq)
+    return SpoolRecord(ACCEPTED, at, device_id, msg_type, "power_meter_dc", boot, seq, at,
+                       protocol.device_topic(device_id, msg_type), "", "", payload)
+
+
+def test_planned_reboots_do_not_page_and_one_that_does_not_return_does(tmp_path: Path) -> None:
+    """Issue 16, finding 2, through the registry sink: an OTA install and an accepted reboot
+    command announce the offline that follows; a meter that comes back raises nothing, one
+    that stays away past the bound raises one offline alert."""
+    from iotmeter_tui.backend.stores.metadata import Command
+
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = AlertEngine(store, planned_reboot_ms=60_000, group_min=5, group_window_ms=10_000)
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), engine, CollectorMetrics())
+    t = now_ms()
+    store.create_command(Command("cmd-1", "dc-0003", "reboot", {}, "sent", t, t, None))
+    hello_data = {"device_type": "power_meter_dc", "fw_version": "1.0.0", "heartbeat_s": 30.0,
+                  "uptime_s": 0}
+    ota = {"campaign_id": "c-1", "fw_version": "1.1.0", "progress_pct": 100, "error": None}
+    first = []
+    for n in (1, 2):
+        device = f"dc-000{n}"
+        first += [_message(device, protocol.HELLO, hello_data, 1, 0, t),
+                  _message(device, protocol.OTA_STATUS, dict(ota, state="installing"), 1, 1,
+                           t + 1),
+                  _message(device, protocol.STATUS, {"state": "offline"}, 1, -1, t + 2)]
+    first += [_message("dc-0003", protocol.HELLO, hello_data, 1, 0, t),
+              _message("dc-0003", protocol.COMMAND_ACK,
+                       {"command_id": "cmd-1", "result": "accepted", "detail": "rebooting"},
+                       1, 1, t + 1),
+              _message("dc-0003", protocol.STATUS, {"state": "offline"}, 1, -1, t + 2)]
+    sink.write(first, Position(1, 100))
+    # dc-0001 and dc-0003 come back with a new boot; dc-0002 does not.
+    sink.write([_message(d, protocol.HELLO, hello_data, 2, 0, t + 20_000)
+                for d in ("dc-0001", "dc-0003")], Position(1, 200))
+    engine.flush(t + 59_000)
+    assert store.open_alerts() == []
+    engine.flush(t + 61_000)
+    [alert] = store.open_alerts()
+    assert (alert.device_id, alert.rule) == ("dc-0002", "offline")
+    assert "planned reboot (OTA install)" in alert.message
+    store.close()

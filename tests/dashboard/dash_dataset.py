@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.runtime import StoreStatus, check_stores
 from iotmeter_tui.backend.simulator.device import DeviceInfo
@@ -297,7 +298,7 @@ class FakeCommands:
         self.sent: list[tuple[str, str, dict[str, Any], float]] = []
 
     def send(self, device_id: str, name: str, params: dict[str, Any],
-             timeout_s: float) -> Command:
+             timeout_s: float = 30.0, *, created_by: str | None = None) -> Command:
         self.sent.append((device_id, name, params, timeout_s))
         cid = f"cmd-t{len(self.sent):03d}"
         cmd = Command(cid, device_id, name, params, "queued", NOW_MS, NOW_MS,
@@ -373,6 +374,8 @@ class FakeRuntime:
         if services:
             self.commands = FakeCommands(stores)
             self.ota = FakeOta(stores)
+            # The real device service over the fake command sender.
+            self.devices = DeviceService(stores.metadata, self.commands)  # type: ignore[arg-type]
 
     def start_simulator(self, devices: int, kind: str = "mixed", rate: float = 1.0) -> list[str]:
         self.started_simulators.append((devices, kind, rate))

@@ -92,6 +92,9 @@ def test_dashboard_on_embedded_defaults(tmp_path: Path) -> None:
             await settle(pilot)
             assert all(r.cells[1] == ("done", "ok") for r in targets.rows)
             assert f"{DEMO_FLEET}/{DEMO_FLEET}" in screen_text(app)
+            # Issue 16: the campaign's 24 planned reboots used to raise 24 major alerts.
+            alerts = await app.run_io(runtime.stores.metadata.open_alerts)
+            assert [a for a in alerts if a.rule in ("offline", "offline_group")] == []
 
     started = time.monotonic()
     try:

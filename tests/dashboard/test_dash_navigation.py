@@ -134,3 +134,29 @@ def test_global_keys_are_off_inside_a_dialog(make_app: Any) -> None:
         assert isinstance(pilot.app.screen, FleetScreen)
 
     drive(make_app(), scenario)
+
+
+def test_the_clock_moves_under_a_dialog(dash_runtime: Any) -> None:
+    """Finding 3 of issue 16: the status line froze while a dialog was open (it was only
+    updated when the top screen was a view)."""
+    from iotmeter_tui.app import IotmeterApp
+    from iotmeter_tui.widgets.format import clock as shown
+
+    clock = {"now": 1_795_740_000.0}
+    first, later = shown(1_795_740_000_000), shown(1_795_740_007_000)
+
+    async def scenario(pilot: Any) -> None:
+        await press(pilot, "c")
+        dialog = pilot.app.screen
+        assert isinstance(dialog, FormDialog)
+        fleet = pilot.app.screen_stack[-2]
+        bar = fleet.query_one("#status-clock")
+        assert first in str(bar.render())
+        clock["now"] += 7
+        await pilot.app._poll_status()
+        await pilot.pause()
+        assert pilot.app.screen is dialog
+        assert later in str(bar.render())
+
+    app = IotmeterApp(dash_runtime, now=lambda: clock["now"], refresh_s=30.0)
+    drive(app, scenario)

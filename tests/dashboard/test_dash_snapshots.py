@@ -85,3 +85,49 @@ def test_metadata_down_snapshot(snap_compare: Any, make_app: Any, dash_stores: S
                     dash_stores.urls)
     assert snap_compare(make_app(runtime=FakeRuntime(stores)), terminal_size=(80, 24),
                         run_before=ready())
+
+
+# --- issue 16: raw and rejected messages, device administration dialogs ----------------------
+
+@pytest.mark.parametrize("size", SIZES)
+def test_raw_messages_snapshot(snap_compare: Any, make_app: Any, dash_runtime: Any,
+                               tmp_path: Any, size: tuple[int, int]) -> None:
+    from test_dash_raw import fill
+
+    fill(dash_runtime, tmp_path)
+
+    async def open_raw(pilot: Any) -> None:
+        pilot.app.open_device("dc-0001")
+        await settle(pilot)
+        await pilot.press("r")
+        await wait_until(pilot, lambda: getattr(pilot.app.screen, "VIEW", "") == "Raw"
+                         and pilot.app.screen.loads >= 1, what="raw loaded")
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=ready(open_raw))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_rejected_snapshot(snap_compare: Any, make_app: Any, dash_runtime: Any,
+                           tmp_path: Any, size: tuple[int, int]) -> None:
+    from test_dash_raw import fill
+
+    fill(dash_runtime, tmp_path)
+    assert snap_compare(make_app("rejected"), terminal_size=size, run_before=ready())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_add_device_dialog_snapshot(snap_compare: Any, make_app: Any,
+                                    size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(), terminal_size=size, press=["a"], run_before=ready())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_config_dialog_snapshot(snap_compare: Any, make_app: Any, size: tuple[int, int]) -> None:
+    async def open_config(pilot: Any) -> None:
+        pilot.app.open_device("dc-0001")
+        await settle(pilot)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: pilot.app.screen.__class__.__name__ == "FormDialog",
+                         what="config dialog")
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=ready(open_config))

@@ -32,6 +32,9 @@ class Rule(StrEnum):
     FREQUENCY_BAND = "frequency_band"
     OFFLINE = "offline"
     SEQ_GAPS = "seq_gaps"
+    # Many meters lost together (a broker outage, a substation without power): one alert
+    # for the lot, stored under GROUP_DEVICE, instead of one per meter.
+    OFFLINE_GROUP = "offline_group"
 
 
 class Severity(StrEnum):
@@ -48,6 +51,8 @@ SEVERITY: Final[Mapping[Rule, Severity]] = {
     Rule.VOLTAGE_RANGE: Severity.MAJOR,
     # The operators have lost sight of this meter.
     Rule.OFFLINE: Severity.MAJOR,
+    # ... of many meters at once: a whole section or the ingest path is out.
+    Rule.OFFLINE_GROUP: Severity.CRITICAL,
     # A disturbance of the supplying grid: the railway can watch it, rarely fix it.
     Rule.FREQUENCY_BAND: Severity.MINOR,
     # Measurements lost in transit; the power supply itself may be fine.
@@ -259,6 +264,26 @@ OFFLINE_VIOLATION: Final = Violation(
     None, 0.0, math.inf, "device offline (offline status, last will, or silent past heartbeats)"
 )
 
+# The device id of the grouped offline alert: not a valid device id, so no meter's alert.
+GROUP_DEVICE: Final = "*"
+
+
+def offline_group_message(members: Mapping[str, str],
+                          locations: Mapping[str, str] | None = None) -> str:
+    """'24 meters offline together: 12 at Substation North, 12 power_meter_ac ac-*' from
+    {device id: device type} and the registry's locations: how many, and where (the
+    location, else the type and id prefix)."""
+    places: dict[str, int] = {}
+    for device_id, device_type in members.items():
+        location = (locations or {}).get(device_id)
+        key = f"at {location}" if location else \
+            f"{device_type} {device_id.rstrip('0123456789')}*"
+        places[key] = places.get(key, 0) + 1
+    ranked = sorted(places.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{n} {where}" for where, n in ranked[:4])
+    more = f", {len(ranked) - 4} more groups" if len(ranked) > 4 else ""
+    return f"{len(members)} meters offline together: {shown}{more}"
+
 
 # --- the store, as far as the engine needs it ---------------------------------------------------
 
@@ -327,6 +352,10 @@ class _Device:
     gap_level: int | None = None
     gap_events: deque[tuple[int, int]] = field(default_factory=deque)  # (at, seqs lost)
     rules: dict[Rule, _RuleTrack] = field(default_factory=dict)
+    offline_since: int | None = None  # believed offline since (None: up, or not known)
+    planned_until: int | None = None  # a planned reboot may keep it offline until then
+    planned_reason: str = ""
+    grouped: bool = False  # counted in the open grouped offline alert
 
     def is_waiting(self) -> bool:
         """Whether time alone can change an alert (a hold running, gaps ageing)."""
@@ -361,6 +390,10 @@ class AlertEngine:
         gap_threshold: int = 10,
         gap_window_ms: int = 600_000,
         config_ttl_ms: int = 60_000,
+        planned_reboot_ms: int = 300_000,
+        group_min: int = 5,
+        group_window_ms: int = 0,  # 0: no grouping, every offline meter alerts at once
+        locate: Callable[[list[str]], Mapping[str, str]] | None = None,
         clock: Callable[[], int] = _wall_ms,
     ) -> None:
         self._store = store
@@ -378,6 +411,20 @@ class AlertEngine:
         self._waiting: set[str] = set()  # devices where time alone may clear or age something
         self._queued: dict[tuple[str, Rule], list[_Change]] = {}
         self._done = AlertChanges()
+        # Offline handling (issue 16): a planned reboot does not page unless the meter stays
+        # away past its bound; meters going offline within `group_window_ms` of each other
+        # are decided together, `group_min` or more of them as one grouped alert.
+        self._planned_reboot_ms = planned_reboot_ms
+        self._group_min = group_min
+        self._group_window_ms = group_window_ms
+        self._planned: set[str] = set()  # offline inside a planned-reboot window
+        self._pending: dict[str, int] = {}  # offline, not decided yet: device -> since
+        self._pending_since: int | None = None
+        self._group: dict[str, str] = {}  # members of the open grouped alert -> type
+        self._group_adopted = False  # an open grouped alert from before a restart
+        # Device id -> location from the registry, asked only when a group forms or grows.
+        self._locate = locate
+        self._locations: dict[str, str] = {}
 
     # -- start-up
 
@@ -390,6 +437,11 @@ class AlertEngine:
                 rule = Rule(alert.rule)
             except ValueError:
                 continue  # not one of ours (an operator's or a newer version's rule)
+            if rule is Rule.OFFLINE_GROUP:
+                # Its members are not stored: it is cleared when no meter is offline.
+                self._group_adopted = True
+                adopted += 1
+                continue
             track = self._device(alert.device_id).rules.setdefault(rule, _RuleTrack())
             track.open, track.worst, track.ok_since = True, None, None
             adopted += 1
@@ -401,7 +453,7 @@ class AlertEngine:
         self, device_id: str, device_type: str, data: Mapping[str, float], at_ms: int
     ) -> None:
         dev, at = self._touch(device_id, device_type, at_ms)
-        self._observe(device_id, dev, Rule.OFFLINE, None, at)  # any message proves it is up
+        self._back(device_id, dev, at)  # any message proves it is up
         limits = self._limits(device_id, dev)
         voltage, current, frequency = (
             _number(data, "voltage_v"), _number(data, "current_a"), _number(data, "frequency_hz")
@@ -424,14 +476,28 @@ class AlertEngine:
         # The latest hello is the device's current word: a firmware that stops sending
         # nominal_v hands the decision back to the readings.
         dev.hello_nominal = _positive_number(data.get("nominal_v"))
-        self._observe(device_id, dev, Rule.OFFLINE, None, at)
+        self._back(device_id, dev, at)
 
     def on_status(self, device_id: str, state: str, at_ms: int) -> None:
         dev, at = self._touch(device_id, None, at_ms)
         if state == "offline":
-            self._observe(device_id, dev, Rule.OFFLINE, OFFLINE_VIOLATION, at)
+            self._gone(device_id, dev, at)
         elif state == "online":
-            self._observe(device_id, dev, Rule.OFFLINE, None, at)
+            self._back(device_id, dev, at)
+
+    def expect_reboot(self, device_id: str, reason: str, at_ms: int) -> None:
+        """The meter is about to restart on purpose (an OTA install, a reboot command): an
+        offline within the planned-reboot bound from now raises nothing, unless the meter
+        is still away when the bound is over."""
+        dev, at = self._touch(device_id, None, at_ms)
+        dev.planned_until, dev.planned_reason = at + self._planned_reboot_ms, reason
+
+    def on_fleet_offline(self, offline: int, now_ms: int) -> None:
+        """The registry's count of offline meters: clears a grouped alert adopted at start-up
+        (whose members are not known) once no meter is offline."""
+        if self._group_adopted and offline == 0 and not self._group:
+            self._group_adopted = False
+            self._queue(GROUP_DEVICE, Rule.OFFLINE_GROUP, _Change(_Op.CLEAR, now_ms))
 
     def on_gaps(self, device_id: str, gap_count: int, at_ms: int) -> None:
         """`gap_count`: seqs declared missing so far in the device's current boot (the
@@ -571,7 +637,86 @@ class AlertEngine:
                         rule.value)
             del changes[:2]
 
+    # -- internals: offline, planned reboots and groups
+
+    def _gone(self, device_id: str, dev: _Device, at: int) -> None:
+        if dev.offline_since is not None:
+            return  # known already (a retained status redelivered, the silence check)
+        dev.offline_since = at
+        track = dev.rules.get(Rule.OFFLINE)
+        if track is not None and track.open:  # back and gone again within the hold
+            self._observe(device_id, dev, Rule.OFFLINE, OFFLINE_VIOLATION, at)
+            return
+        if dev.planned_until is not None and at <= dev.planned_until:
+            self._planned.add(device_id)
+            return
+        dev.planned_until = None
+        if self._group or self._group_adopted:  # an outage under way: one more meter in it
+            self._join_group({device_id: dev.device_type}, at)
+            return
+        if self._group_window_ms <= 0:  # grouping off: alert at once
+            self._observe(device_id, dev, Rule.OFFLINE, OFFLINE_VIOLATION, at)
+            return
+        if not self._pending:
+            self._pending_since = at
+        self._pending[device_id] = at
+
+    def _back(self, device_id: str, dev: _Device, at: int) -> None:
+        if dev.offline_since is not None:
+            dev.offline_since = None
+            dev.planned_until = None  # the planned reboot is over: it came back
+            self._planned.discard(device_id)
+            self._pending.pop(device_id, None)
+            if dev.grouped:
+                dev.grouped = False
+                self._group.pop(device_id, None)
+                if not self._group and not self._group_adopted:
+                    self._queue(GROUP_DEVICE, Rule.OFFLINE_GROUP, _Change(_Op.CLEAR, at))
+        self._observe(device_id, dev, Rule.OFFLINE, None, at)
+
+    def _join_group(self, members: Mapping[str, str], at: int) -> None:
+        for device_id in members:
+            self._devices[device_id].grouped = True
+        self._group.update(members)
+        if self._locate is not None:
+            try:
+                self._locations.update(self._locate(list(members)))
+            except StoreError as exc:  # where is a nicety; the alert must still go out
+                log.warning("device locations not read for a grouped alert: %s", exc)
+        message = offline_group_message(self._group, self._locations)
+        self._queue(GROUP_DEVICE, Rule.OFFLINE_GROUP,
+                    _Change(_Op.RAISE, at, float(len(self._group)), message))
+
+    def _decide_offline(self, now: int) -> None:
+        """Pending offlines whose window is over: one grouped alert for many, else one each."""
+        if self._pending_since is None or now - self._pending_since < self._group_window_ms:
+            return
+        pending, self._pending, self._pending_since = self._pending, {}, None
+        if len(pending) >= self._group_min:
+            self._join_group({d: self._devices[d].device_type for d in pending},
+                             min(pending.values()))
+            return
+        for device_id, since in pending.items():
+            self._observe(device_id, self._devices[device_id], Rule.OFFLINE,
+                          OFFLINE_VIOLATION, since)
+
+    def _overdue_reboots(self, now: int) -> None:
+        for device_id in list(self._planned):
+            dev = self._devices[device_id]
+            if dev.planned_until is not None and now <= dev.planned_until:
+                continue
+            self._planned.discard(device_id)
+            bound_s = self._planned_reboot_ms / 1000
+            late = replace(OFFLINE_VIOLATION, message=(
+                f"device offline: not back {bound_s:g} s after its planned reboot "
+                f"({dev.planned_reason})"))
+            dev.planned_until = None
+            self._observe(device_id, dev, Rule.OFFLINE, late, now)
+
     def _sweep(self, now: int) -> None:
+        self._decide_offline(now)
+        if self._planned:
+            self._overdue_reboots(now)
         for device_id in list(self._waiting):
             dev = self._devices[device_id]
             if dev.gap_events or Rule.SEQ_GAPS in dev.rules:

@@ -38,10 +38,26 @@ from iotmeter_tui.backend.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
 from iotmeter_tui.backend.stores.archive_writer import ArchiveWriter
+from iotmeter_tui.backend.stores.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 8.0  # SIGTERM to exit, within the 10 s a service manager allows
+# Meters going offline within this long of each other are judged together (one grouped
+# alert when there are offline_group_min of them): Last Wills of a section that lost power
+# arrive spread over the devices' keep-alive, silent meters every housekeeping round (5 s).
+OFFLINE_GROUP_WINDOW_MS = 10_000
+
+
+def device_locations(metadata: MetadataStore, device_ids: list[str]) -> dict[str, str]:
+    """The registry's location of each device that has one: asked when meters go offline
+    together (rare), one read per meter."""
+    found = {}
+    for device_id in device_ids:
+        device = metadata.get_device(device_id)
+        if device is not None and device.location:
+            found[device_id] = device.location
+    return found
 
 
 @dataclass
@@ -110,7 +126,10 @@ class Collector:
         )
         reorder_ms = int(s.reorder_timeout_s * 1000)
         metadata = self.stores.metadata
-        alerts = AlertEngine(metadata)
+        alerts = AlertEngine(metadata, planned_reboot_ms=int(s.planned_reboot_s * 1000),
+                             group_min=s.offline_group_min,
+                             group_window_ms=OFFLINE_GROUP_WINDOW_MS,
+                             locate=lambda ids: device_locations(metadata, ids))
         registry = RegistrySink(metadata, f"{s.client_id}/registry", SeqTracker(reorder_ms),
                                 alerts, self.metrics, collector=s.client_id,
                                 shared=s.share_group is not None)

@@ -76,6 +76,8 @@ class CursorFile:
 
 
 R = TypeVar("R")  # what a sink's batches hold
+# OTA reports after which the meter restarts on purpose: its offline is planned, not news.
+PLANNED_REBOOT_STATES = frozenset({"installing", "rebooting"})
 
 
 class Sink(ABC, Generic[R]):
@@ -345,9 +347,22 @@ class RegistrySink(RecordSink):
         elif r.msg_type == protocol.COMMAND_ACK:
             commands.append((r.device_id, data, at))
             self._online(change, at)
+            if data.get("result") == "accepted" and self._is_reboot(str(data["command_id"])):
+                self.alerts.expect_reboot(r.device_id, "reboot command", at)
         elif r.msg_type == protocol.OTA_STATUS:
             ota.append((r.device_id, data, at))
             self._online(change, at)
+            if data.get("state") in PLANNED_REBOOT_STATES:
+                self.alerts.expect_reboot(r.device_id, "OTA install", at)
+
+    def _is_reboot(self, command_id: str) -> bool:
+        # One read per accepted command (operators' commands are rare next to telemetry).
+        # Without it the reboot pages as an outage; the batch must not fail for it.
+        try:
+            command = self.store.get_command(command_id)
+        except StoreError:
+            return False
+        return command is not None and command.name == "reboot"
 
     def _evaluate(self, rule: Callable[..., None], r: SpoolRecord, *args: Any) -> None:
         """Run the alert rules on one message. A rule that fails on some reading is a bug to
@@ -432,6 +447,7 @@ class RegistrySink(RecordSink):
         if gaps and not self.shared:
             self.metrics.gaps.inc(gaps)
         counts = self.store.device_counts_by_status()
+        self.alerts.on_fleet_offline(counts.get("offline", 0), wall)
         self.metrics.devices_online.set(counts.get("online", 0))
         self.metrics.alerts_active.set(len(self.store.open_alerts()))
 
