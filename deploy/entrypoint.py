@@ -49,7 +49,8 @@ ROLES: dict[str, list[str]] = {
     "alert-relay": ["alert-relay", "--host", "0.0.0.0", "--port", "9095"],
     "simulator": ["simulate"],
     "dashboard": [],
-    "web": ["serve", "--port", "8000"],
+    # Bound beyond loopback inside the container, `iotmeter serve` requires its token.
+    "web": ["serve", "--host", "0.0.0.0", "--port", "8000"],
 }
 
 

@@ -55,6 +55,7 @@ put s3_secret_key "$(random)"
 put grafana_admin_password "$(random)"
 put alert_relay_token "$(random)"
 put firmware_url_secret "$(random)"
+put serve_token "$(random)"
 if [ ! -e "$dir/github_token" ]; then
     : >"$dir/github_token"
     chmod 0644 "$dir/github_token"

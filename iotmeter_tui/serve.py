@@ -81,6 +81,9 @@ def _presented(request: web.Request) -> tuple[str | None, bool]:
 def auth_middleware(check: TokenCheck) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            # Liveness for container health checks: says nothing about the fleet, needs no token.
+            return web.Response(text="ok\n")
         if request.path == "/ws":
             origin = request.headers.get("Origin")
             if origin is not None and urlsplit(origin).netloc != request.host:

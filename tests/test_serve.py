@@ -56,6 +56,9 @@ def test_token_cookie_api_keys_and_origin(tmp_path: Path) -> None:
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             assert (await client.get("/")).status == 401
             assert (await client.get("/?token=wrong")).status == 401
+            # The container health check needs no token and learns nothing but "alive".
+            health = await client.get("/healthz")
+            assert health.status == 200 and await health.text() == "ok\n"
             response = await client.get("/?token=t0k", allow_redirects=False)
             assert response.status == 302 and response.headers["Location"] == "/"
             cookie = response.cookies[COOKIE]

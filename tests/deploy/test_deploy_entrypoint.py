@@ -44,7 +44,7 @@ def run_entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
     (["alert-relay"], ["iotmeter", "alert-relay", "--host", "0.0.0.0", "--port", "9095"]),
     (["simulator", "--devices", "5"], ["iotmeter", "simulate", "--devices", "5"]),
     (["dashboard", "--simulate", "no"], ["iotmeter", "--simulate", "no"]),
-    (["web"], ["iotmeter", "serve", "--port", "8000"]),
+    (["web"], ["iotmeter", "serve", "--host", "0.0.0.0", "--port", "8000"]),
     (["migrate"], ["iotmeter", "migrate"]),  # anything else is an iotmeter command
     (["--simulate", "yes"], ["iotmeter", "--simulate", "yes"]),
 ])
