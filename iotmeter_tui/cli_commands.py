@@ -332,14 +332,17 @@ def _command_show(args: argparse.Namespace) -> int:
 
 
 def _ota_upload(args: argparse.Namespace) -> int:
+    from iotmeter_tui.backend.audit import Actor, AuditLog
     from iotmeter_tui.backend.firmware_signing import configured_public_key
     from iotmeter_tui.backend.ota import OtaService
 
     settings = _load(args)
     public_key = configured_public_key(settings.firmware_public_key)
-    with _stores(settings) as stores:
+    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+            Actor.cli(), "ota.upload", args.version) as note:
         fw = OtaService(stores.metadata, stores.archive, public_key=public_key).upload(
             args.file, args.version, args.signature)
+        note.detail |= {"sha256": fw.sha256, "size": fw.size, "signed": bool(fw.signature)}
     signed = "signed" if fw.signature else "unsigned"
     print(f"firmware {fw.version}: {fw.size} bytes, sha256 {fw.sha256}, {signed}")
     return EXIT_OK

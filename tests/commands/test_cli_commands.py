@@ -106,6 +106,9 @@ def test_ota_upload_start_status(tmp_path: Path, private_mosquitto: MosquittoSer
         assert missing.returncode == 1
         assert missing.stderr.strip() == ("iotmeter: no firmware '9.9.9': upload it first "
                                           "(iotmeter ota upload)")
+        log = [(e.action, e.target, e.result) for e in audit.stores.metadata.list_audit(limit=50)]
+        assert ("ota.upload", "2.0.0", "ok") in log and ("ota.start", "2.0.0", "ok") in log
+        assert ("ota.start", "9.9.9", "failed") in log  # refusals are recorded too
         audit.close()
 
 
