@@ -70,12 +70,15 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.config import SETTINGS
+    from iotmeter_tui.backend.redaction import redact
 
     settings = _settings(args)
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
         if setting.key in {"influx_token", "s3_secret_key"} and value:
             value = "********"
+        elif isinstance(value, str):
+            value = redact(value)  # passwords inside the store and broker URLs
         print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
     return 0
 

@@ -105,7 +105,7 @@ class CollectorMetrics:
         self.broker_connected = Gauge(
             "iotmeter_broker_connected", "1 while connected to the MQTT broker", registry=r)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> object:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> object:
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return server
 

@@ -286,7 +286,7 @@ def run_collector(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     collector = Collector(settings, mqtt_url)
-    collector.metrics.serve(settings.metrics_port)
+    collector.metrics.serve(settings.metrics_port, settings.metrics_host)
     starter = threading.Thread(target=collector.start, daemon=True)
     starter.start()
     stop.wait()
