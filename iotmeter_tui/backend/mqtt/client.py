@@ -33,6 +33,7 @@ from iotmeter_tui.backend.mqtt.codec import (
     SubAck,
     Will,
 )
+from iotmeter_tui.backend.redaction import redact
 
 log = logging.getLogger(__name__)
 

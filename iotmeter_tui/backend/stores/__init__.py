@@ -6,12 +6,12 @@ package talks to the ports only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.stores.archive import ArchiveStore, open_archive
 from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
 from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore, open_timeseries
-
 
 __all__ = ["Stores", "open_stores", "redact"]
 
