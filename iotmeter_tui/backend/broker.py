@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.lifeline import parent_death_signal, spawn_watched
 
@@ -92,8 +93,11 @@ def tcp_accepts(host: str, port: int) -> bool:
         return False
 
 
-def mosquitto_config(port: int, data_dir: str | Path) -> str:
-    """The mosquitto.conf for a private loopback broker keeping its state in `data_dir`."""
+def mosquitto_config(port: int, data_dir: str | Path, *,
+                     max_packet_size: int = protocol.BROKER_MAX_PACKET_BYTES) -> str:
+    """The mosquitto.conf for a private loopback broker keeping its state in `data_dir`.
+    `max_packet_size` 0 sets no limit (only tests want that: a broker configured by someone
+    else, which the collector must survive too)."""
     location = str(Path(data_dir).resolve())
     if "\n" in location:
         raise BrokerError(f"broker data directory {location!r} contains a newline")
@@ -116,6 +120,9 @@ def mosquitto_config(port: int, data_dir: str | Path) -> str:
             "max_inflight_messages 10000",
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
+            # A device's oversized packet is refused (and that device disconnected) at the
+            # broker: it never reaches the collector nor sits in its queue (issue 15 item 2).
+            *([f"max_packet_size {max_packet_size}"] if max_packet_size else []),
             "log_dest stderr",
             f"user {user}",
             "",
@@ -139,9 +146,11 @@ class EmbeddedBroker:
     host = LOOPBACK
 
     def __init__(
-        self, data_dir: str | Path, port: int | None = None, *, binary: str | None = None
+        self, data_dir: str | Path, port: int | None = None, *, binary: str | None = None,
+        max_packet_size: int = protocol.BROKER_MAX_PACKET_BYTES,
     ) -> None:
         self.binary = binary or find_mosquitto()
+        self.max_packet_size = max_packet_size
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -167,7 +176,8 @@ class EmbeddedBroker:
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(mosquitto_config(self.port, self.data_dir))
+        self.config_path.write_text(mosquitto_config(self.port, self.data_dir,
+                                                     max_packet_size=self.max_packet_size))
         self._process = spawn_watched(self._spawn)
         wait_until_ready(
             self._process,

@@ -20,6 +20,19 @@ import orjson
 
 VERSION: Final = 2
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
+# The largest MQTT packet a valid message needs: its payload, its topic (under 100 bytes) and
+# the headers, with room to spare. The collector's decoder skips a larger PUBLISH as it streams
+# in, keeping only its head, and rejects it as too_large (issue 15 item 2).
+MAX_PACKET_BYTES: Final = MAX_PAYLOAD_BYTES + 512
+# The broker's own cap (mosquitto max_packet_size in the embedded, test and shipped configs):
+# a client sending a larger packet is disconnected and the packet never queued. Above
+# MAX_PACKET_BYTES on purpose, so a meter's moderately oversized message still reaches the
+# collector and is counted and archived as too_large (an operator sees why), while nothing
+# huge ever sits in the broker's queues.
+BROKER_MAX_PACKET_BYTES: Final = 256 * 1024
+# What a too_large rejection keeps of its payload, with the payload's length in its detail:
+# archiving (and spooling) a huge payload whole multiplied its cost several times.
+TOO_LARGE_PREFIX_BYTES: Final = 1024
 TOPIC_ROOT: Final = "iot"
 
 DEVICE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -90,7 +103,8 @@ _BAD_TAG_CHAR_RE = re.compile(r"[\\\x00-\x1f\x7f]")
 # docs/protocol.md lists the same table; a test keeps the two in step.
 REJECTION_REASONS: Final[dict[str, str]] = {
     "bad_topic": "the topic is not iot/{device_id}/{telemetry|hello|status|command/ack|ota/status}",
-    "too_large": f"the payload is over {MAX_PAYLOAD_BYTES} bytes",
+    "too_large": f"the payload is over {MAX_PAYLOAD_BYTES} bytes (only its first "
+    f"{TOO_LARGE_PREFIX_BYTES} bytes are kept, its length is in the detail)",
     "not_utf8": "the payload is not valid UTF-8",
     "not_json": "the payload is not JSON",
     "not_object": "the payload is JSON but not an object",
@@ -302,8 +316,7 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     topic_device, msg_type = parsed
 
     if len(payload) > MAX_PAYLOAD_BYTES:
-        detail = f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}"
-        return Rejection("too_large", detail, topic, payload, topic_device)
+        return too_large(topic, payload[:TOO_LARGE_PREFIX_BYTES], len(payload))
     try:
         obj = loads(payload)
     except Unparsable as exc:
@@ -375,6 +388,19 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     if msg_type == STATUS:
         boot = seq = None
     return Message(device_id, msg_type, boot, seq, ts, data, payload)
+
+
+def too_large(topic: str, prefix: bytes, size: int) -> Rejection:
+    """The rejection of a payload of `size` bytes over MAX_PAYLOAD_BYTES, of which only `prefix`
+    (at most TOO_LARGE_PREFIX_BYTES) is kept. A topic that is no device topic is a bad_topic,
+    as it would be for a small payload."""
+    prefix = prefix[:TOO_LARGE_PREFIX_BYTES]
+    parsed = _TOPIC_CACHE.get(topic) or parse_topic(topic)
+    kept = f"{size} bytes > {MAX_PAYLOAD_BYTES}; the first {len(prefix)} kept"
+    if parsed is None:
+        detail = f"topic {_show(topic)} is not a device topic; {kept}"
+        return Rejection("bad_topic", detail, topic, prefix)
+    return Rejection("too_large", kept, topic, prefix, parsed[0])
 
 
 _TOO_DEEP: Final = f"nesting deeper than {MAX_JSON_DEPTH} levels"

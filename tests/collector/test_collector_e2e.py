@@ -113,6 +113,9 @@ def test_every_rejection_is_archived_with_its_reason_and_counted(
         assert row["topic"] == topic
         if reason == "not_utf8":
             assert "payload_b64" in row
+        elif reason == "too_large":  # a bounded prefix, and the length in the detail
+            assert row["payload"].encode() == payload[:protocol.TOO_LARGE_PREFIX_BYTES]
+            assert f"{len(payload)} bytes" in row["detail"]
         else:
             assert row["payload"].encode() == payload
     audit.close()
@@ -220,3 +223,61 @@ def test_two_collectors_sharing_a_subscription_store_everything_once(
         # Each collector's local "gaps" are the other's share: no gap is reported.
         assert a.metrics.sample("iotmeter_seq_gaps_total") == 0
     audit.close()
+
+
+def test_an_oversized_packet_is_skipped_counted_and_the_collector_goes_on(
+    tmp_path: Path, store_env: dict[str, str]
+) -> None:
+    """Issue 15 item 2. A broker iotmeter did not configure (no max_packet_size) forwards a
+    4 MiB message: the collector's decoder used to buffer up to 256 MB per packet. Now it skips
+    the packet's bytes as they stream in, rejects it as too_large keeping only a prefix and its
+    length, acknowledges it once that is spooled (so the broker does not hand it back), and
+    the messages after it on the same connection are stored."""
+    settings = settings_for(tmp_path, store_env)
+    huge = b'{"v": 2, "pad": "' + b"x" * (4 << 20) + b'"}'
+    with MosquittoServer(max_packet_size=0) as broker:
+        with running_collector(settings, broker.url) as collector:
+            pub = Publisher(broker.url)
+            pub.publish([telemetry("dc-0001", 1, 0), ("iot/dc-0001/telemetry", huge),
+                         *[telemetry("dc-0001", 1, s) for s in range(1, 6)]])
+            pub.close()
+            audit = StoreAudit(settings)
+            wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 6, what="6 points")
+            m = collector.metrics
+            assert m.sample("iotmeter_messages_rejected_total", {"reason": "too_large"}) == 1
+            row = wait_for(lambda: (r := audit.rejected()) and r[0], what="rejection archived")
+            assert row["reason"] == "too_large" and row["topic"] == "iot/dc-0001/telemetry"
+            assert row["payload"].encode() == huge[:protocol.TOO_LARGE_PREFIX_BYTES]
+            assert f"{len(huge)} bytes" in row["detail"]
+            wait_for(lambda: m.sample("iotmeter_messages_acked_total") == 7, what="all acked")
+        # Acknowledged: a new session on the same client id gets nothing back.
+        with running_collector(settings, broker.url) as collector:
+            pub = Publisher(broker.url)
+            pub.publish([telemetry("dc-0001", 1, 6)])
+            pub.close()
+            wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 7, what="7 points")
+            assert collector.metrics.sample("iotmeter_messages_received_total") == 1
+        audit.close()
+    assert len(StoreAudit(settings).rejected()) == 1
+
+
+def test_the_embedded_broker_refuses_an_oversized_packet(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    """The embedded and test brokers carry max_packet_size: the packet never reaches the
+    collector, and the device sending it is cut off while the rest of the fleet goes on."""
+    assert f"max_packet_size {protocol.BROKER_MAX_PACKET_BYTES}" in \
+        private_mosquitto.broker.config_path.read_text()
+    settings = settings_for(tmp_path, store_env)
+    with running_collector(settings, private_mosquitto.url) as collector:
+        rogue = Publisher(private_mosquitto.url, "rogue")
+        rogue.publish([("iot/dc-0002/telemetry",
+                        b"x" * (protocol.BROKER_MAX_PACKET_BYTES + 1))], qos=0)
+        rogue.close()
+        pub = Publisher(private_mosquitto.url)
+        pub.publish([telemetry("dc-0001", 1, s) for s in range(3)])
+        pub.close()
+        audit = StoreAudit(settings)
+        wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 3, what="3 points")
+        assert collector.metrics.sample("iotmeter_messages_received_total") == 3
+        audit.close()

@@ -22,12 +22,19 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
-from iotmeter_tui.backend.mqtt.codec import CONNACK_CODES, SUBACK_FAILURE, ConnAck, Publish, SubAck
+from iotmeter_tui.backend.mqtt.codec import (
+    CONNACK_CODES,
+    SUBACK_FAILURE,
+    ConnAck,
+    OversizedPublish,
+    Publish,
+    SubAck,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,16 @@ class Delivery:
     publishes: list[Publish]
     received_ms: int
     connection: int  # which connection brought them: acks go back only on that one
+    # PUBLISH packets over protocol.MAX_PACKET_BYTES: their bytes were skipped as they arrived
+    # (a 256 MB message would otherwise be buffered whole), only their head is here. They are
+    # spooled as too_large rejections and acknowledged like any rejected message, once that
+    # record is durable: not acknowledging would leave them with the broker, which would hand
+    # them back after every reconnect, for ever, each holding an in-flight slot.
+    oversized: list[OversizedPublish] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.publishes) + len(self.oversized)
 
 
 class _Dropped(Exception):
@@ -105,6 +122,11 @@ class MqttIntake:
             for d in deliveries if d.connection == current
             for p in d.publishes if p.packet_id is not None
         )
+        acks += b"".join(
+            codec.encode_puback(o.packet_id)
+            for d in deliveries if d.oversized and d.connection == current
+            for o in d.oversized if o.packet_id is not None
+        )
         if acks:
             # On failure the reading thread sees the broken connection and reconnects.
             with contextlib.suppress(OSError):
@@ -130,7 +152,8 @@ class MqttIntake:
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     def _session(self) -> None:
-        decoder = codec.Decoder()
+        decoder = codec.Decoder(publish_cap=protocol.MAX_PACKET_BYTES,
+                                prefix_bytes=protocol.TOO_LARGE_PREFIX_BYTES)
         sock = self._open()
         self._connection += 1
         connection = self._connection
@@ -166,11 +189,21 @@ class MqttIntake:
                 # stream is out of step, so start over on a new connection.
                 raise _Dropped(f"protocol error from broker: {exc}") from None
             publishes = [p for p in packets if type(p) is Publish]
-            if publishes:
-                self.inbox.put(Delivery(publishes, int(time.time() * 1000), connection))
-            if len(publishes) != len(packets):
-                subscribed = self._control([p for p in packets if type(p) is not Publish],
-                                           subscribed)
+            if len(publishes) == len(packets):
+                if publishes:
+                    self.inbox.put(Delivery(publishes, int(time.time() * 1000), connection))
+            else:
+                oversized = [p for p in packets if type(p) is OversizedPublish]
+                if publishes or oversized:
+                    self.inbox.put(Delivery(publishes, int(time.time() * 1000), connection,
+                                            oversized))
+                if oversized:
+                    log.warning("oversized messages skipped", extra={
+                        "event": "mqtt_oversized", "count": len(oversized),
+                        "sizes": [o.size for o in oversized[:10]]})
+                subscribed = self._control(
+                    [p for p in packets if type(p) is not Publish
+                     and type(p) is not OversizedPublish], subscribed)
             self._keep_alive(now, last_heard)
 
     def _control(self, packets: list[object], subscribed: bool) -> bool:

@@ -77,7 +77,8 @@ class Decider:
         status message seen already (a retained one sent again)."""
         result = protocol.decode(topic, payload)
         if isinstance(result, protocol.Rejection):
-            return self._rejected(topic, payload, received_ms, result.reason, result.detail,
+            # result.raw: the payload, or only its head when it is too large.
+            return self._rejected(topic, result.raw, received_ms, result.reason, result.detail,
                                   result.device_id)
         msg = result
         if not self.auto_register and msg.device_id not in self.directory.types:
@@ -105,6 +106,13 @@ class Decider:
             -1 if msg.boot is None else msg.boot, -1 if msg.seq is None else msg.seq, msg.ts,
             "", "", "", payload, msg.data,  # no topic: it is device_topic(id, msg_type)
         )
+
+    def decide_oversized(self, topic: str, prefix: bytes, size: int,
+                         received_ms: int) -> SpoolRecord:
+        """The rejection of a message the intake skipped for its size: its head only."""
+        rejection = protocol.too_large(topic, prefix, size)
+        return self._rejected(topic, rejection.raw, received_ms, rejection.reason,
+                              rejection.detail, rejection.device_id)
 
     def _rejected(self, topic: str, payload: bytes, received_ms: int, reason: str, detail: str,
                   device_id: str | None) -> SpoolRecord:
@@ -188,14 +196,14 @@ class Pipeline(threading.Thread):
         except queue.Empty:
             return []
         deliveries = [first]
-        count = len(first.publishes)
+        count = first.count
         while count < MAX_TURN:
             try:
                 more = self.inbox.get_nowait()
             except queue.Empty:
                 break
             deliveries.append(more)
-            count += len(more.publishes)
+            count += more.count
         return deliveries
 
     def _seal_for_release(self) -> None:
@@ -210,11 +218,15 @@ class Pipeline(threading.Thread):
                 "event": "spool_roll_failed", "error": str(exc)})
 
     def _turn(self, deliveries: list[Delivery]) -> None:
-        count = sum(len(d.publishes) for d in deliveries)
+        count = sum(d.count for d in deliveries)
         self.metrics.received.inc(count)
         decide = self.decider.decide
         records = [r for d in deliveries for p in d.publishes
                    if (r := decide(p.topic, p.payload, d.received_ms)) is not None]
+        for d in deliveries:
+            if d.oversized:
+                records += [self.decider.decide_oversized(o.topic, o.prefix, o.size,
+                                                          d.received_ms) for o in d.oversized]
         self.decider.publish_counts()
         while True:
             try:
