@@ -42,6 +42,12 @@ READ_SIZE = 256 << 10  # one read takes about a thousand telemetry messages
 CONNECT_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 30.0  # a broker that takes no bytes for this long is gone
 _SUBSCRIBE_ID = 1
+# Reads waiting for the pipeline, at most (service.py sizes the queue): at 256 KiB a read,
+# about 16 MiB of payloads. When they are all waiting, the intake stops reading the socket, so
+# TCP holds the broker back: QoS 1 stays in the broker's session, QoS 0 is the broker's to
+# drop, and the collector's memory stays bounded however fast devices publish (issue 15 item 7).
+INBOX_MAX_READS = 64
+_PUT_WAIT_S = 1.0  # how often a blocked intake checks for stop() and keeps the connection up
 
 
 @dataclass(slots=True)
@@ -63,6 +69,9 @@ class Delivery:
         return len(self.publishes) + len(self.oversized)
 
 
+Inbox = queue.Queue[Delivery] | queue.SimpleQueue[Delivery]
+
+
 class _Dropped(Exception):
     """The connection is gone (or never came up); reconnect after a back-off."""
 
@@ -74,7 +83,7 @@ class MqttIntake:
         self,
         url: str,
         client_id: str,
-        inbox: queue.SimpleQueue[Delivery],
+        inbox: Inbox,
         *,
         share_group: str | None = None,
         keepalive: int = 30,
@@ -191,12 +200,12 @@ class MqttIntake:
             publishes = [p for p in packets if type(p) is Publish]
             if len(publishes) == len(packets):
                 if publishes:
-                    self.inbox.put(Delivery(publishes, int(time.time() * 1000), connection))
+                    self._hand_over(Delivery(publishes, int(time.time() * 1000), connection))
             else:
                 oversized = [p for p in packets if type(p) is OversizedPublish]
                 if publishes or oversized:
-                    self.inbox.put(Delivery(publishes, int(time.time() * 1000), connection,
-                                            oversized))
+                    self._hand_over(Delivery(publishes, int(time.time() * 1000), connection,
+                                             oversized))
                 if oversized:
                     log.warning("oversized messages skipped", extra={
                         "event": "mqtt_oversized", "count": len(oversized),
@@ -205,6 +214,24 @@ class MqttIntake:
                     [p for p in packets if type(p) is not Publish
                      and type(p) is not OversizedPublish], subscribed)
             self._keep_alive(now, last_heard)
+
+    def _hand_over(self, delivery: Delivery) -> None:
+        """Queue a read for the pipeline; while its queue is full, read nothing more (the
+        socket's buffers fill and TCP holds the broker back) but keep the connection alive:
+        the broker drops a client it hears nothing from for 1.5 keepalives."""
+        while True:
+            try:
+                self.inbox.put(delivery, timeout=_PUT_WAIT_S)
+                return
+            except queue.Full:
+                if self._stopping.is_set():
+                    return  # unacknowledged: the broker sends it again on the next session
+                if time.monotonic() - self._last_sent >= self.keepalive / 2:
+                    # Not _keep_alive(): its answer cannot be read while we do not read.
+                    try:
+                        self._send(codec.encode_pingreq())
+                    except OSError as exc:
+                        raise _Dropped(f"disconnected from broker: {exc}") from None
 
     def _control(self, packets: list[object], subscribed: bool) -> bool:
         for packet in packets:

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.collector.intake import Delivery
+from iotmeter_tui.backend.collector.intake import Delivery, Inbox
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
@@ -157,7 +157,7 @@ class Pipeline(threading.Thread):
 
     def __init__(
         self,
-        inbox: queue.SimpleQueue[Delivery],
+        inbox: Inbox,
         decider: Decider,
         spool: Spool,
         ack: Callable[[list[Delivery]], None],

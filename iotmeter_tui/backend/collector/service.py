@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
-from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake
+from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS, Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
@@ -61,7 +61,9 @@ class Collector:
         self.metrics = metrics or CollectorMetrics()
         self.tuning = tuning or Tuning()
         self._stores = stores
-        self.inbox: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        # Bounded: the intake stops reading the socket when the pipeline falls this far behind
+        # (a slow or full spool under a QoS 0 flood would otherwise grow it without end).
+        self.inbox: queue.Queue[Delivery] = queue.Queue(maxsize=INBOX_MAX_READS)
         self.runners: list[SinkRunner] = []
         self.pipeline: Pipeline | None = None
         self.intake: MqttIntake | None = None
