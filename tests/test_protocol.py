@@ -252,6 +252,25 @@ REJECTIONS = [
     case("bad_field", with_data(p.OTA_STATUS, progress_pct="50"), topic(p.OTA_STATUS),
          id="ota-progress-string"),
     case("bad_field", with_data(p.OTA_STATUS, error=5), topic(p.OTA_STATUS), id="ota-error"),
+    # Issue 15 item 11: what a device writes reaches operators' terminals. Escape sequences
+    # (sent escaped in JSON, or raw as a C1 CSI in UTF-8), bidi overrides, line breaks, and
+    # strings past MAX_TEXT_CHARS are refused at intake.
+    case("bad_field", with_data(p.COMMAND_ACK, detail="ok\x1b]0;pwned\x07"),
+         topic(p.COMMAND_ACK), id="ack-detail-escape"),
+    case("bad_field", payload(with_data(p.COMMAND_ACK, detail="ok")).replace(
+        b'"ok"', '"ok\u009b2J"'.encode()), topic(p.COMMAND_ACK), id="ack-detail-raw-c1-csi"),
+    case("bad_field", with_data(p.COMMAND_ACK, detail="line\nbreak"), topic(p.COMMAND_ACK),
+         id="ack-detail-newline"),
+    case("bad_field", with_data(p.COMMAND_ACK, detail="x" * (p.MAX_TEXT_CHARS + 1)),
+         topic(p.COMMAND_ACK), id="ack-detail-too-long"),
+    case("bad_field", with_data(p.OTA_STATUS, state="failed", error="bad \x1b[2Jimage"),
+         topic(p.OTA_STATUS), id="ota-error-escape"),
+    case("bad_field", with_data(p.OTA_STATUS, state="failed", error="\u202egnp.exe"),
+         topic(p.OTA_STATUS), id="ota-error-bidi-override"),
+    case("bad_field", with_data(p.HELLO, site="depot\x1b[31m"), topic(p.HELLO),
+         id="hello-extra-escape"),
+    case("bad_field", with_data(p.HELLO, **{"si\x1bte": "depot"}), topic(p.HELLO),
+         id="hello-key-escape"),
 ]
 
 

@@ -33,6 +33,9 @@ BROKER_MAX_PACKET_BYTES: Final = 256 * 1024
 # What a too_large rejection keeps of its payload, with the payload's length in its detail:
 # archiving (and spooling) a huge payload whole multiplied its cost several times.
 TOO_LARGE_PREFIX_BYTES: Final = 1024
+# The longest string a hello, status, command_ack or ota_status may carry (a command's detail,
+# an OTA error): far beyond an honest message, short enough for a terminal line and a log.
+MAX_TEXT_CHARS: Final = 1024
 TOPIC_ROOT: Final = "iot"
 
 DEVICE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -116,8 +119,9 @@ REJECTION_REASONS: Final[dict[str, str]] = {
     "0 .. 2^63-1",
     "bad_ts": f'"ts" is missing or not an integer of milliseconds 0 .. {MAX_TS_MS}',
     "bad_field": '"data" is missing or not an object, a field in it has the wrong type or '
-    "value, a telemetry field name breaks the field name rules, or the payload holds "
-    "NaN/Infinity",
+    "value, a telemetry field name breaks the field name rules, the payload holds "
+    "NaN/Infinity, or a string holds a control, format or separator character (escape "
+    f"sequences included) or is longer than {MAX_TEXT_CHARS} characters",
     "unknown_device": "the device is not registered and auto-registration is off (collector)",
 }
 
@@ -379,8 +383,9 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
                 problem = _field_names_problem(data)
     else:
         problem = _DATA_CHECKS[msg_type](data)
-        # A NUL or a lone surrogate can only arrive through a JSON escape.
-        if problem is None and b"\\" in payload:
+        # Every string of these (rare) messages: what a device writes here reaches stores,
+        # logs and operators' terminals.
+        if problem is None:
             problem = _text_problem(data)
     if problem is not None:
         return Rejection("bad_field", problem, topic, payload, topic_device)
@@ -442,7 +447,9 @@ def _field_names_problem(data: dict[str, Any]) -> str | None:
 
 def _text_problem(data: dict[str, Any]) -> str | None:
     """Strings a store cannot hold: lone surrogates (not encodable as UTF-8) and NUL (refused
-    by PostgreSQL text)."""
+    by PostgreSQL text); strings an operator's terminal must not get: control, format (bidi
+    override) and separator characters, escape sequences included (issue 15 item 11); and
+    strings longer than MAX_TEXT_CHARS."""
     stack: list[Any] = [data]
     while stack:
         item = stack.pop()
@@ -453,12 +460,17 @@ def _text_problem(data: dict[str, Any]) -> str | None:
         elif type(item) is list:
             stack.extend(item)
         elif type(item) is str:
+            if item.isprintable() and len(item) <= MAX_TEXT_CHARS:
+                continue  # nearly every string: one check at C speed
+            if len(item) > MAX_TEXT_CHARS:
+                return f"string {_show(item)} is longer than {MAX_TEXT_CHARS} characters"
             if "\x00" in item:
                 return f"string {_show(item)} holds a NUL character"
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 return f"string {_show(item)} holds a lone surrogate"
+            return f"string {_show(item)} holds a control or unprintable character"
     return None
 
 
