@@ -37,6 +37,7 @@ BAD_VALUES: dict[str, list[str]] = {
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
     "metrics_host": ["127.0.0.1:9108", "http://h", "a b", "::1:x"],
+    "field_budget": ["0", "-1", "1.5", "many"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
 

@@ -271,13 +271,16 @@ REJECTIONS = [
          id="hello-extra-escape"),
     case("bad_field", with_data(p.HELLO, **{"si\x1bte": "depot"}), topic(p.HELLO),
          id="hello-key-escape"),
+    # Issue 15 item 6: fields per message are capped.
+    case("bad_field", with_data(p.TELEMETRY, **{f"f{i}": 1.0 for i in range(60)}),
+         id="telemetry-too-many-fields"),
 ]
 
 
 def test_rejection_cases_cover_every_reason_decode_can_give() -> None:
     """A reason added to the table without a test case here fails this test."""
     covered = {param.values[0] for param in REJECTIONS}
-    produced_elsewhere = {"unknown_device"}  # the collector's verdict, not decode's
+    produced_elsewhere = {"unknown_device", "field_budget"}  # the collector's, not decode's
     assert covered == set(p.REJECTION_REASONS) - produced_elsewhere
 
 

@@ -214,6 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_host", _host, "127.0.0.1",
             "Address the collector's Prometheus /metrics endpoint binds; 0.0.0.0 (or ::) "
             "for a scraper on another host."),
+    Setting("field_budget", _positive(int), 64,
+            "Distinct telemetry field names each device type may use (learned since the "
+            "collector started); a message bringing more is rejected as field_budget."),
 )
 
 
@@ -245,6 +248,7 @@ class Settings:
     log_level: str
     # --- security (collector and operator host) ---
     metrics_host: str
+    field_budget: int
 
     @property
     def embedded(self) -> bool:

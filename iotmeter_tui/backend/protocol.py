@@ -36,6 +36,9 @@ TOO_LARGE_PREFIX_BYTES: Final = 1024
 # The longest string a hello, status, command_ack or ota_status may carry (a command's detail,
 # an OTA error): far beyond an honest message, short enough for a terminal line and a log.
 MAX_TEXT_CHARS: Final = 1024
+# Fields in one telemetry message: a meter sends about ten. Bounds what one message can add to
+# the stores' field names (issue 15 item 6); the collector also bounds them per device type.
+MAX_TELEMETRY_FIELDS: Final = 64
 TOPIC_ROOT: Final = "iot"
 
 DEVICE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -120,9 +123,12 @@ REJECTION_REASONS: Final[dict[str, str]] = {
     "bad_ts": f'"ts" is missing or not an integer of milliseconds 0 .. {MAX_TS_MS}',
     "bad_field": '"data" is missing or not an object, a field in it has the wrong type or '
     "value, a telemetry field name breaks the field name rules, the payload holds "
-    "NaN/Infinity, or a string holds a control, format or separator character (escape "
-    f"sequences included) or is longer than {MAX_TEXT_CHARS} characters",
+    f"NaN/Infinity, telemetry has more than {MAX_TELEMETRY_FIELDS} fields, or a string holds "
+    "a control, format or separator character (escape sequences included) or is longer than "
+    f"{MAX_TEXT_CHARS} characters",
     "unknown_device": "the device is not registered and auto-registration is off (collector)",
+    "field_budget": "the telemetry brings field names its device type has no room for: each "
+    "type may use IOTMETER_FIELD_BUDGET distinct names (collector)",
 }
 
 
@@ -367,7 +373,9 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
         return Rejection("bad_field", detail, topic, payload, topic_device)
 
     problem: str | None = None
-    if msg_type == TELEMETRY:
+    if msg_type == TELEMETRY and len(data) > MAX_TELEMETRY_FIELDS:
+        problem = f"telemetry has {len(data)} fields, more than {MAX_TELEMETRY_FIELDS}"
+    elif msg_type == TELEMETRY:
         # Inline: this loop runs for every field of every measurement.
         for name, value in data.items():
             kind = type(value)

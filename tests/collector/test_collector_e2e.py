@@ -93,7 +93,7 @@ def test_every_rejection_is_archived_with_its_reason_and_counted(
     tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
 ) -> None:
     # Every reason decode() can give, plus unknown_device from the collector itself.
-    assert set(REJECTS) | {"unknown_device"} == set(protocol.REJECTION_REASONS)
+    assert set(REJECTS) | {"unknown_device", "field_budget"} == set(protocol.REJECTION_REASONS)
     settings = settings_for(tmp_path, store_env)
     with running_collector(settings, private_mosquitto.url) as collector:
         pub = Publisher(private_mosquitto.url)

@@ -117,7 +117,7 @@ class Collector:
         registry.restore(seq_states)
 
         decider = Decider(SeqTracker(reorder_ms), DeviceDirectory(types), self.metrics,
-                          auto_register=s.auto_register)
+                          auto_register=s.auto_register, field_budget=s.field_budget)
         now = int(time.time() * 1000)
         for st in seq_states:
             decider.tracker.restore(st.device_id, st.boot, BootTrack.restore(
