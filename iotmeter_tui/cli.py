@@ -11,6 +11,7 @@ from typing import Any
 
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.backend.home import keep_files_private, prepare_home
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
 
 EXIT_USAGE = 2
@@ -20,7 +21,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "metrics_port", None) is not None:
         overrides["metrics_port"] = str(args.metrics_port)
-    return load_settings(config_file=args.config, overrides=overrides)
+    settings = load_settings(config_file=args.config, overrides=overrides)
+    prepare_home(settings.home)
+    return settings
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
@@ -156,6 +159,7 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_files_private()  # before anything creates a file
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
