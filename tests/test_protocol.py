@@ -855,3 +855,15 @@ def test_docs_json_examples_are_valid() -> None:
             assert p.decode_server_message(on, block.encode()) is not None, block
             kinds.add(on.rsplit("/", 1)[1])
     assert kinds == p.MSG_TYPES | {"command", "ota"}
+
+
+def test_an_oversized_payload_on_a_bad_topic_is_kept_bounded_too() -> None:
+    """The collector's decoder hands on only the head of an oversized packet, whatever its
+    topic; decode gives the same verdict, detail and head for the whole payload."""
+    raw = b"x" * (p.MAX_PAYLOAD_BYTES + 10)
+    whole = decode("iot/-bad/telemetry", raw)
+    head = p.too_large("iot/-bad/telemetry", raw[:p.TOO_LARGE_PREFIX_BYTES], len(raw))
+    assert isinstance(whole, Rejection)
+    assert whole == head
+    assert whole.reason == "bad_topic" and whole.raw == raw[:p.TOO_LARGE_PREFIX_BYTES]
+    assert f"{len(raw)} bytes" in whole.detail

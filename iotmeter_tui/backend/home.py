@@ -32,7 +32,9 @@ def prepare_home(home: Path) -> None:
         info = home.stat()
         if info.st_mode & 0o077 and info.st_uid == os.geteuid():
             os.chmod(home, stat.S_IMODE(info.st_mode) & 0o700)
-            log.warning("IOTMETER_HOME was open to other users; now 0700",
+            # Info, not a warning: a directory made by mkdir under the usual umask is the
+            # common case, and the fix is done.
+            log.info("IOTMETER_HOME was open to other users; now 0700",
                         extra={"event": "home_tightened", "home": str(home)})
     except OSError:
         pass  # the command that needs it says why it cannot use it, in its own words

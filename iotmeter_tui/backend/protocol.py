@@ -318,6 +318,8 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     if parsed is None:
         parsed = parse_topic(topic)
         if parsed is None:
+            if len(payload) > MAX_PAYLOAD_BYTES:  # kept bounded, whatever the reason
+                return too_large(topic, payload, len(payload))
             detail = f"topic {_show(topic)} is not a device topic"
             return Rejection("bad_topic", detail, topic, payload)
         if len(_TOPIC_CACHE) >= _TOPIC_CACHE_MAX:

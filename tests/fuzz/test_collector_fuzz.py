@@ -118,8 +118,9 @@ class Oracle:
         if isinstance(result, protocol.Rejection):
             verdict = result.reason
             self.rejected[result.reason] += 1
+            # result.raw: the payload as archived (only its head when too_large).
             self.rejections[(result.reason, result.detail, topic, result.device_id,
-                             digest(payload))] += 1
+                             digest(result.raw))] += 1
             self.samples.setdefault(result.reason, (spec.family, topic, payload[:120]))
         elif self._duplicate(result):
             verdict = "duplicate"

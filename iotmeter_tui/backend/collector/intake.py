@@ -206,10 +206,6 @@ class MqttIntake:
                 if publishes or oversized:
                     self._hand_over(Delivery(publishes, int(time.time() * 1000), connection,
                                              oversized))
-                if oversized:
-                    log.warning("oversized messages skipped", extra={
-                        "event": "mqtt_oversized", "count": len(oversized),
-                        "sizes": [o.size for o in oversized[:10]]})
                 subscribed = self._control(
                     [p for p in packets if type(p) is not Publish
                      and type(p) is not OversizedPublish], subscribed)
