@@ -29,6 +29,7 @@ from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker
 from iotmeter_tui.backend.config import ConfigError, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.simulator.faults import FaultSpec, FaultSpecError
 from iotmeter_tui.backend.simulator.fleet import (
     DEFAULT_HEARTBEAT_S,
@@ -93,7 +94,8 @@ def run_simulate(
                                          duration, prefix, heartbeat_s, summary_path))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
-            log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
+            # Plain logging here (not logjson): the URL's password is redacted by hand.
+            log.info("no IOTMETER_MQTT_URL: private broker at %s", redact(broker.url))
             return asyncio.run(_simulate(BrokerAddress.parse(broker.url), home_dir, devices,
                                          rate, kind, spec, seed, duration, prefix, heartbeat_s,
                                          summary_path))
