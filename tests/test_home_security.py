@@ -101,6 +101,7 @@ def test_files_under_a_fresh_home_are_not_readable_by_others(tmp_path: Path) -> 
         out, err = collector.communicate(timeout=60)
     assert collector.returncode == 0, err
     assert "mqtt://iotmeter:***@127.0.0.1:" in out  # the broker's URL, logged redacted
+    assert '"event": "mqtt_connected"' in out  # the intake got in with the credentials
     migrated = _iotmeter(home, "migrate")
     assert migrated.wait(60) == 0
     assert mode(home) == 0o700

@@ -55,6 +55,12 @@ def test_a_log_line_never_carries_a_password() -> None:
     assert entry["msg"] == "store down: postgresql://iot:***@db/x"
 
 
+def test_a_quote_in_a_password_does_not_end_it() -> None:
+    # JSON escapes it as \", a repr may quote around it: neither may let the rest show.
+    assert redact('{"url": "mqtt://c:a\\"b@c@h:1"}') == '{"url": "mqtt://c:***@h:1"}'
+    assert redact("mqtt://c:it's@h:1") == "mqtt://c:***@h:1"
+
+
 def test_describe_shows_no_password() -> None:
     stores = Stores(None, None, None, (  # type: ignore[arg-type]
         f"postgresql://iot:{PASSWORD}@db:5432/iot", "influxdb://influx:8086/m", "s3://bucket"))

@@ -14,10 +14,11 @@ from typing import Final
 
 MASK: Final = "***"
 
-# scheme://user:password@ , the password running to the last '@' before a space or a quote
-# (URLs appear inside error messages and log lines, quoted or not).
+# scheme://user:password@ , the password running to the last '@' before a space (URLs appear
+# inside error messages and log lines, quoted or not; a quote may be part of a password, so
+# only whitespace ends it: at worst a little more of the same word is hidden).
 _CREDENTIALS_RE: Final = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\":/@]*):[^\s'\"]*@"
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\":/@]*):\S*@"
 )
 
 
