@@ -4,11 +4,12 @@ offline detection, reboots."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS
-from iotmeter_tui.testing import MosquittoServer
+from iotmeter_tui.testing import MosquittoServer, S3Server
 from iotmeter_tui.testing.fleet import Device, Publisher, hello, status, telemetry, wait_for
 from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
 
@@ -283,3 +284,49 @@ def test_the_embedded_broker_refuses_an_oversized_packet(
         wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 3, what="3 points")
         assert collector.metrics.sample("iotmeter_messages_received_total") == 3
         audit.close()
+
+
+def test_a_qos0_flood_while_the_spool_is_held_stays_bounded_and_loses_nothing_accepted(
+    tmp_path: Path, private_mosquitto: MosquittoServer, private_s3: S3Server
+) -> None:
+    """Issue 15 item 7, end to end. The archive (S3) goes down, so no spool segment is
+    released and the small spool fills: the pipeline holds its turn. A QoS 0 flood then used
+    to grow the intake queue without end. Now the queue stays within its bound (the intake
+    stops reading), and once S3 is back everything the collector accepted is stored and every
+    QoS 1 message arrives."""
+    settings = settings_for(tmp_path, {
+        "IOTMETER_ARCHIVE_URL": "s3://held-spool", "IOTMETER_S3_ENDPOINT": private_s3.endpoint,
+        "IOTMETER_S3_ACCESS_KEY": private_s3.access_key,
+        "IOTMETER_S3_SECRET_KEY": private_s3.secret_key,
+        "IOTMETER_S3_REGION": private_s3.region}, spool_max_bytes=300_000)
+    with running_collector(settings, private_mosquitto.url) as collector:
+        private_s3.stop()
+        flooder = Publisher(private_mosquitto.url, "flooder")
+        try:
+            flooder.publish([telemetry("dc-flood", 1, s) for s in range(30_000)], qos=0)
+            pub = Publisher(private_mosquitto.url, "qos1", persistent=True)
+            sent = pub.publish([telemetry("dc-qos1", 1, s) for s in range(200)], qos=1)
+            pub.close()
+            m = collector.metrics
+            wait_for(lambda: m.sample("iotmeter_spool_full") == 1, what="spool full")
+            most = 0
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                most = max(most, collector.inbox.qsize())
+                time.sleep(0.02)
+            assert collector.inbox.maxsize == INBOX_MAX_READS
+            assert most == INBOX_MAX_READS  # it filled, and went no further
+        finally:
+            flooder.close()
+            private_s3.start()
+        wait_for(lambda: m.sample("iotmeter_spool_full") == 0, timeout_s=60,
+                 what="spool released")
+        audit = StoreAudit(settings)
+        wait_for(lambda: len(audit.timeseries_keys("dc-qos1")) == sent, timeout_s=60,
+                 what="every QoS 1 message stored")
+        accepted = m.sample("iotmeter_messages_accepted_total", {"msg_type": "telemetry"})
+        wait_for(lambda: len(audit.timeseries_keys("dc-flood")) + sent == accepted,
+                 timeout_s=60, what="everything accepted stored")
+        flood = audit.timeseries_keys("dc-flood")
+        assert all(n == 1 for n in flood.values())
+    audit.close()
