@@ -12,6 +12,7 @@ from typing import Any
 from iotmeter_tui.api.cli import register_api
 from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
+from iotmeter_tui.backend.home import keep_files_private, prepare_home
 from iotmeter_tui.cli_admin import register_admin_commands
 from iotmeter_tui.cli_broker import register_broker_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
@@ -25,7 +26,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "metrics_port", None) is not None:
         overrides["metrics_port"] = str(args.metrics_port)
-    return load_settings(config_file=args.config, overrides=overrides)
+    settings = load_settings(config_file=args.config, overrides=overrides)
+    prepare_home(settings.home)
+    return settings
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
@@ -79,13 +82,16 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.config import SETTINGS
+    from iotmeter_tui.backend.redaction import redact
 
     settings = _settings(args)
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
         if setting.key in {"influx_token", "s3_secret_key", "github_token",
-                           "alert_relay_token", "firmware_url_secret"} and value:
+                           "alert_relay_token", "firmware_url_secret", "serve_token"} and value:
             value = "********"
+        elif isinstance(value, str):
+            value = redact(value)  # passwords inside the store and broker URLs
         print(f"{setting.env:<28} {value!s:<40} {setting.doc}")
     return 0
 
@@ -180,6 +186,7 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = [register_command_group, register
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_files_private()  # before anything creates a file
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

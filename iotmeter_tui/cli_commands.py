@@ -22,6 +22,7 @@ from typing import Any
 
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.stores.metadata import COMMAND_STATES, Command, OtaTarget
+from iotmeter_tui.backend.terminal import safe_text
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -237,6 +238,8 @@ def _when(ms: int | None) -> str:
 
 
 def _table(rows: list[list[str]]) -> None:
+    # Device-supplied text (command details, OTA errors) reaches a terminal only filtered.
+    rows = [[safe_text(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
@@ -287,7 +290,7 @@ def _command_send(args: argparse.Namespace) -> int:
 
 
 def _outcome(cmd: Command) -> str:
-    return cmd.state + (f": {cmd.detail}" if cmd.detail else "")
+    return cmd.state + (f": {safe_text(cmd.detail)}" if cmd.detail else "")
 
 
 def _command_list(args: argparse.Namespace) -> int:
@@ -449,7 +452,7 @@ def _summary(status: Any) -> str:
 def _print_status(status: Any) -> None:
     c = status.campaign
     print(f"campaign {c.id}: firmware {c.fw_version}, {c.state}"
-          + (f" ({c.detail})" if c.detail else ""))
+          + (f" ({safe_text(c.detail)})" if c.detail else ""))
     print(f"  {c.selector}; {c.batch_size} at a time; abort past {c.max_failures_pct:g}% "
           f"failures; {c.target_timeout_s:g} s per device")
     print("  " + _summary(status).split(": ", 1)[1])

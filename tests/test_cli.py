@@ -68,6 +68,32 @@ def test_config_prints_every_setting_and_hides_secrets(tmp_path: Path) -> None:
     assert "fw-url-secret" not in result.stdout
 
 
+def test_config_prints_no_password_from_any_url(tmp_path: Path) -> None:
+    """Issue 15 item 8: the URLs were printed whole. The password holds '@', ':' and '/'
+    (unencoded, as operators type them), which urlsplit-based redaction got wrong."""
+    password = "s3cr@t:pa/ss"
+    result = iotmeter("config", env={
+        "IOTMETER_HOME": str(tmp_path),
+        "IOTMETER_MQTT_URL": "mqtt://collector:s3cr%40t%3Apa%2Fss@broker:1883",
+        "IOTMETER_DB_URL": f"postgresql://iot:{password}@db:5432/iotmeter".replace("/ss", "%2Fss"),
+        "IOTMETER_TSDB_URL": "influxdb://admin:s3cr@t@influx:8086/iot-metrics",
+    })
+    assert result.returncode == 0, result.stderr
+    for piece in ("s3cr", "pa/ss", "pa%2Fss", "%40t"):
+        assert piece not in result.stdout, result.stdout
+    assert "mqtt://collector:***@broker:1883" in result.stdout
+    assert "postgresql://iot:***@db:5432/iotmeter" in result.stdout
+
+
+def test_a_bad_url_is_reported_without_its_password(tmp_path: Path) -> None:
+    result = iotmeter("--collector-only", env={
+        "IOTMETER_HOME": str(tmp_path),
+        "IOTMETER_DB_URL": "postgresql://iot:s3cr@t:pa/ss@db:5432/iotmeter"})
+    assert result.returncode == 2
+    assert "IOTMETER_DB_URL" in result.stderr
+    assert "s3cr" not in result.stderr and "pa/ss" not in result.stderr
+
+
 def test_migrate_prepares_the_embedded_stores(tmp_path: Path) -> None:
     result = iotmeter("migrate", env={"IOTMETER_HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr

@@ -252,13 +252,35 @@ REJECTIONS = [
     case("bad_field", with_data(p.OTA_STATUS, progress_pct="50"), topic(p.OTA_STATUS),
          id="ota-progress-string"),
     case("bad_field", with_data(p.OTA_STATUS, error=5), topic(p.OTA_STATUS), id="ota-error"),
+    # Issue 15 item 11: what a device writes reaches operators' terminals. Escape sequences
+    # (sent escaped in JSON, or raw as a C1 CSI in UTF-8), bidi overrides, line breaks, and
+    # strings past MAX_TEXT_CHARS are refused at intake.
+    case("bad_field", with_data(p.COMMAND_ACK, detail="ok\x1b]0;pwned\x07"),
+         topic(p.COMMAND_ACK), id="ack-detail-escape"),
+    case("bad_field", payload(with_data(p.COMMAND_ACK, detail="ok")).replace(
+        b'"ok"', '"ok\u009b2J"'.encode()), topic(p.COMMAND_ACK), id="ack-detail-raw-c1-csi"),
+    case("bad_field", with_data(p.COMMAND_ACK, detail="line\nbreak"), topic(p.COMMAND_ACK),
+         id="ack-detail-newline"),
+    case("bad_field", with_data(p.COMMAND_ACK, detail="x" * (p.MAX_TEXT_CHARS + 1)),
+         topic(p.COMMAND_ACK), id="ack-detail-too-long"),
+    case("bad_field", with_data(p.OTA_STATUS, state="failed", error="bad \x1b[2Jimage"),
+         topic(p.OTA_STATUS), id="ota-error-escape"),
+    case("bad_field", with_data(p.OTA_STATUS, state="failed", error="\u202egnp.exe"),
+         topic(p.OTA_STATUS), id="ota-error-bidi-override"),
+    case("bad_field", with_data(p.HELLO, site="depot\x1b[31m"), topic(p.HELLO),
+         id="hello-extra-escape"),
+    case("bad_field", with_data(p.HELLO, **{"si\x1bte": "depot"}), topic(p.HELLO),
+         id="hello-key-escape"),
+    # Issue 15 item 6: fields per message are capped.
+    case("bad_field", with_data(p.TELEMETRY, **{f"f{i}": 1.0 for i in range(60)}),
+         id="telemetry-too-many-fields"),
 ]
 
 
 def test_rejection_cases_cover_every_reason_decode_can_give() -> None:
     """A reason added to the table without a test case here fails this test."""
     covered = {param.values[0] for param in REJECTIONS}
-    produced_elsewhere = {"unknown_device"}  # the collector's verdict, not decode's
+    produced_elsewhere = {"unknown_device", "field_budget"}  # the collector's, not decode's
     assert covered == set(p.REJECTION_REASONS) - produced_elsewhere
 
 
@@ -268,7 +290,11 @@ def test_decode_rejects(reason: str, on: str, raw: bytes) -> None:
     assert isinstance(result, Rejection), result
     assert result.reason == reason, result.detail
     assert result.reason in p.REJECTION_REASONS
-    assert result.raw is raw
+    if reason == "too_large":  # issue 15 item 2: only a bounded head is kept
+        assert result.raw == raw[:p.TOO_LARGE_PREFIX_BYTES]
+        assert f"{len(raw)} bytes" in result.detail
+    else:
+        assert result.raw is raw
     assert result.topic == on
     assert result.detail and "\n" not in result.detail and len(result.detail) <= 200
     parsed = p.parse_topic(on)
@@ -829,3 +855,15 @@ def test_docs_json_examples_are_valid() -> None:
             assert p.decode_server_message(on, block.encode()) is not None, block
             kinds.add(on.rsplit("/", 1)[1])
     assert kinds == p.MSG_TYPES | {"command", "ota"}
+
+
+def test_an_oversized_payload_on_a_bad_topic_is_kept_bounded_too() -> None:
+    """The collector's decoder hands on only the head of an oversized packet, whatever its
+    topic; decode gives the same verdict, detail and head for the whole payload."""
+    raw = b"x" * (p.MAX_PAYLOAD_BYTES + 10)
+    whole = decode("iot/-bad/telemetry", raw)
+    head = p.too_large("iot/-bad/telemetry", raw[:p.TOO_LARGE_PREFIX_BYTES], len(raw))
+    assert isinstance(whole, Rejection)
+    assert whole == head
+    assert whole.reason == "bad_topic" and whole.raw == raw[:p.TOO_LARGE_PREFIX_BYTES]
+    assert f"{len(raw)} bytes" in whole.detail

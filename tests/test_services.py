@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from minio import Minio
 
-from iotmeter_tui.backend import broker
+from iotmeter_tui.backend import broker, protocol
 from iotmeter_tui.backend.broker import (
     BrokerError,
     EmbeddedBroker,
@@ -173,7 +173,8 @@ def test_mosquitto_config_has_the_product_settings(tmp_path: Path) -> None:
         "log_dest stderr",
     ):
         assert expected in lines
-    assert not any(line.startswith("max_packet_size") for line in lines)
+    # Issue 15 item 2: a client's oversized packet is refused at the broker.
+    assert f"max_packet_size {protocol.BROKER_MAX_PACKET_BYTES}" in lines
 
 
 def test_missing_mosquitto_is_a_clear_error(

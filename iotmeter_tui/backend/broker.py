@@ -3,8 +3,11 @@ when IOTMETER_MQTT_URL is unset. The test fixtures run the very same config."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -13,7 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
+from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.lifeline import parent_death_signal, spawn_watched
 
@@ -25,6 +30,15 @@ STOP_TIMEOUT_S = 10.0
 # Written into the data directory while the broker runs, so other iotmeter processes on the
 # same IOTMETER_HOME (the `command` and `ota` subcommands) can find it.
 PORT_FILE = "port"
+# The embedded broker admits only the user named in this file (0600, "user:password"), with a
+# password made at each start: any local user of a shared host could otherwise read the fleet,
+# inject devices or take the collector's client id (issue 15 item 10). The broker itself gets
+# the hashed form (PASSWORD_FILE); iotmeter processes on the same IOTMETER_HOME read this one.
+CREDENTIALS_FILE = "credentials"
+PASSWORD_FILE = "passwd"
+EMBEDDED_USER = "iotmeter"
+# mosquitto 2's "$7$" hash: PBKDF2-HMAC-SHA512, its default 101 iterations, a 12-byte salt.
+_PBKDF2_ITERATIONS = 101
 
 
 class BrokerError(IotmeterError, RuntimeError):
@@ -92,8 +106,32 @@ def tcp_accepts(host: str, port: int) -> bool:
         return False
 
 
-def mosquitto_config(port: int, data_dir: str | Path) -> str:
-    """The mosquitto.conf for a private loopback broker keeping its state in `data_dir`."""
+def mosquitto_password_line(username: str, password: str) -> str:
+    """One line of a mosquitto password file, hashed as `mosquitto_passwd` does (never a
+    password on a command line, where other local users could read it)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS, 64)
+    return (f"{username}:$7${_PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}"
+            f"${base64.b64encode(digest).decode()}\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def mosquitto_config(port: int, data_dir: str | Path, *,
+                     max_packet_size: int = protocol.BROKER_MAX_PACKET_BYTES,
+                     password_file: Path | None = None) -> str:
+    """The mosquitto.conf for a private loopback broker keeping its state in `data_dir`.
+    `max_packet_size` 0 sets no limit (only tests want that: a broker configured by someone
+    else, which the collector must survive too). With a `password_file` only its users get
+    in; without one any local client does (the test broker, for tools like mosquitto_sub)."""
     location = str(Path(data_dir).resolve())
     if "\n" in location:
         raise BrokerError(f"broker data directory {location!r} contains a newline")
@@ -104,7 +142,8 @@ def mosquitto_config(port: int, data_dir: str | Path) -> str:
         [
             "# Written by iotmeter for its embedded broker; regenerated on every start.",
             f"listener {port} {LOOPBACK}",
-            "allow_anonymous true",
+            *(["allow_anonymous false", f"password_file {password_file}"]
+              if password_file is not None else ["allow_anonymous true"]),
             # Persistent sessions (the collector's fixed client id) and their queued QoS 1 messages
             # survive a broker restart. mosquitto saves them on a clean shutdown, not on SIGKILL.
             "persistence true",
@@ -116,6 +155,9 @@ def mosquitto_config(port: int, data_dir: str | Path) -> str:
             "max_inflight_messages 10000",
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
+            # A device's oversized packet is refused (and that device disconnected) at the
+            # broker: it never reaches the collector nor sits in its queue (issue 15 item 2).
+            *([f"max_packet_size {max_packet_size}"] if max_packet_size else []),
             "log_dest stderr",
             f"user {user}",
             "",
@@ -124,13 +166,20 @@ def mosquitto_config(port: int, data_dir: str | Path) -> str:
 
 
 def running_broker_url(data_dir: str | Path) -> str | None:
-    """The URL of the embedded broker running on `data_dir`, or None if none answers there."""
+    """The URL of the embedded broker running on `data_dir` (with its credentials when it has
+    them), or None if none answers there."""
     try:
         port = int((Path(data_dir) / PORT_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
+    userinfo = ""
+    try:
+        user, _, password = (Path(data_dir) / CREDENTIALS_FILE).read_text().strip().partition(":")
+        userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    except OSError:
+        pass  # a broker without credentials (or not ours to read: it will refuse us)
     # The file outlives a crashed broker; only a listening port counts.
-    return f"mqtt://{LOOPBACK}:{port}" if tcp_accepts(LOOPBACK, port) else None
+    return f"mqtt://{userinfo}{LOOPBACK}:{port}" if tcp_accepts(LOOPBACK, port) else None
 
 
 class EmbeddedBroker:
@@ -139,16 +188,26 @@ class EmbeddedBroker:
     host = LOOPBACK
 
     def __init__(
-        self, data_dir: str | Path, port: int | None = None, *, binary: str | None = None
+        self, data_dir: str | Path, port: int | None = None, *, binary: str | None = None,
+        max_packet_size: int = protocol.BROKER_MAX_PACKET_BYTES, credentials: bool = True,
     ) -> None:
         self.binary = binary or find_mosquitto()
+        self.max_packet_size = max_packet_size
+        # Made once per instance, so a restart() keeps what connected clients hold.
+        self.username: str | None = EMBEDDED_USER if credentials else None
+        self.password: str | None = secrets.token_urlsafe(24) if credentials else None
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """The broker's URL, with the credentials every embedded client needs. Redacted
+        wherever it is shown (backend/redaction.py)."""
+        if self.username is None or self.password is None:
+            return f"mqtt://{self.host}:{self.port}"
+        return (f"mqtt://{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+                f"{self.host}:{self.port}")
 
     @property
     def config_path(self) -> Path:
@@ -166,8 +225,17 @@ class EmbeddedBroker:
         """Start the broker and return once it accepts connections; a no-op if it runs."""
         if self.running:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(mosquitto_config(self.port, self.data_dir))
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        password_file = None
+        if self.username is not None and self.password is not None:
+            password_file = (self.data_dir / PASSWORD_FILE).resolve()
+            _write_private(password_file, mosquitto_password_line(self.username,
+                                                                  self.password))
+            _write_private(self.data_dir / CREDENTIALS_FILE,
+                           f"{self.username}:{self.password}\n")
+        _write_private(self.config_path, mosquitto_config(
+            self.port, self.data_dir, max_packet_size=self.max_packet_size,
+            password_file=password_file))
         self._process = spawn_watched(self._spawn)
         wait_until_ready(
             self._process,
@@ -209,6 +277,7 @@ class EmbeddedBroker:
         if process is None or process.poll() is not None:
             return
         self._port_file.unlink(missing_ok=True)
+        (self.data_dir / CREDENTIALS_FILE).unlink(missing_ok=True)
         process.send_signal(sig)
         try:
             process.wait(timeout_s)

@@ -7,6 +7,7 @@ A bad value raises `ConfigError`, which the CLI prints as one line naming the va
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from iotmeter_tui.backend import tls
+from iotmeter_tui.backend.redaction import redact
 
 ENV_PREFIX = "IOTMETER_"
 
@@ -25,33 +27,51 @@ class ConfigError(ValueError):
     """A setting has a bad value. `str()` is the one line shown to the operator."""
 
     def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
+        # A bad URL is quoted back to say what was wrong with it: never with its password.
+        super().__init__(f"{variable}: {redact(problem)}")
         self.variable = variable
 
 
 # --- parsers: str -> value, raising ValueError with a short reason -------------------------
 
+def _shown(text: str) -> str:
+    """A URL as quoted in an error: its password redacted, and with no scheme to find the
+    password by, nothing before the last '@'."""
+    if "://" not in text and "@" in text:
+        return "***@" + text.rpartition("@")[2]
+    return redact(text)
+
+
+_ENCODE_HINT = " (a password's '@', ':' and '/' must be %-encoded: %40, %3A, %2F)"
+
+
 def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        parts = urlsplit(text)
+        shown = _shown(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError as exc:  # an unbalanced '[' in the host
+            raise ValueError(f"{shown!r} is not a URL: {exc}") from None
         if parts.scheme not in schemes:
-            shown = parts.scheme or "none"
-            raise ValueError(f"unsupported scheme {shown!r} in {text!r}; use {', '.join(schemes)}")
+            scheme = parts.scheme or "none"
+            raise ValueError(f"unsupported scheme {scheme!r} in {shown!r}; "
+                             f"use {', '.join(schemes)}")
         if parts.scheme == "sqlite":
             if not parts.path or parts.path == "/":
-                raise ValueError(f"{text!r} has no file path (sqlite:///path/to/file.db)")
+                raise ValueError(f"{shown!r} has no file path (sqlite:///path/to/file.db)")
         elif parts.scheme == "file":
             if not parts.path:
-                raise ValueError(f"{text!r} has no directory path (file:///path/to/dir)")
+                raise ValueError(f"{shown!r} has no directory path (file:///path/to/dir)")
         elif parts.scheme == "s3":
             if not parts.netloc:
-                raise ValueError(f"{text!r} names no bucket (s3://bucket)")
+                raise ValueError(f"{shown!r} names no bucket (s3://bucket)")
         elif not parts.hostname:
-            raise ValueError(f"{text!r} names no host")
+            raise ValueError(f"{shown!r} names no host{_ENCODE_HINT if '@' in text else ''}")
         try:
             parts.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {text!r}") from exc
+        except ValueError:
+            hint = _ENCODE_HINT if "@" in text else ""
+            raise ValueError(f"bad port in {shown!r}{hint}") from None
         return text
 
     return parse
@@ -109,6 +129,20 @@ def _host_port(text: str) -> str:
     # An IPv6 address must be bracketed, or "::1:9109" would be ambiguous.
     if not re.fullmatch(r"[A-Za-z0-9.:_-]+", bare) or (":" in bare and not bracketed):
         raise ValueError(f"{text!r} has no valid host before the port")
+    return text
+
+
+def _host(text: str) -> str:
+    # An address or host name to bind: no port, no scheme. A ':' only in an IPv6 address.
+    ok = re.fullmatch(r"[A-Za-z0-9._-]+", text) is not None
+    if not ok and ":" in text:
+        try:
+            ipaddress.IPv6Address(text)
+            ok = True
+        except ValueError:
+            pass
+    if not ok:
+        raise ValueError(f"{text!r} is not a host or address (e.g. 127.0.0.1, 0.0.0.0, ::)")
     return text
 
 
@@ -354,6 +388,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keymap", _keymap, None,
             "Dashboard keys: 'binding-id=keys; ...', e.g. 'app.quit=ctrl+x; fleet.sort=o' "
             "(binding ids in docs/dashboard.md)."),
+    # --- security (collector and operator host) ---
+    Setting("metrics_host", _host, "127.0.0.1",
+            "Address the collector's Prometheus /metrics endpoint binds; 0.0.0.0 (or ::) "
+            "for a scraper on another host."),
+    Setting("field_budget", _positive(int), 64,
+            "Distinct telemetry field names each device type may use (learned since the "
+            "collector started); a message bringing more is rejected as field_budget."),
 )
 
 
@@ -419,6 +460,9 @@ class Settings:
     offline_group_min: int
     serve_token: str | None
     keymap: dict[str, str] | None
+    # --- security (collector and operator host) ---
+    metrics_host: str
+    field_budget: int
 
     @property
     def embedded(self) -> bool:

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from iotmeter_tui.backend.redaction import redact
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -28,7 +30,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # Whatever a line holds (an error quoting a store URL, a driver's message), no
+        # password leaves in it: logs end up in container logs and tickets.
+        return redact(json.dumps(entry, default=str))
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None) -> None:

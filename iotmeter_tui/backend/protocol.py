@@ -20,6 +20,25 @@ import orjson
 
 VERSION: Final = 2
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
+# The largest MQTT packet a valid message needs: its payload, its topic (under 100 bytes) and
+# the headers, with room to spare. The collector's decoder skips a larger PUBLISH as it streams
+# in, keeping only its head, and rejects it as too_large (issue 15 item 2).
+MAX_PACKET_BYTES: Final = MAX_PAYLOAD_BYTES + 512
+# The broker's own cap (mosquitto max_packet_size in the embedded, test and shipped configs):
+# a client sending a larger packet is disconnected and the packet never queued. Above
+# MAX_PACKET_BYTES on purpose, so a meter's moderately oversized message still reaches the
+# collector and is counted and archived as too_large (an operator sees why), while nothing
+# huge ever sits in the broker's queues.
+BROKER_MAX_PACKET_BYTES: Final = 256 * 1024
+# What a too_large rejection keeps of its payload, with the payload's length in its detail:
+# archiving (and spooling) a huge payload whole multiplied its cost several times.
+TOO_LARGE_PREFIX_BYTES: Final = 1024
+# The longest string a hello, status, command_ack or ota_status may carry (a command's detail,
+# an OTA error): far beyond an honest message, short enough for a terminal line and a log.
+MAX_TEXT_CHARS: Final = 1024
+# Fields in one telemetry message: a meter sends about ten. Bounds what one message can add to
+# the stores' field names (issue 15 item 6); the collector also bounds them per device type.
+MAX_TELEMETRY_FIELDS: Final = 64
 TOPIC_ROOT: Final = "iot"
 
 DEVICE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -91,7 +110,8 @@ _BAD_TAG_CHAR_RE = re.compile(r"[\\\x00-\x1f\x7f]")
 # docs/protocol.md lists the same table; a test keeps the two in step.
 REJECTION_REASONS: Final[dict[str, str]] = {
     "bad_topic": "the topic is not iot/{device_id}/{telemetry|hello|status|command/ack|ota/status}",
-    "too_large": f"the payload is over {MAX_PAYLOAD_BYTES} bytes",
+    "too_large": f"the payload is over {MAX_PAYLOAD_BYTES} bytes (only its first "
+    f"{TOO_LARGE_PREFIX_BYTES} bytes are kept, its length is in the detail)",
     "not_utf8": "the payload is not valid UTF-8",
     "not_json": "the payload is not JSON",
     "not_object": "the payload is JSON but not an object",
@@ -103,9 +123,13 @@ REJECTION_REASONS: Final[dict[str, str]] = {
     "0 .. 2^63-1",
     "bad_ts": f'"ts" is missing or not an integer of milliseconds 0 .. {MAX_TS_MS}',
     "bad_field": '"data" is missing or not an object, a field in it has the wrong type or '
-    "value, a telemetry field name breaks the field name rules, or the payload holds "
-    "NaN/Infinity",
+    "value, a telemetry field name breaks the field name rules, the payload holds "
+    f"NaN/Infinity, telemetry has more than {MAX_TELEMETRY_FIELDS} fields, or a string holds "
+    "a control, format or separator character (escape sequences included) or is longer than "
+    f"{MAX_TEXT_CHARS} characters",
     "unknown_device": "the device is not registered and auto-registration is off (collector)",
+    "field_budget": "the telemetry brings field names its device type has no room for: each "
+    "type may use IOTMETER_FIELD_BUDGET distinct names (collector)",
 }
 
 
@@ -295,6 +319,8 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     if parsed is None:
         parsed = parse_topic(topic)
         if parsed is None:
+            if len(payload) > MAX_PAYLOAD_BYTES:  # kept bounded, whatever the reason
+                return too_large(topic, payload, len(payload))
             detail = f"topic {_show(topic)} is not a device topic"
             return Rejection("bad_topic", detail, topic, payload)
         if len(_TOPIC_CACHE) >= _TOPIC_CACHE_MAX:
@@ -303,8 +329,7 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     topic_device, msg_type = parsed
 
     if len(payload) > MAX_PAYLOAD_BYTES:
-        detail = f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}"
-        return Rejection("too_large", detail, topic, payload, topic_device)
+        return too_large(topic, payload[:TOO_LARGE_PREFIX_BYTES], len(payload))
     try:
         obj = loads(payload)
     except Unparsable as exc:
@@ -351,7 +376,9 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
         return Rejection("bad_field", detail, topic, payload, topic_device)
 
     problem: str | None = None
-    if msg_type == TELEMETRY:
+    if msg_type == TELEMETRY and len(data) > MAX_TELEMETRY_FIELDS:
+        problem = f"telemetry has {len(data)} fields, more than {MAX_TELEMETRY_FIELDS}"
+    elif msg_type == TELEMETRY:
         # Inline: this loop runs for every field of every measurement.
         for name, value in data.items():
             kind = type(value)
@@ -367,8 +394,9 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
                 problem = _field_names_problem(data)
     else:
         problem = _DATA_CHECKS[msg_type](data)
-        # A NUL or a lone surrogate can only arrive through a JSON escape.
-        if problem is None and b"\\" in payload:
+        # Every string of these (rare) messages: what a device writes here reaches stores,
+        # logs and operators' terminals.
+        if problem is None:
             problem = _text_problem(data)
     if problem is not None:
         return Rejection("bad_field", problem, topic, payload, topic_device)
@@ -376,6 +404,19 @@ def decode(topic: str, payload: bytes) -> Message | Rejection:
     if msg_type == STATUS:
         boot = seq = None
     return Message(device_id, msg_type, boot, seq, ts, data, payload)
+
+
+def too_large(topic: str, prefix: bytes, size: int) -> Rejection:
+    """The rejection of a payload of `size` bytes over MAX_PAYLOAD_BYTES, of which only `prefix`
+    (at most TOO_LARGE_PREFIX_BYTES) is kept. A topic that is no device topic is a bad_topic,
+    as it would be for a small payload."""
+    prefix = prefix[:TOO_LARGE_PREFIX_BYTES]
+    parsed = _TOPIC_CACHE.get(topic) or parse_topic(topic)
+    kept = f"{size} bytes > {MAX_PAYLOAD_BYTES}; the first {len(prefix)} kept"
+    if parsed is None:
+        detail = f"topic {_show(topic)} is not a device topic; {kept}"
+        return Rejection("bad_topic", detail, topic, prefix)
+    return Rejection("too_large", kept, topic, prefix, parsed[0])
 
 
 _TOO_DEEP: Final = f"nesting deeper than {MAX_JSON_DEPTH} levels"
@@ -417,7 +458,9 @@ def _field_names_problem(data: dict[str, Any]) -> str | None:
 
 def _text_problem(data: dict[str, Any]) -> str | None:
     """Strings a store cannot hold: lone surrogates (not encodable as UTF-8) and NUL (refused
-    by PostgreSQL text)."""
+    by PostgreSQL text); strings an operator's terminal must not get: control, format (bidi
+    override) and separator characters, escape sequences included (issue 15 item 11); and
+    strings longer than MAX_TEXT_CHARS."""
     stack: list[Any] = [data]
     while stack:
         item = stack.pop()
@@ -428,12 +471,17 @@ def _text_problem(data: dict[str, Any]) -> str | None:
         elif type(item) is list:
             stack.extend(item)
         elif type(item) is str:
+            if item.isprintable() and len(item) <= MAX_TEXT_CHARS:
+                continue  # nearly every string: one check at C speed
+            if len(item) > MAX_TEXT_CHARS:
+                return f"string {_show(item)} is longer than {MAX_TEXT_CHARS} characters"
             if "\x00" in item:
                 return f"string {_show(item)} holds a NUL character"
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 return f"string {_show(item)} holds a lone surrogate"
+            return f"string {_show(item)} holds a control or unprintable character"
     return None
 
 

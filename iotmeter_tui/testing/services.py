@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
+from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.broker import (
     LOOPBACK,
     BrokerError,
@@ -130,13 +131,18 @@ class _Service(ABC):
 class MosquittoServer(_Service):
     """The product's EmbeddedBroker in a temporary directory; restart() keeps port and sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_packet_size: int = protocol.BROKER_MAX_PACKET_BYTES,
+                 credentials: bool = False) -> None:
+        """`max_packet_size` 0: no packet limit, as on a broker iotmeter did not configure.
+        `credentials`: as the product's embedded broker (its URL carries them); off by default
+        so tools like mosquitto_sub in benches connect as they are."""
         try:
             binary = find_mosquitto()
         except BrokerError as exc:
             raise ServiceError(str(exc)) from None
         self.data_dir = Path(tempfile.mkdtemp(prefix="iotmeter-mosquitto-"))
-        self.broker = EmbeddedBroker(self.data_dir, binary=binary)
+        self.broker = EmbeddedBroker(self.data_dir, binary=binary,
+                                     max_packet_size=max_packet_size, credentials=credentials)
         super().__init__()
 
     @property

@@ -28,6 +28,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from iotmeter_tui.backend.terminal import safe_text
+
 ROLES = ("ok", "warn", "error", "muted", "accent")
 SEPARATOR = 1  # blank cells between columns
 STRIP_CACHE = 2000  # rendered lines kept
@@ -490,7 +492,9 @@ def _row_at(rows: Sequence[Row], offset: int, index: int) -> Row | None:
 
 
 def _fit(text: str, width: int, align: str) -> str:
-    """`text` truncated with an ellipsis or padded to exactly `width` cells."""
+    """`text` truncated with an ellipsis or padded to exactly `width` cells; a device's
+    control characters never reach the terminal."""
+    text = safe_text(text)
     cells = cell_len(text)
     if cells > width:
         return _truncate(text, width)

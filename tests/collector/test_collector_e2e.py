@@ -4,10 +4,12 @@ offline detection, reboots."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.testing import MosquittoServer
+from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS
+from iotmeter_tui.testing import MosquittoServer, S3Server
 from iotmeter_tui.testing.fleet import Device, Publisher, hello, status, telemetry, wait_for
 from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
 
@@ -92,7 +94,7 @@ def test_every_rejection_is_archived_with_its_reason_and_counted(
     tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
 ) -> None:
     # Every reason decode() can give, plus unknown_device from the collector itself.
-    assert set(REJECTS) | {"unknown_device"} == set(protocol.REJECTION_REASONS)
+    assert set(REJECTS) | {"unknown_device", "field_budget"} == set(protocol.REJECTION_REASONS)
     settings = settings_for(tmp_path, store_env)
     with running_collector(settings, private_mosquitto.url) as collector:
         pub = Publisher(private_mosquitto.url)
@@ -113,6 +115,9 @@ def test_every_rejection_is_archived_with_its_reason_and_counted(
         assert row["topic"] == topic
         if reason == "not_utf8":
             assert "payload_b64" in row
+        elif reason == "too_large":  # a bounded prefix, and the length in the detail
+            assert row["payload"].encode() == payload[:protocol.TOO_LARGE_PREFIX_BYTES]
+            assert f"{len(payload)} bytes" in row["detail"]
         else:
             assert row["payload"].encode() == payload
     audit.close()
@@ -219,4 +224,109 @@ def test_two_collectors_sharing_a_subscription_store_everything_once(
         assert own and own[0].received < 100
         # Each collector's local "gaps" are the other's share: no gap is reported.
         assert a.metrics.sample("iotmeter_seq_gaps_total") == 0
+    audit.close()
+
+
+def test_an_oversized_packet_is_skipped_counted_and_the_collector_goes_on(
+    tmp_path: Path, store_env: dict[str, str]
+) -> None:
+    """Issue 15 item 2. A broker iotmeter did not configure (no max_packet_size) forwards a
+    4 MiB message: the collector's decoder used to buffer up to 256 MB per packet. Now it skips
+    the packet's bytes as they stream in, rejects it as too_large keeping only a prefix and its
+    length, acknowledges it once that is spooled (so the broker does not hand it back), and
+    the messages after it on the same connection are stored."""
+    settings = settings_for(tmp_path, store_env)
+    huge = b'{"v": 2, "pad": "' + b"x" * (4 << 20) + b'"}'
+    with MosquittoServer(max_packet_size=0) as broker:
+        with running_collector(settings, broker.url) as collector:
+            assert collector.inbox.maxsize == INBOX_MAX_READS  # bounded (issue 15 item 7)
+            pub = Publisher(broker.url)
+            pub.publish([telemetry("dc-0001", 1, 0), ("iot/dc-0001/telemetry", huge),
+                         *[telemetry("dc-0001", 1, s) for s in range(1, 6)]])
+            pub.close()
+            audit = StoreAudit(settings)
+            wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 6, what="6 points")
+            m = collector.metrics
+            assert m.sample("iotmeter_messages_rejected_total", {"reason": "too_large"}) == 1
+            row = wait_for(lambda: (r := audit.rejected()) and r[0], what="rejection archived")
+            assert row["reason"] == "too_large" and row["topic"] == "iot/dc-0001/telemetry"
+            assert row["payload"].encode() == huge[:protocol.TOO_LARGE_PREFIX_BYTES]
+            assert f"{len(huge)} bytes" in row["detail"]
+            wait_for(lambda: m.sample("iotmeter_messages_acked_total") == 7, what="all acked")
+        # Acknowledged: a new session on the same client id gets nothing back.
+        with running_collector(settings, broker.url) as collector:
+            pub = Publisher(broker.url)
+            pub.publish([telemetry("dc-0001", 1, 6)])
+            pub.close()
+            wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 7, what="7 points")
+            assert collector.metrics.sample("iotmeter_messages_received_total") == 1
+        audit.close()
+    assert len(StoreAudit(settings).rejected()) == 1
+
+
+def test_the_embedded_broker_refuses_an_oversized_packet(
+    tmp_path: Path, private_mosquitto: MosquittoServer, store_env: dict[str, str]
+) -> None:
+    """The embedded and test brokers carry max_packet_size: the packet never reaches the
+    collector, and the device sending it is cut off while the rest of the fleet goes on."""
+    assert f"max_packet_size {protocol.BROKER_MAX_PACKET_BYTES}" in \
+        private_mosquitto.broker.config_path.read_text()
+    settings = settings_for(tmp_path, store_env)
+    with running_collector(settings, private_mosquitto.url) as collector:
+        rogue = Publisher(private_mosquitto.url, "rogue")
+        rogue.publish([("iot/dc-0002/telemetry",
+                        b"x" * (protocol.BROKER_MAX_PACKET_BYTES + 1))], qos=0)
+        rogue.close()
+        pub = Publisher(private_mosquitto.url)
+        pub.publish([telemetry("dc-0001", 1, s) for s in range(3)])
+        pub.close()
+        audit = StoreAudit(settings)
+        wait_for(lambda: len(audit.timeseries_keys("dc-0001")) == 3, what="3 points")
+        assert collector.metrics.sample("iotmeter_messages_received_total") == 3
+        audit.close()
+
+
+def test_a_qos0_flood_while_the_spool_is_held_stays_bounded_and_loses_nothing_accepted(
+    tmp_path: Path, private_mosquitto: MosquittoServer, private_s3: S3Server
+) -> None:
+    """Issue 15 item 7, end to end. The archive (S3) goes down, so no spool segment is
+    released and the small spool fills: the pipeline holds its turn. A QoS 0 flood then used
+    to grow the intake queue without end. Now the queue stays within its bound (the intake
+    stops reading), and once S3 is back everything the collector accepted is stored and every
+    QoS 1 message arrives."""
+    settings = settings_for(tmp_path, {
+        "IOTMETER_ARCHIVE_URL": "s3://held-spool", "IOTMETER_S3_ENDPOINT": private_s3.endpoint,
+        "IOTMETER_S3_ACCESS_KEY": private_s3.access_key,
+        "IOTMETER_S3_SECRET_KEY": private_s3.secret_key,
+        "IOTMETER_S3_REGION": private_s3.region}, spool_max_bytes=300_000)
+    with running_collector(settings, private_mosquitto.url) as collector:
+        private_s3.stop()
+        flooder = Publisher(private_mosquitto.url, "flooder")
+        try:
+            flooder.publish([telemetry("dc-flood", 1, s) for s in range(30_000)], qos=0)
+            pub = Publisher(private_mosquitto.url, "qos1", persistent=True)
+            sent = pub.publish([telemetry("dc-qos1", 1, s) for s in range(200)], qos=1)
+            pub.close()
+            m = collector.metrics
+            wait_for(lambda: m.sample("iotmeter_spool_full") == 1, what="spool full")
+            most = 0
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                most = max(most, collector.inbox.qsize())
+                time.sleep(0.02)
+            assert collector.inbox.maxsize == INBOX_MAX_READS
+            assert most == INBOX_MAX_READS  # it filled, and went no further
+        finally:
+            flooder.close()
+            private_s3.start()
+        wait_for(lambda: m.sample("iotmeter_spool_full") == 0, timeout_s=60,
+                 what="spool released")
+        audit = StoreAudit(settings)
+        wait_for(lambda: len(audit.timeseries_keys("dc-qos1")) == sent, timeout_s=60,
+                 what="every QoS 1 message stored")
+        accepted = m.sample("iotmeter_messages_accepted_total", {"msg_type": "telemetry"})
+        wait_for(lambda: len(audit.timeseries_keys("dc-flood")) + sent == accepted,
+                 timeout_s=60, what="everything accepted stored")
+        flood = audit.timeseries_keys("dc-flood")
+        assert all(n == 1 for n in flood.values())
     audit.close()

@@ -3,6 +3,7 @@ session, what it does not is sent again, and a quiet connection stays up."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import time
@@ -29,7 +30,7 @@ def _seqs(deliveries: list[Delivery]) -> list[int]:
                   for d in deliveries for p in d.publishes)
 
 
-def _intake(broker: MosquittoServer, inbox: queue.SimpleQueue[Delivery],
+def _intake(broker: MosquittoServer, inbox: queue.SimpleQueue[Delivery] | queue.Queue[Delivery],
             **kwargs: int) -> MqttIntake:
     intake = MqttIntake(broker.url, "intake-test", inbox, **kwargs)
     intake.start()
@@ -118,6 +119,46 @@ def test_an_idle_connection_is_kept_alive(private_mosquitto: MosquittoServer) ->
         assert _seqs(_take(inbox, 5)) == list(range(5))
         assert intake.last_error is None
     finally:
+        intake.stop()
+
+
+def test_a_held_pipeline_bounds_the_queue_under_a_qos0_flood(
+        private_mosquitto: MosquittoServer) -> None:
+    """Issue 15 item 7: the intake queue was unbounded, so a QoS 0 flood (which no in-flight
+    window holds back) while the spool was full or slow grew it until memory ran out. With a
+    bounded queue the intake stops reading the socket: the queue never holds more than its
+    bound, the connection stays up (pings), and every QoS 1 message sent meanwhile arrives
+    once the pipeline takes again."""
+    bound = 4
+    inbox: queue.Queue[Delivery] = queue.Queue(maxsize=bound)
+    intake = _intake(private_mosquitto, inbox, keepalive=2)
+    flooder = Publisher(private_mosquitto.url, "flooder")
+    try:
+        flooder.publish([telemetry("dc-0000", 0, s) for s in range(30_000)], qos=0)
+        _publish(private_mosquitto, range(200))  # QoS 1, boot 1, queued by the broker
+        most = 0
+        deadline = time.monotonic() + 6  # three keepalives: the broker would have dropped us
+        while time.monotonic() < deadline:
+            most = max(most, inbox.qsize())
+            time.sleep(0.05)
+        assert most == bound  # it filled, and went no further
+        assert intake.connected.is_set() and intake._connection == 1
+        taken: list[Delivery] = []
+        qos1: set[int] = set()
+        end = time.monotonic() + 60
+        while len(qos1) < 200 and time.monotonic() < end:
+            with contextlib.suppress(queue.Empty):
+                delivery = inbox.get(timeout=0.5)
+                taken.append(delivery)
+                intake.ack([delivery])
+                qos1 |= {int(p.payload.split(b'"seq":')[1].split(b",")[0])
+                         for p in delivery.publishes if p.qos == 1}
+        assert qos1 == set(range(200))  # nothing the broker took for us is lost
+        flood = [p.payload for d in taken for p in d.publishes if p.qos == 0]
+        assert len(flood) == len(set(flood))  # and nothing is handed over twice
+        assert intake._connection == 1
+    finally:
+        flooder.close()
         intake.stop()
 
 

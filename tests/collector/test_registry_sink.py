@@ -22,7 +22,7 @@ from iotmeter_tui.backend.collector.spool import (
     SpoolRecord,
 )
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.backend.stores.metadata import Command, MetadataStore, open_metadata
 from iotmeter_tui.testing.fleet import hello, telemetry
 
 
@@ -221,4 +221,27 @@ def test_planned_reboots_do_not_page_and_one_that_does_not_return_does(tmp_path:
     [alert] = store.open_alerts()
     assert (alert.device_id, alert.rule) == ("dc-0002", "offline")
     assert "planned reboot (OTA install)" in alert.message
+def _ack_record(device_id: str, seq: int, command_id: str) -> SpoolRecord:
+    payload = protocol.encode_device_message(
+        device_id, protocol.COMMAND_ACK,
+        {"command_id": command_id, "result": "done", "detail": "forged"},
+        boot=1, seq=seq, ts=now_ms())
+    return SpoolRecord(ACCEPTED, now_ms(), device_id, protocol.COMMAND_ACK, "power_meter_dc",
+                       1, seq, now_ms(), "", "", "", payload)
+
+
+def test_a_device_cannot_close_another_devices_command(tmp_path: Path) -> None:
+    """Issue 15 item 9: acks were matched by command id alone, so device B acknowledging A's
+    command id closed A's command. Now only A's own acknowledgement does."""
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    at = now_ms()
+    store.create_command(Command("cmd-a", "dc-000A", "reboot", {}, "sent", at, at, at + 60_000))
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
+                        CollectorMetrics())
+    sink.write([_ack_record("dc-000B", 0, "cmd-a")], Position(1, 100))
+    cmd = store.get_command("cmd-a")
+    assert cmd is not None and (cmd.state, cmd.result, cmd.detail) == ("sent", None, None)
+    sink.write([_ack_record("dc-000A", 0, "cmd-a")], Position(1, 200))
+    cmd = store.get_command("cmd-a")
+    assert cmd is not None and (cmd.state, cmd.detail) == ("done", "forged")
     store.close()

@@ -7,7 +7,13 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iotmeter_tui.backend.collector.seqtrack import BOOTS_KEPT, BootTrack, SeqTracker, Verdict
+from iotmeter_tui.backend.collector.seqtrack import (
+    BOOTS_KEPT,
+    MAX_RANGES,
+    BootTrack,
+    SeqTracker,
+    Verdict,
+)
 
 TIMEOUT = 5_000
 
@@ -78,6 +84,37 @@ def test_restore_keeps_open_ranges_fillable() -> None:
     assert track.observe(4, 1) is Verdict.FILL
     assert track.observe(4, 1) is Verdict.DUPLICATE
     assert track.observe(7, 1) is Verdict.DUPLICATE
+
+
+def test_a_device_skipping_every_other_seq_keeps_a_bounded_list_of_ranges() -> None:
+    """Issue 15 item 12: the registry stores every open range with each write, so a device
+    skipping every other seq made that row grow to 10,000 ranges. The newest MAX_RANGES are
+    kept; the older ones stay counted as gaps (missing seqs are never under-counted)."""
+    assert MAX_RANGES <= 1_000
+    tracker = SeqTracker(TIMEOUT)
+    sent = 5 * MAX_RANGES
+    for s in range(0, 2 * sent, 2):  # 1, 3, 5, ... never arrive
+        tracker.observe("d", 1, s, 0)
+    tracker.sweep(10 * TIMEOUT)
+    track = tracker.get("d", 1)
+    assert track is not None
+    assert len(track.ranges()) == MAX_RANGES
+    assert track.ranges()[-1] == (2 * sent - 3, 2 * sent - 3)  # the newest are kept
+    assert track.gap_count == sent - 1  # every missing seq, kept or given up
+    assert track.received == sent
+    # A newest gap still fills; a given-up one is a duplicate (its loss is already counted).
+    assert tracker.observe("d", 1, 2 * sent - 3, 0) is Verdict.FILL
+    assert tracker.observe("d", 1, 1, 0) is Verdict.DUPLICATE
+    assert track.gap_count == sent - 2
+
+
+def test_restore_bounds_a_long_stored_list_of_ranges() -> None:
+    gaps = [(2 * i + 1, 2 * i + 1) for i in range(3 * MAX_RANGES)]
+    track = BootTrack.restore(highest=6 * MAX_RANGES, received=3 * MAX_RANGES, duplicates=0,
+                              gaps=gaps, restored_at_ms=0)
+    assert len(track.ranges()) == MAX_RANGES
+    assert track.ranges()[0] == gaps[-MAX_RANGES]
+    assert track.gap_count == 3 * MAX_RANGES
 
 
 def test_take_changed_reports_each_state_once() -> None:

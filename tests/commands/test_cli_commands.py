@@ -145,3 +145,29 @@ def test_on_the_embedded_defaults_the_cli_finds_the_running_broker(tmp_path: Pat
         assert sent is not None and sent.attempts == 1, "published by the CLI itself"
         audit.close()
     assert running_broker_url(settings.home / "broker") is None, "a stopped broker is not found"
+
+
+HOSTILE = "bad \x1b]0;owned\x07 \x1b[2J\u009b31m \u202eexe.gnp"
+
+
+def test_a_devices_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    """Issue 15 item 11: a command's detail (a device's own words) was printed raw. Stored
+    before intake refused such strings, or by another path, it is still filtered on display."""
+    from iotmeter_tui.backend.stores.metadata import Command, open_metadata
+
+    settings = settings_for(tmp_path, {})
+    store = open_metadata(settings.db_url)
+    try:
+        store.create_command(Command("cmd-x", "dc-0001", "reboot", {}, "failed", 1, 2, None,
+                                     detail=HOSTILE))
+    finally:
+        store.close()
+    listed = run_cli(settings, "mqtt://127.0.0.1:1", "command", "list")
+    shown = run_cli(settings, "mqtt://127.0.0.1:1", "command", "show", "cmd-x")
+    assert (listed.returncode, shown.returncode) == (0, 1), (listed.stderr, shown.stderr)
+    for result in (listed, shown):
+        assert "cmd-x" in result.stdout
+        for bad in ("\x1b", "\x07", "\u009b", "\u202e"):
+            assert bad not in result.stdout
+        assert "\ufffd" in result.stdout
+    assert "failed: bad \ufffd]0;owned\ufffd \ufffd[2J\ufffd31m \ufffdexe.gnp" in shown.stdout

@@ -137,3 +137,27 @@ def test_commands_view_without_service(make_app: Any, dash_stores: Any) -> None:
         assert isinstance(pilot.app.screen, CommandsScreen)
 
     drive(make_app("commands", runtime=FakeRuntime(dash_stores, services=False)), scenario)
+
+
+def test_a_devices_control_characters_never_reach_the_terminal(make_app: Any,
+                                                               dash_stores: Any) -> None:
+    """Issue 15 item 11: a command's detail (the device's own words) went to the terminal raw.
+    Every table cell goes through safe_text: escape sequences, C1 controls and bidi overrides
+    become U+FFFD in what is drawn."""
+    md = dash_stores.metadata
+    hostile = "pwn\x1b]0;owned\x07\x1b[2J\u009b31m\u202eexe"
+
+    async def scenario(pilot: Any) -> None:
+        screen = pilot.app.screen
+        md.update_command("cmd-0006", state="sent", at=NOW_MS + 100, sent=True)
+        md.update_command("cmd-0006", state="failed", at=NOW_MS + 200, result="failed",
+                          detail=hostile)
+        await reload_and_settle(pilot)
+        row = next(r for r in screen.table.rows if r.key == "cmd-0006")
+        assert row.cells[7] == hostile  # the data as stored...
+        text = screen_text(pilot.app)
+        assert "pwn\ufffd" in text  # ...drawn filtered
+        for bad in ("\x1b", "\x07", "\u009b", "\u202e"):
+            assert bad not in text
+
+    drive(make_app("commands"), scenario)

@@ -13,6 +13,7 @@ from iotmeter_tui.backend.mqtt.codec import (
     Connect,
     Decoder,
     MqttProtocolError,
+    OversizedPublish,
     PubAck,
     PubComp,
     Publish,
@@ -217,6 +218,47 @@ def test_packet_size_limit() -> None:
     wire = codec.encode_publish("t", b"x" * 1000)
     with pytest.raises(MqttProtocolError, match="over the limit"):
         Decoder(max_packet_size=500).feed(wire[:10])  # refused before the body arrives
+
+
+def _oversized_stream(size: int = 300_000) -> tuple[bytes, list[object]]:
+    """A normal message, a huge QoS 1 one, a QoS 0 one just over the cap, another normal one."""
+    packets = [
+        (codec.encode_publish("a", b"before", 1, packet_id=1), Publish("a", b"before", 1, False,
+                                                                       False, 1)),
+        (codec.encode_publish("iot/x/telemetry", b"y" * size, 1, packet_id=2),
+         OversizedPublish("iot/x/telemetry", b"y" * 64, size, 1, 2)),
+        (codec.encode_publish("q0", b"z" * 2000, 0), OversizedPublish("q0", b"z" * 64, 2000, 0,
+                                                                     None)),
+        (codec.encode_publish("b", b"after", 1, packet_id=3), Publish("b", b"after", 1, False,
+                                                                      False, 3)),
+    ]
+    return b"".join(w for w, _ in packets), [p for _, p in packets]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 4096, 1 << 20])
+def test_an_oversized_publish_is_skipped_without_buffering_it(chunk: int) -> None:
+    """Issue 15 item 2: the collector's decoder buffered a packet up to 256 MB whole (or the
+    connection had to go). With a publish cap, an oversized PUBLISH comes out as its head and
+    size, the packets around it are intact, and the decoder never holds more than the head."""
+    wire, expected = _oversized_stream()
+    decoder = Decoder(publish_cap=1024, prefix_bytes=64)
+    got: list[object] = []
+    most = 0
+    for start in range(0, len(wire), chunk):
+        got += decoder.feed(wire[start:start + chunk])
+        most = max(most, decoder.buffered)
+    assert got == expected
+    assert most < 1024 + chunk
+
+
+def test_an_oversized_publish_over_the_absolute_limit_is_still_an_error() -> None:
+    wire = codec.encode_publish("t", b"x" * 5000, 1, packet_id=1)
+    with pytest.raises(MqttProtocolError, match="over the limit"):
+        Decoder(max_packet_size=4000, publish_cap=100).feed(wire[:10])
+    # Other packet kinds over the cap are not skipped: only PUBLISH carries device data.
+    suback = codec.encode_suback(1, [1] * 200)
+    with pytest.raises(MqttProtocolError, match="over the limit"):
+        Decoder(publish_cap=100).feed(suback)
 
 
 @pytest.mark.parametrize("call", [

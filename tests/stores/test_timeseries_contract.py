@@ -475,3 +475,24 @@ def test_another_process_writes_while_this_one_reads(store_url: str) -> None:
     assert reader.points("child", T0 + 9_999) == [
         pt("child", T0 + 9_999, 499, v=1.0, child_only=499.0)]
     reader.close()
+
+
+def test_influx_line_caches_are_bounded_by_bytes(influxdb: InfluxServer) -> None:
+    """Issue 15 item 6: the line-protocol caches were bounded by entries only (100,000), and a
+    template holds every field name of a message: with long names that was gigabytes. They are
+    bounded by their text too."""
+    from iotmeter_tui.backend.stores import timeseries_influx
+
+    database = f"ts_{uuid.uuid4().hex[:12]}"
+    store = open_timeseries(influx_url(influxdb, database))
+    assert isinstance(store, timeseries_influx.InfluxTimeSeries)
+    try:
+        names = [f"field_{'x' * 110}_{i:05d}" for i in range(64)]
+        for i in range(3_000):  # 3,000 distinct 64-name templates of ~8 KiB each: ~47 MiB
+            fields = dict.fromkeys(names[:63], 1.0) | {f"f{i}": 2.0}
+            store._line(Point(f"dev-{i}", "power_meter_dc", T0 + i, 1, i, fields))
+            assert store._cached_chars <= timeseries_influx._CACHE_BYTES + 2 * 9_000
+        assert len(store._templates) < 3_000
+    finally:
+        store.close()
+        drop_database(influxdb, database)

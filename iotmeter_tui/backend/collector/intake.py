@@ -22,12 +22,19 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from iotmeter_tui.backend import protocol, tls
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
-from iotmeter_tui.backend.mqtt.codec import CONNACK_CODES, SUBACK_FAILURE, ConnAck, Publish, SubAck
+from iotmeter_tui.backend.mqtt.codec import (
+    CONNACK_CODES,
+    SUBACK_FAILURE,
+    ConnAck,
+    OversizedPublish,
+    Publish,
+    SubAck,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,12 @@ READ_SIZE = 256 << 10  # one read takes about a thousand telemetry messages
 CONNECT_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 30.0  # a broker that takes no bytes for this long is gone
 _SUBSCRIBE_ID = 1
+# Reads waiting for the pipeline, at most (service.py sizes the queue): at 256 KiB a read,
+# about 16 MiB of payloads. When they are all waiting, the intake stops reading the socket, so
+# TCP holds the broker back: QoS 1 stays in the broker's session, QoS 0 is the broker's to
+# drop, and the collector's memory stays bounded however fast devices publish (issue 15 item 7).
+INBOX_MAX_READS = 64
+_PUT_WAIT_S = 1.0  # how often a blocked intake checks for stop() and keeps the connection up
 
 
 @dataclass(slots=True)
@@ -44,6 +57,19 @@ class Delivery:
     publishes: list[Publish]
     received_ms: int
     connection: int  # which connection brought them: acks go back only on that one
+    # PUBLISH packets over protocol.MAX_PACKET_BYTES: their bytes were skipped as they arrived
+    # (a 256 MB message would otherwise be buffered whole), only their head is here. They are
+    # spooled as too_large rejections and acknowledged like any rejected message, once that
+    # record is durable: not acknowledging would leave them with the broker, which would hand
+    # them back after every reconnect, for ever, each holding an in-flight slot.
+    oversized: list[OversizedPublish] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.publishes) + len(self.oversized)
+
+
+Inbox = queue.Queue[Delivery] | queue.SimpleQueue[Delivery]
 
 
 class _Dropped(Exception):
@@ -57,7 +83,7 @@ class MqttIntake:
         self,
         url: str,
         client_id: str,
-        inbox: queue.SimpleQueue[Delivery],
+        inbox: Inbox,
         *,
         share_group: str | None = None,
         keepalive: int = 30,
@@ -105,6 +131,11 @@ class MqttIntake:
             for d in deliveries if d.connection == current
             for p in d.publishes if p.packet_id is not None
         )
+        acks += b"".join(
+            codec.encode_puback(o.packet_id)
+            for d in deliveries if d.oversized and d.connection == current
+            for o in d.oversized if o.packet_id is not None
+        )
         if acks:
             # On failure the reading thread sees the broken connection and reconnects.
             with contextlib.suppress(OSError):
@@ -130,7 +161,8 @@ class MqttIntake:
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     def _session(self) -> None:
-        decoder = codec.Decoder()
+        decoder = codec.Decoder(publish_cap=protocol.MAX_PACKET_BYTES,
+                                prefix_bytes=protocol.TOO_LARGE_PREFIX_BYTES)
         sock = self._open()
         self._connection += 1
         connection = self._connection
@@ -166,12 +198,36 @@ class MqttIntake:
                 # stream is out of step, so start over on a new connection.
                 raise _Dropped(f"protocol error from broker: {exc}") from None
             publishes = [p for p in packets if type(p) is Publish]
-            if publishes:
-                self.inbox.put(Delivery(publishes, int(time.time() * 1000), connection))
-            if len(publishes) != len(packets):
-                subscribed = self._control([p for p in packets if type(p) is not Publish],
-                                           subscribed)
+            if len(publishes) == len(packets):
+                if publishes:
+                    self._hand_over(Delivery(publishes, int(time.time() * 1000), connection))
+            else:
+                oversized = [p for p in packets if type(p) is OversizedPublish]
+                if publishes or oversized:
+                    self._hand_over(Delivery(publishes, int(time.time() * 1000), connection,
+                                             oversized))
+                subscribed = self._control(
+                    [p for p in packets if type(p) is not Publish
+                     and type(p) is not OversizedPublish], subscribed)
             self._keep_alive(now, last_heard)
+
+    def _hand_over(self, delivery: Delivery) -> None:
+        """Queue a read for the pipeline; while its queue is full, read nothing more (the
+        socket's buffers fill and TCP holds the broker back) but keep the connection alive:
+        the broker drops a client it hears nothing from for 1.5 keepalives."""
+        while True:
+            try:
+                self.inbox.put(delivery, timeout=_PUT_WAIT_S)
+                return
+            except queue.Full:
+                if self._stopping.is_set():
+                    return  # unacknowledged: the broker sends it again on the next session
+                if time.monotonic() - self._last_sent >= self.keepalive / 2:
+                    # Not _keep_alive(): its answer cannot be read while we do not read.
+                    try:
+                        self._send(codec.encode_pingreq())
+                    except OSError as exc:
+                        raise _Dropped(f"disconnected from broker: {exc}") from None
 
     def _control(self, packets: list[object], subscribed: bool) -> bool:
         for packet in packets:

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.collector.intake import Delivery
+from iotmeter_tui.backend.collector.intake import Delivery, Inbox
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
@@ -32,6 +32,11 @@ from iotmeter_tui.backend.collector.spool import (
 log = logging.getLogger(__name__)
 
 MAX_TURN = 5_000  # messages per group commit; bounds the latency one fsync adds
+# Device types with a field budget of their own; telemetry of further types (a type is a label
+# any device may claim in its hello) shares one more budget, so the stores' field names stay
+# bounded at (FIELD_BUDGET_TYPES + 1) x IOTMETER_FIELD_BUDGET whatever devices claim.
+FIELD_BUDGET_TYPES = 8
+_OTHER_TYPES = "*"
 
 
 class DeviceDirectory:
@@ -55,11 +60,16 @@ class Decider:
     """The pure part of a turn: turns messages into spool records, counting as it goes."""
 
     def __init__(self, tracker: SeqTracker, directory: DeviceDirectory,
-                 metrics: CollectorMetrics, *, auto_register: bool) -> None:
+                 metrics: CollectorMetrics, *, auto_register: bool,
+                 field_budget: int = 64) -> None:
         self.tracker = tracker
         self.directory = directory
         self.metrics = metrics
         self.auto_register = auto_register
+        # Telemetry field names admitted per device type (issue 15 item 6): learned since
+        # this collector started; a name beyond the budget is a field_budget rejection.
+        self.field_budget = field_budget
+        self._fields_by_type: dict[str, set[str]] = {}
         # Counted per message in plain Python and handed to Prometheus once per turn
         # (publish_counts): its counters take a lock per increment.
         self._accepted: Counter[str] = Counter()
@@ -77,12 +87,21 @@ class Decider:
         status message seen already (a retained one sent again)."""
         result = protocol.decode(topic, payload)
         if isinstance(result, protocol.Rejection):
-            return self._rejected(topic, payload, received_ms, result.reason, result.detail,
+            # result.raw: the payload, or only its head when it is too large.
+            return self._rejected(topic, result.raw, received_ms, result.reason, result.detail,
                                   result.device_id)
         msg = result
         if not self.auto_register and msg.device_id not in self.directory.types:
             return self._rejected(topic, payload, received_ms, "unknown_device",
                                   f"{msg.device_id} is not registered", msg.device_id)
+        if msg.msg_type == protocol.TELEMETRY:
+            # Before dedup: a refused message is not received, its seq stays missing.
+            known = self._fields_by_type.get(self.directory.type_of(msg.device_id))
+            if known is None or not known.issuperset(msg.data):  # set op at C speed
+                problem = self._admit_fields(msg.device_id, msg.data)
+                if problem is not None:
+                    return self._rejected(topic, payload, received_ms, "field_budget", problem,
+                                          msg.device_id)
         if msg.seq is not None and msg.boot is not None:
             verdict = self.tracker.observe(msg.device_id, msg.boot, msg.seq, received_ms)
             if verdict is Verdict.DUPLICATE:
@@ -105,6 +124,29 @@ class Decider:
             -1 if msg.boot is None else msg.boot, -1 if msg.seq is None else msg.seq, msg.ts,
             "", "", "", payload, msg.data,  # no topic: it is device_topic(id, msg_type)
         )
+
+    def _admit_fields(self, device_id: str, data: dict[str, object]) -> str | None:
+        """Admit `data`'s new field names into its device type's budget, all or none; why
+        not, or None."""
+        device_type = self.directory.type_of(device_id)
+        group = device_type
+        if group not in self._fields_by_type and len(self._fields_by_type) >= FIELD_BUDGET_TYPES:
+            group = _OTHER_TYPES
+        known = self._fields_by_type.setdefault(group, set())
+        new = [name for name in data if name not in known]
+        if len(known) + len(new) > self.field_budget:
+            shared = " (shared by further types)" if group == _OTHER_TYPES else ""
+            return (f"{len(new)} new field name(s) such as {new[0]!r} would take type "
+                    f"{device_type!r} past its budget of {self.field_budget} names{shared}")
+        known.update(new)
+        return None
+
+    def decide_oversized(self, topic: str, prefix: bytes, size: int,
+                         received_ms: int) -> SpoolRecord:
+        """The rejection of a message the intake skipped for its size: its head only."""
+        rejection = protocol.too_large(topic, prefix, size)
+        return self._rejected(topic, rejection.raw, received_ms, rejection.reason,
+                              rejection.detail, rejection.device_id)
 
     def _rejected(self, topic: str, payload: bytes, received_ms: int, reason: str, detail: str,
                   device_id: str | None) -> SpoolRecord:
@@ -149,7 +191,7 @@ class Pipeline(threading.Thread):
 
     def __init__(
         self,
-        inbox: queue.SimpleQueue[Delivery],
+        inbox: Inbox,
         decider: Decider,
         spool: Spool,
         ack: Callable[[list[Delivery]], None],
@@ -188,14 +230,14 @@ class Pipeline(threading.Thread):
         except queue.Empty:
             return []
         deliveries = [first]
-        count = len(first.publishes)
+        count = first.count
         while count < MAX_TURN:
             try:
                 more = self.inbox.get_nowait()
             except queue.Empty:
                 break
             deliveries.append(more)
-            count += len(more.publishes)
+            count += more.count
         return deliveries
 
     def _seal_for_release(self) -> None:
@@ -210,11 +252,15 @@ class Pipeline(threading.Thread):
                 "event": "spool_roll_failed", "error": str(exc)})
 
     def _turn(self, deliveries: list[Delivery]) -> None:
-        count = sum(len(d.publishes) for d in deliveries)
+        count = sum(d.count for d in deliveries)
         self.metrics.received.inc(count)
         decide = self.decider.decide
         records = [r for d in deliveries for p in d.publishes
                    if (r := decide(p.topic, p.payload, d.received_ms)) is not None]
+        for d in deliveries:
+            if d.oversized:
+                records += [self.decider.decide_oversized(o.topic, o.prefix, o.size,
+                                                          d.received_ms) for o in d.oversized]
         self.decider.publish_counts()
         while True:
             try:

@@ -14,9 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-# A device that jumps absurdly far, or loses messages in a pattern, could grow the list of
-# missing ranges without end; past this many, the oldest ranges are given up as lost for good.
-MAX_RANGES = 10_000
+# A device that jumps absurdly far, or loses messages in a pattern (or a hostile one that skips
+# every other seq), could grow the list of missing ranges without end, and the registry writes
+# the whole list with each state it stores. Past this many, the oldest ranges are given up as
+# lost for good: their seqs stay counted in `gap_count` (so gap accounting stays honest), and a
+# late arrival of one of them is taken for a duplicate.
+MAX_RANGES = 256
 # Boots kept in memory per device; a message from an older boot than these is a duplicate.
 BOOTS_KEPT = 4
 
@@ -122,6 +125,12 @@ class BootTrack:
             track.opened.append(restored_at_ms)
             track.declared.append(True)
             track.gap_count += hi - lo + 1
+        # A state stored by an older version (or a longer limit) is bounded too; what is cut
+        # is already counted in gap_count.
+        excess = len(track.starts) - MAX_RANGES
+        if excess > 0:
+            del track.starts[:excess], track.ends[:excess]
+            del track.opened[:excess], track.declared[:excess]
         return track
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.broker_sys import BrokerSysMonitor, broker_sys_url
-from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake
+from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS, Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonitor
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
@@ -79,7 +79,9 @@ class Collector:
         self.metrics = metrics or CollectorMetrics()
         self.tuning = tuning or Tuning()
         self._stores = stores
-        self.inbox: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        # Bounded: the intake stops reading the socket when the pipeline falls this far behind
+        # (a slow or full spool under a QoS 0 flood would otherwise grow it without end).
+        self.inbox: queue.Queue[Delivery] = queue.Queue(maxsize=INBOX_MAX_READS)
         self.runners: list[SinkRunner] = []
         self.pipeline: Pipeline | None = None
         self.intake: MqttIntake | None = None
@@ -143,7 +145,7 @@ class Collector:
         registry.restore(seq_states)
 
         decider = Decider(SeqTracker(reorder_ms), DeviceDirectory(types), self.metrics,
-                          auto_register=s.auto_register)
+                          auto_register=s.auto_register, field_budget=s.field_budget)
         now = int(time.time() * 1000)
         for st in seq_states:
             decider.tracker.restore(st.device_id, st.boot, BootTrack.restore(
@@ -352,10 +354,11 @@ def run_collector(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     collector = Collector(settings, mqtt_url)
-    # All interfaces, as before /healthz existed: Prometheus and the probes come from outside
-    # the container. /metrics and the health endpoints carry no secret.
+    # Loopback unless IOTMETER_METRICS_HOST says otherwise (the image sets 0.0.0.0: Prometheus
+    # and the probes come from outside the container). No secret is served there.
     try:
-        health = HealthServer(collector.metrics.registry, collector.readiness, host="0.0.0.0",
+        health = HealthServer(collector.metrics.registry, collector.readiness,
+                              host=settings.metrics_host,
                               port=settings.metrics_port)
     except OSError as exc:
         if broker is not None:

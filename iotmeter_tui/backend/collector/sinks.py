@@ -385,10 +385,12 @@ class RegistrySink(RecordSink):
                ota: list[tuple[str, dict[str, Any], int]], end: Position, gaps: int) -> None:
         # Command and OTA updates are guarded against going back from a final state, so
         # applying them again after a crash is harmless; they go before the cursor moves.
-        for _device_id, data, at in commands:
+        for device_id, data, at in commands:
             result = str(data["result"])
+            # Matched by device too: device B acknowledging A's command id changes nothing.
             self.store.update_command(str(data["command_id"]), state=result, at=at,
-                                      result=result, detail=str(data.get("detail") or ""))
+                                      result=result, detail=str(data.get("detail") or ""),
+                                      device_id=device_id)
         for device_id, data, at in ota:
             # A reported "done" is not final yet: the next hello must show the new version.
             self.store.update_target(

@@ -34,6 +34,7 @@ from iotmeter_tui.backend.mqtt.codec import (
     SubAck,
     Will,
 )
+from iotmeter_tui.backend.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,14 @@ class BrokerAddress:
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {redact(url)!r} must start with mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} names no host")
+            raise ValueError(f"broker URL {redact(url)!r} names no host")
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise ValueError(f"broker URL {url!r} has a bad port") from None
+            raise ValueError(f"broker URL {redact(url)!r} has a bad port") from None
         return cls(
             host=parts.hostname,
             port=port,

@@ -91,6 +91,18 @@ class Publish(NamedTuple):
     packet_id: int | None  # None for QoS 0
 
 
+class OversizedPublish(NamedTuple):
+    """A PUBLISH larger than the decoder's `publish_cap`: its topic, packet id, the first
+    `prefix_bytes` of its payload and its full size. The rest of it was skipped as it streamed
+    in, never held whole."""
+
+    topic: str
+    prefix: bytes
+    size: int  # the payload's length in bytes
+    qos: int
+    packet_id: int | None
+
+
 class PubAck(NamedTuple):
     packet_id: int
 
@@ -139,8 +151,8 @@ class Disconnect(NamedTuple):
 
 
 Packet = (
-    Connect | ConnAck | Publish | PubAck | PubRec | PubRel | PubComp | Subscribe | SubAck
-    | Unsubscribe | UnsubAck | PingReq | PingResp | Disconnect
+    Connect | ConnAck | Publish | OversizedPublish | PubAck | PubRec | PubRel | PubComp
+    | Subscribe | SubAck | Unsubscribe | UnsubAck | PingReq | PingResp | Disconnect
 )
 
 PINGREQ_PACKET: Final = PingReq()
@@ -485,10 +497,21 @@ class Decoder:
     After a MqttProtocolError the stream is out of step; drop the connection and the decoder.
     """
 
-    __slots__ = ("_max_packet", "_need", "_pending", "_pending_len")
+    __slots__ = ("_cap", "_max_packet", "_need", "_pending", "_pending_len", "_prefix_bytes",
+                 "_publish_cap", "_skip")
 
-    def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5) -> None:
+    def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5, *,
+                 publish_cap: int | None = None, prefix_bytes: int = 1024) -> None:
+        """`max_packet_size`: a larger packet is a protocol error (the connection must go).
+        `publish_cap`: a PUBLISH packet larger than this is returned as an OversizedPublish
+        and its bytes skipped as they arrive, so one huge message costs no memory and does not
+        end the connection (the collector's intake, issue 15 item 2)."""
         self._max_packet = max_packet_size
+        self._publish_cap = publish_cap
+        self._prefix_bytes = prefix_bytes
+        # Any packet over _cap takes the slow path below; none does on a normal stream.
+        self._cap = max_packet_size if publish_cap is None else min(max_packet_size, publish_cap)
+        self._skip = 0  # bytes of an oversized PUBLISH still to discard
         self._pending: list[bytes] = []
         self._pending_len = 0
         # Bytes needed before the held partial packet can be complete: lets a large packet
@@ -501,6 +524,12 @@ class Decoder:
         return self._pending_len
 
     def feed(self, chunk: bytes) -> list[Packet]:
+        if self._skip:
+            if len(chunk) <= self._skip:
+                self._skip -= len(chunk)
+                return []
+            chunk = chunk[self._skip:]
+            self._skip = 0
         if self._pending:
             self._pending.append(chunk)
             self._pending_len += len(chunk)
@@ -550,10 +579,20 @@ class Decoder:
                         raise MqttProtocolError("remaining length is longer than 4 bytes")
                 body = cursor
             stop = body + length
-            if stop - pos > self._max_packet:
-                raise MqttProtocolError(
-                    f"packet of {stop - pos} bytes is over the limit of {self._max_packet}"
-                )
+            if stop - pos > self._cap:
+                if stop - pos > self._max_packet or first >> 4 != PUBLISH:
+                    raise MqttProtocolError(
+                        f"packet of {stop - pos} bytes is over the limit of {self._max_packet}"
+                    )
+                oversized = self._oversized(data, pos, body, stop, first)
+                if oversized is None:
+                    return out, pos  # its head is not all here yet (self._need says how much)
+                append(oversized)
+                if stop > end:
+                    self._skip = stop - end  # the rest is skipped as it streams in
+                    return out, end
+                pos = stop
+                continue
             if stop > end:
                 self._need = stop - pos
                 return out, pos
@@ -596,3 +635,35 @@ class Decoder:
                 append(parser(_Reader(data, body, stop)))
             pos = stop
         return out, pos
+
+    def _oversized(self, data: bytes, pos: int, body: int, stop: int,
+                   first: int) -> OversizedPublish | None:
+        """The head of an oversized PUBLISH at `pos` (topic, packet id, payload prefix), or None
+        with `_need` set when `data` does not hold that head yet. Only the head is ever
+        buffered: at most a 64 KiB topic plus `prefix_bytes`."""
+        end = len(data)
+        if body + 2 > end:
+            self._need = body + 2 - pos
+            return None
+        topic_end = body + 2 + ((data[body] << 8) | data[body + 1])
+        qos = (first >> 1) & 3
+        if qos == 3:
+            raise MqttProtocolError("PUBLISH with QoS 3")
+        payload_start = topic_end + 2 if qos else topic_end
+        if payload_start > stop:
+            raise MqttProtocolError("PUBLISH ends inside its topic or packet id")
+        want = min(stop, payload_start + self._prefix_bytes)
+        if want > end:
+            self._need = want - pos
+            return None
+        packet_id: int | None = None
+        if qos:
+            packet_id = (data[topic_end] << 8) | data[topic_end + 1]
+            if not packet_id:
+                raise MqttProtocolError("PUBLISH with packet id 0")
+        try:
+            topic = data[body + 2:topic_end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise MqttProtocolError("PUBLISH topic is not UTF-8") from None
+        return OversizedPublish(topic, data[payload_start:want], stop - payload_start, qos,
+                                packet_id)

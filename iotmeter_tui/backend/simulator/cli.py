@@ -32,6 +32,7 @@ from iotmeter_tui.backend.config import ConfigError, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.firmware_signing import parse_public_key
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.simulator.faults import FaultSpec, FaultSpecError
 from iotmeter_tui.backend.simulator.fleet import (
     DEFAULT_HEARTBEAT_S,
@@ -110,7 +111,8 @@ def run_simulate(
                                          pinned, device_users))
         with tempfile.TemporaryDirectory(prefix="iotmeter-sim-broker-") as broker_dir, \
                 EmbeddedBroker(broker_dir) as broker:
-            log.info("no IOTMETER_MQTT_URL: private broker at %s", broker.url)
+            # Plain logging here (not logjson): the URL's password is redacted by hand.
+            log.info("no IOTMETER_MQTT_URL: private broker at %s", redact(broker.url))
             return asyncio.run(_simulate(BrokerAddress.parse(broker.url), home_dir, devices,
                                          rate, kind, spec, seed, duration, prefix, heartbeat_s,
                                          summary_path, metrics, pinned))

@@ -6,21 +6,14 @@ package talks to the ports only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.stores.archive import ArchiveStore, open_archive
 from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
 from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore, open_timeseries
 
-
-def redact(url: str) -> str:
-    """A store URL without its password, for logs and the dashboard."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+__all__ = ["Stores", "open_stores", "redact"]
 
 
 @dataclass

@@ -493,9 +493,11 @@ class MetadataStore(Protocol):
         result: str | None = None,
         detail: str | None = None,
         sent: bool = False,
+        device_id: str | None = None,
     ) -> bool:
         """Move a command on; a final state never changes again. `sent` records a delivery
-        attempt (sent_at, attempts + 1). True when the command changed."""
+        attempt (sent_at, attempts + 1). With `device_id`, only that device's command of this
+        id changes (a device's acknowledgement). True when the command changed."""
 
     def pending_commands(self, device_id: str | None = None) -> list[Command]:
         """Commands not in a final state, oldest first."""

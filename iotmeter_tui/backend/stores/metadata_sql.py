@@ -574,6 +574,9 @@ UPDATE_COMMAND: Final = f"""
         result = COALESCE(:result, result), detail = COALESCE(:detail, detail),
         sent_at = COALESCE(:sent_at, sent_at), attempts = attempts + :attempt
     WHERE id = :id AND state NOT IN ({_in(COMMAND_FINAL_STATES)})"""
+# A device's acknowledgement may close only its own command: the id alone is not enough, since
+# any device can send any command id (they are not secret).
+UPDATE_DEVICE_COMMAND: Final = UPDATE_COMMAND + " AND device_id = :device_id"
 
 # A new attempt starts clean: the previous attempt's error and progress do not carry over.
 UPDATE_TARGET: Final = f"""
@@ -1081,8 +1084,9 @@ class SqlMetadataStore:
         result: str | None = None,
         detail: str | None = None,
         sent: bool = False,
+        device_id: str | None = None,
     ) -> bool:
-        params = {
+        params: dict[str, Any] = {
             "id": command_id,
             "state": state,
             "at": at,
@@ -1091,8 +1095,11 @@ class SqlMetadataStore:
             "sent_at": at if sent else None,
             "attempt": int(sent),
         }
+        sql = UPDATE_COMMAND
+        if device_id is not None:
+            sql, params["device_id"] = UPDATE_DEVICE_COMMAND, device_id
         with self._tx(write=True) as tx:
-            return tx.run(UPDATE_COMMAND, params) > 0
+            return tx.run(sql, params) > 0
 
     def pending_commands(self, device_id: str | None = None) -> list[Command]:
         where = f"state IN ({_in(COMMAND_OPEN_STATES)})"

@@ -75,6 +75,9 @@ _DATABASE_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _CONFLICT_RE: Final = re.compile(r'input field "(.*?)" on measurement')
 _DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
 _CACHE_LIMIT: Final = 100_000
+# The line caches are bounded by their text too: a template holds every field name of a
+# message (up to 64 of 128 characters each), so entries alone allowed gigabytes.
+_CACHE_BYTES: Final = 16 << 20
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,7 @@ class InfluxTimeSeries:
         # lines is most of the client's cost of a write.
         self._heads: dict[tuple[str, str], str] = {}
         self._templates: dict[tuple[str, ...], str] = {}
+        self._cached_chars = 0  # of heads and templates (their keys are about as long)
 
     # --- the port -------------------------------------------------------------------------
 
@@ -341,21 +345,28 @@ class InfluxTimeSeries:
         return head + template % values
 
     def _head(self, device_id: str, device_type: str) -> str:
-        if len(self._heads) >= _CACHE_LIMIT:
-            self._heads.clear()
+        if len(self._heads) >= _CACHE_LIMIT or self._cached_chars >= _CACHE_BYTES:
+            self._clear_caches()
         head = (
             f"{MEASUREMENT},device_id={_escape(device_id)},"
             f"device_type={_escape(device_type)} "
         )
         self._heads[(device_id, device_type)] = head
+        self._cached_chars += 2 * len(head)
         return head
 
+    def _clear_caches(self) -> None:
+        self._heads.clear()
+        self._templates.clear()
+        self._cached_chars = 0
+
     def _template(self, names: tuple[str, ...]) -> str:
-        if len(self._templates) >= _CACHE_LIMIT:
-            self._templates.clear()
+        if len(self._templates) >= _CACHE_LIMIT or self._cached_chars >= _CACHE_BYTES:
+            self._clear_caches()
         fields = "".join(_escape(name).replace("%", "%%") + "=%r," for name in names)
         template = fields + "boot=%di,seq=%di %d"
         self._templates[names] = template
+        self._cached_chars += 2 * len(template)
         return template
 
     # --- reading ----------------------------------------------------------------------------
