@@ -150,13 +150,6 @@ def _text(text: str) -> str:
     return text
 
 
-def _host(text: str) -> str:
-    # An address or name to bind: what _host_port accepts before its colon, unbracketed.
-    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", text):
-        raise ValueError(f"{text!r} is not a host name or address")
-    return text
-
-
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
