@@ -3,7 +3,7 @@ device administration, the raw archive reader, API keys and the audit log from a
 
 The same services as the REST API (backend/devices.py, apikeys.py, audit.py,
 archive_reader.py); every changing verb is recorded in the audit log under the OS user
-(role `cli`). Tables show device-sent text escaped (terminal_text.printable); NDJSON output is
+(role `cli`). Tables show device-sent text escaped (backend/terminal.escaped); NDJSON output is
 the archived bytes as they are (JSON escapes every control character inside strings, and the
 writer turned raw CR/LF between tokens into spaces).
 """
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from iotmeter_tui.backend.stores.metadata import CONNECTION_STATUSES, Device
+from iotmeter_tui.backend.terminal import escaped
 from iotmeter_tui.cli_commands import (
     EXIT_NOT_DONE,
     EXIT_OK,
@@ -32,7 +33,6 @@ from iotmeter_tui.cli_commands import (
     _table,
     _when,
 )
-from iotmeter_tui.terminal_text import printable
 
 EXIT_USAGE: Final = 2
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
@@ -234,7 +234,7 @@ def _device_json(device: Device) -> dict[str, Any]:
 
 
 def _device_row(d: Device) -> list[str]:
-    return [printable(cell) for cell in (
+    return [escaped(cell) for cell in (
         d.device_id, d.device_type, d.connection_status, d.fw_version or "-",
         _when(d.last_seen), d.name or "", d.location or "")]
 
@@ -289,8 +289,8 @@ def _device_update(args: argparse.Namespace) -> int:
                                 location=changes.get("location", UNSET),
                                 metadata=changes.get("metadata", UNSET), actor=_actor())
     meta_text = json.dumps(device.metadata, sort_keys=True)  # JSONB keeps no key order
-    print(f"device {device.device_id}: name {printable(device.name or '-')}, location "
-          f"{printable(device.location or '-')}, metadata {printable(meta_text)}")
+    print(f"device {device.device_id}: name {escaped(device.name or '-')}, location "
+          f"{escaped(device.location or '-')}, metadata {escaped(meta_text)}")
     return EXIT_OK
 
 
@@ -325,13 +325,13 @@ def _device_show(args: argparse.Namespace) -> int:
             ("heartbeat", "-" if device.heartbeat_s is None else f"{device.heartbeat_s:g} s"),
             ("registered", _when(device.created_at)), ("name", device.name or "-"),
             ("location", device.location or "-")):
-        print(f"{label + ':':<12} {printable(value if value is not None else '-')}")
+        print(f"{label + ':':<12} {escaped(value if value is not None else '-')}")
     for key, value in device.metadata.items():
-        print(f"{'meta:':<12} {printable(key)}={printable(json.dumps(value))}")
+        print(f"{'meta:':<12} {escaped(key)}={escaped(json.dumps(value))}")
     if not config:
         print(f"{'config:':<12} (none)")
     for key, value in config.items():
-        print(f"{'config:':<12} {printable(key)}={printable(json.dumps(value))}")
+        print(f"{'config:':<12} {escaped(key)}={escaped(json.dumps(value))}")
     return EXIT_OK
 
 
@@ -341,7 +341,7 @@ def _device_rm(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             _note("iotmeter: deleting a device needs --yes when not asked at a terminal")
             return EXIT_USAGE
-        answer = input(f"Delete device {printable(args.device_id)}? Type its id to confirm: ")
+        answer = input(f"Delete device {escaped(args.device_id)}? Type its id to confirm: ")
         if answer.strip() != args.device_id:
             _note("not deleted")
             return EXIT_NOT_DONE
@@ -369,7 +369,7 @@ def _device_set_config(args: argparse.Namespace) -> int:
         change = service.replace_config(args.device_id, config, actor=_actor(),
                                         timeout_s=args.timeout)
     shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in change.config.items()) or "(empty)"
-    print(f"config of {change.device_id}: {printable(shown)}")
+    print(f"config of {change.device_id}: {escaped(shown)}")
     if change.command_id is not None:
         sent = ", ".join(f"{k}={json.dumps(v)}" for k, v in change.sent.items())
         _note(f"set_config with {sent} queued for the device "
@@ -392,7 +392,7 @@ class _Skipped:
     def __call__(self, key: str, why: str) -> None:
         self.count += 1
         if self.count <= 20:
-            _note(f"skipped in {printable(key)}: {printable(why)}")
+            _note(f"skipped in {escaped(key)}: {escaped(why)}")
 
 
 def _archive_get(args: argparse.Namespace) -> int:
@@ -414,7 +414,7 @@ def _archive_get(args: argparse.Namespace) -> int:
                              on_skip=skipped)
             for line in lines:
                 if to_terminal:
-                    line = printable(line.decode("utf-8", "backslashreplace")).encode()
+                    line = escaped(line.decode("utf-8", "backslashreplace")).encode()
                 out.write(line + b"\n")
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
@@ -474,7 +474,7 @@ def _apikey_list(args: argparse.Namespace) -> int:
     with _stores(settings) as stores:
         keys = ApiKeyService(stores.metadata).list()
     rows = [["NAME", "ROLE", "CREATED (UTC)", "LAST USED (UTC)", "REVOKED (UTC)"]]
-    rows += [[printable(k.name), k.role, _when(k.created_at), _when(k.last_used_at),
+    rows += [[escaped(k.name), k.role, _when(k.created_at), _when(k.last_used_at),
               _when(k.revoked_at)] for k in keys]
     _table(rows)
     return EXIT_OK
@@ -509,8 +509,8 @@ def _audit(args: argparse.Namespace) -> int:
             print(json.dumps(asdict(entry)))
         return EXIT_OK
     rows = [["ID", "AT (UTC)", "ACTOR", "ROLE", "ACTION", "TARGET", "RESULT", "DETAIL"]]
-    rows += [[str(e.id), _when(e.at), printable(e.actor), printable(e.role),
-              printable(e.action), printable(e.target or "-"), e.result,
-              printable(json.dumps(e.detail) if e.detail else "")[:80]] for e in entries]
+    rows += [[str(e.id), _when(e.at), escaped(e.actor), escaped(e.role),
+              escaped(e.action), escaped(e.target or "-"), e.result,
+              escaped(json.dumps(e.detail) if e.detail else "")[:80]] for e in entries]
     _table(rows)
     return EXIT_OK

@@ -9,6 +9,7 @@ before, or reached a store another way, is filtered here too.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Final
 
 # Long enough for any honest error message; the dashboard truncates to its column anyway.
@@ -25,3 +26,28 @@ def safe_text(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
     if text.isprintable():  # nearly always: one pass at C speed
         return text
     return "".join(c if c.isprintable() else REPLACEMENT for c in text)
+
+
+def escaped(data: bytes | str | object, limit: int | None = None) -> str:
+    """Device text written so it can be read but never drives the terminal: invalid UTF-8 as
+    \\xNN, each control, format or separator character as a visible escape (\\x1b, \\u202e).
+    For raw messages and device-chosen names, where what was sent matters (`safe_text` only
+    marks that something was there). At most `limit` characters, then "…"."""
+    if isinstance(data, bytes):
+        text = data.decode("utf-8", "backslashreplace")
+    else:
+        text = data if type(data) is str else str(data)
+    cut = limit is not None and len(text) > limit
+    if cut:
+        text = text[:limit]
+    if not text.isprintable():
+        text = "".join(_escape(c) if unicodedata.category(c) in _ESCAPED else c for c in text)
+    return text + "…" if cut else text
+
+
+_ESCAPED: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -1,7 +1,7 @@
 """Raw messages: a device's latest messages exactly as it sent them (`r` on a device page),
 and the rejected messages with their reasons (`:rejected`), filterable by reason and device.
 Both read the archive and the collector's spool (backend/raw_messages.py). Every byte shown
-went through `printable()`: control characters and escape sequences a meter sends are shown
+went through `escaped()`: control characters and escape sequences a meter sends are shown
 as escapes, never sent to the terminal."""
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ from textual.widgets import Static
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.protocol import REJECTION_REASONS
 from iotmeter_tui.backend.raw_messages import latest_raw, latest_rejected
+from iotmeter_tui.backend.terminal import escaped
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.base import DashboardScreen
-from iotmeter_tui.widgets.format import printable, stamp
+from iotmeter_tui.widgets.format import stamp
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 RAW_WINDOW_MS = 3_600_000  # the device's messages of the last hour
 REJECTED_WINDOW_MS = 86_400_000
 READ_EVERY_S = 5.0  # the archive is read object by object: not every second
 MAX_SHOWN = 70_000  # a message is at most 64 KiB; its escapes may make it longer
+SHOWN_IN_ROW = 2_000  # a row shows the start of a payload; enter opens it whole
 REASONS: tuple[str | None, ...] = (None, *sorted(REJECTION_REASONS))
 
 RAW_COLUMNS = (
@@ -138,11 +140,11 @@ class RawScreen(_Periodic):
         rows = []
         self.messages, self._full = [], {}
         for n, m in enumerate(found):
-            rows.append(Row(str(n), (stamp(m.ts), printable(m.msg_type, 20),
-                                     (m.source, "muted"), printable(m.payload))))
-            self._full[str(n)] = (f"{self.device_id} {printable(m.msg_type, 20)} "
+            rows.append(Row(str(n), (stamp(m.ts), escaped(m.msg_type, 20),
+                                     (m.source, "muted"), escaped(m.payload, SHOWN_IN_ROW))))
+            self._full[str(n)] = (f"{self.device_id} {escaped(m.msg_type, 20)} "
                                   f"{stamp(m.ts)} ({m.source})",
-                                  printable(m.payload, MAX_SHOWN))
+                                  escaped(m.payload, MAX_SHOWN))
             self.messages.append([iso(m.ts), m.msg_type, m.source,
                                   m.payload.decode("utf-8", "backslashreplace")])
         self.table.set_rows(rows)
@@ -223,8 +225,8 @@ class RejectedScreen(_Periodic):
             key = str(n)
             self._devices[key] = m.device_id
             rows.append(Row(key, (stamp(m.received_ms), (m.reason, "error"),
-                                  printable(m.device_id, 64) or "—", printable(m.detail, 200),
-                                  printable(m.payload))))
+                                  escaped(m.device_id, 64) or "—", escaped(m.detail, 200),
+                                  escaped(m.payload, SHOWN_IN_ROW))))
             self.rows.append([iso(m.received_ms), m.reason, m.device_id, m.detail, m.topic,
                               m.payload.decode("utf-8", "backslashreplace")])
         self.table.set_rows(rows)

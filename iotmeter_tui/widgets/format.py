@@ -4,7 +4,6 @@ goes with each state. Pure functions: the snapshot tests depend on them being de
 from __future__ import annotations
 
 import time
-import unicodedata
 from collections.abc import Mapping
 
 # State -> table role. Everything not listed renders plain.
@@ -152,18 +151,3 @@ def one_line(text: str | None, limit: int = 200) -> str:
         return ""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def printable(data: bytes | str, limit: int = 2000) -> str:
-    """Device bytes made safe for a terminal: invalid UTF-8 as \\xNN, every control or
-    format character (escape sequences, bidi overrides, newlines) as a visible escape, so
-    what a meter sent can be read but never drives the terminal."""
-    text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
-    out = []
-    for ch in text[:limit]:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out) + ("…" if len(text) > limit else "")
