@@ -4,7 +4,6 @@ it (no key: probes and Prometheus call them)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import orjson
 from flask import Flask, Response
@@ -52,7 +51,7 @@ def audit(query: m.AuditQuery) -> Response:
     entries = ctx().audit.list(limit=offset + query.limit + 1, actor=query.actor,
                                action=query.action)
     page, cursor = page_of(entries[offset:], offset, query.limit)
-    return out(m.AuditPage(items=[m.AuditEntry(**asdict(e)) for e in page],
+    return out(m.AuditPage(items=[m.AuditEntry.model_validate(e) for e in page],
                            next_cursor=cursor))
 
 

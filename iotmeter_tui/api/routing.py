@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from flask import Response, current_app, g, request
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
@@ -81,8 +80,7 @@ def actor() -> Actor:
 
 
 def out(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(orjson.dumps(model.model_dump(mode="json")), status=status,
-                        mimetype="application/json")
+    response = Response(model.model_dump_json(), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
