@@ -154,9 +154,11 @@ def _before() -> Response | None:
         return None  # 404/405 and the plain endpoints (/healthz, /readyz, /metrics)
     if request.path.startswith(PUBLIC_PREFIXES):
         return None
-    info = routing.ROUTES.get((rule.rule, request.method))
+    # HEAD runs the GET view (Flask drops the body): the same rules apply.
+    method = "GET" if request.method == "HEAD" else request.method
+    info = routing.ROUTES.get((rule.rule, method))
     if info is None:
-        return None  # HEAD/OPTIONS Flask adds on its own
+        return None  # the OPTIONS Flask answers on its own (Allow), no view runs
 
     authenticator = current_app.extensions["iotmeter_auth"]
     if authenticator is None:

@@ -129,6 +129,13 @@ def test_role_matrix(api: LiveApi) -> None:
     assert not any(e["action"].startswith("GET") for e in entries)
 
 
+def test_head_needs_a_key_like_get(api: LiveApi) -> None:
+    api.stores.metadata.create_device("dc-1", "power_meter_dc")
+    assert api.call("HEAD", "/api/v1/devices/dc-1", key=None).status_code == 401
+    assert api.call("HEAD", "/api/v1/audit", key="viewer").status_code == 403
+    assert api.call("HEAD", "/api/v1/devices/dc-1", key="viewer").status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json",
                                   "/api/v1/docs/"])
 def test_probes_and_documents_need_no_key(api: LiveApi, path: str) -> None:
