@@ -46,6 +46,7 @@ class ApiServer(BaseApplication):
             "errorlog": "-",
             "loglevel": s.log_level.lower(),
             "child_exit": _child_exit,
+            "worker_exit": _worker_exit,
             "post_worker_init": _post_worker_init,
         }
         for key, value in options.items():
@@ -61,6 +62,14 @@ def _post_worker_init(worker: Any) -> None:
     from iotmeter_tui.backend import logjson
 
     logjson.configure(worker.cfg.loglevel.upper() if worker.cfg.loglevel else "INFO")
+
+
+def _worker_exit(_server: Any, worker: Any) -> None:
+    # After the worker's last request: the broker connection and the stores close cleanly.
+    app = getattr(worker, "wsgi", None)
+    context = getattr(app, "extensions", {}).get("iotmeter")
+    if context is not None:
+        context.close()
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
