@@ -26,6 +26,7 @@ from iotmeter_tui.cli_commands import (
     EXIT_OK,
     _load,
     _note,
+    _positive_float,
     _positive_int,
     _stores,
     _table,
@@ -118,6 +119,9 @@ def _register_device(sub: Any) -> None:
                         help="remove a key from the stored config")
     config.add_argument("--replace", action="store_true",
                         help="the given keys become the whole config")
+    config.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                        help="expiry of the set_config command (default 300); a device "
+                        "offline past it gets the config when you run set-config again")
     config.set_defaults(handler=_device_set_config)
 
 
@@ -359,7 +363,8 @@ def _device_set_config(args: argparse.Namespace) -> int:
         for key in args.unset:
             config.pop(key, None)
         config |= dict(args.pairs)
-        change = service.replace_config(args.device_id, config, actor=_actor())
+        change = service.replace_config(args.device_id, config, actor=_actor(),
+                                        timeout_s=args.timeout)
     shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in change.config.items()) or "(empty)"
     print(f"config of {change.device_id}: {printable(shown)}")
     if change.command_id is not None:

@@ -28,6 +28,7 @@ CLI_ROLE: Final = "cli"
 # Results an entry may carry; free-form results would make the log hard to filter.
 RESULTS: Final = ("ok", "denied", "failed", "not_found", "invalid", "conflict")
 MAX_FIELD_CHARS: Final = 256
+MAX_LIST: Final = 1000
 
 
 def cli_actor() -> str:
@@ -97,7 +98,10 @@ class AuditLog:
     def list(self, *, limit: int = 100, before_id: int | None = None,
              actor: str | None = None, action: str | None = None,
              since: int | None = None) -> list[AuditEntry]:
-        """Newest first; `before_id` pages back, `since` (ms) keeps newer entries only."""
+        """Newest first; `before_id` pages back, `since` (ms) keeps newer entries only.
+        InvalidRequest for a limit outside 1..MAX_LIST."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidRequest(f"limit {limit} is not between 1 and {MAX_LIST}")
         return self.metadata.list_audit(limit=limit, before_id=before_id, actor=actor,
                                         action=action, since=since)
 

@@ -26,6 +26,7 @@ from iotmeter_tui.backend.audit import Actor, AuditLog
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.errors import InvalidRequest, NotFound
 from iotmeter_tui.backend.stores.metadata import (
+    COMMAND_FINAL_STATES,
     CONNECTION_STATUSES,
     DEVICE_ORDER_COLUMNS,
     UNKNOWN,
@@ -77,6 +78,9 @@ MAX_NOTE_KEY_CHARS: Final = 64
 MAX_TEXT_CHARS: Final = 200  # name, location, a note's text
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_PAGE: Final = 1000
+MAX_EXACT_INT: Final = 2**53
+# How far back replace_config looks for the device's last set_config among its commands.
+_RECENT_COMMANDS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,7 @@ def _number(key: str, value: Any, rule: NumberRule) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(f"config {key}: must be a number")
-    if not math.isfinite(value):
+    if not _finite(value):
         raise InvalidRequest(f"config {key}: must be a finite number")
     if rule.integer and value != int(value):
         raise InvalidRequest(f"config {key}: must be a whole number")
@@ -151,6 +155,14 @@ def _number(key: str, value: Any, rule: NumberRule) -> Any:
         raise InvalidRequest(f"config {key}: {value!r} is not between {rule.low:g} and "
                              f"{rule.high:g}")
     return int(value) if rule.integer else value
+
+
+def _finite(value: int | float) -> bool:
+    """A number every JSON reader takes alike: finite, and an integer within ±2**53 (what a
+    double holds exactly); a JSON integer may be any size, and float() of one may overflow."""
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INT
+    return math.isfinite(value)
 
 
 def validate_config(values: Any) -> dict[str, Any]:
@@ -166,8 +178,8 @@ def validate_config(values: Any) -> dict[str, Any]:
             clean[key] = _number(key, value, rule)
         elif key.startswith(NOTE_PREFIX) and 2 < len(key) <= MAX_NOTE_KEY_CHARS and \
                 protocol.is_valid_label(key):
-            if not (value is None or isinstance(value, bool | int | str) or
-                    (isinstance(value, float) and math.isfinite(value))):
+            if not (value is None or isinstance(value, str | bool)
+                    or (isinstance(value, int | float) and _finite(value))):
                 raise InvalidRequest(f"config {key}: a note is text, a number or true/false")
             clean[key] = _text(f"config {key}", value) if isinstance(value, str) else value
         else:
@@ -298,30 +310,45 @@ class DeviceService:
         return self.metadata.get_config(device_id)
 
     def replace_config(self, device_id: str, values: dict[str, Any], *,
-                       actor: Actor | None) -> ConfigChange:
+                       actor: Actor | None, timeout_s: float | None = None) -> ConfigChange:
         """Make `values` the device's whole config. Device keys that changed (or are new)
         go to the device in one `set_config` command, sent first, so a stored config always
-        has its command; a device key left out stays as the device has it (there is no
-        "unset" on the device) and is only no longer shown. InvalidRequest naming a bad key,
-        NotFound for an unknown device."""
+        has its command; when the device's last `set_config` did not end `done` (it timed out
+        while the device was offline, or was refused), every device key is sent again, so
+        running the same change again is how to retry it. A device key left out stays as the
+        device has it (there is no "unset" on the device) and is only no longer shown.
+        `timeout_s`: the command's expiry (CommandService's default when None).
+        InvalidRequest naming a bad key, NotFound for an unknown device."""
         with self.audit.audited(actor, "device.config", device_id) as note:
             clean = validate_config(values)
             self.require(device_id)
             before = self.metadata.get_config(device_id)
-            changed = {k: v for k, v in clean.items()
-                       if k in DEVICE_KEYS and (k not in before or before[k] != v
-                                                or type(before[k]) is not type(v))}
+            device_keys = {k: v for k, v in clean.items() if k in DEVICE_KEYS}
+            if self._last_config_failed(device_id):
+                changed = device_keys
+            else:
+                changed = {k: v for k, v in device_keys.items()
+                           if k not in before or before[k] != v or type(before[k]) is not type(v)}
             command_id, reason = None, None
             if not changed:
-                reason = ("no device-applied key changed" if any(k in DEVICE_KEYS for k in clean)
+                reason = ("no device-applied key changed" if device_keys
                           else "no device-applied key in the config")
             elif self.commands is None:
                 reason = "no command service: stored only, not sent"
             else:
+                options = {} if timeout_s is None else {"timeout_s": timeout_s}
                 cmd = self.commands.send(device_id, "set_config", changed,
-                                         created_by=None if actor is None else actor.name)
+                                         created_by=None if actor is None else actor.name,
+                                         **options)
                 command_id = cmd.id
             self.metadata.replace_config(device_id, clean)
             note.detail |= {"keys": sorted(clean), "command_id": command_id}
             return ConfigChange(device_id, clean, command_id, changed if command_id else {},
                                 reason)
+
+    def _last_config_failed(self, device_id: str) -> bool:
+        """True when the newest set_config sent to the device ended other than `done`."""
+        for cmd in self.metadata.list_commands(device_id=device_id, limit=_RECENT_COMMANDS):
+            if cmd.name == "set_config":
+                return cmd.state in COMMAND_FINAL_STATES and cmd.state != "done"
+        return False

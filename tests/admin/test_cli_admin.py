@@ -63,9 +63,14 @@ def test_device_lifecycle(env: dict[str, str], capsys: pytest.CaptureFixture[str
     assert [json.loads(line)["device_id"] for line in out.splitlines()] == ["ac-0002"]
 
     code, out, err = run(capsys, "device", "set-config", "dc-0001", "interval_s=0.5",
-                         "nominal_v=750", "x_note=spare unit")
+                         "nominal_v=750", "x_note=spare unit", "--timeout", "3600")
     assert code == 0, err
     summary, command_id = out.splitlines()
+    code, out, _ = run(capsys, "command", "show", command_id, "--json")
+    sent = json.loads(out)
+    assert (sent["name"], sent["params"], sent["state"], sent["created_by"]) == (
+        "set_config", {"interval_s": 0.5}, "queued", cli_actor())
+    assert sent["expires_at"] - sent["created_at"] == 3_600_000
     assert summary == 'config of dc-0001: interval_s=0.5, nominal_v=750, x_note="spare unit"'
     assert command_id.startswith("cmd-") and "set_config with interval_s=0.5" in err
     code, out, err = run(capsys, "device", "set-config", "dc-0001", "nominal_v=900",

@@ -7,10 +7,17 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iotmeter_tui.backend.audit import Actor, AuditLog
 from iotmeter_tui.backend.commands import CommandService
-from iotmeter_tui.backend.devices import DeviceService, validate_config
+from iotmeter_tui.backend.devices import (
+    DEVICE_KEYS,
+    SERVER_KEYS,
+    DeviceService,
+    validate_config,
+)
 from iotmeter_tui.backend.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -208,6 +215,9 @@ def test_replace_config_without_a_command_service_stores_only(metadata: Metadata
 @pytest.mark.parametrize("values, message", [
     ({"interval_s": "fast"}, "config interval_s: must be a number"),
     ({"interval_s": math.nan}, "finite"),
+    ({"interval_s": 10**400}, "finite"),
+    ({"gap_threshold": 2**60}, "finite"),
+    ({"x_big": -(10**400)}, "a note is text"),
     ({"interval_s": 0}, "not between 0.01 and 86400"),
     ({"heartbeat_s": True}, "config heartbeat_s: must be a number"),
     ({"report_temperature": 1}, "true or false"),
@@ -256,3 +266,62 @@ def test_a_deleted_device_heard_again_is_a_new_unknown_device(metadata: Metadata
 def test_audit_log_refuses_an_unknown_result(metadata: MetadataStore) -> None:
     with pytest.raises(ValueError, match="audit result"):
         AuditLog(metadata).record("a", "cli", "x", None, "maybe")
+
+
+@pytest.mark.parametrize("ending", ["timed_out", "rejected", "failed"])
+def test_the_same_config_again_retries_a_set_config_that_did_not_land(
+        metadata: MetadataStore, ending: str) -> None:
+    devices = service(metadata)
+    devices.create("dc-0001")
+    first = devices.replace_config("dc-0001", {"interval_s": 2, "heartbeat_s": 30,
+                                               "nominal_v": 750}, actor=CI, timeout_s=60)
+    assert first.command_id is not None
+    cmd = metadata.get_command(first.command_id)
+    assert cmd is not None and cmd.expires_at == cmd.created_at + 60_000
+    # Still on its way: the same config sends nothing more.
+    assert devices.replace_config("dc-0001", first.config, actor=CI).command_id is None
+    metadata.update_command(first.command_id, state=ending, at=cmd.created_at + 1)
+    retry = devices.replace_config("dc-0001", first.config, actor=CI)
+    assert retry.command_id not in (None, first.command_id)
+    assert retry.sent == {"interval_s": 2, "heartbeat_s": 30}
+    # Once one is done, unchanged keys are not sent again.
+    metadata.update_command(retry.command_id, state="done", at=cmd.created_at + 2)  # type: ignore[arg-type]
+    assert devices.replace_config("dc-0001", first.config, actor=CI).command_id is None
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**52)
+    | st.sampled_from([10**400, -(2**53) - 1, 2**53]) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.dictionaries(
+    st.sampled_from([*DEVICE_KEYS, *SERVER_KEYS, "x_note", "x_", "volts", "X_a", "x_\x1b"])
+    | st.text(max_size=10), _json_values, max_size=5) | _json_values)
+def test_any_json_is_validated_or_refused_cleanly(values: Any) -> None:
+    """What an API body may hold: a clean config or InvalidRequest, never another error."""
+    try:
+        clean = validate_config(values)
+    except InvalidRequest as exc:
+        assert "\n" not in str(exc)
+        return
+    assert set(clean) == set(values)
+    for key, value in clean.items():
+        if key in DEVICE_KEYS or key in SERVER_KEYS:
+            assert value is True or value is False or math.isfinite(value)
+        else:
+            assert key.startswith("x_") and len(key) > 2
+
+
+def test_audit_listing_bounds_its_limit(metadata: MetadataStore) -> None:
+    audit = AuditLog(metadata)
+    for n in range(3):
+        audit.record("a", "cli", "x", str(n), "ok")
+    assert [e.target for e in audit.list(limit=2)] == ["2", "1"]
+    for bad in (0, -1, 1001):
+        with pytest.raises(InvalidRequest, match="limit"):
+            audit.list(limit=bad)
