@@ -117,6 +117,12 @@ def test_role_matrix(api: LiveApi) -> None:
         assert float(line.split()[-1]) > 0, reason
 
     entries = api.call("GET", "/api/v1/audit?limit=1000").json()["items"]
+    paged, cursor = [], ""
+    while cursor is not None:
+        page = api.call("GET", f"/api/v1/audit?limit=7&cursor={cursor}").json()
+        paged += page["items"]
+        cursor = page["next_cursor"]
+    assert paged == entries and len(entries) > 7
     seen = {(e["actor"], e["action"], e["result"]) for e in entries}
     assert ("test-viewer", "device.create", "denied") in seen
     assert ("test-admin", "device.create", "ok") in seen
