@@ -111,6 +111,11 @@ def test_role_matrix(api: LiveApi) -> None:
     assert all(status == 200 for (method, _), status in firsts.items() if method == "GET")
 
     metrics = api.call("GET", "/metrics", key=None).text
+    # Routes are URL rules, never ids: the label set stays bounded whatever the fleet.
+    assert "dc-1" not in metrics and ids["command"] not in metrics
+    assert ('iotmeter_api_request_duration_seconds_count{method="GET",'
+            'route="/api/v1/devices/<device_id>"}') in metrics
+    assert "iotmeter_api_requests_in_flight 1.0" in metrics  # the scrape itself
     for reason in ("missing", "revoked", "forbidden"):
         line = next(x for x in metrics.splitlines()
                     if x.startswith(f'iotmeter_api_auth_failures_total{{reason="{reason}"}}'))
