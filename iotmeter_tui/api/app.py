@@ -172,6 +172,15 @@ def _before() -> Response | None:
         principal = authenticator.authenticate(request.headers.get("Authorization"))
     except AuthFailure as failure:
         metrics.auth_failures.labels(failure.reason).inc()
+        # Failed attempts share a bucket per client address: a flood of bad keys costs a
+        # lookup each, so it is limited like any key's requests.
+        limiter: RateLimiter = current_app.extensions["iotmeter_limiter"]
+        wait_s = limiter.take(f"addr:{request.remote_addr}")
+        if wait_s > 0:
+            metrics.rate_limited.inc()
+            raise ApiProblem(429, "too many requests without a valid credential from this "
+                             "address", headers={"Retry-After": retry_after_header(wait_s)}
+                             ) from None
         raise ApiProblem(401, failure.detail, field="Authorization",
                          headers={"WWW-Authenticate": 'Bearer realm="iotmeter"'}) from None
     g.principal = principal
@@ -181,7 +190,7 @@ def _before() -> Response | None:
         raise ApiProblem(403, f"this needs the {info.role} role; {principal.name!r} is "
                          f"{principal.role}")
 
-    limiter: RateLimiter = current_app.extensions["iotmeter_limiter"]
+    limiter = current_app.extensions["iotmeter_limiter"]
     wait_s = limiter.take(principal.bucket)
     if wait_s > 0:
         metrics.rate_limited.inc()

@@ -115,6 +115,9 @@ def test_rate_limit(serve_api: Callable[..., LiveApi]) -> None:
     assert api.call("GET", "/api/v1/devices", key="operator").status_code == 200
     metrics = api.call("GET", "/metrics", key=None).text
     assert "iotmeter_api_rate_limited_total 2.0" in metrics
+    # Requests without a valid key are limited per client address.
+    bad = [api.call("GET", "/api/v1/devices", key="iotm_wrong").status_code for _ in range(4)]
+    assert bad == [401, 401, 401, 429]
 
 
 def test_request_id_is_echoed_or_made(api: LiveApi) -> None:
