@@ -123,8 +123,11 @@ def test_sigterm_drains_in_flight_requests(start_api: type[ApiProcess]) -> None:
         requests.get(api.url + "/healthz", timeout=2)
 
 
-def test_several_workers_share_one_metrics_view(start_api: type[ApiProcess]) -> None:
-    api = start_api("--workers", "2")
+def test_several_workers_share_one_metrics_view(start_api: type[ApiProcess],
+                                                tmp_path: Path) -> None:
+    samples = tmp_path / "metrics"
+    samples.mkdir()
+    api = start_api("--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(samples)})
     for _ in range(20):
         # A new connection each time, so both workers answer some.
         assert requests.get(api.url + "/api/v1/devices", headers=api.auth(),
@@ -136,6 +139,8 @@ def test_several_workers_share_one_metrics_view(start_api: type[ApiProcess]) -> 
             'iotmeter_api_requests_total{method="GET",route="/api/v1/devices",status="200"}'))
         totals.add(float(line.split()[-1]))
     assert totals == {20.0}  # every scrape, whichever worker answers, sees all 20
+    # Both workers write their own samples, which /metrics sums.
+    assert len({p.stem.rsplit("_", 1)[-1] for p in samples.glob("counter_*.db")}) == 2
     assert api.stop() == 0
 
 
