@@ -47,6 +47,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 CORS_MAX_AGE_S = "600"
 CORS_HEADERS = "Authorization, Content-Type, X-Request-ID"
+# What a created device links to in the document: (link name, path, method).
+DEVICE_LINKS = (("GetDevice", "/api/v1/devices/{device_id}", "get"),
+                ("UpdateDevice", "/api/v1/devices/{device_id}", "patch"),
+                ("DeleteDevice", "/api/v1/devices/{device_id}", "delete"),
+                ("GetConfig", "/api/v1/devices/{device_id}/config", "get"),
+                ("ReplaceConfig", "/api/v1/devices/{device_id}/config", "put"))
 # Query parameters that take several values (`?device=a&device=b`); any other given twice is
 # an error rather than silently the first.
 REPEATABLE = frozenset({"device"})
@@ -120,15 +126,11 @@ def _document(app: OpenAPI) -> dict[str, Any]:
     created = paths.get("/api/v1/devices", {}).get("post", {}).get("responses", {}).get("201")
     if created is not None and "links" not in created:
         links = {}
-        for path, verbs in (("/api/v1/devices/{device_id}", ("get", "patch", "delete")),
-                            ("/api/v1/devices/{device_id}/config", ("get", "put"))):
-            for verb in verbs:
-                operation = paths.get(path, {}).get(verb)
-                if operation and "operationId" in operation:
-                    name = f"{verb}{path.rsplit('/', 1)[-1].title().replace('{', '')}"
-                    links[name.replace("}", "").replace("_", "")] = {
-                        "operationId": operation["operationId"],
-                        "parameters": {"device_id": "$response.body#/device_id"}}
+        for name, path, verb in DEVICE_LINKS:
+            operation = paths.get(path, {}).get(verb)
+            if operation and "operationId" in operation:
+                links[name] = {"operationId": operation["operationId"],
+                               "parameters": {"device_id": "$response.body#/device_id"}}
         created["links"] = links
     return doc
 
