@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import orjson
-from flask import Response, g, request
+from flask import Response, g, has_request_context, request
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -133,6 +133,16 @@ def _document(app: OpenAPI) -> dict[str, Any]:
                                "parameters": {"device_id": "$response.body#/device_id"}}
         created["links"] = links
     return doc
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the request id to every log line written while a request is answered, so the
+    server log, the audit log and the client's X-Request-ID meet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if has_request_context() and not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id")
+        return True
 
 
 # --- before ---------------------------------------------------------------------------------

@@ -59,9 +59,14 @@ class ApiServer(BaseApplication):
 
 
 def _post_worker_init(worker: Any) -> None:
+    import logging
+
+    from iotmeter_tui.api.app import RequestIdFilter
     from iotmeter_tui.backend import logjson
 
     logjson.configure(worker.cfg.loglevel.upper() if worker.cfg.loglevel else "INFO")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
 
 
 def _worker_exit(_server: Any, worker: Any) -> None:
