@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import LiveApi, ThreadServer
+from iotmeter_tui.testing.api import LiveApi, ThreadServer
 
 PROBLEM = "application/problem+json"
 

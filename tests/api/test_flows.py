@@ -19,9 +19,8 @@ import orjson
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
 from iotmeter_tui.backend.stores.metadata import DeviceUpdate
 from iotmeter_tui.backend.stores.timeseries import Point
+from iotmeter_tui.testing.api import LiveApi
 from iotmeter_tui.testing.commands import SilentDevice
-
-from .conftest import LiveApi
 
 T0 = 1_790_000_000_000  # a fixed instant, ms
 

@@ -12,8 +12,7 @@ import pytest
 from iotmeter_tui.api.routing import ROUTES
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.ota import OtaService
-
-from .conftest import ROLES, LiveApi
+from iotmeter_tui.testing.api import ROLES, LiveApi
 
 CALLERS = (None, "revoked", *ROLES)
 

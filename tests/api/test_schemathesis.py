@@ -16,9 +16,8 @@ from schemathesis import checks
 from schemathesis.generation.stateful.state_machine import APIStateMachine
 
 from iotmeter_tui.testing import PostgresDatabase
+from iotmeter_tui.testing.api import LiveApi, ThreadServer, make_keys
 from iotmeter_tui.testing.harness import production_stores
-
-from .conftest import LiveApi, ThreadServer, make_keys
 
 EXAMPLES = 25
 STATEFUL_EXAMPLES = 40
