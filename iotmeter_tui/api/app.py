@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import orjson
-from flask import Response, g, request
+from flask import Response, g, has_request_context, request
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -47,6 +47,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 CORS_MAX_AGE_S = "600"
 CORS_HEADERS = "Authorization, Content-Type, X-Request-ID"
+# What a created device links to in the document: (link name, path, method).
+DEVICE_LINKS = (("GetDevice", "/api/v1/devices/{device_id}", "get"),
+                ("UpdateDevice", "/api/v1/devices/{device_id}", "patch"),
+                ("DeleteDevice", "/api/v1/devices/{device_id}", "delete"),
+                ("GetConfig", "/api/v1/devices/{device_id}/config", "get"),
+                ("ReplaceConfig", "/api/v1/devices/{device_id}/config", "put"))
 # Query parameters that take several values (`?device=a&device=b`); any other given twice is
 # an error rather than silently the first.
 REPEATABLE = frozenset({"device"})
@@ -120,17 +126,23 @@ def _document(app: OpenAPI) -> dict[str, Any]:
     created = paths.get("/api/v1/devices", {}).get("post", {}).get("responses", {}).get("201")
     if created is not None and "links" not in created:
         links = {}
-        for path, verbs in (("/api/v1/devices/{device_id}", ("get", "patch", "delete")),
-                            ("/api/v1/devices/{device_id}/config", ("get", "put"))):
-            for verb in verbs:
-                operation = paths.get(path, {}).get(verb)
-                if operation and "operationId" in operation:
-                    name = f"{verb}{path.rsplit('/', 1)[-1].title().replace('{', '')}"
-                    links[name.replace("}", "").replace("_", "")] = {
-                        "operationId": operation["operationId"],
-                        "parameters": {"device_id": "$response.body#/device_id"}}
+        for name, path, verb in DEVICE_LINKS:
+            operation = paths.get(path, {}).get(verb)
+            if operation and "operationId" in operation:
+                links[name] = {"operationId": operation["operationId"],
+                               "parameters": {"device_id": "$response.body#/device_id"}}
         created["links"] = links
     return doc
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the request id to every log line written while a request is answered, so the
+    server log, the audit log and the client's X-Request-ID meet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if has_request_context() and not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id")
+        return True
 
 
 # --- before ---------------------------------------------------------------------------------
@@ -154,9 +166,11 @@ def _before() -> Response | None:
         return None  # 404/405 and the plain endpoints (/healthz, /readyz, /metrics)
     if request.path.startswith(PUBLIC_PREFIXES):
         return None
-    info = routing.ROUTES.get((rule.rule, request.method))
+    # HEAD runs the GET view (Flask drops the body): the same rules apply.
+    method = "GET" if request.method == "HEAD" else request.method
+    info = routing.ROUTES.get((rule.rule, method))
     if info is None:
-        return None  # HEAD/OPTIONS Flask adds on its own
+        return None  # the OPTIONS Flask answers on its own (Allow), no view runs
 
     authenticator = current_app.extensions["iotmeter_auth"]
     if authenticator is None:
@@ -170,6 +184,15 @@ def _before() -> Response | None:
         principal = authenticator.authenticate(request.headers.get("Authorization"))
     except AuthFailure as failure:
         metrics.auth_failures.labels(failure.reason).inc()
+        # Failed attempts share a bucket per client address: a flood of bad keys costs a
+        # lookup each, so it is limited like any key's requests.
+        limiter: RateLimiter = current_app.extensions["iotmeter_limiter"]
+        wait_s = limiter.take(f"addr:{request.remote_addr}")
+        if wait_s > 0:
+            metrics.rate_limited.inc()
+            raise ApiProblem(429, "too many requests without a valid credential from this "
+                             "address", headers={"Retry-After": retry_after_header(wait_s)}
+                             ) from None
         raise ApiProblem(401, failure.detail, field="Authorization",
                          headers={"WWW-Authenticate": 'Bearer realm="iotmeter"'}) from None
     g.principal = principal
@@ -179,7 +202,7 @@ def _before() -> Response | None:
         raise ApiProblem(403, f"this needs the {info.role} role; {principal.name!r} is "
                          f"{principal.role}")
 
-    limiter: RateLimiter = current_app.extensions["iotmeter_limiter"]
+    limiter = current_app.extensions["iotmeter_limiter"]
     wait_s = limiter.take(principal.bucket)
     if wait_s > 0:
         metrics.rate_limited.inc()

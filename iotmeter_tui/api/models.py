@@ -13,9 +13,30 @@ LABEL = r"^[A-Za-z0-9_.+-]{1,64}$"
 MAX_PAGE = 1000
 
 
+class Record(BaseModel):
+    # Built straight from the services' dataclasses (attribute access in pydantic's core):
+    # dataclasses.asdict's deep copy cost more than the database query for a page.
+    model_config = ConfigDict(from_attributes=True)
+
+
+_PLAIN_SCHEMAS: dict[type[BaseModel], dict[str, Any]] = {}
+
+
 class Strict(BaseModel):
     # Unknown members are an error naming them: a typo must not be silently ignored.
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # flask-openapi3 reads a query model's schema on every request to parse the query
+        # string; generating it took longer than a device page's database query. The plain
+        # schema (no arguments) never changes, so it is made once; it is only read.
+        if args or kwargs:
+            return super().model_json_schema(*args, **kwargs)
+        schema = _PLAIN_SCHEMAS.get(cls)
+        if schema is None:
+            schema = _PLAIN_SCHEMAS[cls] = super().model_json_schema()
+        return schema
 
 
 # --- paths ----------------------------------------------------------------------------------
@@ -51,7 +72,7 @@ class PageQuery(Strict):
 Metadata = dict[str, Any]
 
 
-class Device(BaseModel):
+class Device(Record):
     device_id: str
     device_type: str
     name: str | None = None
@@ -183,7 +204,7 @@ class RejectedQuery(Strict):
 # --- alerts ---------------------------------------------------------------------------------
 
 
-class Alert(BaseModel):
+class Alert(Record):
     id: int
     device_id: str
     rule: str
@@ -212,7 +233,7 @@ class AlertPage(BaseModel):
 # --- commands -------------------------------------------------------------------------------
 
 
-class Command(BaseModel):
+class Command(Record):
     id: str
     device_id: str
     name: str
@@ -276,7 +297,7 @@ class CampaignCreate(Strict):
     target_timeout_s: float = Field(900.0, gt=0, le=7 * 24 * 3600)
 
 
-class Campaign(BaseModel):
+class Campaign(Record):
     id: str
     fw_version: str
     selector: str
@@ -290,7 +311,7 @@ class Campaign(BaseModel):
     created_by: str | None = None
 
 
-class OtaTarget(BaseModel):
+class OtaTarget(Record):
     device_id: str
     state: str
     progress_pct: float | None = None
@@ -333,7 +354,7 @@ class Stats(BaseModel):
     stores: list[StoreHealth]
 
 
-class AuditEntry(BaseModel):
+class AuditEntry(Record):
     id: int
     at: int
     actor: str

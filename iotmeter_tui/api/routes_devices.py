@@ -4,7 +4,6 @@ records these changes in the audit log itself, with the caller as its actor."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from flask import Response
@@ -17,8 +16,8 @@ bp = APIBlueprint("devices", __name__, url_prefix="/api/v1",
                   abp_tags=[Tag(name="devices", description="the device registry")])
 
 
-def device_model(device: Any, cls: type[m.Device] = m.Device, **extra: Any) -> m.Device:
-    return cls(**asdict(device), **extra)
+def device_model(device: Any) -> m.Device:
+    return m.Device.model_validate(device)
 
 
 @api_route(bp, "get", "/devices", role="viewer", responses={200: m.DevicePage},
@@ -37,7 +36,8 @@ def create_device(body: m.DeviceCreate) -> Response:
     created = ctx().devices.create(body.device_id, body.device_type, name=body.name,
                                    location=body.location, metadata=body.metadata,
                                    actor=actor())
-    return out(device_model(created.device, m.DeviceCreated, password=created.password), 201,
+    device = device_model(created.device)
+    return out(m.DeviceCreated(**dict(device), password=created.password), 201,
                {"Location": f"/api/v1/devices/{created.device.device_id}"})
 
 

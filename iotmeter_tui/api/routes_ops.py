@@ -4,7 +4,6 @@ through CommandService: the same calls the dashboard and `iotmeter command` make
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
@@ -43,7 +42,7 @@ def list_alerts(query: m.AlertQuery) -> Response:
         alerts = [a for a in alerts if (query.rule is None or a.rule == query.rule)
                   and (query.severity is None or a.severity == query.severity)]
     page, cursor = page_of(alerts[offset:], offset, query.limit)
-    return out(m.AlertPage(items=[m.Alert(**asdict(a)) for a in page], next_cursor=cursor))
+    return out(m.AlertPage(items=[m.Alert.model_validate(a) for a in page], next_cursor=cursor))
 
 
 def _alert_change(alert_id: int, verb: str) -> Response:
@@ -73,7 +72,7 @@ def clear_alert(path: m.AlertPath) -> Response:
 
 
 def _command(cmd: object) -> m.Command:
-    return m.Command(**asdict(cmd))  # type: ignore[call-overload]
+    return m.Command.model_validate(cmd)
 
 
 @api_route(bp, "post", "/devices/{device_id}/commands", role="operator",

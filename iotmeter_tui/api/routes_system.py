@@ -4,14 +4,13 @@ it (no key: probes and Prometheus call them)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import orjson
 from flask import Flask, Response
 from flask_openapi3 import APIBlueprint, Tag
 
 from iotmeter_tui.api import models as m
-from iotmeter_tui.api.routing import api_route, ctx, decode_cursor, out, page_of
+from iotmeter_tui.api.routing import api_route, ctx, decode_cursor, encode_cursor, out
 from iotmeter_tui.backend.runtime import check_stores
 
 bp = APIBlueprint("system", __name__, url_prefix="/api/v1",
@@ -48,11 +47,15 @@ def stats() -> Response:
 @api_route(bp, "get", "/audit", role="admin", responses={200: m.AuditPage},
            summary="the audit log, newest first (admins only)")
 def audit(query: m.AuditQuery) -> Response:
-    offset = decode_cursor(query.cursor)
-    entries = ctx().audit.list(limit=offset + query.limit + 1, actor=query.actor,
+    # Keyset pages: the cursor is the id the next page starts below (entries only grow).
+    before = decode_cursor(query.cursor, "b") if query.cursor else None
+    fetch = min(query.limit + 1, m.MAX_PAGE)  # one more tells whether a next page exists
+    entries = ctx().audit.list(limit=fetch, before_id=before, actor=query.actor,
                                action=query.action)
-    page, cursor = page_of(entries[offset:], offset, query.limit)
-    return out(m.AuditPage(items=[m.AuditEntry(**asdict(e)) for e in page],
+    page = entries[:query.limit]
+    more = len(entries) > query.limit or (fetch == query.limit == len(entries))
+    cursor = encode_cursor(page[-1].id, "b") if more and page else None
+    return out(m.AuditPage(items=[m.AuditEntry.model_validate(e) for e in page],
                            next_cursor=cursor))
 
 

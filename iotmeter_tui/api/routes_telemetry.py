@@ -23,6 +23,7 @@ DEFAULT_RANGE_MS = 3_600_000
 MAX_BUCKETS = 10_000
 MAX_RAW_POINTS = 100_000
 CSV_TYPE = "text/csv"
+MAX_LATEST_DEVICES = 1000
 
 
 def _wants_csv() -> bool:
@@ -100,6 +101,9 @@ def _csv(result: m.Telemetry) -> Response:
 def latest(query: m.LatestQuery) -> Response:
     ids = query.device or None
     if ids is not None:
+        if len(ids) > MAX_LATEST_DEVICES:
+            raise ApiProblem(422, f"device: at most {MAX_LATEST_DEVICES} ids in one call "
+                             "(none: the whole fleet)", field="device")
         for device_id in ids:
             if not is_valid_device_id(device_id):
                 raise ApiProblem(422, f"device: {device_id[:80]!r} is not a device id",

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from flask import Response, current_app, g, request
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
@@ -81,8 +80,7 @@ def actor() -> Actor:
 
 
 def out(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(orjson.dumps(model.model_dump(mode="json")), status=status,
-                        mimetype="application/json")
+    response = Response(model.model_dump_json(), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -152,19 +150,20 @@ def parse_duration(field: str, text: str) -> int:
 # may shift one page by one, never skip the rest.)
 
 
-def encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+def encode_cursor(offset: int, kind: str = "o") -> str:
+    """`kind` o: an offset; b: an id to page back from (the audit log)."""
+    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> int:
+def decode_cursor(cursor: str | None, kind: str = "o") -> int:
     from iotmeter_tui.api.problems import ApiProblem
 
     if not cursor:
         return 0
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, number = text.partition(":")
-        if kind == "o" and number.isdigit() and len(number) <= 12:
+        found, _, number = text.partition(":")
+        if found == kind and number.isdigit() and len(number) <= 19:
             return int(number)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -46,6 +46,7 @@ class ApiServer(BaseApplication):
             "errorlog": "-",
             "loglevel": s.log_level.lower(),
             "child_exit": _child_exit,
+            "worker_exit": _worker_exit,
             "post_worker_init": _post_worker_init,
         }
         for key, value in options.items():
@@ -58,9 +59,22 @@ class ApiServer(BaseApplication):
 
 
 def _post_worker_init(worker: Any) -> None:
+    import logging
+
+    from iotmeter_tui.api.app import RequestIdFilter
     from iotmeter_tui.backend import logjson
 
     logjson.configure(worker.cfg.loglevel.upper() if worker.cfg.loglevel else "INFO")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
+
+
+def _worker_exit(_server: Any, worker: Any) -> None:
+    # After the worker's last request: the broker connection and the stores close cleanly.
+    app = getattr(worker, "wsgi", None)
+    context = getattr(app, "extensions", {}).get("iotmeter")
+    if context is not None:
+        context.close()
 
 
 def _child_exit(_server: Any, worker: Any) -> None:

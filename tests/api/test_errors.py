@@ -4,11 +4,12 @@ traceback. Also the request id, CORS (preflight included), the rate limit and th
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
 
-from .conftest import LiveApi
+from iotmeter_tui.testing.api import LiveApi, ThreadServer
 
 PROBLEM = "application/problem+json"
 
@@ -104,16 +105,20 @@ def test_body_cap(serve_api: Callable[..., LiveApi]) -> None:
 
 
 def test_rate_limit(serve_api: Callable[..., LiveApi]) -> None:
-    api = serve_api({"IOTMETER_API_RATE_LIMIT": "0.5", "IOTMETER_API_RATE_BURST": "3"})
+    # One token per 10 s: a slow, shared machine cannot refill the bucket mid-test.
+    api = serve_api({"IOTMETER_API_RATE_LIMIT": "0.1", "IOTMETER_API_RATE_BURST": "3"})
     statuses = [api.call("GET", "/api/v1/devices", key="viewer").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     response = api.call("GET", "/api/v1/devices", key="viewer")
     assert_problem(response, 429)
-    assert 1 <= int(response.headers["Retry-After"]) <= 2
+    assert 1 <= int(response.headers["Retry-After"]) <= 10
     # Per key: another key has its own bucket.
     assert api.call("GET", "/api/v1/devices", key="operator").status_code == 200
     metrics = api.call("GET", "/metrics", key=None).text
     assert "iotmeter_api_rate_limited_total 2.0" in metrics
+    # Requests without a valid key are limited per client address.
+    bad = [api.call("GET", "/api/v1/devices", key="iotm_wrong").status_code for _ in range(4)]
+    assert bad == [401, 401, 401, 429]
 
 
 def test_request_id_is_echoed_or_made(api: LiveApi) -> None:
@@ -167,3 +172,31 @@ def test_a_store_that_is_down(serve_api: Callable[..., LiveApi]) -> None:
 def test_wrong_scheme_in_authorization(api: LiveApi, path: str) -> None:
     response = api.call("GET", path, key=None, headers={"Authorization": "Basic dXNlcjpwdw=="})
     assert_problem(response, 401 if path == "/api/v1/devices" else 405)
+
+
+def test_an_unexpected_error_is_a_500_problem_without_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from iotmeter_tui.api.app import create_app
+    from iotmeter_tui.backend.config import load_settings
+    from iotmeter_tui.backend.stores import open_stores
+
+    settings = load_settings(env={"IOTMETER_HOME": str(tmp_path)})
+    stores = open_stores(settings)
+    app = create_app(settings, stores=stores)
+
+    def broken() -> None:  # a bug in a view, as a real one would be
+        raise KeyError("secret-internal-name")
+
+    app.add_url_rule("/api/v1/broken", "broken", broken)
+    server = ThreadServer(app)
+    url = server.start()
+    try:
+        response = requests.get(url + "/api/v1/broken", timeout=10)
+    finally:
+        server.stop()
+        stores.close()
+    body = assert_problem(response, 500)
+    assert "secret-internal-name" not in response.text
+    assert body["request_id"] in body["detail"]
+    assert any("secret-internal-name" in (r.exc_text or "") or r.exc_info
+               for r in caplog.records if r.levelname == "ERROR")

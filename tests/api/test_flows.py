@@ -11,13 +11,16 @@ import io
 import json
 import time
 import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
+from iotmeter_tui.backend.stores.metadata import DeviceUpdate
 from iotmeter_tui.backend.stores.timeseries import Point
-
-from .conftest import LiveApi
+from iotmeter_tui.testing.api import LiveApi
+from iotmeter_tui.testing.commands import SilentDevice
 
 T0 = 1_790_000_000_000  # a fixed instant, ms
 
@@ -259,3 +262,22 @@ def test_device_pages_follow_the_cursor(api: LiveApi) -> None:
                        json={"location": None, "metadata": {"km": 3.5}}).json()
     assert patched["location"] is None and patched["metadata"] == {"km": 3.5}
     assert patched["name"] == "Meter 3"
+
+
+def test_a_command_is_published_at_once_when_a_broker_answers(
+        serve_api: Callable[..., LiveApi], mosquitto: Any) -> None:
+    api = serve_api({"IOTMETER_MQTT_URL": mosquitto.url})
+    api.stores.metadata.apply_collector_batch(
+        [DeviceUpdate("dc-1", int(time.time() * 1000), device_type="power_meter_dc",
+                      connection_status="online")], [])
+    device = SilentDevice(mosquitto.url, "dc-1")
+    try:
+        sent = api.call("POST", "/api/v1/devices/dc-1/commands", key="operator",
+                        json={"name": "ping"}).json()
+        assert sent["state"] == "sent" and sent["attempts"] == 1
+        deadline = time.monotonic() + 10
+        while not device.commands() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [c.id for c in device.commands()] == [sent["id"]]
+    finally:
+        device.close()

@@ -12,8 +12,7 @@ import pytest
 from iotmeter_tui.api.routing import ROUTES
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.ota import OtaService
-
-from .conftest import ROLES, LiveApi
+from iotmeter_tui.testing.api import ROLES, LiveApi
 
 CALLERS = (None, "revoked", *ROLES)
 
@@ -111,12 +110,23 @@ def test_role_matrix(api: LiveApi) -> None:
     assert all(status == 200 for (method, _), status in firsts.items() if method == "GET")
 
     metrics = api.call("GET", "/metrics", key=None).text
+    # Routes are URL rules, never ids: the label set stays bounded whatever the fleet.
+    assert "dc-1" not in metrics and ids["command"] not in metrics
+    assert ('iotmeter_api_request_duration_seconds_count{method="GET",'
+            'route="/api/v1/devices/<device_id>"}') in metrics
+    assert "iotmeter_api_requests_in_flight 1.0" in metrics  # the scrape itself
     for reason in ("missing", "revoked", "forbidden"):
         line = next(x for x in metrics.splitlines()
                     if x.startswith(f'iotmeter_api_auth_failures_total{{reason="{reason}"}}'))
         assert float(line.split()[-1]) > 0, reason
 
     entries = api.call("GET", "/api/v1/audit?limit=1000").json()["items"]
+    paged, cursor = [], ""
+    while cursor is not None:
+        page = api.call("GET", f"/api/v1/audit?limit=7&cursor={cursor}").json()
+        paged += page["items"]
+        cursor = page["next_cursor"]
+    assert paged == entries and len(entries) > 7
     seen = {(e["actor"], e["action"], e["result"]) for e in entries}
     assert ("test-viewer", "device.create", "denied") in seen
     assert ("test-admin", "device.create", "ok") in seen
@@ -127,6 +137,13 @@ def test_role_matrix(api: LiveApi) -> None:
     assert all(e["request_id"] for e in entries)
     # Reads are not audited.
     assert not any(e["action"].startswith("GET") for e in entries)
+
+
+def test_head_needs_a_key_like_get(api: LiveApi) -> None:
+    api.stores.metadata.create_device("dc-1", "power_meter_dc")
+    assert api.call("HEAD", "/api/v1/devices/dc-1", key=None).status_code == 401
+    assert api.call("HEAD", "/api/v1/audit", key="viewer").status_code == 403
+    assert api.call("HEAD", "/api/v1/devices/dc-1", key="viewer").status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json",

@@ -4,6 +4,7 @@ workers still one set of metrics."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,9 +37,13 @@ class ApiProcess:
             stores.metadata.create_device("dc-1", "power_meter_dc")
         finally:
             stores.close()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "iotmeter_tui", "api", "--port", str(self.port), *args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Logs to files: a pipe nobody reads could fill and stall the server.
+        self.log = home / "api.log"
+        with self.log.open("wb") as out, (home / "api.err").open("wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "iotmeter_tui", "api", "--port", str(self.port),
+                 *args], env=self.env, stdout=out, stderr=err)
+        self.errors = home / "api.err"
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + START_S
         while True:
@@ -48,8 +53,9 @@ class ApiProcess:
             except requests.RequestException:
                 pass  # not listening yet, or the worker still loading the app
             if self.process.poll() is not None or time.monotonic() > deadline:
-                _, err = self.process.communicate(timeout=10)
-                raise AssertionError(f"iotmeter api did not start: {err.decode()[-2000:]}")
+                self.process.wait(10)
+                raise AssertionError("iotmeter api did not start: "
+                                     f"{self.errors.read_text()[-2000:]}")
             time.sleep(0.1)
 
     def auth(self) -> dict[str, str]:
@@ -97,7 +103,14 @@ def test_serves_on_loopback_on_the_embedded_defaults(start_api: type[ApiProcess]
     assert response.status_code == 200
     assert [d["device_id"] for d in response.json()["items"]] == ["dc-1"]
     assert requests.get(api.url + "/readyz", timeout=10).status_code == 200
+    # A command logs as JSON lines carrying the request's id.
+    sent = requests.post(api.url + "/api/v1/devices/dc-1/commands", json={"name": "ping"},
+                         headers={**api.auth(), "X-Request-ID": "trace-77"}, timeout=10)
+    assert sent.status_code == 202
     assert api.stop() == 0
+    lines = [json.loads(x) for x in api.log.read_text().splitlines() if x.startswith("{")]
+    queued = [x for x in lines if x.get("event") == "command_queued"]
+    assert queued and queued[0]["request_id"] == "trace-77"
 
 
 def test_sigterm_drains_in_flight_requests(start_api: type[ApiProcess]) -> None:
@@ -123,8 +136,11 @@ def test_sigterm_drains_in_flight_requests(start_api: type[ApiProcess]) -> None:
         requests.get(api.url + "/healthz", timeout=2)
 
 
-def test_several_workers_share_one_metrics_view(start_api: type[ApiProcess]) -> None:
-    api = start_api("--workers", "2")
+def test_several_workers_share_one_metrics_view(start_api: type[ApiProcess],
+                                                tmp_path: Path) -> None:
+    samples = tmp_path / "metrics"
+    samples.mkdir()
+    api = start_api("--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(samples)})
     for _ in range(20):
         # A new connection each time, so both workers answer some.
         assert requests.get(api.url + "/api/v1/devices", headers=api.auth(),
@@ -136,6 +152,8 @@ def test_several_workers_share_one_metrics_view(start_api: type[ApiProcess]) -> 
             'iotmeter_api_requests_total{method="GET",route="/api/v1/devices",status="200"}'))
         totals.add(float(line.split()[-1]))
     assert totals == {20.0}  # every scrape, whichever worker answers, sees all 20
+    # Both workers write their own samples, which /metrics sums.
+    assert len({p.stem.rsplit("_", 1)[-1] for p in samples.glob("counter_*.db")}) == 2
     assert api.stop() == 0
 
 
