@@ -10,9 +10,11 @@ from typing import Any
 
 from iotmeter_tui.backend.apikeys import ApiKeyService
 from iotmeter_tui.backend.audit import AuditLog
+from iotmeter_tui.backend.broker_admin import device_credentials
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.devices import DeviceService
+from iotmeter_tui.backend.firmware_signing import configured_public_key
 from iotmeter_tui.backend.ota import OtaService
 from iotmeter_tui.backend.publisher import ServerPublisher
 from iotmeter_tui.backend.stores import Stores, open_stores
@@ -64,8 +66,11 @@ class ApiContext:
 
     @property
     def ota(self) -> OtaService:
-        return self._service("ota", lambda: OtaService(self.stores.metadata,
-                                                        self.stores.archive))
+        # With IOTMETER_FIRMWARE_PUBLIC_KEY an upload must carry a signature that verifies:
+        # the API is no way around the check `iotmeter ota upload` makes.
+        return self._service("ota", lambda: OtaService(
+            self.stores.metadata, self.stores.archive,
+            public_key=configured_public_key(self.settings.firmware_public_key)))
 
     @property
     def audit(self) -> AuditLog:
@@ -77,8 +82,11 @@ class ApiContext:
 
     @property
     def devices(self) -> DeviceService:
+        # With IOTMETER_MQTT_ADMIN_URL a new device gets its broker client (the password is in
+        # the 201 response, once) and a deleted one loses it, as with `iotmeter device add|rm`.
         return self._service("devices", lambda: DeviceService(
-            self.stores.metadata, self.commands, audit=None))
+            self.stores.metadata, self.commands, credentials=device_credentials(self.settings),
+            audit=None))
 
     def _find_publisher(self) -> ServerPublisher | None:
         with self._lock:

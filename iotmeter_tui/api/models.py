@@ -279,11 +279,19 @@ class Firmware(BaseModel):
     size: int
     sha256: str
     uploaded_at: int
+    signature: str | None = Field(None, description="the image's Ed25519 signature (base64), "
+                                  "carried in every offer")
+
+
+SIGNATURE = r"^[A-Za-z0-9+/]{86}==$"  # 64 bytes of Ed25519 signature, base64
 
 
 class FirmwareQuery(Strict):
     version: str | None = Field(None, pattern=LABEL, description="the image's version (raw "
                                 "body uploads; multipart uploads send it as a form field)")
+    signature: str | None = Field(None, pattern=SIGNATURE, description="the image's Ed25519 "
+                                  "signature, base64, as `iotmeter ota sign` writes it "
+                                  "(required when the server pins a signing key)")
 
 
 class CampaignCreate(Strict):

@@ -32,27 +32,30 @@ FIRMWARE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["file", "version"],
         "properties": {"file": {"type": "string", "format": "binary"},
-                       "version": {"type": "string", "pattern": m.LABEL}}}}}}}
+                       "version": {"type": "string", "pattern": m.LABEL},
+                       "signature": {"type": "string", "pattern": m.SIGNATURE}}}}}}}
 
 
 def _firmware(fw: Any) -> m.Firmware:
     return m.Firmware(version=fw.version, size=fw.size, sha256=fw.sha256,
-                      uploaded_at=fw.uploaded_at)
+                      uploaded_at=fw.uploaded_at, signature=fw.signature)
 
 
 @api_route(bp, "post", "/firmware", role="operator", action="firmware.upload",
            max_body="api_max_firmware_bytes", responses={201: m.Firmware}, tags=OTA,
            openapi_extensions=FIRMWARE_BODY,
-           summary="upload an image: multipart (file, version) or a raw body with ?version=")
+           summary="upload an image: multipart (file, version, signature) or a raw body with "
+           "?version=&signature=")
 def upload_firmware(query: m.FirmwareQuery) -> Response:
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
         version = request.form.get("version") or query.version
+        signature = request.form.get("signature") or query.signature
         if upload is None:
             raise ApiProblem(422, "file: the multipart body has no 'file' part", field="file")
         image = upload.read()
     elif request.mimetype == "application/octet-stream":
-        version = query.version
+        version, signature = query.version, query.signature
         image = read_body()
     else:
         raise ApiProblem(415, "send the image as application/octet-stream (with ?version=) "
@@ -62,7 +65,7 @@ def upload_firmware(query: m.FirmwareQuery) -> Response:
                          "'_.+-', at most 64)", field="version")
     note_target(version)
     try:
-        fw = ctx().ota.upload_bytes(image, version)
+        fw = ctx().ota.upload_bytes(image, version, signature)
     except OtaError as exc:
         status = 409 if "already exists" in str(exc) else 422
         raise ApiProblem(status, str(exc), field="version" if status == 409 else "file") \

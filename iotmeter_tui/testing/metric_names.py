@@ -3,23 +3,12 @@ renamed in code breaks the rule, dashboard and docs tests)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 from prometheus_client import CollectorRegistry
 
+from iotmeter_tui.api.metrics import ApiMetrics
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.simulator.metrics import SimulatorMetrics
 from iotmeter_tui.relay.metrics import RelayMetrics
-
-# The REST API's metrics (iotmeter_tui/api/metrics.py, ApiMetrics, on the `api` branch). Until
-# that module is merged here, its five names as agreed; after the merge the import below takes
-# over (the lead removes this list then).
-EXPECTED_API_METRICS = {
-    "iotmeter_api_requests_total": "counter",
-    "iotmeter_api_request_duration_seconds": "histogram",
-    "iotmeter_api_requests_in_flight": "gauge",
-    "iotmeter_api_auth_failures_total": "counter",
-    "iotmeter_api_rate_limited_total": "counter",
-}
 
 
 def names(registry: CollectorRegistry) -> dict[str, str]:
@@ -31,35 +20,12 @@ def names(registry: CollectorRegistry) -> dict[str, str]:
     return out
 
 
-def _exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its package is not there either
-        return False
-
-
-def api_names() -> dict[str, str]:
-    if _exists("iotmeter_tui.api.metrics"):
-        from iotmeter_tui.api.metrics import ApiMetrics
-
-        return names(ApiMetrics().registry)
-    return dict(EXPECTED_API_METRICS)
-
-
-def simulator_names() -> dict[str, str]:
-    if _exists("iotmeter_tui.backend.simulator.metrics"):
-        from iotmeter_tui.backend.simulator.metrics import SimulatorMetrics
-
-        return names(SimulatorMetrics().registry)
-    return {}
-
-
 def all_processes() -> dict[str, dict[str, str]]:
     return {
         "collector": names(CollectorMetrics().registry),
         "alert-relay": names(RelayMetrics().registry),
-        "api": api_names(),
-        "simulator": simulator_names(),
+        "api": names(ApiMetrics().registry),
+        "simulator": names(SimulatorMetrics().registry),
     }
 
 

@@ -12,6 +12,7 @@ import json
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -281,3 +282,41 @@ def test_a_command_is_published_at_once_when_a_broker_answers(
         assert [c.id for c in device.commands()] == [sent["id"]]
     finally:
         device.close()
+
+
+def test_with_a_pinned_signing_key_only_signed_firmware_is_taken(
+        serve_api: Callable[..., LiveApi], tmp_path: Path) -> None:
+    """The API is no way around the signature check of `iotmeter ota upload` (issue 15 item 5)."""
+    import hashlib
+
+    from iotmeter_tui.backend.firmware_signing import (
+        generate_keypair,
+        load_private_key,
+        sign_digest,
+    )
+
+    private, _public_path, public = generate_keypair(tmp_path / "keys")
+    api = serve_api({"IOTMETER_FIRMWARE_PUBLIC_KEY": public})
+    image = b"signed firmware 3.0.0\n" * 500
+    signature = sign_digest(load_private_key(private), hashlib.sha256(image).hexdigest())
+
+    unsigned = api.call("POST", "/api/v1/firmware", key="operator",
+                        files={"file": ("fw.bin", image)}, data={"version": "3.0.0"})
+    assert unsigned.status_code == 422, unsigned.text
+    assert unsigned.headers["Content-Type"] == "application/problem+json"
+    forged = api.call("POST", "/api/v1/firmware", key="operator",
+                      files={"file": ("fw.bin", image + b"x")},
+                      data={"version": "3.0.0", "signature": signature})
+    assert forged.status_code == 422, forged.text
+    assert api.stores.metadata.get_firmware("3.0.0") is None
+
+    signed = api.call("POST", "/api/v1/firmware", key="operator",
+                      files={"file": ("fw.bin", image)},
+                      data={"version": "3.0.0", "signature": signature})
+    assert signed.status_code == 201, signed.text
+    assert signed.json()["signature"] == signature
+    raw = api.call("POST", "/api/v1/firmware?version=3.0.0&signature="
+                   + signature.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D"),
+                   key="operator", data=image,
+                   headers={"Content-Type": "application/octet-stream"})
+    assert raw.status_code == 201 and raw.json() == signed.json()
