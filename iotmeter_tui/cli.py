@@ -14,6 +14,7 @@ from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.home import keep_files_private, prepare_home
 from iotmeter_tui.cli_admin import register_admin_commands
+from iotmeter_tui.cli_args import positive_float, positive_int
 from iotmeter_tui.cli_broker import register_broker_commands
 from iotmeter_tui.cli_commands import register_command_group, register_ota_group
 from iotmeter_tui.relay.cli import register_relay
@@ -96,20 +97,6 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iotmeter",
@@ -142,15 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="headless simulator of N traction power meters")
-    sim.add_argument("--devices", type=_positive_int, default=10, metavar="N")
-    sim.add_argument("--rate", type=_positive_float, default=1.0, metavar="HZ",
+    sim.add_argument("--devices", type=positive_int, default=10, metavar="N")
+    sim.add_argument("--rate", type=positive_float, default=1.0, metavar="HZ",
                      help="telemetry messages per second per device")
     sim.add_argument("--kind", choices=("dc", "ac", "mixed"), default="mixed")
     sim.add_argument("--faults", metavar="SPEC", default=None,
                      help="e.g. drop=0.01,dup=0.01,reorder=0.01,disconnect=0.001,"
                      "malformed=0.001,clock_skew=2 (see docs/simulator.md)")
     sim.add_argument("--seed", type=int, default=None, help="deterministic physics and faults")
-    sim.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
+    sim.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
                      help="stop after this long (default: until SIGINT/SIGTERM)")
     sim.add_argument("--prefix", default="", help="device id prefix, to run several side by side")
     sim.add_argument("--device-users", action="store_true",

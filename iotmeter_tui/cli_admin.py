@@ -22,13 +22,12 @@ from typing import Any, Final
 
 from iotmeter_tui.backend.stores.metadata import CONNECTION_STATUSES, Device
 from iotmeter_tui.backend.terminal import escaped
+from iotmeter_tui.cli_args import key_value, positive_float, positive_int
 from iotmeter_tui.cli_commands import (
     EXIT_NOT_DONE,
     EXIT_OK,
     _load,
     _note,
-    _positive_float,
-    _positive_int,
     _stores,
     _table,
     _when,
@@ -48,7 +47,7 @@ def register_admin_commands(sub: Any) -> None:
     _register_archive(sub)
     _register_apikey(sub)
     audit = sub.add_parser("audit", help="the audit log: who changed what, newest first")
-    audit.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+    audit.add_argument("--limit", type=positive_int, default=50, metavar="N")
     audit.add_argument("--actor", metavar="A", help="an OS user or an API key's name")
     audit.add_argument("--action", metavar="X", help="e.g. device.create, apikey.revoke")
     audit.add_argument("--since", type=moment, metavar="T",
@@ -68,7 +67,7 @@ def _register_device(sub: Any) -> None:
                      "hello sets it)")
     add.add_argument("--name", metavar="N")
     add.add_argument("--location", metavar="L")
-    add.add_argument("--meta", action="append", default=[], type=_pair, metavar="K=V",
+    add.add_argument("--meta", action="append", default=[], type=key_value, metavar="K=V",
                      help="a metadata entry; V is read as JSON when it is JSON. Repeat for more")
     add.set_defaults(handler=_device_add)
 
@@ -80,7 +79,7 @@ def _register_device(sub: Any) -> None:
     update.add_argument("device_id", metavar="ID")
     update.add_argument("--name", metavar="N")
     update.add_argument("--location", metavar="L")
-    update.add_argument("--meta", action="append", default=[], type=_pair, metavar="K=V")
+    update.add_argument("--meta", action="append", default=[], type=key_value, metavar="K=V")
     update.add_argument("--replace-meta", action="store_true")
     update.set_defaults(handler=_device_update)
 
@@ -89,7 +88,7 @@ def _register_device(sub: Any) -> None:
     listing.add_argument("--type", metavar="T")
     listing.add_argument("--search", metavar="Q",
                          help="part of the id, type, firmware, name or location")
-    listing.add_argument("--limit", type=_positive_int, default=None, metavar="N")
+    listing.add_argument("--limit", type=positive_int, default=None, metavar="N")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(handler=_device_list)
 
@@ -114,12 +113,12 @@ def _register_device(sub: Any) -> None:
         "set_config command; alert thresholds (nominal_v, max_current_a, frequency_band_pct, "
         "gap_threshold) and notes (x_<name>) are stored for the server.")
     config.add_argument("device_id", metavar="ID")
-    config.add_argument("pairs", nargs="*", type=_pair, metavar="K=V")
+    config.add_argument("pairs", nargs="*", type=key_value, metavar="K=V")
     config.add_argument("--unset", action="append", default=[], metavar="K",
                         help="remove a key from the stored config")
     config.add_argument("--replace", action="store_true",
                         help="the given keys become the whole config")
-    config.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    config.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                         help="expiry of the set_config command (default 300); a device "
                         "offline past it gets the config when you run set-config again")
     config.set_defaults(handler=_device_set_config)
@@ -169,16 +168,6 @@ def _register_apikey(sub: Any) -> None:
 
 
 # --- argument types -----------------------------------------------------------------------
-
-
-def _pair(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def _duration(text: str) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.stores.metadata import COMMAND_STATES, Command, OtaTarget
 from iotmeter_tui.backend.terminal import safe_text
+from iotmeter_tui.cli_args import key_value, positive_float, positive_int
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -47,9 +48,9 @@ def register_command_group(sub: Any) -> None:
     send.add_argument("device", metavar="DEVICE")
     send.add_argument("name", metavar="NAME", help="ping, reboot, set_interval, set_config")
     send.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                      type=_param, help="a parameter; VALUE is read as JSON when it is JSON "
+                      type=key_value, help="a parameter; VALUE is read as JSON when it is JSON "
                       "(0.5, true, \"text\"), else as text. Repeat for more")
-    send.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    send.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                       help="expiry: past it the command ends timed_out (default 300)")
     send.add_argument("--wait", action="store_true",
                       help="wait for the final state, print it; exit 0 only when done")
@@ -58,7 +59,7 @@ def register_command_group(sub: Any) -> None:
     listing = group.add_parser("list", help="recent commands, newest first")
     listing.add_argument("--device", metavar="ID")
     listing.add_argument("--state", choices=COMMAND_STATES)
-    listing.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+    listing.add_argument("--limit", type=positive_int, default=50, metavar="N")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(handler=_command_list)
 
@@ -115,13 +116,13 @@ def register_ota_group(sub: Any) -> None:
                        "(default 10)")
     start.add_argument("--max-failures", type=_percent, default=None, metavar="PERCENT",
                        help="abort past this share of failed targets (default 20)")
-    start.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    start.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                        help="per device, from its offer to the new version reported "
                        "(default 900)")
     start.set_defaults(handler=_ota_start)
 
     listing = group.add_parser("list", help="campaigns, newest first")
-    listing.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    listing.add_argument("--limit", type=positive_int, default=20, metavar="N")
     listing.set_defaults(handler=_ota_list)
 
     status = group.add_parser(
@@ -129,7 +130,7 @@ def register_ota_group(sub: Any) -> None:
     status.add_argument("campaign", metavar="CAMPAIGN")
     status.add_argument("--wait", action="store_true",
                         help="wait until the campaign ends; progress on stderr")
-    status.add_argument("--wait-timeout", type=_positive_float, default=None,
+    status.add_argument("--wait-timeout", type=positive_float, default=None,
                         metavar="SECONDS", help="give up waiting after this long")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_ota_status)
@@ -140,36 +141,6 @@ def register_ota_group(sub: Any) -> None:
 
 
 # --- argument types -----------------------------------------------------------------------
-
-
-def _param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
 
 
 def _percent(text: str) -> float:

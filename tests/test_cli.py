@@ -123,3 +123,19 @@ def test_migrate_prepares_the_production_stores(pg_database, influxdb, s3,  # ty
     assert client.bucket_exists("iot-migrate-test")
     with psycopg.connect(pg_database.url) as conn:
         assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
+def test_every_command_shares_one_rule_for_seconds_and_counts() -> None:
+    """Three copies of these checks had drifted (one took nan and inf); now one module."""
+    import argparse
+
+    from iotmeter_tui.cli_args import key_value, positive_float, positive_int
+
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(bad)
+    assert positive_float("2.5") == 2.5
+    for bad in ("0", "-3", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+    assert key_value("n=3") == ("n", 3) and key_value("s=on") == ("s", "on")

@@ -72,7 +72,8 @@ def run_alert_relay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register_relay(sub: Any) -> None:
-    from iotmeter_tui.cli import _positive_float, _settings
+    from iotmeter_tui.cli import _settings
+    from iotmeter_tui.cli_args import positive_float
 
     relay = sub.add_parser(
         "alert-relay", help="Alertmanager webhook -> one GitHub issue per alert group",
@@ -83,7 +84,7 @@ def register_relay(sub: Any) -> None:
                        help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     relay.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help=f"port to listen on (default {DEFAULT_PORT})")
-    relay.add_argument("--retry-budget", type=_positive_float, default=20.0, metavar="SECONDS",
+    relay.add_argument("--retry-budget", type=positive_float, default=20.0, metavar="SECONDS",
                        help="how long one delivery may retry GitHub before answering 503 "
                        "(Alertmanager then delivers again)")
     relay.set_defaults(handler=lambda args: run_alert_relay(args, _settings(args)))
