@@ -5,7 +5,12 @@
 # so they can sit inside URLs without encoding. Existing files are kept: run it again after
 # adding a secret and only the new one is written.
 #
-#   sh deploy/make-secrets.sh [--kubernetes]
+#   sh deploy/make-secrets.sh [--demo] [--kubernetes]
+#
+#   --demo                  give the demo simulator's meters (dc-0001, ac-0002, ...) a password,
+#                           so the `demo` profile's simulator can log them in. Without it
+#                           mqtt_simulator_password stays empty and the broker has no such users:
+#                           whoever held that password could publish as those meters.
 #
 #   SECRETS_DIR             where to write (default: secrets/ next to this script)
 #   MQTT_HOSTNAME           the name meters reach the broker by, in its TLS certificate
@@ -23,6 +28,15 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
+demo=0
+kubernetes=0
+for arg in "$@"; do
+    case $arg in
+        --demo) demo=1 ;;
+        --kubernetes) kubernetes=1 ;;
+        *) echo "usage: $0 [--demo] [--kubernetes]" >&2; exit 2 ;;
+    esac
+done
 dir=${SECRETS_DIR:-$here/secrets}
 
 random() {
@@ -46,7 +60,15 @@ get() {
 
 put mqtt_collector_password "$(random)"
 put mqtt_dispatcher_password "$(random)"
-put mqtt_simulator_password "$(random)"
+if [ "$demo" = 1 ]; then
+    # Filled when empty too: --demo on a second run turns the demo meters on.
+    if [ -e "$dir/mqtt_simulator_password" ] && [ -z "$(get mqtt_simulator_password)" ]; then
+        rm -f "$dir/mqtt_simulator_password" "$dir/simulator_mqtt_url"  # both made anew below
+    fi
+    put mqtt_simulator_password "$(random)"
+else
+    put mqtt_simulator_password ""
+fi
 put postgres_password "$(random)"
 put influxdb_admin_password "$(random)"
 put influxdb_token "$(random)"
@@ -90,7 +112,7 @@ if [ ! -e "$certs/server.crt" ]; then
     chmod 0600 "$certs/ca.key"
 fi
 
-if [ "${1:-}" = --kubernetes ]; then
+if [ "$kubernetes" = 1 ]; then
     # One env file per Secret of the staging overlay: each pod mounts only what it needs.
     kdir=${KUBERNETES_SECRETS_DIR:-$here/kubernetes/overlays/staging/secrets}
     mkdir -p "$kdir"

@@ -4,6 +4,7 @@ set_config command it sends, broker credentials, and the audit entry of every ch
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -281,6 +282,9 @@ def test_the_same_config_again_retries_a_set_config_that_did_not_land(
     # Still on its way: the same config sends nothing more.
     assert devices.replace_config("dc-0001", first.config, actor=CI).command_id is None
     metadata.update_command(first.command_id, state=ending, at=cmd.created_at + 1)
+    # "Newest" is by created_at in ms: two commands in one millisecond have no order (their
+    # ids are random), so the retry must come at least a millisecond after the first.
+    time.sleep(0.002)
     retry = devices.replace_config("dc-0001", first.config, actor=CI)
     assert retry.command_id not in (None, first.command_id)
     assert retry.sent == {"interval_s": 2, "heartbeat_s": 30}

@@ -113,8 +113,21 @@ def test_simulated_meters_are_device_users_that_cannot_command(broker: ShippedBr
                                                                 tmp_path: Path) -> None:
     """Item 3: the demo simulator no longer holds `iot/#`. Its meters log in as themselves
     (--device-users) with the simulator's password and get a device's rights."""
-    env_example = (ROOT / "deploy" / "env.example").read_text()
-    assert re.search(r"^MQTT_SIMULATOR_PASSWORD=$", env_example, re.MULTILINE)
+    # The shipped secrets leave the demo meters' password empty unless asked for with --demo.
+    secrets = tmp_path / "secrets"
+    make = ["sh", str(ROOT / "deploy" / "make-secrets.sh")]
+    made = subprocess.run(make, env={"PATH": "/usr/bin:/bin", "SECRETS_DIR": str(secrets)},
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert (secrets / "mqtt_simulator_password").read_text().strip() == ""
+    demo = subprocess.run([*make, "--demo"], env={"PATH": "/usr/bin:/bin",
+                                                  "SECRETS_DIR": str(secrets)},
+                          capture_output=True, text=True, timeout=60)
+    assert demo.returncode == 0, demo.stderr
+    password = (secrets / "mqtt_simulator_password").read_text().strip()
+    assert len(password) == 48
+    assert (secrets / "simulator_mqtt_url").read_text().strip() == (
+        f"mqtt://simulator:{password}@mosquitto:1883")
     collector = Probe(broker.port, "collector", COLLECTOR_PASSWORD, "c")
     collector.subscribe("iot/+/hello")
     env = {"PATH": "/usr/bin:/bin", "IOTMETER_HOME": str(tmp_path / "sim"),
