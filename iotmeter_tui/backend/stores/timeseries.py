@@ -20,6 +20,7 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
+from iotmeter_tui.backend.stores.rollups import Retention
 
 MEASUREMENT = "iot_telemetry"
 DEFAULT_DATABASE = "iot-metrics"
@@ -186,10 +187,13 @@ def bucket_width(start_ms: int, end_ms: int, max_points: int) -> int:
     return max(1, -(-(end_ms - start_ms) // max_points))
 
 
-def open_timeseries(url: str, token: str | None = None) -> TimeSeriesStore:
+def open_timeseries(
+    url: str, token: str | None = None, *, retention: Retention | None = None
+) -> TimeSeriesStore:
     """The adapter for a time-series URL: influxdb://host:port/db (influxdbs:// for TLS; the
     token as in InfluxTimeSeries) or sqlite:///path (config.local_path). Nothing is contacted
-    here: the database is prepared on first use. Raises StoreRejected on a URL no adapter
+    here: the database is prepared on first use. `retention`: how long each resolution is
+    kept (rollups.Retention; unset keeps everything). Raises StoreRejected on a URL no adapter
     serves."""
     # Imported here because both adapters import this module (the port and its rules).
     from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
@@ -197,13 +201,13 @@ def open_timeseries(url: str, token: str | None = None) -> TimeSeriesStore:
 
     scheme = urlsplit(url).scheme
     if scheme in ("influxdb", "influxdbs"):
-        return InfluxTimeSeries(url, token)
+        return InfluxTimeSeries(url, token, retention=retention)
     if scheme == "sqlite":
         try:
             path = local_path(url)
         except ValueError as exc:
             raise StoreRejected("timeseries", str(exc)) from None
-        return SqliteTimeSeries(path)
+        return SqliteTimeSeries(path, retention=retention)
     raise StoreRejected(
         "timeseries", f"unsupported time-series URL scheme in {url!r}; use influxdb:// or sqlite://"
     )

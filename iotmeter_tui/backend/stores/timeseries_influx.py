@@ -15,6 +15,16 @@ tag-scoped and fast; for a whole fleet it is one pair of `GROUP BY device_id` st
 which 1.6 answers in about 0.2 ms per device. `history()` costs one pass over the range's
 points per field and aggregate (no two calls share a scan, whatever the statement's shape),
 about 15 ms for a day at 1 s: hence only the aggregates asked for are selected.
+
+Rollups (rollups.py): after each batch is written, the adapter recomputes the 1 min buckets
+it touched with one GROUP BY time(1m) query per run of consecutive minutes, writes them as
+line protocol to `iot_telemetry_1m` (fields `<field>_min|_max|_sum|_count|_last`), then
+folds those into `iot_telemetry_1h` the same way. Not continuous queries: InfluxDB 2.x and
+3.x serve the v1 API without them, and a CQ never revisits a bucket once its interval has
+passed, so late data would be missed. Each rollup level lives in its own retention policy
+(`rollup_1m`, `rollup_1h`) where the credentials may create one (1.x); where they may not
+(2.x/3.x tokens) rollups go to the database's default policy, and the bucket's retention
+applies. A rollup point is keyed by series and bucket time, so rewriting it is idempotent.
 """
 
 from __future__ import annotations
@@ -46,6 +56,15 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
+from iotmeter_tui.backend.stores.rollups import (
+    HOUR_MS,
+    RESOLUTIONS,
+    Resolution,
+    Retention,
+    bucket_runs,
+    readable_resolution,
+    touched_buckets,
+)
 from iotmeter_tui.backend.stores.timeseries import (
     AGGREGATES,
     DEFAULT_DATABASE,
@@ -74,6 +93,10 @@ _DATABASE_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _CONFLICT_RE: Final = re.compile(r'input field "(.*?)" on measurement')
 _DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
 _CACHE_LIMIT: Final = 100_000
+# Rollup fields per telemetry field; mean is read back as sum / count.
+ROLLUP_PARTS: Final = ("min", "max", "sum", "count", "last")
+# Statements per /query request when recomputing rollups.
+ROLLUP_STATEMENTS: Final = 50
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +136,7 @@ class InfluxTimeSeries:
         chunk_points: int = CHUNK_POINTS,
         gzip_level: int = 1,
         ssl_context: ssl.SSLContext | None = None,
+        retention: Retention | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("influxdb", "influxdbs") or not parts.hostname:
@@ -141,6 +165,10 @@ class InfluxTimeSeries:
         self._lock = threading.Lock()  # guards _connections
         self._prepare_lock = threading.Lock()
         self._prepared = False
+        self.retention = retention or Retention()
+        # Retention policy of each rollup level; None: the database's default one.
+        self._rollup_rp: dict[str, str | None] = {r.name: None for r in RESOLUTIONS}
+        self._rollable: set[str] = set()  # float fields of the measurement, as last seen
         # Line-protocol prefixes per (device_id, device_type), and %-templates for the rest
         # per tuple of field names: a fleet repeats a few thousand of each, and building
         # lines is most of the client's cost of a write.
@@ -171,6 +199,7 @@ class InfluxTimeSeries:
             refused.extend(failed)
             if reason:
                 reasons.append(reason)
+        self._update_rollups(valid)
         if refused:
             raise PartialWriteError(
                 STORE,
@@ -210,6 +239,10 @@ class InfluxTimeSeries:
         if not names or not chosen or end_ms <= start_ms or not _storable_tag(device_id):
             return []
         self._prepare()
+        resolution = readable_resolution(start_ms, end_ms, width)
+        if resolution is not None:
+            return self._rollup_history(
+                resolution, device_id, names, chosen, start_ms, end_ms, width)
         selected = ", ".join(
             f'{aggregate}({_ident(name)}) AS "{aggregate}{i}"'
             for i, name in enumerate(names)
@@ -357,6 +390,162 @@ class InfluxTimeSeries:
         self._templates[names] = template
         return template
 
+    # --- rollups ----------------------------------------------------------------------------
+
+    def _rollup_source(self, level: Resolution | None) -> str:
+        """The FROM target of a level: raw points, or a rollup measurement in its policy."""
+        if level is None:
+            return _ident(MEASUREMENT)
+        measurement = _ident(f"{MEASUREMENT}_{level.name}")
+        policy = self._rollup_rp[level.name]
+        return f"{_ident(policy)}.{measurement}" if policy else measurement
+
+    def _update_rollups(self, points: list[Point]) -> None:
+        """Recompute, from the level below, every 1 min and then 1 h bucket the points fall
+        in, and write them by key: late points update their buckets, repeated ones count
+        once. Raises StoreUnavailable like write(): the caller retries the whole batch."""
+        if not points:
+            return
+        names = sorted(set().union(*(p.fields for p in points)))
+        if not self._rollable.issuperset(names):
+            # Only float fields can be summed: another writer may have made one a string.
+            self._rollable = set(self._float_fields())
+        names = [name for name in names if name in self._rollable]
+        if not names:
+            return
+        now = int(time.time() * 1000)
+        keys: list[tuple[str, int]] = [(p.device_id, p.ts) for p in points]
+        below: Resolution | None = None
+        for level in RESOLUTIONS:
+            touched = touched_buckets(keys, level.width_ms,
+                                      self.retention.recompute_floor(level, now))
+            if not touched:
+                return
+            rows = self._recompute(below, level, touched, names)
+            self._write_rollups(level, rows)
+            keys = [(d, b) for d, buckets in touched.items() for b in buckets]
+            below = level
+
+    def _recompute(
+        self, below: Resolution | None, level: Resolution, touched: dict[str, list[int]],
+        names: list[str],
+    ) -> list[tuple[str, int, dict[str, float]]]:
+        """(device_id, bucket start, rollup fields) of the touched buckets, aggregated from
+        `below` (raw points when None)."""
+        if below is None:
+            parts = [(name, f"{agg}({_ident(name)})") for name in names
+                     for agg in ("min", "max", "sum", "count", "last")]
+        else:
+            parts = [(name, f"{agg}({_ident(f'{name}_{part}')})") for name in names
+                     for agg, part in (("min", "min"), ("max", "max"), ("sum", "sum"),
+                                       ("sum", "count"), ("last", "last"))]
+        selected = ", ".join(f'{sql} AS "a{i}"' for i, (_, sql) in enumerate(parts))
+        devices = sorted(touched)
+        scope = ""
+        if len(devices) <= IDS_PER_STATEMENT:
+            scope = " AND (" + " OR ".join(f'"device_id" = {_literal(d)}' for d in devices) + ")"
+        wanted = {(d, b) for d, buckets in touched.items() for b in buckets}
+        all_buckets = sorted({b for _, b in wanted})
+        statements = [
+            f"SELECT {selected} FROM {self._rollup_source(below)} WHERE "
+            f"{_time_range(start, end)}{scope} GROUP BY time({level.width_ms}ms), "
+            '"device_id" fill(none)'
+            for start, end in bucket_runs(all_buckets, level.width_ms)
+        ]
+        rows: list[tuple[str, int, dict[str, float]]] = []
+        per_field = len(ROLLUP_PARTS)
+        for i in range(0, len(statements), ROLLUP_STATEMENTS):
+            for result in self._query(statements[i : i + ROLLUP_STATEMENTS]):
+                for series in result:
+                    device_id = series.tags.get("device_id", "")
+                    for row in series.values:
+                        bucket = int(row[0])
+                        if (device_id, bucket) not in wanted:
+                            continue
+                        fields: dict[str, float] = {}
+                        for j, name in enumerate(names):
+                            found = row[1 + per_field * j : 1 + per_field * (j + 1)]
+                            if None in found or not found[3]:
+                                continue  # no value of this field in the bucket
+                            fields.update(zip((f"{name}_{p}" for p in ROLLUP_PARTS),
+                                              map(float, found), strict=True))
+                        if fields:
+                            rows.append((device_id, bucket, fields))
+        return rows
+
+    def _write_rollups(self, level: Resolution, rows: list[tuple[str, int, dict[str, float]]]
+                       ) -> None:
+        if not rows:
+            return
+        measurement = f"{MEASUREMENT}_{level.name}"
+        lines = [
+            f"{measurement},device_id={_escape(device_id)} "
+            + ",".join(f"{_escape(name)}={value!r}" for name, value in fields.items())
+            + f" {bucket}"
+            for device_id, bucket, fields in rows
+        ]
+        params = {"db": self._database, "precision": "ms"}
+        policy = self._rollup_rp[level.name]
+        if policy:
+            params["rp"] = policy
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip",
+                   **self._auth}
+        for start in range(0, len(lines), self._chunk_points):
+            body = gzip.compress("\n".join(lines[start : start + self._chunk_points]).encode(),
+                                 compresslevel=self._gzip_level)
+            reply = self._request("POST", "/write?" + urlencode(params), body, headers)
+            if reply.status in (200, 204):
+                continue
+            if reply.status == 400 and b"beyond retention" in reply.body:
+                continue  # a bucket older than its level keeps: nothing to keep it in
+            raise self._refusal(f"rollup {level.name} write", reply)
+
+    def _rollup_history(
+        self, level: Resolution, device_id: str, names: list[str], chosen: Sequence[str],
+        start_ms: int, end_ms: int, width: int,
+    ) -> list[Bucket]:
+        """history() from a rollup level whose buckets tile the query's: min of mins, max of
+        maxes, last of lasts, mean as sum of sums over sum of counts."""
+        wanted: list[tuple[str, str]] = []  # (field, part)
+        for name in names:
+            for aggregate in chosen:
+                wanted += [(name, "sum"), (name, "count")] if aggregate == "mean" else [
+                    (name, aggregate)]
+        fold = {"min": "min", "max": "max", "sum": "sum", "count": "sum", "last": "last"}
+        selected = ", ".join(
+            f'{fold[part]}({_ident(f"{name}_{part}")}) AS "a{i}"'
+            for i, (name, part) in enumerate(wanted)
+        )
+        statement = (
+            f"SELECT {selected} FROM {self._rollup_source(level)} "
+            f'WHERE "device_id" = {_literal(device_id)} AND {_time_range(start_ms, end_ms)} '
+            f"GROUP BY time({width}ms, {start_ms % width}ms) fill(none)"
+        )
+        buckets: list[Bucket] = []
+        for series in self._query([statement])[0]:
+            for row in series.values:
+                got: dict[tuple[str, str], float] = {}
+                for (name, part), value in zip(wanted, row[1:], strict=True):
+                    if value is not None:
+                        got[(name, part)] = float(value)
+                values: dict[str, dict[str, float]] = {}
+                for name in names:
+                    field: dict[str, float] = {}
+                    for aggregate in chosen:
+                        if aggregate == "mean":
+                            count = got.get((name, "count"))
+                            total = got.get((name, "sum"))
+                            if count and total is not None:
+                                field["mean"] = total / count
+                        elif (name, aggregate) in got:
+                            field[aggregate] = got[(name, aggregate)]
+                    if len(field) == len(chosen):
+                        values[name] = field
+                if values:
+                    buckets.append(Bucket(int(row[0]), values))
+        buckets.sort(key=lambda bucket: bucket.ts)
+        return buckets
+
     # --- reading ----------------------------------------------------------------------------
 
     def _latest(self, conditions: list[str | None]) -> dict[str, Latest]:
@@ -441,7 +630,50 @@ class InfluxTimeSeries:
                     "influxdb: CREATE DATABASE %s not done (%s: %s); assuming it exists",
                     self._database, reply.status, _error_text(reply.body),
                 )
+            self._prepare_retention()
             self._prepared = True
+
+    def _prepare_retention(self) -> None:
+        """Retention policies: the default one's duration set to the raw retention, one
+        policy per rollup level created or altered. Where the credentials may not (2.x/3.x
+        tokens, a 1.x user without admin), what exists stays and rollups go where they can."""
+        policies: dict[str, bool] = {}  # name -> is the default
+        try:
+            [found] = self._query([f"SHOW RETENTION POLICIES ON {_ident(self._database)}"])
+            for series in found:
+                at = {c: i for i, c in enumerate(series.columns)}
+                for row in series.values:
+                    policies[str(row[at["name"]])] = bool(row[at["default"]])
+        except (StoreRejected, KeyError) as exc:
+            log.info("influxdb: no retention policies on %s (%s); rollups go to the default "
+                     "one", self._database, exc)
+            return
+        for name, default in policies.items():
+            if default:
+                self._admin(f"ALTER RETENTION POLICY {_ident(name)} ON "
+                            f"{_ident(self._database)} {_rp_durations(self.retention.raw_ms)}")
+        for level in RESOLUTIONS:
+            policy = f"rollup_{level.name}"
+            durations = _rp_durations(self.retention.of(level))
+            if policy in policies:
+                self._admin(f"ALTER RETENTION POLICY {_ident(policy)} ON "
+                            f"{_ident(self._database)} {durations}")
+                self._rollup_rp[level.name] = policy
+            elif self._admin(f"CREATE RETENTION POLICY {_ident(policy)} ON "
+                             f"{_ident(self._database)} {durations}"):
+                self._rollup_rp[level.name] = policy
+
+    def _admin(self, statement: str) -> bool:
+        """Run a statement that needs rights the credentials may lack; False (logged) when
+        it was refused."""
+        body = urlencode({"q": statement}).encode()
+        reply = self._request("POST", "/query", body, {
+            "Content-Type": "application/x-www-form-urlencoded", **self._auth})
+        if reply.status != 200 or b'"error"' in reply.body:
+            log.info("influxdb: %s not done (%s: %s)", statement, reply.status,
+                     _error_text(reply.body))
+            return False
+        return True
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -564,6 +796,16 @@ def _storable_tag(value: object) -> bool:
     """Whether a point could carry this tag value: any other can match nothing, so the query
     need not run (and a control character never reaches InfluxQL)."""
     return tag_problem("device_id", value) is None
+
+
+def _rp_durations(kept_ms: int | None) -> str:
+    """DURATION, REPLICATION and SHARD DURATION of a retention policy keeping `kept_ms` (None:
+    for ever), shard groups sized as InfluxDB's own defaults would be."""
+    if kept_ms is None:
+        return "DURATION INF REPLICATION 1 SHARD DURATION 168h"
+    hours = kept_ms // HOUR_MS
+    shard = 1 if hours <= 48 else 24 if hours <= 180 * 24 else 168
+    return f"DURATION {hours}h REPLICATION 1 SHARD DURATION {shard}h"
 
 
 def _time_range(start_ms: int | None, end_ms: int | None) -> str:
