@@ -36,6 +36,9 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
+    "retention_raw": ["30", "30m", "0d", "-1d", "1.5d", "never", "30 days"],
+    "retention_1m": ["1y", "d", "inf d"],
+    "retention_1h": ["59m", "3600s"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
 
@@ -248,7 +251,8 @@ def test_bad_typed_toml_value(home: Path, tmp_path: Path, key: str, toml_value: 
      ("s3_endpoint", "http://127.0.0.1:9000"), ("spool_max_bytes", "4096"),
      ("firmware_listen", "0.0.0.0:9109"), ("firmware_listen", "[::1]:0"),
      ("firmware_listen", "collector.example.net:80"),
-     ("firmware_base_url", "https://fw.example.net/iotmeter")],
+     ("firmware_base_url", "https://fw.example.net/iotmeter"),
+     ("retention_raw", "1h"), ("retention_1m", "52W"), ("retention_1h", "INF")],
 )
 def test_good_edge_values(home: Path, key: str, good: str) -> None:
     load_settings(env={BY_KEY[key].env: good})

@@ -115,6 +115,14 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _retention(text: str) -> str:
+    # Imported here: the stores package imports this module at its top.
+    from iotmeter_tui.backend.stores.rollups import parse_retention
+
+    parse_retention(text)
+    return text.strip().lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     key: str  # attribute of Settings and key in the TOML file
@@ -175,6 +183,13 @@ SETTINGS: tuple[Setting, ...] = (
             "How devices reach the firmware endpoint, e.g. https://fw.example.net; unset: a "
             "presigned S3 URL when the archive is S3, else http://<firmware_listen>."),
     Setting("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    # --- rollups and retention ---
+    Setting("retention_raw", _retention, "inf",
+            "How long raw time-series points are kept: 30d, 12h, 52w or inf (at least 1h)."),
+    Setting("retention_1m", _retention, "inf",
+            "How long 1-minute rollups are kept (like retention_raw)."),
+    Setting("retention_1h", _retention, "inf",
+            "How long 1-hour rollups are kept (like retention_raw)."),
 )
 
 
@@ -204,6 +219,9 @@ class Settings:
     firmware_listen: str
     firmware_base_url: str | None
     log_level: str
+    retention_raw: str
+    retention_1m: str
+    retention_1h: str
 
     @property
     def embedded(self) -> bool:

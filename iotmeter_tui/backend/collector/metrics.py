@@ -104,6 +104,9 @@ class CollectorMetrics:
             "iotmeter_alerts_active", "Open (active or acknowledged) alerts", registry=r)
         self.broker_connected = Gauge(
             "iotmeter_broker_connected", "1 while connected to the MQTT broker", registry=r)
+        self.retention_deleted = Counter(
+            "iotmeter_retention_deleted", "Time-series rows deleted by retention, by level",
+            ["level"], registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> object:
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)

@@ -99,6 +99,10 @@ class TimeSeriesStore(Protocol):
         """Every stored point of one device in time order (audits and tests). A point without
         boot and seq (another writer's, or one half-visible while it is written) is left out."""
 
+    def apply_retention(self, now_ms: int | None = None) -> dict[str, int]:
+        """Delete what is older than each resolution keeps (rollups.Retention): rows deleted
+        per level ("raw", "1m", "1h"). Slow on a big backlog: run it off the hot path."""
+
     def check(self) -> None:
         """Raise StoreError when the store cannot be reached or used."""
 

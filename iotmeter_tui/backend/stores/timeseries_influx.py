@@ -320,6 +320,12 @@ class InfluxTimeSeries:
         points.sort(key=lambda point: point.ts)
         return points
 
+    def apply_retention(self, now_ms: int | None = None) -> dict[str, int]:
+        """Nothing to do here: the retention policies set up on first use make InfluxDB
+        drop expired shard groups itself."""
+        self._prepare()
+        return {}
+
     def check(self) -> None:
         self._prepare()
         self._query(["SHOW MEASUREMENTS LIMIT 1"])
