@@ -200,19 +200,32 @@ def test_sqlite_retention_deletes_what_each_level_no_longer_keeps(tmp_path: Path
     store.close()
 
 
-def test_sqlite_late_point_older_than_raw_retention_leaves_rollups_whole(
+def test_sqlite_a_late_point_past_raw_retention_is_folded_into_its_rollups(
         tmp_path: Path) -> None:
-    """Raw points of a bucket past the raw retention may be gone: recomputing it from what
-    is left would replace a whole rollup by a partial one, so it is left as it is."""
     now_ms = int(time.time() * 1000)
     old = now_ms - now_ms % HOUR_MS - 72 * HOUR_MS
     store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS))
     store.write([pt("x", old + i * 1000, i, v=float(i)) for i in range(60)])
     store.apply_retention()
     assert store.points("x") == []
-    store.write([pt("x", old + 500, 99, v=-1.0)])  # a very late point
+    store.write([pt("x", old + 500, 99, v=-1.0)])  # a very late point: new, so added
     [bucket] = store.history("x", ["v"], old, old + MINUTE_MS, 1)
+    assert bucket.values["v"] == {"min": -1.0, "max": 59.0, "mean": 1769 / 61, "last": 59.0}
+    store.close()
+
+
+def test_sqlite_a_bucket_cut_by_retention_is_not_recomputed(tmp_path: Path) -> None:
+    """A point written again must recompute its bucket, but when retention has deleted part
+    of the bucket's raw points a recompute would replace the whole rollup by one of the few
+    points left: the rollup keeps its complete, older value instead."""
+    minute = H0 + 40 * 24 * HOUR_MS
+    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS))
+    store.write([pt("x", minute + i * 1000, i, v=float(i)) for i in range(60)])
+    assert store.apply_retention(now_ms=minute + 30_000 + 24 * HOUR_MS)["raw"] == 30
+    store.write([pt("x", minute + 45_000, 45, v=1000.0)])  # stored before: a rewrite
+    [bucket] = store.history("x", ["v"], minute, minute + MINUTE_MS, 1)
     assert bucket.values["v"] == {"min": 0.0, "max": 59.0, "mean": 29.5, "last": 59.0}
+    assert [p.fields["v"] for p in store.points("x")][15] == 1000.0  # raw has the new value
     store.close()
 
 

@@ -12,9 +12,10 @@ Schema (chosen by measurement; bench/stores_timeseries.py has the figures):
   time `t<n>`, so the fleet view reads one row per device and a late, older point never
   hides a newer value.
 - `rollup_1m`, `rollup_1h`: one narrow row per (device_id, field column, bucket start) with
-  min, max, sum, count and last (rollups.py). Each write recomputes, in its transaction, the
-  1 min buckets its points fall in from `points` and then their hours from `rollup_1m`, so a
-  late point updates its buckets and a point written twice is counted once. Narrow, because
+  min, max, sum, count and last (rollups.py). Each write folds its new points into their
+  minutes and hours, in its transaction; buckets holding a point stored before (a redelivered
+  batch) are recomputed from `points` and then `rollup_1m` instead, so a late point updates
+  its buckets and a point written twice is counted once. Narrow, because
   five columns a field would run into SQLite's 2,000-column limit.
 
 History reads the coarsest rollup whose buckets tile the query's exactly
@@ -110,6 +111,7 @@ CREATE TABLE IF NOT EXISTS rollup_{r.name} (
     ts        INTEGER NOT NULL,     -- bucket start, a multiple of {r.width_ms} ms
     mn REAL NOT NULL, mx REAL NOT NULL, sm REAL NOT NULL, ct INTEGER NOT NULL,
     la REAL NOT NULL,               -- value of the bucket's newest point with this field
+    lt INTEGER NOT NULL,            -- and that point's ts
     PRIMARY KEY (device_id, col, ts)
 ) WITHOUT ROWID;
 """ for r in RESOLUTIONS) + """
@@ -313,10 +315,10 @@ class SqliteTimeSeries:
             ]
             if refused:
                 points = [p for p in points if columns.keys() >= p.fields.keys()]
+            _stage_keys(connection, points)
             _insert_points(connection, points, columns)
             _upsert_latest(connection, points, columns)
-            numbers = [columns[name] for name in names if name in columns]
-            _update_rollups(connection, points, numbers)
+            _update_rollups(connection, [columns[name] for name in names if name in columns])
         with self._lock:
             # Only once committed (the ALTERs roll back too), and as a new dict: readers
             # iterate the old one without a lock.
@@ -567,13 +569,11 @@ def _rollup_sql(level: Resolution, *, touched: bool) -> str:
     the buckets listed in temp.rollup_touched, or (touched=False) every bucket. Parameter :r
     is the level's width. A bucket without a value of the field gets no row."""
     if level is ONE_MINUTE:
-        source, value, last = "points", "p.f{n}", "f{n}"
-        key = ""
-        aggregates = f"min({value}), max({value}), sum({value}), count({value})"
+        source, value, last, key = "points", "p.f{n}", "f{n}", ""
+        aggregates = f"min({value}), max({value}), sum({value}), count({value}), max(p.ts)"
     else:
-        source, value, last = "rollup_1m", "p.mn", "la"
-        key = " AND p.col = {n}"
-        aggregates = "min(p.mn), max(p.mx), sum(p.sm), sum(p.ct)"
+        source, value, last, key = "rollup_1m", "p.mn", "la", " AND p.col = {n}"
+        aggregates = "min(p.mn), max(p.mx), sum(p.sm), sum(p.ct), max(p.lt)"
     if touched:
         rows = (
             f"FROM temp.rollup_touched t JOIN {source} p ON p.device_id = t.d{key}"
@@ -583,38 +583,81 @@ def _rollup_sql(level: Resolution, *, touched: bool) -> str:
     else:
         rows = f"FROM {source} p WHERE {value} IS NOT NULL{key} GROUP BY 1, 2"
         group = "p.device_id, p.ts - p.ts % :r"
-    # The col condition of the newest row's lookup is only for rollup_1m; f{n} of points
-    # needs none (a points row holds every field).
+    # The newest row below gives `last`: for points its ts is lt; for rollup_1m rows it is
+    # the row with the greatest bucket start (lt grows with it).
     col = " AND col = {n}" if level is not ONE_MINUTE else ""
     return (
-        f"WITH g (d, b, mn, mx, sm, ct, lt) AS (SELECT {group}, {aggregates}, max(p.ts) {rows})"
-        f" INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la)"
+        f"WITH g (d, b, mn, mx, sm, ct, lt, k) AS (SELECT {group}, {aggregates}, max(p.ts)"
+        f" {rows}) INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
         f" SELECT d, {{n}}, b, mn, mx, sm, ct,"
-        f" (SELECT {last} FROM {source} WHERE device_id = g.d{col} AND ts = g.lt)"
+        f" (SELECT {last} FROM {source} WHERE device_id = g.d{col} AND ts = g.k), lt"
         " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
         " mn = excluded.mn, mx = excluded.mx, sm = excluded.sm, ct = excluded.ct,"
-        " la = excluded.la"
+        " la = excluded.la, lt = excluded.lt"
+    )
+
+
+def _merge_sql(level: Resolution) -> str:
+    """Fold the batch's new points (temp.batch_keys with old = 0) of field column {n} into
+    rollup_<level>: min of mins, sums added, last from whichever is newer. Only points that
+    were not stored before come here, so nothing is counted twice."""
+    return (
+        "WITH g (d, b, mn, mx, sm, ct, lt) AS (SELECT k.d, k.ts - k.ts % :r, min(p.f{n}),"
+        " max(p.f{n}), sum(p.f{n}), count(p.f{n}), max(p.ts) FROM temp.batch_keys k"
+        " JOIN points p ON p.device_id = k.d AND p.ts = k.ts"
+        " WHERE k.old = 0 AND p.f{n} IS NOT NULL GROUP BY 1, 2)"
+        f" INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
+        " SELECT d, {n}, b, mn, mx, sm, ct,"
+        " (SELECT f{n} FROM points WHERE device_id = g.d AND ts = g.lt), lt"
+        " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
+        " mn = min(mn, excluded.mn), mx = max(mx, excluded.mx), sm = sm + excluded.sm,"
+        " ct = ct + excluded.ct, la = CASE WHEN excluded.lt >= lt THEN excluded.la ELSE la END,"
+        " lt = max(lt, excluded.lt)"
     )
 
 
 _ROLLUP_TOUCHED_SQL: Final = {r.name: _rollup_sql(r, touched=True) for r in RESOLUTIONS}
 _ROLLUP_ALL_SQL: Final = {r.name: _rollup_sql(r, touched=False) for r in RESOLUTIONS}
+_ROLLUP_MERGE_SQL: Final = {r.name: _merge_sql(r) for r in RESOLUTIONS}
 
 
-def _update_rollups(
-    connection: sqlite3.Connection, points: list[Point], numbers: list[int]
-) -> None:
-    """Recompute every rollup bucket the batch's points fall in, finest level first, inside
-    the write's transaction: rollups never disagree with the points they summarise. A bucket
-    reaching below what retention has deleted of the level under it is left as it is: a
-    recompute would replace the whole rollup by one of the few rows left (see docs)."""
+def _stage_keys(connection: sqlite3.Connection, points: list[Point]) -> None:
+    """temp.batch_keys: the batch's (device_id, ts) keys, `old` = 1 for those already stored
+    (a redelivered batch, a rewritten point). Runs before the points are inserted."""
+    connection.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS batch_keys (d TEXT, ts INTEGER,"
+        " old INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (d, ts)) WITHOUT ROWID"
+    )
+    connection.execute("DELETE FROM temp.batch_keys")
+    connection.executemany("INSERT OR IGNORE INTO temp.batch_keys (d, ts) VALUES (?, ?)",
+                           [(p.device_id, p.ts) for p in points])
+    connection.execute(
+        "UPDATE temp.batch_keys SET old = 1 WHERE EXISTS (SELECT 1 FROM main.points p"
+        " WHERE p.device_id = batch_keys.d AND p.ts = batch_keys.ts)"
+    )
+
+
+def _update_rollups(connection: sqlite3.Connection, numbers: list[int]) -> None:
+    """Bring every rollup bucket the batch touches up to date, inside the write's transaction
+    (rollups never disagree with the points they summarise). New points are folded in (cheap:
+    the batch's own rows); buckets holding a point that was stored before are recomputed
+    from the level below, so a value written again is counted once. A bucket reaching below
+    what retention has deleted of the level under it is not recomputed: that would replace
+    the whole rollup by one of the few rows left (see docs)."""
     if not numbers:
+        return
+    for level in RESOLUTIONS:
+        statement = _ROLLUP_MERGE_SQL[level.name]
+        for n in numbers:
+            connection.execute(statement.format(n=n), {"r": level.width_ms})
+    keys: list[tuple[str, int]] = connection.execute(
+        "SELECT d, ts FROM temp.batch_keys WHERE old").fetchall()
+    if not keys:
         return
     horizon = dict(connection.execute("SELECT level, cutoff FROM retention_horizon"))
     connection.execute(
         "CREATE TEMP TABLE IF NOT EXISTS rollup_touched (d TEXT, b INTEGER, PRIMARY KEY (d, b))"
     )
-    keys: list[tuple[str, int]] = [(p.device_id, p.ts) for p in points]
     below = "raw"
     for level in RESOLUTIONS:
         touched = touched_buckets(keys, level.width_ms, horizon.get(below, 0))
