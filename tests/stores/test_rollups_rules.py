@@ -34,7 +34,7 @@ def test_durations(text: str, ms: int | None) -> None:
 
 @pytest.mark.parametrize("text", ["0h", "30", "30m", "1.5d", "-1d", "1y", "", "d", "3600s"])
 def test_bad_durations_say_what_is_wanted(text: str) -> None:
-    with pytest.raises(ValueError, match="30d|1h minimum"):
+    with pytest.raises(ValueError, match=r"30d|1h minimum"):
         parse_retention(text)
 
 

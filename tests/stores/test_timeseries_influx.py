@@ -193,7 +193,9 @@ class ScriptedInflux:
         return f"influxdb://127.0.0.1:{self.server.server_address[1]}/{database}"
 
     def writes(self) -> list[Seen]:
-        return [s for s in self.seen if s.path.startswith("/write")]
+        """Writes of raw points; rollup writes (to a retention policy, `rp=`) are
+        test_timeseries_rollups.py's subject."""
+        return [s for s in self.seen if s.path.startswith("/write") and "rp=" not in s.path]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -222,11 +224,11 @@ def scripted() -> Iterator[Callable[..., ScriptedInflux]]:
 
 def on_write(*answers: tuple[int, dict[str, str], bytes]) -> Callable[[Seen], tuple[
         int, dict[str, str], bytes]]:
-    """Answer writes from `answers` in turn (the last one repeats), everything else ok."""
+    """Answer raw writes from `answers` in turn (the last one repeats), everything else ok."""
     remaining = list(answers)
 
     def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
-        if not request.path.startswith("/write"):
+        if not request.path.startswith("/write") or "rp=" in request.path:
             return ok(request)
         return remaining.pop(0) if len(remaining) > 1 else remaining[0]
 
@@ -238,12 +240,14 @@ def test_the_wire_format(scripted: Callable[..., ScriptedInflux]) -> None:
     store = InfluxTimeSeries(server.url(), TOKEN)
     store.write([Point("dev 1,x=y", "power_meter_dc", T0, 7, 12,
                        {"voltage_v": 750, "a b,c=d": -1.5, "tiny": 1e-5})])
-    # Then retention policies are set up (test_timeseries_rollups.py), and after the write
-    # the field keys are read to find which fields rollups can sum (none here: the fake
-    # server knows no fields, so no rollup is written).
-    create, write = server.seen[0], server.seen[-2]
+    # Then retention policies are set up, and after the raw write come the 1 min and 1 h
+    # rollups, in their retention policies (test_timeseries_rollups.py).
+    create = server.seen[0]
     assert urllib.parse.parse_qs(create.body.decode()) == {"q": ['CREATE DATABASE "iot-metrics"']}
-    assert server.writes() == [write]
+    [write] = server.writes()
+    minute, hour = [s for s in server.seen if "rp=" in s.path]
+    assert minute.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1m"
+    assert hour.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1h"
     assert write.path == "/write?db=iot-metrics&precision=ms"
     assert write.headers["Content-Encoding"] == "gzip"
     assert write.headers["Authorization"] == f"Token {TOKEN}"

@@ -58,6 +58,7 @@ from iotmeter_tui.backend.protocol import (
 )
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
+    ONE_MINUTE,
     RESOLUTIONS,
     Resolution,
     Retention,
@@ -94,7 +95,8 @@ _CONFLICT_RE: Final = re.compile(r'input field "(.*?)" on measurement')
 _DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
 _CACHE_LIMIT: Final = 100_000
 # Rollup fields per telemetry field; mean is read back as sum / count.
-ROLLUP_PARTS: Final = ("min", "max", "sum", "count", "last")
+# `lt` is the ts of the point `last` came from: merging a late point needs it.
+ROLLUP_PARTS: Final = ("min", "max", "sum", "count", "last", "lt")
 # Statements per /query request when recomputing rollups.
 ROLLUP_STATEMENTS: Final = 50
 
@@ -191,6 +193,8 @@ class InfluxTimeSeries:
             else:
                 refused.append(point)
                 reasons.append(problem)
+        names = self._rollup_names(valid)
+        stored_before = self._stored_keys(valid) if names else set()
         accepted = 0
         for start in range(0, len(valid), self._chunk_points):
             chunk = valid[start : start + self._chunk_points]
@@ -199,7 +203,11 @@ class InfluxTimeSeries:
             refused.extend(failed)
             if reason:
                 reasons.append(reason)
-        self._update_rollups(valid)
+        if names:
+            # A refused point may have been kept after all (1.x does not always say which):
+            # its buckets are recomputed from what is stored, like those of a rewritten one.
+            recompute = stored_before | {(p.device_id, p.ts) for p in refused}
+            self._update_rollups(valid, names, recompute)
         if refused:
             raise PartialWriteError(
                 STORE,
@@ -406,90 +414,149 @@ class InfluxTimeSeries:
         policy = self._rollup_rp[level.name]
         return f"{_ident(policy)}.{measurement}" if policy else measurement
 
-    def _update_rollups(self, points: list[Point]) -> None:
-        """Recompute, from the level below, every 1 min and then 1 h bucket the points fall
-        in, and write them by key: late points update their buckets, repeated ones count
-        once. Raises StoreUnavailable like write(): the caller retries the whole batch."""
-        if not points:
-            return
-        names = sorted(set().union(*(p.fields for p in points)))
+    def _rollup_names(self, points: list[Point]) -> list[str]:
+        """The batch's fields that rollups can hold: floats in the measurement (another
+        writer may have made one a string, which cannot be summed)."""
+        names = set().union(*(p.fields for p in points))
         if not self._rollable.issuperset(names):
-            # Only float fields can be summed: another writer may have made one a string.
-            self._rollable = set(self._float_fields())
-        names = [name for name in names if name in self._rollable]
-        if not names:
-            return
-        now = int(time.time() * 1000)
-        keys: list[tuple[str, int]] = [(p.device_id, p.ts) for p in points]
-        below: Resolution | None = None
-        for level in RESOLUTIONS:
-            touched = touched_buckets(keys, level.width_ms,
-                                      self.retention.recompute_floor(level, now))
-            if not touched:
-                return
-            rows = self._recompute(below, level, touched, names)
-            self._write_rollups(level, rows)
-            keys = [(d, b) for d, buckets in touched.items() for b in buckets]
-            below = level
+            [keys] = self._query([f"SHOW FIELD KEYS FROM {_ident(MEASUREMENT)}"])
+            kinds = {str(name): kind for series in keys for name, kind in series.values}
+            # A name not stored yet will be a float: this adapter writes nothing else.
+            self._rollable = {n for n, kind in kinds.items() if kind == "float"} | {
+                n for n in names if n not in kinds}
+        return sorted(names & self._rollable)
 
-    def _recompute(
-        self, below: Resolution | None, level: Resolution, touched: dict[str, list[int]],
-        names: list[str],
-    ) -> list[tuple[str, int, dict[str, float]]]:
-        """(device_id, bucket start, rollup fields) of the touched buckets, aggregated from
-        `below` (raw points when None)."""
-        if below is None:
-            parts = [(name, f"{agg}({_ident(name)})") for name in names
-                     for agg in ("min", "max", "sum", "count", "last")]
-        else:
-            parts = [(name, f"{agg}({_ident(f'{name}_{part}')})") for name in names
-                     for agg, part in (("min", "min"), ("max", "max"), ("sum", "sum"),
-                                       ("sum", "count"), ("last", "last"))]
-        selected = ", ".join(f'{sql} AS "a{i}"' for i, (_, sql) in enumerate(parts))
-        devices = sorted(touched)
+    def _stored_keys(self, points: list[Point]) -> set[tuple[str, int]]:
+        """(device_id, ts) of the points that are stored already (a redelivered batch, a
+        rewritten point): their buckets are recomputed, not added to. One query over the
+        seconds the batch covers, which for a live batch hold little beyond the batch."""
+        seconds = sorted({p.ts - p.ts % 1000 for p in points})
+        devices = sorted({p.device_id for p in points})
+        wanted = {(p.device_id, p.ts) for p in points}
+        found: set[tuple[str, int]] = set()
+        for device_id, ts, _record in self._select(None, bucket_runs(seconds, 1000), devices,
+                                                   '"seq"'):
+            if (device_id, ts) in wanted:
+                found.add((device_id, ts))
+        return found
+
+    def _select(
+        self, level: Resolution | None, runs: list[tuple[int, int]], devices: list[str],
+        columns: str = "*",
+    ) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """(device_id, time, record) of every row of a level in the time runs, for the given
+        devices (a filter only when they are few: a long OR chain plans slowly)."""
         scope = ""
         if len(devices) <= IDS_PER_STATEMENT:
             scope = " AND (" + " OR ".join(f'"device_id" = {_literal(d)}' for d in devices) + ")"
-        wanted = {(d, b) for d, buckets in touched.items() for b in buckets}
-        all_buckets = sorted({b for _, b in wanted})
         statements = [
-            f"SELECT {selected} FROM {self._rollup_source(below)} WHERE "
-            f"{_time_range(start, end)}{scope} GROUP BY time({level.width_ms}ms), "
-            '"device_id" fill(none)'
-            for start, end in bucket_runs(all_buckets, level.width_ms)
+            f"SELECT {columns} FROM {self._rollup_source(level)} WHERE "
+            f'{_time_range(start, end)}{scope} GROUP BY "device_id"'
+            for start, end in runs
         ]
-        rows: list[tuple[str, int, dict[str, float]]] = []
-        per_field = len(ROLLUP_PARTS)
         for i in range(0, len(statements), ROLLUP_STATEMENTS):
-            for result in self._query(statements[i : i + ROLLUP_STATEMENTS]):
+            for result in self._query(statements[i : i + ROLLUP_STATEMENTS], chunked=True):
                 for series in result:
                     device_id = series.tags.get("device_id", "")
                     for row in series.values:
-                        bucket = int(row[0])
-                        if (device_id, bucket) not in wanted:
-                            continue
-                        fields: dict[str, float] = {}
-                        for j, name in enumerate(names):
-                            found = row[1 + per_field * j : 1 + per_field * (j + 1)]
-                            if None in found or not found[3]:
-                                continue  # no value of this field in the bucket
-                            fields.update(zip((f"{name}_{p}" for p in ROLLUP_PARTS),
-                                              map(float, found), strict=True))
-                        if fields:
-                            rows.append((device_id, bucket, fields))
+                        yield device_id, int(row[0]), dict(zip(series.columns, row, strict=True))
+
+    def _update_rollups(
+        self, points: list[Point], names: list[str], recompute: set[tuple[str, int]]
+    ) -> None:
+        """Bring the 1 min and 1 h buckets of the batch up to date. New points are folded
+        into the stored rollups (read, merged, written back); buckets holding a point that
+        was stored before are recomputed from the level below instead, so a redelivered
+        point counts once. Raises StoreUnavailable like write(): the sink retries the batch."""
+        now = int(time.time() * 1000)
+        wanted = set(names)
+        # Per (device, minute): field -> [min, max, sum, count, last, lt] of the new points.
+        deltas: dict[tuple[str, int], dict[str, list[float]]] = {}
+        if len({(p.device_id, p.ts) for p in points}) < len(points):
+            recompute = recompute | _repeated_keys(points)
+        for p in points:
+            if recompute and (p.device_id, p.ts) in recompute:
+                continue
+            minute = deltas.setdefault((p.device_id, p.ts - p.ts % ONE_MINUTE.width_ms), {})
+            for name, value in p.fields.items():
+                if name in wanted:
+                    _fold(minute, name, [value, value, value, 1, value, p.ts])
+        redo = touched_buckets(recompute, ONE_MINUTE.width_ms,
+                               self.retention.recompute_floor(ONE_MINUTE, now))
+        below: Resolution | None = None
+        for level in RESOLUTIONS:
+            rows = self._merged(level, deltas, redo, names, below)
+            self._write_rollups(level, rows)
+            if level is RESOLUTIONS[-1]:
+                return
+            # The next level: the same deltas by hour, and the hours of recomputed minutes.
+            width = RESOLUTIONS[-1].width_ms
+            hourly: dict[tuple[str, int], dict[str, list[float]]] = {}
+            for (device_id, bucket), fields in deltas.items():
+                target = hourly.setdefault((device_id, bucket - bucket % width), {})
+                for name, acc in fields.items():
+                    _fold(target, name, acc)
+            deltas = hourly
+            redo = touched_buckets(
+                [(d, b) for d, buckets in redo.items() for b in buckets], width,
+                self.retention.recompute_floor(RESOLUTIONS[-1], now))
+            below = level
+
+    def _merged(
+        self, level: Resolution, deltas: dict[tuple[str, int], dict[str, list[float]]],
+        redo: dict[str, list[int]], names: list[str], below: Resolution | None,
+    ) -> dict[tuple[str, int], dict[str, list[float]]]:
+        """The rows of `level` to write: stored rows with the deltas folded in, and the
+        buckets in `redo` recomputed from `below` (raw points when None)."""
+        redo_keys = {(d, b) for d, buckets in redo.items() for b in buckets}
+        rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+        merge = {key: fields for key, fields in deltas.items() if key not in redo_keys}
+        if merge:
+            stored = self._select(level, bucket_runs(sorted({b for _, b in merge}),
+                                                     level.width_ms),
+                                  sorted({d for d, _ in merge}))
+            for device_id, bucket, record in stored:
+                key = (device_id, bucket)
+                if key in merge:
+                    rows[key] = _rollup_fields(record, names)
+            for key, fields in merge.items():
+                row = rows.setdefault(key, {})
+                for name, acc in fields.items():
+                    _fold(row, name, acc)
+        if redo_keys:
+            width = level.width_ms
+            source = self._select(below, bucket_runs(sorted({b for _, b in redo_keys}), width),
+                                  sorted(redo))
+            for device_id, ts, record in source:
+                key = (device_id, ts - ts % width)
+                if key not in redo_keys:
+                    continue
+                row = rows.setdefault(key, {})
+                if below is None:
+                    for name in names:
+                        value = record.get(name)
+                        if isinstance(value, (float, int)) and not isinstance(value, bool):
+                            v = float(value)
+                            _fold(row, name, [v, v, v, 1, v, ts])
+                else:
+                    for name, acc in _rollup_fields(record, names).items():
+                        _fold(row, name, acc)
         return rows
 
-    def _write_rollups(self, level: Resolution, rows: list[tuple[str, int, dict[str, float]]]
-                       ) -> None:
-        if not rows:
-            return
+    def _write_rollups(
+        self, level: Resolution, rows: dict[tuple[str, int], dict[str, list[float]]]
+    ) -> None:
         measurement = f"{MEASUREMENT}_{level.name}"
         lines = [
             f"{measurement},device_id={_escape(device_id)} "
-            + ",".join(f"{_escape(name)}={value!r}" for name, value in fields.items())
+            + ",".join(f"{_escape(f'{name}_{part}')}={float(value)!r}"
+                       for name, acc in fields.items()
+                       for part, value in zip(ROLLUP_PARTS, acc, strict=True))
             + f" {bucket}"
-            for device_id, bucket, fields in rows
+            for (device_id, bucket), fields in rows.items() if fields
         ]
+        if not lines:
+            return
         params = {"db": self._database, "precision": "ms"}
         policy = self._rollup_rp[level.name]
         if policy:
@@ -802,6 +869,43 @@ def _storable_tag(value: object) -> bool:
     """Whether a point could carry this tag value: any other can match nothing, so the query
     need not run (and a control character never reaches InfluxQL)."""
     return tag_problem("device_id", value) is None
+
+
+def _fold(row: dict[str, list[float]], name: str, acc: list[float]) -> None:
+    """Fold one [min, max, sum, count, last, lt] into a row's field, in place."""
+    have = row.get(name)
+    if have is None:
+        row[name] = list(acc)
+        return
+    if acc[0] < have[0]:
+        have[0] = acc[0]
+    if acc[1] > have[1]:
+        have[1] = acc[1]
+    have[2] += acc[2]
+    have[3] += acc[3]
+    if acc[5] >= have[5]:
+        have[4], have[5] = acc[4], acc[5]
+
+
+def _rollup_fields(record: dict[str, Any], names: list[str]) -> dict[str, list[float]]:
+    """A stored rollup row's [min, max, sum, count, last, lt] per field of `names`."""
+    fields: dict[str, list[float]] = {}
+    for name in names:
+        found = [record.get(f"{name}_{part}") for part in ROLLUP_PARTS]
+        if None not in found:
+            fields[name] = [float(v) for v in found]  # type: ignore[arg-type]
+    return fields
+
+
+def _repeated_keys(points: list[Point]) -> set[tuple[str, int]]:
+    """Keys that occur more than once in a batch: the store keeps one merged point, so
+    their buckets are recomputed from it."""
+    seen: set[tuple[str, int]] = set()
+    repeated: set[tuple[str, int]] = set()
+    for p in points:
+        key = (p.device_id, p.ts)
+        (repeated if key in seen else seen).add(key)
+    return repeated
 
 
 def _rp_durations(kept_ms: int | None) -> str:
