@@ -435,7 +435,7 @@ class InfluxTimeSeries:
         wanted = {(p.device_id, p.ts) for p in points}
         found: set[tuple[str, int]] = set()
         for device_id, ts, _record in self._select(None, bucket_runs(seconds, 1000), devices,
-                                                   '"seq"'):
+                                                   '"seq", "device_id"'):
             if (device_id, ts) in wanted:
                 found.add((device_id, ts))
         return found
@@ -445,21 +445,23 @@ class InfluxTimeSeries:
         columns: str = "*",
     ) -> Iterator[tuple[str, int, dict[str, Any]]]:
         """(device_id, time, record) of every row of a level in the time runs, for the given
-        devices (a filter only when they are few: a long OR chain plans slowly)."""
+        devices (a filter only when they are few: a long OR chain plans slowly). Not grouped
+        by device: the tag comes as a column of one series, which InfluxDB answers many
+        times faster than a series per device."""
         scope = ""
         if len(devices) <= IDS_PER_STATEMENT:
             scope = " AND (" + " OR ".join(f'"device_id" = {_literal(d)}' for d in devices) + ")"
         statements = [
             f"SELECT {columns} FROM {self._rollup_source(level)} WHERE "
-            f'{_time_range(start, end)}{scope} GROUP BY "device_id"'
+            f"{_time_range(start, end)}{scope}"
             for start, end in runs
         ]
         for i in range(0, len(statements), ROLLUP_STATEMENTS):
             for result in self._query(statements[i : i + ROLLUP_STATEMENTS], chunked=True):
                 for series in result:
-                    device_id = series.tags.get("device_id", "")
                     for row in series.values:
-                        yield device_id, int(row[0]), dict(zip(series.columns, row, strict=True))
+                        record = dict(zip(series.columns, row, strict=True))
+                        yield str(record.get("device_id")), int(row[0]), record
 
     def _update_rollups(
         self, points: list[Point], names: list[str], recompute: set[tuple[str, int]]
