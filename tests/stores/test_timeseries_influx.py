@@ -360,6 +360,25 @@ def test_other_4xx_is_rejected_at_once(
     assert TOKEN not in str(caught.value)
 
 
+def test_a_rollup_write_that_keeps_failing_fails_the_batch(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    """The raw points are stored, their rollups are not: write() raises, so the sink keeps
+    the batch and writes it again (test_timeseries_rollups.py shows the redelivery repairs
+    the rollups)."""
+    def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if "rp=rollup_1m" in request.path:
+            return 503, {}, b'{"error":"overloaded"}'
+        return ok(request)
+
+    server = scripted(answer)
+    store = InfluxTimeSeries(server.url(), retries=1, backoff_s=0.01)
+    with pytest.raises(StoreUnavailable, match="overloaded"):
+        store.write([pt("d", T0, v=1.0)])
+    assert len(server.writes()) == 1
+    assert len([s for s in server.seen if "rp=rollup_1m" in s.path]) == 2
+
+
 def test_refusal_to_create_the_database_is_ignored(
     scripted: Callable[..., ScriptedInflux],
 ) -> None:

@@ -317,3 +317,42 @@ def test_a_version_1_file_gets_its_rollups_on_first_open(tmp_path: Path) -> None
         assert_matches(buckets, model(points, "v", H0, width), "v")
     store.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
+
+
+# --- failure paths ------------------------------------------------------------------------
+
+
+def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
+        backend: tuple[str, str], influxdb: InfluxServer) -> None:
+    """The raw write succeeded, then the process died before the rollups were written (or
+    their write failed and the sink retries): the redelivered batch finds its points stored
+    and recomputes their buckets from them."""
+    kind, url = backend
+    points = three_hours("crash")[:150]  # within the first hour
+    if kind == "sqlite":
+        # Raw points only, as a writer without rollups would leave them.
+        store = SqliteTimeSeries(url.removeprefix("sqlite://"))
+        store.write(points)
+        connection = sqlite3.connect(url.removeprefix("sqlite://"))
+        with connection:
+            connection.execute("DELETE FROM rollup_1m")
+            connection.execute("DELETE FROM rollup_1h")
+        connection.close()
+    else:
+        database = urllib.parse.urlsplit(url).path.strip("/")
+        influx_query(influxdb, database, f'CREATE DATABASE "{database}"')
+        body = "\n".join(
+            f"iot_telemetry,device_id=crash,device_type=power_meter_dc "
+            f"v={p.fields['v']!r},w={p.fields['w']!r},boot=1i,seq={p.seq}i {p.ts}"
+            for p in points).encode()
+        target = f"{influxdb.http_url}/write?db={database}&precision=ms"
+        with urllib.request.urlopen(target, body, timeout=10):
+            pass
+        store = open_timeseries(url)  # type: ignore[assignment]
+    assert store.history("crash", ["v"], H0, H0 + HOUR_MS, 1) == []  # no rollups yet
+    store.write(points)  # the redelivery
+    for max_points in (1, 60):
+        width = bucket_width(H0, H0 + HOUR_MS, max_points)
+        buckets = store.history("crash", ["v"], H0, H0 + HOUR_MS, max_points)
+        assert_matches(buckets, model(points, "v", H0, width), "v")
+    store.close()
