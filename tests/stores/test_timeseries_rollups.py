@@ -8,6 +8,7 @@ import json
 import math
 import random
 import sqlite3
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -356,3 +357,15 @@ def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
         buckets = store.history("crash", ["v"], H0, H0 + HOUR_MS, max_points)
         assert_matches(buckets, model(points, "v", H0, width), "v")
     store.close()
+
+
+def test_threads_writing_the_same_points_at_once_count_them_once(
+        store: TimeSeriesStore) -> None:
+    points = three_hours("race")[:150]
+    threads = [threading.Thread(target=store.write, args=(points,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    buckets = store.history("race", ["v"], H0, H0 + HOUR_MS, 1)
+    assert_matches(buckets, model(points, "v", H0, HOUR_MS), "v")

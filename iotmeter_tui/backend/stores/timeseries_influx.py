@@ -171,6 +171,7 @@ class InfluxTimeSeries:
         # Retention policy of each rollup level; None: the database's default one.
         self._rollup_rp: dict[str, str | None] = {r.name: None for r in RESOLUTIONS}
         self._rollable: set[str] = set()  # float fields of the measurement, as last seen
+        self._rollup_lock = threading.Lock()
         # Line-protocol prefixes per (device_id, device_type), and %-templates for the rest
         # per tuple of field names: a fleet repeats a few thousand of each, and building
         # lines is most of the client's cost of a write.
@@ -193,21 +194,24 @@ class InfluxTimeSeries:
             else:
                 refused.append(point)
                 reasons.append(problem)
-        names = self._rollup_names(valid)
-        stored_before = self._stored_keys(valid) if names else set()
         accepted = 0
-        for start in range(0, len(valid), self._chunk_points):
-            chunk = valid[start : start + self._chunk_points]
-            kept, failed, reason = self._write_chunk(chunk)
-            accepted += kept
-            refused.extend(failed)
-            if reason:
-                reasons.append(reason)
-        if names:
-            # A refused point may have been kept after all (1.x does not always say which):
-            # its buckets are recomputed from what is stored, like those of a rewritten one.
-            recompute = stored_before | {(p.device_id, p.ts) for p in refused}
-            self._update_rollups(valid, names, recompute)
+        # One batch at a time from "which points are stored?" to the rollups written back:
+        # two threads folding the same new point in would count it twice.
+        with self._rollup_lock:
+            names = self._rollup_names(valid)
+            stored_before = self._stored_keys(valid) if names else set()
+            for start in range(0, len(valid), self._chunk_points):
+                chunk = valid[start : start + self._chunk_points]
+                kept, failed, reason = self._write_chunk(chunk)
+                accepted += kept
+                refused.extend(failed)
+                if reason:
+                    reasons.append(reason)
+            if names:
+                # A refused point may have been kept after all (1.x does not always say
+                # which): its buckets are recomputed from what is stored, like a rewrite's.
+                recompute = stored_before | {(p.device_id, p.ts) for p in refused}
+                self._update_rollups(valid, names, recompute)
         if refused:
             raise PartialWriteError(
                 STORE,
