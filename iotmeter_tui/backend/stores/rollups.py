@@ -1,10 +1,11 @@
 """Rollups and retention rules both time-series adapters share: which resolutions exist, which
 one a history query can read exactly, which buckets a batch touches, how long each is kept.
 
-A rollup row holds, per device, field and bucket: min, max, sum, count and last. Sum and
-count (not a mean) let a coarser rollup and a chart bucket be folded from finer rows exactly.
-Every rollup bucket a batch touches is recomputed from the level below (1 min from raw points,
-1 h from 1 min rows) and written by key, so a redelivered or late point is counted once.
+A rollup row holds, per device, field and bucket: min, max, sum, count and last (with the ts
+of the last). Sum and count (not a mean) let a coarser rollup and a chart bucket be folded
+from finer rows exactly. A batch's new points are folded into their buckets (a late point
+into its old bucket); a bucket holding a point that was stored before is recomputed from the
+level below (1 min from raw points, 1 h from 1 min rows), so a redelivered point counts once.
 """
 
 from __future__ import annotations

@@ -16,15 +16,17 @@ which 1.6 answers in about 0.2 ms per device. `history()` costs one pass over th
 points per field and aggregate (no two calls share a scan, whatever the statement's shape),
 about 15 ms for a day at 1 s: hence only the aggregates asked for are selected.
 
-Rollups (rollups.py): after each batch is written, the adapter recomputes the 1 min buckets
-it touched with one GROUP BY time(1m) query per run of consecutive minutes, writes them as
-line protocol to `iot_telemetry_1m` (fields `<field>_min|_max|_sum|_count|_last`), then
-folds those into `iot_telemetry_1h` the same way. Not continuous queries: InfluxDB 2.x and
-3.x serve the v1 API without them, and a CQ never revisits a bucket once its interval has
-passed, so late data would be missed. Each rollup level lives in its own retention policy
-(`rollup_1m`, `rollup_1h`) where the credentials may create one (1.x); where they may not
-(2.x/3.x tokens) rollups go to the database's default policy, and the bucket's retention
-applies. A rollup point is keyed by series and bucket time, so rewriting it is idempotent.
+Rollups (rollups.py), kept by write() itself: one query finds which of the batch's points
+are stored already; after the raw write, the new points are folded into the stored rows of
+`iot_telemetry_1m` and `iot_telemetry_1h` (fields `<field>_min|_max|_sum|_count|_last|_lt`:
+read, merged, written back as line protocol), and the buckets of points stored before are
+recomputed from the level below, so redelivery counts nothing twice. Not continuous
+queries: InfluxDB 2.x and 3.x serve the v1 API without them, and a CQ never revisits a
+bucket once its interval has passed, so late data would be missed. Each rollup level lives
+in its own retention policy (`rollup_1m`, `rollup_1h`) where the credentials may create one
+(1.x); where they may not (2.x/3.x tokens) rollups go to the database's default policy, and
+the bucket's retention applies. A rollup point is keyed by series and bucket time, so
+writing it again is idempotent.
 """
 
 from __future__ import annotations
