@@ -369,3 +369,12 @@ def test_threads_writing_the_same_points_at_once_count_them_once(
         thread.join()
     buckets = store.history("race", ["v"], H0, H0 + HOUR_MS, 1)
     assert_matches(buckets, model(points, "v", H0, HOUR_MS), "v")
+
+
+def test_a_later_batch_with_other_fields_keeps_the_first_ones(store: TimeSeriesStore) -> None:
+    store.write([pt("mix", H0 + 1000, 1, v=1.0)])
+    store.write([pt("mix", H0 + 2000, 2, w=7.0)])
+    store.write([pt("mix", H0 + 3000, 3, v=3.0)])
+    [bucket] = store.history("mix", ["v", "w"], H0, H0 + HOUR_MS, 1)
+    assert bucket.values == {"v": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0},
+                             "w": {"min": 7.0, "max": 7.0, "mean": 7.0, "last": 7.0}}

@@ -518,11 +518,15 @@ class InfluxTimeSeries:
         buckets in `redo` recomputed from `below` (raw points when None)."""
         redo_keys = {(d, b) for d, buckets in redo.items() for b in buckets}
         rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+        # Only the batch's fields: a mixed fleet's other fields would come back as nulls.
+        parts = ", ".join(_ident(f"{name}_{part}") for name in names for part in ROLLUP_PARTS)
+        wanted = f'{parts}, "device_id"'
+
         merge = {key: fields for key, fields in deltas.items() if key not in redo_keys}
         if merge:
             stored = self._select(level, bucket_runs(sorted({b for _, b in merge}),
                                                      level.width_ms),
-                                  sorted({d for d, _ in merge}))
+                                  sorted({d for d, _ in merge}), wanted)
             for device_id, bucket, record in stored:
                 key = (device_id, bucket)
                 if key in merge:
@@ -533,8 +537,10 @@ class InfluxTimeSeries:
                     _fold(row, name, acc)
         if redo_keys:
             width = level.width_ms
+            below_columns = wanted if below is not None else ", ".join(
+                _ident(name) for name in names) + ', "device_id"'
             source = self._select(below, bucket_runs(sorted({b for _, b in redo_keys}), width),
-                                  sorted(redo))
+                                  sorted(redo), below_columns)
             for device_id, ts, record in source:
                 key = (device_id, ts - ts % width)
                 if key not in redo_keys:
