@@ -7,10 +7,14 @@ range aligned by rollups.aligned_range, so it reads the 1-minute rollups, and as
 that alignment, so it must read every raw point: the baseline, in the same run, run by run
 taking turns. Target: < 100 ms from rollups on both backends.
 
+Rollups are opt-in (IOTMETER_ROLLUPS, off by default): every "with rollups" store here is
+opened with rollups=True, as IOTMETER_ROLLUPS=true opens it.
+
 Write cost: the collector's shape of batch (--fleet devices, one point each per second,
---batch points a batch) written with rollups and, as the baseline, by the same adapter with
-its rollup step switched off (in this script only), rounds taking turns: wall-clock rate, and
-this process's CPU per point (what the collector pays; InfluxDB's own CPU is not in it).
+--batch points a batch) written with rollups on and, as the baseline, with rollups off (the
+default: the adapter's plain write, no stored-point lookup), rounds taking turns: wall-clock
+rate, and this process's CPU per point (what the collector pays; InfluxDB's own CPU is not
+in it).
 
     .venv/bin/python bench/rollups.py [--every-s 5] [--runs 11] [--rounds 4] [--out FILE]
 """
@@ -33,7 +37,6 @@ sys.path.insert(0, str(ROOT))  # runnable as a plain script from a checkout
 
 from stores_timeseries import alternating, meter_fields, paired_latency  # noqa: E402
 
-from iotmeter_tui.backend.stores import timeseries_sqlite  # noqa: E402
 from iotmeter_tui.backend.stores.rollups import HOUR_MS, aligned_range  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries  # noqa: E402
@@ -130,29 +133,11 @@ def write_figures(make: Callable[[bool], TimeSeriesStore], rounds: int, fleet: i
 
 
 def sqlite_store(directory: Path, name: str, rollups: bool) -> SqliteTimeSeries:
-    store = SqliteTimeSeries(directory / f"{name}.db")
-    if not rollups:
-        # The baseline: the same adapter with its rollup step left out (this process only).
-        original = timeseries_sqlite._update_rollups
-        write_valid = store._write_valid
-
-        def without(points: list[Point]) -> Any:
-            timeseries_sqlite._update_rollups = lambda *args: None  # type: ignore[assignment]
-            try:
-                return write_valid(points)
-            finally:
-                timeseries_sqlite._update_rollups = original
-
-        store._write_valid = without  # type: ignore[method-assign]
-    return store
+    return SqliteTimeSeries(directory / f"{name}.db", rollups=rollups)
 
 
 def influx_store(server: InfluxServer, name: str, rollups: bool) -> InfluxTimeSeries:
-    store = InfluxTimeSeries(f"influxdb://{server.host}:{server.port}/{name}")
-    if not rollups:
-        # The baseline: no rollup fields, so neither the stored-keys query nor the rollups.
-        store._rollup_names = lambda points: []  # type: ignore[method-assign]
-    return store
+    return InfluxTimeSeries(f"influxdb://{server.host}:{server.port}/{name}", rollups=rollups)
 
 
 def main() -> int:
@@ -183,6 +168,7 @@ def main() -> int:
         results["influxdb"]["write"] = write_figures(
             lambda on: influx_store(server, f"w{int(on)}", on),
             args.rounds, args.fleet, args.batch, args.seconds)
+    print("charts: stores with rollups on (IOTMETER_ROLLUPS=true); writes: rollups on vs off")
     for backend in ("sqlite", "influxdb"):
         c, w = results[backend]["chart"], results[backend]["write"]
         print(f"{backend:8} 7-day chart ({c['points']} points, {c['buckets']} buckets): "

@@ -36,6 +36,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
+    "rollups": ["maybe", "2", "enabled"],
     "retention_raw": ["30", "30m", "0d", "-1d", "1.5d", "never", "30 days"],
     "retention_1m": ["1y", "d", "inf d"],
     "retention_1h": ["59m", "3600s"],

@@ -184,6 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
             "presigned S3 URL when the archive is S3, else http://<firmware_listen>."),
     Setting("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
     # --- rollups and retention ---
+    Setting("rollups", _bool, False,
+            "Keep 1-minute and 1-hour rollups in the time-series store, so long chart windows "
+            "read them; costs about 3x client CPU per point written (off by default)."),
     Setting("retention_raw", _retention, "inf",
             "How long raw time-series points are kept: 30d, 12h, 52w or inf (at least 1h)."),
     Setting("retention_1m", _retention, "inf",
@@ -219,6 +222,7 @@ class Settings:
     firmware_listen: str
     firmware_base_url: str | None
     log_level: str
+    rollups: bool
     retention_raw: str
     retention_1m: str
     retention_1h: str

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from iotmeter_tui.backend.stores.metadata import Alert, Command, Device, SeqState
     from iotmeter_tui.backend.stores.timeseries import Bucket, Latest
 
-# Up to a year: windows of hours and more are read from the stores' rollups (aligned_range).
+# Up to a year: windows of hours and more are read from the stores' rollups (aligned_range)
+# when IOTMETER_ROLLUPS is on, else from raw points.
 WINDOWS_MIN = (1, 5, 15, 60, 360, 1440, 10080, 43200, 525600)
 DEFAULT_WINDOW_MIN = 5
 CHART_UNITS = ("V", "A", "kW")

@@ -27,7 +27,8 @@ def old_and_new(now_ms: int) -> list[Point]:
 
 
 def test_the_keeper_deletes_what_retention_no_longer_keeps(tmp_path: Path) -> None:
-    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS))
+    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS),
+                             rollups=True)
     now = int(time.time() * 1000)
     store.write(old_and_new(now))
     metrics = CollectorMetrics()

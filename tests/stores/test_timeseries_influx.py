@@ -235,19 +235,30 @@ def on_write(*answers: tuple[int, dict[str, str], bytes]) -> Callable[[Seen], tu
     return answer
 
 
-def test_the_wire_format(scripted: Callable[..., ScriptedInflux]) -> None:
+@pytest.mark.parametrize("rollups", [False, True])
+def test_the_wire_format(scripted: Callable[..., ScriptedInflux], rollups: bool) -> None:
     server = scripted()
-    store = InfluxTimeSeries(server.url(), TOKEN)
+    store = InfluxTimeSeries(server.url(), TOKEN, rollups=rollups)
     store.write([Point("dev 1,x=y", "power_meter_dc", T0, 7, 12,
                        {"voltage_v": 750, "a b,c=d": -1.5, "tiny": 1e-5})])
-    # Then retention policies are set up, and after the raw write come the 1 min and 1 h
-    # rollups, in their retention policies (test_timeseries_rollups.py).
+    # Then retention policies are set up, and (rollups on) after the raw write come the 1 min
+    # and 1 h rollups, in their retention policies (test_timeseries_rollups.py).
     create = server.seen[0]
     assert urllib.parse.parse_qs(create.body.decode()) == {"q": ['CREATE DATABASE "iot-metrics"']}
     [write] = server.writes()
-    minute, hour = [s for s in server.seen if "rp=" in s.path]
-    assert minute.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1m"
-    assert hour.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1h"
+    rollup_writes = [s for s in server.seen if "rp=" in s.path]
+    statements = [urllib.parse.parse_qs(s.body.decode())["q"][0]
+                  for s in server.seen if s.path == "/query"]
+    if rollups:
+        minute, hour = rollup_writes
+        assert minute.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1m"
+        assert hour.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1h"
+        assert any(q.startswith("CREATE RETENTION POLICY") for q in statements)
+    else:
+        # Rollups off: the write as it was before rollups, no lookup of stored points and no
+        # rollup policy; only the database and its retention are prepared.
+        assert rollup_writes == []
+        assert not any(q.startswith(("SELECT", "CREATE RETENTION")) for q in statements)
     assert write.path == "/write?db=iot-metrics&precision=ms"
     assert write.headers["Content-Encoding"] == "gzip"
     assert write.headers["Authorization"] == f"Token {TOKEN}"
@@ -372,7 +383,7 @@ def test_a_rollup_write_that_keeps_failing_fails_the_batch(
         return ok(request)
 
     server = scripted(answer)
-    store = InfluxTimeSeries(server.url(), retries=1, backoff_s=0.01)
+    store = InfluxTimeSeries(server.url(), retries=1, backoff_s=0.01, rollups=True)
     with pytest.raises(StoreUnavailable, match="overloaded"):
         store.write([pt("d", T0, v=1.0)])
     assert len(server.writes()) == 1

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from iotmeter_tui.backend.config import load_settings
 from iotmeter_tui.backend.errors import PartialWriteError
+from iotmeter_tui.backend.stores import open_stores
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
     MINUTE_MS,
@@ -63,7 +65,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 @pytest.fixture
 def store(backend: tuple[str, str]) -> Iterator[TimeSeriesStore]:
-    opened = open_timeseries(backend[1])
+    opened = open_timeseries(backend[1], rollups=True)
     yield opened
     opened.close()
 
@@ -181,7 +183,7 @@ def test_rollups_keep_fields_apart_and_devices_apart(store: TimeSeriesStore) -> 
 def test_sqlite_retention_deletes_what_each_level_no_longer_keeps(tmp_path: Path) -> None:
     day = 24 * HOUR_MS
     retention = Retention(raw_ms=2 * day, minute_ms=10 * day, hour_ms=None)
-    store = SqliteTimeSeries(tmp_path / "ts.db", retention=retention)
+    store = SqliteTimeSeries(tmp_path / "ts.db", retention=retention, rollups=True)
     now = H0 + 30 * day
     ages = (1, 5, 20)  # days
     # 6,000 points at the oldest age: more than one delete batch.
@@ -205,7 +207,8 @@ def test_sqlite_a_late_point_past_raw_retention_is_folded_into_its_rollups(
         tmp_path: Path) -> None:
     now_ms = int(time.time() * 1000)
     old = now_ms - now_ms % HOUR_MS - 72 * HOUR_MS
-    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS))
+    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS),
+                             rollups=True)
     store.write([pt("x", old + i * 1000, i, v=float(i)) for i in range(60)])
     store.apply_retention()
     assert store.points("x") == []
@@ -220,7 +223,8 @@ def test_sqlite_a_bucket_cut_by_retention_is_not_recomputed(tmp_path: Path) -> N
     of the bucket's raw points a recompute would replace the whole rollup by one of the few
     points left: the rollup keeps its complete, older value instead."""
     minute = H0 + 40 * 24 * HOUR_MS
-    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS))
+    store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS),
+                             rollups=True)
     store.write([pt("x", minute + i * 1000, i, v=float(i)) for i in range(60)])
     assert store.apply_retention(now_ms=minute + 30_000 + 24 * HOUR_MS)["raw"] == 30
     store.write([pt("x", minute + 45_000, 45, v=1000.0)])  # stored before: a rewrite
@@ -235,7 +239,7 @@ def test_influx_retention_policies_follow_the_settings(influxdb: InfluxServer) -
     url = f"influxdb://{influxdb.host}:{influxdb.port}/{database}"
     retention = Retention(raw_ms=48 * HOUR_MS, minute_ms=365 * 24 * HOUR_MS, hour_ms=None)
     try:
-        store = open_timeseries(url, retention=retention)
+        store = open_timeseries(url, retention=retention, rollups=True)
         now_ms = int(time.time() * 1000)
         recent, old = now_ms - HOUR_MS, now_ms - 100 * 24 * HOUR_MS
         # Older than the raw retention: InfluxDB refuses the point (its shard is gone).
@@ -254,7 +258,8 @@ def test_influx_retention_policies_follow_the_settings(influxdb: InfluxServer) -
         assert durations == {"autogen": ("48h0m0s", True), "rollup_1m": ("8760h0m0s", False),
                              "rollup_1h": ("0s", False)}
         # Opening again with other settings alters the policies that exist.
-        again = open_timeseries(url, retention=Retention(minute_ms=30 * 24 * HOUR_MS))
+        again = open_timeseries(url, retention=Retention(minute_ms=30 * 24 * HOUR_MS),
+                                rollups=True)
         again.check()
         again.close()
         rows = influx_query(influxdb, database, f'SHOW RETENTION POLICIES ON "{database}"')
@@ -269,7 +274,7 @@ def test_influx_rollups_land_in_their_retention_policies(influxdb: InfluxServer)
     database = f"rp_{uuid.uuid4().hex[:12]}"
     url = f"influxdb://{influxdb.host}:{influxdb.port}/{database}"
     try:
-        store = open_timeseries(url)
+        store = open_timeseries(url, rollups=True)
         store.write([pt("q", H0 + 1000, 1, v=3.0), pt("q", H0 + 61_000, 2, v=4.0)])
         store.close()
         minute = influx_query(influxdb, database,
@@ -290,8 +295,8 @@ def test_influx_rollups_land_in_their_retention_policies(influxdb: InfluxServer)
 # --- SQLite: files written before rollups existed --------------------------------------------
 
 
-def test_a_version_1_file_gets_its_rollups_on_first_open(tmp_path: Path) -> None:
-    path = tmp_path / "ts.db"
+def version_1_file(path: Path) -> list[Point]:
+    """A SQLite file as iotmeter wrote it before rollups existed; returns its points."""
     connection = sqlite3.connect(path)
     connection.executescript("""
         CREATE TABLE fields (name TEXT PRIMARY KEY, col INTEGER NOT NULL UNIQUE);
@@ -311,7 +316,13 @@ def test_a_version_1_file_gets_its_rollups_on_first_open(tmp_path: Path) -> None
                        (points[-1].ts, points[-1].ts))
     connection.commit()
     connection.close()
-    store = SqliteTimeSeries(path)
+    return points
+
+
+def test_a_version_1_file_gets_its_rollups_on_first_open(tmp_path: Path) -> None:
+    path = tmp_path / "ts.db"
+    points = version_1_file(path)
+    store = SqliteTimeSeries(path, rollups=True)
     for max_points in (3, 180):
         width = bucket_width(H0, H0 + 3 * HOUR_MS, max_points)
         buckets = store.history("legacy", ["v"], H0, H0 + 3 * HOUR_MS, max_points)
@@ -332,7 +343,7 @@ def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
     points = three_hours("crash")[:150]  # within the first hour
     if kind == "sqlite":
         # Raw points only, as a writer without rollups would leave them.
-        store = SqliteTimeSeries(url.removeprefix("sqlite://"))
+        store = SqliteTimeSeries(url.removeprefix("sqlite://"), rollups=True)
         store.write(points)
         connection = sqlite3.connect(url.removeprefix("sqlite://"))
         with connection:
@@ -349,7 +360,7 @@ def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
         target = f"{influxdb.http_url}/write?db={database}&precision=ms"
         with urllib.request.urlopen(target, body, timeout=10):
             pass
-        store = open_timeseries(url)  # type: ignore[assignment]
+        store = open_timeseries(url, rollups=True)  # type: ignore[assignment]
     assert store.history("crash", ["v"], H0, H0 + HOUR_MS, 1) == []  # no rollups yet
     store.write(points)  # the redelivery
     for max_points in (1, 60):
@@ -378,3 +389,96 @@ def test_a_later_batch_with_other_fields_keeps_the_first_ones(store: TimeSeriesS
     [bucket] = store.history("mix", ["v", "w"], H0, H0 + HOUR_MS, 1)
     assert bucket.values == {"v": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0},
                              "w": {"min": 7.0, "max": 7.0, "mean": 7.0, "last": 7.0}}
+
+
+# --- rollups off (IOTMETER_ROLLUPS=false, the default) -------------------------------------
+
+
+def test_with_rollups_off_a_write_keeps_raw_points_only(
+        backend: tuple[str, str], influxdb: InfluxServer) -> None:
+    kind, url = backend
+    points = three_hours("off")
+    store = open_timeseries(url, retention=Retention(raw_ms=365 * 24 * HOUR_MS))
+    try:
+        for i in range(0, len(points), 97):
+            store.write(points[i : i + 97])
+        store.write(points[:50])  # a redelivery changes nothing
+        assert store.points("off") == points
+        # Windows that rollups would answer are read from the raw points, and agree.
+        for max_points in (3, 36, 180):
+            width = bucket_width(H0, H0 + 3 * HOUR_MS, max_points)
+            buckets = store.history("off", ["v", "w"], H0, H0 + 3 * HOUR_MS, max_points)
+            assert_matches(buckets, model(points, "v", H0, width), "v")
+            assert_matches(buckets, model(points, "w", H0, width), "w")
+    finally:
+        store.close()
+    if kind == "sqlite":
+        connection = sqlite3.connect(url.removeprefix("sqlite://"))
+        assert [connection.execute(f"SELECT count(*) FROM rollup_{r}").fetchone()[0]
+                for r in ("1m", "1h")] == [0, 0]
+        connection.close()
+        return
+    database = urllib.parse.urlsplit(url).path.strip("/")
+    found = influx_query(influxdb, database, "SHOW MEASUREMENTS")["results"][0]["series"]
+    assert [name for [name] in found[0]["values"]] == ["iot_telemetry"]
+    rows = influx_query(influxdb, database, f'SHOW RETENTION POLICIES ON "{database}"')
+    [series] = rows["results"][0]["series"]
+    at = {c: i for i, c in enumerate(series["columns"])}
+    # Raw retention still applies; no policy for rollups that are not kept.
+    assert {r[at["name"]]: r[at["duration"]] for r in series["values"]} == {
+        "autogen": "8760h0m0s"}
+
+
+def test_sqlite_rollups_turned_on_roll_up_what_was_written_while_off(tmp_path: Path) -> None:
+    path = tmp_path / "ts.db"
+    before = three_hours("switch")
+    off = SqliteTimeSeries(path)
+    off.write(before[:300])
+    off.close()
+    on = SqliteTimeSeries(path, rollups=True)
+    on.write(before[300:])  # folded into rollups that hold the first 300 points too
+    on.close()
+    later = SqliteTimeSeries(path)  # off again, then on again: rolled up once more
+    late = pt("switch", H0 + 59_999, 10_000, v=-5000.0)
+    later.write([late])
+    later.close()
+    again = SqliteTimeSeries(path, rollups=True)
+    for max_points in (3, 180):
+        width = bucket_width(H0, H0 + 3 * HOUR_MS, max_points)
+        buckets = again.history("switch", ["v"], H0, H0 + 3 * HOUR_MS, max_points)
+        assert_matches(buckets, model([*before, late], "v", H0, width), "v")
+    again.close()
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM rollups_behind").fetchone() == (0,)
+
+
+def test_sqlite_a_version_1_file_opened_with_rollups_off_is_not_rolled_up(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ts.db"
+    points = version_1_file(path)
+    store = SqliteTimeSeries(path)
+    buckets = store.history("legacy", ["v"], H0, H0 + 3 * HOUR_MS, 3)  # from raw points
+    assert_matches(buckets, model(points, "v", H0, HOUR_MS), "v")
+    store.close()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA user_version").fetchone() == (2,)
+    assert [connection.execute(f"SELECT count(*) FROM rollup_{r}").fetchone()[0]
+            for r in ("1m", "1h")] == [0, 0]
+    connection.close()
+
+
+@pytest.mark.parametrize(("setting", "kept"), [(None, False), ("false", False), ("true", True)])
+def test_open_stores_keeps_rollups_only_when_the_setting_says_so(
+        tmp_path: Path, setting: str | None, kept: bool) -> None:
+    env = {"IOTMETER_HOME": str(tmp_path)}
+    if setting is not None:
+        env["IOTMETER_ROLLUPS"] = setting
+    stores = open_stores(load_settings(env=env))
+    try:
+        stores.timeseries.write([pt("cfg", H0 + 1000, 1, v=2.0)])
+        [bucket] = stores.timeseries.history("cfg", ["v"], H0, H0 + HOUR_MS, 1)
+        assert bucket.values["v"]["last"] == 2.0
+    finally:
+        stores.close()
+    connection = sqlite3.connect(tmp_path / "timeseries.db")
+    assert connection.execute("SELECT count(*) FROM rollup_1h").fetchone() == (int(kept),)
+    connection.close()

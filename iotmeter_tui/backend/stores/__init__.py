@@ -53,7 +53,7 @@ def open_stores(settings: Settings) -> Stores:
     metadata = open_metadata(settings.db_url)
     try:
         timeseries = open_timeseries(settings.tsdb_url, settings.influx_token,
-                                     retention=retention(settings))
+                                     retention=retention(settings), rollups=settings.rollups)
         archive = open_archive(
             settings.archive_url,
             s3_endpoint=settings.s3_endpoint,

@@ -192,26 +192,28 @@ def bucket_width(start_ms: int, end_ms: int, max_points: int) -> int:
 
 
 def open_timeseries(
-    url: str, token: str | None = None, *, retention: Retention | None = None
+    url: str, token: str | None = None, *, retention: Retention | None = None,
+    rollups: bool = False,
 ) -> TimeSeriesStore:
     """The adapter for a time-series URL: influxdb://host:port/db (influxdbs:// for TLS; the
     token as in InfluxTimeSeries) or sqlite:///path (config.local_path). Nothing is contacted
     here: the database is prepared on first use. `retention`: how long each resolution is
-    kept (rollups.Retention; unset keeps everything). Raises StoreRejected on a URL no adapter
-    serves."""
+    kept (rollups.Retention; unset keeps everything). `rollups`: keep 1-minute and 1-hour
+    rollups on write and read long windows from them (IOTMETER_ROLLUPS). Raises StoreRejected
+    on a URL no adapter serves."""
     # Imported here because both adapters import this module (the port and its rules).
     from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
     from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
 
     scheme = urlsplit(url).scheme
     if scheme in ("influxdb", "influxdbs"):
-        return InfluxTimeSeries(url, token, retention=retention)
+        return InfluxTimeSeries(url, token, retention=retention, rollups=rollups)
     if scheme == "sqlite":
         try:
             path = local_path(url)
         except ValueError as exc:
             raise StoreRejected("timeseries", str(exc)) from None
-        return SqliteTimeSeries(path, retention=retention)
+        return SqliteTimeSeries(path, retention=retention, rollups=rollups)
     raise StoreRejected(
         "timeseries", f"unsupported time-series URL scheme in {url!r}; use influxdb:// or sqlite://"
     )

@@ -26,7 +26,9 @@ bucket once its interval has passed, so late data would be missed. Each rollup l
 in its own retention policy (`rollup_1m`, `rollup_1h`) where the credentials may create one
 (1.x); where they may not (2.x/3.x tokens) rollups go to the database's default policy, and
 the bucket's retention applies. A rollup point is keyed by series and bucket time, so
-writing it again is idempotent.
+writing it again is idempotent. All of this only with rollups on (IOTMETER_ROLLUPS): off, a
+write is the raw line protocol alone, history() reads raw points and no rollup policy is
+created. Points written while rollups were off are not rolled up later (see docs).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class InfluxTimeSeries:
         gzip_level: int = 1,
         ssl_context: ssl.SSLContext | None = None,
         retention: Retention | None = None,
+        rollups: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("influxdb", "influxdbs") or not parts.hostname:
@@ -170,6 +173,7 @@ class InfluxTimeSeries:
         self._prepare_lock = threading.Lock()
         self._prepared = False
         self.retention = retention or Retention()
+        self.rollups = rollups  # keep and read rollups (IOTMETER_ROLLUPS)
         # Retention policy of each rollup level; None: the database's default one.
         self._rollup_rp: dict[str, str | None] = {r.name: None for r in RESOLUTIONS}
         self._rollable: set[str] = set()  # float fields of the measurement, as last seen
@@ -196,24 +200,10 @@ class InfluxTimeSeries:
             else:
                 refused.append(point)
                 reasons.append(problem)
-        accepted = 0
-        # One batch at a time from "which points are stored?" to the rollups written back:
-        # two threads folding the same new point in would count it twice.
-        with self._rollup_lock:
-            names = self._rollup_names(valid)
-            stored_before = self._stored_keys(valid) if names else set()
-            for start in range(0, len(valid), self._chunk_points):
-                chunk = valid[start : start + self._chunk_points]
-                kept, failed, reason = self._write_chunk(chunk)
-                accepted += kept
-                refused.extend(failed)
-                if reason:
-                    reasons.append(reason)
-            if names:
-                # A refused point may have been kept after all (1.x does not always say
-                # which): its buckets are recomputed from what is stored, like a rewrite's.
-                recompute = stored_before | {(p.device_id, p.ts) for p in refused}
-                self._update_rollups(valid, names, recompute)
+        if self.rollups:
+            accepted = self._write_with_rollups(valid, refused, reasons)
+        else:
+            accepted = self._write_chunks(valid, refused, reasons)
         if refused:
             raise PartialWriteError(
                 STORE,
@@ -221,6 +211,35 @@ class InfluxTimeSeries:
                 failed=list(refused),
                 accepted=accepted,
             )
+
+    def _write_with_rollups(
+        self, valid: list[Point], refused: list[Point], reasons: list[str]
+    ) -> int:
+        """Write the points and bring their rollups up to date; adds what was refused (and
+        why) to `refused` and `reasons`, returns how many points were kept."""
+        # One batch at a time from "which points are stored?" to the rollups written back:
+        # two threads folding the same new point in would count it twice.
+        with self._rollup_lock:
+            names = self._rollup_names(valid)
+            stored_before = self._stored_keys(valid) if names else set()
+            accepted = self._write_chunks(valid, refused, reasons)
+            if names:
+                # A refused point may have been kept after all (1.x does not always say
+                # which): its buckets are recomputed from what is stored, like a rewrite's.
+                recompute = stored_before | {(p.device_id, p.ts) for p in refused}
+                self._update_rollups(valid, names, recompute)
+        return accepted
+
+    def _write_chunks(self, valid: list[Point], refused: list[Point], reasons: list[str]) -> int:
+        """Write the points' line protocol, chunk by chunk; like _write_with_rollups."""
+        accepted = 0
+        for start in range(0, len(valid), self._chunk_points):
+            kept, failed, reason = self._write_chunk(valid[start : start + self._chunk_points])
+            accepted += kept
+            refused.extend(failed)
+            if reason:
+                reasons.append(reason)
+        return accepted
 
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
         self._prepare()
@@ -253,7 +272,7 @@ class InfluxTimeSeries:
         if not names or not chosen or end_ms <= start_ms or not _storable_tag(device_id):
             return []
         self._prepare()
-        resolution = readable_resolution(start_ms, end_ms, width)
+        resolution = readable_resolution(start_ms, end_ms, width) if self.rollups else None
         if resolution is not None:
             return self._rollup_history(
                 resolution, device_id, names, chosen, start_ms, end_ms, width)
@@ -722,8 +741,9 @@ class InfluxTimeSeries:
 
     def _prepare_retention(self) -> None:
         """Retention policies: the default one's duration set to the raw retention, one
-        policy per rollup level created or altered. Where the credentials may not (2.x/3.x
-        tokens, a 1.x user without admin), what exists stays and rollups go where they can."""
+        policy per rollup level created or altered (with rollups on). Where the credentials
+        may not (2.x/3.x tokens, a 1.x user without admin), what exists stays and rollups go
+        where they can."""
         policies: dict[str, bool] = {}  # name -> is the default
         try:
             [found] = self._query([f"SHOW RETENTION POLICIES ON {_ident(self._database)}"])
@@ -739,6 +759,8 @@ class InfluxTimeSeries:
             if default:
                 self._admin(f"ALTER RETENTION POLICY {_ident(name)} ON "
                             f"{_ident(self._database)} {_rp_durations(self.retention.raw_ms)}")
+        if not self.rollups:
+            return
         for level in RESOLUTIONS:
             policy = f"rollup_{level.name}"
             durations = _rp_durations(self.retention.of(level))

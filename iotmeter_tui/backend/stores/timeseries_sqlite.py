@@ -16,9 +16,12 @@ Schema (chosen by measurement; bench/stores_timeseries.py has the figures):
   minutes and hours, in its transaction; buckets holding a point stored before (a redelivered
   batch) are recomputed from `points` and then `rollup_1m` instead, so a late point updates
   its buckets and a point written twice is counted once. Narrow, because
-  five columns a field would run into SQLite's 2,000-column limit.
+  five columns a field would run into SQLite's 2,000-column limit. Only with rollups on
+  (IOTMETER_ROLLUPS); a store opened with them off writes points and `latest` alone and
+  leaves a row in `rollups_behind`, so the next store opened with them on rolls every point
+  up again (once, at open) before it reads or folds into rollups.
 
-History reads the coarsest rollup whose buckets tile the query's exactly
+History (with rollups on) reads the coarsest rollup whose buckets tile the query's exactly
 (rollups.readable_resolution), else raw points. It walks a per-connection temp table of
 bucket numbers and aggregates each bucket's range through the primary key: no sort of the
 rows, and each field's last value is one backward index probe per bucket. Only the
@@ -115,6 +118,9 @@ CREATE TABLE IF NOT EXISTS rollup_{r.name} (
     PRIMARY KEY (device_id, col, ts)
 ) WITHOUT ROWID;
 """ for r in RESOLUTIONS) + """
+CREATE TABLE IF NOT EXISTS rollups_behind (
+    since INTEGER NOT NULL          -- a row: a store with rollups off opened this file
+);
 CREATE TABLE IF NOT EXISTS retention_horizon (
     level  TEXT PRIMARY KEY,        -- 'raw', '1m': what apply_retention() deleted below
     cutoff INTEGER NOT NULL         -- rows with ts < cutoff may be gone
@@ -126,12 +132,16 @@ class SqliteTimeSeries:
     """The time-series port on one SQLite file; safe across threads and processes.
 
     timeout: seconds a write waits for another writer (busy_timeout) before giving up with
-    StoreUnavailable. retention: how long apply_retention() keeps each resolution."""
+    StoreUnavailable. retention: how long apply_retention() keeps each resolution.
+    rollups: keep rollup_1m/rollup_1h on write and read long windows from them; off, a write
+    stores points and `latest` only and history() reads raw points (IOTMETER_ROLLUPS)."""
 
     def __init__(
-        self, path: str | Path, *, timeout: float = 10.0, retention: Retention | None = None
+        self, path: str | Path, *, timeout: float = 10.0, retention: Retention | None = None,
+        rollups: bool = False,
     ) -> None:
         self._path = Path(path)
+        self.rollups = rollups
         self.retention = retention or Retention()
         self._timeout = timeout
         self._local = threading.local()
@@ -200,7 +210,7 @@ class SqliteTimeSeries:
         width = bucket_width(start_ms, end_ms, max_points)
         if not names or not chosen or end_ms <= start_ms:
             return []
-        resolution = readable_resolution(start_ms, end_ms, width)
+        resolution = readable_resolution(start_ms, end_ms, width) if self.rollups else None
         with self._errors("history"):
             connection = self._connection()
             columns = self._known_columns(connection, names)
@@ -315,10 +325,13 @@ class SqliteTimeSeries:
             ]
             if refused:
                 points = [p for p in points if columns.keys() >= p.fields.keys()]
-            _stage_keys(connection, points)
+            if self.rollups:
+                _stage_keys(connection, points)
             _insert_points(connection, points, columns)
             _upsert_latest(connection, points, columns)
-            _update_rollups(connection, [columns[name] for name in names if name in columns])
+            if self.rollups:
+                _update_rollups(
+                    connection, [columns[name] for name in names if name in columns])
         with self._lock:
             # Only once committed (the ALTERs roll back too), and as a new dict: readers
             # iterate the old one without a lock.
@@ -423,13 +436,22 @@ class SqliteTimeSeries:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
-            if version == 1:
-                # Points written before rollups existed: roll them all up once.
+            if not self.rollups:
+                # Points written from now on are not rolled up: the next store opened with
+                # rollups on rolls everything up again rather than read rollups with holes.
+                if not connection.execute("SELECT 1 FROM rollups_behind").fetchone():
+                    connection.execute("INSERT INTO rollups_behind VALUES (?)",
+                                       (int(time.time() * 1000),))
+            elif version == 1 or connection.execute(
+                    "SELECT 1 FROM rollups_behind").fetchone():
+                # Points written before rollups existed or while they were off: roll them
+                # all up once.
                 columns = dict(connection.execute("SELECT name, col FROM fields").fetchall())
                 for level in RESOLUTIONS:
                     for n in columns.values():
                         connection.execute(
                             _ROLLUP_ALL_SQL[level.name].format(n=n), {"r": level.width_ms})
+                connection.execute("DELETE FROM rollups_behind")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._reload_columns(connection)
         self._schema_ready = True
