@@ -66,6 +66,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "keymap": ["quit", "app.quit", "App.Quit=x", "app.quit=ctrl x", "app.quit=x;fleet sort=o"],
     "metrics_host": ["127.0.0.1:9108", "http://h", "a b", "::1:x"],
     "field_budget": ["0", "-1", "1.5", "many"],
+    "rollups": ["maybe", "2", "enabled"],
+    "retention_raw": ["30", "30m", "0d", "-1d", "1.5d", "never", "30 days"],
+    "retention_1m": ["1y", "d", "inf d"],
+    "retention_1h": ["59m", "3600s"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id",
             "api_jwt_audience", "api_jwt_issuer", "api_jwt_role_claim",
@@ -315,7 +319,8 @@ def test_bad_typed_toml_value(home: Path, tmp_path: Path, key: str, toml_value: 
      ("firmware_base_url", "https://fw.example.net/iotmeter"),
      ("firmware_url_secret", "s" * 32), ("firmware_max_downloads", "1"),
      ("firmware_idle_timeout_s", "0.5"),
-     ("firmware_public_key", "COUZQ+CTjg+Pp26nLk46TqXQccaRXX/2UGDQLxI0UHU=")],
+     ("firmware_public_key", "COUZQ+CTjg+Pp26nLk46TqXQccaRXX/2UGDQLxI0UHU="),
+     ("retention_raw", "1h"), ("retention_1m", "52W"), ("retention_1h", "INF")],
 )
 def test_good_edge_values(home: Path, key: str, good: str) -> None:
     load_settings(env={BY_KEY[key].env: good})

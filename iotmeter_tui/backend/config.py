@@ -231,6 +231,12 @@ def _keymap(text: str) -> dict[str, str]:
                              "separated by commas")
         keymap[binding_id] = ",".join(names)
     return keymap
+def _retention(text: str) -> str:
+    # Imported here: the stores package imports this module at its top.
+    from iotmeter_tui.backend.stores.rollups import parse_retention
+
+    parse_retention(text)
+    return text.strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +394,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("field_budget", _positive(int), 64,
             "Distinct telemetry field names each device type may use (learned since the "
             "collector started); a message bringing more is rejected as field_budget."),
+    # --- rollups and retention ---
+    Setting("rollups", _bool, False,
+            "Keep 1-minute and 1-hour rollups in the time-series store, so long chart windows "
+            "read them; costs about 3x client CPU per point written (off by default)."),
+    Setting("retention_raw", _retention, "inf",
+            "How long raw time-series points are kept: 30d, 12h, 52w or inf (at least 1h)."),
+    Setting("retention_1m", _retention, "inf",
+            "How long 1-minute rollups are kept (like retention_raw)."),
+    Setting("retention_1h", _retention, "inf",
+            "How long 1-hour rollups are kept (like retention_raw)."),
 )
 
 
@@ -456,6 +472,10 @@ class Settings:
     # --- security (collector and operator host) ---
     metrics_host: str
     field_budget: int
+    rollups: bool
+    retention_raw: str
+    retention_1m: str
+    retention_1h: str
 
     @property
     def embedded(self) -> bool:

@@ -16,6 +16,7 @@ from textual.markup import escape
 from textual.widgets import ContentSwitcher, Static
 
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.stores.rollups import aligned_range
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
     from iotmeter_tui.backend.stores.metadata import Alert, Command, Device, SeqState
     from iotmeter_tui.backend.stores.timeseries import Bucket, Latest
 
-WINDOWS_MIN = (1, 5, 15, 60, 360, 1440)
+# Up to a year: windows of hours and more are read from the stores' rollups (aligned_range)
+# when IOTMETER_ROLLUPS is on, else from raw points.
+WINDOWS_MIN = (1, 5, 15, 60, 360, 1440, 10080, 43200, 525600)
 DEFAULT_WINDOW_MIN = 5
 CHART_UNITS = ("V", "A", "kW")
 CHART_TITLES = ("voltage", "current", "power")
@@ -225,7 +228,9 @@ class DeviceScreen(DashboardScreen):
         every_ms = min(60_000, max(1000, window_ms // HISTORY_POINTS // 2))
         due = (self._history_for != self.window_min or self.data.history is None
                or now_ms - self._history_at >= every_ms)
-        span = (now_ms - window_ms, now_ms + 1) if due else None
+        # Aligned so a long window's buckets are whole rollup buckets: the store reads
+        # minutes or hours instead of every raw point (rollups.aligned_range).
+        span = aligned_range(now_ms - window_ms, now_ms + 1, HISTORY_POINTS) if due else None
         data = await self.io(read_device, self.dash.runtime.stores, self.device_id, span)
         for source, error in data.errors.items():
             self.report(source, error)
@@ -324,4 +329,6 @@ class DeviceScreen(DashboardScreen):
 
 
 def _window_label(minutes: int) -> str:
-    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h"
+    if minutes < 60:
+        return f"{minutes}m"
+    return f"{minutes // 60}h" if minutes < 10080 else f"{minutes // 1440}d"

@@ -193,7 +193,9 @@ class ScriptedInflux:
         return f"influxdb://127.0.0.1:{self.server.server_address[1]}/{database}"
 
     def writes(self) -> list[Seen]:
-        return [s for s in self.seen if s.path.startswith("/write")]
+        """Writes of raw points; rollup writes (to a retention policy, `rp=`) are
+        test_timeseries_rollups.py's subject."""
+        return [s for s in self.seen if s.path.startswith("/write") and "rp=" not in s.path]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -222,24 +224,41 @@ def scripted() -> Iterator[Callable[..., ScriptedInflux]]:
 
 def on_write(*answers: tuple[int, dict[str, str], bytes]) -> Callable[[Seen], tuple[
         int, dict[str, str], bytes]]:
-    """Answer writes from `answers` in turn (the last one repeats), everything else ok."""
+    """Answer raw writes from `answers` in turn (the last one repeats), everything else ok."""
     remaining = list(answers)
 
     def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
-        if not request.path.startswith("/write"):
+        if not request.path.startswith("/write") or "rp=" in request.path:
             return ok(request)
         return remaining.pop(0) if len(remaining) > 1 else remaining[0]
 
     return answer
 
 
-def test_the_wire_format(scripted: Callable[..., ScriptedInflux]) -> None:
+@pytest.mark.parametrize("rollups", [False, True])
+def test_the_wire_format(scripted: Callable[..., ScriptedInflux], rollups: bool) -> None:
     server = scripted()
-    store = InfluxTimeSeries(server.url(), TOKEN)
+    store = InfluxTimeSeries(server.url(), TOKEN, rollups=rollups)
     store.write([Point("dev 1,x=y", "power_meter_dc", T0, 7, 12,
                        {"voltage_v": 750, "a b,c=d": -1.5, "tiny": 1e-5})])
-    [create, write] = server.seen
+    # Then retention policies are set up, and (rollups on) after the raw write come the 1 min
+    # and 1 h rollups, in their retention policies (test_timeseries_rollups.py).
+    create = server.seen[0]
     assert urllib.parse.parse_qs(create.body.decode()) == {"q": ['CREATE DATABASE "iot-metrics"']}
+    [write] = server.writes()
+    rollup_writes = [s for s in server.seen if "rp=" in s.path]
+    statements = [urllib.parse.parse_qs(s.body.decode())["q"][0]
+                  for s in server.seen if s.path == "/query"]
+    if rollups:
+        minute, hour = rollup_writes
+        assert minute.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1m"
+        assert hour.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1h"
+        assert any(q.startswith("CREATE RETENTION POLICY") for q in statements)
+    else:
+        # Rollups off: the write as it was before rollups, no lookup of stored points and no
+        # rollup policy; only the database and its retention are prepared.
+        assert rollup_writes == []
+        assert not any(q.startswith(("SELECT", "CREATE RETENTION")) for q in statements)
     assert write.path == "/write?db=iot-metrics&precision=ms"
     assert write.headers["Content-Encoding"] == "gzip"
     assert write.headers["Authorization"] == f"Token {TOKEN}"
@@ -350,6 +369,25 @@ def test_other_4xx_is_rejected_at_once(
     assert len(server.writes()) == 1
     assert "authorization failed" in str(caught.value)
     assert TOKEN not in str(caught.value)
+
+
+def test_a_rollup_write_that_keeps_failing_fails_the_batch(
+    scripted: Callable[..., ScriptedInflux],
+) -> None:
+    """The raw points are stored, their rollups are not: write() raises, so the sink keeps
+    the batch and writes it again (test_timeseries_rollups.py shows the redelivery repairs
+    the rollups)."""
+    def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if "rp=rollup_1m" in request.path:
+            return 503, {}, b'{"error":"overloaded"}'
+        return ok(request)
+
+    server = scripted(answer)
+    store = InfluxTimeSeries(server.url(), retries=1, backoff_s=0.01, rollups=True)
+    with pytest.raises(StoreUnavailable, match="overloaded"):
+        store.write([pt("d", T0, v=1.0)])
+    assert len(server.writes()) == 1
+    assert len([s for s in server.seen if "rp=rollup_1m" in s.path]) == 2
 
 
 def test_refusal_to_create_the_database_is_ignored(

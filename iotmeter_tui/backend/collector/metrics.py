@@ -113,6 +113,10 @@ class CollectorMetrics:
             "iotmeter_alerts_active", "Open (active or acknowledged) alerts", registry=r)
         self.broker_connected = Gauge(
             "iotmeter_broker_connected", "1 while connected to the MQTT broker", registry=r)
+        # --- retention (a thread of its own, off the sinks' path) ------------------------
+        self.retention_deleted = Counter(
+            "iotmeter_retention_deleted", "Time-series rows deleted by retention, by level",
+            ["level"], registry=r)
         # --- health: the stores probed every few seconds (/readyz names the ones down) -----
         self.store_up = Gauge(
             "iotmeter_store_up", "1 when the store answered the last health probe", ["store"],

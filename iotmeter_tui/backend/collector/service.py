@@ -24,6 +24,7 @@ from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS, Delivery, Mqt
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonitor
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
+from iotmeter_tui.backend.collector.retention import RETENTION_INTERVAL_S, RetentionKeeper
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
 from iotmeter_tui.backend.collector.sinks import (
     ArchiveSink,
@@ -68,6 +69,7 @@ class Tuning:
     segment_max_bytes: int = 64 << 20
     sink_max_backoff_s: float = 10.0
     start_retry_s: float = 2.0
+    retention_interval_s: float = RETENTION_INTERVAL_S
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,6 +95,7 @@ class Collector:
         # start() may still be preparing in its own thread when stop() is called.
         self._lifecycle = threading.Lock()
         self._housekeeper: threading.Thread | None = None
+        self.retention: RetentionKeeper | None = None
 
     @property
     def stores(self) -> Stores:
@@ -202,6 +205,9 @@ class Collector:
         self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True,
                                              name="iotmeter-housekeeping")
         self._housekeeper.start()
+        self.retention = RetentionKeeper(self.stores.timeseries, self.metrics,
+                                         self.tuning.retention_interval_s)
+        self.retention.start()
 
     def wait_ready(self, timeout_s: float = 30.0) -> bool:
         """True once the collector is subscribed and taking messages."""
@@ -273,6 +279,8 @@ class Collector:
             self.broker_sys.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.retention is not None:
+            self.retention.stop()
         if self.intake is not None:
             self.intake.stop_reading()
         if self.pipeline is not None:
@@ -295,6 +303,10 @@ class Collector:
         if self.spool is not None and all(not r.is_alive() for r in self.runners):
             self.spool.release([r.cursor for r in self.runners])
             self.spool.close()
+        if self.retention is not None:
+            # A pass in progress ends its current small transaction soon; never close the
+            # store under it.
+            self.retention.join(max(0.1, deadline - time.monotonic()))
         if self._stores is not None:
             self._stores.close()
         log.info("collector stopped", extra={"event": "collector_stopped"})

@@ -11,6 +11,7 @@ from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.stores.archive import ArchiveStore, open_archive
 from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.backend.stores.rollups import Retention, parse_retention
 from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore, open_timeseries
 
 __all__ = ["Stores", "open_stores", "redact"]
@@ -31,11 +32,21 @@ class Stores:
             store.close()
 
 
+def retention(settings: Settings) -> Retention:
+    """The time-series retention the settings ask for (validated when they were loaded)."""
+    return Retention(
+        raw_ms=parse_retention(settings.retention_raw),
+        minute_ms=parse_retention(settings.retention_1m),
+        hour_ms=parse_retention(settings.retention_1h),
+    )
+
+
 def open_stores(settings: Settings) -> Stores:
     """Open (and prepare: migrations, database, bucket) the three stores."""
     metadata = open_metadata(settings.db_url)
     try:
-        timeseries = open_timeseries(settings.tsdb_url, settings.influx_token)
+        timeseries = open_timeseries(settings.tsdb_url, settings.influx_token,
+                                     retention=retention(settings), rollups=settings.rollups)
         archive = open_archive(
             settings.archive_url,
             s3_endpoint=settings.s3_endpoint,

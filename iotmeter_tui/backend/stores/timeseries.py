@@ -20,6 +20,7 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
+from iotmeter_tui.backend.stores.rollups import Retention
 
 MEASUREMENT = "iot_telemetry"
 DEFAULT_DATABASE = "iot-metrics"
@@ -97,6 +98,10 @@ class TimeSeriesStore(Protocol):
     ) -> list[Point]:
         """Every stored point of one device in time order (audits and tests). A point without
         boot and seq (another writer's, or one half-visible while it is written) is left out."""
+
+    def apply_retention(self, now_ms: int | None = None) -> dict[str, int]:
+        """Delete what is older than each resolution keeps (rollups.Retention): rows deleted
+        per level ("raw", "1m", "1h"). Slow on a big backlog: run it off the hot path."""
 
     def check(self) -> None:
         """Raise StoreError when the store cannot be reached or used."""
@@ -186,24 +191,29 @@ def bucket_width(start_ms: int, end_ms: int, max_points: int) -> int:
     return max(1, -(-(end_ms - start_ms) // max_points))
 
 
-def open_timeseries(url: str, token: str | None = None) -> TimeSeriesStore:
+def open_timeseries(
+    url: str, token: str | None = None, *, retention: Retention | None = None,
+    rollups: bool = False,
+) -> TimeSeriesStore:
     """The adapter for a time-series URL: influxdb://host:port/db (influxdbs:// for TLS; the
     token as in InfluxTimeSeries) or sqlite:///path (config.local_path). Nothing is contacted
-    here: the database is prepared on first use. Raises StoreRejected on a URL no adapter
-    serves."""
+    here: the database is prepared on first use. `retention`: how long each resolution is
+    kept (rollups.Retention; unset keeps everything). `rollups`: keep 1-minute and 1-hour
+    rollups on write and read long windows from them (IOTMETER_ROLLUPS). Raises StoreRejected
+    on a URL no adapter serves."""
     # Imported here because both adapters import this module (the port and its rules).
     from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
     from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
 
     scheme = urlsplit(url).scheme
     if scheme in ("influxdb", "influxdbs"):
-        return InfluxTimeSeries(url, token)
+        return InfluxTimeSeries(url, token, retention=retention, rollups=rollups)
     if scheme == "sqlite":
         try:
             path = local_path(url)
         except ValueError as exc:
             raise StoreRejected("timeseries", str(exc)) from None
-        return SqliteTimeSeries(path)
+        return SqliteTimeSeries(path, retention=retention, rollups=rollups)
     raise StoreRejected(
         "timeseries", f"unsupported time-series URL scheme in {url!r}; use influxdb:// or sqlite://"
     )

@@ -15,6 +15,20 @@ tag-scoped and fast; for a whole fleet it is one pair of `GROUP BY device_id` st
 which 1.6 answers in about 0.2 ms per device. `history()` costs one pass over the range's
 points per field and aggregate (no two calls share a scan, whatever the statement's shape),
 about 15 ms for a day at 1 s: hence only the aggregates asked for are selected.
+
+Rollups (rollups.py), kept by write() itself: one query finds which of the batch's points
+are stored already; after the raw write, the new points are folded into the stored rows of
+`iot_telemetry_1m` and `iot_telemetry_1h` (fields `<field>_min|_max|_sum|_count|_last|_lt`:
+read, merged, written back as line protocol), and the buckets of points stored before are
+recomputed from the level below, so redelivery counts nothing twice. Not continuous
+queries: InfluxDB 2.x and 3.x serve the v1 API without them, and a CQ never revisits a
+bucket once its interval has passed, so late data would be missed. Each rollup level lives
+in its own retention policy (`rollup_1m`, `rollup_1h`) where the credentials may create one
+(1.x); where they may not (2.x/3.x tokens) rollups go to the database's default policy, and
+the bucket's retention applies. A rollup point is keyed by series and bucket time, so
+writing it again is idempotent. All of this only with rollups on (IOTMETER_ROLLUPS): off, a
+write is the raw line protocol alone, history() reads raw points and no rollup policy is
+created. Points written while rollups were off are not rolled up later (see docs).
 """
 
 from __future__ import annotations
@@ -47,6 +61,16 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
+from iotmeter_tui.backend.stores.rollups import (
+    HOUR_MS,
+    ONE_MINUTE,
+    RESOLUTIONS,
+    Resolution,
+    Retention,
+    bucket_runs,
+    readable_resolution,
+    touched_buckets,
+)
 from iotmeter_tui.backend.stores.timeseries import (
     AGGREGATES,
     DEFAULT_DATABASE,
@@ -78,6 +102,11 @@ _CACHE_LIMIT: Final = 100_000
 # The line caches are bounded by their text too: a template holds every field name of a
 # message (up to 64 of 128 characters each), so entries alone allowed gigabytes.
 _CACHE_BYTES: Final = 16 << 20
+# Rollup fields per telemetry field; mean is read back as sum / count.
+# `lt` is the ts of the point `last` came from: merging a late point needs it.
+ROLLUP_PARTS: Final = ("min", "max", "sum", "count", "last", "lt")
+# Statements per /query request when recomputing rollups.
+ROLLUP_STATEMENTS: Final = 50
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +146,8 @@ class InfluxTimeSeries:
         chunk_points: int = CHUNK_POINTS,
         gzip_level: int = 1,
         ssl_context: ssl.SSLContext | None = None,
+        retention: Retention | None = None,
+        rollups: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("influxdb", "influxdbs") or not parts.hostname:
@@ -145,6 +176,12 @@ class InfluxTimeSeries:
         self._lock = threading.Lock()  # guards _connections
         self._prepare_lock = threading.Lock()
         self._prepared = False
+        self.retention = retention or Retention()
+        self.rollups = rollups  # keep and read rollups (IOTMETER_ROLLUPS)
+        # Retention policy of each rollup level; None: the database's default one.
+        self._rollup_rp: dict[str, str | None] = {r.name: None for r in RESOLUTIONS}
+        self._rollable: set[str] = set()  # float fields of the measurement, as last seen
+        self._rollup_lock = threading.Lock()
         # Line-protocol prefixes per (device_id, device_type), and %-templates for the rest
         # per tuple of field names: a fleet repeats a few thousand of each, and building
         # lines is most of the client's cost of a write.
@@ -168,14 +205,10 @@ class InfluxTimeSeries:
             else:
                 refused.append(point)
                 reasons.append(problem)
-        accepted = 0
-        for start in range(0, len(valid), self._chunk_points):
-            chunk = valid[start : start + self._chunk_points]
-            kept, failed, reason = self._write_chunk(chunk)
-            accepted += kept
-            refused.extend(failed)
-            if reason:
-                reasons.append(reason)
+        if self.rollups:
+            accepted = self._write_with_rollups(valid, refused, reasons)
+        else:
+            accepted = self._write_chunks(valid, refused, reasons)
         if refused:
             raise PartialWriteError(
                 STORE,
@@ -183,6 +216,35 @@ class InfluxTimeSeries:
                 failed=list(refused),
                 accepted=accepted,
             )
+
+    def _write_with_rollups(
+        self, valid: list[Point], refused: list[Point], reasons: list[str]
+    ) -> int:
+        """Write the points and bring their rollups up to date; adds what was refused (and
+        why) to `refused` and `reasons`, returns how many points were kept."""
+        # One batch at a time from "which points are stored?" to the rollups written back:
+        # two threads folding the same new point in would count it twice.
+        with self._rollup_lock:
+            names = self._rollup_names(valid)
+            stored_before = self._stored_keys(valid) if names else set()
+            accepted = self._write_chunks(valid, refused, reasons)
+            if names:
+                # A refused point may have been kept after all (1.x does not always say
+                # which): its buckets are recomputed from what is stored, like a rewrite's.
+                recompute = stored_before | {(p.device_id, p.ts) for p in refused}
+                self._update_rollups(valid, names, recompute)
+        return accepted
+
+    def _write_chunks(self, valid: list[Point], refused: list[Point], reasons: list[str]) -> int:
+        """Write the points' line protocol, chunk by chunk; like _write_with_rollups."""
+        accepted = 0
+        for start in range(0, len(valid), self._chunk_points):
+            kept, failed, reason = self._write_chunk(valid[start : start + self._chunk_points])
+            accepted += kept
+            refused.extend(failed)
+            if reason:
+                reasons.append(reason)
+        return accepted
 
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
         self._prepare()
@@ -215,6 +277,10 @@ class InfluxTimeSeries:
         if not names or not chosen or end_ms <= start_ms or not _storable_tag(device_id):
             return []
         self._prepare()
+        resolution = readable_resolution(start_ms, end_ms, width) if self.rollups else None
+        if resolution is not None:
+            return self._rollup_history(
+                resolution, device_id, names, chosen, start_ms, end_ms, width)
         selected = ", ".join(
             f'{aggregate}({_ident(name)}) AS "{aggregate}{i}"'
             for i, name in enumerate(names)
@@ -292,6 +358,12 @@ class InfluxTimeSeries:
         points.sort(key=lambda point: point.ts)
         return points
 
+    def apply_retention(self, now_ms: int | None = None) -> dict[str, int]:
+        """Nothing to do here: the retention policies set up on first use make InfluxDB
+        drop expired shard groups itself."""
+        self._prepare()
+        return {}
+
     def check(self) -> None:
         self._prepare()
         self._query(["SHOW MEASUREMENTS LIMIT 1"])
@@ -368,6 +440,229 @@ class InfluxTimeSeries:
         self._templates[names] = template
         self._cached_chars += 2 * len(template)
         return template
+
+    # --- rollups ----------------------------------------------------------------------------
+
+    def _rollup_source(self, level: Resolution | None) -> str:
+        """The FROM target of a level: raw points, or a rollup measurement in its policy."""
+        if level is None:
+            return _ident(MEASUREMENT)
+        measurement = _ident(f"{MEASUREMENT}_{level.name}")
+        policy = self._rollup_rp[level.name]
+        return f"{_ident(policy)}.{measurement}" if policy else measurement
+
+    def _rollup_names(self, points: list[Point]) -> list[str]:
+        """The batch's fields that rollups can hold: floats in the measurement (another
+        writer may have made one a string, which cannot be summed)."""
+        names = set().union(*(p.fields for p in points))
+        if not self._rollable.issuperset(names):
+            [keys] = self._query([f"SHOW FIELD KEYS FROM {_ident(MEASUREMENT)}"])
+            kinds = {str(name): kind for series in keys for name, kind in series.values}
+            # A name not stored yet will be a float: this adapter writes nothing else.
+            self._rollable = {n for n, kind in kinds.items() if kind == "float"} | {
+                n for n in names if n not in kinds}
+        return sorted(names & self._rollable)
+
+    def _stored_keys(self, points: list[Point]) -> set[tuple[str, int]]:
+        """(device_id, ts) of the points that are stored already (a redelivered batch, a
+        rewritten point): their buckets are recomputed, not added to. One query over the
+        seconds the batch covers, which for a live batch hold little beyond the batch."""
+        seconds = sorted({p.ts - p.ts % 1000 for p in points})
+        devices = sorted({p.device_id for p in points})
+        wanted = {(p.device_id, p.ts) for p in points}
+        found: set[tuple[str, int]] = set()
+        for device_id, ts, _record in self._select(None, bucket_runs(seconds, 1000), devices,
+                                                   '"seq", "device_id"'):
+            if (device_id, ts) in wanted:
+                found.add((device_id, ts))
+        return found
+
+    def _select(
+        self, level: Resolution | None, runs: list[tuple[int, int]], devices: list[str],
+        columns: str = "*",
+    ) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """(device_id, time, record) of every row of a level in the time runs, for the given
+        devices (a filter only when they are few: a long OR chain plans slowly). Not grouped
+        by device: the tag comes as a column of one series, which InfluxDB answers many
+        times faster than a series per device."""
+        scope = ""
+        if len(devices) <= IDS_PER_STATEMENT:
+            scope = " AND (" + " OR ".join(f'"device_id" = {_literal(d)}' for d in devices) + ")"
+        statements = [
+            f"SELECT {columns} FROM {self._rollup_source(level)} WHERE "
+            f"{_time_range(start, end)}{scope}"
+            for start, end in runs
+        ]
+        for i in range(0, len(statements), ROLLUP_STATEMENTS):
+            for result in self._query(statements[i : i + ROLLUP_STATEMENTS], chunked=True):
+                for series in result:
+                    for row in series.values:
+                        record = dict(zip(series.columns, row, strict=True))
+                        yield str(record.get("device_id")), int(row[0]), record
+
+    def _update_rollups(
+        self, points: list[Point], names: list[str], recompute: set[tuple[str, int]]
+    ) -> None:
+        """Bring the 1 min and 1 h buckets of the batch up to date. New points are folded
+        into the stored rollups (read, merged, written back); buckets holding a point that
+        was stored before are recomputed from the level below instead, so a redelivered
+        point counts once. Raises StoreUnavailable like write(): the sink retries the batch."""
+        now = int(time.time() * 1000)
+        wanted = set(names)
+        # Per (device, minute): field -> [min, max, sum, count, last, lt] of the new points.
+        deltas: dict[tuple[str, int], dict[str, list[float]]] = {}
+        if len({(p.device_id, p.ts) for p in points}) < len(points):
+            recompute = recompute | _repeated_keys(points)
+        for p in points:
+            if recompute and (p.device_id, p.ts) in recompute:
+                continue
+            minute = deltas.setdefault((p.device_id, p.ts - p.ts % ONE_MINUTE.width_ms), {})
+            for name, value in p.fields.items():
+                if name in wanted:
+                    _fold(minute, name, [value, value, value, 1, value, p.ts])
+        redo = touched_buckets(recompute, ONE_MINUTE.width_ms,
+                               self.retention.recompute_floor(ONE_MINUTE, now))
+        below: Resolution | None = None
+        for level in RESOLUTIONS:
+            rows = self._merged(level, deltas, redo, names, below)
+            self._write_rollups(level, rows)
+            if level is RESOLUTIONS[-1]:
+                return
+            # The next level: the same deltas by hour, and the hours of recomputed minutes.
+            width = RESOLUTIONS[-1].width_ms
+            hourly: dict[tuple[str, int], dict[str, list[float]]] = {}
+            for (device_id, bucket), fields in deltas.items():
+                target = hourly.setdefault((device_id, bucket - bucket % width), {})
+                for name, acc in fields.items():
+                    _fold(target, name, acc)
+            deltas = hourly
+            redo = touched_buckets(
+                [(d, b) for d, buckets in redo.items() for b in buckets], width,
+                self.retention.recompute_floor(RESOLUTIONS[-1], now))
+            below = level
+
+    def _merged(
+        self, level: Resolution, deltas: dict[tuple[str, int], dict[str, list[float]]],
+        redo: dict[str, list[int]], names: list[str], below: Resolution | None,
+    ) -> dict[tuple[str, int], dict[str, list[float]]]:
+        """The rows of `level` to write: stored rows with the deltas folded in, and the
+        buckets in `redo` recomputed from `below` (raw points when None)."""
+        redo_keys = {(d, b) for d, buckets in redo.items() for b in buckets}
+        rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+        # Only the batch's fields: a mixed fleet's other fields would come back as nulls.
+        parts = ", ".join(_ident(f"{name}_{part}") for name in names for part in ROLLUP_PARTS)
+        wanted = f'{parts}, "device_id"'
+
+        merge = {key: fields for key, fields in deltas.items() if key not in redo_keys}
+        if merge:
+            stored = self._select(level, bucket_runs(sorted({b for _, b in merge}),
+                                                     level.width_ms),
+                                  sorted({d for d, _ in merge}), wanted)
+            for device_id, bucket, record in stored:
+                key = (device_id, bucket)
+                if key in merge:
+                    rows[key] = _rollup_fields(record, names)
+            for key, fields in merge.items():
+                row = rows.setdefault(key, {})
+                for name, acc in fields.items():
+                    _fold(row, name, acc)
+        if redo_keys:
+            width = level.width_ms
+            below_columns = wanted if below is not None else ", ".join(
+                _ident(name) for name in names) + ', "device_id"'
+            source = self._select(below, bucket_runs(sorted({b for _, b in redo_keys}), width),
+                                  sorted(redo), below_columns)
+            for device_id, ts, record in source:
+                key = (device_id, ts - ts % width)
+                if key not in redo_keys:
+                    continue
+                row = rows.setdefault(key, {})
+                if below is None:
+                    for name in names:
+                        value = record.get(name)
+                        if isinstance(value, (float, int)) and not isinstance(value, bool):
+                            v = float(value)
+                            _fold(row, name, [v, v, v, 1, v, ts])
+                else:
+                    for name, acc in _rollup_fields(record, names).items():
+                        _fold(row, name, acc)
+        return rows
+
+    def _write_rollups(
+        self, level: Resolution, rows: dict[tuple[str, int], dict[str, list[float]]]
+    ) -> None:
+        measurement = f"{MEASUREMENT}_{level.name}"
+        lines = [
+            f"{measurement},device_id={_escape(device_id)} "
+            + ",".join(f"{_escape(f'{name}_{part}')}={float(value)!r}"
+                       for name, acc in fields.items()
+                       for part, value in zip(ROLLUP_PARTS, acc, strict=True))
+            + f" {bucket}"
+            for (device_id, bucket), fields in rows.items() if fields
+        ]
+        if not lines:
+            return
+        params = {"db": self._database, "precision": "ms"}
+        policy = self._rollup_rp[level.name]
+        if policy:
+            params["rp"] = policy
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip",
+                   **self._auth}
+        for start in range(0, len(lines), self._chunk_points):
+            body = gzip.compress("\n".join(lines[start : start + self._chunk_points]).encode(),
+                                 compresslevel=self._gzip_level)
+            reply = self._request("POST", "/write?" + urlencode(params), body, headers)
+            if reply.status in (200, 204):
+                continue
+            if reply.status == 400 and b"beyond retention" in reply.body:
+                continue  # a bucket older than its level keeps: nothing to keep it in
+            raise self._refusal(f"rollup {level.name} write", reply)
+
+    def _rollup_history(
+        self, level: Resolution, device_id: str, names: list[str], chosen: Sequence[str],
+        start_ms: int, end_ms: int, width: int,
+    ) -> list[Bucket]:
+        """history() from a rollup level whose buckets tile the query's: min of mins, max of
+        maxes, last of lasts, mean as sum of sums over sum of counts."""
+        wanted: list[tuple[str, str]] = []  # (field, part)
+        for name in names:
+            for aggregate in chosen:
+                wanted += [(name, "sum"), (name, "count")] if aggregate == "mean" else [
+                    (name, aggregate)]
+        fold = {"min": "min", "max": "max", "sum": "sum", "count": "sum", "last": "last"}
+        selected = ", ".join(
+            f'{fold[part]}({_ident(f"{name}_{part}")}) AS "a{i}"'
+            for i, (name, part) in enumerate(wanted)
+        )
+        statement = (
+            f"SELECT {selected} FROM {self._rollup_source(level)} "
+            f'WHERE "device_id" = {_literal(device_id)} AND {_time_range(start_ms, end_ms)} '
+            f"GROUP BY time({width}ms, {start_ms % width}ms) fill(none)"
+        )
+        buckets: list[Bucket] = []
+        for series in self._query([statement])[0]:
+            for row in series.values:
+                got: dict[tuple[str, str], float] = {}
+                for (name, part), value in zip(wanted, row[1:], strict=True):
+                    if value is not None:
+                        got[(name, part)] = float(value)
+                values: dict[str, dict[str, float]] = {}
+                for name in names:
+                    field: dict[str, float] = {}
+                    for aggregate in chosen:
+                        if aggregate == "mean":
+                            count = got.get((name, "count"))
+                            total = got.get((name, "sum"))
+                            if count and total is not None:
+                                field["mean"] = total / count
+                        elif (name, aggregate) in got:
+                            field[aggregate] = got[(name, aggregate)]
+                    if len(field) == len(chosen):
+                        values[name] = field
+                if values:
+                    buckets.append(Bucket(int(row[0]), values))
+        buckets.sort(key=lambda bucket: bucket.ts)
+        return buckets
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -453,7 +748,53 @@ class InfluxTimeSeries:
                     "influxdb: CREATE DATABASE %s not done (%s: %s); assuming it exists",
                     self._database, reply.status, _error_text(reply.body),
                 )
+            self._prepare_retention()
             self._prepared = True
+
+    def _prepare_retention(self) -> None:
+        """Retention policies: the default one's duration set to the raw retention, one
+        policy per rollup level created or altered (with rollups on). Where the credentials
+        may not (2.x/3.x tokens, a 1.x user without admin), what exists stays and rollups go
+        where they can."""
+        policies: dict[str, bool] = {}  # name -> is the default
+        try:
+            [found] = self._query([f"SHOW RETENTION POLICIES ON {_ident(self._database)}"])
+            for series in found:
+                at = {c: i for i, c in enumerate(series.columns)}
+                for row in series.values:
+                    policies[str(row[at["name"]])] = bool(row[at["default"]])
+        except (StoreRejected, KeyError) as exc:
+            log.info("influxdb: no retention policies on %s (%s); rollups go to the default "
+                     "one", self._database, exc)
+            return
+        for name, default in policies.items():
+            if default:
+                self._admin(f"ALTER RETENTION POLICY {_ident(name)} ON "
+                            f"{_ident(self._database)} {_rp_durations(self.retention.raw_ms)}")
+        if not self.rollups:
+            return
+        for level in RESOLUTIONS:
+            policy = f"rollup_{level.name}"
+            durations = _rp_durations(self.retention.of(level))
+            if policy in policies:
+                self._admin(f"ALTER RETENTION POLICY {_ident(policy)} ON "
+                            f"{_ident(self._database)} {durations}")
+                self._rollup_rp[level.name] = policy
+            elif self._admin(f"CREATE RETENTION POLICY {_ident(policy)} ON "
+                             f"{_ident(self._database)} {durations}"):
+                self._rollup_rp[level.name] = policy
+
+    def _admin(self, statement: str) -> bool:
+        """Run a statement that needs rights the credentials may lack; False (logged) when
+        it was refused."""
+        body = urlencode({"q": statement}).encode()
+        reply = self._request("POST", "/query", body, {
+            "Content-Type": "application/x-www-form-urlencoded", **self._auth})
+        if reply.status != 200 or b'"error"' in reply.body:
+            log.info("influxdb: %s not done (%s: %s)", statement, reply.status,
+                     _error_text(reply.body))
+            return False
+        return True
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -576,6 +917,53 @@ def _storable_tag(value: object) -> bool:
     """Whether a point could carry this tag value: any other can match nothing, so the query
     need not run (and a control character never reaches InfluxQL)."""
     return tag_problem("device_id", value) is None
+
+
+def _fold(row: dict[str, list[float]], name: str, acc: list[float]) -> None:
+    """Fold one [min, max, sum, count, last, lt] into a row's field, in place."""
+    have = row.get(name)
+    if have is None:
+        row[name] = list(acc)
+        return
+    if acc[0] < have[0]:
+        have[0] = acc[0]
+    if acc[1] > have[1]:
+        have[1] = acc[1]
+    have[2] += acc[2]
+    have[3] += acc[3]
+    if acc[5] >= have[5]:
+        have[4], have[5] = acc[4], acc[5]
+
+
+def _rollup_fields(record: dict[str, Any], names: list[str]) -> dict[str, list[float]]:
+    """A stored rollup row's [min, max, sum, count, last, lt] per field of `names`."""
+    fields: dict[str, list[float]] = {}
+    for name in names:
+        found = [record.get(f"{name}_{part}") for part in ROLLUP_PARTS]
+        if None not in found:
+            fields[name] = [float(v) for v in found]  # type: ignore[arg-type]
+    return fields
+
+
+def _repeated_keys(points: list[Point]) -> set[tuple[str, int]]:
+    """Keys that occur more than once in a batch: the store keeps one merged point, so
+    their buckets are recomputed from it."""
+    seen: set[tuple[str, int]] = set()
+    repeated: set[tuple[str, int]] = set()
+    for p in points:
+        key = (p.device_id, p.ts)
+        (repeated if key in seen else seen).add(key)
+    return repeated
+
+
+def _rp_durations(kept_ms: int | None) -> str:
+    """DURATION, REPLICATION and SHARD DURATION of a retention policy keeping `kept_ms` (None:
+    for ever), shard groups sized as InfluxDB's own defaults would be."""
+    if kept_ms is None:
+        return "DURATION INF REPLICATION 1 SHARD DURATION 168h"
+    hours = kept_ms // HOUR_MS
+    shard = 1 if hours <= 48 else 24 if hours <= 180 * 24 else 168
+    return f"DURATION {hours}h REPLICATION 1 SHARD DURATION {shard}h"
 
 
 def _time_range(start_ms: int | None, end_ms: int | None) -> str:

@@ -11,10 +11,21 @@ Schema (chosen by measurement; bench/stores_timeseries.py has the figures):
 - `latest`: one row per device, upserted on write with each field's last value `f<n>` and its
   time `t<n>`, so the fleet view reads one row per device and a late, older point never
   hides a newer value.
+- `rollup_1m`, `rollup_1h`: one narrow row per (device_id, field column, bucket start) with
+  min, max, sum, count and last (rollups.py). Each write folds its new points into their
+  minutes and hours, in its transaction; buckets holding a point stored before (a redelivered
+  batch) are recomputed from `points` and then `rollup_1m` instead, so a late point updates
+  its buckets and a point written twice is counted once. Narrow, because
+  five columns a field would run into SQLite's 2,000-column limit. Only with rollups on
+  (IOTMETER_ROLLUPS); a store opened with them off writes points and `latest` alone and
+  leaves a row in `rollups_behind`, so the next store opened with them on rolls every point
+  up again (once, at open) before it reads or folds into rollups.
 
-History walks a per-connection temp table of bucket numbers and aggregates each bucket's
-range through the primary key: no sort of the rows, and each field's last value is one
-backward index probe per bucket. Only the aggregates asked for are computed.
+History (with rollups on) reads the coarsest rollup whose buckets tile the query's exactly
+(rollups.readable_resolution), else raw points. It walks a per-connection temp table of
+bucket numbers and aggregates each bucket's range through the primary key: no sort of the
+rows, and each field's last value is one backward index probe per bucket. Only the
+aggregates asked for are computed.
 
 WAL mode lets readers run beside the one writer; writes start with BEGIN IMMEDIATE so they
 wait (busy_timeout) for the write lock up front instead of failing half-way;
@@ -27,6 +38,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -37,6 +49,14 @@ from iotmeter_tui.backend.errors import (
     StoreError,
     StoreRejected,
     StoreUnavailable,
+)
+from iotmeter_tui.backend.stores.rollups import (
+    ONE_MINUTE,
+    RESOLUTIONS,
+    Resolution,
+    Retention,
+    readable_resolution,
+    touched_buckets,
 )
 from iotmeter_tui.backend.stores.sqlite_wal import switch_to_wal
 from iotmeter_tui.backend.stores.timeseries import (
@@ -52,7 +72,9 @@ from iotmeter_tui.backend.stores.timeseries import (
 )
 
 STORE: Final = "sqlite"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# Rows a retention pass deletes per transaction: the collector's writes wait for no longer.
+RETENTION_BATCH_ROWS: Final = 5_000
 # `latest` carries two columns per field; SQLite allows 2,000 columns a table.
 MAX_FIELDS: Final = 900
 
@@ -85,6 +107,24 @@ CREATE TABLE IF NOT EXISTS latest (
     device_type TEXT NOT NULL,      -- of the device's newest point
     ts          INTEGER NOT NULL    -- of the device's newest point
 ) WITHOUT ROWID;
+""" + "".join(f"""
+CREATE TABLE IF NOT EXISTS rollup_{r.name} (
+    device_id TEXT NOT NULL,
+    col       INTEGER NOT NULL,     -- fields.col
+    ts        INTEGER NOT NULL,     -- bucket start, a multiple of {r.width_ms} ms
+    mn REAL NOT NULL, mx REAL NOT NULL, sm REAL NOT NULL, ct INTEGER NOT NULL,
+    la REAL NOT NULL,               -- value of the bucket's newest point with this field
+    lt INTEGER NOT NULL,            -- and that point's ts
+    PRIMARY KEY (device_id, col, ts)
+) WITHOUT ROWID;
+""" for r in RESOLUTIONS) + """
+CREATE TABLE IF NOT EXISTS rollups_behind (
+    since INTEGER NOT NULL          -- a row: a store with rollups off opened this file
+);
+CREATE TABLE IF NOT EXISTS retention_horizon (
+    level  TEXT PRIMARY KEY,        -- 'raw', '1m': what apply_retention() deleted below
+    cutoff INTEGER NOT NULL         -- rows with ts < cutoff may be gone
+) WITHOUT ROWID;
 """
 
 
@@ -92,10 +132,17 @@ class SqliteTimeSeries:
     """The time-series port on one SQLite file; safe across threads and processes.
 
     timeout: seconds a write waits for another writer (busy_timeout) before giving up with
-    StoreUnavailable."""
+    StoreUnavailable. retention: how long apply_retention() keeps each resolution.
+    rollups: keep rollup_1m/rollup_1h on write and read long windows from them; off, a write
+    stores points and `latest` only and history() reads raw points (IOTMETER_ROLLUPS)."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str | Path, *, timeout: float = 10.0, retention: Retention | None = None,
+        rollups: bool = False,
+    ) -> None:
         self._path = Path(path)
+        self.rollups = rollups
+        self.retention = retention or Retention()
         self._timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the connection list and replacing _columns
@@ -163,11 +210,16 @@ class SqliteTimeSeries:
         width = bucket_width(start_ms, end_ms, max_points)
         if not names or not chosen or end_ms <= start_ms:
             return []
+        resolution = readable_resolution(start_ms, end_ms, width) if self.rollups else None
         with self._errors("history"):
             connection = self._connection()
             columns = self._known_columns(connection, names)
             if not columns:
                 return []
+            if resolution is not None:
+                return _rollup_history(
+                    connection, resolution, device_id, columns, chosen, start_ms, end_ms, width
+                )
             count = -(-(end_ms - start_ms) // width)
             self._ensure_slots(connection, count)
             rows = connection.execute(
@@ -209,6 +261,43 @@ class SqliteTimeSeries:
                 for row in cursor
             ]
 
+    def apply_retention(self, now_ms: int | None = None) -> dict[str, int]:
+        """Delete what is older than each resolution's retention, RETENTION_BATCH_ROWS rows a
+        transaction so the collector's writes never wait long: rows deleted per level
+        ("raw", "1m", "1h"). Run it off the hot path (collector.retention does)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        deleted: dict[str, int] = {}
+        with self._errors("retention"):
+            connection = self._connection()
+            devices = [d for (d,) in connection.execute("SELECT device_id FROM latest")]
+            for level in (None, *RESOLUTIONS):
+                kept = self.retention.of(level)
+                name = "raw" if level is None else level.name
+                deleted[name] = 0
+                if kept is None:
+                    continue
+                table, key = ("points", "ts") if level is None else (
+                    f"rollup_{level.name}", "col, ts")
+                with self._transaction(connection):
+                    # First: from now on, buckets that reach below the cutoff are final.
+                    connection.execute(
+                        "INSERT INTO retention_horizon (level, cutoff) VALUES (?, ?)"
+                        " ON CONFLICT (level) DO UPDATE SET"
+                        " cutoff = max(cutoff, excluded.cutoff)", (name, now - kept))
+                statement = (
+                    f"DELETE FROM {table} WHERE device_id = :d AND ({key}) IN"
+                    f" (SELECT {key} FROM {table} WHERE device_id = :d AND ts < :c LIMIT :n)"
+                )
+                for device_id in devices:
+                    while True:
+                        with self._transaction(connection):
+                            cursor = connection.execute(statement, {
+                                "d": device_id, "c": now - kept, "n": RETENTION_BATCH_ROWS})
+                        deleted[name] += cursor.rowcount
+                        if cursor.rowcount < RETENTION_BATCH_ROWS:
+                            break
+        return deleted
+
     def check(self) -> None:
         with self._errors("check"):
             self._connection().execute("SELECT count(*) FROM fields").fetchone()
@@ -236,8 +325,13 @@ class SqliteTimeSeries:
             ]
             if refused:
                 points = [p for p in points if columns.keys() >= p.fields.keys()]
+            if self.rollups:
+                _stage_keys(connection, points)
             _insert_points(connection, points, columns)
             _upsert_latest(connection, points, columns)
+            if self.rollups:
+                _update_rollups(
+                    connection, [columns[name] for name in names if name in columns])
         with self._lock:
             # Only once committed (the ALTERs roll back too), and as a new dict: readers
             # iterate the old one without a lock.
@@ -342,6 +436,22 @@ class SqliteTimeSeries:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
+            if not self.rollups:
+                # Points written from now on are not rolled up: the next store opened with
+                # rollups on rolls everything up again rather than read rollups with holes.
+                if not connection.execute("SELECT 1 FROM rollups_behind").fetchone():
+                    connection.execute("INSERT INTO rollups_behind VALUES (?)",
+                                       (int(time.time() * 1000),))
+            elif version == 1 or connection.execute(
+                    "SELECT 1 FROM rollups_behind").fetchone():
+                # Points written before rollups existed or while they were off: roll them
+                # all up once.
+                columns = dict(connection.execute("SELECT name, col FROM fields").fetchall())
+                for level in RESOLUTIONS:
+                    for n in columns.values():
+                        connection.execute(
+                            _ROLLUP_ALL_SQL[level.name].format(n=n), {"r": level.width_ms})
+                connection.execute("DELETE FROM rollups_behind")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._reload_columns(connection)
         self._schema_ready = True
@@ -471,3 +581,146 @@ def _bucket(
         if found[0] is not None:
             values[name] = dict(zip(aggregates, found, strict=True))
     return Bucket(start_ms + row[0] * width, values) if values else None
+
+
+# --- rollups ----------------------------------------------------------------------------------
+
+
+def _rollup_sql(level: Resolution, *, touched: bool) -> str:
+    """Recompute rollup_<level> rows of field column {n} (formatted in) from the level below:
+    the buckets listed in temp.rollup_touched, or (touched=False) every bucket. Parameter :r
+    is the level's width. A bucket without a value of the field gets no row."""
+    if level is ONE_MINUTE:
+        source, value, last, key = "points", "p.f{n}", "f{n}", ""
+        aggregates = f"min({value}), max({value}), sum({value}), count({value}), max(p.ts)"
+    else:
+        source, value, last, key = "rollup_1m", "p.mn", "la", " AND p.col = {n}"
+        aggregates = "min(p.mn), max(p.mx), sum(p.sm), sum(p.ct), max(p.lt)"
+    if touched:
+        rows = (
+            f"FROM temp.rollup_touched t JOIN {source} p ON p.device_id = t.d{key}"
+            f" AND p.ts >= t.b AND p.ts < t.b + :r WHERE {value} IS NOT NULL GROUP BY t.d, t.b"
+        )
+        group = "t.d, t.b"
+    else:
+        rows = f"FROM {source} p WHERE {value} IS NOT NULL{key} GROUP BY 1, 2"
+        group = "p.device_id, p.ts - p.ts % :r"
+    # The newest row below gives `last`: for points its ts is lt; for rollup_1m rows it is
+    # the row with the greatest bucket start (lt grows with it).
+    col = " AND col = {n}" if level is not ONE_MINUTE else ""
+    return (
+        f"WITH g (d, b, mn, mx, sm, ct, lt, k) AS (SELECT {group}, {aggregates}, max(p.ts)"
+        f" {rows}) INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
+        f" SELECT d, {{n}}, b, mn, mx, sm, ct,"
+        f" (SELECT {last} FROM {source} WHERE device_id = g.d{col} AND ts = g.k), lt"
+        " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
+        " mn = excluded.mn, mx = excluded.mx, sm = excluded.sm, ct = excluded.ct,"
+        " la = excluded.la, lt = excluded.lt"
+    )
+
+
+def _merge_sql(level: Resolution) -> str:
+    """Fold the batch's new points (temp.batch_keys with old = 0) of field column {n} into
+    rollup_<level>: min of mins, sums added, last from whichever is newer. Only points that
+    were not stored before come here, so nothing is counted twice."""
+    return (
+        "WITH g (d, b, mn, mx, sm, ct, lt) AS (SELECT k.d, k.ts - k.ts % :r, min(p.f{n}),"
+        " max(p.f{n}), sum(p.f{n}), count(p.f{n}), max(p.ts) FROM temp.batch_keys k"
+        " JOIN points p ON p.device_id = k.d AND p.ts = k.ts"
+        " WHERE k.old = 0 AND p.f{n} IS NOT NULL GROUP BY 1, 2)"
+        f" INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
+        " SELECT d, {n}, b, mn, mx, sm, ct,"
+        " (SELECT f{n} FROM points WHERE device_id = g.d AND ts = g.lt), lt"
+        " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
+        " mn = min(mn, excluded.mn), mx = max(mx, excluded.mx), sm = sm + excluded.sm,"
+        " ct = ct + excluded.ct, la = CASE WHEN excluded.lt >= lt THEN excluded.la ELSE la END,"
+        " lt = max(lt, excluded.lt)"
+    )
+
+
+_ROLLUP_TOUCHED_SQL: Final = {r.name: _rollup_sql(r, touched=True) for r in RESOLUTIONS}
+_ROLLUP_ALL_SQL: Final = {r.name: _rollup_sql(r, touched=False) for r in RESOLUTIONS}
+_ROLLUP_MERGE_SQL: Final = {r.name: _merge_sql(r) for r in RESOLUTIONS}
+
+
+def _stage_keys(connection: sqlite3.Connection, points: list[Point]) -> None:
+    """temp.batch_keys: the batch's (device_id, ts) keys, `old` = 1 for those already stored
+    (a redelivered batch, a rewritten point). Runs before the points are inserted."""
+    connection.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS batch_keys (d TEXT, ts INTEGER,"
+        " old INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (d, ts)) WITHOUT ROWID"
+    )
+    connection.execute("DELETE FROM temp.batch_keys")
+    connection.executemany("INSERT OR IGNORE INTO temp.batch_keys (d, ts) VALUES (?, ?)",
+                           [(p.device_id, p.ts) for p in points])
+    connection.execute(
+        "UPDATE temp.batch_keys SET old = 1 WHERE EXISTS (SELECT 1 FROM main.points p"
+        " WHERE p.device_id = batch_keys.d AND p.ts = batch_keys.ts)"
+    )
+
+
+def _update_rollups(connection: sqlite3.Connection, numbers: list[int]) -> None:
+    """Bring every rollup bucket the batch touches up to date, inside the write's transaction
+    (rollups never disagree with the points they summarise). New points are folded in (cheap:
+    the batch's own rows); buckets holding a point that was stored before are recomputed
+    from the level below, so a value written again is counted once. A bucket reaching below
+    what retention has deleted of the level under it is not recomputed: that would replace
+    the whole rollup by one of the few rows left (see docs)."""
+    if not numbers:
+        return
+    for level in RESOLUTIONS:
+        statement = _ROLLUP_MERGE_SQL[level.name]
+        for n in numbers:
+            connection.execute(statement.format(n=n), {"r": level.width_ms})
+    keys: list[tuple[str, int]] = connection.execute(
+        "SELECT d, ts FROM temp.batch_keys WHERE old").fetchall()
+    if not keys:
+        return
+    horizon = dict(connection.execute("SELECT level, cutoff FROM retention_horizon"))
+    connection.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS rollup_touched (d TEXT, b INTEGER, PRIMARY KEY (d, b))"
+    )
+    below = "raw"
+    for level in RESOLUTIONS:
+        touched = touched_buckets(keys, level.width_ms, horizon.get(below, 0))
+        below = level.name
+        keys = [(d, b) for d, buckets in touched.items() for b in buckets]
+        connection.execute("DELETE FROM temp.rollup_touched")
+        if not keys:
+            return
+        connection.executemany("INSERT INTO temp.rollup_touched (d, b) VALUES (?, ?)", keys)
+        statement = _ROLLUP_TOUCHED_SQL[level.name]
+        for n in numbers:
+            connection.execute(statement.format(n=n), {"r": level.width_ms})
+
+
+def _rollup_history(
+    connection: sqlite3.Connection, level: Resolution, device_id: str,
+    columns: list[tuple[str, int]], aggregates: Sequence[str], start_ms: int, end_ms: int,
+    width: int,
+) -> list[Bucket]:
+    """history() from rollup_<level>, whose buckets tile the query's (readable_resolution):
+    each chart bucket folds its rollup rows; mean is their sum over their count."""
+    name_of = {n: name for name, n in columns}
+    listed = ", ".join(str(n) for n in name_of)
+    last = (
+        f"(SELECT la FROM rollup_{level.name} WHERE device_id = :d AND col = g.col"
+        " AND ts = g.lt)" if "last" in aggregates else "NULL"
+    )
+    rows = connection.execute(
+        "WITH g (col, k, mn, mx, sm, ct, lt) AS (SELECT col, (ts - :s) / :w, min(mn), max(mx),"
+        f" sum(sm), sum(ct), max(ts) FROM rollup_{level.name} WHERE device_id = :d"
+        f" AND col IN ({listed}) AND ts >= :s AND ts < :e GROUP BY 1, 2)"
+        f" SELECT col, k, mn, mx, sm, ct, {last} FROM g",
+        {"d": device_id, "s": start_ms, "e": end_ms, "w": width},
+    ).fetchall()
+    per_bucket: dict[int, dict[str, dict[str, float]]] = {}
+    for n, k, mn, mx, sm, ct, la in rows:
+        found = {"mean": sm / ct, "min": mn, "max": mx, "last": la}
+        per_bucket.setdefault(k, {})[name_of[n]] = {a: found[a] for a in aggregates}
+    # Fields in the order asked for, as the raw path gives them.
+    order = [name for name, _ in columns]
+    return [
+        Bucket(start_ms + k * width, {f: values[f] for f in order if f in values})
+        for k, values in sorted(per_bucket.items())
+    ]
