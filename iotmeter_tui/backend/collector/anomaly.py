@@ -1,0 +1,362 @@
+"""Anomaly detection on the live telemetry stream, per device and field: pure, no I/O but the
+optional baseline file.
+
+Fixed thresholds (alerts.py) catch a voltage outside EN 50163; they cannot see a meter that
+lies within the range. This detector learns each field's own baseline and flags:
+
+- `level`: a field's short-term mean leaves its learned band (slow drift, a frequency or power
+  factor leaving its usual band). The baseline is an exponentially weighted median (a sign
+  step scaled by the spread) with a mean-absolute-deviation spread: one wild reading moves it
+  by a bounded step, and a drift faster than that step escapes it and is caught.
+- `stuck`: a field that always changes stops changing (a frozen sensor or ADC).
+- `counter_regression` / `counter_jump`: an energy counter goes backwards, or grows by far
+  more than any power the meter has seen could deliver.
+- `interval`: the reporting interval (on the device clock, so a replay is not a burst)
+  changes for several messages in a row.
+
+While a field is anomalous its baseline is frozen (it must not learn the fault); after
+`RELEARN_MS` of a steady new level the level is accepted as the new normal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+# Fields that follow the train traffic (near zero, then several kA within seconds): no
+# stable band to learn, so only the stuck check runs on them.
+LOAD_DRIVEN: Final = frozenset({
+    "current_a", "power_kw", "active_power_kw", "reactive_power_kvar", "thd_pct",
+})
+COUNTER_SUFFIXES: Final = ("_kwh", "_kvarh")
+
+WARMUP: Final = 300  # readings before a field's baseline is trusted (covers train passages)
+BAND_K: Final = 8.0  # band half-width in spreads, at sensitivity 1
+FAST_ALPHA: Final = 0.25  # the short-term mean: about the last 4 readings
+MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per reading
+SPREAD_ALPHA: Final = 0.01
+STUCK_MIN: Final = 8  # repeated readings, at sensitivity 1, before "stuck"
+STUCK_CHANGE_RATE: Final = 0.95  # only fields that change this often can be "stuck"
+JUMP_FACTOR: Final = 20.0  # counter growth over the fastest rate seen, at sensitivity 1
+RATE_DECAY: Final = 0.9999  # per reading: the fastest rate seen fades over hours
+INTERVAL_TOLERANCE: Final = 0.5  # outside [0.5x, 2x] of the usual interval is "off"
+INTERVAL_RUN: Final = 3  # off intervals in a row before "interval"
+EVENT_HOLD_MS: Final = 60_000  # a counter event stays a finding this long
+RELEARN_MS: Final = 3_600_000  # a level held this long becomes the new baseline
+SAVE_EVERY_MS: Final = 60_000
+
+DEFAULT_SENSITIVITY: Final[Mapping[str, float]] = {"power_meter_dc": 1.0, "power_meter_ac": 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One anomaly, explained: which field, what was expected, what was seen, since when."""
+
+    kind: str  # level | stuck | counter_regression | counter_jump | interval
+    field: str
+    observed: float
+    low: float
+    high: float
+    since_ms: int
+    score: float  # how far outside, in band widths (for "notably worse" refreshes)
+
+    def message(self) -> str:
+        since = f"since ts {self.since_ms}"
+        if self.kind == "stuck":
+            return f"{self.field} stuck at {self.observed:g} ({since}); it normally changes"
+        if self.kind == "counter_regression":
+            return (f"{self.field} went backwards to {self.observed:g} from {self.high:g} "
+                    f"({since}); energy counters only grow")
+        if self.kind == "counter_jump":
+            return (f"{self.field} jumped by {self.observed:g} ({since}); expected at most "
+                    f"{self.high:.4g} for the interval")
+        if self.kind == "interval":
+            return (f"reporting interval {self.observed / 1000:g} s outside expected "
+                    f"{self.low / 1000:g}-{self.high / 1000:g} s ({since})")
+        return (f"{self.field} {self.observed:.6g} outside expected range "
+                f"{self.low:.6g}-{self.high:.6g} ({since})")
+
+
+class _Field:
+    """One field's baseline and run state."""
+
+    __slots__ = ("bad_since", "changes", "counter", "fast", "last", "level_load", "median", "n",
+                 "rate_hi", "repeats", "spread", "stuck_since", "finding")
+
+    def __init__(self, name: str, value: float) -> None:
+        self.counter = name.endswith(COUNTER_SUFFIXES)
+        self.level_load = not self.counter and name not in LOAD_DRIVEN
+        self.n = 1
+        self.median = self.fast = self.last = value
+        self.spread = 0.0
+        self.changes = 1.0  # EW share of readings that differ from the one before
+        self.repeats = 0
+        self.stuck_since = 0
+        self.rate_hi = 0.0  # counters: fastest growth per second seen (decaying)
+        self.bad_since = 0  # first reading of the current level excursion (0: none)
+        self.finding: Finding | None = None
+
+    def state(self) -> list[float]:
+        return [self.n, self.median, self.fast, self.last, self.spread, self.changes,
+                self.rate_hi]
+
+    def restore(self, values: list[float]) -> None:
+        n, self.median, self.fast, self.last, self.spread, self.changes, self.rate_hi = values
+        self.n = int(n)
+
+
+class _Device:
+    __slots__ = ("fields", "interval", "interval_n", "last_ts", "off_run", "off_since",
+                 "interval_finding")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, _Field] = {}
+        self.last_ts = 0
+        self.interval = 0.0  # usual reporting interval, ms (EW median)
+        self.interval_n = 0
+        self.off_run = 0
+        self.off_since = 0
+        self.interval_finding: Finding | None = None
+
+
+class AnomalyDetector:
+    """Per-device, per-field baselines over the telemetry stream.
+
+    `observe()` returns the device's most pressing finding after this reading, or None when
+    the device looks normal. `sensitivity` scales every check (2.0: bands half as wide, stuck
+    after half as many readings; 0 turns the detector off for that device)."""
+
+    def __init__(self, sensitivity: Mapping[str, float] | None = None,
+                 state_path: Path | None = None) -> None:
+        self._by_type = dict(DEFAULT_SENSITIVITY if sensitivity is None else sensitivity)
+        self._devices: dict[str, _Device] = {}
+        self._path = state_path
+        self._saved_at = 0
+
+    # -- the stream
+
+    def observe(self, device_id: str, device_type: str, data: Mapping[str, Any], ts_ms: int,
+                sensitivity: float | None = None) -> Finding | None:
+        sens = self._by_type.get(device_type, 1.0) if sensitivity is None else sensitivity
+        if sens <= 0:
+            return None
+        dev = self._devices.get(device_id)
+        if dev is None:
+            dev = self._devices[device_id] = _Device()
+        worst: Finding | None = None
+        if dev.last_ts and ts_ms > dev.last_ts:
+            worst = self._interval(dev, ts_ms - dev.last_ts, ts_ms, sens)
+        if ts_ms > dev.last_ts:
+            dev.last_ts = ts_ms
+        elif dev.last_ts:
+            return worst  # a late (reordered) reading: no interval, no baseline update
+        fields = dev.fields
+        for name, raw in data.items():
+            if raw.__class__ is not float:
+                if raw.__class__ is not int:
+                    continue  # protocol.py rejected non-numbers; booleans are not readings
+                raw = float(raw)
+            f = fields.get(name)
+            if f is None:
+                fields[name] = _Field(name, raw)
+                continue
+            found = (self._counter(f, name, raw, ts_ms, sens) if f.counter
+                     else self._level(f, name, raw, ts_ms, sens))
+            if found is not None and (worst is None or found.score > worst.score):
+                worst = found
+        return worst
+
+    def _level(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
+        # Stuck: exact repeats of a value that nearly always changes.
+        if x == f.last:
+            if not f.repeats:
+                f.stuck_since = ts
+            f.repeats += 1
+            f.changes *= 0.99
+        else:
+            f.repeats = 0
+            f.changes += 0.01 * (1.0 - f.changes)
+        f.last = x
+        f.n += 1
+        if f.n <= WARMUP:
+            # Learn quickly: the running mean and mean absolute deviation.
+            f.median += (x - f.median) / f.n
+            f.spread += (abs(x - f.median) - f.spread) / f.n
+            f.fast = x
+            return None
+        if f.repeats >= STUCK_MIN / sens and f.changes > STUCK_CHANGE_RATE - f.repeats * 0.01:
+            if f.finding is None or f.finding.kind != "stuck":
+                f.finding = Finding("stuck", name, x, x, x, f.stuck_since, 1.0)
+            return f.finding
+        if f.finding is not None and f.finding.kind == "stuck":
+            f.finding = None
+        if not f.level_load:
+            return None
+        f.fast += FAST_ALPHA * (x - f.fast)
+        # The band's floor: a field that barely moves (a quiet frequency) still has noise.
+        width = BAND_K * max(f.spread, 1e-3 * abs(f.median), 1e-6) / sens
+        deviation = f.fast - f.median
+        if -width <= deviation <= width:
+            f.bad_since = 0
+            f.finding = None
+            dev = x - f.median
+            step = MEDIAN_STEP * f.spread
+            f.median += step if dev > 0 else -step if dev < 0 else 0.0
+            f.spread += SPREAD_ALPHA * (abs(dev) - f.spread)
+            return None
+        if not f.bad_since:
+            f.bad_since = ts
+        elif ts - f.bad_since >= RELEARN_MS:
+            # Held for an hour: a new normal (a re-tapped transformer), not a fault.
+            f.median, f.bad_since, f.finding = f.fast, 0, None
+            return None
+        f.finding = Finding("level", name, f.fast, f.median - width, f.median + width,
+                            f.bad_since, abs(deviation) / width)
+        return f.finding
+
+    def _counter(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
+        delta = x - f.last
+        dt_s = max(ts - int(f.fast), 1) / 1000.0 if f.fast else 1.0
+        f.last, f.fast = x, float(ts)  # counters keep the reading's time in `fast`
+        f.n += 1
+        if delta < -1e-9 * abs(x) - 1e-6:
+            f.finding = Finding("counter_regression", name, x, x, x - delta, ts, 2.0)
+            return f.finding
+        rate = delta / dt_s
+        limit = JUMP_FACTOR / sens * max(f.rate_hi, 1e-3) * dt_s
+        if f.n > WARMUP and delta > limit:
+            f.finding = Finding("counter_jump", name, delta, 0.0, limit, ts, 2.0)
+            return f.finding
+        f.rate_hi = max(rate, f.rate_hi * RATE_DECAY)
+        if f.finding is not None and ts - f.finding.since_ms >= EVENT_HOLD_MS:
+            f.finding = None
+        return f.finding
+
+    def _interval(self, dev: _Device, dt: int, ts: int, sens: float) -> Finding | None:
+        dev.interval_n += 1
+        if dev.interval_n <= 10:
+            dev.interval = dt if dev.interval_n == 1 else min(dev.interval, dt) if dev.interval \
+                else dt
+            return None
+        low = dev.interval * INTERVAL_TOLERANCE
+        high = dev.interval / INTERVAL_TOLERANCE
+        if low <= dt <= high:
+            dev.off_run = 0
+            dev.interval_finding = None
+            dev.interval += 0.05 * dev.interval * ((dt > dev.interval) - (dt < dev.interval))
+            return None
+        if dev.off_run == 0:
+            dev.off_since = ts
+        dev.off_run += 1
+        if ts - dev.off_since >= RELEARN_MS:
+            dev.interval, dev.off_run, dev.interval_finding = float(dt), 0, None
+            return None
+        if dev.off_run >= max(1.0, INTERVAL_RUN / sens):
+            dev.interval_finding = Finding("interval", "", float(dt), low, high, dev.off_since,
+                                           1.5)
+        return dev.interval_finding
+
+    # -- persistence: one small JSON file, written at most once a minute
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"v": 1, "devices": {
+            device_id: {"t": dev.last_ts, "i": [dev.interval, dev.interval_n],
+                        "f": {name: f.state() for name, f in dev.fields.items()}}
+            for device_id, dev in self._devices.items()}}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> int:
+        """Adopt saved baselines; returns how many devices. Unreadable entries are skipped."""
+        if snapshot.get("v") != 1:
+            return 0
+        restored = 0
+        for device_id, saved in dict(snapshot.get("devices", {})).items():
+            try:
+                dev = _Device()
+                dev.last_ts = int(saved["t"])
+                dev.interval, n = (float(v) for v in saved["i"])
+                dev.interval_n = int(n)
+                for name, values in saved["f"].items():
+                    f = _Field(str(name), 0.0)
+                    f.restore([float(v) for v in values])
+                    dev.fields[str(name)] = f
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("anomaly baseline of %r skipped: %s", device_id, exc)
+                continue
+            self._devices[str(device_id)] = dev
+            restored += 1
+        return restored
+
+    def load(self) -> int:
+        if self._path is None:
+            return 0
+        try:
+            snapshot = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("anomaly baselines in %s not read, learning afresh: %s", self._path, exc)
+            return 0
+        return self.restore(snapshot) if isinstance(snapshot, dict) else 0
+
+    def save(self, now_ms: int, *, force: bool = False) -> bool:
+        """Write the baselines when a minute has passed since the last write (or `force`).
+        A failed write is logged: losing baselines costs a warm-up, never a message."""
+        if self._path is None or (not force and now_ms - self._saved_at < SAVE_EVERY_MS):
+            return False
+        self._saved_at = now_ms
+        tmp = self._path.with_suffix(".tmp")
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(self.snapshot(), fh, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            log.warning("anomaly baselines not saved to %s: %s", self._path, exc)
+            return False
+        return True
+
+    def forget(self, device_ids: Iterable[str]) -> None:
+        for device_id in device_ids:
+            self._devices.pop(device_id, None)
+
+
+def sensitivity_from_config(device_id: str, config: Mapping[str, Any]) -> float | None:
+    """A device's `anomaly_sensitivity` from `device_configs` (0 turns it off), or None."""
+    raw = config.get("anomaly_sensitivity")
+    if raw is None:
+        return None
+    try:
+        value = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        log.warning("device %s: config anomaly_sensitivity=%r ignored, not a number >= 0",
+                    device_id, raw)
+        return None
+    return value
+
+
+def parse_sensitivity(text: str) -> dict[str, float]:
+    """`power_meter_dc=1.0,power_meter_ac=0.5` -> a mapping; ValueError names what is wrong."""
+    out = dict(DEFAULT_SENSITIVITY)
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not name.strip() or not math.isfinite(number) or number < 0:
+            raise ValueError(f"{item.strip()!r} is not DEVICE_TYPE=NUMBER (a number >= 0)")
+        out[name.strip()] = number
+    return out
