@@ -37,12 +37,20 @@ LOAD_DRIVEN: Final = frozenset({
     "current_a", "power_kw", "active_power_kw", "reactive_power_kvar", "thd_pct",
 })
 COUNTER_SUFFIXES: Final = ("_kwh", "_kvarh")
+# The least spread a field's band assumes, in its unit: a meter's temperature wanders with the
+# weather over hours, more than five minutes of learning show.
+SPREAD_FLOOR: Final[Mapping[str, float]] = {
+    "temperature_c": 0.5, "frequency_hz": 0.005, "power_factor": 0.005,
+}
 
 WARMUP: Final = 300  # readings before a field's baseline is trusted (covers train passages)
 BAND_K: Final = 8.0  # band half-width in spreads, at sensitivity 1
 FAST_ALPHA: Final = 0.25  # the short-term mean: about the last 4 readings
 MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per reading
-SPREAD_ALPHA: Final = 0.01
+# Slow, and fed clipped deviations: a spread that grew with every reading of a drift would
+# widen the band as fast as the drift moves and never let it out.
+SPREAD_ALPHA: Final = 0.002
+SPREAD_CLIP: Final = 2.0
 STUCK_MIN: Final = 8  # repeated readings, at sensitivity 1, before "stuck"
 STUCK_CHANGE_RATE: Final = 0.95  # only fields that change this often can be "stuck"
 JUMP_FACTOR: Final = 20.0  # counter growth over the fastest rate seen, at sensitivity 1
@@ -88,15 +96,18 @@ class Finding:
 class _Field:
     """One field's baseline and run state."""
 
-    __slots__ = ("bad_since", "changes", "counter", "fast", "last", "level_load", "median", "n",
-                 "rate_hi", "repeats", "spread", "stuck_since", "finding")
+    __slots__ = ("bad_since", "changes", "counter", "fast", "floor", "last", "level_load",
+                 "median", "n",
+                 "rate_hi", "repeats", "spread", "spread_lo", "stuck_since", "finding")
 
     def __init__(self, name: str, value: float) -> None:
         self.counter = name.endswith(COUNTER_SUFFIXES)
         self.level_load = not self.counter and name not in LOAD_DRIVEN
+        self.floor = SPREAD_FLOOR.get(name, 0.0)
         self.n = 1
         self.median = self.fast = self.last = value
-        self.spread = 0.0
+        self.spread = 0.0  # above the median; below it `spread_lo`: a sagging line is skewed
+        self.spread_lo = 0.0
         self.changes = 1.0  # EW share of readings that differ from the one before
         self.repeats = 0
         self.stuck_since = 0
@@ -105,11 +116,12 @@ class _Field:
         self.finding: Finding | None = None
 
     def state(self) -> list[float]:
-        return [self.n, self.median, self.fast, self.last, self.spread, self.changes,
-                self.rate_hi]
+        return [self.n, self.median, self.fast, self.last, self.spread, self.spread_lo,
+                self.changes, self.rate_hi]
 
     def restore(self, values: list[float]) -> None:
-        n, self.median, self.fast, self.last, self.spread, self.changes, self.rate_hi = values
+        (n, self.median, self.fast, self.last, self.spread, self.spread_lo, self.changes,
+         self.rate_hi) = values
         self.n = int(n)
 
 
@@ -187,9 +199,13 @@ class AnomalyDetector:
         f.last = x
         f.n += 1
         if f.n <= WARMUP:
-            # Learn quickly: the running mean and mean absolute deviation.
+            # Learn quickly: the running mean and the mean deviations above and below it.
             f.median += (x - f.median) / f.n
-            f.spread += (abs(x - f.median) - f.spread) / f.n
+            dev = x - f.median
+            if dev >= 0:
+                f.spread += (dev - f.spread) / f.n
+            else:
+                f.spread_lo += (-dev - f.spread_lo) / f.n
             f.fast = x
             return None
         if f.repeats >= STUCK_MIN / sens and f.changes > STUCK_CHANGE_RATE - f.repeats * 0.01:
@@ -201,25 +217,37 @@ class AnomalyDetector:
         if not f.level_load:
             return None
         f.fast += FAST_ALPHA * (x - f.fast)
+        median = f.median
         # The band's floor: a field that barely moves (a quiet frequency) still has noise.
-        width = BAND_K * max(f.spread, 1e-3 * abs(f.median), 1e-6) / sens
-        deviation = f.fast - f.median
-        if -width <= deviation <= width:
+        floor = max(1e-3 * abs(median), f.floor, 1e-6)
+        k = BAND_K / sens
+        # Each side at least half the other: a field that only rose while it was learned
+        # (a meter warming up) has no spread below yet, but can still fall.
+        spread, spread_lo = f.spread, f.spread_lo
+        high = median + k * max(spread, 0.5 * spread_lo, floor)
+        low = median - k * max(spread_lo, 0.5 * spread, floor)
+        fast = f.fast
+        if low <= fast <= high:
             f.bad_since = 0
             f.finding = None
-            dev = x - f.median
-            step = MEDIAN_STEP * f.spread
-            f.median += step if dev > 0 else -step if dev < 0 else 0.0
-            f.spread += SPREAD_ALPHA * (abs(dev) - f.spread)
+            dev = x - median
+            if dev > 0:
+                f.median += MEDIAN_STEP * f.spread
+                f.spread += SPREAD_ALPHA * (min(dev, SPREAD_CLIP * f.spread + floor) - f.spread)
+            elif dev < 0:
+                f.median -= MEDIAN_STEP * f.spread_lo
+                f.spread_lo += SPREAD_ALPHA * (
+                    min(-dev, SPREAD_CLIP * f.spread_lo + floor) - f.spread_lo)
             return None
         if not f.bad_since:
             f.bad_since = ts
         elif ts - f.bad_since >= RELEARN_MS:
             # Held for an hour: a new normal (a re-tapped transformer), not a fault.
-            f.median, f.bad_since, f.finding = f.fast, 0, None
+            f.median, f.bad_since, f.finding = fast, 0, None
             return None
-        f.finding = Finding("level", name, f.fast, f.median - width, f.median + width,
-                            f.bad_since, abs(deviation) / width)
+        width = high - median if fast > high else median - low
+        f.finding = Finding("level", name, fast, low, high, f.bad_since,
+                            abs(fast - median) / width)
         return f.finding
 
     def _counter(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
