@@ -36,6 +36,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "firmware_listen": ["9109", "127.0.0.1", "127.0.0.1:", ":9109", "host:port",
                         "127.0.0.1:70000", "a b:9109", "::1:9109"],
     "firmware_base_url": ["fw.example.net", "ftp://fw.example.net", "https://", "s3://bucket"],
+    "anomaly_sensitivity": ["power_meter_dc", "power_meter_dc=-1", "=1", "power_meter_ac=x",
+                            "power_meter_ac=nan"],
 }
 ANY_TEXT = {"home", "influx_token", "s3_access_key", "s3_secret_key", "s3_region", "client_id"}
 

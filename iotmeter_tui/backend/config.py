@@ -104,6 +104,14 @@ def _host_port(text: str) -> str:
     return text
 
 
+def _sensitivity(text: str) -> str:
+    # Checked here, parsed where the detector is built (collector/anomaly.py).
+    from iotmeter_tui.backend.collector.anomaly import parse_sensitivity
+
+    parse_sensitivity(text)
+    return text
+
+
 def _text(text: str) -> str:
     return text
 
@@ -175,6 +183,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How devices reach the firmware endpoint, e.g. https://fw.example.net; unset: a "
             "presigned S3 URL when the archive is S3, else http://<firmware_listen>."),
     Setting("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    # --- anomaly ---
+    Setting("anomaly_sensitivity", _sensitivity, "power_meter_dc=1,power_meter_ac=1",
+            "Anomaly detector sensitivity per device type, TYPE=NUMBER,...: 2 halves the "
+            "bands, 0 turns it off; a device's `anomaly_sensitivity` config wins."),
 )
 
 
@@ -204,6 +216,7 @@ class Settings:
     firmware_listen: str
     firmware_base_url: str | None
     log_level: str
+    anomaly_sensitivity: str
 
     @property
     def embedded(self) -> bool:

@@ -79,10 +79,11 @@ def test_a_retried_batch_is_counted_once(tmp_path: Path) -> None:
 class BrokenRule(AlertEngine):
     """The real engine with a bug planted in one reading's evaluation."""
 
-    def on_telemetry(self, device_id: str, device_type: str, data: Any, at: int) -> None:
+    def on_telemetry(self, device_id: str, device_type: str, data: Any, at: int,
+                     ts: int | None = None) -> None:
         if data.get("seq_marker") == 1:
             raise ValueError("math domain error")
-        super().on_telemetry(device_id, device_type, data, at)
+        super().on_telemetry(device_id, device_type, data, at, ts)
 
 
 def test_an_alert_rule_that_fails_does_not_stop_the_registry(tmp_path: Path) -> None:

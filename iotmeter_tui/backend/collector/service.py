@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.anomaly import AnomalyDetector, parse_sensitivity
 from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
@@ -101,7 +102,10 @@ class Collector:
         )
         reorder_ms = int(s.reorder_timeout_s * 1000)
         metadata = self.stores.metadata
-        alerts = AlertEngine(metadata)
+        anomaly = AnomalyDetector(parse_sensitivity(s.anomaly_sensitivity),
+                                  self.spool_dir / "anomaly-baselines.json")
+        anomaly.load()
+        alerts = AlertEngine(metadata, anomaly=anomaly)
         registry = RegistrySink(metadata, f"{s.client_id}/registry", SeqTracker(reorder_ms),
                                 alerts, self.metrics, collector=s.client_id,
                                 shared=s.share_group is not None)

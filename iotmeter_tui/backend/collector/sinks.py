@@ -324,7 +324,8 @@ class RegistrySink(RecordSink):
         data = _data(r)
         at = r.received_ms
         if r.msg_type == protocol.TELEMETRY:
-            self._evaluate(self.alerts.on_telemetry, r, r.device_id, r.device_type, data, at)
+            self._evaluate(self.alerts.on_telemetry, r, r.device_id, r.device_type, data, at,
+                           r.ts)
             self._online(change, at)
         elif r.msg_type == protocol.HELLO:
             change.device_type = str(data["device_type"])
