@@ -96,6 +96,7 @@ def score(events: list[tuple[list[int], list[FaultLabel]]], normal_raises: int,
           normal_device_days: float) -> dict[str, Any]:
     tp = fp = 0
     delays: list[float] = []
+    by_kind: dict[str, list[float]] = {}
     found: dict[str, list[int]] = {}
     for raised, labels in events:
         windows = [(lb.start_ms, lb.end_ms + GRACE_MS) for lb in labels]
@@ -110,6 +111,7 @@ def score(events: list[tuple[list[int], list[FaultLabel]]], normal_raises: int,
             if hit:
                 found[lb.kind][0] += 1
                 delays.append(max(0, hit[0] - lb.observable_ms) / 1000)
+                by_kind.setdefault(lb.kind, []).append(delays[-1])
     total = sum(n for _, n in found.values())
     detected = sum(d for d, _ in found.values())
     delays.sort()
@@ -118,10 +120,15 @@ def score(events: list[tuple[list[int], list[FaultLabel]]], normal_raises: int,
         "recall": detected / total if total else None,
         "recall_by_kind": {k: d / n for k, (d, n) in sorted(found.items())},
         "delay_p50_s": statistics.median(delays) if delays else None,
-        "delay_p95_s": delays[min(len(delays) - 1, int(0.95 * len(delays)))] if delays else None,
+        "delay_p95_s": _p95(delays),
+        "delay_p95_s_by_kind": {k: _p95(sorted(v)) for k, v in sorted(by_kind.items())},
         "false_alerts_per_device_day": normal_raises / normal_device_days,
         "raises_on_faulted_devices": tp + fp,
     }
+
+
+def _p95(ordered: list[float]) -> float | None:
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,6 +200,10 @@ def print_table(results: Mapping[str, Any]) -> None:
     for kind in kinds:
         print(f"{'recall ' + kind:32} {_fmt(results['anomaly']['recall_by_kind'][kind]):>10} "
               f"{_fmt(results['thresholds']['recall_by_kind'].get(kind)):>11}")
+    for kind in kinds:
+        print(f"{'delay p95 s ' + kind:32} "
+              f"{_fmt(results['anomaly']['delay_p95_s_by_kind'].get(kind)):>10} "
+              f"{_fmt(results['thresholds']['delay_p95_s_by_kind'].get(kind)):>11}")
     print(f"{'detector CPU per message (us)':32} {results['detector_us_per_message']:>10.2f}")
     print(f"messages judged: {results['messages_judged']:,}")
 

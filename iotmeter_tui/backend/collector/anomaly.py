@@ -43,14 +43,14 @@ SPREAD_FLOOR: Final[Mapping[str, float]] = {
     "temperature_c": 0.5, "frequency_hz": 0.005, "power_factor": 0.005,
 }
 
-WARMUP: Final = 300  # readings before a field's baseline is trusted (covers train passages)
+WARMUP: Final = 600  # readings before a baseline is trusted (several train passages)
 BAND_K: Final = 8.0  # band half-width in spreads, at sensitivity 1
 FAST_ALPHA: Final = 0.25  # the short-term mean: about the last 4 readings
 MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per reading
 # Slow, and fed clipped deviations: a spread that grew with every reading of a drift would
 # widen the band as fast as the drift moves and never let it out.
 SPREAD_ALPHA: Final = 0.002
-SPREAD_CLIP: Final = 2.0
+SPREAD_CLIP: Final = 3.0
 STUCK_MIN: Final = 8  # repeated readings, at sensitivity 1, before "stuck"
 STUCK_CHANGE_RATE: Final = 0.95  # only fields that change this often can be "stuck"
 JUMP_FACTOR: Final = 20.0  # counter growth over the fastest rate seen, at sensitivity 1
@@ -198,15 +198,17 @@ class AnomalyDetector:
             f.changes += 0.01 * (1.0 - f.changes)
         f.last = x
         f.n += 1
+        # The check compares the short-term mean with the median, so the spread is learned
+        # from that same statistic: its own scatter (train passages) sets the band.
+        f.fast += FAST_ALPHA * (x - f.fast)
         if f.n <= WARMUP:
             # Learn quickly: the running mean and the mean deviations above and below it.
             f.median += (x - f.median) / f.n
-            dev = x - f.median
+            dev = f.fast - f.median
             if dev >= 0:
                 f.spread += (dev - f.spread) / f.n
             else:
                 f.spread_lo += (-dev - f.spread_lo) / f.n
-            f.fast = x
             return None
         if f.repeats >= STUCK_MIN / sens and f.changes > STUCK_CHANGE_RATE - f.repeats * 0.01:
             if f.finding is None or f.finding.kind != "stuck":
@@ -216,28 +218,34 @@ class AnomalyDetector:
             f.finding = None
         if not f.level_load:
             return None
-        f.fast += FAST_ALPHA * (x - f.fast)
         median = f.median
         # The band's floor: a field that barely moves (a quiet frequency) still has noise.
         floor = max(1e-3 * abs(median), f.floor, 1e-6)
         k = BAND_K / sens
-        # Each side at least half the other: a field that only rose while it was learned
-        # (a meter warming up) has no spread below yet, but can still fall.
+        # Each side its own width: a line sags deep under load and rises little in
+        # regeneration, so a rise is caught early and a sag is not a fault. Each side is at
+        # least half the other: a quiet warm-up may have missed one.
         spread, spread_lo = f.spread, f.spread_lo
         high = median + k * max(spread, 0.5 * spread_lo, floor)
         low = median - k * max(spread_lo, 0.5 * spread, floor)
+        width = 0.5 * (high - low)
         fast = f.fast
+        # The spreads learn from every reading, clipped: a rare deep sag widens the band a
+        # little each time, while a drift cannot widen it faster than SPREAD_ALPHA allows.
+        dev = fast - median
+        if dev > 0:
+            f.spread += SPREAD_ALPHA * (min(dev, SPREAD_CLIP * spread + floor) - spread)
+        elif dev < 0:
+            f.spread_lo += SPREAD_ALPHA * (min(-dev, SPREAD_CLIP * spread_lo + floor) - spread_lo)
         if low <= fast <= high:
             f.bad_since = 0
             f.finding = None
-            dev = x - median
+            # The median learns only from normal readings: it must not follow a fault.
+            step = MEDIAN_STEP * width / k
             if dev > 0:
-                f.median += MEDIAN_STEP * f.spread
-                f.spread += SPREAD_ALPHA * (min(dev, SPREAD_CLIP * f.spread + floor) - f.spread)
+                f.median += step
             elif dev < 0:
-                f.median -= MEDIAN_STEP * f.spread_lo
-                f.spread_lo += SPREAD_ALPHA * (
-                    min(-dev, SPREAD_CLIP * f.spread_lo + floor) - f.spread_lo)
+                f.median -= step
             return None
         if not f.bad_since:
             f.bad_since = ts
@@ -245,9 +253,8 @@ class AnomalyDetector:
             # Held for an hour: a new normal (a re-tapped transformer), not a fault.
             f.median, f.bad_since, f.finding = fast, 0, None
             return None
-        width = high - median if fast > high else median - low
         f.finding = Finding("level", name, fast, low, high, f.bad_since,
-                            abs(fast - median) / width)
+                            (fast - high if fast > high else low - fast) / width + 1.0)
         return f.finding
 
     def _counter(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
