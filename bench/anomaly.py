@@ -31,7 +31,7 @@ from iotmeter_tui.backend.simulator.physics import SUPPLY_SYSTEMS, FeederMeter
 
 HOLD_MS = 30_000  # the alert engine's hold before a clear
 GRACE_MS = 60_000  # a raise this long after a fault's end still counts for it
-QUIET_S = 900  # no fault before the baselines have warmed up
+QUIET_S = 1800  # no fault in the first half hour: the baselines warm up
 RESULTS = Path(__file__).parent / "results" / "anomaly.json"
 
 Reading = tuple[int, dict[str, Any]]

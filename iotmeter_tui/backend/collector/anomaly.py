@@ -40,11 +40,11 @@ COUNTER_SUFFIXES: Final = ("_kwh", "_kvarh")
 # The least spread a field's band assumes, in its unit: a meter's temperature wanders with the
 # weather over hours, more than five minutes of learning show.
 SPREAD_FLOOR: Final[Mapping[str, float]] = {
-    "temperature_c": 0.5, "frequency_hz": 0.005, "power_factor": 0.005,
+    "temperature_c": 0.5, "frequency_hz": 0.03, "power_factor": 0.005,
 }
 
 WARMUP: Final = 600  # readings before a baseline is trusted (several train passages)
-BAND_K: Final = 8.0  # band half-width in spreads, at sensitivity 1
+BAND_K: Final = 7.0  # band half-width in spreads, at sensitivity 1
 FAST_ALPHA: Final = 0.25  # the short-term mean: about the last 4 readings
 MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per reading
 # Slow, and fed clipped deviations: a spread that grew with every reading of a drift would
@@ -96,9 +96,23 @@ class Finding:
 class _Field:
     """One field's baseline and run state."""
 
-    __slots__ = ("bad_since", "changes", "counter", "fast", "floor", "last", "level_load",
-                 "median", "n",
-                 "rate_hi", "repeats", "spread", "spread_lo", "stuck_since", "finding")
+    __slots__ = (
+        "bad_since",
+        "changes",
+        "counter",
+        "fast",
+        "finding",
+        "floor",
+        "last",
+        "level_load",
+        "median",
+        "n",
+        "rate_hi",
+        "repeats",
+        "spread",
+        "spread_lo",
+        "stuck_since",
+    )
 
     def __init__(self, name: str, value: float) -> None:
         self.counter = name.endswith(COUNTER_SUFFIXES)
@@ -126,8 +140,15 @@ class _Field:
 
 
 class _Device:
-    __slots__ = ("fields", "interval", "interval_n", "last_ts", "off_run", "off_since",
-                 "interval_finding")
+    __slots__ = (
+        "fields",
+        "interval",
+        "interval_finding",
+        "interval_n",
+        "last_ts",
+        "off_run",
+        "off_since",
+    )
 
     def __init__(self) -> None:
         self.fields: dict[str, _Field] = {}
@@ -221,7 +242,10 @@ class AnomalyDetector:
         median = f.median
         # The band's floor: a field that barely moves (a quiet frequency) still has noise.
         floor = max(1e-3 * abs(median), f.floor, 1e-6)
-        k = BAND_K / sens
+        # Young baselines have seen few train passages: their bands start wider and narrow
+        # as the readings add up (1.25x at twice the warm-up, 1.1x at three times).
+        young = WARMUP / f.n
+        k = BAND_K / sens * (1.0 + young * young)
         # Each side its own width: a line sags deep under load and rises little in
         # regeneration, so a rise is caught early and a sag is not a fault. Each side is at
         # least half the other: a quiet warm-up may have missed one.
