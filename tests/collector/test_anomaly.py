@@ -209,3 +209,42 @@ def test_sensitivity_settings_and_device_config() -> None:
     for bad_value in (True, "loud", -1, math.inf):
         assert sensitivity_from_config("m1", {"anomaly_sensitivity": bad_value}) is None
     assert sensitivity_from_config("m1", {}) is None
+
+
+# --- through the alert engine ------------------------------------------------------------------
+
+def test_the_engine_raises_one_explained_anomaly_alert_and_clears_it_after_the_hold(
+        tmp_path: Path) -> None:
+    from tests.collector.test_alerts import HOLD, FakeStore, make_engine
+
+    from iotmeter_tui.backend.collector.alerts import Rule
+    path = tmp_path / "anomaly-baselines.json"
+    engine, store = make_engine(anomaly=AnomalyDetector(state_path=path))
+    sample = meter_stream()
+    at = T0
+    for _ in range(1000):
+        engine.on_telemetry("m1", DC, sample(), at, at)
+        at += 1000
+    engine.flush(at)
+    assert store.of("m1", Rule.ANOMALY) == [] and path.exists()
+    frozen = sample()
+    for _ in range(30):
+        engine.on_telemetry("m1", DC, {**sample(), "voltage_v": frozen["voltage_v"]}, at, at)
+        at += 1000
+    engine.flush(at)
+    [alert] = store.of("m1", Rule.ANOMALY)
+    assert alert.severity == "warning" and alert.state == "active"
+    assert alert.value == frozen["voltage_v"] and "voltage_v stuck at" in alert.message
+    assert store.raises("m1", Rule.ANOMALY) == 1  # one alert, not one per message
+    for _ in range(HOLD // 1000 + 5):
+        engine.on_telemetry("m1", DC, sample(), at, at)
+        at += 1000
+    engine.flush(at)
+    assert store.of("m1", Rule.ANOMALY)[0].state == "cleared"
+    # A device whose config sets sensitivity 0 is never judged.
+    store2 = FakeStore(configs={"m2": {"anomaly_sensitivity": 0}})
+    engine2, _ = make_engine(store2, anomaly=AnomalyDetector())
+    for i in range(1000):
+        engine2.on_telemetry("m2", DC, {"voltage_v": 750.0}, T0 + i * 1000, T0 + i * 1000)
+    engine2.flush(T0 + 1_000_000)
+    assert store2.of("m2", Rule.ANOMALY) == []
