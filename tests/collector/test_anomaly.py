@@ -215,9 +215,8 @@ def test_sensitivity_settings_and_device_config() -> None:
 
 def test_the_engine_raises_one_explained_anomaly_alert_and_clears_it_after_the_hold(
         tmp_path: Path) -> None:
-    from tests.collector.test_alerts import HOLD, FakeStore, make_engine
-
     from iotmeter_tui.backend.collector.alerts import Rule
+    from tests.collector.test_alerts import HOLD, FakeStore, make_engine
     path = tmp_path / "anomaly-baselines.json"
     engine, store = make_engine(anomaly=AnomalyDetector(state_path=path))
     sample = meter_stream()

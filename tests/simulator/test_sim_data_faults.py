@@ -40,7 +40,7 @@ def test_the_data_fault_kinds_parse_and_bad_ones_are_one_line() -> None:
     assert not FaultSpec.parse("drop=0.5").any_episode
     with pytest.raises(FaultSpecError, match="not a probability"):
         FaultSpec.parse("stuck=2")
-    with pytest.raises(FaultSpecError, match="unknown fault 'frozen'.*interval_change"):
+    with pytest.raises(FaultSpecError, match=r"unknown fault 'frozen'.*interval_change"):
         FaultSpec.parse("frozen=1")
 
 

@@ -481,6 +481,10 @@ class AlertEngine:
         return done
 
     @property
+    def anomaly(self) -> AnomalyDetector | None:
+        return self._anomaly
+
+    @property
     def queued(self) -> int:
         """Changes waiting for a flush (for metrics and tests)."""
         return sum(len(changes) for changes in self._queued.values())

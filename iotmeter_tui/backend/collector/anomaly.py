@@ -173,6 +173,7 @@ class AnomalyDetector:
         self._devices: dict[str, _Device] = {}
         self._path = state_path
         self._saved_at = 0
+        self._resets: dict[str, int] = {}  # counter regressions since take_counter_resets()
 
     # -- the stream
 
@@ -201,8 +202,13 @@ class AnomalyDetector:
             if f is None:
                 fields[name] = _Field(name, raw)
                 continue
-            found = (self._counter(f, name, raw, ts_ms, sens) if f.counter
-                     else self._level(f, name, raw, ts_ms, sens))
+            if f.counter:
+                found = self._counter(f, name, raw, ts_ms, sens)
+                if found is not None and found.kind == "counter_regression" \
+                        and found.since_ms == ts_ms:
+                    self._resets[device_id] = self._resets.get(device_id, 0) + 1
+            else:
+                found = self._level(f, name, raw, ts_ms, sens)
             if found is not None and (worst is None or found.score > worst.score):
                 worst = found
         return worst
@@ -382,6 +388,21 @@ class AnomalyDetector:
             log.warning("anomaly baselines not saved to %s: %s", self._path, exc)
             return False
         return True
+
+    def stuck_fields(self, device_ids: Iterable[str]) -> dict[str, int]:
+        """How many fields are stuck right now, per device (for the data-quality score)."""
+        out = {}
+        for device_id in device_ids:
+            dev = self._devices.get(device_id)
+            if dev is not None:
+                out[device_id] = sum(1 for f in dev.fields.values()
+                                     if f.finding is not None and f.finding.kind == "stuck")
+        return out
+
+    def take_counter_resets(self) -> dict[str, int]:
+        """Energy-counter regressions per device since the last call."""
+        resets, self._resets = self._resets, {}
+        return resets
 
     def forget(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
