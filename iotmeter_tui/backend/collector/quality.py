@@ -47,7 +47,7 @@ class _Counts:
         self.at = at
         self.received = self.gaps = self.duplicates = self.rejects = 0.0
         self.counter_resets = 0.0
-        self.skew = 0.0
+        self.skew = -1.0  # no telemetry yet: the first reading sets it
         self.gap_level: int | None = None
 
     def decay(self, now: int) -> None:
@@ -91,7 +91,8 @@ class QualityTracker:
     def received(self, device_id: str, ts_ms: int, received_ms: int) -> None:
         counts = self._get(device_id, received_ms)
         counts.received += 1
-        counts.skew += SKEW_ALPHA * (abs(received_ms - ts_ms) - counts.skew)
+        skew = abs(received_ms - ts_ms)
+        counts.skew = skew if counts.skew < 0 else counts.skew + SKEW_ALPHA * (skew - counts.skew)
 
     def duplicate(self, device_id: str, at: int) -> None:
         self._get(device_id, at).duplicates += 1
@@ -126,9 +127,9 @@ class QualityTracker:
             n_stuck = stuck.get(device_id, 0)
             out.append(DeviceQuality(
                 device_id, quality_score(c.received, c.gaps, c.duplicates, c.rejects,
-                                         c.counter_resets, n_stuck, c.skew),
+                                         c.counter_resets, n_stuck, max(c.skew, 0.0)),
                 round(c.received, 2), round(c.gaps, 2), round(c.duplicates, 2),
-                round(c.rejects, 2), round(c.counter_resets, 2), n_stuck, round(c.skew),
+                round(c.rejects, 2), round(c.counter_resets, 2), n_stuck, round(max(c.skew, 0.0)),
                 now_ms))
         self._changed.clear()
         return out
