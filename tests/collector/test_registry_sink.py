@@ -176,3 +176,26 @@ def test_a_full_batch_is_followed_at_once(tmp_path: Path,
     spool.commit()
     assert sink.next_batch(spool, cursor) == ([], cursor)  # not full: the interval again
     store.close()
+
+
+def test_a_batch_stores_each_devices_data_quality_once_even_when_retried(
+        tmp_path: Path) -> None:
+    from iotmeter_tui.backend.collector.anomaly import AnomalyDetector
+
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    flaky = FailsOnce(store)
+    sink = RegistrySink(flaky, "test/registry", SeqTracker(5_000),  # type: ignore[arg-type]
+                        AlertEngine(store, anomaly=AnomalyDetector()), CollectorMetrics())
+    now = now_ms()
+    batch = [record(0, received_ms=now), record(1, received_ms=now),
+             record(1, DUPLICATE, received_ms=now), record(2, received_ms=now)]
+    with pytest.raises(StoreUnavailable):
+        sink.write(batch, Position(1, 400))
+    assert store.device_quality() == {}
+    sink.write(batch, Position(1, 400))
+    quality = store.device_quality(["dc-0001"])["dc-0001"]
+    assert round(quality.received) == 3 and round(quality.duplicates) == 1
+    assert quality.gaps == 0 and quality.rejects == 0 and quality.stuck_fields == 0
+    # 3 of 4 arrived once (75), less 20 for a device clock decades behind arrival.
+    assert quality.score == pytest.approx(55.0, abs=0.1) and quality.clock_skew_ms > 60_000
+    store.close()
