@@ -52,7 +52,7 @@ MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per readin
 SPREAD_ALPHA: Final = 0.002
 SPREAD_CLIP: Final = 3.0
 STUCK_MIN: Final = 8  # repeated readings, at sensitivity 1, before "stuck"
-STUCK_CHANGE_RATE: Final = 0.95  # only fields that change this often can be "stuck"
+STUCK_CHANGE_RATE: Final = 0.95  # only fields that changed this often can be "stuck"
 JUMP_FACTOR: Final = 20.0  # counter growth over the fastest rate seen, at sensitivity 1
 RATE_DECAY: Final = 0.9999  # per reading: the fastest rate seen fades over hours
 INTERVAL_TOLERANCE: Final = 0.5  # outside [0.5x, 2x] of the usual interval is "off"
@@ -122,7 +122,7 @@ class _Field:
         self.median = self.fast = self.last = value
         self.spread = 0.0  # above the median; below it `spread_lo`: a sagging line is skewed
         self.spread_lo = 0.0
-        self.changes = 1.0  # EW share of readings that differ from the one before
+        self.changes = 1  # readings that differed from the one before
         self.repeats = 0
         self.stuck_since = 0
         self.rate_hi = 0.0  # counters: fastest growth per second seen (decaying)
@@ -193,6 +193,7 @@ class AnomalyDetector:
         elif dev.last_ts:
             return worst  # a late (reordered) reading: no interval, no baseline update
         fields = dev.fields
+        stuck_after = STUCK_MIN / sens
         for name, raw in data.items():
             if raw.__class__ is not float:
                 if raw.__class__ is not int:
@@ -208,23 +209,36 @@ class AnomalyDetector:
                         and found.since_ms == ts_ms:
                     self._resets[device_id] = self._resets.get(device_id, 0) + 1
             else:
+                # The stuck check, inline: every field pays it on every reading.
+                if raw == f.last:
+                    if not f.repeats:
+                        f.stuck_since = ts_ms
+                    f.repeats += 1
+                    f.n += 1
+                    if f.repeats >= stuck_after and f.n > WARMUP and \
+                            f.changes > STUCK_CHANGE_RATE * (f.n - f.repeats):
+                        found = f.finding
+                        if found is None or found.kind != "stuck":
+                            found = f.finding = Finding("stuck", name, raw, raw, raw,
+                                                        f.stuck_since, 1.0)
+                        if worst is None or worst.score < 1.0:
+                            worst = found
+                        continue
+                else:
+                    if f.repeats and f.finding is not None and f.finding.kind == "stuck":
+                        f.finding = None  # it moves again
+                    f.repeats = 0
+                    f.changes += 1
+                    f.last = raw
+                    f.n += 1
+                if not f.level_load:
+                    continue
                 found = self._level(f, name, raw, ts_ms, sens)
             if found is not None and (worst is None or found.score > worst.score):
                 worst = found
         return worst
 
     def _level(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
-        # Stuck: exact repeats of a value that nearly always changes.
-        if x == f.last:
-            if not f.repeats:
-                f.stuck_since = ts
-            f.repeats += 1
-            f.changes *= 0.99
-        else:
-            f.repeats = 0
-            f.changes += 0.01 * (1.0 - f.changes)
-        f.last = x
-        f.n += 1
         # The check compares the short-term mean with the median, so the spread is learned
         # from that same statistic: its own scatter (train passages) sets the band.
         f.fast += FAST_ALPHA * (x - f.fast)
@@ -236,14 +250,6 @@ class AnomalyDetector:
                 f.spread += (dev - f.spread) / f.n
             else:
                 f.spread_lo += (-dev - f.spread_lo) / f.n
-            return None
-        if f.repeats >= STUCK_MIN / sens and f.changes > STUCK_CHANGE_RATE - f.repeats * 0.01:
-            if f.finding is None or f.finding.kind != "stuck":
-                f.finding = Finding("stuck", name, x, x, x, f.stuck_since, 1.0)
-            return f.finding
-        if f.finding is not None and f.finding.kind == "stuck":
-            f.finding = None
-        if not f.level_load:
             return None
         median = f.median
         # The band's floor: a field that barely moves (a quiet frequency) still has noise.
