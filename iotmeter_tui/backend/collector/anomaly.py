@@ -120,6 +120,8 @@ class _Field:
         self.floor = SPREAD_FLOOR.get(name, 0.0)
         self.n = 1
         self.median = self.fast = self.last = value
+        if self.counter:
+            self.fast = 0.0  # a counter keeps the time of its last reading here, not a mean
         self.spread = 0.0  # above the median; below it `spread_lo`: a sagging line is skewed
         self.spread_lo = 0.0
         self.changes = 1  # readings that differed from the one before
@@ -253,26 +255,37 @@ class AnomalyDetector:
             return None
         median = f.median
         # The band's floor: a field that barely moves (a quiet frequency) still has noise.
-        floor = max(1e-3 * abs(median), f.floor, 1e-6)
-        # Young baselines have seen few train passages: their bands start wider and narrow
-        # as the readings add up (1.25x at twice the warm-up, 1.1x at three times).
-        young = WARMUP / f.n
-        k = BAND_K / sens * (1.0 + young * young)
+        # (Comparisons, not max(): this runs for every field of every message.)
+        floor = 1e-3 * median if median > 0 else -1e-3 * median
+        if floor < f.floor:
+            floor = f.floor
+        if floor < 1e-6:
+            floor = 1e-6
+        k = BAND_K / sens
+        if f.n < 4 * WARMUP:
+            # Young baselines have seen few train passages: their bands start wider and
+            # narrow as the readings add up (1.25x at twice the warm-up, 1.1x at three times).
+            young = WARMUP / f.n
+            k *= 1.0 + young * young
         # Each side its own width: a line sags deep under load and rises little in
         # regeneration, so a rise is caught early and a sag is not a fault. Each side is at
         # least half the other: a quiet warm-up may have missed one.
         spread, spread_lo = f.spread, f.spread_lo
-        high = median + k * max(spread, 0.5 * spread_lo, floor)
-        low = median - k * max(spread_lo, 0.5 * spread, floor)
+        up = spread if spread > 0.5 * spread_lo else 0.5 * spread_lo
+        down = spread_lo if spread_lo > 0.5 * spread else 0.5 * spread
+        high = median + k * (up if up > floor else floor)
+        low = median - k * (down if down > floor else floor)
         width = 0.5 * (high - low)
         fast = f.fast
         # The spreads learn from every reading, clipped: a rare deep sag widens the band a
         # little each time, while a drift cannot widen it faster than SPREAD_ALPHA allows.
         dev = fast - median
         if dev > 0:
-            f.spread += SPREAD_ALPHA * (min(dev, SPREAD_CLIP * spread + floor) - spread)
+            clip = SPREAD_CLIP * spread + floor
+            f.spread += SPREAD_ALPHA * ((dev if dev < clip else clip) - spread)
         elif dev < 0:
-            f.spread_lo += SPREAD_ALPHA * (min(-dev, SPREAD_CLIP * spread_lo + floor) - spread_lo)
+            clip = SPREAD_CLIP * spread_lo + floor
+            f.spread_lo += SPREAD_ALPHA * ((-dev if -dev < clip else clip) - spread_lo)
         if low <= fast <= high:
             f.bad_since = 0
             f.finding = None
