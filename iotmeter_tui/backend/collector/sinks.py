@@ -410,6 +410,11 @@ class RegistrySink(RecordSink):
                 self.alerts.on_gaps(device_id, track.gap_count, _now_ms())
                 self.quality.gaps(device_id, track.gap_count, _now_ms())
 
+    def close(self) -> None:
+        # A clean stop keeps the last minute of learning too (flushes save once a minute).
+        if self.alerts.anomaly is not None:
+            self.alerts.anomaly.save(_now_ms(), force=True)
+
     def _save_quality(self) -> None:
         """Scores are advisory and rebuilt from memory on the next batch: a failed write is
         logged, never a reason to retry the registry batch."""
