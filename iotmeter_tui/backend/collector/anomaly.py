@@ -136,9 +136,9 @@ class _Field:
                 self.changes, self.rate_hi]
 
     def restore(self, values: list[float]) -> None:
-        (n, self.median, self.fast, self.last, self.spread, self.spread_lo, self.changes,
+        (n, self.median, self.fast, self.last, self.spread, self.spread_lo, changes,
          self.rate_hi) = values
-        self.n = int(n)
+        self.n, self.changes = int(n), int(changes)
 
 
 class _Device:
