@@ -186,7 +186,7 @@ def test_an_unreadable_state_file_means_learning_afresh(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert AnomalyDetector(state_path=path).load() == 0
     path.write_text(json.dumps({"v": 1, "devices": {"bad": {"t": "x"}, "ok": {
-        "t": 1, "i": [1000.0, 20], "f": {"voltage_v": [400, 750, 750, 750, 5, 5, 1, 0]}}}}))
+        "t": 1, "i": [1000.0, 20], "f": {"voltage_v": [400, 750, 750, 750, 5, 5, 1, 0, 1]}}}}))
     det = AnomalyDetector(state_path=path)
     assert det.load() == 1
     assert set(det.snapshot()["devices"]) == {"ok"}
@@ -247,3 +247,16 @@ def test_the_engine_raises_one_explained_anomaly_alert_and_clears_it_after_the_h
         engine2.on_telemetry("m2", DC, {"voltage_v": 750.0}, T0 + i * 1000, T0 + i * 1000)
     engine2.flush(T0 + 1_000_000)
     assert store2.of("m2", Rule.ANOMALY) == []
+
+
+def test_an_earlier_stuck_episode_does_not_hide_the_next() -> None:
+    det = AnomalyDetector()
+    sample = meter_stream()
+    at = feed(det, 1000, sample=sample)[-1][0]
+    for episode in range(3):
+        frozen = sample()["voltage_v"]
+        start = (at - T0) // 1000 + 1
+        found = feed(det, 300, start, sample=sample,
+                     alter=lambda i, d, v=frozen: {**d, "voltage_v": v})
+        assert first(found, "stuck") is not None, f"episode {episode}"
+        at = feed(det, 3000, start + 300, sample=sample)[-1][0]

@@ -53,6 +53,7 @@ SPREAD_ALPHA: Final = 0.002
 SPREAD_CLIP: Final = 3.0
 STUCK_MIN: Final = 8  # repeated readings, at sensitivity 1, before "stuck"
 STUCK_CHANGE_RATE: Final = 0.95  # only fields that changed this often can be "stuck"
+STUCK_WINDOW: Final = 4096
 JUMP_FACTOR: Final = 20.0  # counter growth over the fastest rate seen, at sensitivity 1
 RATE_DECAY: Final = 0.9999  # per reading: the fastest rate seen fades over hours
 INTERVAL_TOLERANCE: Final = 0.5  # outside [0.5x, 2x] of the usual interval is "off"
@@ -112,6 +113,7 @@ class _Field:
         "spread",
         "spread_lo",
         "stuck_since",
+        "window",
     )
 
     def __init__(self, name: str, value: float) -> None:
@@ -124,7 +126,8 @@ class _Field:
             self.fast = 0.0  # a counter keeps the time of its last reading here, not a mean
         self.spread = 0.0  # above the median; below it `spread_lo`: a sagging line is skewed
         self.spread_lo = 0.0
-        self.changes = 1  # readings that differed from the one before
+        self.changes = 1  # readings that differed from the one before, within...
+        self.window = 1  # ...the last STUCK_WINDOW to 2 x STUCK_WINDOW readings
         self.repeats = 0
         self.stuck_since = 0
         self.rate_hi = 0.0  # counters: fastest growth per second seen (decaying)
@@ -133,12 +136,12 @@ class _Field:
 
     def state(self) -> list[float]:
         return [self.n, self.median, self.fast, self.last, self.spread, self.spread_lo,
-                self.changes, self.rate_hi]
+                self.changes, self.rate_hi, self.window]
 
     def restore(self, values: list[float]) -> None:
         (n, self.median, self.fast, self.last, self.spread, self.spread_lo, changes,
-         self.rate_hi) = values
-        self.n, self.changes = int(n), int(changes)
+         self.rate_hi, window) = values
+        self.n, self.changes, self.window = int(n), int(changes), int(window)
 
 
 class _Device:
@@ -217,8 +220,9 @@ class AnomalyDetector:
                         f.stuck_since = ts_ms
                     f.repeats += 1
                     f.n += 1
+                    f.window += 1
                     if f.repeats >= stuck_after and f.n > WARMUP and \
-                            f.changes > STUCK_CHANGE_RATE * (f.n - f.repeats):
+                            f.changes > STUCK_CHANGE_RATE * (f.window - f.repeats):
                         found = f.finding
                         if found is None or found.kind != "stuck":
                             found = f.finding = Finding("stuck", name, raw, raw, raw,
@@ -227,10 +231,20 @@ class AnomalyDetector:
                             worst = found
                         continue
                 else:
-                    if f.repeats and f.finding is not None and f.finding.kind == "stuck":
-                        f.finding = None  # it moves again
+                    if f.repeats >= stuck_after:
+                        # A stuck episode ends: it was a fault, not how often this field
+                        # changes, so it leaves the share (or it would hide the next one).
+                        f.window -= f.repeats
+                        if f.finding is not None and f.finding.kind == "stuck":
+                            f.finding = None
                     f.repeats = 0
                     f.changes += 1
+                    f.window += 1
+                    if f.window >= STUCK_WINDOW:
+                        # Halve both: the share is a recent one, so an earlier stuck
+                        # episode does not hide the next for ever.
+                        f.window >>= 1
+                        f.changes >>= 1
                     f.last = raw
                     f.n += 1
                 if not f.level_load:
