@@ -260,3 +260,19 @@ def test_an_earlier_stuck_episode_does_not_hide_the_next() -> None:
                      alter=lambda i, d, v=frozen: {**d, "voltage_v": v})
         assert first(found, "stuck") is not None, f"episode {episode}"
         at = feed(det, 3000, start + 300, sample=sample)[-1][0]
+
+
+def test_an_idle_counter_counting_its_last_digit_is_not_a_jump() -> None:
+    det = AnomalyDetector()
+    found = [det.observe("m1", DC, {"energy_export_kwh": 5000.0}, T0 + i * 50)
+             for i in range(20_000)]
+    found.append(det.observe("m1", DC, {"energy_export_kwh": 5000.001}, T0 + 20_000 * 50))
+    assert all(f is None for f in found)
+
+
+def test_levels_are_judged_only_after_ten_minutes_of_device_time() -> None:
+    det = AnomalyDetector()
+    # 20 readings a second: 600 readings are 30 s, no train passage yet.
+    found = feed(det, 6000, step_ms=50, alter=lambda i, d: {
+        **d, "voltage_v": 800.0 + (i % 7) * 0.1 - (300.0 if i > 3000 else 0.0)})
+    assert first(found, "level") is None

@@ -43,7 +43,8 @@ SPREAD_FLOOR: Final[Mapping[str, float]] = {
     "temperature_c": 0.5, "frequency_hz": 0.03, "power_factor": 0.005,
 }
 
-WARMUP: Final = 600  # readings before a baseline is trusted (several train passages)
+WARMUP: Final = 600  # readings before a baseline is trusted (several train passages)...
+WARMUP_MS: Final = 600_000  # ...and device time: 600 readings at 20 Hz see no train at all
 BAND_K: Final = 7.0  # band half-width in spreads, at sensitivity 1
 FAST_ALPHA: Final = 0.25  # the short-term mean: about the last 4 readings
 MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per reading
@@ -146,6 +147,7 @@ class _Field:
 
 class _Device:
     __slots__ = (
+        "born",
         "fields",
         "interval",
         "interval_finding",
@@ -157,6 +159,7 @@ class _Device:
 
     def __init__(self) -> None:
         self.fields: dict[str, _Field] = {}
+        self.born = 0  # device ts of the first reading: the baselines' age
         self.last_ts = 0
         self.interval = 0.0  # usual reporting interval, ms (EW median)
         self.interval_n = 0
@@ -193,12 +196,15 @@ class AnomalyDetector:
         worst: Finding | None = None
         if dev.last_ts and ts_ms > dev.last_ts:
             worst = self._interval(dev, ts_ms - dev.last_ts, ts_ms, sens)
+        if not dev.born:
+            dev.born = ts_ms
         if ts_ms > dev.last_ts:
             dev.last_ts = ts_ms
         elif dev.last_ts:
             return worst  # a late (reordered) reading: no interval, no baseline update
         fields = dev.fields
         stuck_after = STUCK_MIN / sens
+        warm = ts_ms - dev.born >= WARMUP_MS
         for name, raw in data.items():
             if raw.__class__ is not float:
                 if raw.__class__ is not int:
@@ -249,16 +255,17 @@ class AnomalyDetector:
                     f.n += 1
                 if not f.level_load:
                     continue
-                found = self._level(f, name, raw, ts_ms, sens)
+                found = self._level(f, name, raw, ts_ms, sens, warm)
             if found is not None and (worst is None or found.score > worst.score):
                 worst = found
         return worst
 
-    def _level(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
+    def _level(self, f: _Field, name: str, x: float, ts: int, sens: float,
+               warm: bool) -> Finding | None:
         # The check compares the short-term mean with the median, so the spread is learned
         # from that same statistic: its own scatter (train passages) sets the band.
         f.fast += FAST_ALPHA * (x - f.fast)
-        if f.n <= WARMUP:
+        if f.n <= WARMUP or not warm:
             # Learn quickly: the running mean and the mean deviations above and below it.
             f.median += (x - f.median) / f.n
             dev = f.fast - f.median
@@ -329,7 +336,10 @@ class AnomalyDetector:
             f.finding = Finding("counter_regression", name, x, x, x - delta, ts, 2.0)
             return f.finding
         rate = delta / dt_s
-        limit = JUMP_FACTOR / sens * max(f.rate_hi, 1e-3) * dt_s
+        # Plus a floor for the register's resolution: a counter idle for hours (no
+        # regeneration) that then counts its last digit up is not a jump.
+        floor = 1e-5 * x if x > 0 else 0.0
+        limit = JUMP_FACTOR / sens * f.rate_hi * dt_s + (floor if floor > 0.01 else 0.01)
         if f.n > WARMUP and delta > limit:
             f.finding = Finding("counter_jump", name, delta, 0.0, limit, ts, 2.0)
             return f.finding
@@ -366,7 +376,7 @@ class AnomalyDetector:
 
     def snapshot(self) -> dict[str, Any]:
         return {"v": 1, "devices": {
-            device_id: {"t": dev.last_ts, "i": [dev.interval, dev.interval_n],
+            device_id: {"t": dev.last_ts, "b": dev.born, "i": [dev.interval, dev.interval_n],
                         "f": {name: f.state() for name, f in dev.fields.items()}}
             for device_id, dev in self._devices.items()}}
 
@@ -379,6 +389,7 @@ class AnomalyDetector:
             try:
                 dev = _Device()
                 dev.last_ts = int(saved["t"])
+                dev.born = int(saved.get("b", dev.last_ts))
                 dev.interval, n = (float(v) for v in saved["i"])
                 dev.interval_n = int(n)
                 for name, values in saved["f"].items():
