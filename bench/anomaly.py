@@ -209,13 +209,14 @@ def live_run(seconds: float, seed: int) -> dict[str, Any]:
             atexit.register(lambda: collector.poll() is None and collector.kill())
             time.sleep(3)  # connect, migrate, subscribe
             summary = home / "summary.json"
-            # Episodes start early (p per reading) and last 300 s: they are still on when the
-            # baselines are warm (600 readings = 30 s at 20 Hz).
+            # Episodes last 300 s, so one that starts before the baselines are warm (600
+            # readings = 30 s at 20 Hz) is still on when they are; about a third of the
+            # devices get none, to show the false alerts.
             simulate = subprocess.run(
-                [sys.executable, "-m", "iotmeter_tui", "simulate", "--devices", "4",
+                [sys.executable, "-m", "iotmeter_tui", "simulate", "--devices", "6",
                  "--rate", "20", "--kind", "mixed", "--seed", str(seed), "--duration",
                  str(seconds), "--summary", str(summary), "--faults",
-                 "stuck=0.002,counter_regression=0.002"],
+                 "stuck=0.0003,counter_regression=0.0003"],
                 env=env, capture_output=True, timeout=seconds + 120)
             if simulate.returncode != 0:
                 raise SystemExit(f"simulator failed: {simulate.stderr.decode()[-500:]}")

@@ -53,8 +53,11 @@ MEDIAN_STEP: Final = 0.02  # how far (in spreads) the median may move per readin
 SPREAD_ALPHA: Final = 0.002
 SPREAD_CLIP: Final = 3.0
 STUCK_MIN: Final = 8  # repeated readings, at sensitivity 1, before "stuck"
-STUCK_CHANGE_RATE: Final = 0.95  # only fields that changed this often can be "stuck"
+STUCK_CHANGE_RATE: Final = 0.85  # only fields that changed this often can be "stuck"
 STUCK_WINDOW: Final = 4096
+# A run is "stuck" once chance would give it less than once in e^20.7 = 1e9 readings: a field
+# that changes 99 % of the time needs the 8 repeats, one that changes 90 % needs 9, 85 % 11.
+STUCK_EVIDENCE: Final = math.log(1e9)
 JUMP_FACTOR: Final = 20.0  # counter growth over the fastest rate seen, at sensitivity 1
 RATE_DECAY: Final = 0.9999  # per reading: the fastest rate seen fades over hours
 INTERVAL_TOLERANCE: Final = 0.5  # outside [0.5x, 2x] of the usual interval is "off"
@@ -145,6 +148,16 @@ class _Field:
         self.n, self.changes, self.window = int(n), int(changes), int(window)
 
 
+def _stuck(f: _Field) -> bool:
+    """Whether the current run of repeats is beyond chance for how often the field changes
+    (its recent share of readings that differed from the one before)."""
+    others = f.window - f.repeats
+    share = f.changes / others if others > 0 else 0.0
+    if share <= STUCK_CHANGE_RATE:
+        return False
+    return share >= 1.0 or f.repeats >= STUCK_EVIDENCE / -math.log(1.0 - share)
+
+
 class _Device:
     __slots__ = (
         "born",
@@ -227,8 +240,7 @@ class AnomalyDetector:
                     f.repeats += 1
                     f.n += 1
                     f.window += 1
-                    if f.repeats >= stuck_after and f.n > WARMUP and \
-                            f.changes > STUCK_CHANGE_RATE * (f.window - f.repeats):
+                    if f.repeats >= stuck_after and f.n > WARMUP and _stuck(f):
                         found = f.finding
                         if found is None or found.kind != "stuck":
                             found = f.finding = Finding("stuck", name, raw, raw, raw,
