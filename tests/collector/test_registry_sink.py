@@ -199,3 +199,31 @@ def test_a_batch_stores_each_devices_data_quality_once_even_when_retried(
     # 3 of 4 arrived once (75), less 20 for a device clock decades behind arrival.
     assert quality.score == pytest.approx(55.0, abs=0.1) and quality.clock_skew_ms > 60_000
     store.close()
+
+
+class QualityDown:
+    """The real store, whose data-quality table cannot be written."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+
+    def save_quality(self, *args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("sqlite", "disk I/O error")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_quality_write_that_fails_is_logged_and_the_batch_still_stored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    sink = RegistrySink(QualityDown(store), "test/registry",  # type: ignore[arg-type]
+                        SeqTracker(5_000), AlertEngine(store), CollectorMetrics())
+    sink.write([record(0, received_ms=now_ms()), record(1, received_ms=now_ms())],
+               Position(1, 200))
+    assert store.get_cursor("test/registry") == "1:200"  # the registry batch went through
+    (state,) = store.load_seq_states(["dc-0001"])
+    assert state.received == 2
+    assert store.device_quality() == {}
+    assert "data-quality scores of 1 devices not saved: " in caplog.text
+    store.close()
