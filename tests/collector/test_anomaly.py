@@ -276,3 +276,16 @@ def test_levels_are_judged_only_after_ten_minutes_of_device_time() -> None:
     found = feed(det, 6000, step_ms=50, alter=lambda i, d: {
         **d, "voltage_v": 800.0 + (i % 7) * 0.1 - (300.0 if i > 3000 else 0.0)})
     assert first(found, "level") is None
+
+
+@pytest.mark.parametrize(("field", "shift"), [("frequency_hz", 0.4), ("power_factor", -0.4)])
+def test_frequency_or_power_factor_leaving_its_usual_band(field: str, shift: float) -> None:
+    det = AnomalyDetector()
+    sample = meter_stream("ac_25kv_50hz")
+    assert [f for _, f in feed(det, 2000, key="ac_25kv_50hz", sample=sample)
+            if f is not None] == []
+    found = feed(det, 30, 2000, sample=sample,
+                 alter=lambda i, d: {**d, field: d[field] + shift})
+    hit = first(found, "level")
+    assert hit is not None and hit[1].field == field
+    assert hit[0] - (T0 + 2000 * 1000) <= 10_000
