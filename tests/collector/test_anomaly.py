@@ -278,7 +278,7 @@ def test_levels_are_judged_only_after_ten_minutes_of_device_time() -> None:
     assert first(found, "level") is None
 
 
-@pytest.mark.parametrize(("field", "shift"), [("frequency_hz", 0.4), ("power_factor", -0.4)])
+@pytest.mark.parametrize(("field", "shift"), [("frequency_hz", 0.4), ("power_factor", -0.5)])
 def test_frequency_or_power_factor_leaving_its_usual_band(field: str, shift: float) -> None:
     det = AnomalyDetector()
     sample = meter_stream("ac_25kv_50hz")
