@@ -146,6 +146,14 @@ def _host(text: str) -> str:
     return text
 
 
+def _sensitivity(text: str) -> str:
+    # Checked here, parsed where the detector is built (collector/anomaly.py).
+    from iotmeter_tui.backend.collector.anomaly import parse_sensitivity
+
+    parse_sensitivity(text)
+    return text
+
+
 def _text(text: str) -> str:
     return text
 
@@ -231,6 +239,8 @@ def _keymap(text: str) -> dict[str, str]:
                              "separated by commas")
         keymap[binding_id] = ",".join(names)
     return keymap
+
+
 def _retention(text: str) -> str:
     # Imported here: the stores package imports this module at its top.
     from iotmeter_tui.backend.stores.rollups import parse_retention
@@ -404,6 +414,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How long 1-minute rollups are kept (like retention_raw)."),
     Setting("retention_1h", _retention, "inf",
             "How long 1-hour rollups are kept (like retention_raw)."),
+    # --- anomaly ---
+    Setting("anomaly_sensitivity", _sensitivity, "power_meter_dc=1,power_meter_ac=1",
+            "Anomaly detector sensitivity per device type, TYPE=NUMBER,...: 2 halves the "
+            "bands, 0 turns it off; a device's `anomaly_sensitivity` config wins."),
 )
 
 
@@ -476,6 +490,7 @@ class Settings:
     retention_raw: str
     retention_1m: str
     retention_1h: str
+    anomaly_sensitivity: str
 
     @property
     def embedded(self) -> bool:

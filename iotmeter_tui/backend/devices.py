@@ -72,6 +72,8 @@ SERVER_KEYS: Final[Mapping[str, NumberRule]] = {
     "max_current_a": NumberRule(1.0, 100_000.0),
     "frequency_band_pct": NumberRule(0.01, 50.0),
     "gap_threshold": NumberRule(1, 1_000_000, integer=True),
+    # The anomaly detector's sensitivity for this device (collector/anomaly.py); 0 turns it off.
+    "anomaly_sensitivity": NumberRule(0.0, 100.0),
 }
 NOTE_PREFIX: Final = "x_"
 MAX_NOTE_KEY_CHARS: Final = 64

@@ -196,6 +196,10 @@ def test_replace_config_sends_the_changed_device_keys(metadata: MetadataStore) -
     assert devices.get_config("dc-0001") == {"interval_s": 0.5, "nominal_v": 900}
     only_server = devices.replace_config("dc-0001", {"gap_threshold": 5}, actor=CI)
     assert only_server.reason == "no device-applied key in the config"
+    # The anomaly detector's per-device sensitivity is a server key too (0 turns it off).
+    quiet = devices.replace_config("dc-0001", {"anomaly_sensitivity": 0}, actor=CI)
+    assert quiet.command_id is None and devices.get_config("dc-0001") == {
+        "anomaly_sensitivity": 0}
     both = devices.replace_config("dc-0001", {"heartbeat_s": 30, "report_temperature": False},
                                   actor=CI)
     assert both.sent == {"heartbeat_s": 30, "report_temperature": False}
@@ -224,6 +228,7 @@ def test_replace_config_without_a_command_service_stores_only(metadata: Metadata
     ({"report_temperature": 1}, "true or false"),
     ({"gap_threshold": 2.5}, "whole number"),
     ({"nominal_v": -750}, "nominal_v"),
+    ({"anomaly_sensitivity": -1}, "anomaly_sensitivity"),
     ({"volts": 1}, "'volts' is not a known key"),
     ({"x_": 1}, "'x_' is not a known key"),
     ({"x_note": {"nested": 1}}, "a note is text"),

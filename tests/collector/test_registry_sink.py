@@ -79,10 +79,11 @@ def test_a_retried_batch_is_counted_once(tmp_path: Path) -> None:
 class BrokenRule(AlertEngine):
     """The real engine with a bug planted in one reading's evaluation."""
 
-    def on_telemetry(self, device_id: str, device_type: str, data: Any, at: int) -> None:
+    def on_telemetry(self, device_id: str, device_type: str, data: Any, at: int,
+                     ts: int | None = None) -> None:
         if data.get("seq_marker") == 1:
             raise ValueError("math domain error")
-        super().on_telemetry(device_id, device_type, data, at)
+        super().on_telemetry(device_id, device_type, data, at, ts)
 
 
 def test_an_alert_rule_that_fails_does_not_stop_the_registry(tmp_path: Path) -> None:
@@ -221,6 +222,8 @@ def test_planned_reboots_do_not_page_and_one_that_does_not_return_does(tmp_path:
     [alert] = store.open_alerts()
     assert (alert.device_id, alert.rule) == ("dc-0002", "offline")
     assert "planned reboot (OTA install)" in alert.message
+
+
 def _ack_record(device_id: str, seq: int, command_id: str) -> SpoolRecord:
     payload = protocol.encode_device_message(
         device_id, protocol.COMMAND_ACK,
@@ -244,4 +247,54 @@ def test_a_device_cannot_close_another_devices_command(tmp_path: Path) -> None:
     sink.write([_ack_record("dc-000A", 0, "cmd-a")], Position(1, 200))
     cmd = store.get_command("cmd-a")
     assert cmd is not None and (cmd.state, cmd.detail) == ("done", "forged")
+
+
+def test_a_batch_stores_each_devices_data_quality_once_even_when_retried(
+        tmp_path: Path) -> None:
+    from iotmeter_tui.backend.collector.anomaly import AnomalyDetector
+
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    flaky = FailsOnce(store)
+    sink = RegistrySink(flaky, "test/registry", SeqTracker(5_000),  # type: ignore[arg-type]
+                        AlertEngine(store, anomaly=AnomalyDetector()), CollectorMetrics())
+    now = now_ms()
+    batch = [record(0, received_ms=now), record(1, received_ms=now),
+             record(1, DUPLICATE, received_ms=now), record(2, received_ms=now)]
+    with pytest.raises(StoreUnavailable):
+        sink.write(batch, Position(1, 400))
+    assert store.device_quality() == {}
+    sink.write(batch, Position(1, 400))
+    quality = store.device_quality(["dc-0001"])["dc-0001"]
+    assert round(quality.received) == 3 and round(quality.duplicates) == 1
+    assert quality.gaps == 0 and quality.rejects == 0 and quality.stuck_fields == 0
+    # 3 of 4 arrived once (75), less 20 for a device clock decades behind arrival.
+    assert quality.score == pytest.approx(55.0, abs=0.1) and quality.clock_skew_ms > 60_000
+    store.close()
+
+
+class QualityDown:
+    """The real store, whose data-quality table cannot be written."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+
+    def save_quality(self, *args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("sqlite", "disk I/O error")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_quality_write_that_fails_is_logged_and_the_batch_still_stored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    sink = RegistrySink(QualityDown(store), "test/registry",  # type: ignore[arg-type]
+                        SeqTracker(5_000), AlertEngine(store), CollectorMetrics())
+    sink.write([record(0, received_ms=now_ms()), record(1, received_ms=now_ms())],
+               Position(1, 200))
+    assert store.get_cursor("test/registry") == "1:200"  # the registry batch went through
+    (state,) = store.load_seq_states(["dc-0001"])
+    assert state.received == 2
+    assert store.device_quality() == {}
+    assert "data-quality scores of 1 devices not saved: " in caplog.text
     store.close()

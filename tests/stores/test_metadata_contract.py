@@ -1193,3 +1193,17 @@ def test_keyset_pages_agree_with_one_listing(
         walked += _ids(batch)
         after = encode_device_cursor(batch[-1], column, descending)
     assert walked == every and len(every) == len(fleet)
+# --- data quality -----------------------------------------------------------------------------
+
+def test_quality_scores_are_upserted_and_read_per_device(store: MetadataStore) -> None:
+    from iotmeter_tui.backend.stores.metadata import DeviceQuality
+
+    first = DeviceQuality("q-1", 97.5, 100.0, 2.5, 0.0, 1.0, 0.0, 0, 1200, 1000)
+    other = DeviceQuality("q-2", 40.0, 10.0, 0.0, 0.0, 0.0, 2.0, 1, 70_000, 1000)
+    store.save_quality([first, other])
+    store.save_quality([])  # nothing to write is not an error
+    assert store.device_quality() == {"q-1": first, "q-2": other}
+    newer = DeviceQuality("q-1", 100.0, 50.0, 0.0, 0.0, 0.0, 0.0, 0, 10, 2000)
+    store.save_quality([newer])
+    assert store.device_quality(["q-1", "missing"]) == {"q-1": newer}
+    assert store.device_quality(f"x-{i}" for i in range(1500)) == {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any, Final, Literal, Protocol
 
+from iotmeter_tui.backend.collector.anomaly import AnomalyDetector, sensitivity_from_config
 from iotmeter_tui.backend.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Rule(StrEnum):
     # Many meters lost together (a broker outage, a substation without power): one alert
     # for the lot, stored under GROUP_DEVICE, instead of one per meter.
     OFFLINE_GROUP = "offline_group"
+    ANOMALY = "anomaly"  # the learned-baseline detector, anomaly.py
 
 
 class Severity(StrEnum):
@@ -57,6 +59,8 @@ SEVERITY: Final[Mapping[Rule, Severity]] = {
     Rule.FREQUENCY_BAND: Severity.MINOR,
     # Measurements lost in transit; the power supply itself may be fine.
     Rule.SEQ_GAPS: Severity.WARNING,
+    # A meter that disagrees with its own past: worth a look, not yet a power problem.
+    Rule.ANOMALY: Severity.WARNING,
 }
 
 
@@ -147,7 +151,8 @@ def fits_device_type(system: SupplySystem, device_type: str) -> bool:
 # --- per-device limits -------------------------------------------------------------------------
 
 DEFAULT_FREQUENCY_BAND_PCT: Final = 1.0
-CONFIG_KEYS: Final = ("nominal_v", "max_current_a", "frequency_band_pct", "gap_threshold")
+CONFIG_KEYS: Final = ("nominal_v", "max_current_a", "frequency_band_pct", "gap_threshold",
+                      "anomaly_sensitivity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,7 @@ class Limits:
     max_current_a: float | None = None
     frequency_band_pct: float | None = None
     gap_threshold: int | None = None
+    anomaly_sensitivity: float | None = None
 
 
 def _positive(device_id: str, config: Mapping[str, Any], key: str) -> float | None:
@@ -191,6 +197,7 @@ def limits_from_config(device_id: str, config: Mapping[str, Any]) -> Limits:
         max_current_a=_positive(device_id, config, "max_current_a"),
         frequency_band_pct=_positive(device_id, config, "frequency_band_pct"),
         gap_threshold=None if gaps is None else int(gaps),
+        anomaly_sensitivity=sensitivity_from_config(device_id, config),
     )
 
 
@@ -395,8 +402,10 @@ class AlertEngine:
         group_window_ms: int = 0,  # 0: no grouping, every offline meter alerts at once
         locate: Callable[[list[str]], Mapping[str, str]] | None = None,
         clock: Callable[[], int] = _wall_ms,
+        anomaly: AnomalyDetector | None = None,
     ) -> None:
         self._store = store
+        self._anomaly = anomaly
         self._hold_ms = hold_ms
         self._gap_threshold = gap_threshold
         self._gap_window_ms = gap_window_ms
@@ -450,7 +459,8 @@ class AlertEngine:
     # -- observations
 
     def on_telemetry(
-        self, device_id: str, device_type: str, data: Mapping[str, float], at_ms: int
+        self, device_id: str, device_type: str, data: Mapping[str, float], at_ms: int,
+        ts_ms: int | None = None,
     ) -> None:
         dev, at = self._touch(device_id, device_type, at_ms)
         self._back(device_id, dev, at)  # any message proves it is up
@@ -468,6 +478,13 @@ class AlertEngine:
             band = limits.frequency_band_pct or DEFAULT_FREQUENCY_BAND_PCT
             verdict = check_frequency(frequency, system.frequency_hz, band)
             self._observe(device_id, dev, Rule.FREQUENCY_BAND, verdict, at)
+        if self._anomaly is not None:
+            # The device clock paces the detector: a replayed backlog is not a burst.
+            found = self._anomaly.observe(device_id, dev.device_type, data,
+                                          at_ms if ts_ms is None else ts_ms,
+                                          limits.anomaly_sensitivity)
+            self._observe(device_id, dev, Rule.ANOMALY, None if found is None else Violation(
+                found.observed, found.score, 1.0, found.message()), at)
 
     def on_hello(
         self, device_id: str, device_type: str, data: Mapping[str, Any], at_ms: int
@@ -518,6 +535,8 @@ class AlertEngine:
         A store error propagates; what was not written stays queued for the next flush,
         and the counts of what was written carry over to the next successful flush."""
         self._sweep(now_ms)
+        if self._anomaly is not None:
+            self._anomaly.save(now_ms)  # at most once a minute
         while self._queued:
             key, changes = next(iter(self._queued.items()))
             while changes:
@@ -526,6 +545,10 @@ class AlertEngine:
             del self._queued[key]
         done, self._done = self._done, AlertChanges()
         return done
+
+    @property
+    def anomaly(self) -> AnomalyDetector | None:
+        return self._anomaly
 
     @property
     def queued(self) -> int:

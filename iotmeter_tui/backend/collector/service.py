@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.anomaly import AnomalyDetector, parse_sensitivity
 from iotmeter_tui.backend.collector.broker_sys import BrokerSysMonitor, broker_sys_url
 from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS, Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
@@ -131,10 +132,14 @@ class Collector:
         )
         reorder_ms = int(s.reorder_timeout_s * 1000)
         metadata = self.stores.metadata
+        anomaly = AnomalyDetector(parse_sensitivity(s.anomaly_sensitivity),
+                                  self.spool_dir / "anomaly-baselines.json")
+        anomaly.load()
         alerts = AlertEngine(metadata, planned_reboot_ms=int(s.planned_reboot_s * 1000),
                              group_min=s.offline_group_min,
                              group_window_ms=OFFLINE_GROUP_WINDOW_MS,
-                             locate=lambda ids: device_locations(metadata, ids))
+                             locate=lambda ids: device_locations(metadata, ids),
+                             anomaly=anomaly)
         registry = RegistrySink(metadata, f"{s.client_id}/registry", SeqTracker(reorder_ms),
                                 alerts, self.metrics, collector=s.client_id,
                                 shared=s.share_group is not None)

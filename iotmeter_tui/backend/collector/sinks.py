@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.quality import QualityTracker
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
@@ -246,6 +247,7 @@ class RegistrySink(RecordSink):
         self.alerts = alerts
         self.metrics = metrics
         self.current_boot: dict[str, int] = {}
+        self.quality = QualityTracker()
         self._observed_end: Position | None = None
         self._next_housekeeping = 0.0
         self._next_write = 0.0
@@ -303,6 +305,7 @@ class RegistrySink(RecordSink):
         newest = 0
         if observe:
             for r in records:
+                self.quality.observe(r)
                 if r.kind != REJECTED and r.seq >= 0:
                     verdict = self.tracker.observe(r.device_id, r.boot, r.seq, r.received_ms)
                     if verdict is not Verdict.DUPLICATE:
@@ -326,7 +329,8 @@ class RegistrySink(RecordSink):
         data = _data(r)
         at = r.received_ms
         if r.msg_type == protocol.TELEMETRY:
-            self._evaluate(self.alerts.on_telemetry, r, r.device_id, r.device_type, data, at)
+            self._evaluate(self.alerts.on_telemetry, r, r.device_id, r.device_type, data, at,
+                           r.ts)
             self._online(change, at)
         elif r.msg_type == protocol.HELLO:
             change.device_type = str(data["device_type"])
@@ -407,6 +411,7 @@ class RegistrySink(RecordSink):
                 [self._state(d, b, t) for d, b, t in changed],
                 cursor=(self.cursor_name, f"{end.segment}:{end.offset}"),
             )
+            self._save_quality()
         except BaseException:
             # Not stored: mark them changed again so the retry writes them.
             self.tracker.mark_changed((d, b) for d, b, _ in changed)
@@ -420,6 +425,26 @@ class RegistrySink(RecordSink):
         for device_id, boot, track in changed:
             if boot == self.current_boot.get(device_id):
                 self.alerts.on_gaps(device_id, track.gap_count, _now_ms())
+                self.quality.gaps(device_id, track.gap_count, _now_ms())
+
+    def close(self) -> None:
+        # A clean stop keeps the last minute of learning too (flushes save once a minute).
+        if self.alerts.anomaly is not None:
+            self.alerts.anomaly.save(_now_ms(), force=True)
+
+    def _save_quality(self) -> None:
+        """Scores are advisory and rebuilt from memory on the next batch: a failed write is
+        logged, never a reason to retry the registry batch."""
+        anomaly = self.alerts.anomaly
+        now = _now_ms()
+        if anomaly is not None:
+            for device_id, resets in anomaly.take_counter_resets().items():
+                self.quality.counter_reset(device_id, now, resets)
+        scores = self.quality.drain(now, anomaly.stuck_fields if anomaly else None)
+        try:
+            self.store.save_quality(scores)
+        except StoreError as exc:
+            log.warning("data-quality scores of %d devices not saved: %s", len(scores), exc)
 
     def _state(self, device_id: str, boot: int, track: BootTrack) -> SeqState:
         return SeqState(device_id, boot, track.highest, track.received, track.duplicates,

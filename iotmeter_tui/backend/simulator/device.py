@@ -137,6 +137,7 @@ class SimulatedMeter:
         self.powered = False
         self.online = False  # connected, subscribed and announced
         self.last_reading: dict[str, float] = {}
+        self._interval_scale = 1.0  # an interval_change fault's factor, while it runs
         self.schedule_generation = 0  # bumped to void the scheduler's older entries
         self._persist = persist
         self._reschedule = reschedule
@@ -284,6 +285,7 @@ class SimulatedMeter:
             "lost_at_power_off": counters.lost_at_power_off,
             "connection_losses": counters.connection_losses,
             "faults": dict(sorted(counters.faults.items())),
+            "fault_labels": [label.as_dict() for label in self.faults.episodes.labels],
         }
 
     @property
@@ -301,6 +303,12 @@ class SimulatedMeter:
         self.record.energy_export_kwh = self.meter.energy_export_kwh
         if not self.config.report_temperature:
             del data["temperature_c"]
+        episodes = self.faults.episodes
+        if episodes.spec.any_episode or episodes.interval_scale != 1.0:
+            data = episodes.alter(data, self._now_ms())
+            if episodes.interval_scale != self._interval_scale:
+                self.config.interval_s *= episodes.interval_scale / self._interval_scale
+                self._interval_scale = episodes.interval_scale
         self.last_reading = data
         self._emit(protocol.TELEMETRY, data)
 

@@ -327,6 +327,24 @@ def decode_device_cursor(cursor: str, order_by: str, descending: bool) -> tuple[
 # --- the port -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceQuality:
+    """A device's data-quality score (0-100, 100: nothing wrong seen) and its parts; counts
+    decay with a one-hour half-life (collector/quality.py), `clock_skew_ms` is the typical
+    |arrival - ts|."""
+
+    device_id: str
+    score: float
+    received: float
+    gaps: float
+    duplicates: float
+    rejects: float
+    counter_resets: float
+    stuck_fields: int
+    clock_skew_ms: int
+    updated_at: int
+
+
 class MetadataStore(Protocol):
     """Every method may raise StoreUnavailable (retry later) or StoreRejected.
 
@@ -360,6 +378,14 @@ class MetadataStore(Protocol):
 
     def device_types(self) -> dict[str, str]:
         """device_id -> device_type of every registered device."""
+
+    # -- data quality (collector/quality.py writes, the dashboard and API read)
+    def save_quality(self, scores: Sequence[DeviceQuality]) -> None:
+        """Upsert each device's latest score."""
+
+    def device_quality(self, device_ids: Iterable[str] | None = None
+                       ) -> dict[str, DeviceQuality]:
+        """device_id -> latest score, of the given devices (every scored device when None)."""
 
     def mark_silent_offline(self, now_ms: int, factor: float = 3.0) -> list[str]:
         """Online devices silent for more than factor * heartbeat_s become offline."""

@@ -40,6 +40,7 @@ from iotmeter_tui.backend.stores.metadata import (
     Command,
     Device,
     DeviceDeletion,
+    DeviceQuality,
     DeviceUpdate,
     Firmware,
     FleetFigures,
@@ -349,6 +350,25 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "OTA: the Ed25519 signature of a firmware image, carried in offers",
         ("ALTER TABLE ota_firmware ADD COLUMN signature TEXT",),
     ),
+    Migration(
+        7,
+        "device_quality: a data-quality score per device",
+        (
+            # Its own table, not columns of devices: written per registry batch by the
+            # collector only, so it never contends with the registry's device upserts.
+            """CREATE TABLE device_quality (
+            device_id {key} PRIMARY KEY,
+            score DOUBLE PRECISION NOT NULL,
+            received DOUBLE PRECISION NOT NULL,
+            gaps DOUBLE PRECISION NOT NULL,
+            duplicates DOUBLE PRECISION NOT NULL,
+            rejects DOUBLE PRECISION NOT NULL,
+            counter_resets DOUBLE PRECISION NOT NULL,
+            stuck_fields INTEGER NOT NULL,
+            clock_skew_ms BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL)""",
+        ),
+    ),
 )
 
 
@@ -537,6 +557,13 @@ UPSERT_SEQ: Final = f"""
         highest_seq = excluded.highest_seq, received = excluded.received,
         duplicates = excluded.duplicates, missing = excluded.missing, gaps = excluded.gaps,
         updated_at = excluded.updated_at"""
+
+QUALITY_COLUMNS: Final = ", ".join(f.name for f in fields(DeviceQuality))
+UPSERT_QUALITY: Final = f"""
+    INSERT INTO device_quality ({QUALITY_COLUMNS})
+    VALUES ({", ".join(":" + f.name for f in fields(DeviceQuality))})
+    ON CONFLICT (device_id) DO UPDATE SET
+    {", ".join(f"{f.name} = excluded.{f.name}" for f in fields(DeviceQuality)[1:])}"""
 
 UPSERT_CURSOR: Final = """
     INSERT INTO collector_cursors (name, value, updated_at) VALUES (:name, :value, :at)
@@ -741,6 +768,31 @@ class SqlMetadataStore:
         states = sorted((_seq_state(row) for row in rows),
                         key=lambda s: (s.device_id, s.boot, s.collector))
         return states if collector is not None else merge_seq_states(states)
+
+    def save_quality(self, scores: Sequence[DeviceQuality]) -> None:
+        rows = [{f.name: getattr(q, f.name) for f in fields(DeviceQuality)}
+                for q in sorted(scores, key=lambda q: q.device_id)]
+        if rows:
+            with self._tx(write=True) as tx:
+                tx.many(UPSERT_QUALITY, rows)
+
+    def device_quality(self, device_ids: Iterable[str] | None = None
+                       ) -> dict[str, DeviceQuality]:
+        select = f"SELECT {QUALITY_COLUMNS} FROM device_quality"
+        with self._tx() as tx:
+            if device_ids is None:
+                rows = tx.all(select)
+            else:
+                rows = []
+                ids = list(dict.fromkeys(device_ids))
+                for start in range(0, len(ids), _IN_CHUNK):
+                    names = {f"d{i}": d for i, d in enumerate(ids[start : start + _IN_CHUNK])}
+                    in_list = ", ".join(f":{name}" for name in names)
+                    rows += tx.all(f"{select} WHERE device_id IN ({in_list})", names)
+        return {str(row[0]): DeviceQuality(str(row[0]), float(row[1]), float(row[2]),
+                                           float(row[3]), float(row[4]), float(row[5]),
+                                           float(row[6]), int(row[7]), int(row[8]),
+                                           int(row[9])) for row in rows}
 
     def device_types(self) -> dict[str, str]:
         with self._tx() as tx:
