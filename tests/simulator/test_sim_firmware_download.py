@@ -120,6 +120,11 @@ def test_a_busy_endpoint_is_asked_again_after_retry_after(metadata: MetadataStor
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         hog.connect(("127.0.0.1", server.port))
         hog.sendall(f"GET {path} HTTP/1.1\r\nHost: fw\r\n\r\n".encode())  # holds the slot
+        # The hog holds the slot once it is being served: without waiting for that, the
+        # meter's request could take the slot first and the hog be the one refused.
+        hog.settimeout(10)
+        assert hog.recv(12).endswith(b" 200")  # the status line: it is being served
+        assert server.refused_busy == 0
 
         async def run() -> bytes:
             fetch = asyncio.create_task(fetch_firmware(url, max_size=fw.size, timeout_s=30))
