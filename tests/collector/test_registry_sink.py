@@ -298,3 +298,27 @@ def test_a_quality_write_that_fails_is_logged_and_the_batch_still_stored(
     assert store.device_quality() == {}
     assert "data-quality scores of 1 devices not saved: " in caplog.text
     store.close()
+
+
+def test_accepting_another_devices_reboot_does_not_silence_an_offline(tmp_path: Path) -> None:
+    """Like issue 15 item 9 for planned reboots: only a device's own reboot command, accepted,
+    makes its next offline expected; a forged acceptance of another's still pages."""
+    from iotmeter_tui.backend.stores.metadata import Command
+
+    store = open_metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = AlertEngine(store, planned_reboot_ms=60_000, group_min=5, group_window_ms=10_000)
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), engine, CollectorMetrics())
+    t = now_ms()
+    store.create_command(Command("cmd-1", "dc-0003", "reboot", {}, "sent", t, t, None))
+    hello_data = {"device_type": "power_meter_dc", "fw_version": "1.0.0", "heartbeat_s": 30.0,
+                  "uptime_s": 0}
+    sink.write([_message("dc-0004", protocol.HELLO, hello_data, 1, 0, t),
+                _message("dc-0004", protocol.COMMAND_ACK,
+                         {"command_id": "cmd-1", "result": "accepted", "detail": "forged"},
+                         1, 1, t + 1),
+                _message("dc-0004", protocol.STATUS, {"state": "offline"}, 1, -1, t + 2)],
+               Position(1, 100))
+    engine.flush(t + 11_000)  # past the grouping window, well inside a reboot window
+    [alert] = store.open_alerts()
+    assert (alert.device_id, alert.rule) == ("dc-0004", "offline")
+    store.close()

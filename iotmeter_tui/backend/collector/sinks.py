@@ -351,7 +351,8 @@ class RegistrySink(RecordSink):
         elif r.msg_type == protocol.COMMAND_ACK:
             commands.append((r.device_id, data, at))
             self._online(change, at)
-            if data.get("result") == "accepted" and self._is_reboot(str(data["command_id"])):
+            if data.get("result") == "accepted" and self._is_reboot(r.device_id,
+                                                                    str(data["command_id"])):
                 self.alerts.expect_reboot(r.device_id, "reboot command", at)
         elif r.msg_type == protocol.OTA_STATUS:
             ota.append((r.device_id, data, at))
@@ -359,14 +360,16 @@ class RegistrySink(RecordSink):
             if data.get("state") in PLANNED_REBOOT_STATES:
                 self.alerts.expect_reboot(r.device_id, "OTA install", at)
 
-    def _is_reboot(self, command_id: str) -> bool:
+    def _is_reboot(self, device_id: str, command_id: str) -> bool:
         # One read per accepted command (operators' commands are rare next to telemetry).
-        # Without it the reboot pages as an outage; the batch must not fail for it.
+        # Without it the reboot pages as an outage; the batch must not fail for it. Only the
+        # device's own command counts: accepting another's reboot would silence its offline.
         try:
             command = self.store.get_command(command_id)
         except StoreError:
             return False
-        return command is not None and command.name == "reboot"
+        return command is not None and command.name == "reboot" and (
+            command.device_id == device_id)
 
     def _evaluate(self, rule: Callable[..., None], r: SpoolRecord, *args: Any) -> None:
         """Run the alert rules on one message. A rule that fails on some reading is a bug to
