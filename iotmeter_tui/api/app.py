@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from flask import Response, g, has_request_context, request
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -78,7 +79,8 @@ def create_app(settings: Settings, *, stores: Stores | None = None,
     # No app-wide cap: each route's cap is set per request in _before (a raw upload reads
     # its own, bounded); a request that matches no route never has its body read.
     app.config["MAX_CONTENT_LENGTH"] = None
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # answers keep the models' field order
     context = ApiContext(settings, stores)
     app.extensions["iotmeter"] = context
     app.extensions["iotmeter_metrics"] = metrics or ApiMetrics()

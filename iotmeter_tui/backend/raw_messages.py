@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +21,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from iotmeter_tui.backend.archive_reader import iter_raw, iter_rejected
-from iotmeter_tui.backend.collector.spool import ACCEPTED, REJECTED, SpoolRecord
+from iotmeter_tui.backend.collector.spool import ACCEPTED, REJECTED, SpoolRecord, valid_frames
 from iotmeter_tui.backend.stores.archive import ArchiveStore
 
-_FRAME: Final = struct.Struct("<II")
-MAX_FRAME: Final = 16 << 20  # larger than any record the collector writes: a torn length
 SPOOL_READ_BUDGET: Final = 64 << 20
 
 
@@ -75,13 +72,7 @@ def iter_spool(spool_root: Path, since_ms: int = 0,
         except OSError:
             continue
         budget_bytes -= len(data)
-        at = 0
-        while at + _FRAME.size <= len(data):
-            length, crc = _FRAME.unpack_from(data, at)
-            body = data[at + _FRAME.size: at + _FRAME.size + length]
-            if length > MAX_FRAME or len(body) < length or zlib.crc32(body) != crc:
-                break  # the tail being written (or torn): not committed
-            at += _FRAME.size + length
+        for _end, body in valid_frames(data):  # the tail being written is not committed
             try:
                 yield SpoolRecord.decode(body)
             except (struct.error, UnicodeDecodeError):

@@ -115,6 +115,19 @@ class SpoolRecord:
                    detail, body[at:])
 
 
+def valid_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(end offset, body) of each frame of a segment's bytes, up to the first whose length or
+    CRC fails: a torn tail, or the frame the collector is writing right now."""
+    at = 0
+    while at + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, at)
+        body = data[at + _FRAME.size : at + _FRAME.size + length]
+        if len(body) != length or zlib.crc32(body) != crc:
+            return
+        at += _FRAME.size + length
+        yield at, body
+
+
 def _segment_name(segment: int) -> str:
     return f"{segment:016d}{_SUFFIX}"
 
@@ -394,13 +407,7 @@ class Spool:
     def _recover(path: Path) -> int:
         """Length of the valid prefix of a segment; a torn or corrupt tail is cut off."""
         data = path.read_bytes()
-        at = 0
-        while at + _FRAME.size <= len(data):
-            length, crc = _FRAME.unpack_from(data, at)
-            body = data[at + _FRAME.size : at + _FRAME.size + length]
-            if len(body) != length or zlib.crc32(body) != crc:
-                break
-            at += _FRAME.size + length
+        at = max((end for end, _body in valid_frames(data)), default=0)
         if at != len(data):
             with open(path, "r+b") as fh:
                 fh.truncate(at)
