@@ -110,9 +110,9 @@ def ingest_rate(runtime: Runtime, window_s: float = 5.0) -> float:
 
     def received() -> tuple[float, float]:
         health = runtime.worker.health() if runtime.worker else None
-        if not health:
+        if health is None:
             return time.time(), 0.0
-        return float(health["at"]), float(health.get("received") or 0)
+        return health.at, float(health.received)
 
     t0, r0 = received()
     time.sleep(window_s)

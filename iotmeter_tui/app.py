@@ -41,12 +41,13 @@ from iotmeter_tui.screens.ota import OtaScreen
 from iotmeter_tui.screens.raw import MessageScreen, RawScreen, RejectedScreen
 from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
+from iotmeter_tui.view.health import HealthTracker, StatusSnapshot, StoreLight
 from iotmeter_tui.widgets.format import one_line
-from iotmeter_tui.widgets.health import HealthTracker, StatusSnapshot, StoreLight
 from iotmeter_tui.widgets.live_table import LiveTable
 from iotmeter_tui.widgets.prompt_bar import PromptBar
 
 if TYPE_CHECKING:
+    from iotmeter_tui.backend.collector.health import CollectorHealth
     from iotmeter_tui.backend.config import Settings
     from iotmeter_tui.backend.simulator.device import DeviceInfo
     from iotmeter_tui.backend.simulator.fleet import FleetStats
@@ -59,7 +60,7 @@ T = TypeVar("T")
 
 
 class HealthSource(Protocol):
-    def health(self) -> dict[str, Any] | None: ...
+    def health(self) -> CollectorHealth | None: ...
 
 
 class SimulatorControl(Protocol):
@@ -357,10 +358,10 @@ class IotmeterApp(App[int]):
             status.health = health
             if health is None:
                 status.collector = "starting" if status.phase == "starting" else "down"
-            elif health.get("starting"):
+            elif health.starting:
                 status.collector = "starting"
             else:
-                status.collector = "up" if health.get("broker_connected") else "no broker"
+                status.collector = "up" if health.broker_connected else "no broker"
             self.health_tracker.add(health)
         status.rate = self.health_tracker.rate()
         simulator = self.runtime.simulator

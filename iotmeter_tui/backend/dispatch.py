@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
+from iotmeter_tui.backend.collector.health import DispatcherHealth
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.errors import StoreError
@@ -102,15 +103,15 @@ class Dispatcher:
         if self.publisher is not None:
             self.publisher.close()
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "passes": self.passes,
-            "error": self.last_error or self.firmware_error,
-            "broker_connected": bool(self.publisher and self.publisher.connected),
-            "firmware_endpoint": (self.firmware_server.advertised_url
-                                  if self.firmware_server and self.firmware_server.serving
-                                  else None),
-        }
+    def health(self) -> DispatcherHealth:
+        return DispatcherHealth(
+            passes=self.passes,
+            error=self.last_error or self.firmware_error,
+            broker_connected=bool(self.publisher and self.publisher.connected),
+            firmware_endpoint=(self.firmware_server.advertised_url
+                               if self.firmware_server and self.firmware_server.serving
+                               else None),
+        )
 
     # --- the loop ---------------------------------------------------------------------------
 

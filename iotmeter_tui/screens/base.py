@@ -12,8 +12,8 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from iotmeter_tui.view.health import StatusSnapshot
 from iotmeter_tui.widgets.format import one_line
-from iotmeter_tui.widgets.health import StatusSnapshot
 from iotmeter_tui.widgets.prompt_bar import PromptBar
 from iotmeter_tui.widgets.status_bar import NoticeLine, StatusBar
 

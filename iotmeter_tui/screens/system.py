@@ -4,7 +4,7 @@ the newest message in the registry is, and each store's connectivity with its UR
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -17,8 +17,9 @@ from iotmeter_tui.widgets.format import ago, count, one_line, rate, size
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 if TYPE_CHECKING:
+    from iotmeter_tui.backend.collector.health import CollectorHealth
     from iotmeter_tui.backend.stores import Stores
-    from iotmeter_tui.widgets.health import StatusSnapshot
+    from iotmeter_tui.view.health import StatusSnapshot
 
 SINK_COLUMNS = (
     Column("name", "SINK", 12),
@@ -52,38 +53,36 @@ def collector_text(status: StatusSnapshot, ack_rate: float | None, newest_ms: in
     if health is None:
         lines.append(" no health report yet")
         return "\n".join(lines)
-    age = max(0.0, status.at - float(health.get("at", status.at)))
-    broker = "broker connected" if health.get("broker_connected") else \
-        f"[$text-error]broker: {one_line(health.get('broker_error') or 'not connected', 60)}[/]"
+    age = max(0.0, status.at - health.at)
+    broker = "broker connected" if health.broker_connected else \
+        f"[$text-error]broker: {one_line(health.broker_error or 'not connected', 60)}[/]"
     stale = f"  [$text-error]health {age:.0f}s old[/]" if age > STALE_HEALTH_S else ""
     lines[0] += f"  {broker}{stale}"
-    received, acked = health.get("received") or 0, health.get("acked") or 0
-    lines.append(f" received  {count(received):>13} {rate(status.rate):>9}    "
-                 f"acked {count(acked):>13} {rate(ack_rate):>9}")
-    spool_full = " [$text-error]FULL[/]" if health.get("spool_full") else ""
-    lines.append(f" in flight {count(max(0, received - acked)):>13}              "
-                 f"dupes {count(health.get('duplicates')):>13}")
-    lines.append(f" spool     {size(health.get('spool_bytes')):>13}{spool_full}              "
+    lines.append(f" received  {count(health.received):>13} {rate(status.rate):>9}    "
+                 f"acked {count(health.acked):>13} {rate(ack_rate):>9}")
+    spool_full = " [$text-error]FULL[/]" if health.spool_full else ""
+    lines.append(f" in flight {count(health.in_flight):>13}              "
+                 f"dupes {count(health.duplicates):>13}")
+    lines.append(f" spool     {size(health.spool_bytes):>13}{spool_full}              "
                  f"newest message {ago(newest_ms, now_ms)} ago")
-    dispatcher = health.get("dispatcher")
-    if isinstance(dispatcher, dict):
+    dispatcher = health.dispatcher
+    if dispatcher is not None:
         # Commands and OTA offers go out through the collector's dispatcher.
-        error = dispatcher.get("error")
-        state = f"[$text-error]{one_line(str(error), 60)}[/]" if error else "ok"
-        endpoint = dispatcher.get("firmware_endpoint") or "—"
-        lines.append(f" dispatch  {count(dispatcher.get('passes')):>13} passes  {state}  "
+        error = dispatcher.error
+        state = f"[$text-error]{one_line(error, 60)}[/]" if error else "ok"
+        endpoint = dispatcher.firmware_endpoint or "—"
+        lines.append(f" dispatch  {count(dispatcher.passes):>13} passes  {state}  "
                      f"firmware {endpoint}")
     return "\n".join(lines)
 
 
-def sink_rows(health: dict[str, Any] | None) -> list[Row]:
-    sinks = (health or {}).get("sinks") or {}
+def sink_rows(health: CollectorHealth | None) -> list[Row]:
+    sinks = health.sinks if health is not None else ()
     return [
-        Row(name, (name, ("up", "ok") if info.get("up") else ("down", "error"),
-                   size(info.get("backlog_bytes")),
-                   (one_line(info.get("error")) or "—", "error" if info.get("error") else
-                    "muted")))
-        for name, info in sorted(sinks.items())
+        Row(sink.name, (sink.name, ("up", "ok") if sink.up else ("down", "error"),
+                        size(sink.backlog_bytes),
+                        (one_line(sink.error) or "—", "error" if sink.error else "muted")))
+        for sink in sorted(sinks, key=lambda sink: sink.name)
     ]
 
 

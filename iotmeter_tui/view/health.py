@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+
+from iotmeter_tui.backend.collector.health import CollectorHealth
 
 RATE_WINDOW_S = 5.0  # msg/s is averaged over this long: steady, yet quick to show a stall
 HISTORY = 120  # rate samples kept for the system screen's sparkline
@@ -27,7 +28,7 @@ class StatusSnapshot:
     phase: str = "running"  # starting | running | failed (start-up of the runtime)
     phase_detail: str = ""
     collector: str = "none"  # none | starting | up | no broker | down
-    health: dict[str, Any] | None = None
+    health: CollectorHealth | None = None
     rate: float | None = None  # messages received per second
     stores: list[StoreLight] = field(default_factory=list)
     sim_devices: int | None = None
@@ -43,15 +44,14 @@ class HealthTracker:
         self.history: deque[float] = deque(maxlen=HISTORY)
         self._last_at: float | None = None
 
-    def add(self, health: dict[str, Any] | None) -> None:
-        if not health or "at" not in health:
+    def add(self, health: CollectorHealth | None) -> None:
+        if health is None:
             return
-        at = float(health["at"])
+        at = health.at
         if at == self._last_at:
             return  # the same snapshot again: the child sends one a second
         self._last_at = at
-        self._samples.append((at, float(health.get("received") or 0),
-                              float(health.get("acked") or 0)))
+        self._samples.append((at, float(health.received), float(health.acked)))
         value = self.rate()
         if value is not None:
             self.history.append(value)

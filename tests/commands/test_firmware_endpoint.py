@@ -412,12 +412,12 @@ def test_a_taken_port_holds_campaigns_but_not_commands(metadata: MetadataStore,
     dispatcher.start()
     try:
         wait_for(lambda: broker.sent, timeout_s=5, what="the command delivered")
-        assert "cannot listen" in (dispatcher.health()["error"] or "")
+        assert "cannot listen" in (dispatcher.health().error or "")
         assert [m.id for m in broker.decoded()] == [command.id]
         assert ota.status(campaign.id).targets[0].state == "pending"
         blocker.close()  # the port is free again: the endpoint starts, the offer goes out
         wait_for(lambda: len(broker.sent) == 2, timeout_s=15, what="the offer")
-        assert dispatcher.health()["firmware_endpoint"] == f"http://127.0.0.1:{port}"
+        assert dispatcher.health().firmware_endpoint == f"http://127.0.0.1:{port}"
     finally:
         dispatcher.stop()
         blocker.close()

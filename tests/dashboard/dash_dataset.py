@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iotmeter_tui.backend.collector.health import CollectorHealth, DispatcherHealth, SinkHealth
 from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.runtime import StoreStatus, check_stores
@@ -208,27 +209,27 @@ def _ota(md: Any) -> None:
 
 class FakeWorker:
     def __init__(self) -> None:
-        self.snapshot: dict[str, Any] | None = {
-            "broker_connected": True,
-            "broker_error": None,
-            "received": 1_234_567,
-            "acked": 1_234_560,
-            "duplicates": 42,
-            "spool_bytes": 3 * 1024 * 1024,
-            "spool_full": False,
-            "sinks": {
-                "archive": {"up": True, "error": None, "backlog_bytes": 0},
-                "metadata": {"up": True, "error": None, "backlog_bytes": 2048},
-                "timeseries": {"up": False, "error": "timeseries: connection refused",
-                               "backlog_bytes": 5 * 1024 * 1024},
-            },
-            "dispatcher": {"passes": 1_204, "error": None, "broker_connected": True,
-                           "firmware_endpoint": "http://127.0.0.1:9109"},
-            "starting": False,
-            "at": NOW_S,
-        }
+        self.snapshot: CollectorHealth | None = CollectorHealth(
+            at=NOW_S,
+            starting=False,
+            broker_connected=True,
+            broker_error=None,
+            received=1_234_567,
+            acked=1_234_560,
+            duplicates=42,
+            spool_bytes=3 * 1024 * 1024,
+            spool_full=False,
+            sinks=(
+                SinkHealth("archive", up=True, error=None, backlog_bytes=0),
+                SinkHealth("metadata", up=True, error=None, backlog_bytes=2048),
+                SinkHealth("timeseries", up=False, error="timeseries: connection refused",
+                           backlog_bytes=5 * 1024 * 1024),
+            ),
+            dispatcher=DispatcherHealth(passes=1_204, error=None, broker_connected=True,
+                                        firmware_endpoint="http://127.0.0.1:9109"),
+        )
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> CollectorHealth | None:
         return self.snapshot
 
 

@@ -4,6 +4,7 @@ start shows as a status line, never a traceback."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from dash_dataset import DownStore, FakeRuntime, FakeSimulator
@@ -111,9 +112,9 @@ def test_system_shows_health_sinks_and_stores(make_app: Any) -> None:
 
 def test_system_without_collector_and_with_stale_health(make_app: Any, dash_runtime: Any) -> None:
     async def scenario(pilot: Any) -> None:
-        dash_runtime.worker.snapshot = dict(dash_runtime.worker.snapshot, at=0.0,
-                                            broker_connected=False,
-                                            broker_error="connection refused")
+        dash_runtime.worker.snapshot = replace(dash_runtime.worker.snapshot, at=0.0,
+                                               broker_connected=False,
+                                               broker_error="connection refused")
         await pilot.app._poll_status()
         await settle(pilot)
         text = screen_text(pilot.app)

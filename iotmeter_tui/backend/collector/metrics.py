@@ -158,6 +158,6 @@ class CollectorMetrics:
         PlatformCollector(registry=r)
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """Current value of a sample (tests and the dashboard's health view)."""
+        """Current value of a sample, for tests (the dashboard reads `Collector.health()`)."""
         value = self.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value

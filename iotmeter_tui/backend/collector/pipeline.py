@@ -77,6 +77,7 @@ class Decider:
         self._accepted_total = {t: metrics.accepted.labels(t) for t in protocol.MSG_TYPES}
         self._rejected_by_reason: Counter[str] = Counter()
         self._duplicates = 0
+        self.duplicates_total = 0  # since the start, for the health snapshot
         self._lags: list[float] = []
         # Last status (ts, payload) per device: a retained status the broker sends again is
         # the same message, not a new one.
@@ -163,6 +164,7 @@ class Decider:
             m.rejected.labels(reason).inc(n)
         if self._duplicates:
             m.duplicates.inc(self._duplicates)
+            self.duplicates_total += self._duplicates
         m.lag.observe_many(self._lags)
         self._accepted.clear()
         self._rejected_by_reason.clear()
@@ -211,6 +213,10 @@ class Pipeline(threading.Thread):
         self.stopping = threading.Event()
         self.idle = threading.Event()  # set when the inbox is empty and nothing is held
         self.full_since: float | None = None
+        # Plain counts beside the Prometheus ones, for the health snapshot (another thread
+        # reads them; an int attribute is read whole).
+        self.received = 0
+        self.acked = 0
 
     def run(self) -> None:
         while True:
@@ -254,6 +260,7 @@ class Pipeline(threading.Thread):
     def _turn(self, deliveries: list[Delivery]) -> None:
         count = sum(d.count for d in deliveries)
         self.metrics.received.inc(count)
+        self.received += count
         decide = self.decider.decide
         records = [r for d in deliveries for p in d.publishes
                    if (r := decide(p.topic, p.payload, d.received_ms)) is not None]
@@ -287,5 +294,6 @@ class Pipeline(threading.Thread):
             self.metrics.spool_full.set(0)
         self.ack(deliveries)
         self.metrics.acked.inc(count)
+        self.acked += count
         self.on_commit()
         self.spool.roll_if_due()

@@ -21,6 +21,7 @@ from typing import Any
 from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.anomaly import AnomalyDetector, parse_sensitivity
 from iotmeter_tui.backend.collector.broker_sys import BrokerSysMonitor, broker_sys_url
+from iotmeter_tui.backend.collector.health import CollectorHealth, SinkHealth
 from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS, Delivery, MqttIntake
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonitor
@@ -332,25 +333,24 @@ class Collector:
             names.insert(0, "broker")
         return names
 
-    def health(self) -> dict[str, Any]:
-        """What the dashboard's system screen shows: rates, lag, sinks, spool."""
-        m = self.metrics
-        sinks = {
-            r.sink.name: {"up": r.healthy, "error": r.last_error, "backlog_bytes":
-                          r.backlog_bytes()}
-            for r in self.runners
-        }
-        return {
-            "broker_connected": bool(self.intake and self.intake.connected.is_set()),
-            "broker_error": self.intake.last_error if self.intake else None,
-            "received": m.sample("iotmeter_messages_received_total"),
-            "acked": m.sample("iotmeter_messages_acked_total"),
-            "duplicates": m.sample("iotmeter_messages_duplicate_total"),
-            "spool_bytes": self.spool.size_bytes if self.spool else 0,
-            "spool_full": bool(m.sample("iotmeter_spool_full")),
-            "sinks": sinks,
-            "dispatcher": self.dispatcher.health() if self.dispatcher else None,
-        }
+    def health(self) -> CollectorHealth:
+        """What the dashboard's status line and system screen show: counters, spool, sinks,
+        the dispatcher."""
+        intake, pipeline, spool = self.intake, self.pipeline, self.spool
+        return CollectorHealth(
+            at=time.time(),
+            starting=intake is None,
+            broker_connected=bool(intake and intake.connected.is_set()),
+            broker_error=intake.last_error if intake else None,
+            received=pipeline.received if pipeline else 0,
+            acked=pipeline.acked if pipeline else 0,
+            duplicates=pipeline.decider.duplicates_total if pipeline else 0,
+            spool_bytes=spool.size_bytes if spool else 0,
+            spool_full=bool(pipeline and pipeline.full_since is not None),
+            sinks=tuple(SinkHealth(r.sink.name, r.healthy, r.last_error, r.backlog_bytes())
+                        for r in self.runners),
+            dispatcher=self.dispatcher.health() if self.dispatcher else None,
+        )
 
 
 def run_collector(settings: Settings) -> int:

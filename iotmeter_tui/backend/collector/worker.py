@@ -1,6 +1,6 @@
 """The collector in a child process, for the dashboard: ingest never competes with the UI for
-the interpreter. The child sends a health snapshot once a second over a pipe; the parent keeps
-the latest one."""
+the interpreter. The child sends a health snapshot (a `CollectorHealth`, pickled) once a second
+over a pipe; the parent keeps the latest one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any
 
+from iotmeter_tui.backend.collector.health import CollectorHealth
 from iotmeter_tui.backend.config import Settings
 
 HEALTH_PERIOD_S = 1.0
@@ -42,19 +43,14 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
         while not stop.is_set() and os.getppid() == parent:
             if conn.poll(HEALTH_PERIOD_S) and conn.recv() == "stop":
                 break
-            conn.send(_health(collector, starter.is_alive()))
+            # The start thread is the authority on "starting": alive exactly while start()
+            # prepares (a start that failed is not starting any more).
+            conn.send(replace(collector.health(), starting=starter.is_alive()))
     except (EOFError, BrokenPipeError, OSError):
         pass  # the parent went away: stop cleanly all the same
     finally:
         collector.stop()
         logging.shutdown()
-
-
-def _health(collector: Any, starting: bool) -> dict[str, Any]:
-    snapshot = collector.health()
-    snapshot["starting"] = starting
-    snapshot["at"] = time.time()
-    return snapshot
 
 
 class CollectorWorker:
@@ -65,7 +61,7 @@ class CollectorWorker:
         self.mqtt_url = mqtt_url
         self._conn: Connection | None = None
         self._process: mp.process.BaseProcess | None = None
-        self._latest: dict[str, Any] | None = None
+        self._latest: CollectorHealth | None = None
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
@@ -99,7 +95,7 @@ class CollectorWorker:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> CollectorHealth | None:
         """The latest snapshot, or None before the first one (or once the child died)."""
         if not self.alive:
             return None
@@ -110,7 +106,7 @@ class CollectorWorker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.alive:
             health = self._latest
-            if health is not None and health.get("broker_connected"):
+            if health is not None and health.broker_connected:
                 return True
             time.sleep(0.1)
         return False

@@ -1,0 +1,52 @@
+"""The collector's health as values: what the dashboard's status line and system screen show,
+read from the collector's own counters and state (never from its Prometheus samples, which are
+for scrapers). The dashboard's collector runs in a child process, so these travel over a pipe:
+small frozen dataclasses of plain values, which pickle as they are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SinkHealth:
+    """One sink (timeseries, archive, registry): whether its last write succeeded, why not,
+    and the spool bytes it has not taken yet."""
+
+    name: str
+    up: bool
+    error: str | None
+    backlog_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherHealth:
+    """The collector's server -> device side: commands and OTA offers."""
+
+    passes: int  # passes over commands and campaigns completed since the start
+    error: str | None  # the last pass's failure, or the firmware endpoint's
+    broker_connected: bool  # its publisher's own connection
+    firmware_endpoint: str | None  # the URL offers carry, None while not serving
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorHealth:
+    """One snapshot. The counters are cumulative since the collector started: rates are the
+    reader's business (view/health.py's HealthTracker)."""
+
+    at: float  # seconds since the epoch, when the snapshot was taken
+    starting: bool  # still preparing stores and state; not taking messages yet
+    broker_connected: bool
+    broker_error: str | None
+    received: int  # messages taken from the broker
+    acked: int  # messages acknowledged to the broker once durable in the spool
+    duplicates: int
+    spool_bytes: int
+    spool_full: bool  # acknowledgements are held until the sinks free space
+    sinks: tuple[SinkHealth, ...] = ()
+    dispatcher: DispatcherHealth | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Received but not acknowledged yet."""
+        return max(0, self.received - self.acked)
