@@ -49,10 +49,10 @@ from iotmeter_tui.widgets.prompt_bar import PromptBar
 if TYPE_CHECKING:
     from iotmeter_tui.backend.collector.health import CollectorHealth
     from iotmeter_tui.backend.config import Settings
+    from iotmeter_tui.backend.runtime import Capabilities, ControlServices
     from iotmeter_tui.backend.simulator.device import DeviceInfo
     from iotmeter_tui.backend.simulator.fleet import FleetStats
     from iotmeter_tui.backend.stores import Stores
-    from iotmeter_tui.backend.stores.metadata import Campaign, Command, Firmware, OtaTarget
 
 T = TypeVar("T")
 
@@ -83,23 +83,6 @@ class SimulatorControl(Protocol):
     def devices(self) -> list[DeviceInfo]: ...
 
 
-class CommandSender(Protocol):
-    """runtime.commands (the commands/OTA issue's CommandService)."""
-
-    def send(self, device_id: str, name: str, params: dict[str, Any],
-             timeout_s: float) -> Command: ...
-
-
-class OtaControl(Protocol):
-    """runtime.ota (the commands/OTA issue's OtaService)."""
-
-    def upload(self, path: Path, version: str) -> Firmware: ...
-    def start_campaign(self, version: str, device_ids: list[str] | None = None,
-                       device_type: str | None = None, all_devices: bool = False,
-                       **options: Any) -> Campaign: ...
-    def status(self, campaign_id: str) -> tuple[Campaign, list[OtaTarget]]: ...
-
-
 class StoreStatusLike(Protocol):
     name: str
     ok: bool
@@ -107,11 +90,20 @@ class StoreStatusLike(Protocol):
 
 
 class DashboardRuntime(Protocol):
-    """What the dashboard uses of `iotmeter_tui.backend.runtime.Runtime`. Optional parts
-    (`commands`, `ota`) are looked up with getattr, so the screens work before they exist."""
+    """What the dashboard uses of `iotmeter_tui.backend.runtime.Runtime`. `capabilities`
+    says up front what it offers; `control` is None until `open_control()` (which may block:
+    the app calls it on an I/O thread) or the runtime's own start has opened it."""
 
     @property
     def stores(self) -> Stores: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def control(self) -> ControlServices | None: ...
+
+    def open_control(self) -> ControlServices: ...
 
     @property
     def worker(self) -> HealthSource | None: ...
@@ -260,7 +252,6 @@ class IotmeterApp(App[int]):
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="iotmeter-io")
         self._probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotmeter-probe")
         self._ticks = 0
-        self._service_lock = threading.Lock()
         self._polling = False
         self._probing = False
         self.last_export: Path | None = None
@@ -275,16 +266,20 @@ class IotmeterApp(App[int]):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, functools.partial(fn, *args))
 
-    async def service(self, name: str) -> Any:
-        """runtime.<name> (commands, ota), fetched in an I/O thread: Runtime builds its
-        services on first use, which may connect to the broker. One at a time, so two
-        threads never build the same service twice."""
+    @property
+    def control_offered(self) -> bool:
+        """Whether the runtime offers commands, OTA and device administration: asked of what
+        it said up front, so nothing is opened to find out."""
+        return self.runtime.capabilities.control
 
-        def fetch() -> Any:
-            with self._service_lock:
-                return getattr(self.runtime, name)
-
-        return await self.run_io(fetch)
+    async def control(self) -> ControlServices:
+        """The runtime's control services. Its start opens them; until then (or when a store
+        was down then) they are opened here, on an I/O thread, never on the UI's loop.
+        Raises what opening raises, for the views to show as a status."""
+        control = self.runtime.control
+        if control is None:
+            control = await self.run_io(self.runtime.open_control)
+        return control
 
     async def _prepare_stores(self) -> None:
         try:

@@ -1,10 +1,12 @@
 """Everything the dashboard starts, owns and stops: the embedded broker (when no broker is
-configured), the collector worker (a child process), the simulator controller, and the stores
-the screens read. Screens talk to this object, never to MQTT directly."""
+configured), the collector worker (a child process), the simulator controller, the stores the
+screens read, and the control services (commands, OTA, device administration) they send
+through. Screens talk to this object, never to MQTT directly."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from iotmeter_tui.backend.broker import EmbeddedBroker
@@ -12,7 +14,7 @@ from iotmeter_tui.backend.collector.worker import CollectorWorker
 from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.devices import DeviceService
-from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.errors import IotmeterError, StoreError
 from iotmeter_tui.backend.firmware_signing import configured_public_key
 from iotmeter_tui.backend.ota import OtaService
 from iotmeter_tui.backend.publisher import ServerPublisher
@@ -24,6 +26,28 @@ log = logging.getLogger(__name__)
 DEMO_DC = 12
 DEMO_AC = 12
 WORKER_READY_S = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a runtime offers, said before anything is opened: a view can tell "not offered"
+    from "not open yet" without touching a store or the broker."""
+
+    control: bool  # commands, OTA campaigns and device administration (ControlServices)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlServices:
+    """The server -> device side the dashboard drives, opened together by
+    `Runtime.open_control`."""
+
+    commands: CommandService
+    ota: OtaService
+    devices: DeviceService
+
+
+class ControlNotReady(IotmeterError):
+    """The control services cannot be opened yet (the runtime's own broker is not up)."""
 
 
 @dataclass
@@ -58,9 +82,11 @@ class Runtime:
         self.simulator: SimulatorController | None = None
         self._stores: Stores | None = None
         self._publisher: ServerPublisher | None = None
-        self._commands: CommandService | None = None
-        self._ota: OtaService | None = None
-        self._devices: DeviceService | None = None
+        self.capabilities = Capabilities(control=True)
+        # Opened by start() once the broker is known, or by open_control() on a caller's
+        # worker thread; None until then.
+        self.control: ControlServices | None = None
+        self._control_lock = threading.Lock()
 
     @property
     def stores(self) -> Stores:
@@ -68,42 +94,46 @@ class Runtime:
             self._stores = open_stores(self.settings)
         return self._stores
 
-    @property
-    def commands(self) -> CommandService:
-        """Send and follow commands: send(device_id, name, params, timeout_s), list(), get(),
-        wait(). A command is stored at once and published when its device is online; the
-        collector's dispatcher delivers the rest."""
-        if self._commands is None:
-            if self._publisher is None and self.mqtt_url:
-                self._publisher = ServerPublisher(self.mqtt_url, f"iotmeter-dashboard-{id(self):x}")
-                self._publisher.start()
-            self._commands = CommandService(self.stores.metadata, self._publisher,
-                                            redeliver_after_s=self.settings.redeliver_after_s)
-        return self._commands
+    def open_control(self) -> ControlServices:
+        """Open the commands, OTA and device services, once (later calls return them). It
+        opens the stores and starts the publisher's connection in the background, so it may
+        block: call it on a worker thread. A broker that is down is no error (commands are
+        stored and wait for it); a store that cannot be opened raises StoreError, and a
+        runtime whose own broker is not started yet raises ControlNotReady."""
+        with self._control_lock:
+            if self.control is None:
+                self.control = self._build_control()
+            return self.control
 
-    @property
-    def ota(self) -> OtaService:
-        """Firmware and campaigns: upload(path, version), start_campaign(...),
-        list_campaigns(), status(campaign_id), abort(campaign_id)."""
-        if self._ota is None:
-            self._ota = OtaService(self.stores.metadata, self.stores.archive,
-                                   public_key=configured_public_key(
-                                       self.settings.firmware_public_key))
-        return self._ota
-
-    @property
-    def devices(self) -> DeviceService:
-        """Device administration for the dashboard, the same service as the CLI and the
-        API: registry entries, and configs pushed to the device as set_config."""
-        if self._devices is None:
-            self._devices = DeviceService(self.stores.metadata, self.commands)
-        return self._devices
+    def _build_control(self) -> ControlServices:
+        if self.settings.mqtt_url is None and self.start_broker and not self.mqtt_url:
+            raise ControlNotReady("the embedded broker is not started yet")
+        metadata = self.stores.metadata
+        if self.mqtt_url:
+            # Commands to online devices go out at once; the collector's dispatcher delivers
+            # the rest, so a dashboard with no broker URL (a view-only session on the
+            # embedded defaults) still stores them.
+            self._publisher = ServerPublisher(self.mqtt_url, f"iotmeter-dashboard-{id(self):x}")
+            self._publisher.start()
+        commands = CommandService(metadata, self._publisher,
+                                  redeliver_after_s=self.settings.redeliver_after_s)
+        ota = OtaService(metadata, self.stores.archive, public_key=configured_public_key(
+            self.settings.firmware_public_key))
+        # The same device service as the CLI and the API: registry entries, and configs
+        # pushed to the device as set_config.
+        return ControlServices(commands, ota, DeviceService(metadata, commands))
 
     def start(self) -> None:
         if self.settings.mqtt_url is None and self.start_broker:
             self.broker = EmbeddedBroker(self.settings.home / "broker")
             self.broker.start()
             self.mqtt_url = self.broker.url
+        try:
+            self.open_control()
+        except StoreError as exc:
+            # A status in the views that need them; they try again when asked.
+            log.warning("control services not opened", extra={
+                "event": "control_not_opened", "error": str(exc)})
         if self.start_collector:
             self.worker = CollectorWorker(self.settings, self.mqtt_url)
             self.worker.start()

@@ -1,9 +1,7 @@
 """Actions several views offer: send a command to the selected device(s), through the
-commands service of the runtime (`runtime.commands`). A runtime without that service makes
-the views say "commands service unavailable" instead of failing.
-
-`Runtime` builds its services on first use (the commands service connects a publisher to the
-broker), so a service is only ever fetched in an I/O thread, never on the UI's loop."""
+runtime's control services (`ControlServices.commands`). A runtime that does not offer them
+makes the views say "commands service unavailable" instead of failing; one that cannot open
+them (a store down) says why."""
 
 from __future__ import annotations
 
@@ -69,15 +67,8 @@ def command_dialog(device_ids: list[str], name: str = "ping") -> FormDialog[Comm
     )
 
 
-def offers(runtime: Any, name: str) -> bool:
-    """Whether the runtime has service `name`, without building it."""
-    if name in vars(runtime):
-        return vars(runtime)[name] is not None
-    return getattr(type(runtime), name, None) is not None
-
-
 def commands_offered(screen: DashboardScreen) -> bool:
-    return offers(screen.dash.runtime, "commands")
+    return screen.dash.control_offered
 
 
 def open_command_dialog(screen: DashboardScreen, device_ids: list[str]) -> None:
@@ -110,7 +101,7 @@ async def send_to_devices(screen: DashboardScreen, ids: list[str], name: str,
         screen.notify(UNAVAILABLE, severity="error")
         return
     try:
-        service = await screen.dash.service("commands")
+        service = (await screen.dash.control()).commands
     except Exception as exc:
         screen.notify(f"{UNAVAILABLE}: {one_line(str(exc), 100)}", severity="error")
         return

@@ -1,5 +1,5 @@
 """Devices from the keyboard: add, edit (name, location, metadata), delete (confirmed by
-typing the id) and a device's configuration, through `runtime.devices` (DeviceService, the
+typing the id) and a device's configuration, through `ControlServices.devices` (the
 same service as `iotmeter device ...` and the REST API). Changes are audited with the OS user
 as the actor. A runtime without the service says so instead of failing."""
 
@@ -13,7 +13,6 @@ from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.audit import Actor, cli_actor
 from iotmeter_tui.backend.devices import validate_config
 from iotmeter_tui.backend.errors import InvalidRequest, IotmeterError
-from iotmeter_tui.screens.actions import offers
 from iotmeter_tui.screens.dialog import Field, FormDialog
 from iotmeter_tui.widgets.format import one_line
 
@@ -136,11 +135,11 @@ def config_outcome(change: ConfigChange) -> str:
 # --- actions ----------------------------------------------------------------------------------
 
 async def _service(screen: DashboardScreen) -> Any | None:
-    if not offers(screen.dash.runtime, "devices"):
+    if not screen.dash.control_offered:
         screen.notify(UNAVAILABLE, severity="error")
         return None
     try:
-        return await screen.dash.service("devices")
+        return (await screen.dash.control()).devices
     except Exception as exc:
         screen.notify(f"{UNAVAILABLE}: {one_line(str(exc), 100)}", severity="error")
         return None

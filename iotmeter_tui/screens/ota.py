@@ -1,7 +1,7 @@
 """OTA: firmware campaigns, newest first, each with its overall progress; below, the targets
 of the highlighted campaign, one progress bar each. `u` uploads a firmware image and starts a
-campaign, `x` aborts the highlighted one (through `runtime.ota`); tab moves between the two
-lists."""
+campaign, `x` aborts the highlighted one (through the runtime's `ControlServices.ota`); tab
+moves between the two lists."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from textual.binding import Binding, BindingType
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata import TARGET_FINAL_STATES
-from iotmeter_tui.screens.actions import offers
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.dialog import Field, FormDialog, parse_ids, parse_number
 from iotmeter_tui.widgets.format import ago, one_line, role_of, stamp
@@ -225,7 +224,7 @@ class OtaScreen(DashboardScreen):
         self.report("metadata", data.error)
         if data.error:
             return
-        self.report("service", None if offers(self.dash.runtime, "ota") else
+        self.report("service", None if self.dash.control_offered else
                     f"{UNAVAILABLE}: campaigns are shown, starting one is off")
         self.campaigns = {c.id: c for c in data.campaigns}
         if self.selected is None and data.campaigns:
@@ -250,7 +249,7 @@ class OtaScreen(DashboardScreen):
         (campaigns if targets.has_focus else targets).focus()
 
     def action_upload(self) -> None:
-        if not offers(self.dash.runtime, "ota"):
+        if not self.dash.control_offered:
             self.notify(UNAVAILABLE, severity="error")
             return
 
@@ -265,11 +264,11 @@ class OtaScreen(DashboardScreen):
         campaign_id = self.selected
         if campaign_id is None:
             return
-        if not offers(self.dash.runtime, "ota"):
+        if not self.dash.control_offered:
             self.notify(UNAVAILABLE, severity="error")
             return
         try:
-            ota = await self.dash.service("ota")
+            ota = (await self.dash.control()).ota
             await self.io(ota.abort, campaign_id)
         except Exception as exc:  # the service's refusal, in one line
             self.notify(f"not aborted: {one_line(str(exc), 120)}", severity="error")
@@ -279,7 +278,7 @@ class OtaScreen(DashboardScreen):
 
     async def _start(self, request: CampaignRequest) -> None:
         try:
-            ota = await self.dash.service("ota")
+            ota = (await self.dash.control()).ota
             campaign = await self.io(start_campaign, ota, request)
         except Exception as exc:
             self.notify(f"campaign not started: {one_line(str(exc), 120)}", severity="error")

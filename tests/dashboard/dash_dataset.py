@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,13 @@ from typing import Any
 from iotmeter_tui.backend.collector.health import CollectorHealth, DispatcherHealth, SinkHealth
 from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.runtime import StoreStatus, check_stores
+from iotmeter_tui.backend.runtime import (
+    Capabilities,
+    ControlNotReady,
+    ControlServices,
+    StoreStatus,
+    check_stores,
+)
 from iotmeter_tui.backend.simulator.device import DeviceInfo
 from iotmeter_tui.backend.simulator.fleet import FleetStats
 from iotmeter_tui.backend.stores import Stores
@@ -366,17 +373,33 @@ class DownStore:
 class FakeRuntime:
     """Shaped like Runtime for the app: real stores, fake processes."""
 
-    def __init__(self, stores: Stores, *, services: bool = True,
+    def __init__(self, stores: Stores, *, services: bool = True, control_open: bool = True,
                  simulator: FakeSimulator | None = None) -> None:
         self.stores = stores
         self.worker: FakeWorker | None = FakeWorker()
         self.simulator: FakeSimulator | None = simulator
         self.started_simulators: list[tuple[int, str, float]] = []
+        self.capabilities = Capabilities(control=services)
+        self.control: ControlServices | None = None
+        self._closed: ControlServices | None = None  # what open_control() opens
+        self.opened_on: list[str] = []  # the threads open_control() ran on
         if services:
+            # Kept as attributes too: the tests look at what the fakes were asked.
             self.commands = FakeCommands(stores)
             self.ota = FakeOta(stores)
             # The real device service over the fake command sender.
-            self.devices = DeviceService(stores.metadata, self.commands)  # type: ignore[arg-type]
+            self._closed = ControlServices(
+                self.commands, self.ota,  # type: ignore[arg-type]
+                DeviceService(stores.metadata, self.commands))  # type: ignore[arg-type]
+            if control_open:
+                self.control = self._closed
+
+    def open_control(self) -> ControlServices:
+        self.opened_on.append(threading.current_thread().name)
+        if self._closed is None:
+            raise ControlNotReady("this runtime has no control services")
+        self.control = self._closed
+        return self.control
 
     def start_simulator(self, devices: int, kind: str = "mixed", rate: float = 1.0) -> list[str]:
         self.started_simulators.append((devices, kind, rate))

@@ -162,6 +162,49 @@ def test_command_dialog_validates_and_cancels(make_app: Any, dash_runtime: Any) 
     drive(make_app(), scenario)
 
 
+def test_control_not_open_yet_is_opened_off_the_ui_thread(make_app: Any,
+                                                         dash_stores: Any) -> None:
+    """The runtime's start has not opened its control services (a store was down then, or
+    it is still starting): the first ping opens them on an I/O thread, then uses them."""
+    from dash_dataset import FakeRuntime
+
+    runtime = FakeRuntime(dash_stores, control_open=False)
+
+    async def scenario(pilot: Any) -> None:
+        assert runtime.control is None and runtime.opened_on == []  # looking opens nothing
+        await press(pilot, "j", "p")
+        await wait_until(pilot, lambda: runtime.commands.sent, what="ping sent")
+        assert runtime.commands.sent == [("ac-0002", "ping", {}, 10.0)]
+        assert len(runtime.opened_on) == 1 and runtime.opened_on[0].startswith("iotmeter-io")
+        await press(pilot, "p")
+        await wait_until(pilot, lambda: len(runtime.commands.sent) == 2, what="second ping")
+        assert len(runtime.opened_on) == 1  # opened once, then used as it is
+
+    drive(make_app(runtime=runtime), scenario)
+
+
+def test_control_that_cannot_open_is_a_status(make_app: Any, dash_stores: Any) -> None:
+    from dash_dataset import FakeRuntime
+
+    from iotmeter_tui.backend.errors import StoreUnavailable
+
+    runtime = FakeRuntime(dash_stores, control_open=False)
+
+    def refuse() -> Any:
+        raise StoreUnavailable("metadata", "connection refused")
+
+    runtime.open_control = refuse  # type: ignore[method-assign]
+
+    async def scenario(pilot: Any) -> None:
+        await press(pilot, "j", "p")
+        await wait_until(pilot, lambda: "connection refused" in " ".join(toasts(pilot.app)),
+                         what="the reason shown")
+        assert "commands service unavailable" in " ".join(toasts(pilot.app))
+        assert runtime.commands.sent == []
+
+    drive(make_app(runtime=runtime), scenario)
+
+
 def test_without_commands_service_says_so(make_app: Any, dash_stores: Any) -> None:
     from dash_dataset import FakeRuntime
 
