@@ -48,7 +48,7 @@ def run(args: list[str], cwd: Path) -> str:
 
 def promql_names(expr: str) -> set[str]:
     test_deploy = importlib.util.spec_from_file_location("test_deploy", ROOT / "tests" /
-                                                         "test_deploy.py")
+                                                         "deploy" / "test_deploy.py")
     assert test_deploy is not None and test_deploy.loader is not None
     module = sys.modules.get("test_deploy") or importlib.util.module_from_spec(test_deploy)
     if "test_deploy" not in sys.modules:
