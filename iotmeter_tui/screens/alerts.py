@@ -73,7 +73,8 @@ class AlertsScreen(DashboardScreen):
         Binding("3", "state(3)", "cleared", show=False, id="alerts.state_3"),
     ]
 
-    state: reactive[str | None] = reactive(None, repaint=False, init=False)  # None: every state
+    # None: every state. Its key again still puts the cursor back on the newest alert.
+    state: reactive[str | None] = reactive(None, repaint=False, init=False, always_update=True)
     search: reactive[str] = reactive("", repaint=False, init=False)
 
     def __init__(self) -> None:

@@ -172,7 +172,8 @@ class DeviceScreen(DashboardScreen):
     ]
 
     window_min: reactive[int] = reactive(DEFAULT_WINDOW_MIN, repaint=False, init=False)
-    panel: reactive[int] = reactive(0, repaint=False, init=False)  # index into PANELS
+    # Index into PANELS; its key again still gives the panel the keyboard.
+    panel: reactive[int] = reactive(0, repaint=False, init=False, always_update=True)
 
     def __init__(self, device_id: str) -> None:
         super().__init__()
