@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.reactive import reactive
 
 from iotmeter_tui.backend.collector.alerts import GROUP_DEVICE
 from iotmeter_tui.backend.errors import StoreError
@@ -72,10 +73,12 @@ class AlertsScreen(DashboardScreen):
         Binding("3", "state(3)", "cleared", show=False, id="alerts.state_3"),
     ]
 
+    # None: every state. Its key again still puts the cursor back on the newest alert.
+    state: reactive[str | None] = reactive(None, repaint=False, init=False, always_update=True)
+    search: reactive[str] = reactive("", repaint=False, init=False)
+
     def __init__(self) -> None:
         super().__init__()
-        self.state: str | None = None
-        self.search = ""
         self.alerts: dict[str, Alert] = {}
 
     def compose_body(self) -> ComposeResult:
@@ -94,14 +97,15 @@ class AlertsScreen(DashboardScreen):
 
     async def load(self) -> None:
         md = self.dash.runtime.stores.metadata
+        state, search = self.state, self.search
         try:
-            alerts = await self.io(lambda: md.list_alerts(state=self.state, limit=LIMIT))
+            alerts = await self.io(lambda: md.list_alerts(state=state, limit=LIMIT))
         except StoreError as exc:
             self.report("metadata", exc)
             return
         self.report("metadata", None)
-        if self.search:
-            alerts = [a for a in alerts if _matches(a, self.search)]
+        if search:
+            alerts = [a for a in alerts if _matches(a, search)]
         self.alerts = {str(a.id): a for a in alerts}
         self.table.set_rows(alert_row(a) for a in alerts)
 
@@ -138,9 +142,13 @@ class AlertsScreen(DashboardScreen):
 
     def action_state(self, key: int) -> None:
         self.state = STATE_KEYS[str(key)]
+
+    def watch_state(self) -> None:
         self.table.move_cursor(0)
-        self.show_status(self.dash.status)
-        self.reload()
+        self.state_changed()
+
+    def watch_search(self) -> None:
+        self.state_changed()
 
     def action_open(self) -> None:
         row = self.table.cursor_row
@@ -161,4 +169,3 @@ class AlertsScreen(DashboardScreen):
 
     def set_search(self, text: str) -> None:
         self.search = text
-        self.reload()

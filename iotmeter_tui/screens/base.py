@@ -1,16 +1,23 @@
 """`DashboardScreen`: what every view shares. The status line on top, the notice line and the
 `:` / `/` prompt at the bottom over the footer of keys; a refresh once a second (only while
 the screen is shown) that reads the stores in the app's I/O threads; store errors caught into
-the notice line."""
+the notice line.
+
+A view's state (filter, sort, selection) lives in reactive attributes whose watchers call
+`state_changed()`: the status line's title is redrawn and the data read again, once per
+change, whichever key or prompt made it. Reads run in one exclusive worker per screen, so a
+read for a new state cancels the one in flight and the latest answer is the one shown."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from textual import work
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
+from textual.worker import Worker
 
 from iotmeter_tui.view.health import StatusSnapshot
 from iotmeter_tui.widgets.format import one_line
@@ -36,8 +43,8 @@ class DashboardScreen(Screen[None]):
         super().__init__()
         self.loads = 0  # completed loads: tests and the bench wait on it
         self._errors: dict[str, str] = {}
-        self._loading = 0  # reads in flight
-        self._again = False
+        self._again = False  # a refresh came while a read was in flight: read again after it
+        self._load_worker: Worker[None] | None = None
 
     @property
     def dash(self) -> IotmeterApp:
@@ -68,29 +75,42 @@ class DashboardScreen(Screen[None]):
         if self.is_current:
             self.reload()
 
+    @property
+    def _loading(self) -> bool:
+        """A read is in flight (or queued to start)."""
+        worker = self._load_worker
+        return worker is not None and not worker.is_finished
+
     def reload(self, *, urgent: bool = False) -> None:
-        """Read the data again: right after the read in progress, or (urgent: a key asked
-        for other data) at once beside it -- the screen drops answers that arrive late."""
+        """Read the data again: right after the read in flight (a refresh tick: a slow store
+        must not have its reads cancelled one after another), or (urgent: the operator asked
+        for other data) at once, cancelling the read in flight, whose answer nobody wants."""
         if self._loading and not urgent:
             self._again = True
             return
-        self._loading += 1
-        self.run_worker(self._load_loop(), group="load")
+        self._load_worker = self._load_loop()
 
+    def state_changed(self) -> None:
+        """What the view shows changed (its reactive state's watchers call this): the new
+        title in the status line now, the new data read at once."""
+        if self.is_mounted:
+            self.show_status(self.dash.status)
+            self.reload(urgent=True)
+
+    @work(exclusive=True, group="load")
     async def _load_loop(self) -> None:
-        try:
-            await self.dash.stores_ready.wait()
-            while True:
-                self._again = False
-                try:
-                    await self.load()
-                except Exception as exc:
-                    self.report("load", exc)
-                self.loads += 1
-                if not self._again:
-                    break
-        finally:
-            self._loading -= 1
+        # Cancelled at an await (a newer read replaced it), it leaves before showing anything:
+        # each load() applies its answer after its last await.
+        await self.dash.stores_ready.wait()
+        while True:
+            self._again = False
+            try:
+                await self.load()
+            except Exception as exc:
+                self.report("load", exc)
+            self.loads += 1
+            if not self._again:
+                break
 
     async def load(self) -> None:
         """Read what the screen shows (override)."""
@@ -154,12 +174,12 @@ class DashboardScreen(Screen[None]):
         return ""
 
     def set_search(self, text: str) -> None:
-        """Filter by `text` ('' for none)."""
+        """Filter by `text` ('' for none): set the reactive whose watcher calls
+        state_changed()."""
 
     def on_prompt_bar_changed(self, event: PromptBar.Changed) -> None:
         if event.kind == "/":
             self.set_search(event.value.strip())
-            self.show_status(self.dash.status)
 
     def on_prompt_bar_submitted(self, event: PromptBar.Submitted) -> None:
         bar = self.query_one(PromptBar)
@@ -177,7 +197,6 @@ class DashboardScreen(Screen[None]):
     def on_prompt_bar_cancelled(self, event: PromptBar.Cancelled) -> None:
         if event.kind == "/" and self.search_text():
             self.set_search("")
-            self.show_status(self.dash.status)
         self.focus_main()
 
     def focus_main(self) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.reactive import reactive
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata import COMMAND_OPEN_STATES
@@ -74,10 +75,11 @@ class CommandsScreen(DashboardScreen):
         Binding("slash", "filter", "filter", id="commands.filter"),
     ]
 
+    open_only: reactive[bool] = reactive(False, repaint=False, init=False)
+    search: reactive[str] = reactive("", repaint=False, init=False)
+
     def __init__(self) -> None:
         super().__init__()
-        self.open_only = False
-        self.search = ""
         self.commands: dict[str, Command] = {}
 
     def compose_body(self) -> ComposeResult:
@@ -99,22 +101,28 @@ class CommandsScreen(DashboardScreen):
 
     def set_search(self, text: str) -> None:
         self.search = text
-        self.reload()
+
+    def watch_search(self) -> None:
+        self.state_changed()
+
+    def watch_open_only(self) -> None:
+        self.state_changed()
 
     async def load(self) -> None:
         self.report("service", None if commands_offered(self) else
                     f"{UNAVAILABLE}: the queue is shown, sending is off")
         md = self.dash.runtime.stores.metadata
+        open_only, search = self.open_only, self.search
         try:
             commands = await self.io(lambda: md.list_commands(limit=LIMIT))
         except StoreError as exc:
             self.report("metadata", exc)
             return
         self.report("metadata", None)
-        if self.open_only:
+        if open_only:
             commands = [c for c in commands if c.state in COMMAND_OPEN_STATES]
-        if self.search:
-            commands = [c for c in commands if _matches(c, self.search)]
+        if search:
+            commands = [c for c in commands if _matches(c, search)]
         self.commands = {c.id: c for c in commands}
         now_ms = self.dash.now_ms()
         self.table.set_rows(command_row(c, now_ms) for c in commands)
@@ -147,8 +155,6 @@ class CommandsScreen(DashboardScreen):
 
     def action_open_only(self) -> None:
         self.open_only = not self.open_only
-        self.show_status(self.dash.status)
-        self.reload()
 
     def action_open(self) -> None:
         row = self.table.cursor_row

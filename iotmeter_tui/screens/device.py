@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
+from textual.reactive import reactive
 from textual.widgets import ContentSwitcher, Static
 
 from iotmeter_tui.backend.errors import StoreError
@@ -170,11 +171,13 @@ class DeviceScreen(DashboardScreen):
         Binding("x", "delete", "delete", show=False, id="device.delete"),
     ]
 
+    window_min: reactive[int] = reactive(DEFAULT_WINDOW_MIN, repaint=False, init=False)
+    # Index into PANELS; its key again still gives the panel the keyboard.
+    panel: reactive[int] = reactive(0, repaint=False, init=False, always_update=True)
+
     def __init__(self, device_id: str) -> None:
         super().__init__()
         self.device_id = device_id
-        self.window_min = DEFAULT_WINDOW_MIN
-        self.panel = 0
         self.data = DeviceData()
         self._history_at = 0  # when the chart data was read, and for which window
         self._history_for = 0
@@ -296,10 +299,14 @@ class DeviceScreen(DashboardScreen):
     def action_window(self) -> None:
         index = WINDOWS_MIN.index(self.window_min) if self.window_min in WINDOWS_MIN else 0
         self.window_min = WINDOWS_MIN[(index + 1) % len(WINDOWS_MIN)]
-        self.reload()
+
+    def watch_window_min(self) -> None:
+        self.state_changed()
 
     def action_panel(self, index: int) -> None:
         self.panel = index
+
+    def watch_panel(self, index: int) -> None:
         self.query_one("#device-panels", ContentSwitcher).current = f"panel-{PANELS[index]}"
         self._show_tabs()
         self._panel_table().focus()

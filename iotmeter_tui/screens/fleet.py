@@ -5,13 +5,13 @@ what 60 do."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.reactive import reactive
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.export import Cell, ExportTable, iso
@@ -47,7 +47,6 @@ COLUMNS = (
 # Columns the store can sort by, in the order `s` walks through them.
 SORTABLE = ("device_id", "device_type", "connection_status", "fw_version", "last_seen")
 STATUS_FILTERS = (None, "online", "offline", "unknown")
-ALERT_COUNTS_EVERY_S = 3.0  # open alerts are counted fleet-wide; no need to every second
 SILENT_FLEET_HINT = ("no meter is online: ':sim' then 's' starts simulated meters (or run "
                      "iotmeter --simulate yes); real meters publish to the collector's broker")
 
@@ -66,13 +65,12 @@ class FleetPage:
     offset: int
     devices: list[Device]
     latest: dict[str, Latest]
-    alert_counts: dict[str, int] | None
+    alert_counts: dict[str, int]
     errors: dict[str, str | None]
     online: int | None = None  # meters online fleet-wide (None: not read)
 
 
-def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
-              count_alerts: bool) -> FleetPage:
+def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int) -> FleetPage:
     """One refresh of the fleet table, in an I/O thread. A store that fails leaves its part
     empty and its error in `errors`; the others still show."""
     md = stores.metadata
@@ -86,19 +84,18 @@ def read_page(stores: Stores, query: FleetQuery, offset: int, limit: int,
         errors["metadata"] = None
     except StoreError as exc:
         errors["metadata"] = str(exc)
-        return FleetPage(0, offset, [], {}, None, errors)
+        return FleetPage(0, offset, [], {}, {}, errors)
     latest: dict[str, Latest] = {}
     try:
         latest = stores.timeseries.latest([d.device_id for d in devices])
         errors["timeseries"] = None
     except StoreError as exc:
         errors["timeseries"] = str(exc)
-    counts = None
-    if count_alerts:
-        try:
-            counts = dict(Counter(a.device_id for a in md.open_alerts()))
-        except StoreError as exc:
-            errors["metadata"] = str(exc)
+    counts: dict[str, int] = {}
+    try:  # the rows read only, counted in the store
+        counts = md.open_alert_counts([d.device_id for d in devices])
+    except StoreError as exc:
+        errors["metadata"] = str(exc)
     return FleetPage(total, offset, devices, latest, counts, errors, online)
 
 
@@ -109,7 +106,7 @@ def fleet_export(stores: Stores, query: FleetQuery) -> ExportTable:
     devices = md.list_devices(search=query.search, status=query.status,
                               order_by=query.order_by, descending=query.descending)
     latest = stores.timeseries.latest([d.device_id for d in devices]) if devices else {}
-    alerts = Counter(a.device_id for a in md.open_alerts())
+    alerts = md.open_alert_counts()
     rows: list[Sequence[Cell]] = []
     for d in devices:
         values: list[float | None] = [None, None, None]
@@ -163,16 +160,13 @@ class FleetScreen(DashboardScreen):
         Binding("x", "delete", "delete device", show=False, id="fleet.delete"),
     ]
 
+    # Sort and filters: a new value lists from the top and is read at once.
+    query_state: reactive[FleetQuery] = reactive(FleetQuery(), repaint=False, init=False)
+    total: reactive[int] = reactive(0, repaint=False, init=False)  # meters the query lists
+
     def __init__(self) -> None:
         super().__init__()
-        self.query_state = FleetQuery()
         self.shown_query: FleetQuery | None = None  # the query the rows on screen answer
-        self.total = 0
-        self._generation = 0
-        self._started = 0  # reads started / the newest read shown: late answers are dropped
-        self._applied = 0
-        self._alert_counts: dict[str, int] = {}
-        self._alerts_read_at = -1e9
 
     def compose_body(self) -> ComposeResult:
         table = LiveTable(COLUMNS, id="fleet-table", markable=True,
@@ -200,22 +194,14 @@ class FleetScreen(DashboardScreen):
 
     async def load(self) -> None:
         table = self.table
-        generation, query = self._generation, self.query_state
+        query = self.query_state
         # A new sort or filter: the rows on screen first (a smaller read, painted sooner);
         # the table then asks for the window around them (WindowNeeded).
         first_of_query = table.loaded and query != self.shown_query
         offset, limit = table.visible_rows() if first_of_query else table.window()
-        now_s = self.dash.now()
-        count_alerts = now_s - self._alerts_read_at >= ALERT_COUNTS_EVERY_S
-        self._started += 1
-        sequence = self._started
-        page = await self.io(read_page, self.dash.runtime.stores, query, offset, limit,
-                             count_alerts)
-        if generation != self._generation:
-            return  # the query changed while we read: the urgent read for it is under way
-        if sequence < self._applied:
-            return  # a read started later has already been shown
-        self._applied = sequence
+        page = await self.io(read_page, self.dash.runtime.stores, query, offset, limit)
+        if query != self.query_state:
+            return  # no longer wanted: the read for the new query is under way
         for source, error in page.errors.items():
             self.report(source, error)
         if page.errors.get("metadata"):
@@ -223,20 +209,16 @@ class FleetScreen(DashboardScreen):
                 table.empty_text = "registry unavailable"
                 table.load_window(0, 0, [])
             return
-        if page.alert_counts is not None:
-            self._alert_counts, self._alerts_read_at = page.alert_counts, now_s
-        now_ms = int(now_s * 1000)
+        now_ms = self.dash.now_ms()
         rows = [device_row(d, page.latest.get(d.device_id),
-                           self._alert_counts.get(d.device_id, 0), now_ms)
+                           page.alert_counts.get(d.device_id, 0), now_ms)
                 for d in page.devices]
         table.empty_text = ("no devices match the filter" if query.search or query.status
                             else "no devices in the registry yet")
         table.load_window(page.total, page.offset, rows)
         self.shown_query = query
         self.report("fleet", SILENT_FLEET_HINT if self._fleet_is_silent(page) else None)
-        if page.total != self.total:
-            self.total = page.total
-            self.show_status(self.dash.status)
+        self.total = page.total
 
     def _fleet_is_silent(self, page: FleetPage) -> bool:
         """Nothing online and nothing on its way: say how to start a fleet (issue 16: a
@@ -251,17 +233,20 @@ class FleetScreen(DashboardScreen):
     def on_live_table_window_needed(self, event: LiveTable.WindowNeeded) -> None:
         self.reload(urgent=True)
 
-    def _requery(self, **changes: Any) -> None:
+    def watch_query_state(self, query: FleetQuery) -> None:
         """A new sort or filter: read it at once, from the top of the list -- what the
         operator sorted or filtered for. (Keeping the cursor's index deep in the list would
         also make the store sort down to that offset.)"""
-        self.query_state = replace(self.query_state, **changes)
-        self._generation += 1
         table = self.table
-        table.set_sort(self.query_state.order_by, self.query_state.descending)
+        table.set_sort(query.order_by, query.descending)
         table.home()
-        self.show_status(self.dash.status)
-        self.reload(urgent=True)
+        self.state_changed()
+
+    def watch_total(self) -> None:
+        self.show_status(self.dash.status)  # the title counts the meters listed
+
+    def _requery(self, **changes: Any) -> None:
+        self.query_state = replace(self.query_state, **changes)
 
     # --- keys -------------------------------------------------------------------------------
 

@@ -5,13 +5,14 @@ moves between the two lists."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.reactive import reactive
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata import TARGET_FINAL_STATES
@@ -49,30 +50,29 @@ TARGET_COLUMNS = (
 @dataclass(slots=True)
 class OtaData:
     campaigns: list[Campaign]
-    tallies: dict[str, Counter[str]]
+    tallies: dict[str, dict[str, int]]  # campaign -> target state -> targets
     targets: list[OtaTarget]
+    selected: str | None = None  # the campaign whose targets these are
     error: str | None = None
 
 
 def read_ota(stores: Stores, selected: str | None) -> OtaData:
+    """The campaigns with their targets counted by state in the store, and the targets of
+    `selected` (None: the newest campaign) when it is one of those listed."""
     md = stores.metadata
     try:
         campaigns = md.list_campaigns(limit=CAMPAIGN_LIMIT)
-        tallies: dict[str, Counter[str]] = {}
-        targets: list[OtaTarget] = []
         if selected is None and campaigns:
             selected = campaigns[0].id
-        for campaign in campaigns:
-            listed = md.list_targets(campaign.id)
-            tallies[campaign.id] = Counter(t.state for t in listed)
-            if campaign.id == selected:
-                targets = listed
-        return OtaData(campaigns, tallies, targets)
+        tallies = md.ota_target_counts([c.id for c in campaigns])
+        listed = any(c.id == selected for c in campaigns)
+        targets = md.list_targets(selected) if selected is not None and listed else []
+        return OtaData(campaigns, tallies, targets, selected)
     except StoreError as exc:
-        return OtaData([], {}, [], str(exc))
+        return OtaData([], {}, [], selected, str(exc))
 
 
-def campaign_row(campaign: Campaign, tally: Counter[str]) -> Row:
+def campaign_row(campaign: Campaign, tally: Mapping[str, int]) -> Row:
     total = sum(tally.values())
     done = tally.get("done", 0)
     failed = tally.get("failed", 0) + tally.get("timed_out", 0)  # skipped is no failure
@@ -199,10 +199,13 @@ class OtaScreen(DashboardScreen):
         Binding("tab", "switch", "campaigns/targets", show=False, id="ota.switch"),
     ]
 
+    # The highlighted campaign, whose targets the lower list shows (None: the newest).
+    selected: reactive[str | None] = reactive(None, repaint=False, init=False)
+
     def __init__(self) -> None:
         super().__init__()
-        self.selected: str | None = None
         self.campaigns: dict[str, Campaign] = {}
+        self._targets_of: str | None = None  # the campaign whose targets are on screen
 
     def compose_body(self) -> ComposeResult:
         yield LiveTable(CAMPAIGN_COLUMNS, id="campaigns-table",
@@ -220,28 +223,33 @@ class OtaScreen(DashboardScreen):
         return f"OTA · {self.selected}" if self.selected else "OTA"
 
     async def load(self) -> None:
-        data = await self.io(read_ota, self.dash.runtime.stores, self.selected)
+        selected = self.selected
+        data = await self.io(read_ota, self.dash.runtime.stores, selected)
+        if selected != self.selected:
+            return  # no longer wanted: the read for the new selection is under way
         self.report("metadata", data.error)
         if data.error:
             return
         self.report("service", None if self.dash.control_offered else
                     f"{UNAVAILABLE}: campaigns are shown, starting one is off")
         self.campaigns = {c.id: c for c in data.campaigns}
-        if self.selected is None and data.campaigns:
-            self.selected = data.campaigns[0].id
-            self.show_status(self.dash.status)
+        self._targets_of = data.selected
+        self.selected = data.selected  # the first read picks the newest campaign
         self.query_one("#campaigns-table", LiveTable).set_rows(
-            campaign_row(c, data.tallies.get(c.id, Counter())) for c in data.campaigns)
+            campaign_row(c, data.tallies.get(c.id, {})) for c in data.campaigns)
         now_ms = self.dash.now_ms()
         self.query_one("#targets-table", LiveTable).set_rows(
             target_row(t, now_ms) for t in data.targets)
 
     def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
-        if event.table.id == "campaigns-table" and event.row is not None \
-                and event.row.key != self.selected:
+        if event.table.id == "campaigns-table" and event.row is not None:
             self.selected = event.row.key
-            self.show_status(self.dash.status)
-            self.reload()
+
+    def watch_selected(self, selected: str | None) -> None:
+        if selected == self._targets_of:
+            self.show_status(self.dash.status)  # its targets are on screen: the title only
+        else:
+            self.state_changed()
 
     def action_switch(self) -> None:
         campaigns = self.query_one("#campaigns-table", LiveTable)
@@ -284,7 +292,8 @@ class OtaScreen(DashboardScreen):
             self.notify(f"campaign not started: {one_line(str(exc), 120)}", severity="error")
             return
         campaign_id = getattr(campaign, "id", None)
-        if campaign_id:
-            self.selected = campaign_id
         self.notify(f"campaign {campaign_id or ''} started: {request.version}", timeout=3)
-        self.reload()
+        if campaign_id and campaign_id != self.selected:
+            self.selected = campaign_id  # its watcher reads it
+        else:
+            self.reload()

@@ -13,6 +13,7 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -175,10 +176,11 @@ class RejectedScreen(_Periodic):
         Binding("enter", "open", "device", id="rejected.open"),
     ]
 
+    reason: reactive[str | None] = reactive(None, repaint=False, init=False)  # None: every one
+    device: reactive[str] = reactive("", repaint=False, init=False)  # the `/` filter
+
     def __init__(self) -> None:
         super().__init__()
-        self.reason: str | None = None
-        self.device = ""
         self.rows: list[Sequence[Cell]] = []
         self._devices: dict[str, str] = {}
 
@@ -204,12 +206,17 @@ class RejectedScreen(_Periodic):
 
     def set_search(self, text: str) -> None:
         self.device = text
-        self.reload(urgent=True)
+
+    def watch_device(self) -> None:
+        self.state_changed()
+
+    def watch_reason(self) -> None:
+        self.state_changed()
 
     async def read(self) -> None:
         stores = self.dash.runtime.stores
         since = self.dash.now_ms() - REJECTED_WINDOW_MS
-        reason = self.reason
+        reason, needle = self.reason, self.device.lower()
         try:
             found = await self.io(lambda: latest_rejected(
                 stores.archive, spool_root(self.dash.runtime), since_ms=since, reason=reason))
@@ -217,7 +224,6 @@ class RejectedScreen(_Periodic):
             self.report("archive", exc)
             return
         self.report("archive", None)
-        needle = self.device.lower()
         rows, self.rows, self._devices = [], [], {}
         for n, m in enumerate(found):
             if needle and needle not in m.device_id.lower():
@@ -237,8 +243,6 @@ class RejectedScreen(_Periodic):
 
     def action_reason(self) -> None:
         self.reason = REASONS[(REASONS.index(self.reason) + 1) % len(REASONS)]
-        self.show_status(self.dash.status)
-        self.reload(urgent=True)
 
     def action_open(self) -> None:
         row = self.table.cursor_row

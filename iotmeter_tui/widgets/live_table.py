@@ -23,6 +23,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
@@ -32,7 +33,7 @@ from iotmeter_tui.backend.terminal import safe_text
 
 ROLES = ("ok", "warn", "error", "muted", "accent")
 SEPARATOR = 1  # blank cells between columns
-STRIP_CACHE = 2000  # rendered lines kept
+STRIP_CACHE = 2000  # rendered lines kept, the least recently drawn dropped first
 BAR_FULL = "━"
 BAR_EMPTY = "─"
 
@@ -183,7 +184,7 @@ class LiveTable(ScrollView, can_focus=True):
         self._column_layout = _Layout(0)
         self._window_requested = False
         self._last_highlight: str | None = None
-        self._strips: dict[tuple[object, ...], Strip] = {}
+        self._strips: LRUCache[tuple[object, ...], Strip] = LRUCache(STRIP_CACHE)
 
     # --- data in ----------------------------------------------------------------------------
 
@@ -419,8 +420,6 @@ class LiveTable(ScrollView, can_focus=True):
         key = (row, index == self.cursor, self.has_focus, row.key in self.marked, width)
         strip = self._strips.get(key)
         if strip is None:
-            if len(self._strips) > STRIP_CACHE:
-                self._strips.clear()
             strip = self._strips[key] = self._render_row(row, index, width, base)
         return strip
 

@@ -645,6 +645,25 @@ def test_list_alerts_newest_first_with_filters(store: MetadataStore) -> None:
     assert len(store.list_alerts(state="active", device_id="dev-0")) == 2
 
 
+def test_open_alerts_are_counted_per_device(store: MetadataStore) -> None:
+    assert store.open_alert_counts() == {}
+    a, _ = store.raise_alert("dev-1", "temp", "warning", 80.0, "hot", 1000)
+    store.raise_alert("dev-1", "volt", "critical", 1.0, "v", 1000)
+    b, _ = store.raise_alert("dev-2", "temp", "warning", 80.0, "hot", 1000)
+    store.raise_alert("dev-3", "temp", "warning", 80.0, "hot", 1000)
+    store.acknowledge_alert(b.id, 1100)  # acknowledged is still open
+    store.clear_alert(a.id, 1200)
+    store.raise_alert("dev-4", "temp", "warning", 80.0, "hot", 1000)
+    store.clear_alerts_for("dev-4", "temp", 1300)
+    assert store.open_alert_counts() == {"dev-1": 1, "dev-2": 1, "dev-3": 1}
+    assert store.open_alert_counts(["dev-2", "dev-4", "nope", "dev-2"]) == {"dev-2": 1}
+    assert store.open_alert_counts([]) == {}
+    # The counts agree with the alerts listed, over more ids than one IN list holds.
+    many = [f"dev-{i}" for i in range(1200)]
+    assert store.open_alert_counts(many) == {
+        d: n for d, n in store.open_alert_counts().items() if d in many}
+
+
 def test_concurrent_raises_make_one_alert(store_url: str) -> None:
     stores = [open_metadata(store_url) for _ in range(4)]
     barrier = threading.Barrier(len(stores))
@@ -785,6 +804,29 @@ def test_a_campaign_starts_with_pending_targets(store: MetadataStore) -> None:
     assert [c.id for c in store.list_campaigns()] == ["camp-2", "camp-1"]
     assert [c.id for c in store.list_campaigns(limit=1)] == ["camp-2"]
     assert store.list_targets("camp-2") == []
+
+
+def test_targets_are_counted_per_campaign_and_state(store: MetadataStore) -> None:
+    store.add_firmware(_firmware())
+    store.create_campaign(_campaign(), ["dev-1", "dev-2", "dev-3", "dev-4"])
+    store.create_campaign(_campaign("camp-2", 6000), ["dev-1"])
+    store.create_campaign(_campaign("camp-3", 7000), [])
+    store.update_target("camp-1", "dev-1", state="offered", at=6000, started=True)
+    store.update_target("camp-1", "dev-1", state="done", at=6100, progress_pct=100.0)
+    store.update_target("camp-1", "dev-2", state="failed", at=6100, error="bad hash")
+    store.update_target("camp-1", "dev-3", state="downloading", at=6100, progress_pct=10.0)
+    store.update_target("camp-2", "dev-1", state="done", at=6200)
+    assert store.ota_target_counts(["camp-1", "camp-2", "camp-3", "nope", "camp-1"]) == {
+        "camp-1": {"done": 1, "failed": 1, "downloading": 1, "pending": 1},
+        "camp-2": {"done": 1},
+    }
+    assert store.ota_target_counts(["camp-2"]) == {"camp-2": {"done": 1}}
+    assert store.ota_target_counts([]) == {}
+    for campaign_id in ("camp-1", "camp-2"):  # what counting the listed targets gives
+        listed: dict[str, int] = {}
+        for target in store.list_targets(campaign_id):
+            listed[target.state] = listed.get(target.state, 0) + 1
+        assert store.ota_target_counts([campaign_id])[campaign_id] == listed
 
 
 def test_a_campaign_for_missing_firmware_is_refused_whole(store: MetadataStore) -> None:

@@ -447,6 +447,10 @@ class MetadataStore(Protocol):
     def count_open_alerts_by_severity(self) -> dict[str, int]:
         """Open (active or acknowledged) alerts per severity; only severities that occur."""
 
+    def open_alert_counts(self, device_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Open (active or acknowledged) alerts per device, counted in the store (GROUP BY),
+        over every device or those of `device_ids`; only devices with an open alert."""
+
     def count_devices(
         self,
         *,
@@ -583,6 +587,10 @@ class MetadataStore(Protocol):
     ) -> bool: ...
 
     def list_targets(self, campaign_id: str) -> list[OtaTarget]: ...
+
+    def ota_target_counts(self, campaign_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """campaign -> target state -> targets, counted in the store (GROUP BY); a campaign
+        without targets (or unknown) is absent."""
 
     def update_target(
         self,

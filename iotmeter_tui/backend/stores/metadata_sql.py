@@ -939,6 +939,22 @@ class SqlMetadataStore:
             )
         return {severity: int(n) for severity, n in rows}
 
+    def open_alert_counts(self, device_ids: Iterable[str] | None = None) -> dict[str, int]:
+        # The partial unique index on open alerts (device_id, rule) answers this alone.
+        select = "SELECT device_id, COUNT(*) FROM device_alerts WHERE state <> 'cleared'"
+        group = " GROUP BY device_id"
+        with self._tx() as tx:
+            if device_ids is None:
+                rows = tx.all(select + group)
+            else:
+                rows = []
+                ids = list(dict.fromkeys(device_ids))
+                for start in range(0, len(ids), _IN_CHUNK):
+                    names = {f"d{i}": d for i, d in enumerate(ids[start : start + _IN_CHUNK])}
+                    in_list = ", ".join(f":{name}" for name in names)
+                    rows += tx.all(f"{select} AND device_id IN ({in_list}){group}", names)
+        return {str(device_id): int(n) for device_id, n in rows}
+
     def count_devices(
         self,
         *,
@@ -1333,6 +1349,19 @@ class SqlMetadataStore:
                 {"id": campaign_id},
             )
         return [OtaTarget(*row) for row in rows]
+
+    def ota_target_counts(self, campaign_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        ids = list(dict.fromkeys(campaign_ids))
+        with self._tx() as tx:
+            for start in range(0, len(ids), _IN_CHUNK):
+                names = {f"c{i}": c for i, c in enumerate(ids[start : start + _IN_CHUNK])}
+                in_list = ", ".join(f":{name}" for name in names)
+                for campaign_id, state, n in tx.all(
+                        "SELECT campaign_id, state, COUNT(*) FROM ota_targets"
+                        f" WHERE campaign_id IN ({in_list}) GROUP BY campaign_id, state", names):
+                    counts.setdefault(str(campaign_id), {})[str(state)] = int(n)
+        return counts
 
     def update_target(
         self,
