@@ -24,9 +24,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from iotmeter_tui.backend import protocol, tls
+from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.mqtt import codec
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.codec import (
     CONNACK_CODES,
     SUBACK_FAILURE,
@@ -282,8 +282,8 @@ class MqttIntake:
         try:
             sock = socket.create_connection((self.address.host, self.address.port),
                                             timeout=CONNECT_TIMEOUT_S)
-            if self.address.tls:
-                context = tls.client_context()
+            context = self.address.ssl_context()
+            if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=self.address.host)
         except OSError as exc:
             raise _Dropped(f"cannot reach the broker at {self.address.url}: {exc}") from None

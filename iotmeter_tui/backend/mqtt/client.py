@@ -16,13 +16,11 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import IotmeterError
 from iotmeter_tui.backend.mqtt import codec
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.codec import (
     CONNACK_CODES,
     SUBACK_FAILURE,
@@ -34,7 +32,6 @@ from iotmeter_tui.backend.mqtt.codec import (
     SubAck,
     Will,
 )
-from iotmeter_tui.backend.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -60,42 +57,6 @@ class MqttConnectionRefused(MqttError):
 
 class MqttNotConnected(MqttError):
     """publish() or subscribe() while the client has no connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker is, parsed from mqtt://user:pass@host:port (mqtts:// for TLS)."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL {redact(url)!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"broker URL {redact(url)!r} names no host")
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ValueError(f"broker URL {redact(url)!r} has a bad port") from None
-        return cls(
-            host=parts.hostname,
-            port=port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=tls,
-        )
-
-    @property
-    def url(self) -> str:
-        """The URL without credentials, safe to log."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 class _Connection(asyncio.Protocol):
@@ -150,9 +111,7 @@ class MqttClient:
         self.on_message = on_message
         self.on_puback = on_puback
         self.connect_timeout_s = connect_timeout_s
-        self._ssl = ssl_context if ssl_context is not None else (
-            tls.client_context() if address.tls else None
-        )
+        self._ssl = ssl_context if ssl_context is not None else address.ssl_context()
         self._conn: _Connection | None = None
         self._connected = False
         self._closed: asyncio.Future[None] | None = None
