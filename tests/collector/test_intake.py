@@ -11,6 +11,7 @@ import time
 import pytest
 
 from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake, _Dropped
+from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.testing import MosquittoServer
 from iotmeter_tui.testing.fleet import Publisher, telemetry, wait_for
 
@@ -142,7 +143,7 @@ def test_a_held_pipeline_bounds_the_queue_under_a_qos0_flood(
             most = max(most, inbox.qsize())
             time.sleep(0.05)
         assert most == bound  # it filled, and went no further
-        assert intake.connected.is_set() and intake._connection == 1
+        assert intake.connected.is_set() and intake.session.connection == 1
         taken: list[Delivery] = []
         qos1: set[int] = set()
         end = time.monotonic() + 60
@@ -156,7 +157,7 @@ def test_a_held_pipeline_bounds_the_queue_under_a_qos0_flood(
         assert qos1 == set(range(200))  # nothing the broker took for us is lost
         flood = [p.payload for d in taken for p in d.publishes if p.qos == 0]
         assert len(flood) == len(set(flood))  # and nothing is handed over twice
-        assert intake._connection == 1
+        assert intake.session.connection == 1
     finally:
         flooder.close()
         intake.stop()
@@ -180,25 +181,28 @@ def test_an_unreachable_broker_is_reported_and_retried(
 
 def test_a_connection_that_only_sends_acks_still_checks_the_broker_is_there() -> None:
     """While a backlog is acknowledged nothing may come in: the intake pings when it has
-    heard nothing for half the keepalive, and gives up only on an unanswered ping."""
+    heard nothing for half the keepalive, and gives up only on an unanswered ping. (The rule
+    is the session's, tests/mqtt/test_mqtt_session.py; this is the intake acting on it.)"""
     ours, broker = socket.socketpair()
     intake = MqttIntake("mqtt://127.0.0.1:1", "keepalive-test", queue.SimpleQueue(),
                         keepalive=30)
     intake._sock = ours
     try:
         now = 1000.0
-        intake._last_sent = now - 1  # acks went out a second ago
-        intake._keep_alive(now, last_heard=now - 14)
+        intake.session.connect(now - 15)
+        intake.session.receive(codec.encode_connack(), now - 15)  # last heard 15 s ago
+        intake.session.sent(now - 1)  # acks went out a second ago
+        intake._keep_alive(now - 1)
         broker.settimeout(0.2)
         with pytest.raises(TimeoutError):
             broker.recv(16)  # heard from 14 s ago: no ping yet
-        intake._keep_alive(now, last_heard=now - 15)
+        intake._keep_alive(now)
         assert broker.recv(16) == b"\xc0\x00"  # PINGREQ
-        intake._keep_alive(now + 20, last_heard=now - 15)  # unanswered, within keepalive
+        intake._keep_alive(now + 20)  # unanswered, within keepalive
         with pytest.raises(TimeoutError):
             broker.recv(16)  # and no second ping meanwhile
         with pytest.raises(_Dropped, match="did not answer a ping"):
-            intake._keep_alive(now + 31, last_heard=now - 15)
+            intake._keep_alive(now + 31)
     finally:
         ours.close()
         broker.close()
