@@ -204,9 +204,12 @@ class MqttIntake:
         """Queue a read for the pipeline; while its queue is full, read nothing more (the
         socket's buffers fill and TCP holds the broker back) but keep the connection alive:
         the broker drops a client it hears nothing from for 1.5 keepalives."""
+        # Checked four times a keepalive at least: the ping is due after half of one, and the
+        # broker's patience ends after one and a half.
+        wait_s = min(_PUT_WAIT_S, self.session.keepalive / 4 or _PUT_WAIT_S)
         while True:
             try:
-                self.inbox.put(delivery, timeout=_PUT_WAIT_S)
+                self.inbox.put(delivery, timeout=wait_s)
                 return
             except queue.Full:
                 if self._stopping.is_set():
