@@ -216,10 +216,7 @@ class MqttIntake:
                     return  # unacknowledged: the broker sends it again on the next session
                 ping = self.session.idle_ping(time.monotonic())
                 if ping:
-                    try:
-                        self._send(ping)
-                    except OSError as exc:
-                        raise _Dropped(f"disconnected from broker: {exc}") from None
+                    self._send_or_drop(ping)
 
     def _on_events(self, events: list[Event], now: float) -> None:
         for event in events:
