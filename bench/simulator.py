@@ -36,7 +36,7 @@ from iotmeter_tui.backend.broker import (  # noqa: E402
     tcp_accepts,
     wait_until_ready,
 )
-from iotmeter_tui.backend.mqtt.client import BrokerAddress  # noqa: E402
+from iotmeter_tui.backend.mqtt.address import BrokerAddress  # noqa: E402
 from iotmeter_tui.backend.simulator.fleet import Fleet  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "simulator.json"

@@ -19,7 +19,7 @@ from iotmeter_tui.backend.broker import (
     running_broker_url,
 )
 from iotmeter_tui.backend.mqtt import codec
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.testing.fleet import Publisher, wait_for
 
 

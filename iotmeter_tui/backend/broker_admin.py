@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
 
 CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"

@@ -16,7 +16,7 @@ from typing import Protocol
 import paho.mqtt.client as mqtt
 
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
 
 log = logging.getLogger(__name__)

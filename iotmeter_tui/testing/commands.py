@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.config import Settings
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
 from iotmeter_tui.backend.publisher import PublishError
 from iotmeter_tui.backend.simulator.controller import SimulatorController

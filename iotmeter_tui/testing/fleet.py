@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
 
 DC_DATA = {"voltage_v": 748.2, "current_a": 1210.5, "power_kw": 905.7,

@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.broker import free_port, log_tail
 from iotmeter_tui.backend.config import Settings
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
 from iotmeter_tui.backend.stores.archive import REJECTED_PREFIX
 from iotmeter_tui.backend.stores.archive_writer import ArchiveReader

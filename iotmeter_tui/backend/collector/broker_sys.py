@@ -14,7 +14,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,11 @@
 Why not paho: its receive path costs about 60-70 µs of CPU per message here (one packet per
 read, a callback and a lock per message, one PUBACK write per message), which alone would use
 most of two cores at 20,000 msg/s (REFERENCE.md). This intake reads up to 256 KiB per system
-call, parses every packet in it with `mqtt.codec` and hands the whole read to the pipeline as
-one `Delivery`; the pipeline acknowledges a whole turn with one `sendall` of concatenated
-PUBACKs, once the turn is durable in the spool (CONTRACT section 5).
+call, parses every packet in it in one pass and hands the whole read to the pipeline as one
+`Delivery`; the pipeline acknowledges a whole turn with one `sendall` of concatenated PUBACKs,
+once the turn is durable in the spool (CONTRACT section 5). The protocol's rules (handshake,
+subscription, keep-alive, acknowledgements) are the MQTT session's (`mqtt/session.py`, shared
+with the simulator's asyncio client); this module is the socket, the thread and the hand-over.
 
 The session is persistent (clean session off, fixed client id), so whatever is not acknowledged
 when the connection drops is sent again by the broker after the reconnect, and the pipeline's
@@ -24,16 +26,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from iotmeter_tui.backend import protocol, tls
-from iotmeter_tui.backend.mqtt import codec
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
-from iotmeter_tui.backend.mqtt.codec import (
-    CONNACK_CODES,
-    SUBACK_FAILURE,
-    ConnAck,
-    OversizedPublish,
-    Publish,
-    SubAck,
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
+from iotmeter_tui.backend.mqtt.codec import MqttProtocolError, OversizedPublish, Publish
+from iotmeter_tui.backend.mqtt.session import (
+    Connected,
+    Event,
+    MqttConnectionError,
+    MqttConnectionRefused,
+    MqttNotConnected,
+    Session,
 )
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 << 10  # one read takes about a thousand telemetry messages
 CONNECT_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 30.0  # a broker that takes no bytes for this long is gone
-_SUBSCRIBE_ID = 1
 # Reads waiting for the pipeline, at most (service.py sizes the queue): at 256 KiB a read,
 # about 16 MiB of payloads. When they are all waiting, the intake stops reading the socket, so
 # TCP holds the broker back: QoS 1 stays in the broker's session, QoS 0 is the broker's to
@@ -93,15 +94,18 @@ class MqttIntake:
         self.client_id = client_id
         self.inbox = inbox
         self.share_group = share_group
-        self.keepalive = keepalive
         self.max_backoff_s = max_backoff_s
+        self.session = Session(
+            client_id, keepalive=keepalive, clean_session=False,
+            username=self.address.username, password=self.address.password,
+            handshake_timeout_s=CONNECT_TIMEOUT_S,
+            # A PUBLISH larger than a valid message can be is skipped as it streams in.
+            publish_cap=protocol.MAX_PACKET_BYTES, prefix_bytes=protocol.TOO_LARGE_PREFIX_BYTES,
+        )
         self.connected = threading.Event()  # subscribed and receiving
         self.last_error: str | None = None
         self._sock: socket.socket | None = None
-        self._connection = 0
         self._send_lock = threading.Lock()
-        self._last_sent = 0.0
-        self._ping_sent: float | None = None  # an unanswered PINGREQ's time
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="iotmeter-intake", daemon=True)
 
@@ -116,7 +120,7 @@ class MqttIntake:
     def disconnect(self) -> None:
         """Say goodbye cleanly: unacknowledged messages stay with the broker's session."""
         self.stop_reading()
-        self._close(codec.encode_disconnect())
+        self._close(self.session.disconnect())
 
     def stop(self) -> None:
         self.disconnect()
@@ -125,21 +129,16 @@ class MqttIntake:
         """Acknowledge every QoS 1 message of `deliveries` in one write. Messages from an
         earlier connection are not acknowledged here: the broker has sent them again on this
         one (with the same session), and they are acknowledged as the duplicates they are."""
-        current = self._connection
-        acks = b"".join(
-            codec.encode_puback(p.packet_id)
-            for d in deliveries if d.connection == current
-            for p in d.publishes if p.packet_id is not None
-        )
-        acks += b"".join(
-            codec.encode_puback(o.packet_id)
-            for d in deliveries if d.oversized and d.connection == current
-            for o in d.oversized if o.packet_id is not None
-        )
+        current = self.session.connection
+        ids = [p.packet_id for d in deliveries if d.connection == current
+               for p in d.publishes if p.packet_id is not None]
+        ids += [o.packet_id for d in deliveries if d.oversized and d.connection == current
+                for o in d.oversized if o.packet_id is not None]
+        acks = self.session.pubacks(ids)
         if acks:
             # On failure the reading thread sees the broken connection and reconnects.
             with contextlib.suppress(OSError):
-                self._send(acks)
+                self._send(acks, connection=current)
 
     # --- the reading thread -----------------------------------------------------------------
 
@@ -151,6 +150,7 @@ class MqttIntake:
                 backoff = 1.0
             except _Dropped as exc:
                 self.connected.clear()
+                self.session.connection_lost()
                 self._close()
                 if self._stopping.is_set():
                     return
@@ -161,17 +161,13 @@ class MqttIntake:
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     def _session(self) -> None:
-        decoder = codec.Decoder(publish_cap=protocol.MAX_PACKET_BYTES,
-                                prefix_bytes=protocol.TOO_LARGE_PREFIX_BYTES)
+        session = self.session
+        # The new connection's number before its socket: from here on, acks of deliveries
+        # of the last connection are not sent (their packet ids were that connection's).
+        hello = session.connect(time.monotonic())
+        connection = session.connection
         sock = self._open()
-        self._connection += 1
-        connection = self._connection
-        self._send(codec.encode_connect(self.client_id, keepalive=self.keepalive,
-                                        clean_session=False, username=self.address.username,
-                                        password=self.address.password))
-        last_heard = time.monotonic()
-        self._ping_sent = None
-        subscribed = False
+        self._send_or_drop(hello)
         while not self._stopping.is_set():
             try:
                 # Wait at most a second, so the thread notices stop() and pings when idle.
@@ -183,98 +179,83 @@ class MqttIntake:
                 raise _Dropped(f"disconnected from broker: {exc}") from None
             now = time.monotonic()
             if chunk is None:
-                if not subscribed and now - last_heard > CONNECT_TIMEOUT_S:
-                    raise _Dropped("the broker did not answer CONNECT/SUBSCRIBE in time")
-                self._keep_alive(now, last_heard)
+                self._keep_alive(now)
                 continue
             if not chunk:
                 raise _Dropped("disconnected from broker: connection closed")
-            last_heard = now
-            self._ping_sent = None  # anything heard answers the question a ping asks
             try:
-                packets = decoder.feed(chunk)
-            except codec.MqttProtocolError as exc:
+                inbound = session.receive(chunk, now)
+            except MqttConnectionRefused as exc:
+                log.warning("mqtt connect refused", extra={"event": "mqtt_refused",
+                                                           "reason": str(exc)})
+                raise _Dropped(str(exc)) from None
+            except (MqttProtocolError, MqttNotConnected) as exc:
                 # A broker never forwards what MQTT forbids (a non-UTF-8 topic, say): the
                 # stream is out of step, so start over on a new connection.
                 raise _Dropped(f"protocol error from broker: {exc}") from None
-            publishes = [p for p in packets if type(p) is Publish]
-            if len(publishes) == len(packets):
-                if publishes:
-                    self._hand_over(Delivery(publishes, int(time.time() * 1000), connection))
-            else:
-                oversized = [p for p in packets if type(p) is OversizedPublish]
-                if publishes or oversized:
-                    self._hand_over(Delivery(publishes, int(time.time() * 1000), connection,
-                                             oversized))
-                subscribed = self._control(
-                    [p for p in packets if type(p) is not Publish
-                     and type(p) is not OversizedPublish], subscribed)
-            self._keep_alive(now, last_heard)
+            if inbound.publishes or inbound.oversized:
+                self._hand_over(Delivery(inbound.publishes, int(time.time() * 1000),
+                                         connection, inbound.oversized))
+            if inbound.events:
+                self._on_events(inbound.events, now)
+            self._keep_alive(now)
 
     def _hand_over(self, delivery: Delivery) -> None:
         """Queue a read for the pipeline; while its queue is full, read nothing more (the
         socket's buffers fill and TCP holds the broker back) but keep the connection alive:
         the broker drops a client it hears nothing from for 1.5 keepalives."""
+        # Checked four times a keepalive at least: the ping is due after half of one, and the
+        # broker's patience ends after one and a half.
+        wait_s = min(_PUT_WAIT_S, self.session.keepalive / 4 or _PUT_WAIT_S)
         while True:
             try:
-                self.inbox.put(delivery, timeout=_PUT_WAIT_S)
+                self.inbox.put(delivery, timeout=wait_s)
                 return
             except queue.Full:
                 if self._stopping.is_set():
                     return  # unacknowledged: the broker sends it again on the next session
-                if time.monotonic() - self._last_sent >= self.keepalive / 2:
-                    # Not _keep_alive(): its answer cannot be read while we do not read.
-                    try:
-                        self._send(codec.encode_pingreq())
-                    except OSError as exc:
-                        raise _Dropped(f"disconnected from broker: {exc}") from None
+                ping = self.session.idle_ping(time.monotonic())
+                if ping:
+                    self._send_or_drop(ping)
 
-    def _control(self, packets: list[object], subscribed: bool) -> bool:
-        for packet in packets:
-            if isinstance(packet, ConnAck):
-                if packet.return_code != 0:
-                    reason = CONNACK_CODES.get(packet.return_code, "unknown reason")
-                    log.warning("mqtt connect refused", extra={"event": "mqtt_refused",
-                                                               "reason": reason})
-                    raise _Dropped(f"broker refused the connection: {reason}")
+    def _on_events(self, events: list[Event], now: float) -> None:
+        for event in events:
+            if isinstance(event, Connected):
                 self.last_error = None
                 log.info("mqtt connected", extra={"event": "mqtt_connected",
-                                                  "session_present": packet.session_present})
-                if packet.session_present:
+                                                  "session_present": event.session_present})
+                if event.session_present:
                     # The broker kept our subscriptions; subscribing again would make it
                     # resend every retained status message.
-                    subscribed = True
                     self.connected.set()
                 else:
                     # "connected" means ready to receive: only once the broker confirmed
                     # the subscription (what is published before that has no session).
-                    self._send(codec.encode_subscribe(_SUBSCRIBE_ID, [
-                        (f, 1) for f in protocol.collector_subscriptions(self.share_group)]))
-            elif isinstance(packet, SubAck):
-                if SUBACK_FAILURE in packet.return_codes:
-                    self.last_error = "broker refused the subscription"
-                    log.error("mqtt subscription refused", extra={
-                        "event": "mqtt_subscribe_refused", "codes": list(packet.return_codes)})
-                    raise _Dropped(self.last_error)
-                subscribed = True
+                    _packet_id, packet = self.session.subscribe(
+                        [(f, 1) for f in protocol.collector_subscriptions(self.share_group)], now)
+                    self._send_or_drop(packet)
+            elif event.refused:
+                self.last_error = "broker refused the subscription"
+                log.error("mqtt subscription refused", extra={
+                    "event": "mqtt_subscribe_refused", "codes": list(event.granted)})
+                raise _Dropped(self.last_error)
+            else:
                 self.connected.set()
-        return subscribed
 
-    def _keep_alive(self, now: float, last_heard: float) -> None:
-        """Ping when we have sent nothing for half the keepalive (the broker's rule) or heard
-        nothing for as long (ours: acks flowing out prove nothing about the way in). The
-        connection is dead only when a ping goes unanswered."""
-        if self._ping_sent is not None:
-            if now - self._ping_sent > self.keepalive:
-                raise _Dropped("the broker did not answer a ping")
-            return
-        half = self.keepalive / 2
-        if now - self._last_sent >= half or now - last_heard >= half:
-            self._ping_sent = now
-            try:
-                self._send(codec.encode_pingreq())
-            except OSError as exc:
-                raise _Dropped(f"disconnected from broker: {exc}") from None
+    def _keep_alive(self, now: float) -> None:
+        """What the session says is due: a ping, or giving up on a silent broker."""
+        try:
+            ping = self.session.tick(now)
+        except MqttConnectionError as exc:
+            raise _Dropped(str(exc)) from None
+        if ping:
+            self._send_or_drop(ping)
+
+    def _send_or_drop(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except OSError as exc:
+            raise _Dropped(f"disconnected from broker: {exc}") from None
 
     # --- the socket -------------------------------------------------------------------------
 
@@ -282,8 +263,8 @@ class MqttIntake:
         try:
             sock = socket.create_connection((self.address.host, self.address.port),
                                             timeout=CONNECT_TIMEOUT_S)
-            if self.address.tls:
-                context = tls.client_context()
+            context = self.address.ssl_context()
+            if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=self.address.host)
         except OSError as exc:
             raise _Dropped(f"cannot reach the broker at {self.address.url}: {exc}") from None
@@ -293,10 +274,14 @@ class MqttIntake:
             self._sock = sock
         return sock
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, *, connection: int | None = None) -> None:
+        """Send all of `data`; with `connection`, only while that connection is current
+        (checked under the lock that a reconnect takes to swap the socket)."""
         with self._send_lock:
             if self._sock is None:
                 raise OSError("not connected")
+            if connection is not None and connection != self.session.connection:
+                return
             try:
                 self._sock.sendall(data)
             except OSError:
@@ -305,7 +290,7 @@ class MqttIntake:
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(socket.SHUT_RDWR)
                 raise
-            self._last_sent = time.monotonic()
+            self.session.sent(time.monotonic())
 
     def _close(self, goodbye: bytes = b"") -> None:
         with self._send_lock:

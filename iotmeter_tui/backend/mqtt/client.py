@@ -2,8 +2,10 @@
 
 paho runs a thread (or a loop call) per client; five thousand simulated meters in one process
 need one event loop instead. This client is an asyncio Protocol: no task per connection, the
-socket's bytes go straight into the codec's `Decoder`, and everything written during one loop
-iteration leaves in one `transport.write` (the CONNECT burst, a replay of buffered messages).
+socket's bytes go straight into the session (`session.py`, shared with the collector's intake),
+and everything written during one loop iteration leaves in one `transport.write` (the CONNECT
+burst, a replay of buffered messages). The protocol's state and rules live in the session;
+this module only moves bytes, runs the keep-alive timer and resolves the futures callers await.
 
 QoS 1 publishes stay in `inflight` until their PUBACK; after a reconnect they are sent again
 with the DUP flag, before anything new. Reconnecting is the caller's job (it knows its back-off
@@ -16,96 +18,42 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from iotmeter_tui.backend import tls
-from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.mqtt import codec
-from iotmeter_tui.backend.mqtt.codec import (
-    CONNACK_CODES,
-    SUBACK_FAILURE,
-    ConnAck,
-    MqttProtocolError,
-    PingResp,
-    PubAck,
-    Publish,
-    SubAck,
-    Will,
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
+from iotmeter_tui.backend.mqtt.codec import MqttProtocolError, Publish, Will
+from iotmeter_tui.backend.mqtt.session import (
+    Connected,
+    MqttConnectionError,
+    MqttConnectionRefused,
+    MqttError,
+    MqttNotConnected,
+    MqttSubscriptionRefused,
+    Session,
+    Subscribed,
 )
-from iotmeter_tui.backend.redaction import redact
+
+__all__ = [
+    "MqttClient",
+    "MqttConnectionError",
+    "MqttConnectionRefused",
+    "MqttError",
+    "MqttNotConnected",
+    "MqttSubscriptionRefused",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
-class MqttError(IotmeterError):
-    """Base of the client's errors."""
-
-
-class MqttConnectionError(MqttError):
-    """The broker could not be reached or the connection dropped: retry after a back-off."""
-
-
-class MqttConnectionRefused(MqttError):
-    """The broker answered CONNACK with a refusal; `return_code` says why."""
-
-    def __init__(self, return_code: int) -> None:
-        reason = CONNACK_CODES.get(return_code, "unknown reason")
-        super().__init__(f"broker refused the connection: {reason} (code {return_code})")
-        self.return_code = return_code
-
-
-class MqttNotConnected(MqttError):
-    """publish() or subscribe() while the client has no connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker is, parsed from mqtt://user:pass@host:port (mqtts:// for TLS)."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL {redact(url)!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"broker URL {redact(url)!r} names no host")
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ValueError(f"broker URL {redact(url)!r} has a bad port") from None
-        return cls(
-            host=parts.hostname,
-            port=port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=tls,
-        )
-
-    @property
-    def url(self) -> str:
-        """The URL without credentials, safe to log."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
 class _Connection(asyncio.Protocol):
     """One TCP connection's callbacks; forwards to the client while it is the current one."""
 
-    __slots__ = ("_client", "_decoder", "transport")
+    __slots__ = ("_client", "transport")
 
     def __init__(self, client: MqttClient) -> None:
         self._client = client
-        self._decoder = codec.Decoder()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,14 +61,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        try:
-            packets = self._decoder.feed(data)
-        except MqttProtocolError as exc:
-            log.warning("%s: protocol error from broker: %s", self._client.client_id, exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        self._client._received(self, packets)
+        self._client._received(self, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._client._lost(self, exc)
@@ -145,28 +86,22 @@ class MqttClient:
     ) -> None:
         self.address = address
         self.client_id = client_id
-        self.keepalive = keepalive
-        self.clean_session = clean_session
         self.on_message = on_message
         self.on_puback = on_puback
         self.connect_timeout_s = connect_timeout_s
-        self._ssl = ssl_context if ssl_context is not None else (
-            tls.client_context() if address.tls else None
+        self.session = Session(
+            client_id, keepalive=keepalive, clean_session=clean_session,
+            username=address.username, password=address.password,
+            handshake_timeout_s=connect_timeout_s,
         )
+        self._ssl = ssl_context if ssl_context is not None else address.ssl_context()
         self._conn: _Connection | None = None
-        self._connected = False
         self._closed: asyncio.Future[None] | None = None
-        self._connack: asyncio.Future[ConnAck] | None = None
-        # Insertion-ordered, so a resend after reconnect keeps the original order.
-        self.inflight: dict[int, tuple[str, bytes, bool]] = {}
-        self._waiters: dict[int, asyncio.Future[SubAck]] = {}
+        self._connack: asyncio.Future[bool] | None = None
+        self._waiters: dict[int, asyncio.Future[Subscribed]] = {}
         self._drained: list[asyncio.Future[None]] = []
-        self._next_id = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._last_write = 0.0
-        self._last_read = 0.0
-        self._ping_sent_at: float | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -174,11 +109,20 @@ class MqttClient:
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._conn is not None and self.session.connected
+
+    @property
+    def keepalive(self) -> int:
+        return self.session.keepalive
+
+    @property
+    def inflight(self) -> dict[int, tuple[str, bytes, bool]]:
+        """QoS 1 publishes not yet acknowledged, by packet id: (topic, payload, retain)."""
+        return self.session.inflight
 
     @property
     def inflight_count(self) -> int:
-        return len(self.inflight)
+        return len(self.session.inflight)
 
     # --- connecting ----------------------------------------------------------------------
 
@@ -200,11 +144,12 @@ class MqttClient:
                     server_hostname=address.host if self._ssl else None,
                 )
                 assert conn.transport is not None
-                conn.transport.write(codec.encode_connect(
-                    self.client_id, keepalive=self.keepalive, clean_session=self.clean_session,
-                    will=will, username=address.username, password=address.password,
-                ))
-                ack = await self._connack
+                conn.transport.write(self.session.connect(loop.time(), will))
+                self.session.sent(loop.time())
+                session_present = await self._connack
+        except MqttConnectionRefused:
+            self._abandon(conn)
+            raise
         except (OSError, TimeoutError, MqttConnectionError) as exc:
             self._abandon(conn)
             reason = "timed out" if isinstance(exc, TimeoutError) else (
@@ -214,19 +159,8 @@ class MqttClient:
         except BaseException:
             self._abandon(conn)
             raise
-        if ack.return_code:
-            self._abandon(conn)
-            raise MqttConnectionRefused(ack.return_code)
-        self._connected = True
-        self._last_read = self._last_write = loop.time()
-        self._ping_sent_at = None
-        for packet_id, (topic, payload, retain) in self.inflight.items():
-            self._write(codec.encode_publish(
-                topic, payload, 1, retain=retain, dup=True, packet_id=packet_id
-            ))
-        if self.keepalive:
-            self._keepalive_timer = loop.call_later(self.keepalive / 2, self._keepalive_check)
-        return ack.session_present
+        self._schedule_keepalive()
+        return session_present
 
     def _abandon(self, conn: _Connection) -> None:
         if conn.transport is not None:
@@ -244,8 +178,8 @@ class MqttClient:
         conn = self._conn
         if conn is None or conn.transport is None:
             return
-        if self._connected:
-            self._write(codec.encode_disconnect())
+        if self.connected:
+            self._write(self.session.disconnect())
             self._flush()
         conn.transport.close()
         await self.wait_closed()
@@ -258,9 +192,9 @@ class MqttClient:
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every QoS 1 publish is acknowledged; False on timeout or disconnect."""
-        if not self.inflight:
+        if not self.session.inflight:
             return True
-        if not self._connected or self._loop is None:
+        if not self.connected or self._loop is None:
             return False
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._drained.append(waiter)
@@ -278,25 +212,16 @@ class MqttClient:
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         """Queue a PUBLISH for this loop iteration's write; QoS 1 is tracked until PUBACK."""
-        if not self._connected:
-            raise MqttNotConnected(f"{self.client_id}: not connected")
-        if qos:
-            packet_id = self._allocate_id()
-            self.inflight[packet_id] = (topic, payload, retain)
-            self._write(codec.encode_publish(
-                topic, payload, qos, retain=retain, packet_id=packet_id
-            ))
-        else:
-            self._write(codec.encode_publish(topic, payload, 0, retain=retain))
+        self._write(self.session.publish(topic, payload, qos, retain))
 
     async def subscribe(self, filters: list[tuple[str, int]]) -> tuple[int, ...]:
         """Subscribe and wait for the SUBACK; its granted QoS per filter."""
-        if not self._connected or self._loop is None:
+        if not self.connected or self._loop is None:
             raise MqttNotConnected(f"{self.client_id}: not connected")
-        packet_id = self._allocate_id()
-        waiter: asyncio.Future[SubAck] = self._loop.create_future()
+        packet_id, packet = self.session.subscribe(filters, self._loop.time())
+        waiter: asyncio.Future[Subscribed] = self._loop.create_future()
         self._waiters[packet_id] = waiter
-        self._write(codec.encode_subscribe(packet_id, filters))
+        self._write(packet)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 ack = await waiter
@@ -304,19 +229,9 @@ class MqttClient:
             raise MqttConnectionError(f"{self.client_id}: no SUBACK") from None
         finally:
             self._waiters.pop(packet_id, None)
-        if SUBACK_FAILURE in ack.return_codes:
-            refused = [f for (f, _), c in zip(filters, ack.return_codes, strict=False)
-                       if c == SUBACK_FAILURE]
-            raise MqttError(f"{self.client_id}: broker refused subscription to {refused}")
-        return ack.return_codes
-
-    def _allocate_id(self) -> int:
-        # Ids in use by an unacknowledged publish or a pending SUBSCRIBE are skipped.
-        for _ in range(0xFFFF):
-            self._next_id = self._next_id % 0xFFFF + 1
-            if self._next_id not in self.inflight and self._next_id not in self._waiters:
-                return self._next_id
-        raise MqttError(f"{self.client_id}: all 65535 packet ids are in flight")
+        if ack.refused:
+            raise MqttSubscriptionRefused(self.client_id, ack.refused)
+        return ack.granted
 
     # --- writing -------------------------------------------------------------------------
 
@@ -340,39 +255,44 @@ class MqttClient:
         self._out.clear()
         conn.transport.write(data)
         if self._loop is not None:
-            self._last_write = self._loop.time()
+            self.session.sent(self._loop.time())
 
     # --- reading -------------------------------------------------------------------------
 
-    def _received(self, conn: _Connection, packets: list[codec.Packet]) -> None:
-        if conn is not self._conn:
+    def _received(self, conn: _Connection, data: bytes) -> None:
+        if conn is not self._conn or self._loop is None:
             return
-        if self._loop is not None:
-            self._last_read = self._loop.time()
-        for packet in packets:
-            # Most frequent first: a device mostly hears PUBACKs, a collector PUBLISHes.
-            if isinstance(packet, PubAck):
-                packet_id = packet.packet_id
-                if self.inflight.pop(packet_id, None) is not None:
-                    if self.on_puback is not None:
-                        self.on_puback(packet_id)
-                    if not self.inflight and self._drained:
-                        for drained in self._drained:
-                            if not drained.done():
-                                drained.set_result(None)
-            elif isinstance(packet, Publish):
-                self._deliver(packet)
-            elif isinstance(packet, ConnAck):
+        try:
+            inbound = self.session.receive(data, self._loop.time())
+        except MqttConnectionRefused as exc:
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_exception(exc)
+            self.abort()
+            return
+        except (MqttProtocolError, MqttNotConnected) as exc:
+            log.warning("%s: protocol error from broker: %s", self.client_id, exc)
+            self.abort()
+            return
+        if inbound.reply:  # the resend after a reconnect, ahead of anything new
+            self._write(inbound.reply)
+        for event in inbound.events:
+            if isinstance(event, Connected):
                 if self._connack is not None and not self._connack.done():
-                    self._connack.set_result(packet)
-            elif isinstance(packet, SubAck):
-                waiter = self._waiters.get(packet.packet_id)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(packet)
-            elif isinstance(packet, PingResp):
-                self._ping_sent_at = None
+                    self._connack.set_result(event.session_present)
             else:
-                log.debug("%s: ignoring %s", self.client_id, type(packet).__name__)
+                waiter = self._waiters.get(event.packet_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event)
+        if inbound.acked:
+            if self.on_puback is not None:
+                for packet_id in inbound.acked:
+                    self.on_puback(packet_id)
+            if not self.session.inflight and self._drained:
+                for drained in self._drained:
+                    if not drained.done():
+                        drained.set_result(None)
+        for message in inbound.publishes:
+            self._deliver(message)
 
     def _deliver(self, message: Publish) -> None:
         try:
@@ -382,26 +302,33 @@ class MqttClient:
             # A bug in a handler must not kill the connection or skip the acknowledgement.
             log.exception("%s: on_message failed for %s", self.client_id, message.topic)
         if message.qos == 1 and message.packet_id is not None:
-            self._write(codec.encode_puback(message.packet_id))
+            self._write(self.session.puback(message.packet_id))
         elif message.qos == 2:
             log.warning("%s: QoS 2 message on %s ignored", self.client_id, message.topic)
 
     # --- keepalive and teardown ----------------------------------------------------------
 
+    def _schedule_keepalive(self) -> None:
+        deadline = self.session.next_deadline()
+        if deadline is not None and self._loop is not None:
+            # Never sooner than 10 ms: a timer may fire a hair before its time, and an early
+            # check that finds nothing due must not spin.
+            when = max(deadline, self._loop.time() + 0.01)
+            self._keepalive_timer = self._loop.call_at(when, self._keepalive_check)
+
     def _keepalive_check(self) -> None:
-        loop = self._loop
-        if not self._connected or loop is None or self._conn is None:
+        self._keepalive_timer = None
+        if not self.connected or self._loop is None:
             return
-        now = loop.time()
-        if self._ping_sent_at is not None and now - self._ping_sent_at > self.keepalive:
-            log.warning("%s: no PINGRESP in %s s, dropping the connection",
-                        self.client_id, self.keepalive)
+        try:
+            ping = self.session.tick(self._loop.time())
+        except MqttConnectionError as exc:
+            log.warning("%s: %s, dropping the connection", self.client_id, exc)
             self.abort()
             return
-        if now - self._last_write >= self.keepalive / 2 and self._ping_sent_at is None:
-            self._ping_sent_at = now
-            self._write(codec.encode_pingreq())
-        self._keepalive_timer = loop.call_later(self.keepalive / 2, self._keepalive_check)
+        if ping:
+            self._write(ping)
+        self._schedule_keepalive()
 
     def _lost(self, conn: _Connection, exc: Exception | None) -> None:
         if conn is self._conn:
@@ -410,7 +337,7 @@ class MqttClient:
             ))
 
     def _teardown(self, error: MqttConnectionError) -> None:
-        self._connected = False
+        self.session.connection_lost()
         self._conn = None
         self._out.clear()
         if self._keepalive_timer is not None:

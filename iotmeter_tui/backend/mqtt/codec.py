@@ -182,9 +182,19 @@ def encode_remaining_length(length: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return _binary(raw)
+def _utf8(text: str, what: str) -> bytes:
+    """`text` as an MQTT string's bytes. MQTT strings are well-formed UTF-8 without U+0000
+    (a receiver must drop the connection on either), so neither is ever sent."""
+    if "\x00" in text:
+        raise MqttProtocolError(f"{what} contains U+0000, which MQTT strings must not")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MqttProtocolError(f"{what} is not valid Unicode (a lone surrogate)") from None
+
+
+def _string(text: str, what: str) -> bytes:
+    return _binary(_utf8(text, what))
 
 
 def _binary(raw: bytes) -> bytes:
@@ -221,18 +231,18 @@ def encode_connect(
     if password is not None and username is None:
         raise MqttProtocolError("MQTT 3.1.1 allows a password only with a user name")
     flags = 0x02 if clean_session else 0
-    parts = [_string(client_id)]
+    parts = [_string(client_id, "client id")]
     if will is not None:
         _check_qos(will.qos)
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        parts += [_string(will.topic), _binary(will.payload)]
+        parts += [_string(will.topic, "will topic"), _binary(will.payload)]
     if username is not None:
         flags |= 0x80
-        parts.append(_string(username))
+        parts.append(_string(username, "user name"))
     if password is not None:
         flags |= 0x40
         parts.append(_binary(password.encode() if isinstance(password, str) else password))
-    header = _string("MQTT") + bytes((PROTOCOL_LEVEL, flags)) + _U16.pack(keepalive)
+    header = _binary(PROTOCOL_NAME) + bytes((PROTOCOL_LEVEL, flags)) + _U16.pack(keepalive)
     return _packet(CONNECT << 4, header + b"".join(parts))
 
 
@@ -249,7 +259,7 @@ def encode_publish(
     dup: bool = False,
     packet_id: int | None = None,
 ) -> bytes:
-    raw_topic = topic.encode("utf-8")
+    raw_topic = _utf8(topic, "topic")
     if len(raw_topic) > 0xFFFF:
         raise MqttProtocolError(f"topic of {len(raw_topic)} bytes is over 65535")
     first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
@@ -304,7 +314,7 @@ def encode_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
     parts = [_U16.pack(packet_id)]
     for topic_filter, qos in filters:
         _check_qos(qos)
-        parts += [_string(topic_filter), bytes((qos,))]
+        parts += [_string(topic_filter, "topic filter"), bytes((qos,))]
     return _packet(SUBSCRIBE << 4 | 2, b"".join(parts))
 
 
@@ -317,9 +327,8 @@ def encode_unsubscribe(packet_id: int, filters: list[str]) -> bytes:
     _check_packet_id(packet_id)
     if not filters:
         raise MqttProtocolError("UNSUBSCRIBE needs at least one topic filter")
-    return _packet(
-        UNSUBSCRIBE << 4 | 2, _U16.pack(packet_id) + b"".join(_string(f) for f in filters)
-    )
+    body = b"".join(_string(f, "topic filter") for f in filters)
+    return _packet(UNSUBSCRIBE << 4 | 2, _U16.pack(packet_id) + body)
 
 
 def encode_pingreq() -> bytes:
@@ -369,11 +378,14 @@ class _Reader:
         self.pos += length
         return value
 
-    def string(self) -> str:
+    def string(self, what: str) -> str:
         try:
-            return self.binary().decode("utf-8")
+            text = self.binary().decode("utf-8")
         except UnicodeDecodeError:
-            raise MqttProtocolError("string field is not UTF-8") from None
+            raise MqttProtocolError(f"{what} is not UTF-8") from None
+        if "\x00" in text:
+            raise MqttProtocolError(f"{what} contains U+0000, which MQTT strings must not")
+        return text
 
     @property
     def left(self) -> int:
@@ -394,10 +406,10 @@ def _parse_connect(r: _Reader) -> Connect:
     if flags & 0x01:
         raise MqttProtocolError("CONNECT reserved flag is set")
     keepalive = r.u16()
-    client_id = r.string()
+    client_id = r.string("CONNECT client id")
     will = None
     if flags & 0x04:
-        topic = r.string()
+        topic = r.string("CONNECT will topic")
         payload = r.binary()
         qos = (flags >> 3) & 3
         if qos == 3:
@@ -405,7 +417,7 @@ def _parse_connect(r: _Reader) -> Connect:
         will = Will(topic, payload, qos, bool(flags & 0x20))
     elif flags & 0x38:
         raise MqttProtocolError("CONNECT will QoS/retain set without a will")
-    username = r.string() if flags & 0x80 else None
+    username = r.string("CONNECT user name") if flags & 0x80 else None
     password = r.binary() if flags & 0x40 else None
     r.done("CONNECT")
     return Connect(client_id, keepalive, bool(flags & 0x02), will, username, password)
@@ -424,7 +436,7 @@ def _parse_subscribe(r: _Reader) -> Subscribe:
     packet_id = r.u16()
     filters = []
     while r.left:
-        topic_filter = r.string()
+        topic_filter = r.string("SUBSCRIBE topic filter")
         qos = r.u8()
         if qos > 2:
             raise MqttProtocolError(f"SUBSCRIBE requested QoS byte {qos:#x}")
@@ -446,7 +458,7 @@ def _parse_unsubscribe(r: _Reader) -> Unsubscribe:
     packet_id = r.u16()
     filters = []
     while r.left:
-        filters.append(r.string())
+        filters.append(r.string("UNSUBSCRIBE topic filter"))
     if not filters:
         raise MqttProtocolError("UNSUBSCRIBE without topic filters")
     return Unsubscribe(packet_id, tuple(filters))
@@ -488,6 +500,9 @@ _PARSERS: Final[dict[int, Callable[[_Reader], Packet]]] = {
     PINGRESP: _empty_parser(PINGRESP_PACKET, "PINGRESP"),
     DISCONNECT: _empty_parser(DISCONNECT_PACKET, "DISCONNECT"),
 }
+
+
+_NUL_TOPIC: Final = "PUBLISH topic contains U+0000, which MQTT strings must not"
 
 
 class Decoder:
@@ -622,6 +637,8 @@ class Decoder:
                     topic = data[body + 2:topic_end].decode("utf-8")
                 except UnicodeDecodeError:
                     raise MqttProtocolError("PUBLISH topic is not UTF-8") from None
+                if "\x00" in topic:
+                    raise MqttProtocolError(_NUL_TOPIC)
                 append(Publish(
                     topic, data[payload_start:stop], qos, bool(first & 1), bool(first & 8),
                     packet_id,
@@ -665,5 +682,7 @@ class Decoder:
             topic = data[body + 2:topic_end].decode("utf-8")
         except UnicodeDecodeError:
             raise MqttProtocolError("PUBLISH topic is not UTF-8") from None
+        if "\x00" in topic:
+            raise MqttProtocolError(_NUL_TOPIC)
         return OversizedPublish(topic, data[payload_start:want], stop - payload_start, qos,
                                 packet_id)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-from iotmeter_tui.backend import tls
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 
 
 def make_client(address: BrokerAddress, client_id: str, *, persistent: bool,
@@ -22,7 +21,8 @@ def make_client(address: BrokerAddress, client_id: str, *, persistent: bool,
     )
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
-    if address.tls:
-        client.tls_set_context(tls.client_context())
+    context = address.ssl_context()
+    if context is not None:
+        client.tls_set_context(context)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client

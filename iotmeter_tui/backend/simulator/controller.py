@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.simulator.device import DeviceInfo
 from iotmeter_tui.backend.simulator.faults import FaultSpec
 from iotmeter_tui.backend.simulator.fleet import (

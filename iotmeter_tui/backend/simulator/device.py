@@ -25,7 +25,8 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend import firmware_signing, protocol
-from iotmeter_tui.backend.mqtt.client import BrokerAddress, MqttClient, MqttError
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
+from iotmeter_tui.backend.mqtt.client import MqttClient, MqttError
 from iotmeter_tui.backend.mqtt.codec import Publish, Will
 from iotmeter_tui.backend.simulator.faults import FaultInjector
 from iotmeter_tui.backend.simulator.firmware import FirmwareError, fetch_firmware

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.mqtt.client import BrokerAddress
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.simulator.device import (
     BUFFER_LIMIT,
     DEFAULT_FW_VERSION,

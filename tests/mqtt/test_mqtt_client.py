@@ -16,8 +16,8 @@ import pytest
 
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.mqtt import codec
+from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.client import (
-    BrokerAddress,
     MqttClient,
     MqttConnectionError,
     MqttConnectionRefused,

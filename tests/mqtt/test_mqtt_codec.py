@@ -147,11 +147,16 @@ def test_many_packets_from_one_buffer() -> None:
                                     5000)
 
 
+# MQTT strings: any Unicode text but U+0000 (the codec refuses it, tested below).
+def mqtt_strings(max_size: int) -> st.SearchStrategy[str]:
+    return st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=max_size)
+
+
 publishes = st.builds(
     lambda topic, payload, qos, retain, dup, pid: (
         topic, payload, qos, retain, dup and qos > 0, pid if qos else None
     ),
-    st.text(min_size=0, max_size=40),
+    mqtt_strings(40),
     st.binary(max_size=300),
     st.sampled_from([0, 1, 2]),
     st.booleans(),
@@ -178,10 +183,10 @@ def test_any_publishes_any_chunking(items: list[tuple], cuts: list[int]) -> None
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.text(max_size=30), st.integers(0, 65535), st.booleans(),
-    st.one_of(st.none(), st.tuples(st.text(max_size=20), st.binary(max_size=50),
+    mqtt_strings(30), st.integers(0, 65535), st.booleans(),
+    st.one_of(st.none(), st.tuples(mqtt_strings(20), st.binary(max_size=50),
                                    st.sampled_from([0, 1, 2]), st.booleans())),
-    st.one_of(st.none(), st.text(max_size=20)), st.one_of(st.none(), st.binary(max_size=20)),
+    st.one_of(st.none(), mqtt_strings(20)), st.one_of(st.none(), st.binary(max_size=20)),
 )
 def test_any_connect_round_trips(client_id: str, keepalive: int, clean: bool,
                                  will: tuple | None, username: str | None,
@@ -208,6 +213,18 @@ def test_any_connect_round_trips(client_id: str, keepalive: int, clean: bool,
     (b"\x82\x03\x00\x01\x00", "packet ends"),
     (b"\x90\x02\x00\x01", "without return codes"),
     (b"\x20\x02\x02\x00", "reserved"),
+    # U+0000 in any string: a PUBLISH topic, and each string of CONNECT, SUBSCRIBE, UNSUBSCRIBE.
+    (b"\x30\x05\x00\x03a\x00b", "PUBLISH topic contains U\\+0000"),
+    (b"\x32\x07\x00\x03a\x00b\x00\x01", "PUBLISH topic contains U\\+0000"),
+    (b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x0a\x00\x03c\x00d",
+     "CONNECT client id contains U\\+0000"),
+    (b"\x10\x12\x00\x04MQTT\x04\x06\x00\x0a\x00\x01c\x00\x01\x00\x00\x00",
+     "CONNECT will topic contains U\\+0000"),
+    (b"\x10\x10\x00\x04MQTT\x04\x82\x00\x0a\x00\x01c\x00\x01\x00",
+     "CONNECT user name contains U\\+0000"),
+    (b"\x82\x07\x00\x01\x00\x02a\x00\x01", "SUBSCRIBE topic filter contains U\\+0000"),
+    (b"\xa2\x06\x00\x01\x00\x02\x00a", "UNSUBSCRIBE topic filter contains U\\+0000"),
+    (b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x0a\x00\x02\xc3\x28", "client id is not UTF-8"),
 ])
 def test_malformed_input_is_refused(wire: bytes, problem: str) -> None:
     with pytest.raises(MqttProtocolError, match=problem):
@@ -275,3 +292,53 @@ def test_an_oversized_publish_over_the_absolute_limit_is_still_an_error() -> Non
 def test_encoders_refuse_what_the_protocol_forbids(call) -> None:
     with pytest.raises(MqttProtocolError):
         call()
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda: codec.encode_publish("iot/a\x00b/telemetry", b"{}", 1, packet_id=1), "topic"),
+    (lambda: codec.encode_publish("\x00", b""), "topic"),
+    (lambda: codec.encode_connect("dc-\x00"), "client id"),
+    (lambda: codec.encode_connect("c", will=Will("w\x00", b"")), "will topic"),
+    (lambda: codec.encode_connect("c", username="u\x00"), "user name"),
+    (lambda: codec.encode_subscribe(1, [("ok", 1), ("iot/\x00/#", 1)]), "topic filter"),
+    (lambda: codec.encode_unsubscribe(1, ["\x00"]), "topic filter"),
+])
+def test_encoders_never_send_u0000(call, field: str) -> None:
+    """MQTT strings must not hold U+0000 (a receiver drops the connection on one): refused
+    with a reason naming the field, before any byte is built."""
+    with pytest.raises(MqttProtocolError, match=f"{field} contains U\\+0000"):
+        call()
+
+
+def test_encoders_refuse_a_lone_surrogate_with_a_protocol_error() -> None:
+    """Not a UnicodeEncodeError escaping from deep inside: a reason the caller can report."""
+    with pytest.raises(MqttProtocolError, match="topic is not valid Unicode"):
+        codec.encode_publish("iot/\ud800/telemetry", b"")
+    with pytest.raises(MqttProtocolError, match="client id is not valid Unicode"):
+        codec.encode_connect("\udc00")
+
+
+@settings(max_examples=200, deadline=None)
+@given(mqtt_strings(20), mqtt_strings(20), st.integers(0, 3000))
+def test_u0000_anywhere_in_a_topic_is_refused_however_the_bytes_arrive(
+        head: str, tail: str, cut: int) -> None:
+    """The same topic without the U+0000 passes: only the null character is refused, wherever
+    it sits and however the packet is split into reads."""
+    good = codec.encode_publish(head + tail, b"payload", 1, packet_id=9)
+    assert Decoder().feed(good) == [Publish(head + tail, b"payload", 1, False, False, 9)]
+    topic = (head + "\x00" + tail).encode()
+    bad = (b"\x32" + codec.encode_remaining_length(len(topic) + 11) + len(topic).to_bytes(2, "big")
+           + topic + b"\x00\x09payload")
+    decoder = Decoder()
+    cut = min(cut, len(bad))
+    with pytest.raises(MqttProtocolError, match="U\\+0000"):
+        decoder.feed(bad[:cut])
+        decoder.feed(bad[cut:])
+
+
+def test_an_oversized_publish_with_u0000_in_its_topic_is_refused() -> None:
+    topic = b"iot/\x00/telemetry"
+    body = len(topic).to_bytes(2, "big") + topic + b"\x00\x01" + b"x" * 5000
+    wire = b"\x32" + codec.encode_remaining_length(len(body)) + body
+    with pytest.raises(MqttProtocolError, match="PUBLISH topic contains U\\+0000"):
+        Decoder(publish_cap=1024, prefix_bytes=64).feed(wire)
