@@ -129,7 +129,7 @@ def test_every_command_shares_one_rule_for_seconds_and_counts() -> None:
     """Three copies of these checks had drifted (one took nan and inf); now one module."""
     import argparse
 
-    from iotmeter_tui.cli_args import key_value, positive_float, positive_int
+    from iotmeter_tui.cli.args import key_value, positive_float, positive_int
 
     for bad in ("0", "-1", "nan", "inf", "soon"):
         with pytest.raises(argparse.ArgumentTypeError):

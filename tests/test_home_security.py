@@ -20,7 +20,7 @@ from iotmeter_tui.backend.broker import (
 )
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
-from iotmeter_tui.testing.fleet import Publisher, wait_for
+from testsupport.fleet import Publisher, wait_for
 
 
 def connack(host: str, port: int, username: str | None = None,

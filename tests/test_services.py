@@ -31,7 +31,7 @@ from iotmeter_tui.backend.broker import (
     mosquitto_config,
     tcp_accepts,
 )
-from iotmeter_tui.testing import (
+from testsupport import (
     InfluxServer,
     MosquittoServer,
     PostgresDatabase,

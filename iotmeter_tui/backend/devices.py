@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.audit import Actor, AuditLog
-from iotmeter_tui.backend.commands import CommandService
+from iotmeter_tui.backend.control.commands import CommandService
 from iotmeter_tui.backend.errors import InvalidRequest, NotFound
 from iotmeter_tui.backend.stores.metadata import (
     COMMAND_FINAL_STATES,

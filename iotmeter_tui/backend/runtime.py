@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from iotmeter_tui.backend.broker import EmbeddedBroker
 from iotmeter_tui.backend.collector.worker import CollectorWorker
-from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.ota import OtaService
+from iotmeter_tui.backend.control.publisher import ServerPublisher
+from iotmeter_tui.backend.control.signing import configured_public_key
 from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreError
-from iotmeter_tui.backend.firmware_signing import configured_public_key
-from iotmeter_tui.backend.ota import OtaService
-from iotmeter_tui.backend.publisher import ServerPublisher
 from iotmeter_tui.backend.simulator.controller import SimulatorController
 from iotmeter_tui.backend.stores import Stores, open_stores
 

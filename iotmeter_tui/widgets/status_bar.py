@@ -11,7 +11,7 @@ from textual.containers import Horizontal
 from textual.content import Content
 from textual.widgets import Static
 
-from iotmeter_tui.widgets.format import clock, rate
+from iotmeter_tui.view.format import clock, rate
 from iotmeter_tui.widgets.health import StatusSnapshot
 
 COLLECTOR_LOOK = {

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from iotmeter_tui.api.routing import ROUTES
-from iotmeter_tui.backend.commands import CommandService
-from iotmeter_tui.backend.ota import OtaService
-from iotmeter_tui.testing.api import ROLES, LiveApi
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.ota import OtaService
+from testsupport.api import ROLES, LiveApi
 
 CALLERS = (None, "revoked", *ROLES)
 

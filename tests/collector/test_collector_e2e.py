@@ -9,9 +9,9 @@ from pathlib import Path
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS
-from iotmeter_tui.testing import MosquittoServer, S3Server
-from iotmeter_tui.testing.fleet import Device, Publisher, hello, status, telemetry, wait_for
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from testsupport import MosquittoServer, S3Server
+from testsupport.fleet import Device, Publisher, hello, status, telemetry, wait_for
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 
 def _seq_state(audit: StoreAudit, device_id: str, boot: int):  # type: ignore[no-untyped-def]

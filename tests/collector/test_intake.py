@@ -11,8 +11,8 @@ import time
 import pytest
 
 from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake, _Dropped
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.fleet import Publisher, telemetry, wait_for
+from testsupport import MosquittoServer
+from testsupport.fleet import Publisher, telemetry, wait_for
 
 
 def _take(inbox: queue.SimpleQueue[Delivery], count: int,

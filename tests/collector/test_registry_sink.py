@@ -22,8 +22,9 @@ from iotmeter_tui.backend.collector.spool import (
     SpoolRecord,
 )
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.stores.metadata import Command, MetadataStore, open_metadata
-from iotmeter_tui.testing.fleet import hello, telemetry
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import Command, MetadataStore
+from testsupport.fleet import hello, telemetry
 
 
 class FailsOnce:

@@ -140,7 +140,7 @@ def test_the_clock_moves_under_a_dialog(dash_runtime: Any) -> None:
     """Finding 3 of issue 16: the status line froze while a dialog was open (it was only
     updated when the top screen was a view)."""
     from iotmeter_tui.app import IotmeterApp
-    from iotmeter_tui.widgets.format import clock as shown
+    from iotmeter_tui.view.format import clock as shown
 
     clock = {"now": 1_795_740_000.0}
     first, later = shown(1_795_740_000_000), shown(1_795_740_007_000)

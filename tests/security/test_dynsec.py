@@ -19,7 +19,7 @@ from iotmeter_tui.backend.broker_admin import (
     DynsecAdmin,
     DynsecCredentials,
 )
-from iotmeter_tui.testing.shipped_broker import MOSQUITTO_DIR, ShippedBroker
+from testsupport.shipped_broker import MOSQUITTO_DIR, ShippedBroker
 
 ADMIN_PASSWORD = "admin-secret"
 

@@ -15,7 +15,7 @@ import pytest
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata_postgres import open_postgres_metadata
-from iotmeter_tui.testing.services import SHARED_POSTGRES_URL
+from testsupport.services import SHARED_POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -36,7 +36,7 @@ from iotmeter_tui.backend.collector.sinks import (
 )
 from iotmeter_tui.backend.collector.spool import Position, Spool
 from iotmeter_tui.backend.config import ConfigError, Settings
-from iotmeter_tui.backend.dispatch import Dispatcher
+from iotmeter_tui.backend.control.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
 from iotmeter_tui.backend.stores.archive_writer import ArchiveWriter

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker
 from iotmeter_tui.backend.config import ConfigError, load_settings
+from iotmeter_tui.backend.control.signing import parse_public_key
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.firmware_signing import parse_public_key
 from iotmeter_tui.backend.mqtt.client import BrokerAddress
 from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.simulator.faults import FaultSpec, FaultSpecError

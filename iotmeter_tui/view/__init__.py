@@ -1,0 +1,1 @@
+"""What the dashboard shows, apart from any widget: formatting and dashboard state."""
