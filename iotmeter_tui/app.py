@@ -332,7 +332,7 @@ class IotmeterApp(App[int]):
 
     def _show_status(self) -> None:
         # The view under a dialog stays on screen, so its status line must keep moving
-        # too (issue 16: clock and rates froze while a dialog was open).
+        # too (else clock and rates freeze while a dialog is open).
         view = self.current_view()
         if view is not None:
             view.show_status(self.status)

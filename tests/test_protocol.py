@@ -290,7 +290,7 @@ def test_decode_rejects(reason: str, on: str, raw: bytes) -> None:
     assert isinstance(result, Rejection), result
     assert result.reason == reason, result.detail
     assert result.reason in p.REJECTION_REASONS
-    if reason == "too_large":  # issue 15 item 2: only a bounded head is kept
+    if reason == "too_large":  # only a bounded head is kept
         assert result.raw == raw[:p.TOO_LARGE_PREFIX_BYTES]
         assert f"{len(raw)} bytes" in result.detail
     else:

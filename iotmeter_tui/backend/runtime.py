@@ -116,8 +116,8 @@ class Runtime:
             self.start_simulator(DEMO_AC, "ac")
 
     def _wants_demo_fleet(self) -> bool:
-        # On the embedded defaults the demo fleet comes back at every start (issue 16: a
-        # second start used to show two dozen dead meters). The same ids, and each meter's
+        # On the embedded defaults the demo fleet comes back at every start (otherwise a
+        # second start shows two dozen dead meters). The same ids, and each meter's
         # boot counter advances from the simulator's state file under the home, as after a
         # power cycle.
         if self.simulate in ("yes", "no"):

@@ -152,13 +152,13 @@ def _register_archive(sub: Any) -> None:
 
 
 def _register_apikey(sub: Any) -> None:
-    from iotmeter_tui.backend.apikeys import ROLES
+    from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES
 
     apikey = sub.add_parser("apikey", help="keys of the REST API")
     group = apikey.add_subparsers(title="apikey actions", metavar="ACTION", required=True)
     create = group.add_parser("create", help="a new key, printed once on the last line")
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--role", required=True, choices=API_KEY_ROLES)
     create.set_defaults(handler=_apikey_create)
     listing = group.add_parser("list", help="every key (never a secret)")
     listing.set_defaults(handler=_apikey_list)

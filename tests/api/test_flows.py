@@ -286,7 +286,7 @@ def test_a_command_is_published_at_once_when_a_broker_answers(
 
 def test_with_a_pinned_signing_key_only_signed_firmware_is_taken(
         serve_api: Callable[..., LiveApi], tmp_path: Path) -> None:
-    """The API is no way around the signature check of `iotmeter ota upload` (issue 15 item 5)."""
+    """The API is no way around the signature check of `iotmeter ota upload`."""
     import hashlib
 
     from iotmeter_tui.backend.control.signing import (

@@ -1,4 +1,4 @@
-"""The chaos suite: the collector's delivery guarantee (CONTRACT section 5) under the failures
+"""The chaos suite: the collector's delivery guarantee under the failures
 production will meet, on real servers.
 
 Each test runs a fleet publishing telemetry at QoS 1, breaks something while it runs, lets it

@@ -670,7 +670,7 @@ def test_alert_lifecycle_in_the_sqlite_metadata_store(tmp_path: Path) -> None:
         store.close()
 
 
-# --- planned reboots and grouped offline alerts (issue 16, finding 2) -----------------------
+# --- planned reboots and grouped offline alerts -----------------------
 
 PLANNED = 300_000
 WINDOW = 10_000

@@ -1,4 +1,4 @@
-"""Telemetry field names are bounded per device type (issue 15 item 6): the pure Decider, then
+"""Telemetry field names are bounded per device type: the pure Decider, then
 the collector end to end with its rejections archived and counted."""
 
 from __future__ import annotations

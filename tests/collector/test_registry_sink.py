@@ -302,7 +302,7 @@ def test_a_quality_write_that_fails_is_logged_and_the_batch_still_stored(
 
 
 def test_accepting_another_devices_reboot_does_not_silence_an_offline(tmp_path: Path) -> None:
-    """Like issue 15 item 9 for planned reboots: only a device's own reboot command, accepted,
+    """Only a device's own reboot command, accepted,
     makes its next offline expected; a forged acceptance of another's still pages."""
     from iotmeter_tui.backend.stores.metadata import Command
 

@@ -1,4 +1,4 @@
-"""The least-privilege example files (issue 15 item 12): deploy/postgres/roles.sql gives an
+"""The least-privilege example files: deploy/postgres/roles.sql gives an
 owner that migrates and a runtime role that only reads and writes rows, on a real
 PostgreSQL; the InfluxDB and S3 examples grant one database / one bucket."""
 

@@ -926,7 +926,7 @@ def test_dashboard_queries_over_ten_thousand_devices_are_fast(
     assert max(insert_ms, update_ms) < 1000
 
 
-# --- device administration (issue 12) -------------------------------------------------------
+# --- device administration -------------------------------------------------------
 
 
 def test_an_operator_registers_a_device_before_it_is_heard(store: MetadataStore) -> None:

@@ -140,8 +140,6 @@ def fits_device_type(system: SupplySystem, device_type: str) -> bool:
 # --- per-device limits -------------------------------------------------------------------------
 
 DEFAULT_FREQUENCY_BAND_PCT: Final = 1.0
-CONFIG_KEYS: Final = ("nominal_v", "max_current_a", "frequency_band_pct", "gap_threshold",
-                      "anomaly_sensitivity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +407,7 @@ class AlertEngine:
         self._waiting: set[str] = set()  # devices where time alone may clear or age something
         self._queued: dict[tuple[str, Rule], list[_Change]] = {}
         self._done = AlertChanges()
-        # Offline handling (issue 16): a planned reboot does not page unless the meter stays
+        # Offline handling: a planned reboot does not page unless the meter stays
         # away past its bound; meters going offline within `group_window_ms` of each other
         # are decided together, `group_min` or more of them as one grouped alert.
         self._planned_reboot_ms = planned_reboot_ms

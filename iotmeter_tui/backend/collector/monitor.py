@@ -21,9 +21,6 @@ from iotmeter_tui.backend.stores.metadata import FleetFigures
 
 log = logging.getLogger(__name__)
 
-# The store names /readyz and iotmeter_store_up use (the sinks' names for the same stores).
-STORE_NAMES = ("metadata", "timeseries", "archive")
-
 
 class StoreMonitor:
     def __init__(self, stores: Stores, metrics: CollectorMetrics, interval_s: float) -> None:

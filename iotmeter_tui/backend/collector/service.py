@@ -14,7 +14,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ class Tuning:
     sink_max_backoff_s: float = 10.0
     start_retry_s: float = 2.0
     retention_interval_s: float = RETENTION_INTERVAL_S
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Collector:

@@ -1,6 +1,6 @@
 """The three stores behind their ports, opened together from the settings.
 
-Each port picks its adapter by the URL's scheme (CONTRACT section 2); everything above this
+Each port picks its adapter by the URL's scheme; everything above this
 package talks to the ports only."""
 
 from __future__ import annotations
