@@ -138,3 +138,13 @@ def test_the_installed_package_imports_no_test_support() -> None:
                 offenders.append(f"{module}: {name}")
     assert offenders == []
     assert not (PACKAGE / "testing").exists()
+
+
+def test_the_backend_imports_no_front_end() -> None:
+    front_ends = ("app", "screens", "widgets", "view", "cli", "api", "relay", "serve", "keymap",
+                  "export")
+    graph = _graph()
+    offenders = [f"{module} -> {target}" for module, targets in graph.items()
+                 if module.startswith("iotmeter_tui.backend")
+                 for target in targets if target.partition(".")[2].split(".")[0] in front_ends]
+    assert offenders == []
