@@ -144,7 +144,12 @@ def test_the_backend_imports_no_front_end() -> None:
     front_ends = ("app", "screens", "widgets", "view", "cli", "api", "relay", "serve", "keymap",
                   "export")
     graph = _graph()
+    # cli.args: argument types importing nothing of the project, which the simulator's own
+    # command line (`python -m iotmeter_tui.backend.simulator`) shares with `iotmeter simulate`.
+    shared = {"iotmeter_tui.cli.args"}
     offenders = [f"{module} -> {target}" for module, targets in graph.items()
                  if module.startswith("iotmeter_tui.backend")
-                 for target in targets if target.partition(".")[2].split(".")[0] in front_ends]
+                 for target in targets - shared
+                 if target.partition(".")[2].split(".")[0] in front_ends]
+    assert graph["iotmeter_tui.cli.args"] == set()
     assert offenders == []
