@@ -1,7 +1,7 @@
 """The three stores behind their ports, opened together from the settings.
 
-Each port picks its adapter by the URL's scheme; everything above this
-package talks to the ports only."""
+factory.py picks each store's adapter by the URL's scheme; everything above this package
+talks to the ports only."""
 
 from __future__ import annotations
 
