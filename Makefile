@@ -23,8 +23,8 @@ test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check iotmeter_tui tests bench
-	$(VENV)/bin/mypy iotmeter_tui
+	$(VENV)/bin/ruff check iotmeter_tui testsupport tests bench
+	$(VENV)/bin/mypy iotmeter_tui testsupport
 
 bench: $(INSTALLED)
 	scripts/system-deps.sh test

@@ -34,14 +34,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport/ beside the package
+
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.collector import alerts
 from iotmeter_tui.backend.collector.anomaly import AnomalyDetector
 from iotmeter_tui.backend.simulator.faults import DataFaults, FaultLabel, FaultSpec
-from iotmeter_tui.backend.simulator.physics import SUPPLY_SYSTEMS, FeederMeter
-from iotmeter_tui.backend.stores.metadata import open_metadata
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.harness import env_for, settings_for
+from iotmeter_tui.backend.simulator.physics import FEEDERS, FeederMeter
+from iotmeter_tui.backend.stores.factory import open_metadata
+from testsupport import MosquittoServer
+from testsupport.harness import env_for, settings_for
 
 HOLD_MS = 30_000  # the alert engine's hold before a clear
 GRACE_MS = 60_000  # a raise this long after a fault's end still counts for it
@@ -55,7 +57,7 @@ Judge = Callable[[str, str, dict[str, Any], int], bool]
 def generate(device_id: str, key: str, seed: int, seconds: int, spec: FaultSpec
              ) -> tuple[list[Reading], list[FaultLabel]]:
     """One device's readings (ts ms, data) over `seconds` of simulated time at 1 Hz."""
-    system = SUPPLY_SYSTEMS[key]
+    system = FEEDERS[key]
     rng = random.Random(f"{seed}:{device_id}")
     meter = FeederMeter(system, rng, energy_import_kwh=rng.uniform(1e4, 1e6),
                         energy_export_kwh=rng.uniform(1e3, 1e5))
@@ -83,7 +85,8 @@ def thresholds_judge() -> Judge:
             return False
         if voltage is not None and alerts.check_voltage(system, voltage):
             return True
-        if current is not None and alerts.check_current(current, system.max_current_a):
+        limit = alerts.DEFAULT_MAX_CURRENT_A[system.key]
+        if current is not None and alerts.check_current(current, limit):
             return True
         return bool(system.frequency_hz and frequency is not None and alerts.check_frequency(
             frequency, system.frequency_hz, alerts.DEFAULT_FREQUENCY_BAND_PCT))
@@ -150,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = FaultSpec.parse(",".join(
         f"{k}={rate:.8f}"
         for k in ("drift", "stuck", "counter_regression", "counter_jump", "interval_change")))
-    keys = sorted(SUPPLY_SYSTEMS)
+    keys = sorted(FEEDERS)
     judges: dict[str, Callable[[], Judge]] = {
         "anomaly": lambda: AnomalyDetector().observe,  # type: ignore[dict-item]
         "thresholds": thresholds_judge,
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              for i in range(args.normal)]
     for device_id, key, seconds, device_spec in plan:
         readings, labels = generate(device_id, key, args.seed, seconds, device_spec)
-        device_type = SUPPLY_SYSTEMS[key].device_type
+        device_type = FEEDERS[key].device_type
         for name, make in judges.items():
             judge = make()
             started = time.perf_counter_ns()

@@ -40,7 +40,7 @@ from iotmeter_tui.backend.config import load_settings
 from iotmeter_tui.backend.stores import Stores, open_stores
 from iotmeter_tui.backend.stores.metadata import DeviceUpdate
 from iotmeter_tui.backend.stores.timeseries import Point
-from iotmeter_tui.testing import InfluxServer, PostgresDatabase
+from testsupport import InfluxServer, PostgresDatabase
 
 RESULTS = Path(__file__).parent / "results"
 DAY_S = 86_400

@@ -35,10 +35,10 @@ SLOW_SECONDS = 3.0
 
 def serve(root: str, image_mib: int, clients: int, pipe: Connection) -> None:
     """The child: upload an image, serve it, hand the signed path and port back, wait."""
-    from iotmeter_tui.backend.firmware import FirmwareServer
-    from iotmeter_tui.backend.ota import OtaService
+    from iotmeter_tui.backend.control.firmware import FirmwareServer
+    from iotmeter_tui.backend.control.ota import OtaService
     from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
-    from iotmeter_tui.backend.stores.metadata import open_metadata
+    from iotmeter_tui.backend.stores.factory import open_metadata
 
     metadata = open_metadata(f"sqlite:///{root}/meta.db")
     archive = DirectoryArchive(Path(root) / "archive")

@@ -40,9 +40,9 @@ from _common import broker_sys, cpu_seconds
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.config import Settings
-from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase
-from iotmeter_tui.testing.fleet import Publisher
-from iotmeter_tui.testing.harness import StoreAudit, env_for, settings_for
+from testsupport import InfluxServer, MosquittoServer, PostgresDatabase
+from testsupport.fleet import Publisher
+from testsupport.harness import StoreAudit, env_for, settings_for
 
 RESULTS = Path(__file__).parent / "results"
 DATA = {"voltage_v": 748.2, "current_a": 1210.5, "power_kw": 905.7,

@@ -1,6 +1,6 @@
 """Cost of `protocol.decode` per telemetry message, the collector's per-message hot path.
 
-Times blocks of decodes over realistic DC and AC payloads (CONTRACT section 3), each message
+Times blocks of decodes over realistic DC and AC payloads, each message
 distinct (seq, ts and readings move), and reports the per-message median and p95 across blocks.
 Bare `json.loads` of the same payloads is timed the same way in the same run, so the figure
 also reads as a ratio that holds on any machine. Writes bench/results/protocol.json.

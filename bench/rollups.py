@@ -41,7 +41,7 @@ from iotmeter_tui.backend.stores.rollups import HOUR_MS, aligned_range  # noqa: 
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries  # noqa: E402
-from iotmeter_tui.testing import InfluxServer  # noqa: E402
+from testsupport import InfluxServer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "rollups.json"
 WEEK_MS = 7 * 24 * HOUR_MS

@@ -77,8 +77,8 @@ from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.simulator.fleet import DEFAULT_HEARTBEAT_S
 from iotmeter_tui.backend.stores.metadata import SeqState
-from iotmeter_tui.testing import InfluxServer, MosquittoServer, PostgresDatabase
-from iotmeter_tui.testing.harness import StoreAudit, env_for, settings_for
+from testsupport import InfluxServer, MosquittoServer, PostgresDatabase
+from testsupport.harness import StoreAudit, env_for, settings_for
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 PREFIX = "soak-"

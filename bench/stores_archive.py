@@ -20,11 +20,14 @@ import platform
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport/ beside the package
 
 from minio import Minio
 
@@ -33,7 +36,7 @@ from iotmeter_tui.backend.stores.archive import ArchiveStore
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter
-from iotmeter_tui.testing import S3Server
+from testsupport import S3Server
 
 MESSAGES_PER_OBJECT = 100
 DEVICES_PER_BATCH = 10  # so one write_batch makes 10 objects

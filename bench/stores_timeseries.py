@@ -47,7 +47,7 @@ from iotmeter_tui.backend.stores.timeseries import (  # noqa: E402
 )
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries  # noqa: E402
-from iotmeter_tui.testing import InfluxServer  # noqa: E402
+from testsupport import InfluxServer  # noqa: E402
 
 Batch = TypeVar("Batch")
 

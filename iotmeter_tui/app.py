@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -27,6 +26,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen, Screen
 
+from iotmeter_tui.backend.collector.worker import start_resource_tracker
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.export import write_csv
 from iotmeter_tui.keymap import keymap_problems, known_bindings
@@ -41,8 +41,9 @@ from iotmeter_tui.screens.ota import OtaScreen
 from iotmeter_tui.screens.raw import MessageScreen, RawScreen, RejectedScreen
 from iotmeter_tui.screens.simulator import SimulatorScreen
 from iotmeter_tui.screens.system import SystemScreen
+from iotmeter_tui.view import jump
+from iotmeter_tui.view.format import one_line
 from iotmeter_tui.view.health import HealthTracker, StatusSnapshot, StoreLight
-from iotmeter_tui.widgets.format import one_line
 from iotmeter_tui.widgets.live_table import LiveTable
 from iotmeter_tui.widgets.prompt_bar import PromptBar
 
@@ -182,8 +183,6 @@ SCREENS_BY_NAME: dict[str, str] = {
     "health": "system",
     "rejected": "rejected",
 }
-JUMP_WORDS = ("fleet", "device", "alerts", "commands", "ota", "simulator", "system",
-              "rejected", "help", "quit")
 
 STATUS_PROBE_EVERY = 5  # store connectivity checks run every Nth health tick
 
@@ -207,13 +206,18 @@ class IotmeterApp(App[int]):
     # switches them off while a dialog is open (its fields need q, : and ?).
     BINDINGS: ClassVar[list[BindingType]] = [
         # No key_display: a remapped key must show as itself (Textual shows colon as ":").
-        Binding("colon", "jump_prompt", "view", id="app.jump_prompt"),
-        Binding("question_mark", "help", "help", id="app.help"),
-        Binding("q", "quit", "quit", id="app.quit"),
+        # The tooltip is the longer text the help screen shows.
+        Binding("colon", "jump_prompt", "view", id="app.jump_prompt",
+                tooltip=f"jump to a view: {jump.described()}"),
+        Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
+        Binding("q", "quit", "quit", id="app.quit",
+                tooltip="quit and stop everything the dashboard started"),
         Binding("ctrl+c,ctrl+q", "force_quit", "quit", show=False, priority=True,
-                id="app.force_quit"),
-        Binding("ctrl+t", "next_theme", "theme", show=False, id="app.next_theme"),
-        Binding("e", "export", "export", show=False, id="app.export"),
+                id="app.force_quit", tooltip="quit, even from a dialog"),
+        Binding("ctrl+t", "next_theme", "theme", show=False, id="app.next_theme",
+                tooltip="next colour theme (dark, light, the terminal's own)"),
+        Binding("e", "export", "export", show=False, id="app.export",
+                tooltip="export this view to CSV under $IOTMETER_HOME/exports (path shown)"),
     ]
     MODAL_OFF = frozenset({"jump_prompt", "help", "quit", "export"})
     THEMES = ("textual-dark", "textual-light", "ansi-dark", "ansi-light")
@@ -239,10 +243,7 @@ class IotmeterApp(App[int]):
         self.initial = initial
         self.starter = RuntimeStarter(runtime) if start_runtime else None  # type: ignore[arg-type]
         if start_runtime:
-            # The collector worker is a spawned process, and spawning starts multiprocessing's
-            # resource tracker with sys.stderr's fd; once Textual captures stderr that fd is
-            # -1 and the spawn fails ("bad value(s) in fds_to_keep"). Start it now.
-            resource_tracker.ensure_running()
+            start_resource_tracker()  # before Textual captures stderr (see its docstring)
         self.status = StatusSnapshot()
         self.health_tracker = HealthTracker()
         self.stores_ready = asyncio.Event()
@@ -327,7 +328,7 @@ class IotmeterApp(App[int]):
 
     def _show_status(self) -> None:
         # The view under a dialog stays on screen, so its status line must keep moving
-        # too (issue 16: clock and rates froze while a dialog was open).
+        # too (else clock and rates freeze while a dialog is open).
         view = self.current_view()
         if view is not None:
             view.show_status(self.status)
@@ -398,15 +399,15 @@ class IotmeterApp(App[int]):
         word = word.lower()
         if not word:
             return None
-        matches = [w for w in (*SCREENS_BY_NAME, *JUMP_WORDS) if w.startswith(word)]
-        target = word if word in SCREENS_BY_NAME or word in JUMP_WORDS else None
+        matches = [w for w in (*SCREENS_BY_NAME, *jump.JUMP_WORDS) if w.startswith(word)]
+        target = word if word in SCREENS_BY_NAME or word in jump.JUMP_WORDS else None
         if target is None and matches:
             resolved = {SCREENS_BY_NAME.get(m, m) for m in matches}
             if len(resolved) > 1:
                 return f"{word!r} is ambiguous: {', '.join(sorted(resolved))}"
             target = matches[0]
         if target is None:
-            return f"unknown view {word!r}: try {', '.join(JUMP_WORDS)}"
+            return f"unknown view {word!r}: try {', '.join(jump.JUMP_WORDS)}"
         if target in ("quit", "q"):
             self.exit(0)
         elif target == "help":

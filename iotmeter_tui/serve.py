@@ -32,7 +32,7 @@ from aiohttp import web
 from textual_serve.server import Server
 
 from iotmeter_tui.backend.config import Settings
-from iotmeter_tui.widgets.format import one_line
+from iotmeter_tui.view.format import one_line
 
 COOKIE = "iotmeter_serve"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -183,7 +183,7 @@ def access_for(settings: Settings, host: str) -> TokenCheck:
 def _api_key_check(settings: Settings) -> Callable[[str], bool]:
     from iotmeter_tui.backend.apikeys import ApiKeyService, role_allows
     from iotmeter_tui.backend.errors import StoreError
-    from iotmeter_tui.backend.stores.metadata import open_metadata
+    from iotmeter_tui.backend.stores.factory import open_metadata
 
     metadata = open_metadata(settings.db_url)
     keys = ApiKeyService(metadata)

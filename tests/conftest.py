@@ -1,4 +1,4 @@
-"""Pytest fixtures over real services on loopback; the machinery is iotmeter_tui.testing.
+"""Pytest fixtures over real services on loopback; the machinery is testsupport.
 
 A missing binary or an unreachable server fails the test with one clear line, never a skip:
 a suite that silently skips its integration tests proves nothing."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iotmeter_tui.testing import (
+from testsupport import (
     InfluxServer,
     MosquittoServer,
     PostgresDatabase,
@@ -19,7 +19,7 @@ from iotmeter_tui.testing import (
     S3Server,
     ServiceError,
 )
-from iotmeter_tui.testing.harness import production_stores
+from testsupport.harness import production_stores
 
 
 @contextmanager

@@ -129,7 +129,7 @@ def test_every_command_shares_one_rule_for_seconds_and_counts() -> None:
     """Three copies of these checks had drifted (one took nan and inf); now one module."""
     import argparse
 
-    from iotmeter_tui.cli_args import key_value, positive_float, positive_int
+    from iotmeter_tui.cli.args import key_value, positive_float, positive_int
 
     for bad in ("0", "-1", "nan", "inf", "soon"):
         with pytest.raises(argparse.ArgumentTypeError):
@@ -139,3 +139,12 @@ def test_every_command_shares_one_rule_for_seconds_and_counts() -> None:
         with pytest.raises(argparse.ArgumentTypeError):
             positive_int(bad)
     assert key_value("n=3") == ("n", 3) and key_value("s=on") == ("s", "on")
+
+
+@pytest.mark.parametrize("args", [["--rate", "nan"], ["--devices", "0"], ["--duration", "inf"],
+                                  ["--heartbeat", "-1"]])
+def test_the_simulators_own_command_line_keeps_the_same_rule(args: list[str]) -> None:
+    from iotmeter_tui.backend.simulator.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(args)

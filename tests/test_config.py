@@ -243,7 +243,7 @@ def assert_one_line_naming(exc: ConfigError, name: str) -> None:
 
 
 # A password holding '@', ':' and '/' unencoded: urlsplit then cuts the URL in the wrong places,
-# so a redaction built on it leaves part of the password showing (issue 15 item 8).
+# so a redaction built on it leaves part of the password showing.
 PASSWORD = "p@ss:w/rd"
 
 

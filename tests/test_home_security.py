@@ -1,4 +1,4 @@
-"""The operator's host (issue 15 item 10): the embedded broker admits only iotmeter's own
+"""The operator's host: the embedded broker admits only iotmeter's own
 clients, with a password made at each start, and IOTMETER_HOME is private to its user."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from iotmeter_tui.backend.broker import (
 )
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
-from iotmeter_tui.testing.fleet import Publisher, wait_for
+from testsupport.fleet import Publisher, wait_for
 
 
 def connack(host: str, port: int, username: str | None = None,
@@ -63,7 +63,8 @@ def test_the_embedded_broker_refuses_anonymous_and_wrong_passwords(tmp_path: Pat
         assert address.password not in (tmp_path / "broker" / PASSWORD_FILE).read_text()
         assert "allow_anonymous false" in broker.config_path.read_text()
         first = broker.password
-        broker.restart()  # the same password: connected clients reconnect with what they hold
+        broker.stop()
+        broker.start()  # the same password: connected clients reconnect with what they hold
         assert broker.password == first
         assert connack(broker.host, broker.port, address.username, address.password) == 0
     assert not (tmp_path / "broker" / CREDENTIALS_FILE).exists()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from iotmeter_tui.backend import protocol as p
 from iotmeter_tui.backend.protocol import Message, Rejection, decode
-from iotmeter_tui.testing.strategies import (
+from testsupport.strategies import (
     AC_DATA,
     BAD_FIELD_NAMES,
     DC_DATA,
@@ -97,7 +97,7 @@ def case(reason: str, raw: bytes | Any, on: str = TELEMETRY_TOPIC, *, id: str) -
     return pytest.param(reason, on, data, id=f"{reason}-{id}")
 
 
-# BAD_FIELD_NAMES and ODD_GOOD_FIELD_NAMES: iotmeter_tui/testing/strategies.py.
+# BAD_FIELD_NAMES and ODD_GOOD_FIELD_NAMES: testsupport/strategies.py.
 
 # (reason, topic, payload): every way decode() refuses a message.
 REJECTIONS = [
@@ -290,7 +290,7 @@ def test_decode_rejects(reason: str, on: str, raw: bytes) -> None:
     assert isinstance(result, Rejection), result
     assert result.reason == reason, result.detail
     assert result.reason in p.REJECTION_REASONS
-    if reason == "too_large":  # issue 15 item 2: only a bounded head is kept
+    if reason == "too_large":  # only a bounded head is kept
         assert result.raw == raw[:p.TOO_LARGE_PREFIX_BYTES]
         assert f"{len(raw)} bytes" in result.detail
     else:

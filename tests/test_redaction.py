@@ -1,4 +1,4 @@
-"""One redaction for everything shown to a person (issue 15 item 8): passwords with '@', ':'
+"""One redaction for everything shown to a person: passwords with '@', ':'
 and '/' unencoded, in URLs alone, inside messages and in JSON log lines."""
 
 from __future__ import annotations

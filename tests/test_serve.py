@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from iotmeter_tui.backend.apikeys import ApiKeyService
 from iotmeter_tui.backend.config import load_settings
-from iotmeter_tui.backend.stores.metadata import open_metadata
+from iotmeter_tui.backend.stores.factory import open_metadata
 from iotmeter_tui.serve import COOKIE, access_for, auth_middleware, is_loopback
 
 

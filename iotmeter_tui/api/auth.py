@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import jwt
 
-from iotmeter_tui.backend.apikeys import ROLES, ApiKeyService, hash_secret
+from iotmeter_tui.backend.apikeys import ApiKeyService, hash_secret
+from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ class Authenticator:
         except (jwt.PyJWTError, jwt.PyJWKClientError) as exc:
             raise AuthFailure("invalid", f"bad token: {exc}") from None
         role = claims.get(self.role_claim)
-        if role not in ROLES:
+        if role not in API_KEY_ROLES:
             raise AuthFailure("invalid", f"the token's {self.role_claim!r} claim is not one of "
-                              f"{', '.join(ROLES)}")
+                              f"{', '.join(API_KEY_ROLES)}")
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise AuthFailure("invalid", "the token has no subject")

@@ -11,12 +11,12 @@ from typing import Any
 from iotmeter_tui.backend.apikeys import ApiKeyService
 from iotmeter_tui.backend.audit import AuditLog
 from iotmeter_tui.backend.broker_admin import device_credentials
-from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.ota import OtaService
+from iotmeter_tui.backend.control.publisher import ServerPublisher
+from iotmeter_tui.backend.control.signing import configured_public_key
 from iotmeter_tui.backend.devices import DeviceService
-from iotmeter_tui.backend.firmware_signing import configured_public_key
-from iotmeter_tui.backend.ota import OtaService
-from iotmeter_tui.backend.publisher import ServerPublisher
 from iotmeter_tui.backend.stores import Stores, open_stores
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from iotmeter_tui.api.routing import (
     out,
     page_of,
 )
-from iotmeter_tui.backend.commands import CommandError
+from iotmeter_tui.backend.control.commands import CommandError
 from iotmeter_tui.backend.stores.metadata import COMMAND_FINAL_STATES
 
 bp = APIBlueprint("ops", __name__, url_prefix="/api/v1")

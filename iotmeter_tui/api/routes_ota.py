@@ -21,7 +21,7 @@ from iotmeter_tui.api.routing import (
     page_of,
     read_body,
 )
-from iotmeter_tui.backend.ota import CampaignStatus, OtaError
+from iotmeter_tui.backend.control.ota import CampaignStatus, OtaError
 from iotmeter_tui.backend.protocol import is_valid_label
 
 bp = APIBlueprint("ota", __name__, url_prefix="/api/v1")

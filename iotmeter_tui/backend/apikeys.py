@@ -14,7 +14,6 @@ from typing import Final
 from iotmeter_tui.backend.errors import InvalidRequest
 from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES, ApiKey, MetadataStore
 
-ROLES: Final = API_KEY_ROLES
 # A recognisable prefix: secret scanners and people can tell an iotmeter key at a glance.
 KEY_PREFIX: Final = "iotm_"
 NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -29,9 +28,9 @@ TOUCH_EVERY_MS: Final = 60_000
 def role_allows(role: str, needed: str) -> bool:
     """True when `role` may do what `needed` may (admin > operator > viewer); an unknown
     role allows nothing."""
-    if role not in ROLES or needed not in ROLES:
+    if role not in API_KEY_ROLES or needed not in API_KEY_ROLES:
         return False
-    return ROLES.index(role) >= ROLES.index(needed)
+    return API_KEY_ROLES.index(role) >= API_KEY_ROLES.index(needed)
 
 
 def hash_secret(secret: str) -> str:
@@ -56,8 +55,8 @@ class ApiKeyService:
         if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
             raise InvalidRequest(f"{name!r} is not an API key name (letters, digits, '_.-', "
                                  "at most 64, starting with a letter or digit)")
-        if role not in ROLES:
-            raise InvalidRequest(f"{role!r} is not a role; use one of {', '.join(ROLES)}")
+        if role not in API_KEY_ROLES:
+            raise InvalidRequest(f"{role!r} is not a role; use one of {', '.join(API_KEY_ROLES)}")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(name, role, hash_secret(secret), self._now())
         self.metadata.add_api_key(key)

@@ -32,7 +32,7 @@ STOP_TIMEOUT_S = 10.0
 PORT_FILE = "port"
 # The embedded broker admits only the user named in this file (0600, "user:password"), with a
 # password made at each start: any local user of a shared host could otherwise read the fleet,
-# inject devices or take the collector's client id (issue 15 item 10). The broker itself gets
+# inject devices or take the collector's client id. The broker itself gets
 # the hashed form (PASSWORD_FILE); iotmeter processes on the same IOTMETER_HOME read this one.
 CREDENTIALS_FILE = "credentials"
 PASSWORD_FILE = "passwd"
@@ -156,7 +156,7 @@ def mosquitto_config(port: int, data_dir: str | Path, *,
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
             # A device's oversized packet is refused (and that device disconnected) at the
-            # broker: it never reaches the collector nor sits in its queue (issue 15 item 2).
+            # broker: it never reaches the collector nor sits in its queue.
             *([f"max_packet_size {max_packet_size}"] if max_packet_size else []),
             "log_dest stderr",
             f"user {user}",
@@ -267,10 +267,6 @@ class EmbeddedBroker:
     def kill(self) -> None:
         """Crash the broker (SIGKILL): whatever was not yet saved to disk is lost."""
         self._end(signal.SIGKILL, STOP_TIMEOUT_S)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def _end(self, sig: signal.Signals, timeout_s: float) -> None:
         process, self._process = self._process, None

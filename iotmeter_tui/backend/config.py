@@ -188,7 +188,7 @@ def _url_secret(text: str) -> str:
 
 def _public_key(text: str) -> str:
     # Imported here: config must stay importable without the crypto library loaded.
-    from iotmeter_tui.backend.firmware_signing import parse_public_key
+    from iotmeter_tui.backend.control.signing import parse_public_key
 
     parse_public_key(text)
     return text

@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.audit import Actor, AuditLog
-from iotmeter_tui.backend.commands import CommandService
+from iotmeter_tui.backend.control.commands import CommandService
 from iotmeter_tui.backend.errors import InvalidRequest, NotFound
 from iotmeter_tui.backend.stores.metadata import (
     COMMAND_FINAL_STATES,
@@ -66,7 +66,8 @@ DEVICE_KEYS: Final[Mapping[str, NumberRule]] = {
     "heartbeat_s": NumberRule(0.1, 86_400.0),
     "report_temperature": NumberRule(0, 1, boolean=True),
 }
-# What the collector's alert engine reads (collector/alerts.py CONFIG_KEYS).
+# What the collector's alert engine reads (collector/alerts.py limits_from_config and
+# anomaly.sensitivity_from_config).
 SERVER_KEYS: Final[Mapping[str, NumberRule]] = {
     "nominal_v": NumberRule(1.0, 100_000.0),
     "max_current_a": NumberRule(1.0, 100_000.0),

@@ -1,6 +1,6 @@
 """IOTMETER_HOME is private to its user: the databases, the spool (every message not yet
 stored), logs, the archive and the embedded broker's credentials live there, and on a shared
-host (several operators on one SSH server) nobody else may read them (issue 15 item 10).
+host (several operators on one SSH server) nobody else may read them.
 """
 
 from __future__ import annotations

@@ -658,7 +658,7 @@ def encode_ota_offer(
     signature: str | None = None,
 ) -> bytes:
     """A server -> device firmware offer on iot/{device_id}/ota. Raises ValueError on a value
-    the protocol does not allow. `signature` (base64 Ed25519, see firmware_signing) is left
+    the protocol does not allow. `signature` (base64 Ed25519, see control.signing) is left
     out for an unsigned image."""
     obj = {
         "v": VERSION,

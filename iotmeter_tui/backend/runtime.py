@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 from iotmeter_tui.backend.broker import EmbeddedBroker
 from iotmeter_tui.backend.collector.worker import CollectorWorker
-from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.ota import OtaService
+from iotmeter_tui.backend.control.publisher import ServerPublisher
+from iotmeter_tui.backend.control.signing import configured_public_key
 from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import IotmeterError, StoreError
-from iotmeter_tui.backend.firmware_signing import configured_public_key
-from iotmeter_tui.backend.ota import OtaService
-from iotmeter_tui.backend.publisher import ServerPublisher
 from iotmeter_tui.backend.simulator.controller import SimulatorController
 from iotmeter_tui.backend.stores import Stores, open_stores
 
@@ -146,8 +146,8 @@ class Runtime:
             self.start_simulator(DEMO_AC, "ac")
 
     def _wants_demo_fleet(self) -> bool:
-        # On the embedded defaults the demo fleet comes back at every start (issue 16: a
-        # second start used to show two dozen dead meters). The same ids, and each meter's
+        # On the embedded defaults the demo fleet comes back at every start (otherwise a
+        # second start shows two dozen dead meters). The same ids, and each meter's
         # boot counter advances from the simulator's state file under the home, as after a
         # power cycle.
         if self.simulate in ("yes", "no"):

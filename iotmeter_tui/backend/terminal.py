@@ -1,5 +1,5 @@
 """What may reach an operator's terminal from a device: `safe_text`, the one filter the CLI's
-output and the dashboard's cells go through (issue 15 item 11).
+output and the dashboard's cells go through.
 
 A device chooses the text of its command acknowledgements and OTA errors. Written raw, an
 escape sequence in it can rewrite the screen, retitle the window, or with some terminals echo

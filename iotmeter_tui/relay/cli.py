@@ -72,8 +72,8 @@ def run_alert_relay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register_relay(sub: Any) -> None:
-    from iotmeter_tui.cli import _settings
-    from iotmeter_tui.cli_args import positive_float
+    from iotmeter_tui.cli.args import positive_float
+    from iotmeter_tui.cli.context import settings_from
 
     relay = sub.add_parser(
         "alert-relay", help="Alertmanager webhook -> one GitHub issue per alert group",
@@ -87,4 +87,4 @@ def register_relay(sub: Any) -> None:
     relay.add_argument("--retry-budget", type=positive_float, default=20.0, metavar="SECONDS",
                        help="how long one delivery may retry GitHub before answering 503 "
                        "(Alertmanager then delivers again)")
-    relay.set_defaults(handler=lambda args: run_alert_relay(args, _settings(args)))
+    relay.set_defaults(handler=lambda args: run_alert_relay(args, settings_from(args)))

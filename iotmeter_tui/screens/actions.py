@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from iotmeter_tui.screens.dialog import Field, FormDialog, parse_ids, parse_number
-from iotmeter_tui.widgets.format import one_line
+from iotmeter_tui.view.format import one_line
 
 if TYPE_CHECKING:
     from iotmeter_tui.screens.base import DashboardScreen

@@ -14,7 +14,7 @@ from iotmeter_tui.backend.collector.alerts import GROUP_DEVICE
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.base import DashboardScreen
-from iotmeter_tui.widgets.format import num, role_of, stamp
+from iotmeter_tui.view.format import num, role_of, stamp
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 if TYPE_CHECKING:

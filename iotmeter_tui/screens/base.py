@@ -19,8 +19,9 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker
 
+from iotmeter_tui.view import jump
+from iotmeter_tui.view.format import one_line
 from iotmeter_tui.view.health import StatusSnapshot
-from iotmeter_tui.widgets.format import one_line
 from iotmeter_tui.widgets.prompt_bar import PromptBar
 from iotmeter_tui.widgets.status_bar import NoticeLine, StatusBar
 
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-JUMP_WORDS = ("fleet", "device ", "alerts", "commands", "ota", "simulator", "system",
-              "rejected", "help", "quit")
 
 
 class DashboardScreen(Screen[None]):
@@ -54,7 +53,7 @@ class DashboardScreen(Screen[None]):
         yield StatusBar(self.VIEW)
         yield from self.compose_body()
         yield NoticeLine()
-        yield PromptBar(JUMP_WORDS)
+        yield PromptBar(jump.completions())
         yield Footer(compact=True, show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:

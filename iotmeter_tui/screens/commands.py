@@ -23,7 +23,7 @@ from iotmeter_tui.screens.actions import (
     send_to_devices,
 )
 from iotmeter_tui.screens.base import DashboardScreen
-from iotmeter_tui.widgets.format import ago, role_of, stamp
+from iotmeter_tui.view.format import ago, role_of, stamp
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.device_admin import delete_device, edit_config, edit_device
-from iotmeter_tui.widgets.format import (
+from iotmeter_tui.view.format import (
     STATUS_DOTS,
     ago,
     clock,

@@ -14,7 +14,7 @@ from iotmeter_tui.backend.audit import Actor, cli_actor
 from iotmeter_tui.backend.devices import validate_config
 from iotmeter_tui.backend.errors import InvalidRequest, IotmeterError
 from iotmeter_tui.screens.dialog import Field, FormDialog
-from iotmeter_tui.widgets.format import one_line
+from iotmeter_tui.view.format import one_line
 
 if TYPE_CHECKING:
     from iotmeter_tui.backend.devices import ConfigChange

@@ -18,7 +18,7 @@ from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.actions import open_command_dialog, send_to_devices
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.device_admin import add_device, delete_device, edit_device
-from iotmeter_tui.widgets.format import (
+from iotmeter_tui.view.format import (
     STATUS_DOTS,
     ago,
     key_fields,

@@ -15,33 +15,16 @@ from textual.widgets import Static
 from iotmeter_tui.keymap import keys_in_force
 from iotmeter_tui.widgets.live_table import LiveTable
 
-# (binding id, what it does); "/" is each list's own filter binding.
-GLOBAL_KEYS = (
-    ("app.jump_prompt", "jump to a view: fleet, device ID, alerts, commands, ota, simulator, "
-                        "system, quit"),
-    ("", "filter the list (as you type; escape clears)"),
-    ("app.help", "this help"),
-    ("app.quit", "quit and stop everything the dashboard started"),
-    ("app.next_theme", "next colour theme (dark, light, the terminal's own)"),
-    ("app.export", "export this view to CSV under $IOTMETER_HOME/exports (path shown)"),
-)
-
 
 def _describe(bindings: Iterable[BindingType], keymap: Mapping[str, str]) -> list[tuple[str, str]]:
+    # A binding's tooltip is its longer text where it has one (the app's global keys do).
     rows = []
     for binding in bindings:
         if not isinstance(binding, Binding):
             continue
-        rows.append((keys_in_force(binding, keymap), binding.description or binding.action))
+        text = binding.tooltip or binding.description or binding.action
+        rows.append((keys_in_force(binding, keymap), text))
     return rows
-
-
-def _global_keys(keymap: Mapping[str, str]) -> list[tuple[str, str]]:
-    from iotmeter_tui.app import IotmeterApp
-
-    by_id = {b.id: b for b in IotmeterApp.BINDINGS if isinstance(b, Binding)}
-    return [(keys_in_force(by_id[binding_id], keymap) if binding_id else "/", text)
-            for binding_id, text in GLOBAL_KEYS]
 
 
 class HelpScreen(ModalScreen[None]):
@@ -64,7 +47,7 @@ class HelpScreen(ModalScreen[None]):
         keymap = self.app._keymap  # the keys in force, remapped ones included
         sections = [("this view", _describe(getattr(type(self.under), "BINDINGS", []), keymap)),
                     ("lists", _describe(LiveTable.BINDINGS, keymap)),
-                    ("everywhere", _global_keys(keymap))]
+                    ("everywhere", _describe(type(self.app).BINDINGS, keymap))]
         lines = []
         for title, rows in sections:
             lines.append(f"[b $text-primary]{title}[/]")

@@ -18,7 +18,7 @@ from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata import TARGET_FINAL_STATES
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.dialog import Field, FormDialog, parse_ids, parse_number
-from iotmeter_tui.widgets.format import ago, one_line, role_of, stamp
+from iotmeter_tui.view.format import ago, one_line, role_of, stamp
 from iotmeter_tui.widgets.live_table import Bar, Column, LiveTable, Row
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from iotmeter_tui.backend.raw_messages import latest_raw, latest_rejected
 from iotmeter_tui.backend.terminal import escaped
 from iotmeter_tui.export import Cell, ExportTable, iso
 from iotmeter_tui.screens.base import DashboardScreen
-from iotmeter_tui.widgets.format import stamp
+from iotmeter_tui.view.format import stamp
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 RAW_WINDOW_MS = 3_600_000  # the device's messages of the last hour

@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from iotmeter_tui.screens.base import DashboardScreen
 from iotmeter_tui.screens.dialog import Field, FormDialog, parse_number
-from iotmeter_tui.widgets.format import count, one_line, rate, short_type
+from iotmeter_tui.view.format import count, one_line, rate, short_type
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from textual.widgets import Label, Sparkline, Static
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.screens.base import DashboardScreen
-from iotmeter_tui.widgets.format import ago, count, one_line, rate, size
+from iotmeter_tui.view.format import ago, count, one_line, rate, size
 from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 if TYPE_CHECKING:

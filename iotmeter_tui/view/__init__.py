@@ -1,1 +1,1 @@
-"""What the dashboard shows that is not a widget: its state and how it formats values."""
+"""What the dashboard shows, apart from any widget: formatting and dashboard state."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
 
-from iotmeter_tui.widgets.format import num
+from iotmeter_tui.view.format import num
 
 LINE_COLOR = "cyan"
 RANGE_COLOR = "gray"

@@ -214,12 +214,6 @@ class LiveTable(ScrollView, can_focus=True):
         self._announce_highlight()
         self._check_window()
 
-    def clear_window(self) -> None:
-        """Forget the rows held (a new sort or filter): the old order must not linger."""
-        self.rows = []
-        self.first = 0
-        self.refresh()
-
     def visible_rows(self) -> tuple[int, int]:
         """(offset, limit) of the rows on screen."""
         return self._top(), self._body_height()

@@ -11,8 +11,8 @@ from textual.containers import Horizontal
 from textual.content import Content
 from textual.widgets import Static
 
+from iotmeter_tui.view.format import clock, rate
 from iotmeter_tui.view.health import StatusSnapshot
-from iotmeter_tui.widgets.format import clock, rate
 
 COLLECTOR_LOOK = {
     "up": ("$text-success", "●"),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import MetadataStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,11 +14,12 @@ import pytest
 
 from iotmeter_tui.backend.audit import Actor
 from iotmeter_tui.backend.broker import free_port
-from iotmeter_tui.backend.commands import CommandService
+from iotmeter_tui.backend.control.commands import CommandService
 from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
-from iotmeter_tui.testing import PrivatePostgres
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import MetadataStore
+from testsupport import PrivatePostgres
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE = Actor("alice", "cli")

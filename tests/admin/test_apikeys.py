@@ -9,14 +9,13 @@ import pytest
 
 from iotmeter_tui.backend.apikeys import (
     KEY_PREFIX,
-    ROLES,
     TOUCH_EVERY_MS,
     ApiKeyService,
     hash_secret,
     role_allows,
 )
 from iotmeter_tui.backend.errors import AlreadyExists, InvalidRequest
-from iotmeter_tui.backend.stores.metadata import MetadataStore
+from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES, MetadataStore
 
 
 class Clock:
@@ -85,8 +84,8 @@ def test_use_is_recorded_at_most_once_a_minute(metadata: MetadataStore) -> None:
 
 
 def test_roles_are_ordered() -> None:
-    assert ROLES == ("viewer", "operator", "admin")
-    allowed = {(r, n) for r in ROLES for n in ROLES if role_allows(r, n)}
+    assert API_KEY_ROLES == ("viewer", "operator", "admin")
+    allowed = {(r, n) for r in API_KEY_ROLES for n in API_KEY_ROLES if role_allows(r, n)}
     assert allowed == {("viewer", "viewer"), ("operator", "viewer"), ("operator", "operator"),
                        ("admin", "viewer"), ("admin", "operator"), ("admin", "admin")}
     assert not role_allows("root", "viewer") and not role_allows("admin", "root")

@@ -18,8 +18,8 @@ from iotmeter_tui.backend.audit import cli_actor
 from iotmeter_tui.backend.stores import open_stores
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
 from iotmeter_tui.cli import main
-from iotmeter_tui.cli_admin import moment
-from iotmeter_tui.testing.harness import settings_for
+from iotmeter_tui.cli.admin import moment
+from testsupport.harness import settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_795_740_000_000

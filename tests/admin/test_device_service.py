@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotmeter_tui.backend.audit import Actor, AuditLog
-from iotmeter_tui.backend.commands import CommandService
+from iotmeter_tui.backend.control.commands import CommandService
 from iotmeter_tui.backend.devices import (
     DEVICE_KEYS,
     SERVER_KEYS,

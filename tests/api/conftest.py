@@ -12,8 +12,8 @@ import pytest
 from iotmeter_tui.api.app import create_app
 from iotmeter_tui.backend.config import load_settings
 from iotmeter_tui.backend.stores import Stores, open_stores
-from iotmeter_tui.testing.api import LiveApi, ThreadServer, make_keys
-from iotmeter_tui.testing.harness import production_stores
+from testsupport.api import LiveApi, ThreadServer, make_keys
+from testsupport.harness import production_stores
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from iotmeter_tui.testing.api import LiveApi, ThreadServer
+from testsupport.api import LiveApi, ThreadServer
 
 PROBLEM = "application/problem+json"
 

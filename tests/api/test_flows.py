@@ -20,8 +20,8 @@ import orjson
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
 from iotmeter_tui.backend.stores.metadata import DeviceUpdate
 from iotmeter_tui.backend.stores.timeseries import Point
-from iotmeter_tui.testing.api import LiveApi
-from iotmeter_tui.testing.commands import SilentDevice
+from testsupport.api import LiveApi
+from testsupport.commands import SilentDevice
 
 T0 = 1_790_000_000_000  # a fixed instant, ms
 
@@ -286,10 +286,10 @@ def test_a_command_is_published_at_once_when_a_broker_answers(
 
 def test_with_a_pinned_signing_key_only_signed_firmware_is_taken(
         serve_api: Callable[..., LiveApi], tmp_path: Path) -> None:
-    """The API is no way around the signature check of `iotmeter ota upload` (issue 15 item 5)."""
+    """The API is no way around the signature check of `iotmeter ota upload`."""
     import hashlib
 
-    from iotmeter_tui.backend.firmware_signing import (
+    from iotmeter_tui.backend.control.signing import (
         generate_keypair,
         load_private_key,
         sign_digest,

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from iotmeter_tui.testing.api import LiveApi
+from testsupport.api import LiveApi
 
 AUDIENCE = "iotmeter-api"
 ISSUER = "https://idp.example.net/"

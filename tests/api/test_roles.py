@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from iotmeter_tui.api.routing import ROUTES
-from iotmeter_tui.backend.commands import CommandService
-from iotmeter_tui.backend.ota import OtaService
-from iotmeter_tui.testing.api import ROLES, LiveApi
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.ota import OtaService
+from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES
+from testsupport.api import LiveApi
 
-CALLERS = (None, "revoked", *ROLES)
+CALLERS = (None, "revoked", *API_KEY_ROLES)
 
 
 def _fixtures(api: LiveApi) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def test_role_matrix(api: LiveApi) -> None:
             outcomes.append((method, path, who, response.status_code))
             if who in (None, "revoked"):
                 expected = 401
-            elif ROLES.index(who) < ROLES.index(least):
+            elif API_KEY_ROLES.index(who) < API_KEY_ROLES.index(least):
                 expected = 403
             else:
                 assert response.status_code not in (401, 403), (method, path, who)
@@ -100,7 +101,7 @@ def test_role_matrix(api: LiveApi) -> None:
     # What an allowed caller got: the first allowed call of each changing endpoint succeeds.
     firsts: dict[tuple[str, str], int] = {}
     for method, path, who, status in outcomes:
-        if who in ROLES and status not in (401, 403):
+        if who in API_KEY_ROLES and status not in (401, 403):
             firsts.setdefault((method, path), status)
     assert firsts[("POST", "/api/v1/devices")] == 201
     assert firsts[("DELETE", "/api/v1/devices/dc-del")] == 204

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from schemathesis.generation.stateful.state_machine import APIStateMachine
 
-from iotmeter_tui.testing import PostgresDatabase
-from iotmeter_tui.testing.api import LiveApi, ThreadServer, make_keys
-from iotmeter_tui.testing.harness import production_stores
+from testsupport import PostgresDatabase
+from testsupport.api import LiveApi, ThreadServer, make_keys
+from testsupport.harness import production_stores
 
 EXAMPLES = 25
 STATEFUL_EXAMPLES = 40

@@ -1,4 +1,4 @@
-"""The chaos suite: the collector's delivery guarantee (CONTRACT section 5) under the failures
+"""The chaos suite: the collector's delivery guarantee under the failures
 production will meet, on real servers.
 
 Each test runs a fleet publishing telemetry at QoS 1, breaks something while it runs, lets it
@@ -40,10 +40,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.collector.service import Collector, Tuning
 from iotmeter_tui.backend.config import Settings
-from iotmeter_tui.testing import InfluxServer, MosquittoServer, PrivatePostgres, S3Server
-from iotmeter_tui.testing.disk import DiskFiller, free_bytes, tmpfs
-from iotmeter_tui.testing.fleet import Publisher, SteadyLoad, telemetry, wait_for
-from iotmeter_tui.testing.harness import StoreAudit, env_for, running_collector, settings_for
+from testsupport import InfluxServer, MosquittoServer, PrivatePostgres, S3Server
+from testsupport.disk import DiskFiller, free_bytes, tmpfs
+from testsupport.fleet import Publisher, SteadyLoad, telemetry, wait_for
+from testsupport.harness import StoreAudit, env_for, running_collector, settings_for
 
 OUTAGE_S = 30.0
 DEVICES = [f"dc-{i:04d}" for i in range(10)]

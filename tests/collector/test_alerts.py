@@ -14,20 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotmeter_tui.backend.collector.alerts import (
-    AC_15KV,
-    AC_25KV,
     AC_TYPE,
-    DC_750,
-    DC_1500,
-    DC_3000,
     DC_TYPE,
+    DEFAULT_MAX_CURRENT_A,
     SEVERITY,
-    SUPPLY_SYSTEMS,
     AlertEngine,
     Limits,
     Rule,
     Severity,
-    SupplySystem,
     check_current,
     check_frequency,
     check_voltage,
@@ -35,6 +29,15 @@ from iotmeter_tui.backend.collector.alerts import (
     limits_from_config,
 )
 from iotmeter_tui.backend.errors import StoreUnavailable
+from iotmeter_tui.backend.supply import (
+    AC_15KV,
+    AC_25KV,
+    DC_750,
+    DC_1500,
+    DC_3000,
+    SUPPLY_SYSTEMS,
+    SupplySystem,
+)
 
 HOLD = 30_000
 T0 = 1_795_740_000_000
@@ -185,6 +188,10 @@ def test_en_50163_permanent_ranges() -> None:
         (15_000, 11_000, 17_250), (25_000, 19_000, 27_500),
     ]
     assert [(s.frequency_hz) for s in SUPPLY_SYSTEMS] == [None, None, None, 16.7, 50.0]
+
+
+def test_every_supply_system_has_a_default_current_limit() -> None:
+    assert set(DEFAULT_MAX_CURRENT_A) == {s.key for s in SUPPLY_SYSTEMS}
 
 
 @pytest.mark.parametrize(("device_type", "voltage", "expected"), [
@@ -629,7 +636,7 @@ def test_random_readings_never_storm(steps: list[tuple[int, bool]]) -> None:
 # --- against the real SQLite metadata store ---------------------------------------------------
 
 def test_alert_lifecycle_in_the_sqlite_metadata_store(tmp_path: Path) -> None:
-    from iotmeter_tui.backend.stores.metadata import open_metadata
+    from iotmeter_tui.backend.stores.factory import open_metadata
 
     store = open_metadata(f"sqlite:///{tmp_path}/metadata.db")
     try:
@@ -663,7 +670,7 @@ def test_alert_lifecycle_in_the_sqlite_metadata_store(tmp_path: Path) -> None:
         store.close()
 
 
-# --- planned reboots and grouped offline alerts (issue 16, finding 2) -----------------------
+# --- planned reboots and grouped offline alerts -----------------------
 
 PLANNED = 300_000
 WINDOW = 10_000
@@ -791,7 +798,7 @@ def test_a_grouped_alert_says_where_by_the_registrys_locations(tmp_path: Path) -
     """Locations come from the registry (real SQLite store) when the group forms; meters
     without one are described by type and id prefix."""
     from iotmeter_tui.backend.collector.service import device_locations
-    from iotmeter_tui.backend.stores.metadata import open_metadata
+    from iotmeter_tui.backend.stores.factory import open_metadata
 
     store = open_metadata(f"sqlite:///{tmp_path}/metadata.db")
     try:

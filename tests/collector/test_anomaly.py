@@ -21,7 +21,7 @@ from iotmeter_tui.backend.collector.anomaly import (
     parse_sensitivity,
     sensitivity_from_config,
 )
-from iotmeter_tui.backend.simulator.physics import SUPPLY_SYSTEMS, FeederMeter
+from iotmeter_tui.backend.simulator.physics import FEEDERS, FeederMeter
 
 T0 = 1_795_000_000_000
 DC = "power_meter_dc"
@@ -29,7 +29,7 @@ DC = "power_meter_dc"
 
 def meter_stream(key: str = "dc_750", seed: int = 1) -> Callable[[], dict[str, float]]:
     rng = random.Random(seed)
-    meter = FeederMeter(SUPPLY_SYSTEMS[key], rng, energy_import_kwh=5e4, energy_export_kwh=5e3)
+    meter = FeederMeter(FEEDERS[key], rng, energy_import_kwh=5e4, energy_export_kwh=5e3)
     return lambda: meter.sample(1.0)
 
 
@@ -56,7 +56,7 @@ def first(found: list[tuple[int, Finding | None]], kind: str) -> tuple[int, Find
     return None
 
 
-@pytest.mark.parametrize("key", sorted(SUPPLY_SYSTEMS))
+@pytest.mark.parametrize("key", sorted(FEEDERS))
 def test_a_day_of_normal_traffic_raises_nothing(key: str) -> None:
     det = AnomalyDetector()
     found = feed(det, 86_400, key=key)

@@ -9,10 +9,10 @@ import random
 from pathlib import Path
 
 from iotmeter_tui.backend.collector.anomaly import WARMUP
-from iotmeter_tui.backend.stores.metadata import open_metadata
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.fleet import Publisher, hello, telemetry, wait_for
-from iotmeter_tui.testing.harness import running_collector, settings_for
+from iotmeter_tui.backend.stores.factory import open_metadata
+from testsupport import MosquittoServer
+from testsupport.fleet import Publisher, hello, telemetry, wait_for
+from testsupport.harness import running_collector, settings_for
 
 T0 = 1_795_740_000_000
 DEVICE = "dc-anom"

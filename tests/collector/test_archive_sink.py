@@ -9,7 +9,7 @@ from iotmeter_tui.backend.collector.sinks import ArchiveSink, CursorFile
 from iotmeter_tui.backend.collector.spool import Position
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_writer import ArchiveReader, ArchiveRecord, ArchiveWriter
-from iotmeter_tui.testing.fleet import telemetry
+from testsupport.fleet import telemetry
 
 
 def test_two_collectors_with_the_same_segment_id_keep_both_objects(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS
-from iotmeter_tui.testing import MosquittoServer, S3Server
-from iotmeter_tui.testing.fleet import Device, Publisher, hello, status, telemetry, wait_for
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from testsupport import MosquittoServer, S3Server
+from testsupport.fleet import Device, Publisher, hello, status, telemetry, wait_for
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 
 def _seq_state(audit: StoreAudit, device_id: str, boot: int):  # type: ignore[no-untyped-def]
@@ -239,7 +239,7 @@ def test_an_oversized_packet_is_skipped_counted_and_the_collector_goes_on(
     huge = b'{"v": 2, "pad": "' + b"x" * (4 << 20) + b'"}'
     with MosquittoServer(max_packet_size=0) as broker:
         with running_collector(settings, broker.url) as collector:
-            assert collector.inbox.maxsize == INBOX_MAX_READS  # bounded (issue 15 item 7)
+            assert collector.inbox.maxsize == INBOX_MAX_READS  # bounded
             pub = Publisher(broker.url)
             pub.publish([telemetry("dc-0001", 1, 0), ("iot/dc-0001/telemetry", huge),
                          *[telemetry("dc-0001", 1, s) for s in range(1, 6)]])

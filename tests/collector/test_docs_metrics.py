@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
-from iotmeter_tui.testing.metric_names import all_processes, names
+from testsupport.metric_names import all_processes, names
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 

@@ -1,4 +1,4 @@
-"""Telemetry field names are bounded per device type (issue 15 item 6): the pure Decider, then
+"""Telemetry field names are bounded per device type: the pure Decider, then
 the collector end to end with its rejections archived and counted."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.pipeline import FIELD_BUDGET_TYPES, Decider, DeviceDirectory
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker
 from iotmeter_tui.backend.collector.spool import ACCEPTED, REJECTED
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.fleet import Publisher, telemetry, wait_for
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from testsupport import MosquittoServer
+from testsupport.fleet import Publisher, telemetry, wait_for
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 TS = 1_795_740_000_000
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from iotmeter_tui.backend.collector.health import CollectorHealth, DispatcherHealth, SinkHealth
 from iotmeter_tui.backend.collector.worker import CollectorWorker
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.fleet import Publisher, status, telemetry, wait_for
-from iotmeter_tui.testing.harness import running_collector, settings_for
+from testsupport import MosquittoServer
+from testsupport.fleet import Publisher, status, telemetry, wait_for
+from testsupport.harness import running_collector, settings_for
 
 SINKS = {"timeseries", "archive", "registry"}
 

@@ -15,8 +15,8 @@ import pytest
 from iotmeter_tui.backend.collector.intake import Delivery, MqttIntake, _Dropped
 from iotmeter_tui.backend.mqtt import codec
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.fleet import Publisher, telemetry, wait_for
+from testsupport import MosquittoServer
+from testsupport.fleet import Publisher, telemetry, wait_for
 
 
 def _take(inbox: queue.SimpleQueue[Delivery], count: int,

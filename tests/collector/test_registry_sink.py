@@ -22,8 +22,9 @@ from iotmeter_tui.backend.collector.spool import (
     SpoolRecord,
 )
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.stores.metadata import Command, MetadataStore, open_metadata
-from iotmeter_tui.testing.fleet import hello, telemetry
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import Command, MetadataStore
+from testsupport.fleet import hello, telemetry
 
 
 class FailsOnce:
@@ -301,7 +302,7 @@ def test_a_quality_write_that_fails_is_logged_and_the_batch_still_stored(
 
 
 def test_accepting_another_devices_reboot_does_not_silence_an_offline(tmp_path: Path) -> None:
-    """Like issue 15 item 9 for planned reboots: only a device's own reboot command, accepted,
+    """Only a device's own reboot command, accepted,
     makes its next offline expected; a forged acceptance of another's still pages."""
     from iotmeter_tui.backend.stores.metadata import Command
 

@@ -1,5 +1,5 @@
 """Fixtures for command and OTA tests: the store stacks and silent devices that are always
-closed. The helpers themselves live in iotmeter_tui.testing.commands."""
+closed. The helpers themselves live in testsupport.commands."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from iotmeter_tui.testing.commands import SilentDevice
-from iotmeter_tui.testing.harness import production_stores
+from testsupport.commands import SilentDevice
+from testsupport.harness import production_stores
 
 
 @pytest.fixture(params=["embedded", "production"])

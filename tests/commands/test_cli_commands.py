@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from iotmeter_tui.backend.broker import EmbeddedBroker, free_port, running_broker_url
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.commands import run_cli, simulated_fleet, wait_online
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from testsupport import MosquittoServer
+from testsupport.commands import run_cli, simulated_fleet, wait_online
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 
 def test_command_send_list_show(tmp_path: Path, private_mosquitto: MosquittoServer) -> None:
@@ -153,7 +153,8 @@ HOSTILE = "bad \x1b]0;owned\x07 \x1b[2J\u009b31m \u202eexe.gnp"
 def test_a_devices_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
     """Issue 15 item 11: a command's detail (a device's own words) was printed raw. Stored
     before intake refused such strings, or by another path, it is still filtered on display."""
-    from iotmeter_tui.backend.stores.metadata import Command, open_metadata
+    from iotmeter_tui.backend.stores.factory import open_metadata
+    from iotmeter_tui.backend.stores.metadata import Command
 
     settings = settings_for(tmp_path, {})
     store = open_metadata(settings.db_url)

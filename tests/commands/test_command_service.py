@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.commands import (
+from iotmeter_tui.backend.control.commands import (
     ACK_GRACE_MS,
     DELIVER,
     EXPIRE,
@@ -19,11 +19,12 @@ from iotmeter_tui.backend.commands import (
     CommandService,
     next_step,
 )
-from iotmeter_tui.backend.dispatch import Dispatcher
+from iotmeter_tui.backend.control.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.stores.metadata import Command, MetadataStore, open_metadata
-from iotmeter_tui.testing.commands import FakePublisher, register
-from iotmeter_tui.testing.fleet import wait_for
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import Command, MetadataStore
+from testsupport.commands import FakePublisher, register
+from testsupport.fleet import wait_for
 
 
 class Clock:

@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from iotmeter_tui.backend.commands import CommandService
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.commands import SilentDevice, simulated_fleet, wait_online
-from iotmeter_tui.testing.fleet import wait_for
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from iotmeter_tui.backend.control.commands import CommandService
+from testsupport import MosquittoServer
+from testsupport.commands import SilentDevice, simulated_fleet, wait_online
+from testsupport.fleet import wait_for
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 
 def test_device_answers_end_commands(tmp_path: Path, private_mosquitto: MosquittoServer,

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import load_settings
-from iotmeter_tui.backend.dispatch import Dispatcher
-from iotmeter_tui.backend.errors import StoreUnavailable
-from iotmeter_tui.backend.firmware import (
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.dispatch import Dispatcher
+from iotmeter_tui.backend.control.firmware import (
     BUSY_HEADROOM,
     SECRET_FILE,
     FirmwareServer,
@@ -28,14 +27,16 @@ from iotmeter_tui.backend.firmware import (
     firmware_links,
     load_url_secret,
 )
-from iotmeter_tui.backend.ota import OtaService, RolloutDriver
+from iotmeter_tui.backend.control.ota import OtaService, RolloutDriver
+from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
-from iotmeter_tui.backend.stores.metadata import Firmware, MetadataStore, open_metadata
-from iotmeter_tui.testing import S3Server
-from iotmeter_tui.testing.commands import FakePublisher, register
-from iotmeter_tui.testing.fleet import wait_for
-from iotmeter_tui.testing.harness import settings_for
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import Firmware, MetadataStore
+from testsupport import S3Server
+from testsupport.commands import FakePublisher, register
+from testsupport.fleet import wait_for
+from testsupport.harness import settings_for
 
 IMAGE = bytes(range(256)) * 300
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from iotmeter_tui.backend.broker import free_port
-from iotmeter_tui.backend.ota import OtaService
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.commands import simulated_fleet, wait_online
-from iotmeter_tui.testing.fleet import wait_for
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from iotmeter_tui.backend.control.ota import OtaService
+from testsupport import MosquittoServer
+from testsupport.commands import simulated_fleet, wait_online
+from testsupport.fleet import wait_for
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 IMAGE = bytes(range(256)) * 256  # 64 KiB
 NEW = "2.0.0"

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from iotmeter_tui.backend.ota_plan import (
+from iotmeter_tui.backend.control.ota_plan import (
     ABORTED,
     ABORTING,
     COMPLETED,

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.ota import OtaError, OtaService, RolloutDriver, parse_batch
+from iotmeter_tui.backend.control.ota import OtaError, OtaService, RolloutDriver, parse_batch
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
-from iotmeter_tui.backend.stores.metadata import Firmware, MetadataStore, open_metadata
-from iotmeter_tui.testing.commands import FakePublisher, register
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import Firmware, MetadataStore
+from testsupport.commands import FakePublisher, register
 
 IMAGE = b"\x7fELF firmware 2.0.0 " * 500
 

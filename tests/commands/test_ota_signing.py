@@ -13,27 +13,28 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from iotmeter_tui.backend import firmware_signing, protocol
-from iotmeter_tui.backend.firmware_signing import (
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.control import signing
+from iotmeter_tui.backend.control.ota import OtaError, OtaService, RolloutDriver
+from iotmeter_tui.backend.control.signing import (
     SigningError,
     generate_keypair,
     parse_public_key,
     sign_digest,
     sign_file,
 )
-from iotmeter_tui.backend.ota import OtaError, OtaService, RolloutDriver
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
-from iotmeter_tui.backend.stores.metadata import open_metadata
+from iotmeter_tui.backend.stores.factory import open_metadata
 from iotmeter_tui.screens.ota import CampaignRequest, start_campaign
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.commands import (
+from testsupport import MosquittoServer
+from testsupport.commands import (
     FakePublisher,
     register,
     run_cli,
     simulated_fleet,
     wait_online,
 )
-from iotmeter_tui.testing.harness import StoreAudit, running_collector, settings_for
+from testsupport.harness import StoreAudit, running_collector, settings_for
 
 IMAGE = bytes(range(256)) * 256  # 64 KiB
 
@@ -45,8 +46,8 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert public_path.read_text().strip() == public
     assert len(base64.b64decode(public)) == 32
-    assert firmware_signing.public_key_text(parse_public_key(public)) == public
-    assert firmware_signing.public_key_text(parse_public_key(str(public_path))) == public
+    assert signing.public_key_text(parse_public_key(public)) == public
+    assert signing.public_key_text(parse_public_key(str(public_path))) == public
     with pytest.raises(SigningError, match="already exists"):
         generate_keypair(tmp_path / "keys")  # a key is never overwritten
 
@@ -58,12 +59,12 @@ def test_sign_writes_a_signature_that_verifies_and_nothing_else_does(tmp_path: P
     out, signature = sign_file(image, private)
     assert out == tmp_path / "meter.bin.sig" and out.read_text().strip() == signature
     key = parse_public_key(public)
-    sha = firmware_signing.file_sha256(image)
-    assert firmware_signing.verify(key, sha, signature)
-    assert not firmware_signing.verify(key, "0" * 64, signature)  # another image
+    sha = signing.file_sha256(image)
+    assert signing.verify(key, sha, signature)
+    assert not signing.verify(key, "0" * 64, signature)  # another image
     other = Ed25519PrivateKey.generate()
-    assert not firmware_signing.verify(key, sha, sign_digest(other, sha))  # another key
-    assert not firmware_signing.verify(key, sha, "not base64")
+    assert not signing.verify(key, sha, sign_digest(other, sha))  # another key
+    assert not signing.verify(key, sha, "not base64")
     with pytest.raises(SigningError, match="not an unencrypted PEM private key"):
         sign_file(image, image)
 
@@ -140,7 +141,7 @@ def test_keygen_sign_upload_and_a_pinned_fleet_installs_it(
     assert unsigned.stderr.strip().startswith("iotmeter: firmware must be signed")
     forged = tmp_path / "forged.sig"
     forged.write_text(sign_digest(Ed25519PrivateKey.generate(),
-                                  firmware_signing.file_sha256(image)))
+                                  signing.file_sha256(image)))
     refused = run_cli(settings, url, "ota", "upload", str(image), "--version", "2.0.0",
                       "--signature", str(forged))
     assert refused.returncode == 1 and "does not verify" in refused.stderr

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from iotmeter_tui.backend.broker import free_port
-from iotmeter_tui.backend.publisher import PublishError, ServerPublisher
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.commands import SilentDevice
-from iotmeter_tui.testing.fleet import wait_for
+from iotmeter_tui.backend.control.publisher import PublishError, ServerPublisher
+from testsupport import MosquittoServer
+from testsupport.commands import SilentDevice
+from testsupport.fleet import wait_for
 
 
 def test_publish_waits_for_the_broker_and_fails_fast_without_it(

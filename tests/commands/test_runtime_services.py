@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from iotmeter_tui.backend.runtime import ControlNotReady, Runtime
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.commands import simulated_fleet, wait_online
-from iotmeter_tui.testing.fleet import wait_for
-from iotmeter_tui.testing.harness import running_collector, settings_for
+from testsupport import MosquittoServer
+from testsupport.commands import simulated_fleet, wait_online
+from testsupport.fleet import wait_for
+from testsupport.harness import running_collector, settings_for
 
 
 def test_runtime_sends_commands_and_runs_campaigns(tmp_path: Path,

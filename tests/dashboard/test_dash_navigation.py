@@ -137,10 +137,10 @@ def test_global_keys_are_off_inside_a_dialog(make_app: Any) -> None:
 
 
 def test_the_clock_moves_under_a_dialog(dash_runtime: Any) -> None:
-    """Finding 3 of issue 16: the status line froze while a dialog was open (it was only
+    """The status line keeps moving while a dialog is open (it once froze: it was only
     updated when the top screen was a view)."""
     from iotmeter_tui.app import IotmeterApp
-    from iotmeter_tui.widgets.format import clock as shown
+    from iotmeter_tui.view.format import clock as shown
 
     clock = {"now": 1_795_740_000.0}
     first, later = shown(1_795_740_000_000), shown(1_795_740_007_000)

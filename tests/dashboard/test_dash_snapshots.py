@@ -87,7 +87,7 @@ def test_metadata_down_snapshot(snap_compare: Any, make_app: Any, dash_stores: S
                         run_before=ready())
 
 
-# --- issue 16: raw and rejected messages, device administration dialogs ----------------------
+# --- raw and rejected messages, device administration dialogs -------------------------------
 
 @pytest.mark.parametrize("size", SIZES)
 def test_raw_messages_snapshot(snap_compare: Any, make_app: Any, dash_runtime: Any,

@@ -22,9 +22,9 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 WORKFLOWS = ROOT / ".github" / "workflows"
 
-# Variables that config.py does not (yet) declare on this branch: the alert relay's (CONTRACT
-# section 1) and the collector dispatcher's own broker identity (IOTMETER_MQTT_DISPATCH_URL,
-# the broker-security work). Everything else an IOTMETER_ variable names must be a setting.
+# Variables that config.py does not (yet) declare on this branch: the alert relay's and the
+# collector dispatcher's own broker identity (IOTMETER_MQTT_DISPATCH_URL, the broker-security
+# work). Everything else an IOTMETER_ variable names must be a setting.
 CONTRACT_VARS = {ENV_PREFIX + name for name in (
     "GITHUB_REPO", "GITHUB_TOKEN", "GITHUB_API_URL", "ALERT_RELAY_TOKEN", "MQTT_DISPATCH_URL")}
 SETTING_VARS = {s.env for s in SETTINGS} | {ENV_PREFIX + "CONFIG"}

@@ -37,7 +37,7 @@ from deploy_helpers import DEPLOY, ROOT, known_variable, load_entrypoint, need, 
 
 from iotmeter_tui.backend.broker import free_port, mosquitto_config
 from iotmeter_tui.backend.config import ENV_PREFIX, load_settings
-from iotmeter_tui.testing.shipped_broker import (
+from testsupport.shipped_broker import (
     COLLECTOR_PASSWORD,
     DEVICE_CREDENTIALS,
     DISPATCHER_PASSWORD,
@@ -1005,8 +1005,8 @@ def test_promql_metric_names_parser() -> None:
 def test_alerts_use_only_documented_metrics() -> None:
     documented = documented_metrics()
     # `up` is Prometheus' own: 0 when a collector cannot be scraped at all. The Kubernetes
-    # rules read kube-state-metrics, named in an explicit list (iotmeter_tui/testing/metric_names).
-    from iotmeter_tui.testing.metric_names import KUBE_STATE_METRICS_NAMES
+    # rules read kube-state-metrics, named in an explicit list (testsupport/metric_names).
+    from testsupport.metric_names import KUBE_STATE_METRICS_NAMES
 
     allowed = documented | {"up"} | KUBE_STATE_METRICS_NAMES
     for name in list(documented):

@@ -20,7 +20,7 @@ from deploy_helpers import DEPLOY, known_variable, load_entrypoint
 
 from iotmeter_tui.backend.broker import free_port
 from iotmeter_tui.backend.config import load_settings
-from iotmeter_tui.testing.services import MosquittoServer
+from testsupport.services import MosquittoServer
 
 entrypoint = load_entrypoint()
 SCRIPT = DEPLOY / "entrypoint.py"

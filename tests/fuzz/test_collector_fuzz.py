@@ -45,10 +45,10 @@ from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
 from iotmeter_tui.backend.stores.archive import REJECTED_PREFIX
 from iotmeter_tui.backend.stores.archive_writer import ArchiveReader
-from iotmeter_tui.testing import MosquittoServer
-from iotmeter_tui.testing.fleet import Publisher, wait_for
-from iotmeter_tui.testing.harness import StoreAudit, env_for, settings_for
-from iotmeter_tui.testing.strategies import (
+from testsupport import MosquittoServer
+from testsupport.fleet import Publisher, wait_for
+from testsupport.harness import StoreAudit, env_for, settings_for
+from testsupport.strategies import (
     CaseSpec,
     case_specs,
     delivered_to_collector,

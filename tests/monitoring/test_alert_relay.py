@@ -1,5 +1,5 @@
 """`iotmeter alert-relay` alone, over real HTTP: Alertmanager's webhook in, a fake GitHub API
-(iotmeter_tui/testing/fake_github.py) out. Duplicates, GitHub down, rate limits, a bad token
+(testsupport/fake_github.py) out. Duplicates, GitHub down, rate limits, a bad token
 and a malformed payload; the relay as a process, restarted between two deliveries."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from iotmeter_tui.backend.health_server import HealthServer
 from iotmeter_tui.relay.github import GitHubClient
 from iotmeter_tui.relay.metrics import RelayMetrics
 from iotmeter_tui.relay.service import LABEL, AlertRelay
-from iotmeter_tui.testing.fake_github import FakeGitHub
+from testsupport.fake_github import FakeGitHub
 
 TOKEN = "webhook-secret-0123"
 GITHUB_TOKEN = "ghp_fake_token_for_tests"

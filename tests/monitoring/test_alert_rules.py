@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from iotmeter_tui.testing.metric_names import (
+from testsupport.metric_names import (
     KUBE_STATE_METRICS_NAMES,
     PROMETHEUS_NAMES,
     exported,

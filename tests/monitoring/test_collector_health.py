@@ -22,16 +22,16 @@ from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import StoreMonitor
 from iotmeter_tui.backend.health_server import HealthServer
 from iotmeter_tui.backend.stores import open_stores
+from iotmeter_tui.backend.stores.factory import open_metadata
 from iotmeter_tui.backend.stores.metadata import (
     Campaign,
     Command,
     DeviceUpdate,
     Firmware,
     MetadataStore,
-    open_metadata,
 )
-from iotmeter_tui.testing.harness import running_collector, settings_for
-from iotmeter_tui.testing.services import MosquittoServer
+from testsupport.harness import running_collector, settings_for
+from testsupport.services import MosquittoServer
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -191,7 +191,7 @@ def test_a_busy_metrics_port_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_dispatch_publishes_are_counted_by_kind(private_mosquitto: MosquittoServer) -> None:
     from iotmeter_tui.backend.collector.monitor import CountingPublisher
-    from iotmeter_tui.backend.publisher import PublishError, ServerPublisher
+    from iotmeter_tui.backend.control.publisher import PublishError, ServerPublisher
 
     metrics = CollectorMetrics()
     inner = ServerPublisher(private_mosquitto.url, "counting-test")

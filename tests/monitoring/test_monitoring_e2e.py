@@ -28,14 +28,14 @@ import pytest
 import yaml
 
 from iotmeter_tui.backend.broker import free_port
-from iotmeter_tui.testing.fake_github import FakeGitHub
-from iotmeter_tui.testing.metric_names import (
+from testsupport.fake_github import FakeGitHub
+from testsupport.metric_names import (
     KUBE_STATE_METRICS_NAMES,
     PROMETHEUS_NAMES,
     exported,
 )
-from iotmeter_tui.testing.monitoring import AlertmanagerServer, PrometheusServer, get_json
-from iotmeter_tui.testing.services import InfluxServer, MosquittoServer, ServiceError
+from testsupport.monitoring import AlertmanagerServer, PrometheusServer, get_json
+from testsupport.services import InfluxServer, MosquittoServer, ServiceError
 
 ROOT = Path(__file__).resolve().parents[2]
 RELAY_TOKEN = "e2e-relay-token"

@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from iotmeter_tui.backend.broker import free_port
-from iotmeter_tui.testing.services import MosquittoServer
+from testsupport.services import MosquittoServer
 
 
 def scrape(port: int) -> dict[str, float]:

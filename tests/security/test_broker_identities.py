@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mqtt_probe import Probe
 
-from iotmeter_tui.testing.shipped_broker import (
+from testsupport.shipped_broker import (
     COLLECTOR_PASSWORD,
     DEVICE_CREDENTIALS,
     DISPATCHER_PASSWORD,
@@ -208,7 +208,7 @@ def test_the_dispatcher_has_its_own_broker_user(tmp_path: Path,
     the collector's user is logged at start, since on the shipped broker the two connections
     would push each other off."""
     from iotmeter_tui.backend.config import load_settings
-    from iotmeter_tui.backend.dispatch import Dispatcher
+    from iotmeter_tui.backend.control.dispatch import Dispatcher
     from iotmeter_tui.backend.stores import open_stores
 
     base = {"IOTMETER_HOME": str(tmp_path / "home"), "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0",

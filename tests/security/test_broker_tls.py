@@ -23,11 +23,11 @@ from mqtt_probe import Probe
 from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.broker import LOOPBACK, free_port
 from iotmeter_tui.backend.config import load_settings
+from iotmeter_tui.backend.control.publisher import PublishError, ServerPublisher
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.client import MqttClient, MqttConnectionError
-from iotmeter_tui.backend.publisher import PublishError, ServerPublisher
-from iotmeter_tui.testing.certs import TestCA
-from iotmeter_tui.testing.shipped_broker import (
+from testsupport.certs import TestCA
+from testsupport.shipped_broker import (
     COLLECTOR_PASSWORD,
     DEVICE_CREDENTIALS,
     DISPATCHER_PASSWORD,

@@ -1,4 +1,4 @@
-"""Per-device credentials through mosquitto's dynamic security plugin (issue 15), on a real
+"""Per-device credentials through mosquitto's dynamic security plugin, on a real
 mosquitto running the shipped mosquitto-dynsec.conf: a device cannot publish as another,
 cannot read another's commands, cannot take the collector's client id; a revoked device is
 cut off at once."""
@@ -19,7 +19,7 @@ from iotmeter_tui.backend.broker_admin import (
     DynsecAdmin,
     DynsecCredentials,
 )
-from iotmeter_tui.testing.shipped_broker import MOSQUITTO_DIR, ShippedBroker
+from testsupport.shipped_broker import MOSQUITTO_DIR, ShippedBroker
 
 ADMIN_PASSWORD = "admin-secret"
 

@@ -1,4 +1,4 @@
-"""The least-privilege example files (issue 15 item 12): deploy/postgres/roles.sql gives an
+"""The least-privilege example files: deploy/postgres/roles.sql gives an
 owner that migrates and a runtime role that only reads and writes rows, on a real
 PostgreSQL; the InfluxDB and S3 examples grant one database / one bucket."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.metadata_postgres import open_postgres_metadata
-from iotmeter_tui.testing.services import SHARED_POSTGRES_URL
+from testsupport.services import SHARED_POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 

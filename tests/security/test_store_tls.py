@@ -24,8 +24,8 @@ from iotmeter_tui.backend.stores.archive_s3 import S3Archive
 from iotmeter_tui.backend.stores.metadata_postgres import open_postgres_metadata
 from iotmeter_tui.backend.stores.timeseries import Point
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
-from iotmeter_tui.testing.certs import TestCA
-from iotmeter_tui.testing.services import PrivatePostgres, S3Server, influxd_config
+from testsupport.certs import TestCA
+from testsupport.services import PrivatePostgres, S3Server, influxd_config
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from iotmeter_tui.backend.simulator.cli import build_parser
 from iotmeter_tui.backend.simulator.faults import PROBABILITIES
-from iotmeter_tui.backend.simulator.physics import SUPPLY_SYSTEMS
+from iotmeter_tui.backend.simulator.physics import FEEDERS
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "simulator.md").read_text()
 
@@ -23,5 +23,5 @@ def test_every_fault_command_and_system_is_documented() -> None:
         assert f"`{name}=" in DOC, name
     for command in ("ping", "set_interval", "set_config", "reboot"):
         assert f"`{command}`" in DOC, command
-    for key in SUPPLY_SYSTEMS:
+    for key in FEEDERS:
         assert f"`{key}`" in DOC, key

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from iotmeter_tui.backend.firmware import RETRY_AFTER_S, FirmwareServer
-from iotmeter_tui.backend.ota import OtaService
+from iotmeter_tui.backend.control.firmware import RETRY_AFTER_S, FirmwareServer
+from iotmeter_tui.backend.control.ota import OtaService
 from iotmeter_tui.backend.simulator.firmware import FirmwareError, fetch_firmware
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
-from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import MetadataStore
 
 IMAGE = os.urandom(2 * 1024 * 1024)
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.firmware_signing import sign_digest
+from iotmeter_tui.backend.control.signing import sign_digest
 
 
 @pytest.fixture

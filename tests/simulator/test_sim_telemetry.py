@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend import protocol
-from iotmeter_tui.backend.simulator.physics import SUPPLY_SYSTEMS
+from iotmeter_tui.backend.simulator.physics import FEEDERS
 
 
 def test_envelopes_seq_heartbeats_and_physics(mosquitto: Any, prefix: str,
@@ -38,7 +38,7 @@ def test_envelopes_seq_heartbeats_and_physics(mosquitto: Any, prefix: str,
         hellos = recorder.of(protocol.HELLO, device_id)
         assert len(hellos) >= 3, "heartbeat hellos every heartbeat_s"
         hello = hellos[0].data
-        system = SUPPLY_SYSTEMS[hello["supply_system"]]
+        system = FEEDERS[hello["supply_system"]]
         assert hello["device_type"] == system.device_type == \
             ("power_meter_dc" if "-dc-" in device_id else "power_meter_ac")
         assert hello["fw_version"] == "1.0.0" and hello["heartbeat_s"] == 0.5

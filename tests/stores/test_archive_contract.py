@@ -13,10 +13,11 @@ import pytest
 from minio import Minio
 
 from iotmeter_tui.backend.errors import StoreRejected
-from iotmeter_tui.backend.stores.archive import STREAM_CHUNK_BYTES, ArchiveStore, open_archive
+from iotmeter_tui.backend.stores.archive import STREAM_CHUNK_BYTES, ArchiveStore
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
-from iotmeter_tui.testing import S3Server
+from iotmeter_tui.backend.stores.factory import open_archive
+from testsupport import S3Server
 
 ADAPTERS = ["s3", "dir"]
 

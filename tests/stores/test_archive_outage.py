@@ -17,7 +17,7 @@ import pytest
 from iotmeter_tui.backend.errors import StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
-from iotmeter_tui.testing import S3Server
+from testsupport import S3Server
 
 # An outage must reach the caller in seconds; the SDK's own defaults take minutes.
 FAST_S = 5.0

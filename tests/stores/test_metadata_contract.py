@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import AlreadyExists, StoreError, StoreRejected
+from iotmeter_tui.backend.stores.factory import open_metadata
 from iotmeter_tui.backend.stores.metadata import (
     DEVICE_ORDER_COLUMNS,
     ApiKey,
@@ -34,7 +35,6 @@ from iotmeter_tui.backend.stores.metadata import (
     MetadataStore,
     SeqState,
     encode_device_cursor,
-    open_metadata,
 )
 from iotmeter_tui.backend.stores.metadata_postgres import PostgresBackend
 from iotmeter_tui.backend.stores.metadata_sql import (
@@ -187,7 +187,8 @@ def test_threads_migrating_at_once_apply_each_step_once(store_url: str) -> None:
 def test_processes_starting_at_once_both_succeed(store_url: str) -> None:
     code = (
         "import sys\n"
-        "from iotmeter_tui.backend.stores.metadata import open_metadata, DeviceUpdate\n"
+        "from iotmeter_tui.backend.stores.factory import open_metadata\n"
+        "from iotmeter_tui.backend.stores.metadata import DeviceUpdate\n"
         "store = open_metadata(sys.argv[1])\n"
         "store.apply_collector_batch([DeviceUpdate(sys.argv[2], 1000)], [])\n"
         "store.close()\n"
@@ -967,7 +968,7 @@ def test_dashboard_queries_over_ten_thousand_devices_are_fast(
     assert max(insert_ms, update_ms) < 1000
 
 
-# --- device administration (issue 12) -------------------------------------------------------
+# --- device administration -------------------------------------------------------
 
 
 def test_an_operator_registers_a_device_before_it_is_heard(store: MetadataStore) -> None:

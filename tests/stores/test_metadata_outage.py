@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from iotmeter_tui.backend.errors import StoreRejected, StoreUnavailable
-from iotmeter_tui.backend.stores.metadata import DeviceUpdate, MetadataStore, open_metadata
-from iotmeter_tui.testing import PrivatePostgres
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import DeviceUpdate, MetadataStore
+from testsupport import PrivatePostgres
 
 TIMEOUT_S = 2.0
 PASSWORD = "hunter2-not-for-logs"

@@ -19,15 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotmeter_tui.backend.errors import PartialWriteError
+from iotmeter_tui.backend.stores.factory import open_timeseries
 from iotmeter_tui.backend.stores.timeseries import (
     AGGREGATES,
     Bucket,
     Point,
     TimeSeriesStore,
     bucket_width,
-    open_timeseries,
 )
-from iotmeter_tui.testing import InfluxServer
+from testsupport import InfluxServer
 
 ADAPTERS = ["influxdb", "sqlite"]
 REPO = Path(__file__).resolve().parents[2]
@@ -447,7 +447,8 @@ def test_several_threads_share_one_store(store: TimeSeriesStore) -> None:
 
 CHILD_WRITER = """
 import sys
-from iotmeter_tui.backend.stores.timeseries import Point, open_timeseries
+from iotmeter_tui.backend.stores.timeseries import Point
+from iotmeter_tui.backend.stores.factory import open_timeseries
 store = open_timeseries(sys.argv[1])
 for batch in range(20):
     # A field the parent has never seen: the child adds it while the parent reads.

@@ -21,7 +21,7 @@ import pytest
 from iotmeter_tui.backend.errors import PartialWriteError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.timeseries import Point
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
-from iotmeter_tui.testing import InfluxServer
+from testsupport import InfluxServer
 
 T0 = 1_795_740_001_250
 TOKEN = "s3cr3t-token-value"

@@ -21,21 +21,16 @@ import pytest
 from iotmeter_tui.backend.config import load_settings
 from iotmeter_tui.backend.errors import PartialWriteError
 from iotmeter_tui.backend.stores import open_stores
+from iotmeter_tui.backend.stores.factory import open_timeseries
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
     MINUTE_MS,
     Retention,
     aligned_range,
 )
-from iotmeter_tui.backend.stores.timeseries import (
-    Bucket,
-    Point,
-    TimeSeriesStore,
-    bucket_width,
-    open_timeseries,
-)
+from iotmeter_tui.backend.stores.timeseries import Bucket, Point, TimeSeriesStore, bucket_width
 from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
-from iotmeter_tui.testing import InfluxServer
+from testsupport import InfluxServer
 
 ADAPTERS = ["influxdb", "sqlite"]
 H0 = 1_795_737_600_000  # a whole hour (2026-11-29T08:00Z)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from iotmeter_tui.backend.errors import StoreRejected
-from iotmeter_tui.backend.stores.timeseries import Point, open_timeseries
+from iotmeter_tui.backend.stores.factory import open_timeseries
+from iotmeter_tui.backend.stores.timeseries import Point
 from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
 
 T0 = 1_795_740_000_123

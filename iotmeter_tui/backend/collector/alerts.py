@@ -15,10 +15,19 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 from iotmeter_tui.backend.collector.anomaly import AnomalyDetector, sensitivity_from_config
 from iotmeter_tui.backend.errors import StoreError
+from iotmeter_tui.backend.supply import (
+    AC_15KV,
+    AC_25KV,
+    DC_750,
+    DC_1500,
+    DC_3000,
+    SUPPLY_SYSTEMS,
+    SupplySystem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +79,9 @@ DC_TYPE: Final = "power_meter_dc"
 AC_TYPE: Final = "power_meter_ac"
 
 
-@dataclass(frozen=True, slots=True)
-class SupplySystem:
-    """One EN 50163 traction supply system: its permanent voltage range and our defaults."""
-
-    name: str
-    kind: Literal["dc", "ac"]
-    nominal_v: float
-    min_v: float  # lowest permanent voltage
-    max_v: float  # highest permanent voltage
-    frequency_hz: float | None  # None for DC
-    max_current_a: float  # default over-current limit (see docs/alerts.md for the reasoning)
-
-    def contains(self, voltage_v: float) -> bool:
-        return self.min_v <= voltage_v <= self.max_v
-
-
-DC_750: Final = SupplySystem("DC 750 V", "dc", 750, 500, 900, None, 6_000)
-DC_1500: Final = SupplySystem("DC 1500 V", "dc", 1_500, 1_000, 1_800, None, 4_000)
-DC_3000: Final = SupplySystem("DC 3000 V", "dc", 3_000, 2_000, 3_600, None, 3_000)
-AC_15KV: Final = SupplySystem("AC 15 kV 16.7 Hz", "ac", 15_000, 11_000, 17_250, 16.7, 1_500)
-AC_25KV: Final = SupplySystem("AC 25 kV 50 Hz", "ac", 25_000, 19_000, 27_500, 50.0, 1_000)
-
-SUPPLY_SYSTEMS: Final = (DC_750, DC_1500, DC_3000, AC_15KV, AC_25KV)
+# Default over-current limit per supply system (docs/alerts.md gives the reasoning).
+DEFAULT_MAX_CURRENT_A: Final = {DC_750.key: 6_000.0, DC_1500.key: 4_000.0, DC_3000.key: 3_000.0,
+                                AC_15KV.key: 1_500.0, AC_25KV.key: 1_000.0}
 
 
 def _candidates(device_type: str, frequency_hz: float | None) -> tuple[SupplySystem, ...]:
@@ -151,8 +140,6 @@ def fits_device_type(system: SupplySystem, device_type: str) -> bool:
 # --- per-device limits -------------------------------------------------------------------------
 
 DEFAULT_FREQUENCY_BAND_PCT: Final = 1.0
-CONFIG_KEYS: Final = ("nominal_v", "max_current_a", "frequency_band_pct", "gap_threshold",
-                      "anomaly_sensitivity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +407,7 @@ class AlertEngine:
         self._waiting: set[str] = set()  # devices where time alone may clear or age something
         self._queued: dict[tuple[str, Rule], list[_Change]] = {}
         self._done = AlertChanges()
-        # Offline handling (issue 16): a planned reboot does not page unless the meter stays
+        # Offline handling: a planned reboot does not page unless the meter stays
         # away past its bound; meters going offline within `group_window_ms` of each other
         # are decided together, `group_min` or more of them as one grouped alert.
         self._planned_reboot_ms = planned_reboot_ms
@@ -471,7 +458,7 @@ class AlertEngine:
         system = self._system(dev, limits, voltage, frequency)
         if system is not None and voltage is not None:
             self._observe(device_id, dev, Rule.VOLTAGE_RANGE, check_voltage(system, voltage), at)
-        limit = limits.max_current_a or (system.max_current_a if system else None)
+        limit = limits.max_current_a or (DEFAULT_MAX_CURRENT_A[system.key] if system else None)
         if limit is not None and current is not None:
             self._observe(device_id, dev, Rule.OVER_CURRENT, check_current(current, limit), at)
         if system is not None and system.frequency_hz is not None and frequency is not None:

@@ -13,16 +13,13 @@ from collections.abc import Callable
 from prometheus_client import Gauge
 
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.control.ota_plan import CAMPAIGN_FINAL_STATES
+from iotmeter_tui.backend.control.publisher import Publisher, PublishError
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.ota_plan import CAMPAIGN_FINAL_STATES
-from iotmeter_tui.backend.publisher import Publisher, PublishError
 from iotmeter_tui.backend.stores import Stores
 from iotmeter_tui.backend.stores.metadata import FleetFigures
 
 log = logging.getLogger(__name__)
-
-# The store names /readyz and iotmeter_store_up use (the sinks' names for the same stores).
-STORE_NAMES = ("metadata", "timeseries", "archive")
 
 
 class StoreMonitor:

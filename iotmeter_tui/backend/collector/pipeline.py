@@ -66,7 +66,7 @@ class Decider:
         self.directory = directory
         self.metrics = metrics
         self.auto_register = auto_register
-        # Telemetry field names admitted per device type (issue 15 item 6): learned since
+        # Telemetry field names admitted per device type: learned since
         # this collector started; a name beyond the budget is a field_budget rejection.
         self.field_budget = field_budget
         self._fields_by_type: dict[str, set[str]] = {}

@@ -14,7 +14,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from iotmeter_tui.backend.collector.sinks import (
 )
 from iotmeter_tui.backend.collector.spool import Position, Spool
 from iotmeter_tui.backend.config import ConfigError, Settings
-from iotmeter_tui.backend.dispatch import Dispatcher
+from iotmeter_tui.backend.control.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
 from iotmeter_tui.backend.stores.archive_writer import ArchiveWriter
@@ -72,7 +72,6 @@ class Tuning:
     sink_max_backoff_s: float = 10.0
     start_retry_s: float = 2.0
     retention_interval_s: float = RETENTION_INTERVAL_S
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Collector:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 from dataclasses import replace
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 
 from iotmeter_tui.backend.collector.health import CollectorHealth
@@ -53,6 +53,15 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
         logging.shutdown()
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, while sys.stderr is the process's own.
+    The first spawned child starts the tracker and hands it sys.stderr's fd; inside a running
+    Textual app sys.stderr is a capture whose fileno() is -1, and the spawn then fails ("bad
+    value(s) in fds_to_keep"). The dashboard calls this before Textual captures stderr; once
+    the tracker runs, later spawns do not look at sys.stderr."""
+    resource_tracker.ensure_running()
+
+
 class CollectorWorker:
     """Starts, watches and stops the child collector."""
 
@@ -69,14 +78,7 @@ class CollectorWorker:
         parent, child = ctx.Pipe()
         self._process = ctx.Process(target=_child, args=(self.settings, self.mqtt_url, child),
                                     name="iotmeter-collector", daemon=True)
-        # Inside a running Textual app sys.stderr is a capture whose fileno() is -1, which
-        # multiprocessing would pass on to the child ("bad value(s) in fds_to_keep"): start
-        # the child with the real stderr.
-        captured, sys.stderr = sys.stderr, sys.__stderr__
-        try:
-            self._process.start()
-        finally:
-            sys.stderr = captured
+        self._process.start()
         child.close()
         self._conn = parent
         self._reader = threading.Thread(target=self._read, daemon=True,

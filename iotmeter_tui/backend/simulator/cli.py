@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend.broker import BrokerError, EmbeddedBroker
 from iotmeter_tui.backend.config import ConfigError, load_settings
+from iotmeter_tui.backend.control.signing import parse_public_key
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.firmware_signing import parse_public_key
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.redaction import redact
 from iotmeter_tui.backend.simulator.faults import FaultSpec, FaultSpecError
@@ -222,23 +222,26 @@ def _ensure_logging() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The argument types of `iotmeter simulate`: one rule for both command lines.
+    from iotmeter_tui.cli.args import positive_float, positive_int
+
     parser = argparse.ArgumentParser(
         prog="python -m iotmeter_tui.backend.simulator",
         description="Simulate traction power meters over MQTT (see docs/simulator.md).",
     )
-    parser.add_argument("--devices", type=int, default=10, metavar="N")
-    parser.add_argument("--rate", type=float, default=1.0, metavar="HZ",
+    parser.add_argument("--devices", type=positive_int, default=10, metavar="N")
+    parser.add_argument("--rate", type=positive_float, default=1.0, metavar="HZ",
                         help="telemetry messages per second per device")
     parser.add_argument("--kind", choices=KINDS, default="mixed")
     parser.add_argument("--faults", metavar="SPEC", default=None,
                         help="drop=P,dup=P,reorder=P,disconnect=P,malformed=P,clock_skew=S")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS")
     parser.add_argument("--prefix", default="")
     parser.add_argument("--mqtt-url", default=None,
                         help="broker URL (default IOTMETER_MQTT_URL, else a private broker)")
     parser.add_argument("--home", default=None, help="state directory (default IOTMETER_HOME)")
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
+    parser.add_argument("--heartbeat", type=positive_float, default=DEFAULT_HEARTBEAT_S,
                         metavar="SECONDS", help="seconds between hello heartbeats")
     parser.add_argument("--firmware-key", default=None, metavar="KEY",
                         help="signing public key the meters pin (base64 or a key file; "

@@ -24,13 +24,14 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from iotmeter_tui.backend import firmware_signing, protocol
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.control import signing
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.client import MqttClient, MqttError
 from iotmeter_tui.backend.mqtt.codec import Publish, Will
 from iotmeter_tui.backend.simulator.faults import FaultInjector
 from iotmeter_tui.backend.simulator.firmware import FirmwareError, fetch_firmware
-from iotmeter_tui.backend.simulator.physics import FeederMeter, SupplySystem
+from iotmeter_tui.backend.simulator.physics import Feeder, FeederMeter
 from iotmeter_tui.backend.simulator.state import DeviceRecord
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class SimulatedMeter:
     def __init__(
         self,
         device_id: str,
-        system: SupplySystem,
+        system: Feeder,
         record: DeviceRecord,
         meter: FeederMeter,
         *,
@@ -632,7 +633,7 @@ class SimulatedMeter:
             return None
         if signature is None:
             return "unsigned firmware refused: this meter pins a signing key"
-        if not firmware_signing.verify(self.firmware_key, digest, str(signature)):
+        if not signing.verify(self.firmware_key, digest, str(signature)):
             return "bad signature: the image is not signed by the pinned key"
         return None
 

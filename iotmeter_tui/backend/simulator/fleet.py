@@ -40,7 +40,7 @@ from iotmeter_tui.backend.simulator.device import (
     SimulatedMeter,
 )
 from iotmeter_tui.backend.simulator.faults import FaultInjector, FaultSpec
-from iotmeter_tui.backend.simulator.physics import SUPPLY_SYSTEMS, FeederMeter, choose_system
+from iotmeter_tui.backend.simulator.physics import FEEDERS, FeederMeter, choose_system
 from iotmeter_tui.backend.simulator.state import DeviceRecord, DeviceStateStore, state_path
 
 log = logging.getLogger(__name__)
@@ -207,11 +207,11 @@ class Fleet:
         energy_import = rng.uniform(20_000.0, 400_000.0)
         energy_export = energy_import * rng.uniform(0.05, 0.25)
         record = self.store.records.get(device_id)
-        known = record is not None and record.supply_system in SUPPLY_SYSTEMS and \
-            SUPPLY_SYSTEMS[record.supply_system].kind == kind
+        known = record is not None and record.supply_system in FEEDERS and \
+            FEEDERS[record.supply_system].kind == kind
         if record is not None and known:
             # A meter stays on its feeder and keeps its registers across restarts.
-            system = SUPPLY_SYSTEMS[record.supply_system]
+            system = FEEDERS[record.supply_system]
         else:
             record = DeviceRecord(
                 boot=record.boot if record else 0,

@@ -18,17 +18,14 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
+from iotmeter_tui.backend.supply import AC_15KV, AC_25KV, DC_750, DC_1500, DC_3000, SupplySystem
+
 
 @dataclass(frozen=True, slots=True)
-class SupplySystem:
-    """One railway electrification system (EN 50163) and a typical feeder on it."""
+class Feeder:
+    """A typical feeder on one supply system: its substation and the trains it serves."""
 
-    key: str
-    kind: str  # "dc" or "ac"
-    nominal_v: float
-    min_permanent_v: float  # EN 50163 lowest permanent voltage (Umin1)
-    max_permanent_v: float  # EN 50163 highest permanent voltage (Umax1)
-    frequency_hz: float  # 0 for DC
+    supply: SupplySystem
     no_load_v: float  # substations are set above nominal so the far end stays near it
     source_r_ohm: float  # substation plus line resistance up to the meter
     source_x_ohm: float  # AC only: transformer and catenary reactance
@@ -36,18 +33,42 @@ class SupplySystem:
     aux_current_a: float  # lighting, heating, station loads: always there
 
     @property
+    def key(self) -> str:
+        return self.supply.key
+
+    @property
+    def kind(self) -> str:
+        return self.supply.kind
+
+    @property
+    def nominal_v(self) -> float:
+        return self.supply.nominal_v
+
+    @property
+    def min_permanent_v(self) -> float:
+        return self.supply.min_v
+
+    @property
+    def max_permanent_v(self) -> float:
+        return self.supply.max_v
+
+    @property
+    def frequency_hz(self) -> float:
+        return self.supply.frequency_hz or 0.0  # 0 for DC
+
+    @property
     def device_type(self) -> str:
-        return f"power_meter_{self.kind}"
+        return self.supply.device_type
 
 
-SUPPLY_SYSTEMS: Final[dict[str, SupplySystem]] = {
-    system.key: system
-    for system in (
-        SupplySystem("dc_750", "dc", 750, 500, 900, 0.0, 820, 0.025, 0.0, 3000, 60),
-        SupplySystem("dc_1500", "dc", 1500, 1000, 1800, 0.0, 1620, 0.05, 0.0, 2500, 40),
-        SupplySystem("dc_3000", "dc", 3000, 2000, 3600, 0.0, 3300, 0.12, 0.0, 2000, 25),
-        SupplySystem("ac_15kv_16.7hz", "ac", 15000, 11000, 17250, 16.7, 15750, 0.9, 2.7, 700, 8),
-        SupplySystem("ac_25kv_50hz", "ac", 25000, 19000, 27500, 50.0, 26400, 1.5, 6.0, 600, 6),
+FEEDERS: Final[dict[str, Feeder]] = {
+    feeder.key: feeder
+    for feeder in (
+        Feeder(DC_750, 820, 0.025, 0.0, 3000, 60),
+        Feeder(DC_1500, 1620, 0.05, 0.0, 2500, 40),
+        Feeder(DC_3000, 3300, 0.12, 0.0, 2000, 25),
+        Feeder(AC_15KV, 15750, 0.9, 2.7, 700, 8),
+        Feeder(AC_25KV, 26400, 1.5, 6.0, 600, 6),
     )
 }
 SYSTEMS_BY_KIND: Final[dict[str, tuple[str, ...]]] = {
@@ -58,9 +79,9 @@ SYSTEMS_BY_KIND: Final[dict[str, tuple[str, ...]]] = {
 _LIMIT_MARGIN = 0.02
 
 
-def choose_system(kind: str, rng: random.Random) -> SupplySystem:
+def choose_system(kind: str, rng: random.Random) -> Feeder:
     """Pick a supply system of `kind` ("dc" or "ac") the way a mixed network has them."""
-    return SUPPLY_SYSTEMS[rng.choice(SYSTEMS_BY_KIND[kind])]
+    return FEEDERS[rng.choice(SYSTEMS_BY_KIND[kind])]
 
 
 @dataclass(slots=True)
@@ -83,7 +104,7 @@ class _Passage:
 class TrainTraffic:
     """Traction current over simulated time: one train passage after another."""
 
-    def __init__(self, system: SupplySystem, rng: random.Random) -> None:
+    def __init__(self, system: Feeder, rng: random.Random) -> None:
         self._system = system
         self._rng = rng
         self._passage = self._next_passage(start=-rng.uniform(0.0, 60.0))
@@ -154,7 +175,7 @@ class FeederMeter:
 
     def __init__(
         self,
-        system: SupplySystem,
+        system: Feeder,
         rng: random.Random,
         *,
         energy_import_kwh: float,

@@ -1,7 +1,7 @@
 """The three stores behind their ports, opened together from the settings.
 
-Each port picks its adapter by the URL's scheme (CONTRACT section 2); everything above this
-package talks to the ports only."""
+factory.py picks each store's adapter by the URL's scheme; everything above this package
+talks to the ports only."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.redaction import redact
-from iotmeter_tui.backend.stores.archive import ArchiveStore, open_archive
-from iotmeter_tui.backend.stores.metadata import MetadataStore, open_metadata
+from iotmeter_tui.backend.stores.archive import ArchiveStore
+from iotmeter_tui.backend.stores.factory import open_archive, open_metadata, open_timeseries
+from iotmeter_tui.backend.stores.metadata import MetadataStore
 from iotmeter_tui.backend.stores.rollups import Retention, parse_retention
-from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore, open_timeseries
+from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore
 
 __all__ = ["Stores", "open_stores", "redact"]
 

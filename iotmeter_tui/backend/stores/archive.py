@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
-from urllib.parse import urlsplit
 
-from iotmeter_tui.backend.config import local_path
 from iotmeter_tui.backend.errors import StoreRejected
 
 DEFAULT_BUCKET = "iot-data"
@@ -114,39 +112,3 @@ def _key_problem(key: str) -> str | None:
         if segment.startswith("."):
             return "a path segment starts with '.'"
     return None
-
-
-def open_archive(
-    url: str,
-    *,
-    s3_endpoint: str | None = None,
-    s3_access_key: str | None = None,
-    s3_secret_key: str | None = None,
-    s3_region: str = "us-east-1",
-) -> ArchiveStore:
-    """The adapter for an archive URL: `s3://bucket` (with the S3 settings) or `file:///dir`.
-
-    Raises StoreRejected on a URL no adapter serves. Nothing is contacted here: the bucket or
-    directory is prepared on first use."""
-    # Imported here because both adapters import this module (the port, validate_key).
-    from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
-    from iotmeter_tui.backend.stores.archive_s3 import S3Archive
-
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise StoreRejected("archive", f"{url!r} is not file:///absolute/path")
-        try:
-            root = local_path(url)
-        except ValueError as exc:
-            raise StoreRejected("archive", str(exc)) from None
-        return DirectoryArchive(root)
-    if parts.scheme == "s3":
-        if not parts.netloc or parts.path not in ("", "/"):
-            raise StoreRejected("archive", f"{url!r} is not s3://bucket (no path after the bucket)")
-        if not s3_endpoint:
-            raise StoreRejected("s3", "no S3 endpoint configured (IOTMETER_S3_ENDPOINT)")
-        return S3Archive(parts.netloc, s3_endpoint, s3_access_key, s3_secret_key, s3_region)
-    raise StoreRejected(
-        "archive", f"unsupported archive URL scheme in {url!r}; use s3:// or file://"
-    )

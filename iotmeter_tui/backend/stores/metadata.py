@@ -18,7 +18,6 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 UNKNOWN: Final = "unknown"
 
@@ -219,7 +218,7 @@ class Firmware:
     sha256: str  # hex
     key: str  # where the image lives in the archive store
     uploaded_at: int
-    # Base64 Ed25519 signature of the image (firmware_signing), carried in offers; None for
+    # Base64 Ed25519 signature of the image (control.signing), carried in offers; None for
     # an image uploaded unsigned.
     signature: str | None = None
 
@@ -610,22 +609,3 @@ class MetadataStore(Protocol):
         """Raise StoreError when the store cannot be reached or used."""
 
     def close(self) -> None: ...
-
-
-def open_metadata(url: str, *, timeout_s: float | None = None) -> MetadataStore:
-    """The metadata store the URL names: postgresql://... / postgres://... or sqlite:///path.
-
-    Nothing is connected yet; the first call connects and migrates. `timeout_s` bounds how
-    long a call waits for the database before raising StoreUnavailable (default: 5 s for
-    PostgreSQL, 10 s of SQLite busy-waiting for another process's write lock)."""
-    scheme = urlsplit(url).scheme
-    # Imported here: the SQLite path must not need psycopg, and the adapters import this module.
-    if scheme in ("postgresql", "postgres"):
-        from iotmeter_tui.backend.stores.metadata_postgres import open_postgres_metadata
-
-        return open_postgres_metadata(url, timeout_s=timeout_s)
-    if scheme == "sqlite":
-        from iotmeter_tui.backend.stores.metadata_sqlite import open_sqlite_metadata
-
-        return open_sqlite_metadata(url, timeout_s=timeout_s)
-    raise ValueError(f"unsupported metadata store URL scheme {scheme or 'none'!r}")

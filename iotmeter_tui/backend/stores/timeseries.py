@@ -10,17 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
-from iotmeter_tui.backend.config import local_path
-from iotmeter_tui.backend.errors import StoreRejected
 from iotmeter_tui.backend.protocol import (
     MAX_COUNT,
     MAX_TS_MS,
     field_name_problem,
     tag_problem,
 )
-from iotmeter_tui.backend.stores.rollups import Retention
 
 MEASUREMENT = "iot_telemetry"
 DEFAULT_DATABASE = "iot-metrics"
@@ -189,31 +185,3 @@ def bucket_width(start_ms: int, end_ms: int, max_points: int) -> int:
     if max_points < 1:
         raise ValueError(f"max_points must be at least 1, not {max_points}")
     return max(1, -(-(end_ms - start_ms) // max_points))
-
-
-def open_timeseries(
-    url: str, token: str | None = None, *, retention: Retention | None = None,
-    rollups: bool = False,
-) -> TimeSeriesStore:
-    """The adapter for a time-series URL: influxdb://host:port/db (influxdbs:// for TLS; the
-    token as in InfluxTimeSeries) or sqlite:///path (config.local_path). Nothing is contacted
-    here: the database is prepared on first use. `retention`: how long each resolution is
-    kept (rollups.Retention; unset keeps everything). `rollups`: keep 1-minute and 1-hour
-    rollups on write and read long windows from them (IOTMETER_ROLLUPS). Raises StoreRejected
-    on a URL no adapter serves."""
-    # Imported here because both adapters import this module (the port and its rules).
-    from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
-    from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
-
-    scheme = urlsplit(url).scheme
-    if scheme in ("influxdb", "influxdbs"):
-        return InfluxTimeSeries(url, token, retention=retention, rollups=rollups)
-    if scheme == "sqlite":
-        try:
-            path = local_path(url)
-        except ValueError as exc:
-            raise StoreRejected("timeseries", str(exc)) from None
-        return SqliteTimeSeries(path, retention=retention, rollups=rollups)
-    raise StoreRejected(
-        "timeseries", f"unsupported time-series URL scheme in {url!r}; use influxdb:// or sqlite://"
-    )

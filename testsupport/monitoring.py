@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.broker import free_port
-from iotmeter_tui.testing.services import ServiceError
+from testsupport.services import ServiceError
 
 LOOPBACK = "127.0.0.1"
 

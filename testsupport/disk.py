@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from iotmeter_tui.testing.services import ServiceError
+from testsupport.services import ServiceError
 
 _CHUNK = b"\xa5" * 4096  # written, not seeked over: tmpfs gives pages only to written bytes
 

@@ -18,9 +18,9 @@ from types import TracebackType
 from typing import Self
 
 from iotmeter_tui.backend.broker import LOOPBACK, find_mosquitto, free_port, tcp_accepts
-from iotmeter_tui.testing.certs import TestCA
+from testsupport.certs import TestCA
 
-MOSQUITTO_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+MOSQUITTO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
 START_TIMEOUT_S = 10.0
 DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
                        "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",

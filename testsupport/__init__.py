@@ -1,6 +1,6 @@
 """Test support shared by the test suite and the benches: real services on loopback."""
 
-from iotmeter_tui.testing.services import (
+from testsupport.services import (
     InfluxServer,
     MosquittoServer,
     PostgresDatabase,

@@ -13,8 +13,7 @@ from werkzeug.serving import make_server
 from iotmeter_tui.backend.apikeys import ApiKeyService
 from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.stores import Stores
-
-ROLES = ("viewer", "operator", "admin")
+from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES
 
 
 @dataclass
@@ -36,7 +35,7 @@ class LiveApi:
 
 def make_keys(stores: Stores) -> dict[str, str]:
     service = ApiKeyService(stores.metadata)
-    keys = {role: service.create(f"test-{role}", role)[1] for role in ROLES}
+    keys = {role: service.create(f"test-{role}", role)[1] for role in API_KEY_ROLES}
     keys["revoked"] = service.create("test-revoked", "admin")[1]
     service.revoke("test-revoked")
     return keys

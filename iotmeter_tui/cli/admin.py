@@ -22,18 +22,18 @@ from typing import Any, Final
 
 from iotmeter_tui.backend.stores.metadata import CONNECTION_STATUSES, Device
 from iotmeter_tui.backend.terminal import escaped
-from iotmeter_tui.cli_args import key_value, positive_float, positive_int
-from iotmeter_tui.cli_commands import (
+from iotmeter_tui.cli.args import key_value, positive_float, positive_int
+from iotmeter_tui.cli.context import (
     EXIT_NOT_DONE,
     EXIT_OK,
-    _load,
-    _note,
-    _stores,
-    _table,
-    _when,
+    EXIT_USAGE,
+    command_settings,
+    note,
+    opened_stores,
+    table,
+    when,
 )
 
-EXIT_USAGE: Final = 2
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
                    "w": 604_800_000}
@@ -152,13 +152,13 @@ def _register_archive(sub: Any) -> None:
 
 
 def _register_apikey(sub: Any) -> None:
-    from iotmeter_tui.backend.apikeys import ROLES
+    from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES
 
     apikey = sub.add_parser("apikey", help="keys of the REST API")
     group = apikey.add_subparsers(title="apikey actions", metavar="ACTION", required=True)
     create = group.add_parser("create", help="a new key, printed once on the last line")
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--role", required=True, choices=API_KEY_ROLES)
     create.set_defaults(handler=_apikey_create)
     listing = group.add_parser("list", help="every key (never a secret)")
     listing.set_defaults(handler=_apikey_list)
@@ -186,14 +186,14 @@ def moment(text: str, *, now_ms: int | None = None) -> int:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return now - _duration(text)
     try:
-        when = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time: use ISO-8601 (2026-12-01T08:00Z), epoch milliseconds "
             "or an age such as 1h") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
 
 
 # --- plumbing -----------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def _actor() -> Any:
 
 def _device_service(stores: Any, settings: Any = None) -> Any:
     from iotmeter_tui.backend.broker_admin import device_credentials
-    from iotmeter_tui.backend.commands import CommandService
+    from iotmeter_tui.backend.control.commands import CommandService
     from iotmeter_tui.backend.devices import DeviceService
 
     # No publisher: set_config commands are stored queued and the running collector's
@@ -225,7 +225,7 @@ def _device_json(device: Device) -> dict[str, Any]:
 def _device_row(d: Device) -> list[str]:
     return [escaped(cell) for cell in (
         d.device_id, d.device_type, d.connection_status, d.fw_version or "-",
-        _when(d.last_seen), d.name or "", d.location or "")]
+        when(d.last_seen), d.name or "", d.location or "")]
 
 
 def _silence_stdout() -> None:
@@ -239,14 +239,14 @@ def _silence_stdout() -> None:
 
 
 def _device_add(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         created = _device_service(stores, settings).create(
             args.device_id, args.type, name=args.name, location=args.location,
             metadata=dict(args.meta), actor=_actor())
     print(f"device {created.device.device_id} registered ({created.device.device_type})")
     if created.password is not None:
-        _note("its broker password, shown once:")
+        note("its broker password, shown once:")
         print(created.password)
     return EXIT_OK
 
@@ -254,13 +254,13 @@ def _device_add(args: argparse.Namespace) -> int:
 def _device_update(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.stores.metadata import UNSET
 
-    settings = _load(args)
+    settings = command_settings(args)
     changes: dict[str, Any] = {}
     for field in ("name", "location"):
         value = getattr(args, field)
         if value is not None:
             changes[field] = value or None  # an empty value clears the field
-    with _stores(settings) as stores:
+    with opened_stores(settings) as stores:
         service = _device_service(stores)
         if args.meta or args.replace_meta:
             current = service.get(args.device_id)
@@ -272,7 +272,7 @@ def _device_update(args: argparse.Namespace) -> int:
                     metadata[key] = value
             changes["metadata"] = metadata
         if not changes:
-            _note("iotmeter: nothing to change: give --name, --location or --meta")
+            note("iotmeter: nothing to change: give --name, --location or --meta")
             return EXIT_USAGE
         device = service.update(args.device_id, name=changes.get("name", UNSET),
                                 location=changes.get("location", UNSET),
@@ -284,8 +284,8 @@ def _device_update(args: argparse.Namespace) -> int:
 
 
 def _device_list(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         devices = stores.metadata.list_devices(search=args.search, status=args.status,
                                                device_type=args.type, limit=args.limit)
     if args.json:
@@ -294,13 +294,13 @@ def _device_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [["ID", "TYPE", "STATUS", "FIRMWARE", "LAST SEEN (UTC)", "NAME", "LOCATION"]]
     rows += [_device_row(d) for d in devices]
-    _table(rows)
+    table(rows)
     return EXIT_OK
 
 
 def _device_show(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         service = _device_service(stores)
         device = service.require(args.device_id)
         config = service.get_config(args.device_id)
@@ -310,9 +310,9 @@ def _device_show(args: argparse.Namespace) -> int:
     for label, value in (
             ("device", device.device_id), ("type", device.device_type),
             ("status", device.connection_status), ("firmware", device.fw_version or "-"),
-            ("last seen", _when(device.last_seen)), ("boot", device.boot),
+            ("last seen", when(device.last_seen)), ("boot", device.boot),
             ("heartbeat", "-" if device.heartbeat_s is None else f"{device.heartbeat_s:g} s"),
-            ("registered", _when(device.created_at)), ("name", device.name or "-"),
+            ("registered", when(device.created_at)), ("name", device.name or "-"),
             ("location", device.location or "-")):
         print(f"{label + ':':<12} {escaped(value if value is not None else '-')}")
     for key, value in device.metadata.items():
@@ -325,16 +325,16 @@ def _device_show(args: argparse.Namespace) -> int:
 
 
 def _device_rm(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    settings = command_settings(args)
     if not args.yes:
         if not sys.stdin.isatty():
-            _note("iotmeter: deleting a device needs --yes when not asked at a terminal")
+            note("iotmeter: deleting a device needs --yes when not asked at a terminal")
             return EXIT_USAGE
         answer = input(f"Delete device {escaped(args.device_id)}? Type its id to confirm: ")
         if answer.strip() != args.device_id:
-            _note("not deleted")
+            note("not deleted")
             return EXIT_NOT_DONE
-    with _stores(settings) as stores:
+    with opened_stores(settings) as stores:
         deleted = _device_service(stores, settings).delete(args.device_id, actor=_actor())
     print(f"device {deleted.device_id} deleted: {deleted.commands_failed} open command(s) "
           f"failed, {deleted.alerts_cleared} alert(s) cleared, {deleted.targets_skipped} OTA "
@@ -343,11 +343,11 @@ def _device_rm(args: argparse.Namespace) -> int:
 
 
 def _device_set_config(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    settings = command_settings(args)
     if not args.pairs and not args.unset:
-        _note("iotmeter: give KEY=VALUE pairs or --unset KEY")
+        note("iotmeter: give KEY=VALUE pairs or --unset KEY")
         return EXIT_USAGE
-    with _stores(settings) as stores:
+    with opened_stores(settings) as stores:
         service = _device_service(stores)
         # Read from the store directly: an unknown device is refused (and audited) by
         # replace_config below.
@@ -361,11 +361,11 @@ def _device_set_config(args: argparse.Namespace) -> int:
     print(f"config of {change.device_id}: {escaped(shown)}")
     if change.command_id is not None:
         sent = ", ".join(f"{k}={json.dumps(v)}" for k, v in change.sent.items())
-        _note(f"set_config with {sent} queued for the device "
+        note(f"set_config with {sent} queued for the device "
               "(`iotmeter command show ID --wait` follows it)")
         print(change.command_id)
     else:
-        _note(f"no command sent: {change.reason}")
+        note(f"no command sent: {change.reason}")
     return EXIT_OK
 
 
@@ -381,21 +381,21 @@ class _Skipped:
     def __call__(self, key: str, why: str) -> None:
         self.count += 1
         if self.count <= 20:
-            _note(f"skipped in {escaped(key)}: {escaped(why)}")
+            note(f"skipped in {escaped(key)}: {escaped(why)}")
 
 
 def _archive_get(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.archive_reader import DEFAULT_SLACK_MS, iter_raw
     from iotmeter_tui.backend.errors import InvalidRequest
 
-    settings = _load(args)
+    settings = command_settings(args)
     skipped = _Skipped()
     out = sys.stdout.buffer
     # Accepted lines are valid JSON, so they hold no raw control character; an archive is
     # still only as trustworthy as whoever could write to it, so a terminal gets them escaped
     # (a pipe or a file gets the bytes exactly).
     to_terminal = sys.stdout.isatty()
-    with _stores(settings) as stores:
+    with opened_stores(settings) as stores:
         try:
             lines = iter_raw(stores.archive, args.device_id, category=args.category,
                              start_ms=args.since, end_ms=args.until,
@@ -412,7 +412,7 @@ def _archive_get(args: argparse.Namespace) -> int:
             return EXIT_OK
     out.flush()
     if skipped.count:
-        _note(f"{skipped.count} unreadable object(s) or line(s) skipped")
+        note(f"{skipped.count} unreadable object(s) or line(s) skipped")
     return EXIT_OK
 
 
@@ -420,9 +420,9 @@ def _archive_rejected(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.archive_reader import iter_rejected
     from iotmeter_tui.backend.errors import InvalidRequest
 
-    settings = _load(args)
+    settings = command_settings(args)
     skipped = _Skipped()
-    with _stores(settings) as stores:
+    with opened_stores(settings) as stores:
         try:
             for record in iter_rejected(stores.archive, reason=args.reason,
                                         device_id=args.device, start_ms=args.since,
@@ -435,7 +435,7 @@ def _archive_rejected(args: argparse.Namespace) -> int:
             _silence_stdout()
             return EXIT_OK
     if skipped.count:
-        _note(f"{skipped.count} unreadable object(s) or line(s) skipped")
+        note(f"{skipped.count} unreadable object(s) or line(s) skipped")
     return EXIT_OK
 
 
@@ -446,8 +446,8 @@ def _apikey_create(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.apikeys import ApiKeyService
     from iotmeter_tui.backend.audit import AuditLog
 
-    settings = _load(args)
-    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+    settings = command_settings(args)
+    with opened_stores(settings) as stores, AuditLog(stores.metadata).audited(
             _actor(), "apikey.create", args.name, {"role": args.role}):
         key, secret = ApiKeyService(stores.metadata).create(args.name, args.role)
     print(f"API key {key.name} ({key.role}) created. It is shown this once and cannot be "
@@ -459,13 +459,13 @@ def _apikey_create(args: argparse.Namespace) -> int:
 def _apikey_list(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.apikeys import ApiKeyService
 
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         keys = ApiKeyService(stores.metadata).list()
     rows = [["NAME", "ROLE", "CREATED (UTC)", "LAST USED (UTC)", "REVOKED (UTC)"]]
-    rows += [[escaped(k.name), k.role, _when(k.created_at), _when(k.last_used_at),
-              _when(k.revoked_at)] for k in keys]
-    _table(rows)
+    rows += [[escaped(k.name), k.role, when(k.created_at), when(k.last_used_at),
+              when(k.revoked_at)] for k in keys]
+    table(rows)
     return EXIT_OK
 
 
@@ -474,8 +474,8 @@ def _apikey_revoke(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.audit import AuditLog
     from iotmeter_tui.backend.errors import NotFound
 
-    settings = _load(args)
-    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+    settings = command_settings(args)
+    with opened_stores(settings) as stores, AuditLog(stores.metadata).audited(
             _actor(), "apikey.revoke", args.name):
         if not ApiKeyService(stores.metadata).revoke(args.name):
             raise NotFound(f"no active API key named {args.name!r}")
@@ -489,8 +489,8 @@ def _apikey_revoke(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.audit import AuditLog
 
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         entries = AuditLog(stores.metadata).list(limit=args.limit, actor=args.actor,
                                                  action=args.action, since=args.since)
     if args.json:
@@ -498,8 +498,8 @@ def _audit(args: argparse.Namespace) -> int:
             print(json.dumps(asdict(entry)))
         return EXIT_OK
     rows = [["ID", "AT (UTC)", "ACTOR", "ROLE", "ACTION", "TARGET", "RESULT", "DETAIL"]]
-    rows += [[str(e.id), _when(e.at), escaped(e.actor), escaped(e.role),
+    rows += [[str(e.id), when(e.at), escaped(e.actor), escaped(e.role),
               escaped(e.action), escaped(e.target or "-"), e.result,
               escaped(json.dumps(e.detail) if e.detail else "")[:80]] for e in entries]
-    _table(rows)
+    table(rows)
     return EXIT_OK

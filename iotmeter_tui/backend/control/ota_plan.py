@@ -32,7 +32,6 @@ CONFIRMING: Final = "confirming"
 DONE: Final = "done"
 TIMED_OUT: Final = "timed_out"
 SKIPPED: Final = "skipped"
-TARGET_FAILURE_STATES: Final = (FAILED, TIMED_OUT)
 
 
 def target_state_for_report(reported: str) -> str:

@@ -20,12 +20,12 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from iotmeter_tui.backend.collector.health import DispatcherHealth
-from iotmeter_tui.backend.commands import CommandService
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.control.commands import CommandService
+from iotmeter_tui.backend.control.firmware import FirmwareServer, firmware_links
+from iotmeter_tui.backend.control.ota import RolloutDriver
+from iotmeter_tui.backend.control.publisher import PublishError, ServerPublisher
 from iotmeter_tui.backend.errors import StoreError
-from iotmeter_tui.backend.firmware import FirmwareServer, firmware_links
-from iotmeter_tui.backend.ota import RolloutDriver
-from iotmeter_tui.backend.publisher import PublishError, ServerPublisher
 from iotmeter_tui.backend.stores import Stores
 
 log = logging.getLogger(__name__)

@@ -10,30 +10,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from iotmeter_tui.api.cli import register_api
-from iotmeter_tui.backend.config import ConfigError, Settings, load_settings
+from iotmeter_tui.backend.config import ConfigError
 from iotmeter_tui.backend.errors import IotmeterError
-from iotmeter_tui.backend.home import keep_files_private, prepare_home
-from iotmeter_tui.cli_admin import register_admin_commands
-from iotmeter_tui.cli_args import positive_float, positive_int
-from iotmeter_tui.cli_broker import register_broker_commands
-from iotmeter_tui.cli_commands import register_command_group, register_ota_group
+from iotmeter_tui.backend.home import keep_files_private
+from iotmeter_tui.cli.admin import register_admin_commands
+from iotmeter_tui.cli.args import positive_float, positive_int
+from iotmeter_tui.cli.broker import register_broker_commands
+from iotmeter_tui.cli.commands import register_command_group, register_ota_group
+from iotmeter_tui.cli.context import EXIT_USAGE, settings_from
+from iotmeter_tui.cli.serve import register_serve
 from iotmeter_tui.relay.cli import register_relay
-from iotmeter_tui.serve_cli import register_serve
-
-EXIT_USAGE = 2
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "metrics_port", None) is not None:
-        overrides["metrics_port"] = str(args.metrics_port)
-    settings = load_settings(config_file=args.config, overrides=overrides)
-    prepare_home(settings.home)
-    return settings
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     if args.collector_only:
         from iotmeter_tui.backend.collector.service import run_collector
 
@@ -45,7 +35,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     from iotmeter_tui.backend.simulator.cli import run_simulate
 
     return run_simulate(
@@ -66,7 +56,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     from iotmeter_tui.backend.stores import open_stores
 
     stores = open_stores(settings)
@@ -85,7 +75,7 @@ def _run_config(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.config import SETTINGS
     from iotmeter_tui.backend.redaction import redact
 
-    settings = _settings(args)
+    settings = settings_from(args)
     for setting in SETTINGS:
         value = getattr(settings, setting.key)
         if setting.key in {"influx_token", "s3_secret_key", "github_token",

@@ -21,10 +21,10 @@ from typing import Final, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from iotmeter_tui.backend import firmware_signing, protocol
-from iotmeter_tui.backend.errors import IotmeterError, StoreRejected, StoreUnavailable
-from iotmeter_tui.backend.firmware import FirmwareLinks
-from iotmeter_tui.backend.ota_plan import (
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.control import signing
+from iotmeter_tui.backend.control.firmware import FirmwareLinks
+from iotmeter_tui.backend.control.ota_plan import (
     ABORTING,
     CAMPAIGN_FINAL_STATES,
     CAMPAIGN_OPEN_STATES,
@@ -37,7 +37,8 @@ from iotmeter_tui.backend.ota_plan import (
     plan_rollout,
     tally,
 )
-from iotmeter_tui.backend.publisher import Publisher, PublishError
+from iotmeter_tui.backend.control.publisher import Publisher, PublishError
+from iotmeter_tui.backend.errors import IotmeterError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.archive import FIRMWARE_PREFIX, ArchiveStore
 from iotmeter_tui.backend.stores.metadata import (
     DEFAULT_TARGET_TIMEOUT_S,
@@ -113,8 +114,8 @@ class OtaService:
         signature = None
         if signature_path is not None:
             try:
-                signature = firmware_signing.read_signature_file(Path(signature_path))
-            except firmware_signing.SigningError as exc:
+                signature = signing.read_signature_file(Path(signature_path))
+            except signing.SigningError as exc:
                 raise OtaError(str(exc)) from None
         try:
             image = Path(path).read_bytes()
@@ -151,14 +152,14 @@ class OtaService:
         return fw
 
     def _check_signature(self, sha256: str, signature: str | None) -> None:
-        if signature is not None and not firmware_signing.is_signature(signature):
+        if signature is not None and not signing.is_signature(signature):
             raise OtaError("the signature is not a base64 Ed25519 signature (iotmeter ota sign)")
         if self.public_key is None:
             return
         if signature is None:
             raise OtaError("firmware must be signed (IOTMETER_FIRMWARE_PUBLIC_KEY is set): "
                            "sign the image with iotmeter ota sign, upload with --signature")
-        if not firmware_signing.verify(self.public_key, sha256, signature):
+        if not signing.verify(self.public_key, sha256, signature):
             raise OtaError("the signature does not verify against IOTMETER_FIRMWARE_PUBLIC_KEY "
                            "(another key, or another image); nothing was stored")
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.control.publisher import Publisher, PublishError
 from iotmeter_tui.backend.errors import IotmeterError, StoreUnavailable
-from iotmeter_tui.backend.publisher import Publisher, PublishError
 from iotmeter_tui.backend.stores.metadata import COMMAND_FINAL_STATES, Command, MetadataStore
 
 log = logging.getLogger(__name__)

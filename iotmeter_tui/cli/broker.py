@@ -11,9 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from iotmeter_tui.cli_commands import EXIT_OK, _load, _note
+from iotmeter_tui.cli.context import EXIT_OK, EXIT_USAGE, command_settings, note
 
-EXIT_USAGE = 2
 MIN_PASSWORD_CHARS = 16
 
 
@@ -37,9 +36,9 @@ def register_broker_commands(sub: Any) -> None:
 def _credentials(args: argparse.Namespace) -> Any:
     from iotmeter_tui.backend.broker_admin import device_credentials
 
-    credentials = device_credentials(_load(args))
+    credentials = device_credentials(command_settings(args))
     if credentials is None:
-        _note("iotmeter broker: IOTMETER_MQTT_ADMIN_URL is not set (the dynamic security "
+        note("iotmeter broker: IOTMETER_MQTT_ADMIN_URL is not set (the dynamic security "
               "plugin's admin user, see docs/security.md)")
     return credentials
 
@@ -61,7 +60,7 @@ def _add_client(args: argparse.Namespace) -> int:
     if args.password_stdin:
         given = sys.stdin.readline().rstrip("\r\n")
         if len(given) < MIN_PASSWORD_CHARS:
-            _note(f"iotmeter broker add-client: the password on stdin is shorter than "
+            note(f"iotmeter broker add-client: the password on stdin is shorter than "
                   f"{MIN_PASSWORD_CHARS} characters")
             return EXIT_USAGE
     credentials = _credentials(args)
@@ -74,6 +73,6 @@ def _add_client(args: argparse.Namespace) -> int:
     if given is not None:
         print(f"client {args.name} ({args.role}) created with the given password")
         return EXIT_OK
-    _note(f"client {args.name} ({args.role}) created; its password, shown once:")
+    note(f"client {args.name} ({args.role}) created; its password, shown once:")
     print(password, flush=True)
     return EXIT_OK

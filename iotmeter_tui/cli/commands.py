@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
-from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.stores.metadata import COMMAND_STATES, Command, OtaTarget
 from iotmeter_tui.backend.terminal import safe_text
-from iotmeter_tui.cli_args import key_value, positive_float, positive_int
+from iotmeter_tui.cli.args import key_value, positive_float, positive_int
+from iotmeter_tui.cli.context import (
+    EXIT_NOT_DONE,
+    EXIT_OK,
+    broker_url,
+    command_settings,
+    note,
+    opened_stores,
+    table,
+    when,
+)
 
-EXIT_OK = 0
-EXIT_NOT_DONE = 1
 # How long `command send` waits for a broker connection before leaving the command queued.
 CONNECT_WAIT_S = 3.0
 # --wait keeps watching this long past a command's expiry (plus the ack grace) at most.
@@ -154,7 +157,7 @@ def _percent(text: str) -> float:
 
 
 def _batch(text: str) -> tuple[int | None, float | None]:
-    from iotmeter_tui.backend.ota import parse_batch
+    from iotmeter_tui.backend.control.ota import parse_batch
 
     try:
         return parse_batch(text)
@@ -162,91 +165,36 @@ def _batch(text: str) -> tuple[int | None, float | None]:
         raise argparse.ArgumentTypeError(f"batch size {exc}") from None
 
 
-# --- plumbing -----------------------------------------------------------------------------
-
-
-def _load(args: argparse.Namespace) -> Settings:
-    from iotmeter_tui.cli import _settings  # here: cli imports this module
-
-    settings = _settings(args)
-    # Output is for people and scripts: a failure is the one line main() prints, not the
-    # drivers' retry chatter (psycopg's pool logs every failed connect). DEBUG shows it all.
-    if settings.log_level == "DEBUG":
-        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
-    else:
-        logging.getLogger().addHandler(logging.NullHandler())
-    return settings
-
-
-@contextmanager
-def _stores(settings: Settings) -> Iterator[Any]:
-    from iotmeter_tui.backend.stores import open_stores
-
-    stores = open_stores(settings)
-    try:
-        yield stores
-    finally:
-        stores.close()
-
-
-def _broker_url(settings: Settings) -> str | None:
-    """The configured broker, or the embedded one a running iotmeter started on this home."""
-    if settings.mqtt_url is not None:
-        return settings.mqtt_url
-    from iotmeter_tui.backend.broker import running_broker_url
-
-    return running_broker_url(settings.home / "broker")
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(rows: list[list[str]]) -> None:
-    # Device-supplied text (command details, OTA errors) reaches a terminal only filtered.
-    rows = [[safe_text(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
-                                                                 strict=True)).rstrip())
-
-
 # --- command ------------------------------------------------------------------------------
 
 
 def _command_send(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.audit import Actor, AuditLog
-    from iotmeter_tui.backend.commands import DEFAULT_TIMEOUT_S, CommandService
-    from iotmeter_tui.backend.publisher import ServerPublisher
+    from iotmeter_tui.backend.control.commands import DEFAULT_TIMEOUT_S, CommandService
+    from iotmeter_tui.backend.control.publisher import ServerPublisher
 
-    settings = _load(args)
-    url = _broker_url(settings)
+    settings = command_settings(args)
+    url = broker_url(settings)
     publisher = None
     if url is not None:
         publisher = ServerPublisher(url, f"iotmeter-cli-{time.time_ns():x}")
         if not publisher.wait_connected(CONNECT_WAIT_S):
-            _note(f"broker {publisher.address.host}:{publisher.address.port} not reachable "
+            note(f"broker {publisher.address.host}:{publisher.address.port} not reachable "
                   f"({publisher.last_error or 'no answer'})")
     try:
-        with _stores(settings) as stores:
+        with opened_stores(settings) as stores:
             service = CommandService(stores.metadata, publisher,
                                      redeliver_after_s=settings.redeliver_after_s)
             timeout_s = args.timeout or DEFAULT_TIMEOUT_S
             actor = Actor.cli()
             with AuditLog(stores.metadata).audited(actor, "command.send", args.device,
-                                                   {"name": args.name}) as note:
+                                                   {"name": args.name}) as audit_entry:
                 cmd = service.send(args.device, args.name, dict(args.param), timeout_s,
                                    created_by=actor.name)
-                note.detail["command_id"] = cmd.id
+                audit_entry.detail["command_id"] = cmd.id
             print(cmd.id, flush=True)
             if cmd.state == "queued":
-                _note("queued: delivered by the collector when the device is online"
+                note("queued: delivered by the collector when the device is online"
                       + ("" if url else " (no broker found to publish now)"))
             if args.wait and cmd.state not in ("done", "rejected", "failed", "timed_out"):
                 cmd = service.wait(cmd.id, timeout_s=timeout_s + WAIT_MARGIN_S)
@@ -265,8 +213,8 @@ def _outcome(cmd: Command) -> str:
 
 
 def _command_list(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         commands = stores.metadata.list_commands(device_id=args.device, state=args.state,
                                                  limit=args.limit)
     if args.json:
@@ -274,17 +222,17 @@ def _command_list(args: argparse.Namespace) -> int:
             print(json.dumps(asdict(cmd)))
         return EXIT_OK
     rows = [["ID", "DEVICE", "NAME", "STATE", "TRIES", "CREATED (UTC)", "DETAIL"]]
-    rows += [[c.id, c.device_id, c.name, c.state, str(c.attempts), _when(c.created_at),
+    rows += [[c.id, c.device_id, c.name, c.state, str(c.attempts), when(c.created_at),
               (c.detail or "")[:60]] for c in commands]
-    _table(rows)
+    table(rows)
     return EXIT_OK
 
 
 def _command_show(args: argparse.Namespace) -> int:
-    from iotmeter_tui.backend.commands import CommandError, CommandService
+    from iotmeter_tui.backend.control.commands import CommandError, CommandService
 
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         service = CommandService(stores.metadata)
         cmd = service.get(args.command_id)
         if cmd is None:
@@ -307,16 +255,16 @@ def _command_show(args: argparse.Namespace) -> int:
 
 def _ota_upload(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.audit import Actor, AuditLog
-    from iotmeter_tui.backend.firmware_signing import configured_public_key
-    from iotmeter_tui.backend.ota import OtaService
+    from iotmeter_tui.backend.control.ota import OtaService
+    from iotmeter_tui.backend.control.signing import configured_public_key
 
-    settings = _load(args)
+    settings = command_settings(args)
     public_key = configured_public_key(settings.firmware_public_key)
-    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
-            Actor.cli(), "ota.upload", args.version) as note:
+    with opened_stores(settings) as stores, AuditLog(stores.metadata).audited(
+            Actor.cli(), "ota.upload", args.version) as audit_entry:
         fw = OtaService(stores.metadata, stores.archive, public_key=public_key).upload(
             args.file, args.version, args.signature)
-        note.detail |= {"sha256": fw.sha256, "size": fw.size, "signed": bool(fw.signature)}
+        audit_entry.detail |= {"sha256": fw.sha256, "size": fw.size, "signed": bool(fw.signature)}
     signed = "signed" if fw.signature else "unsigned"
     print(f"firmware {fw.version}: {fw.size} bytes, sha256 {fw.sha256}, {signed}")
     return EXIT_OK
@@ -325,7 +273,7 @@ def _ota_upload(args: argparse.Namespace) -> int:
 def _ota_keygen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from iotmeter_tui.backend.firmware_signing import generate_keypair
+    from iotmeter_tui.backend.control.signing import generate_keypair
 
     private, public_path, public = generate_keypair(Path(args.out))
     print(f"private key {private} (0600): keep it offline, it signs firmware", file=sys.stderr)
@@ -338,7 +286,7 @@ def _ota_keygen(args: argparse.Namespace) -> int:
 def _ota_sign(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from iotmeter_tui.backend.firmware_signing import sign_file
+    from iotmeter_tui.backend.control.signing import sign_file
 
     out, _ = sign_file(Path(args.image), Path(args.key))
     print(out)
@@ -346,34 +294,34 @@ def _ota_sign(args: argparse.Namespace) -> int:
 
 
 def _ota_firmware(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         images = stores.metadata.list_firmware()
     rows = [["VERSION", "BYTES", "SHA256", "UPLOADED (UTC)"]]
-    rows += [[f.version, str(f.size), f.sha256, _when(f.uploaded_at)] for f in images]
-    _table(rows)
+    rows += [[f.version, str(f.size), f.sha256, when(f.uploaded_at)] for f in images]
+    table(rows)
     return EXIT_OK
 
 
 def _ota_start(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.audit import Actor, AuditLog
-    from iotmeter_tui.backend.ota import OtaService
+    from iotmeter_tui.backend.control.ota import OtaService
     from iotmeter_tui.backend.stores.metadata import DEFAULT_TARGET_TIMEOUT_S
 
-    settings = _load(args)
+    settings = command_settings(args)
     size, pct = args.batch_size or (None, None)
     options: dict[str, Any] = {"batch_size": size, "batch_pct": pct,
                                "target_timeout_s": args.timeout or DEFAULT_TARGET_TIMEOUT_S}
     if args.max_failures is not None:
         options["max_failures_pct"] = args.max_failures
     actor = Actor.cli()
-    with _stores(settings) as stores:
+    with opened_stores(settings) as stores:
         service = OtaService(stores.metadata, stores.archive)
-        with AuditLog(stores.metadata).audited(actor, "ota.start", args.version) as note:
+        with AuditLog(stores.metadata).audited(actor, "ota.start", args.version) as audit_entry:
             campaign = service.start_campaign(args.version, device_ids=args.device,
                                               device_type=args.type, all_devices=args.all,
                                               created_by=actor.name, **options)
-            note.detail |= {"campaign_id": campaign.id, "selector": campaign.selector}
+            audit_entry.detail |= {"campaign_id": campaign.id, "selector": campaign.selector}
         targets = len(stores.metadata.list_targets(campaign.id))
     print(f"campaign for firmware {campaign.fw_version} on {targets} device(s) "
           f"({campaign.selector}), {campaign.batch_size} at a time, abort past "
@@ -382,25 +330,25 @@ def _ota_start(args: argparse.Namespace) -> int:
 
 
 def _ota_list(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         campaigns = stores.metadata.list_campaigns(args.limit)
     rows = [["CAMPAIGN", "VERSION", "STATE", "BATCH", "MAX FAIL", "CREATED (UTC)", "SELECTOR"]]
     rows += [[c.id, c.fw_version, c.state, str(c.batch_size), f"{c.max_failures_pct:g}%",
-              _when(c.created_at), c.selector[:50]] for c in campaigns]
-    _table(rows)
+              when(c.created_at), c.selector[:50]] for c in campaigns]
+    table(rows)
     return EXIT_OK
 
 
 def _ota_status(args: argparse.Namespace) -> int:
-    from iotmeter_tui.backend.ota import OtaService
+    from iotmeter_tui.backend.control.ota import OtaService
 
-    settings = _load(args)
-    with _stores(settings) as stores:
+    settings = command_settings(args)
+    with opened_stores(settings) as stores:
         service = OtaService(stores.metadata, stores.archive)
         if args.wait:
             status = service.wait(args.campaign, timeout_s=args.wait_timeout,
-                                  on_change=lambda s: _note(_summary(s)))
+                                  on_change=lambda s: note(_summary(s)))
         else:
             status = service.status(args.campaign)
     if args.json:
@@ -429,21 +377,21 @@ def _print_status(status: Any) -> None:
     print("  " + _summary(status).split(": ", 1)[1])
     rows = [["DEVICE", "STATE", "PROGRESS", "OFFERS", "UPDATED (UTC)", "ERROR"]]
     rows += [_target_row(t) for t in status.targets]
-    _table(rows)
+    table(rows)
 
 
 def _target_row(t: OtaTarget) -> list[str]:
     progress = "-" if t.progress_pct is None else f"{t.progress_pct:.0f}%"
-    return [t.device_id, t.state, progress, str(t.attempts), _when(t.updated_at),
+    return [t.device_id, t.state, progress, str(t.attempts), when(t.updated_at),
             (t.error or "")[:70]]
 
 
 def _ota_abort(args: argparse.Namespace) -> int:
     from iotmeter_tui.backend.audit import Actor, AuditLog
-    from iotmeter_tui.backend.ota import OtaService
+    from iotmeter_tui.backend.control.ota import OtaService
 
-    settings = _load(args)
-    with _stores(settings) as stores, AuditLog(stores.metadata).audited(
+    settings = command_settings(args)
+    with opened_stores(settings) as stores, AuditLog(stores.metadata).audited(
             Actor.cli(), "ota.abort", args.campaign):
         campaign = OtaService(stores.metadata, stores.archive).abort(args.campaign)
     print(f"campaign {campaign.id}: {campaign.state}")

@@ -17,15 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.config import Settings
+from iotmeter_tui.backend.control.publisher import PublishError
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
 from iotmeter_tui.backend.mqtt.paho_session import make_client
-from iotmeter_tui.backend.publisher import PublishError
 from iotmeter_tui.backend.simulator.controller import SimulatorController
 from iotmeter_tui.backend.stores.metadata import DeviceUpdate, MetadataStore
-from iotmeter_tui.testing.fleet import hello, status, wait_for
-from iotmeter_tui.testing.harness import env_for
+from testsupport.fleet import hello, status, wait_for
+from testsupport.harness import env_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
