@@ -5,9 +5,10 @@ Pure functions over values, no I/O. `decode` turns what arrives on a topic into 
 per-message path, so it is written for speed and it never raises. A well-formed telemetry
 message (nearly all traffic) is validated while it is parsed, into a typed structure
 (msgspec); anything that does not fit goes through `decode_reference`, which parses first
-and then checks step by step, and which alone decides every rejection and its reason. What the stores can hold is decided here too (field
-names, tag values, counts, times), so a message the stores would refuse is rejected at
-intake; stores/timeseries.py takes these rules from this module.
+and then checks step by step, and which alone decides every rejection and its reason.
+What the stores can hold is decided here too (field names, tag values, counts, times), so a
+message the stores would refuse is rejected at intake; stores/timeseries.py takes these
+rules from this module.
 """
 
 from __future__ import annotations
