@@ -137,10 +137,11 @@ REJECTION_REASONS: Final[dict[str, str]] = {
 }
 
 
-@dataclass(slots=True, frozen=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """A validated device -> server message. `raw` is the payload exactly as received.
-    `boot` and `seq` are None for status messages: they take no part in dedup or gaps."""
+    `boot` and `seq` are None for status messages: they take no part in dedup or gaps.
+    A frozen msgspec Struct rather than a frozen dataclass: one is made per message, and a
+    frozen dataclass's __init__ cost as much as parsing the payload."""
 
     device_id: str
     msg_type: str
@@ -148,7 +149,7 @@ class Message:
     seq: int | None
     ts: int
     data: dict[str, Any]
-    raw: bytes = field(repr=False)
+    raw: bytes
 
 
 @dataclass(slots=True, frozen=True)
