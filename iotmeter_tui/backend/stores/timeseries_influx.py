@@ -449,11 +449,13 @@ class InfluxTimeSeries:
     def _template(self, names: tuple[str, ...], *, plain: bool = True) -> str:
         """The fields' format (%r, the shortest exact float text, per field), or
         _PLAIN_NAMES for names _line may copy out of the fields' JSON as they are."""
-        if plain and names and _PLAIN_NAME_RE.fullmatch("".join(names)):
-            self._templates[names] = _PLAIN_NAMES
-            return _PLAIN_NAMES
         if len(self._templates) >= _CACHE_LIMIT or self._cached_chars >= _CACHE_BYTES:
             self._clear_caches()
+        if plain and names and _PLAIN_NAME_RE.fullmatch("".join(names)):
+            self._templates[names] = _PLAIN_NAMES
+            # The key keeps the names alive: counted like a template's text.
+            self._cached_chars += 2 * sum(map(len, names))
+            return _PLAIN_NAMES
         fields = "".join(_escape(name).replace("%", "%%") + "=%r," for name in names)
         template = fields + "boot=%di,seq=%di %d"
         if plain:
