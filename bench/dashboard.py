@@ -318,7 +318,7 @@ def main() -> int:
         load = start_load(runtime, args.devices, args.rate, Path(tmp) / "sim")
         try:
             md = runtime.stores.metadata
-            wait_for(lambda: md.count_devices() >= args.registry, 120,
+            wait_for(lambda: md.count_devices() >= args.registry, 300,
                      f"{args.registry:,} meters in the registry")
             target = args.devices * args.rate
             rate = reach_rate(runtime, target, 90.0)
