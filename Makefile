@@ -28,7 +28,7 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED)
 	scripts/system-deps.sh test
-	for b in protocol stores ingest simulator dashboard anomaly; do $(PY) bench/$$b.py || exit 1; done
+	for b in protocol stores ingest simulator dashboard anomaly pipeline; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -1,11 +1,13 @@
 """Dashboard benchmark: the fleet view with 10,000 meters in the registry while the collector
-ingests 2,000 msg/s.
+ingests 10,000 msg/s.
 
 Set-up, all on this machine: SQLite embedded stores in a temp IOTMETER_HOME holding 8,000
 registered meters, the runtime on the embedded defaults (private mosquitto, the collector
-worker process), and 2,000 simulated meters at 1 Hz in a separate `iotmeter simulate`
+worker process), and 2,000 simulated meters at 5 Hz in a separate `iotmeter simulate`
 process (meters are other machines in production, so they do not share the UI's
-interpreter) -- 10,000 meters in the registry, 2,000 msg/s into the collector.
+interpreter) -- 10,000 meters in the registry, 10,000 msg/s offered to the collector. When
+the machine cannot carry the whole offered rate within a minute and a half, the bench
+measures at the rate reached and says so beside the figures.
 
 The app runs headless (`run_test`) with its normal 1 s refresh. A hook on the app's display
 step records every paint, and renders each update to the escape sequences a terminal would
@@ -21,7 +23,8 @@ receive, so the cost of the output is counted too. It measures:
 
 Prints the figures and writes bench/results/dashboard.json.
 
-    .venv/bin/python bench/dashboard.py [--registry 10000] [--devices 2000] [--keys 240]
+    .venv/bin/python bench/dashboard.py [--registry 10000] [--devices 2000] [--rate 5]
+        [--keys 240]
 """
 
 from __future__ import annotations
@@ -118,6 +121,18 @@ def ingest_rate(runtime: Runtime, window_s: float = 5.0) -> float:
     time.sleep(window_s)
     t1, r1 = received()
     return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def reach_rate(runtime: Runtime, target: float, timeout_s: float) -> float:
+    """The collector's ingest rate once it is within 10% of `target`, or the best rate seen
+    in `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    best = 0.0
+    while time.monotonic() < deadline:
+        best = max(best, ingest_rate(runtime))
+        if best >= 0.9 * target:
+            break
+    return best
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -286,7 +301,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=int, default=10_000, help="meters in the registry")
     parser.add_argument("--devices", type=int, default=2_000, help="simulated, sending")
-    parser.add_argument("--rate", type=float, default=1.0, help="messages/s per simulated")
+    parser.add_argument("--rate", type=float, default=5.0, help="messages/s per simulated")
     parser.add_argument("--keys", type=int, default=240, help="key presses per measurement")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -303,11 +318,13 @@ def main() -> int:
         load = start_load(runtime, args.devices, args.rate, Path(tmp) / "sim")
         try:
             md = runtime.stores.metadata
-            wait_for(lambda: md.count_devices() >= args.registry, 120,
+            wait_for(lambda: md.count_devices() >= args.registry, 300,
                      f"{args.registry:,} meters in the registry")
             target = args.devices * args.rate
-            rate = wait_for(lambda: (r := ingest_rate(runtime)) >= 0.9 * target and r, 120,
-                            f"{target:,.0f} msg/s into the collector")
+            rate = reach_rate(runtime, target, 90.0)
+            if rate < 0.9 * target:
+                print(f"load: the collector reached {rate:,.0f} of {target:,.0f} msg/s offered "
+                      f"in 90 s (a loaded machine?); measuring at that", flush=True)
             print(f"load: {md.count_devices():,} meters registered, collector at "
                   f"{rate:,.0f} msg/s; measuring …", flush=True)
             load_before = os.getloadavg()[0]
@@ -315,6 +332,7 @@ def main() -> int:
             loaded["loadavg_1m_before"] = round(load_before, 2)
             loaded["bare_textual_first_paint_s"] = asyncio.run(bare_first_paint())
             loaded["ingest_msgs_per_s"] = round(ingest_rate(runtime), 1)
+            loaded["offered_msgs_per_s"] = target
             stop_load(load)
             wait_for(lambda: ingest_rate(runtime, 2.0) < 5, 60, "the collector to go quiet")
             print("load stopped; measuring the baseline …", flush=True)
@@ -349,7 +367,8 @@ def main() -> int:
           f"(+ {result['import_app_s'] * 1000:.0f} ms to import the app cold; a bare Textual "
           f"app: {loaded['bare_textual_first_paint_s'] * 1000:.0f} ms) "
           f"[target < 1000 ms: {'ok' if ok_paint else 'MISSED'}]")
-    print(f"keypress to redraw under {loaded['ingest_msgs_per_s']:,.0f} msg/s: "
+    print(f"keypress to redraw under {loaded['ingest_msgs_per_s']:,.0f} msg/s "
+          f"(offered {loaded['offered_msgs_per_s']:,.0f}): "
           f"p50 {loaded['keys']['all']['p50_ms']} ms, p95 {loaded['keys']['all']['p95_ms']} ms "
           f"[target p95 < 50 ms: {'ok' if ok_keys else 'MISSED'}]")
     for key, figures in loaded["keys"].items():

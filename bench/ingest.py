@@ -11,10 +11,14 @@ Prints and writes bench/results/ingest.json:
   what was published (exit status 1 otherwise);
 - as a same-run baseline, the rate at which the same publishers move the same messages
   through the broker to a subscriber that only counts (mosquitto_sub), so the collector's
-  figure reads as a fraction of what the broker path alone carries here.
+  figure reads as a fraction of what the broker path alone carries here;
+- as a same-run peer, the rate at which a Node-RED flow (MQTT in at QoS 1 -> point -> join
+  1,000 or 0.5 s -> influxdb batch, bench/nodered.py) stores the same load into a database of
+  its own on the same influxd, through a broker of its own; npm installs Node-RED into a
+  cache directory on first use. A table at the end puts the three rates side by side.
 
     .venv/bin/python bench/ingest.py [--rate 20000] [--seconds 60] [--collectors 2]
-        [--publishers 8] [--no-baseline] [--workdir DIR] [--profile PATH]
+        [--publishers 8] [--no-baseline] [--no-peer] [--workdir DIR] [--profile PATH]
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import broker_sys, cpu_seconds
+from nodered import NodeRed
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.broker import free_port
@@ -127,22 +133,40 @@ class PacedPublishers:
         return self.cpu_used
 
 
-def baseline(broker: MosquittoServer, args: argparse.Namespace) -> dict[str, float]:
-    """The same publishers into a counting mosquitto_sub at QoS 1."""
+def baseline(broker: MosquittoServer, args: argparse.Namespace) -> dict[str, Any]:
+    """The same publishers into a counting mosquitto_sub at QoS 1. On a machine too busy for
+    the subscriber to keep up (the broker then drops what overflows its queue for it), the
+    rate is what it received, marked incomplete, rather than no figure at all."""
+    total = int(args.rate * args.seconds / args.publishers) * args.publishers
     sub = subprocess.Popen(
         ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
-         "-t", "iot/+/telemetry", "-i", "bench-baseline", "-C",
-         str(int(args.rate * args.seconds / args.publishers) * args.publishers)],
-        stdout=subprocess.DEVNULL)
+         "-t", "iot/+/telemetry", "-i", "bench-baseline", "-C", str(total), "-F", "%m"],
+        stdout=subprocess.PIPE)
+    assert sub.stdout is not None
+    received = [0, time.monotonic()]  # messages, when the last arrived
+
+    def count(stream: Any = sub.stdout) -> None:
+        while chunk := stream.read1(1 << 16):
+            received[0] += chunk.count(b"\n")
+            received[1] = time.monotonic()
+
+    counter = threading.Thread(target=count, daemon=True)
     time.sleep(0.5)
     pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "base-")
     started = time.monotonic()
+    counter.start()
     pubs.start()
     pubs.wait()
-    sub.wait(args.seconds * 3 + 60)
-    elapsed = time.monotonic() - started
-    return {"messages": pubs.total, "seconds": round(elapsed, 2),
-            "rate": round(pubs.total / elapsed, 1)}
+    while sub.poll() is None and time.monotonic() - received[1] < 20:
+        time.sleep(0.2)
+    if sub.poll() is None:
+        sub.terminate()
+        sub.wait(10)
+    counter.join(10)
+    elapsed = received[1] - started
+    return {"messages": pubs.total, "received": received[0], "seconds": round(elapsed, 2),
+            "rate": round(received[0] / elapsed, 1) if elapsed > 0 else 0.0,
+            "complete": received[0] >= pubs.total}
 
 
 def main() -> int:
@@ -152,6 +176,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--publishers", type=int, default=8)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-peer", action="store_true", help="skip the Node-RED run")
     parser.add_argument("--collectors", type=int, default=2,
                         help="collector processes sharing the load ($share subscription)")
     parser.add_argument("--workdir", type=Path,
@@ -219,7 +244,10 @@ def main() -> int:
         # What the broker took from the publishers (its $SYS counter, refreshed every 10 s),
         # so a shortfall can be told apart: publishers' or collector's.
         time.sleep(11)
-        into_broker = broker_received(broker) - received_before - seq
+        received_after = broker_received(broker)
+        # -1: the $SYS counter did not come in time (a busy machine): unknown, not missing.
+        into_broker = (None if min(received_before, received_after) < 0
+                       else received_after - received_before - seq)
         registry, archived = audit_stores(settings, pubs)
         cpu = {"collector": sum(cpu_seconds(c.pid) for c in collectors) - cpu0["collector"],
                "broker": cpu_seconds(broker.broker._process.pid)  # type: ignore[union-attr]
@@ -234,6 +262,8 @@ def main() -> int:
             collector.send_signal(signal.SIGTERM)
         for collector in collectors:
             collector.wait(15)
+        # After the collectors, on a broker of its own: nothing else subscribed meanwhile.
+        peer = None if args.no_peer else node_red_run(influx, Path(tmp), args)
 
     latencies.sort()
     quantile = (lambda q: round(latencies[min(len(latencies) - 1,  # noqa: E731
@@ -257,16 +287,76 @@ def main() -> int:
     }
     if base:
         result["ratio_to_baseline"] = round(result["rate_into_influxdb"] / base["rate"], 3)
+    result["node_red"] = peer
+    if peer and peer["rate"]:
+        result["ratio_to_node_red"] = round(result["rate_into_influxdb"] / peer["rate"], 3)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    print_table(result)
     short = {name: pubs.total - got for name, got in (
         ("broker", into_broker), ("influxdb", count), ("registry", registry),
-        ("archive", archived)) if got != pubs.total}
+        ("archive", archived)) if got is not None and got != pubs.total}
     for name, missing in short.items():
         print(f"NOT ALL STORED in {name}: {missing} of {pubs.total} missing after the wait",
               file=sys.stderr)
     return 1 if short else 0
+
+
+def node_red_run(influx: InfluxServer, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The same publishers and load through a fresh broker into Node-RED's flow."""
+    db = "nodered"
+    query = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
+    urllib.request.urlopen(f"{influx.http_url}/query", data=query, timeout=10).close()
+    with MosquittoServer() as broker:
+        peer = NodeRed(home / "node-red", broker.host, broker.port, influx.host, influx.port,
+                       db)
+        peer.start()
+        try:
+            cpu0 = cpu_seconds(peer.pid)
+            pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "nr-")
+            started = time.monotonic()
+            pubs.start()
+            pubs.wait()
+            published_at = time.monotonic()
+            while_publishing = influx_count(influx.http_url, db, "nr-")
+            count, last_change, last = 0, time.monotonic(), -1
+            # Until all are stored, or nothing new for 20 s (Node-RED may have dropped some).
+            while count < pubs.total and time.monotonic() - last_change < 20:
+                count = influx_count(influx.http_url, db, "nr-")
+                if count != last:
+                    last, last_change = count, time.monotonic()
+                time.sleep(0.2)
+            elapsed = last_change - started
+            cpu = cpu_seconds(peer.pid) - cpu0
+        finally:
+            peer.stop()
+    return {"published": pubs.total, "stored": count, "seconds": round(elapsed, 2),
+            "rate": round(count / elapsed, 1) if elapsed > 0 else 0.0,
+            "rate_while_publishing": round(while_publishing / (published_at - started), 1),
+            "cpu_s_per_1000_msgs": round(cpu / max(1, count) * 1000, 4),
+            "flow": "mqtt in (QoS 1, json) -> function -> join 1000 / 0.5 s -> influxdb batch"}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The three rates of this run side by side."""
+    base, peer = result.get("baseline_broker_only"), result.get("node_red")
+    rows = [("broker only (mosquitto_sub counting)", base["rate"] if base else None, None),
+            (f"iotmeter ({result['collectors']} collector process(es))",
+             result["rate_into_influxdb"],
+             result["cpu_s_per_1000_msgs"]["collector"] * 1000),
+            ("Node-RED flow", peer["rate"] if peer else None,
+             peer["cpu_s_per_1000_msgs"] * 1000 if peer else None)]
+    print(f"\noffered {result['target_rate']:,.0f} msg/s for {result['seconds']:g} s, "
+          f"{result['publishers']} publishers, QoS 1")
+    print(f"{'run':<40}{'msg/s stored':>14}{'vs broker':>11}{'CPU µs/msg':>12}")
+    for name, rate, cpu in rows:
+        ratio = f"{rate / base['rate']:.3f}" if rate and base else "-"
+        print(f"{name:<40}{f'{rate:,.0f}' if rate else '-':>14}{ratio:>11}"
+              f"{f'{cpu:.1f}' if cpu is not None else '-':>12}")
+    if "ratio_to_node_red" in result:
+        print(f"iotmeter / Node-RED: {result['ratio_to_node_red']:.2f}x (target >= 2)")
+    print("(rates are wall-clock: on a loaded machine compare the ratios of one run)")
 
 
 def start_collector(settings: Settings, broker: MosquittoServer, home: Path, n: int,

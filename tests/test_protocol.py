@@ -756,16 +756,17 @@ def test_the_store_takes_its_rules_from_the_protocol() -> None:
     assert timeseries.MAX_TS_MS == p.MAX_TS_MS
 
 
-def test_protocol_imports_only_the_standard_library_and_orjson() -> None:
+def test_protocol_imports_only_the_standard_library_and_its_parsers() -> None:
     """protocol.py stays pure, so any layer (the stores included) may import it: the standard
-    library and orjson (a parser, no I/O) only."""
+    library, orjson and msgspec (parsers, no I/O) only."""
     imported: set[str] = set()
     for node in ast.walk(ast.parse(Path(p.__file__).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0] if node.level == 0 else ".")
-    assert imported <= set(sys.stdlib_module_names) | {"__future__", "orjson"}, imported
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "orjson", "msgspec"}, (
+        imported)
 
 
 def test_field_name_cache_stays_bounded_and_keeps_only_good_names(
@@ -867,3 +868,81 @@ def test_an_oversized_payload_on_a_bad_topic_is_kept_bounded_too() -> None:
     assert whole == head
     assert whole.reason == "bad_topic" and whole.raw == raw[:p.TOO_LARGE_PREFIX_BYTES]
     assert f"{len(raw)} bytes" in whole.detail
+
+
+# --- the typed telemetry decoder against the reference ---------------------------------------
+
+def _same_verdict(raw: bytes, on: str = TELEMETRY_TOPIC) -> None:
+    """decode (typed, validating while it parses) and decode_reference (parse, then check):
+    the same Message, value types included, or the same rejection, reason and detail."""
+    fast, reference = decode(on, raw), p.decode_reference(on, raw)
+    assert type(fast) is type(reference)
+    if isinstance(fast, Message):
+        assert fast == reference
+        assert [type(v) for v in fast.data.values()] == [
+            type(v) for v in reference.data.values()]  # type: ignore[union-attr]
+    else:
+        assert (fast.reason, fast.detail, fast.device_id, fast.raw) == (  # type: ignore[union-attr]
+            reference.reason, reference.detail, reference.device_id, reference.raw)
+
+
+_number_texts = st.from_regex(
+    rb"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    key=st.sampled_from(["v", "device_id", "msg_type", "boot", "seq", "ts", "data", "extra"]),
+    value=json_values,
+    field=field_names | st.text(max_size=12),
+    field_value=json_values,
+    number=_number_texts,
+)
+def test_typed_decoder_gives_the_reference_verdict_on_mangled_telemetry(
+    key: str, value: Any, field: str, field_value: Any, number: bytes
+) -> None:
+    decode(TELEMETRY_TOPIC, payload(envelope()))  # its field names known good
+    obj = envelope(**{key: value})
+    _same_verdict(payload(obj))
+    obj = envelope()
+    obj["data"][field] = field_value
+    _same_verdict(payload(obj))
+    # Number texts as written, not as json.dumps would write them.
+    _same_verdict(payload(envelope()).replace(b'"voltage_v":', b'"voltage_v":' + number
+                                              + b',"x_":', 1))
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(at=st.integers(0, 400), cut=st.integers(0, 4), insert=st.binary(max_size=6))
+def test_typed_decoder_gives_the_reference_verdict_on_damaged_bytes(
+    at: int, cut: int, insert: bytes
+) -> None:
+    """A valid payload with bytes cut out and others put in: broken JSON, duplicate keys,
+    stray escapes, invalid UTF-8 and BOMs alike."""
+    raw = payload(envelope())
+    decode(TELEMETRY_TOPIC, raw)
+    at = min(at, len(raw))
+    _same_verdict(raw[:at] + insert + raw[at + cut:])
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"v":2,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,"ts":5,'
+    b'"data":{"a":' + number + b'}}'
+    for number in (b"100000000000000000000000", b"18446744073709551615", b"-9223372036854775809",
+                   b"1e400", b"-1e400", b"NaN", b"true", b"0.1e-400", b"-0")
+] + [
+    b'{"v":2,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,"ts":5,"ts":"x",'
+    b'"data":{"a":1}}',
+    b'{"v":2,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,"ts":5,'
+    b'"data":{"a":1,"a":"x"}}',
+    b'{"v":2,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,"ts":5,'
+    b'"data":{"time":1}}',
+    b'{"v":2,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,"ts":5,"data":{}}',
+    b'{"v":2.0,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,"ts":5,'
+    b'"data":{"a":1}}',
+    b'\xef\xbb\xbf{"v":2,"device_id":"dc-0001","msg_type":"telemetry","boot":7,"seq":1,'
+    b'"ts":5,"data":{"a":1}}',
+])
+def test_typed_decoder_gives_the_reference_verdict_at_the_edges(raw: bytes) -> None:
+    decode(TELEMETRY_TOPIC, payload(envelope(data={"a": 1})))
+    _same_verdict(raw)

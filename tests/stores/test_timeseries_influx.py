@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iotmeter_tui.backend.errors import PartialWriteError, StoreRejected, StoreUnavailable
 from iotmeter_tui.backend.stores.timeseries import Point
@@ -446,3 +448,36 @@ def test_a_malformed_url_or_database_name_is_refused() -> None:
         InfluxTimeSeries("http://127.0.0.1:8086/db")
     with pytest.raises(ValueError):
         InfluxTimeSeries('influxdb://127.0.0.1:8086/bad"name')
+
+
+# --- line building -----------------------------------------------------------------------------
+
+_plain_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:/%+-]{0,20}", fullmatch=True)
+_values = (st.floats(allow_nan=False, allow_infinity=False)
+           | st.integers(-(2**63), 2**64 - 1) | st.integers())
+
+
+def _field_values(line: str) -> tuple[str, dict[str, float], str]:
+    """(head, each field read back as line protocol reads it, the rest)."""
+    head, fields, ts = line.rsplit(" ", 2)
+    values = {}
+    for item in fields.split(","):
+        name, _, text = item.rpartition("=")
+        values[name] = int(text[:-1]) if text.endswith("i") else float(text)
+    return head, values, ts
+
+
+@settings(max_examples=300)
+@given(fields=st.dictionaries(_plain_names, _values, min_size=1, max_size=12))
+def test_a_line_copied_from_the_fields_json_stores_what_per_field_formatting_did(
+        fields: dict[str, float]) -> None:
+    """Plain field names take the fast way (the fields' JSON text); every value must read
+    back as the same float the per-field format (%r of float(value)) wrote, boot and seq as
+    integers."""
+    fast, slow = InfluxTimeSeries("influxdb://127.0.0.1:1/db"), InfluxTimeSeries(
+        "influxdb://127.0.0.1:1/db")
+    point = Point("dc-0001", "power_meter_dc", T0, 7, 12, fields)
+    slow._templates[tuple(fields)] = slow._template(tuple(fields), plain=False)
+    fast_line, slow_line = fast._line(point), slow._line(point)
+    assert _field_values(fast_line) == _field_values(slow_line)
+    assert "boot=7i,seq=12i" in fast_line

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlencode, urlsplit
 
+import msgspec
+
 from iotmeter_tui.backend import tls
 from iotmeter_tui.backend.errors import (
     PartialWriteError,
@@ -404,8 +406,8 @@ class InfluxTimeSeries:
         raise self._refusal("write", reply)
 
     def _line(self, point: Point) -> str:
-        """One point as line protocol. Values go through float(), so 750 is written 750.0
-        and a field never meets a type conflict; %r is the shortest exact float text."""
+        """One point as line protocol. Every value is written as a float (750, or 750.0: a
+        number without the `i` suffix is a float), so a field never meets a type conflict."""
         head = self._heads.get((point.device_id, point.device_type))
         if head is None:
             head = self._head(point.device_id, point.device_type)
@@ -413,6 +415,18 @@ class InfluxTimeSeries:
         template = self._templates.get(names)
         if template is None:
             template = self._template(names)
+        if template is _PLAIN_NAMES:
+            # Names that need no escaping: the fields as one JSON object (at C speed, each
+            # number in its shortest exact text), braces and quotes taken out, are the field
+            # set. Formatting field by field took most of the sink's time.
+            try:
+                fields = _json_object(point.fields)
+            except (OverflowError, TypeError):  # an int past 64 bits: the slow way below
+                pass
+            else:
+                text = fields[2:-1].replace(b'":', b"=").replace(b',"', b",").decode()
+                return f"{head}{text},boot={point.boot}i,seq={point.seq}i {point.ts}"
+            template = self._template(names, plain=False)
         values = (*map(float, point.fields.values()), point.boot, point.seq, point.ts)
         return head + template % values
 
@@ -432,13 +446,21 @@ class InfluxTimeSeries:
         self._templates.clear()
         self._cached_chars = 0
 
-    def _template(self, names: tuple[str, ...]) -> str:
+    def _template(self, names: tuple[str, ...], *, plain: bool = True) -> str:
+        """The fields' format (%r, the shortest exact float text, per field), or
+        _PLAIN_NAMES for names _line may copy out of the fields' JSON as they are."""
         if len(self._templates) >= _CACHE_LIMIT or self._cached_chars >= _CACHE_BYTES:
             self._clear_caches()
+        if plain and names and _PLAIN_NAME_RE.fullmatch("".join(names)):
+            self._templates[names] = _PLAIN_NAMES
+            # The key keeps the names alive: counted like a template's text.
+            self._cached_chars += 2 * sum(map(len, names))
+            return _PLAIN_NAMES
         fields = "".join(_escape(name).replace("%", "%%") + "=%r," for name in names)
         template = fields + "boot=%di,seq=%di %d"
-        self._templates[names] = template
-        self._cached_chars += 2 * len(template)
+        if plain:
+            self._templates[names] = template
+            self._cached_chars += 2 * len(template)
         return template
 
     # --- rollups ----------------------------------------------------------------------------
@@ -895,6 +917,13 @@ def _auth_headers(token: str | None) -> dict[str, str]:
     if ":" in token:
         return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
     return {"Authorization": f"Token {token}"}
+
+
+# Field names whose JSON text is their line-protocol text: nothing JSON escapes (quote,
+# backslash, control characters) or line protocol escapes (comma, '=', space).
+_PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_.:/%+-]+")
+_PLAIN_NAMES: Final = "plain"  # a marker in _templates, compared by identity
+_json_object = msgspec.json.Encoder().encode
 
 
 def _escape(text: str) -> str:
