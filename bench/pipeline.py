@@ -57,8 +57,8 @@ from iotmeter_tui.backend.collector.sinks import (  # noqa: E402
 from iotmeter_tui.backend.collector.spool import Position, Spool, SpoolRecord  # noqa: E402
 from iotmeter_tui.backend.stores import open_stores  # noqa: E402
 from iotmeter_tui.backend.stores.archive_writer import ArchiveWriter  # noqa: E402
-from iotmeter_tui.testing import InfluxServer  # noqa: E402
-from iotmeter_tui.testing.harness import settings_for  # noqa: E402
+from testsupport import InfluxServer  # noqa: E402
+from testsupport.harness import settings_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
 TARGET_US = 25.0
