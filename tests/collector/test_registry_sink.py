@@ -12,8 +12,8 @@ import pytest
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.registry import RegistrySink
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker
-from iotmeter_tui.backend.collector.sinks import RegistrySink
 from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
     DUPLICATE,

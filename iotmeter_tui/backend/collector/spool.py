@@ -197,7 +197,7 @@ class Spool:
         self._opened_at = 0.0
         self._uncommitted: list[SpoolRecord] = []
         # Accepted messages other than telemetry committed so far: hellos, statuses, command
-        # and OTA reports, which the registry should not keep waiting (RegistrySink).
+        # and OTA reports, which the registry should not keep waiting (collector/registry/sink.py).
         self.committed_news = 0
         # Recently committed records by the position they start at: (end, records).
         self._recent: dict[Position, tuple[Position, list[SpoolRecord]]] = {}

@@ -1,0 +1,192 @@
+"""The registry sink: one cursor, kept in the metadata store and moved in the same
+transaction as the device rows and sequence state, so after a crash the state and the
+position always agree. It routes each message to the part that handles it and decides when
+a batch is written."""
+
+from __future__ import annotations
+
+import time
+
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.collector.alerts import AlertEngine
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.registry.alerting import AlertFeed, QualityFeed
+from iotmeter_tui.backend.collector.registry.decoded import content
+from iotmeter_tui.backend.collector.registry.devices import DeviceFold
+from iotmeter_tui.backend.collector.registry.reports import DeviceReports
+from iotmeter_tui.backend.collector.registry.sequence import Changed, SequenceLedger
+from iotmeter_tui.backend.collector.registry.silence import SilenceWatch
+from iotmeter_tui.backend.collector.seqtrack import SeqTracker
+from iotmeter_tui.backend.collector.sinks import RecordSink
+from iotmeter_tui.backend.collector.spool import ACCEPTED, Position, Spool, SpoolRecord
+from iotmeter_tui.backend.stores.metadata import MetadataStore, SeqState
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RegistrySink(RecordSink):
+    """Device registry, sequence tracking, alerts, command acks and OTA progress, each done
+    by a part of its own (this package); this class keeps the cursor and the batch."""
+
+    name = "registry"
+    HOUSEKEEPING_S = 5.0
+    # A write costs a row per device seen (registry and sequence state), whatever the batch
+    # size: with 5,000 meters, writing as often as possible kept PostgreSQL's client busy
+    # with the same rows over and over (bench/soak.py). So telemetry alone is written at most
+    # this often; anything else (a hello, a status, a command or OTA report) goes at once.
+    MIN_WRITE_INTERVAL_S = 2.0
+    MAX_BATCH = 100_000
+
+    def __init__(self, store: MetadataStore, cursor_name: str, tracker: SeqTracker,
+                 alerts: AlertEngine, metrics: CollectorMetrics, *, collector: str = "",
+                 shared: bool = False) -> None:
+        self.store = store
+        self.cursor_name = cursor_name
+        self.metrics = metrics
+        # With a shared subscription each collector sees part of every sequence, so its
+        # local gaps are mostly other collectors' share: gap alerts and the gap metric then
+        # come from nowhere rather than from noise.
+        self.shared = shared
+        self.sequence = SequenceLedger(tracker, collector)
+        self.alerts = AlertFeed(alerts, metrics, self.name)
+        self.quality = QualityFeed(store, alerts)
+        self.silence = SilenceWatch(store, self.alerts, metrics)
+        self._observed_end: Position | None = None
+        self._next_housekeeping = 0.0
+        self._next_write = 0.0
+        self._news_written = 0  # spool.committed_news as of the last batch taken
+        self._behind = False
+
+    # --- the cursor and the batch ---------------------------------------------------------
+
+    def load_cursor(self) -> Position | None:
+        value = self.store.get_cursor(self.cursor_name)
+        if not value:
+            return None
+        segment, offset = value.split(":")
+        return Position(int(segment), int(offset))
+
+    def save_cursor(self, position: Position) -> None:
+        pass  # saved with the batch, in write()
+
+    def restore(self, states: list[SeqState]) -> None:
+        self.sequence.restore(states)
+
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
+        # Counted before reading: news counted here is committed, so the read includes it.
+        news = spool.committed_news
+        if (not self.draining and not self._behind and news == self._news_written
+                and time.monotonic() < self._next_write):
+            return [], cursor
+        self._news_written = news
+        # Everything committed, across segments (a read stops at a segment's end and after a
+        # few MiB): one read per interval would leave a registry that fell behind, or one fed
+        # short segments, behind for ever.
+        records, end = spool.read(cursor, max_records=self.MAX_BATCH)
+        while records and len(records) < self.MAX_BATCH:
+            more, after = spool.read(end, max_records=self.MAX_BATCH - len(records))
+            if not more:
+                break
+            records += more
+            end = after
+        # A full batch leaves more waiting: the next one goes at once (it is as large as a
+        # batch gets, so this is no return to writing every device's row for a few records).
+        self._behind = len(records) >= self.MAX_BATCH
+        return records, end
+
+    def write(self, records: list[SpoolRecord], end: Position) -> None:
+        self._next_write = time.monotonic() + self.MIN_WRITE_INTERVAL_S
+        # Sequence and quality must see each record once: a retried batch (same end) was
+        # observed already when its first attempt failed after observing.
+        if end != self._observed_end:
+            self.quality.observe(records)
+            self.sequence.observe(records)
+        self._observed_end = end
+        devices = DeviceFold()
+        reports = DeviceReports(self.store, self.alerts)
+        newest = 0
+        for r in records:
+            if r.kind == ACCEPTED:
+                newest = max(newest, r.received_ms)
+                self._route(r, devices, reports)
+        gaps = self.sequence.sweep(newest) if newest else 0
+        # Before the cursor moves: applying them again after a crash is harmless.
+        reports.store_all()
+        changed = self.sequence.take_changed()
+        try:
+            self._gap_alerts(changed)
+            self.alerts.flush(_now_ms())
+            self.store.apply_collector_batch(
+                devices.updates(), self.sequence.states(changed),
+                cursor=(self.cursor_name, f"{end.segment}:{end.offset}"),
+            )
+            self.quality.save()
+        except BaseException:
+            self.sequence.give_back(changed)
+            raise
+        if gaps and not self.shared:
+            self.metrics.gaps.inc(gaps)
+
+    def _route(self, r: SpoolRecord, devices: DeviceFold, reports: DeviceReports) -> None:
+        """One accepted message to the parts it concerns."""
+        change = devices.seen(r)
+        data, status_boot = content(r)
+        at = r.received_ms
+        msg_type = r.msg_type
+        if msg_type == protocol.TELEMETRY:
+            self.alerts.telemetry(r, data)
+            devices.online(change, at)
+        elif msg_type == protocol.HELLO:
+            devices.hello(change, r, data)
+            self.alerts.hello(r, str(change.device_type), data)
+            devices.online(change, at)
+        elif msg_type == protocol.STATUS:
+            state = str(data["state"])
+            if state == "offline" and self.sequence.is_stale(r.device_id, status_boot):
+                return
+            devices.status(change, state, at)
+            self.alerts.status(r.device_id, state, at)
+        elif msg_type == protocol.COMMAND_ACK:
+            reports.command_ack(r, data)
+            devices.online(change, at)
+        elif msg_type == protocol.OTA_STATUS:
+            reports.ota_status(r, data)
+            devices.online(change, at)
+
+    def _gap_alerts(self, changed: Changed) -> None:
+        if self.shared:
+            return
+        for device_id, boot, track in changed:
+            if self.sequence.is_current(device_id, boot):
+                self.alerts.gaps(device_id, track.gap_count, _now_ms())
+                self.quality.gaps(device_id, track.gap_count, _now_ms())
+
+    # --- between batches --------------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        # Silence detection and gap sweeps must run under sustained load too, not only when
+        # the sink has caught up.
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + self.HOUSEKEEPING_S
+        wall = _now_ms()
+        gaps = self.sequence.sweep(wall)
+        changed = self.sequence.take_changed()
+        try:
+            self.silence.mark_silent(wall)
+            self._gap_alerts(changed)
+            self.alerts.flush(wall)
+            if changed:
+                self.store.apply_collector_batch([], self.sequence.states(changed))
+        except BaseException:
+            self.sequence.give_back(changed)
+            raise
+        if gaps and not self.shared:
+            self.metrics.gaps.inc(gaps)
+        self.silence.report_fleet(wall)
+
+    def close(self) -> None:
+        self.alerts.close()
