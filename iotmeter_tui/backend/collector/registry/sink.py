@@ -12,7 +12,7 @@ from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.registry.alerting import AlertFeed, QualityFeed
 from iotmeter_tui.backend.collector.registry.decoded import content
-from iotmeter_tui.backend.collector.registry.devices import DeviceFold
+from iotmeter_tui.backend.collector.registry.devices import DeviceFold, KnownDevices
 from iotmeter_tui.backend.collector.registry.reports import DeviceReports
 from iotmeter_tui.backend.collector.registry.sequence import Changed, SequenceLedger
 from iotmeter_tui.backend.collector.registry.silence import SilenceWatch
@@ -34,8 +34,9 @@ class RegistrySink(RecordSink):
     HOUSEKEEPING_S = 5.0
     # A write costs a row per device seen (registry and sequence state), whatever the batch
     # size: with 5,000 meters, writing as often as possible kept PostgreSQL's client busy
-    # with the same rows over and over (bench/soak.py). So telemetry alone is written at most
-    # this often; anything else (a hello, a status, a command or OTA report) goes at once.
+    # with the same rows over and over (bench/soak.py). So telemetry and heartbeat hellos
+    # are written at most this often; news (a status, a command or OTA report, a hello that
+    # changes the device's row) goes at once.
     MIN_WRITE_INTERVAL_S = 2.0
     MAX_BATCH = 100_000
 
@@ -56,8 +57,10 @@ class RegistrySink(RecordSink):
         self._observed_end: Position | None = None
         self._next_housekeeping = 0.0
         self._next_write = 0.0
-        self._news_written = 0  # spool.committed_news as of the last batch taken
+        self._news_written = 0  # spool.committed_news as of the last look for news
+        self._looked_to: Position | None = None  # records up to here hold no news
         self._behind = False
+        self.known = KnownDevices()
 
     # --- the cursor and the batch ---------------------------------------------------------
 
@@ -77,9 +80,12 @@ class RegistrySink(RecordSink):
     def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
         # Counted before reading: news counted here is committed, so the read includes it.
         news = spool.committed_news
-        if (not self.draining and not self._behind and news == self._news_written
-                and time.monotonic() < self._next_write):
-            return [], cursor
+        if not self.draining and not self._behind and time.monotonic() < self._next_write:
+            if news == self._news_written:
+                return [], cursor
+            self._news_written = news
+            if not self._news_since(spool, cursor):
+                return [], cursor
         self._news_written = news
         # Everything committed, across segments (a read stops at a segment's end and after a
         # few MiB): one read per interval would leave a registry that fell behind, or one fed
@@ -95,6 +101,22 @@ class RegistrySink(RecordSink):
         # batch gets, so this is no return to writing every device's row for a few records).
         self._behind = len(records) >= self.MAX_BATCH
         return records, end
+
+    def _news_since(self, spool: Spool, cursor: Position) -> bool:
+        """Whether what was committed since the last look holds news. Only the new records
+        are looked at (from the spool's in-memory tail, as a rule)."""
+        position = cursor if self._looked_to is None or self._looked_to < cursor else (
+            self._looked_to)
+        while True:
+            records, end = spool.read(position, max_records=self.MAX_BATCH)
+            if not records:
+                return False
+            self._looked_to = position = end
+            for r in records:
+                if r.kind != ACCEPTED or r.msg_type == protocol.TELEMETRY:
+                    continue
+                if r.msg_type != protocol.HELLO or self.known.changed_by(r, content(r).data):
+                    return True
 
     def write(self, records: list[SpoolRecord], end: Position) -> None:
         self._next_write = time.monotonic() + self.MIN_WRITE_INTERVAL_S
@@ -118,14 +140,16 @@ class RegistrySink(RecordSink):
         try:
             self._gap_alerts(changed)
             self.alerts.flush(_now_ms())
+            updates = devices.updates()
             self.store.apply_collector_batch(
-                devices.updates(), self.sequence.states(changed),
+                updates, self.sequence.states(changed),
                 cursor=(self.cursor_name, f"{end.segment}:{end.offset}"),
             )
-            self.quality.save()
         except BaseException:
             self.sequence.give_back(changed)
             raise
+        self.known.remember(updates)
+        self.quality.save()
         if gaps and not self.shared:
             self.metrics.gaps.inc(gaps)
 
@@ -176,7 +200,7 @@ class RegistrySink(RecordSink):
         gaps = self.sequence.sweep(wall)
         changed = self.sequence.take_changed()
         try:
-            self.silence.mark_silent(wall)
+            self.known.forget_status(self.silence.mark_silent(wall))
             self._gap_alerts(changed)
             self.alerts.flush(wall)
             if changed:
