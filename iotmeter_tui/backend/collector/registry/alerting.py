@@ -33,8 +33,10 @@ class AlertFeed:
         self.sink_name = sink_name
 
     def telemetry(self, r: SpoolRecord, data: dict[str, Any]) -> None:
-        self._evaluate(self.engine.on_telemetry, r, r.device_id, r.device_type, data,
-                       r.received_ms, r.ts)
+        try:  # _evaluate, inline: this runs for every reading
+            self.engine.on_telemetry(r.device_id, r.device_type, data, r.received_ms, r.ts)
+        except Exception:
+            self._failed(r)
 
     def hello(self, r: SpoolRecord, device_type: str, data: dict[str, Any]) -> None:
         self._evaluate(self.engine.on_hello, r, r.device_id, device_type, data, r.received_ms)
@@ -61,9 +63,12 @@ class AlertFeed:
         try:
             rule(*args)
         except Exception:
-            self.metrics.sink_failures.labels(self.sink_name).inc()
-            log.exception("alert rules failed on a message; its alerts are skipped", extra={
-                "event": "alert_rule_failed", "device_id": r.device_id, "seq": r.seq})
+            self._failed(r)
+
+    def _failed(self, r: SpoolRecord) -> None:
+        self.metrics.sink_failures.labels(self.sink_name).inc()
+        log.exception("alert rules failed on a message; its alerts are skipped", extra={
+            "event": "alert_rule_failed", "device_id": r.device_id, "seq": r.seq})
 
 
 class QualityFeed:

@@ -156,13 +156,15 @@ class RegistrySink(RecordSink):
     def _route(self, r: SpoolRecord, devices: DeviceFold, reports: DeviceReports) -> None:
         """One accepted message to the parts it concerns."""
         change = devices.seen(r)
-        data, status_boot = content(r)
         at = r.received_ms
         msg_type = r.msg_type
-        if msg_type == protocol.TELEMETRY:
-            self.alerts.telemetry(r, data)
-            devices.online(change, at)
-        elif msg_type == protocol.HELLO:
+        if msg_type == protocol.TELEMETRY:  # nearly every message: the short way
+            self.alerts.telemetry(r, r.data if r.data is not None else content(r).data)
+            if change.status != "online":
+                change.status, change.status_at = "online", at
+            return
+        data, status_boot = content(r)
+        if msg_type == protocol.HELLO:
             devices.hello(change, r, data)
             self.alerts.hello(r, str(change.device_type), data)
             devices.online(change, at)
