@@ -233,3 +233,24 @@ def test_a_heartbeat_hello_waits_for_the_interval_a_changed_one_does_not(
     assert sink.next_batch(spool, end) == ([], end)
     sink.draining = True  # the collector stops: everything now
     assert [r.seq for r in sink.next_batch(spool, end)[0]] == [4]
+
+
+def test_records_left_waiting_when_the_load_stops_go_without_waiting_out_the_interval(
+        tmp_path: Path, store: MetadataStore) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    sink = RegistrySink(store, "test/registry", SeqTracker(5_000), AlertEngine(store),
+                        CollectorMetrics())
+    sink.IDLE_S = 0.2
+    cursor = spool.start()
+    spool.append([message(protocol.TELEMETRY, {"voltage_v": 750.0}, seq=0, at=now_ms())])
+    spool.commit()
+    batch, cursor = sink.next_batch(spool, cursor)
+    sink.write(batch, cursor)  # the interval starts (2 s)
+    spool.append([message(protocol.TELEMETRY, {"voltage_v": 750.0}, seq=1, at=now_ms())])
+    spool.commit()
+    assert sink.next_batch(spool, cursor) == ([], cursor)  # just committed: load goes on
+    time.sleep(0.25)  # nothing more committed: the load has stopped
+    batch, end = sink.next_batch(spool, cursor)
+    assert [r.seq for r in batch] == [1]
+    sink.write(batch, end)
+    assert sink.next_batch(spool, end) == ([], end)  # nothing waits any more

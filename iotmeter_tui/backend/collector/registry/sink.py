@@ -38,6 +38,9 @@ class RegistrySink(RecordSink):
     # are written at most this often; news (a status, a command or OTA report, a hello that
     # changes the device's row) goes at once.
     MIN_WRITE_INTERVAL_S = 2.0
+    # Nothing committed for this long while records wait: the load has stopped (or paused),
+    # and waiting out the interval would only leave the registry behind for nothing.
+    IDLE_S = 0.3
     MAX_BATCH = 100_000
 
     def __init__(self, store: MetadataStore, cursor_name: str, tracker: SeqTracker,
@@ -59,6 +62,8 @@ class RegistrySink(RecordSink):
         self._next_write = 0.0
         self._news_written = 0  # spool.committed_news as of the last look for news
         self._looked_to: Position | None = None  # records up to here hold no news
+        self._head = Position(-1, 0)  # the spool's committed end when last looked at
+        self._head_since = 0.0
         self._behind = False
         self.known = KnownDevices()
 
@@ -80,7 +85,9 @@ class RegistrySink(RecordSink):
     def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[SpoolRecord], Position]:
         # Counted before reading: news counted here is committed, so the read includes it.
         news = spool.committed_news
-        if not self.draining and not self._behind and time.monotonic() < self._next_write:
+        now = time.monotonic()
+        if (not self.draining and not self._behind and now < self._next_write
+                and not self._idle(spool, cursor, now)):
             if news == self._news_written:
                 return [], cursor
             self._news_written = news
@@ -101,6 +108,16 @@ class RegistrySink(RecordSink):
         # batch gets, so this is no return to writing every device's row for a few records).
         self._behind = len(records) >= self.MAX_BATCH
         return records, end
+
+    def _idle(self, spool: Spool, cursor: Position, now: float) -> bool:
+        """Whether records wait behind `cursor` while nothing new was committed for
+        IDLE_S (under load, commits follow each other within milliseconds)."""
+        active = spool.active_segment
+        head = Position(active, spool.committed_size(active))
+        if head != self._head:
+            self._head, self._head_since = head, now
+            return False
+        return now - self._head_since >= self.IDLE_S and cursor < head
 
     def _news_since(self, spool: Spool, cursor: Position) -> bool:
         """Whether what was committed since the last look holds news. Only the new records
