@@ -196,8 +196,9 @@ class Spool:
         self._written = 0  # bytes written to the active segment, committed or not
         self._opened_at = 0.0
         self._uncommitted: list[SpoolRecord] = []
-        # Accepted messages other than telemetry committed so far: hellos, statuses, command
-        # and OTA reports, which the registry should not keep waiting (collector/registry/sink.py).
+        # Accepted messages other than telemetry committed so far (hellos, statuses, command
+        # and OTA reports): a cheap sign of news the registry should not keep waiting; the
+        # registry sink looks at them to tell news from heartbeats.
         self.committed_news = 0
         # Recently committed records by the position they start at: (end, records).
         self._recent: dict[Position, tuple[Position, list[SpoolRecord]]] = {}
