@@ -11,8 +11,16 @@ T0 = 1_795_000_000_000
 
 def record(kind: int, device_id: str = "m1", msg_type: str = "telemetry", ts: int = T0,
            received: int = T0 + 100) -> SpoolRecord:
-    return SpoolRecord(kind, received, device_id, msg_type, "power_meter_dc", 1, 0, ts, "",
-                       "", "", b"{}")
+    if kind == REJECTED:
+        return SpoolRecord.rejected(received_ms=received, topic=f"iot/{device_id}/{msg_type}",
+                                    reason="bad_field", detail="", payload=b"{}",
+                                    device_id=device_id)
+    if kind == DUPLICATE:
+        return SpoolRecord.duplicate(received_ms=received, device_id=device_id,
+                                     msg_type=msg_type, boot=1, seq=0, ts=ts)
+    return SpoolRecord.accepted(received_ms=received, device_id=device_id, msg_type=msg_type,
+                                device_type="power_meter_dc", boot=1, seq=0, ts=ts,
+                                payload=b"{}")
 
 
 def test_a_clean_device_scores_100_and_each_problem_costs() -> None:

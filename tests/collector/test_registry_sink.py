@@ -12,8 +12,8 @@ import pytest
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.registry import RegistrySink
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker
-from iotmeter_tui.backend.collector.sinks import RegistrySink
 from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
     DUPLICATE,
@@ -46,10 +46,14 @@ class FailsOnce:
 
 def record(seq: int, kind: int = ACCEPTED, received_ms: int | None = None) -> SpoolRecord:
     """Received at `received_ms` (1,000 + seq by default: long ago)."""
-    topic, payload = telemetry("dc-0001", 1, seq)
+    _topic, payload = telemetry("dc-0001", 1, seq)
     at = 1_000 + seq if received_ms is None else received_ms
-    return SpoolRecord(kind, at, "dc-0001", "telemetry", "power_meter_dc", 1, seq,
-                       1_000 + seq, topic, "", "", payload if kind == ACCEPTED else b"")
+    if kind == DUPLICATE:
+        return SpoolRecord.duplicate(received_ms=at, device_id="dc-0001", msg_type="telemetry",
+                                     boot=1, seq=seq, ts=1_000 + seq)
+    return SpoolRecord.accepted(received_ms=at, device_id="dc-0001", msg_type="telemetry",
+                                device_type="power_meter_dc", boot=1, seq=seq, ts=1_000 + seq,
+                                payload=payload)
 
 
 def now_ms() -> int:
@@ -114,8 +118,9 @@ def test_telemetry_alone_waits_for_the_write_interval_news_does_not(tmp_path: Pa
     spool.commit()
     assert sink.next_batch(spool, cursor) == ([], cursor)  # telemetry only: it waits
     _topic, payload = hello("dc-0001", 1, 2)
-    spool.append([SpoolRecord(ACCEPTED, now_ms(), "dc-0001", protocol.HELLO, "power_meter_dc",
-                              1, 2, 1_002, "", "", "", payload)])
+    spool.append([SpoolRecord.accepted(received_ms=now_ms(), device_id="dc-0001",
+                                       msg_type=protocol.HELLO, device_type="power_meter_dc",
+                                       boot=1, seq=2, ts=1_002, payload=payload)])
     spool.commit()
     batch, end = sink.next_batch(spool, cursor)  # news: at once, with what waited before it
     assert [r.seq for r in batch] == [1, 2]
@@ -183,8 +188,9 @@ def _message(device_id: str, msg_type: str, data: dict[str, Any], boot: int, seq
              at: int) -> SpoolRecord:
     payload = protocol.encode_device_message(device_id, msg_type, data, ts=at, boot=boot,
                                              seq=seq)
-    return SpoolRecord(ACCEPTED, at, device_id, msg_type, "power_meter_dc", boot, seq, at,
-                       protocol.device_topic(device_id, msg_type), "", "", payload)
+    return SpoolRecord.accepted(received_ms=at, device_id=device_id, msg_type=msg_type,
+                                device_type="power_meter_dc", boot=boot, seq=seq, ts=at,
+                                payload=payload)
 
 
 def test_planned_reboots_do_not_page_and_one_that_does_not_return_does(tmp_path: Path) -> None:
@@ -230,8 +236,9 @@ def _ack_record(device_id: str, seq: int, command_id: str) -> SpoolRecord:
         device_id, protocol.COMMAND_ACK,
         {"command_id": command_id, "result": "done", "detail": "forged"},
         boot=1, seq=seq, ts=now_ms())
-    return SpoolRecord(ACCEPTED, now_ms(), device_id, protocol.COMMAND_ACK, "power_meter_dc",
-                       1, seq, now_ms(), "", "", "", payload)
+    return SpoolRecord.accepted(received_ms=now_ms(), device_id=device_id,
+                                msg_type=protocol.COMMAND_ACK, device_type="power_meter_dc",
+                                boot=1, seq=seq, ts=now_ms(), payload=payload)
 
 
 def test_a_device_cannot_close_another_devices_command(tmp_path: Path) -> None:

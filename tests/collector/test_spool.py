@@ -20,9 +20,13 @@ from iotmeter_tui.backend.collector.spool import (
 
 
 def record(seq: int, payload: bytes = b'{"x":1}', kind: int = ACCEPTED) -> SpoolRecord:
-    return SpoolRecord(kind, 1_700_000_000_000 + seq, "dc-0001", "telemetry", "power_meter_dc",
-                       3, seq, 1_700_000_000_000, "iot/dc-0001/telemetry",
-                       "bad_field" if kind == REJECTED else "", "", payload)
+    if kind == REJECTED:
+        return SpoolRecord.rejected(received_ms=1_700_000_000_000 + seq,
+                                    topic="iot/dc-0001/telemetry", reason="bad_field",
+                                    detail="", payload=payload, device_id="dc-0001")
+    return SpoolRecord.accepted(received_ms=1_700_000_000_000 + seq, device_id="dc-0001",
+                                msg_type="telemetry", device_type="power_meter_dc", boot=3,
+                                seq=seq, ts=1_700_000_000_000, payload=payload)
 
 
 def read_all(spool: Spool, start: Position | None = None) -> list[SpoolRecord]:
@@ -37,10 +41,59 @@ def read_all(spool: Spool, start: Position | None = None) -> list[SpoolRecord]:
 
 
 def test_record_round_trip_keeps_every_field() -> None:
-    original = SpoolRecord(REJECTED, 5, "", "", "", -1, -1, -1, "iot/\u00e9/x", "not_json",
-                           "detail \u2713", b"\xff\x00 raw")
+    original = SpoolRecord.rejected(received_ms=5, topic="iot/\u00e9/x", reason="not_json",
+                                    detail="detail \u2713", payload=b"\xff\x00 raw")
     frame = original.encode()
     assert SpoolRecord.decode(frame[8:]) == original
+
+
+# Frames written by the positional constructor before the named ones existed (commit
+# 43f818e), one per kind and shape. A spool left on disk by that version must replay the
+# same, and a record built by name must encode to the very same bytes.
+GOLDEN_FRAMES = [
+    (SpoolRecord.accepted(received_ms=1795740001300, device_id="dc-0001", msg_type="telemetry",
+                          device_type="power_meter_dc", boot=7, seq=1042, ts=1795740001250,
+                          payload=b'{"v":2,"seq":1042}'),
+     "59000000111291960014e4711aa201000007000000000000001204000000000000e2e3711aa20100000709"
+     "0e000000000064632d3030303174656c656d65747279706f7765725f6d657465725f64637b2276223a322c"
+     "22736571223a313034327d"),
+    (SpoolRecord.accepted(received_ms=1795740002000, device_id="dc-0001", msg_type="status",
+                          device_type="power_meter_dc", boot=None, seq=None, ts=1795740001900,
+                          payload=b'{"state":"offline"}'),
+     "570000000f0d249300d0e6711aa2010000ffffffffffffffffffffffffffffffff6ce6711aa20100000706"
+     "0e000000000064632d30303031737461747573706f7765725f6d657465725f64637b227374617465223a22"
+     "6f66666c696e65227d"),
+    (SpoolRecord.duplicate(received_ms=1795740003000, device_id="dc-0001", msg_type="telemetry",
+                           boot=7, seq=1041, ts=1795740000250),
+     "390000003c3395ba02b8ea711aa201000007000000000000001104000000000000fadf711aa20100000709"
+     "00000000000064632d3030303174656c656d65747279"),
+    (SpoolRecord.rejected(received_ms=1795740004000, topic="iot/dc-0002/telemetry",
+                          reason="bad_field", detail="data[\u00e9] \u2713",
+                          payload=b"\xff\x00 raw", device_id="dc-0002"),
+     "60000000581c97f901a0ee711aa2010000ffffffffffffffffffffffffffffffffffffffffffffffff07"
+     "00001500090c0064632d30303032696f742f64632d303030322f74656c656d657472796261645f6669656c"
+     "64646174615bc3a95d20e29c93ff0020726177"),
+    (SpoolRecord.rejected(received_ms=1795740005000, topic="iot/+bad/x", reason="bad_topic",
+                          detail="", payload=b"x"),
+     "3d0000000e34e53a0188f2711aa2010000ffffffffffffffffffffffffffffffffffffffffffffffff00"
+     "00000a00090000696f742f2b6261642f786261645f746f70696378"),
+]
+
+
+@pytest.mark.parametrize(("record_", "frame_hex"), GOLDEN_FRAMES,
+                         ids=["telemetry", "status", "duplicate", "rejected", "no-device"])
+def test_named_records_encode_to_the_frames_the_positional_ones_wrote(
+        record_: SpoolRecord, frame_hex: str) -> None:
+    assert record_.encode().hex() == frame_hex
+
+
+def test_a_segment_written_by_the_previous_version_replays_the_same(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / f"{1_795_740_000_000:016d}.spool").write_bytes(
+        b"".join(bytes.fromhex(frame) for _record, frame in GOLDEN_FRAMES))
+    spool = Spool(directory, max_bytes=1 << 20)
+    assert read_all(spool) == [r for r, _frame in GOLDEN_FRAMES]
 
 
 def test_only_committed_records_are_visible(tmp_path: Path) -> None:

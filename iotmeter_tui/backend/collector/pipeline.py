@@ -21,7 +21,6 @@ from iotmeter_tui.backend.collector.intake import Delivery, Inbox
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker, Verdict
 from iotmeter_tui.backend.collector.spool import (
-    ACCEPTED,
     DUPLICATE,
     REJECTED,
     Spool,
@@ -107,8 +106,9 @@ class Decider:
             verdict = self.tracker.observe(msg.device_id, msg.boot, msg.seq, received_ms)
             if verdict is Verdict.DUPLICATE:
                 self._duplicates += 1
-                return SpoolRecord(DUPLICATE, received_ms, msg.device_id, msg.msg_type,
-                                   "", msg.boot, msg.seq, msg.ts, "", "", "", b"")
+                return SpoolRecord.duplicate(received_ms=received_ms, device_id=msg.device_id,
+                                             msg_type=msg.msg_type, boot=msg.boot,
+                                             seq=msg.seq, ts=msg.ts)
         elif msg.msg_type == protocol.STATUS:
             if self.last_status.get(msg.device_id) == msg.raw:
                 self._duplicates += 1
@@ -119,12 +119,10 @@ class Decider:
         elif msg.msg_type == protocol.TELEMETRY:
             self._lags.append(max(0.0, (received_ms - msg.ts) / 1000))
         self._accepted[msg.msg_type] += 1
-        return SpoolRecord(
-            ACCEPTED, received_ms, msg.device_id, msg.msg_type,
-            self.directory.type_of(msg.device_id),
-            -1 if msg.boot is None else msg.boot, -1 if msg.seq is None else msg.seq, msg.ts,
-            "", "", "", payload, msg.data,  # no topic: it is device_topic(id, msg_type)
-        )
+        return SpoolRecord.accepted(
+            received_ms=received_ms, device_id=msg.device_id, msg_type=msg.msg_type,
+            device_type=self.directory.type_of(msg.device_id), boot=msg.boot, seq=msg.seq,
+            ts=msg.ts, payload=payload, data=msg.data)
 
     def _admit_fields(self, device_id: str, data: dict[str, object]) -> str | None:
         """Admit `data`'s new field names into its device type's budget, all or none; why
@@ -152,8 +150,8 @@ class Decider:
     def _rejected(self, topic: str, payload: bytes, received_ms: int, reason: str, detail: str,
                   device_id: str | None) -> SpoolRecord:
         self._rejected_by_reason[reason] += 1
-        return SpoolRecord(REJECTED, received_ms, device_id or "", "", "", -1, -1, -1,
-                           topic, reason, detail, payload)
+        return SpoolRecord.rejected(received_ms=received_ms, topic=topic, reason=reason,
+                                    detail=detail, payload=payload, device_id=device_id)
 
     def publish_counts(self) -> None:
         """Add what was counted since the last call to the Prometheus metrics."""

@@ -26,12 +26,12 @@ from iotmeter_tui.backend.collector.intake import INBOX_MAX_READS, Delivery, Mqt
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonitor
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
+from iotmeter_tui.backend.collector.registry import RegistrySink
 from iotmeter_tui.backend.collector.retention import RETENTION_INTERVAL_S, RetentionKeeper
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
 from iotmeter_tui.backend.collector.sinks import (
     ArchiveSink,
     CursorFile,
-    RegistrySink,
     SinkRunner,
     TimeSeriesSink,
 )

@@ -56,6 +56,10 @@ class Position(NamedTuple):
 
 @dataclass(slots=True)
 class SpoolRecord:
+    """One message's record. Build one with the constructor of its kind (`accepted`,
+    `duplicate`, `rejected`): each fills the fields its kind leaves empty the way the frame
+    has always stored them, so segments written by any version read back alike."""
+
     kind: int  # ACCEPTED, REJECTED or DUPLICATE
     received_ms: int
     device_id: str  # "" when a rejected message had no usable device id
@@ -71,6 +75,32 @@ class SpoolRecord:
     # The payload's "data" object as the pipeline parsed it; not stored, so None for records
     # read back from the file. Shared by the sinks: never modified.
     data: dict[str, Any] | None = None
+
+    @classmethod
+    def accepted(cls, *, received_ms: int, device_id: str, msg_type: str, device_type: str,
+                 boot: int | None, seq: int | None, ts: int, payload: bytes,
+                 data: dict[str, Any] | None = None) -> SpoolRecord:
+        """A valid message to store. `boot` and `seq` are None for a status (they take no
+        part in dedup); `data` is the payload's "data" as the pipeline parsed it. No topic:
+        an accepted message's is device_topic(device_id, msg_type)."""
+        return cls(ACCEPTED, received_ms, device_id, msg_type, device_type,
+                   -1 if boot is None else boot, -1 if seq is None else seq, ts, "", "", "",
+                   payload, data)
+
+    @classmethod
+    def duplicate(cls, *, received_ms: int, device_id: str, msg_type: str, boot: int,
+                  seq: int, ts: int) -> SpoolRecord:
+        """The marker a repeated (boot, seq) leaves: counted by the registry, stored nowhere."""
+        return cls(DUPLICATE, received_ms, device_id, msg_type, "", boot, seq, ts, "", "", "",
+                   b"")
+
+    @classmethod
+    def rejected(cls, *, received_ms: int, topic: str, reason: str, detail: str,
+                 payload: bytes, device_id: str | None = None) -> SpoolRecord:
+        """A refused message, archived under _rejected/ with its reason. `device_id`: the
+        device the topic named, when it named a usable one."""
+        return cls(REJECTED, received_ms, device_id or "", "", "", -1, -1, -1, topic, reason,
+                   detail, payload)
 
     def encode(self) -> bytes:
         dev = self.device_id.encode()
@@ -166,8 +196,9 @@ class Spool:
         self._written = 0  # bytes written to the active segment, committed or not
         self._opened_at = 0.0
         self._uncommitted: list[SpoolRecord] = []
-        # Accepted messages other than telemetry committed so far: hellos, statuses, command
-        # and OTA reports, which the registry should not keep waiting (RegistrySink).
+        # Accepted messages other than telemetry committed so far (hellos, statuses, command
+        # and OTA reports): a cheap sign of news the registry should not keep waiting; the
+        # registry sink looks at them to tell news from heartbeats.
         self.committed_news = 0
         # Recently committed records by the position they start at: (end, records).
         self._recent: dict[Position, tuple[Position, list[SpoolRecord]]] = {}
