@@ -300,7 +300,7 @@ def checkout(rev: str, into: Path) -> Path:
 
 def child(code: Path | None, spool: Path, work: Path, store: str, mode: str,
           steady_batch: int, seconds: int) -> dict[str, Any]:
-    from iotmeter_tui.testing import PostgresDatabase
+    from testsupport import PostgresDatabase
 
     copy = work / "spool"
     shutil.rmtree(copy, ignore_errors=True)
@@ -438,4 +438,5 @@ def summarise(cells: dict[str, dict[str, list[dict[str, Any]]]],
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(1, str(ROOT))  # testsupport: the suite's servers, not in the package
     raise SystemExit(main())
