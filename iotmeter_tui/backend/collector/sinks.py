@@ -28,7 +28,6 @@ from iotmeter_tui.backend.collector.spool import (
     Spool,
     SpoolRecord,
 )
-from iotmeter_tui.backend.control.ota_plan import target_state_for_report
 from iotmeter_tui.backend.errors import PartialWriteError, StoreError
 from iotmeter_tui.backend.stores.archive_writer import ArchiveRecord, ArchiveWriter, RejectedRecord
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore

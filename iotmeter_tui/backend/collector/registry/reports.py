@@ -7,8 +7,8 @@ from typing import Any
 
 from iotmeter_tui.backend.collector.registry.alerting import AlertFeed
 from iotmeter_tui.backend.collector.spool import SpoolRecord
+from iotmeter_tui.backend.control.ota_plan import target_state_for_report
 from iotmeter_tui.backend.errors import StoreError
-from iotmeter_tui.backend.ota_plan import target_state_for_report
 from iotmeter_tui.backend.stores.metadata import MetadataStore
 
 # OTA reports after which the meter restarts on purpose: its offline is planned, not news.
