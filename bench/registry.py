@@ -137,7 +137,12 @@ def drain(spool_dir: Path, store_url: str, mode: str, steady_batch: int,
     from iotmeter_tui.backend.collector.metrics import CollectorMetrics
     from iotmeter_tui.backend.collector.seqtrack import SeqTracker
     from iotmeter_tui.backend.collector.spool import Spool
-    from iotmeter_tui.backend.stores.metadata import open_metadata
+    try:  # this tree: the factory picks the adapter, the port knows none
+        from iotmeter_tui.backend.stores.factory import open_metadata
+    except ImportError:  # the code before the factory moved out of the ports
+        from iotmeter_tui.backend.stores.metadata import (  # type: ignore[attr-defined,no-redef,unused-ignore]
+            open_metadata,
+        )
 
     store = open_metadata(store_url)
     store.migrate()

@@ -21,12 +21,12 @@ from iotmeter_tui.backend.collector.registry.sequence import SequenceLedger
 from iotmeter_tui.backend.collector.registry.silence import SilenceWatch
 from iotmeter_tui.backend.collector.seqtrack import SeqTracker
 from iotmeter_tui.backend.collector.spool import Spool, SpoolRecord
+from iotmeter_tui.backend.stores.factory import open_metadata
 from iotmeter_tui.backend.stores.metadata import (
     Command,
     DeviceUpdate,
     MetadataStore,
     SeqState,
-    open_metadata,
 )
 
 HELLO = {"device_type": "power_meter_dc", "fw_version": "1.0.0", "heartbeat_s": 30.0,
