@@ -84,12 +84,6 @@ class SimulatorControl(Protocol):
     def devices(self) -> list[DeviceInfo]: ...
 
 
-class StoreStatusLike(Protocol):
-    name: str
-    ok: bool
-    detail: str
-
-
 class DashboardRuntime(Protocol):
     """What the dashboard uses of `iotmeter_tui.backend.runtime.Runtime`. `capabilities`
     says up front what it offers; `control` is None until `open_control()` (which may block:

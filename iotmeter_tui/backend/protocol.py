@@ -26,7 +26,7 @@ VERSION: Final = 2
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 # The largest MQTT packet a valid message needs: its payload, its topic (under 100 bytes) and
 # the headers, with room to spare. The collector's decoder skips a larger PUBLISH as it streams
-# in, keeping only its head, and rejects it as too_large (issue 15 item 2).
+# in, keeping only its head, and rejects it as too_large: one huge message costs no memory.
 MAX_PACKET_BYTES: Final = MAX_PAYLOAD_BYTES + 512
 # The broker's own cap (mosquitto max_packet_size in the embedded, test and shipped configs):
 # a client sending a larger packet is disconnected and the packet never queued. Above
@@ -41,7 +41,7 @@ TOO_LARGE_PREFIX_BYTES: Final = 1024
 # an OTA error): far beyond an honest message, short enough for a terminal line and a log.
 MAX_TEXT_CHARS: Final = 1024
 # Fields in one telemetry message: a meter sends about ten. Bounds what one message can add to
-# the stores' field names (issue 15 item 6); the collector also bounds them per device type.
+# the stores' field names (a series per name); the collector also bounds them per device type.
 MAX_TELEMETRY_FIELDS: Final = 64
 TOPIC_ROOT: Final = "iot"
 
@@ -519,7 +519,8 @@ def _field_names_problem(data: dict[str, Any]) -> str | None:
 def _text_problem(data: dict[str, Any]) -> str | None:
     """Strings a store cannot hold: lone surrogates (not encodable as UTF-8) and NUL (refused
     by PostgreSQL text); strings an operator's terminal must not get: control, format (bidi
-    override) and separator characters, escape sequences included (issue 15 item 11); and
+    override) and separator characters, escape sequences included (they would rewrite the
+    screen); and
     strings longer than MAX_TEXT_CHARS."""
     stack: list[Any] = [data]
     while stack:

@@ -221,8 +221,8 @@ class FleetScreen(DashboardScreen):
         self.total = page.total
 
     def _fleet_is_silent(self, page: FleetPage) -> bool:
-        """Nothing online and nothing on its way: say how to start a fleet (issue 16: a
-        dead fleet on screen and no word why)."""
+        """Nothing online and nothing on its way: say how to start a fleet (a
+        dead fleet on screen and no word why is a first-day dead end)."""
         if page.online != 0 or self.dash.status.phase == "starting":
             return False
         return not self.dash.status.sim_devices  # simulated meters on their way: wait

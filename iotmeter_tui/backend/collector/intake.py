@@ -2,10 +2,10 @@
 
 Why not paho: its receive path costs about 60-70 µs of CPU per message here (one packet per
 read, a callback and a lock per message, one PUBACK write per message), which alone would use
-most of two cores at 20,000 msg/s (REFERENCE.md). This intake reads up to 256 KiB per system
+most of two cores at 20,000 msg/s (docs/decisions/0001-own-mqtt-client.md). This intake reads up to 256 KiB per system
 call, parses every packet in it in one pass and hands the whole read to the pipeline as one
 `Delivery`; the pipeline acknowledges a whole turn with one `sendall` of concatenated PUBACKs,
-once the turn is durable in the spool (CONTRACT section 5). The protocol's rules (handshake,
+once the turn is durable in the spool (the delivery guarantee). The protocol's rules (handshake,
 subscription, keep-alive, acknowledgements) are the MQTT session's (`mqtt/session.py`, shared
 with the simulator's asyncio client); this module is the socket, the thread and the hand-over.
 
@@ -46,7 +46,7 @@ SEND_TIMEOUT_S = 30.0  # a broker that takes no bytes for this long is gone
 # Reads waiting for the pipeline, at most (service.py sizes the queue): at 256 KiB a read,
 # about 16 MiB of payloads. When they are all waiting, the intake stops reading the socket, so
 # TCP holds the broker back: QoS 1 stays in the broker's session, QoS 0 is the broker's to
-# drop, and the collector's memory stays bounded however fast devices publish (issue 15 item 7).
+# drop, and the collector's memory stays bounded however fast devices publish.
 INBOX_MAX_READS = 64
 _PUT_WAIT_S = 1.0  # how often a blocked intake checks for stop() and keeps the connection up
 

@@ -520,7 +520,7 @@ class Decoder:
         """`max_packet_size`: a larger packet is a protocol error (the connection must go).
         `publish_cap`: a PUBLISH packet larger than this is returned as an OversizedPublish
         and its bytes skipped as they arrive, so one huge message costs no memory and does not
-        end the connection (the collector's intake, issue 15 item 2)."""
+        end the connection (the collector's intake)."""
         self._max_packet = max_packet_size
         self._publish_cap = publish_cap
         self._prefix_bytes = prefix_bytes

@@ -9,15 +9,13 @@ import paho.mqtt.client as mqtt
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
 
 
-def make_client(address: BrokerAddress, client_id: str, *, persistent: bool,
-                manual_ack: bool = False) -> mqtt.Client:
+def make_client(address: BrokerAddress, client_id: str, *, persistent: bool) -> mqtt.Client:
     """A paho client for `address`, MQTT 3.1.1, with reconnect back-off."""
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=not persistent,
         protocol=mqtt.MQTTv311,
-        manual_ack=manual_ack,
     )
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
