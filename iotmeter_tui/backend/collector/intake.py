@@ -3,9 +3,10 @@
 Why not paho: its receive path costs about 60-70 µs of CPU per message here (one packet per
 read, a callback and a lock per message, one PUBACK write per message), which alone would use
 most of two cores at 20,000 msg/s (docs/decisions/0001-own-mqtt-client.md). This intake
-reads up to 256 KiB per system call, parses every packet in it in one pass and hands the whole read to the pipeline as one
-`Delivery`; the pipeline acknowledges a whole turn with one `sendall` of concatenated PUBACKs,
-once the turn is durable in the spool (the delivery guarantee). The protocol's rules (handshake,
+reads up to 256 KiB per system call, parses every packet in it in one pass and hands the whole
+read to the pipeline as one `Delivery`; the pipeline acknowledges a whole turn with one
+`sendall` of concatenated PUBACKs, once the turn is durable in the spool (the delivery
+guarantee). The protocol's rules (handshake,
 subscription, keep-alive, acknowledgements) are the MQTT session's (`mqtt/session.py`, shared
 with the simulator's asyncio client); this module is the socket, the thread and the hand-over.
 
