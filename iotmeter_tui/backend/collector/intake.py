@@ -6,9 +6,9 @@ most of two cores at 20,000 msg/s (docs/decisions/0001-own-mqtt-client.md). This
 reads up to 256 KiB per system call, parses every packet in it in one pass and hands the whole
 read to the pipeline as one `Delivery`; the pipeline acknowledges a whole turn with one
 `sendall` of concatenated PUBACKs, once the turn is durable in the spool (the delivery
-guarantee). The protocol's rules (handshake,
-subscription, keep-alive, acknowledgements) are the MQTT session's (`mqtt/session.py`, shared
-with the simulator's asyncio client); this module is the socket, the thread and the hand-over.
+guarantee). The protocol's rules (handshake, subscription, keep-alive, acknowledgements) are
+the MQTT session's (`mqtt/session.py`, shared with the simulator's asyncio client); this module
+is the socket, the thread and the hand-over.
 
 The session is persistent (clean session off, fixed client id), so whatever is not acknowledged
 when the connection drops is sent again by the broker after the reconnect, and the pipeline's
