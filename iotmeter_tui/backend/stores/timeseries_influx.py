@@ -39,6 +39,7 @@ import gzip
 import http.client
 import json
 import logging
+import math
 import random
 import re
 import ssl
@@ -566,13 +567,17 @@ class InfluxTimeSeries:
         self, level: Resolution, rows: dict[tuple[str, int], dict[str, list[float]]]
     ) -> None:
         measurement = f"{MEASUREMENT}_{level.name}"
+        # A sum of +inf and -inf is NaN, which line protocol cannot carry: such a field
+        # (only adversarial readings make one) gets no rollup rather than failing the batch.
+        finite = {key: {name: acc for name, acc in fields.items() if math.isfinite(acc[2])}
+                  for key, fields in rows.items()}
         lines = [
             f"{measurement},device_id={_escape(device_id)} "
             + ",".join(f"{_escape(f'{name}_{part}')}={float(value)!r}"
                        for name, acc in fields.items()
                        for part, value in zip(ROLLUP_PARTS, acc, strict=True))
             + f" {bucket}"
-            for (device_id, bucket), fields in rows.items() if fields
+            for (device_id, bucket), fields in finite.items() if fields
         ]
         if not lines:
             return

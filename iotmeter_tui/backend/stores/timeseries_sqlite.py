@@ -619,7 +619,9 @@ def _rollup_sql(level: Resolution, *, touched: bool) -> str:
         f" {rows}) INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
         f" SELECT d, {{n}}, b, mn, mx, sm, ct,"
         f" (SELECT {last} FROM {source} WHERE device_id = g.d{col} AND ts = g.k), lt"
-        " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
+        # A sum of +inf and -inf is NaN, which SQLite stores as NULL: such a bucket (only
+        # adversarial readings make one) gets no row rather than failing the whole batch.
+        " FROM g WHERE g.sm IS NOT NULL ON CONFLICT (device_id, col, ts) DO UPDATE SET"
         " mn = excluded.mn, mx = excluded.mx, sm = excluded.sm, ct = excluded.ct,"
         " la = excluded.la, lt = excluded.lt"
     )
