@@ -38,12 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iotmeter_tui.backend.stores.metadata import (
-    Campaign,
-    Firmware,
-    MetadataStore,
-    open_metadata,
-)
+from iotmeter_tui.backend.stores.factory import open_metadata
+from iotmeter_tui.backend.stores.metadata import Campaign, Firmware, MetadataStore
 
 RESULTS = Path(__file__).parent / "results"
 FLEET = 10_000

@@ -1,5 +1,5 @@
 """Rollups: a 7-day chart of one device read from rollups against the same chart read from raw
-points, and what keeping rollups up to date costs a write, on InfluxDB and SQLite.
+points, and what keeping rollups up to date costs the collector, on InfluxDB and SQLite.
 
 Chart: one device with 7 days of DC-meter points every --every-s seconds; the dashboard's
 7-day window (voltage, current and power; mean, min and max; 240 buckets) asked with the
@@ -7,16 +7,17 @@ range aligned by rollups.aligned_range, so it reads the 1-minute rollups, and as
 that alignment, so it must read every raw point: the baseline, in the same run, run by run
 taking turns. Target: < 100 ms from rollups on both backends.
 
-Rollups are opt-in (IOTMETER_ROLLUPS, off by default): every "with rollups" store here is
-opened with rollups=True, as IOTMETER_ROLLUPS=true opens it.
+Collector cost: --fleet meters at 1 Hz for --seconds, committed to a real spool as the
+collector's pipeline commits them (--batch records a commit, parsed data kept on the
+records as the pipeline leaves it), then taken by the collector's own sinks: the
+time-series sink (the write path; what the collector runs with IOTMETER_ROLLUPS=false) and
+the rollup sink (collector/rollup_sink.py) once per --rollup-every-s of fleet time, as its
+runner does. Each sink's CPU (time.process_time: this process, i.e. the collector's; the
+server's own is apart) is summed per message: the time-series sink alone is the baseline
+"without rollups", the two together "with".
 
-Write cost: the collector's shape of batch (--fleet devices, one point each per second,
---batch points a batch) written with rollups on and, as the baseline, with rollups off (the
-default: the adapter's plain write, no stored-point lookup), rounds taking turns: wall-clock
-rate, and this process's CPU per point (what the collector pays; InfluxDB's own CPU is not
-in it).
-
-    .venv/bin/python bench/rollups.py [--every-s 5] [--runs 11] [--rounds 4] [--out FILE]
+    .venv/bin/python bench/rollups.py [--every-s 5] [--runs 11] [--fleet 200] [--seconds 600]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a plain script from a checkout
 
-from stores_timeseries import alternating, meter_fields, paired_latency  # noqa: E402
+from stores_timeseries import meter_fields, paired_latency  # noqa: E402
 
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics  # noqa: E402
+from iotmeter_tui.backend.collector.rollup_sink import ROLLUP_EVERY_S, RollupSink  # noqa: E402
+from iotmeter_tui.backend.collector.sinks import CursorFile, TimeSeriesSink  # noqa: E402
+from iotmeter_tui.backend.collector.spool import ACCEPTED, Spool, SpoolRecord  # noqa: E402
 from iotmeter_tui.backend.stores.rollups import HOUR_MS, aligned_range  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries  # noqa: E402
@@ -71,6 +76,7 @@ def chart_figures(store: TimeSeriesStore, runs: int, every_s: int) -> dict[str, 
     started = time.perf_counter()
     for batch in batches:
         store.write(batch)
+        store.roll_up(batch)
     load_s = time.perf_counter() - started
     start, end = aligned_range(END_MS - WEEK_MS, END_MS, CHART_POINTS)
     rollup, raw = paired_latency(runs, chart(store, start, end),
@@ -87,48 +93,55 @@ def chart_figures(store: TimeSeriesStore, runs: int, every_s: int) -> dict[str, 
     }
 
 
-def fleet_batches(rounds: int, fleet: int, batch: int, seconds: int) -> list[list[list[Point]]]:
-    """Per round, `seconds` of the fleet at 1 Hz in batches, at times no other round uses."""
+def collector_figures(store: TimeSeriesStore, directory: Path, fleet: int, seconds: int,
+                      commit: int, rollup_every_s: int) -> dict[str, Any]:
+    """CPU per message of the time-series sink and of the rollup sink over the same spool."""
     rng = random.Random(5)
-    out = []
-    for r in range(rounds):
-        points = [
-            Point(f"w-{d:04d}", "power_meter_dc", END_MS + (r * seconds + s) * 1000 + d, 1,
-                  r * seconds + s, meter_fields(rng, s))
-            for s in range(seconds) for d in range(fleet)
-        ]
-        out.append([points[i : i + batch] for i in range(0, len(points), batch)])
-    return out
-
-
-def write_figures(make: Callable[[bool], TimeSeriesStore], rounds: int, fleet: int,
-                  batch: int, seconds: int) -> dict[str, Any]:
-    with_rollups, without = make(True), make(False)
-    data = fleet_batches(rounds * 2, fleet, batch, seconds)
-    total = fleet * seconds
-
-    cpu: dict[bool, list[float]] = {True: [], False: []}
-
-    def rate(store: TimeSeriesStore, batches: list[list[Point]], on: bool) -> float:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        for b in batches:
-            store.write(b)
-        cpu[on].append((time.process_time() - cpu_started) / total * 1e6)
-        return total / (time.perf_counter() - started)
-
-    mine, theirs = alternating(rounds, lambda r: rate(with_rollups, data[2 * r], True),
-                               lambda r: rate(without, data[2 * r + 1], False))
-    with_rollups.close()
-    without.close()
-    best_mine, best_theirs = max(mine), max(theirs)
+    spool = Spool(directory / "spool", max_bytes=1 << 34)
+    stored = CursorFile(directory / "timeseries.cursor")
+    timeseries = TimeSeriesSink(store, stored, CollectorMetrics())
+    rollups = RollupSink(store, CursorFile(directory / "rollups.cursor"), stored, every_s=0)
+    ts_at = rollup_at = spool.start()
+    cpu = {"timeseries": 0.0, "rollups": 0.0}
+    messages = 0
+    for chunk in range(0, seconds, rollup_every_s):
+        records = []
+        for second in range(chunk, min(seconds, chunk + rollup_every_s)):
+            for d in range(fleet):
+                ts = END_MS + second * 1000 + d
+                data = meter_fields(rng, second)
+                records.append(SpoolRecord(ACCEPTED, ts, f"m-{d:04d}", "telemetry",
+                                           "power_meter_dc", 1, second, ts, "", "", "",
+                                           json.dumps({"data": data}).encode(), data))
+        for i in range(0, len(records), commit):
+            spool.append(records[i : i + commit])
+            spool.commit()
+        messages += len(records)
+        started = time.process_time()
+        while True:
+            batch, end = timeseries.next_batch(spool, ts_at)
+            if not batch:
+                break
+            timeseries.write(batch, end)
+            timeseries.save_cursor(end)
+            ts_at = end
+        cpu["timeseries"] += time.process_time() - started
+        started = time.process_time()
+        points, end = rollups.next_batch(spool, rollup_at)
+        rollups.write(points, end)
+        rollups.save_cursor(end)
+        rollup_at = end
+        cpu["rollups"] += time.process_time() - started
+    spool.close()
+    without = cpu["timeseries"] / messages * 1e6
+    added = cpu["rollups"] / messages * 1e6
     return {
-        "points_per_s_with_rollups": round(best_mine),
-        "points_per_s_without_rollups": round(best_theirs),
-        "rollup_cost_us_per_point": round((1 / best_mine - 1 / best_theirs) * 1e6, 1),
-        # This process's CPU (the collector's, when it writes): the server's is apart.
-        "client_cpu_us_per_point_with_rollups": round(min(cpu[True]), 1),
-        "client_cpu_us_per_point_without_rollups": round(min(cpu[False]), 1),
-        "rounds": rounds, "fleet": fleet, "batch": batch,
+        "messages": messages, "fleet": fleet, "seconds": seconds,
+        "rollup_every_s": rollup_every_s,
+        "cpu_us_per_msg_without_rollups": round(without, 1),
+        "cpu_us_per_msg_with_rollups": round(without + added, 1),
+        "rollup_sink_cpu_us_per_msg": round(added, 1),
+        "with_over_without": round((without + added) / without, 2),
     }
 
 
@@ -144,10 +157,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every-s", type=int, default=5, help="seconds between a week's points")
     parser.add_argument("--runs", type=int, default=11)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--fleet", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=1_000)
-    parser.add_argument("--seconds", type=int, default=10, help="of the fleet per write round")
+    parser.add_argument("--fleet", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=600, help="of fleet time at 1 Hz")
+    parser.add_argument("--batch", type=int, default=500, help="records a spool commit")
+    parser.add_argument("--rollup-every-s", type=int, default=int(ROLLUP_EVERY_S))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": platform.machine(), "python": platform.python_version(),
@@ -158,29 +171,33 @@ def main() -> int:
         store = sqlite_store(directory, "chart", True)
         results["sqlite"] = {"chart": chart_figures(store, args.runs, args.every_s)}
         store.close()
-        results["sqlite"]["write"] = write_figures(
-            lambda on: sqlite_store(directory, f"w{int(on)}", on),
-            args.rounds, args.fleet, args.batch, args.seconds)
+        store = sqlite_store(directory, "collector", True)
+        results["sqlite"]["collector"] = collector_figures(
+            store, directory / "c-sqlite", args.fleet, args.seconds, args.batch,
+            args.rollup_every_s)
+        store.close()
     with InfluxServer() as server:
         store = influx_store(server, "chart", True)
         results["influxdb"] = {"chart": chart_figures(store, args.runs, args.every_s)}
         store.close()
-        results["influxdb"]["write"] = write_figures(
-            lambda on: influx_store(server, f"w{int(on)}", on),
-            args.rounds, args.fleet, args.batch, args.seconds)
-    print("charts: stores with rollups on (IOTMETER_ROLLUPS=true); writes: rollups on vs off")
+        store = influx_store(server, "collector", True)
+        with tempfile.TemporaryDirectory() as tmp:
+            results["influxdb"]["collector"] = collector_figures(
+                store, Path(tmp), args.fleet, args.seconds, args.batch, args.rollup_every_s)
+        store.close()
+    print("charts: stores with rollups on; collector: time-series sink alone vs with the "
+          "rollup sink")
     for backend in ("sqlite", "influxdb"):
-        c, w = results[backend]["chart"], results[backend]["write"]
+        c, w = results[backend]["chart"], results[backend]["collector"]
         print(f"{backend:8} 7-day chart ({c['points']} points, {c['buckets']} buckets): "
               f"rollups median {c['chart_from_rollups_ms']['median']} ms "
               f"p95 {c['chart_from_rollups_ms']['p95']} ms, raw median "
               f"{c['chart_from_raw_ms']['median']} ms (x{c['raw_over_rollups']}); "
               f"target < {TARGET_MS:g} ms: {'met' if c['meets_target'] else 'MISSED'}")
-        print(f"{'':8} writes: {w['points_per_s_with_rollups']} points/s with rollups, "
-              f"{w['points_per_s_without_rollups']} without "
-              f"({w['rollup_cost_us_per_point']} µs a point); client CPU "
-              f"{w['client_cpu_us_per_point_with_rollups']} µs a point with, "
-              f"{w['client_cpu_us_per_point_without_rollups']} without")
+        print(f"{'':8} collector CPU per message ({w['messages']:,} messages): "
+              f"{w['cpu_us_per_msg_without_rollups']} µs without rollups, "
+              f"{w['cpu_us_per_msg_with_rollups']} µs with (rollup sink "
+              f"{w['rollup_sink_cpu_us_per_msg']} µs, x{w['with_over_without']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

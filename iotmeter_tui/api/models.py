@@ -85,6 +85,9 @@ class Device(Record):
     heartbeat_s: float | None = None
     status_changed_at: int | None = None
     created_at: int
+    quality: float | None = Field(None, ge=0, le=100, description="data-quality score, 0-100 "
+                                  "(100: nothing wrong seen lately); null until the collector "
+                                  "has scored the device; its parts: GET .../quality")
 
 
 class DevicePage(BaseModel):
@@ -99,7 +102,9 @@ class DeviceListQuery(PageQuery):
     q: str | None = Field(None, max_length=200, description="text in id, type, firmware, name, "
                           "location")
     sort: Literal["device_id", "device_type", "connection_status", "fw_version", "last_seen",
-                  "created_at"] = "device_id"
+                  "created_at", "quality"] = Field(
+        "device_id", description="`quality` ascending puts the worst meters first (unscored "
+        "devices last)")
     order: Literal["asc", "desc"] = "asc"
 
 
@@ -122,6 +127,22 @@ class DevicePatch(Strict):
 class DeviceCreated(Device):
     password: str | None = Field(None, description="the device's broker password, shown once "
                                  "(when broker credentials are managed)")
+
+
+class DeviceQuality(Record):
+    """The score and its parts. Counts decay with a one-hour half-life (so they are
+    fractional and say how the device is doing lately)."""
+
+    device_id: str
+    score: float = Field(ge=0, le=100)
+    received: float = Field(description="telemetry messages received")
+    gaps: float = Field(description="messages missing (sequence gaps)")
+    duplicates: float
+    rejects: float = Field(description="messages rejected as invalid")
+    counter_resets: float = Field(description="energy counters that went backwards or jumped")
+    stuck_fields: int = Field(description="fields stuck at one value right now")
+    clock_skew_ms: int = Field(description="typical |arrival - ts|")
+    updated_at: int = Field(description="when it was scored, ms since the epoch")
 
 
 class DeviceConfig(BaseModel):

@@ -10,6 +10,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
 from iotmeter_tui.api import models as m
+from iotmeter_tui.api.problems import ApiProblem
 from iotmeter_tui.api.routing import actor, api_route, ctx, out
 
 bp = APIBlueprint("devices", __name__, url_prefix="/api/v1",
@@ -45,6 +46,20 @@ def create_device(body: m.DeviceCreate) -> Response:
            summary="one device")
 def get_device(path: m.DevicePath) -> Response:
     return out(device_model(ctx().devices.require(path.device_id)))
+
+
+@api_route(bp, "get", "/devices/{device_id}/quality", role="viewer",
+           responses={200: m.DeviceQuality},
+           summary="a device's data-quality score and its parts (gaps, duplicates, rejects, "
+           "counter resets, clock skew, stuck fields)")
+def get_quality(path: m.DevicePath) -> Response:
+    ctx().devices.require(path.device_id)
+    quality = ctx().stores.metadata.device_quality([path.device_id]).get(path.device_id)
+    if quality is None:
+        raise ApiProblem(404, f"device {path.device_id!r} has no data-quality score yet (the "
+                         "collector scores a device once it receives its telemetry)",
+                         field="device_id")
+    return out(m.DeviceQuality.model_validate(quality))
 
 
 @api_route(bp, "patch", "/devices/{device_id}", role="operator", action="device.update",

@@ -405,9 +405,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Distinct telemetry field names each device type may use (learned since the "
             "collector started); a message bringing more is rejected as field_budget."),
     # --- rollups and retention ---
-    Setting("rollups", _bool, False,
-            "Keep 1-minute and 1-hour rollups in the time-series store, so long chart windows "
-            "read them; costs about 3x client CPU per point written (off by default)."),
+    Setting("rollups", _bool, True,
+            "Keep 1-minute and 1-hour rollups in the time-series store (the collector's rollup "
+            "sink, off the write path), so long chart windows read them."),
     Setting("retention_raw", _retention, "inf",
             "How long raw time-series points are kept: 30d, 12h, 52w or inf (at least 1h)."),
     Setting("retention_1m", _retention, "inf",

@@ -1,6 +1,7 @@
 """Device: one meter up close. Charts of voltage, current and power over a window `w` cycles
-through; beside them a panel (digits 1-5) of latest values, configuration, recent alerts,
-command history and sequence gaps. `p` pings, `c` sends any command, escape goes back."""
+through; beside them a panel (digits 1-6) of latest values, configuration, recent alerts,
+command history, sequence gaps and the data-quality score with its parts. `p` pings, `c`
+sends any command, escape goes back."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from iotmeter_tui.view.format import (
     clock,
     key_fields,
     num,
+    quality_cell,
     role_of,
     short_type,
 )
@@ -36,7 +38,13 @@ from iotmeter_tui.widgets.live_table import Column, LiveTable, Row
 
 if TYPE_CHECKING:
     from iotmeter_tui.backend.stores import Stores
-    from iotmeter_tui.backend.stores.metadata import Alert, Command, Device, SeqState
+    from iotmeter_tui.backend.stores.metadata import (
+        Alert,
+        Command,
+        Device,
+        DeviceQuality,
+        SeqState,
+    )
     from iotmeter_tui.backend.stores.timeseries import Bucket, Latest
 
 # Up to a year: windows of hours and more are read from the stores' rollups (aligned_range)
@@ -45,8 +53,8 @@ WINDOWS_MIN = (1, 5, 15, 60, 360, 1440, 10080, 43200, 525600)
 DEFAULT_WINDOW_MIN = 5
 CHART_UNITS = ("V", "A", "kW")
 CHART_TITLES = ("voltage", "current", "power")
-PANELS = ("values", "config", "alerts", "commands", "gaps")
-PANEL_SHORT = ("val", "cfg", "alrt", "cmd", "gap")
+PANELS = ("values", "config", "alerts", "commands", "gaps", "quality")
+PANEL_SHORT = ("val", "cfg", "alrt", "cmd", "gap", "qual")
 HISTORY_POINTS = 240
 RECENT = 50
 
@@ -63,6 +71,8 @@ PANEL_COLUMNS: dict[str, tuple[Column, ...]] = {
              Column("dup", "DUP", 4, align="right"), Column("missing", "MISS", 5,
                                                             align="right"),
              Column("gaps", "OPEN GAPS", 8, flex=True)),
+    "quality": (Column("part", "PART", 14, flex=True), Column("value", "VALUE", 10,
+                                                              align="right")),
 }
 
 
@@ -73,6 +83,7 @@ class DeviceData:
     alerts: list[Alert] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     seq: list[SeqState] = field(default_factory=list)
+    quality: DeviceQuality | None = None
     latest: Latest | None = None
     history: list[Bucket] | None = None  # None: not read this time
     fields: tuple[str, str, str] = ("voltage_v", "current_a", "power_kw")
@@ -92,6 +103,7 @@ def read_device(stores: Stores, device_id: str,
         data.alerts = md.list_alerts(device_id=device_id, limit=RECENT)
         data.commands = md.list_commands(device_id=device_id, limit=RECENT)
         data.seq = sorted(md.load_seq_states([device_id]), key=lambda s: -s.boot)
+        data.quality = md.device_quality([device_id]).get(device_id)
         data.errors["metadata"] = None
     except StoreError as exc:
         data.errors["metadata"] = str(exc)
@@ -130,6 +142,29 @@ def _gaps_text(state: SeqState) -> str:
     return ", ".join(parts) + (f" +{more}" if more > 0 else "")
 
 
+def quality_rows(q: DeviceQuality | None, now_ms: int) -> list[Row]:
+    """The score and what it is made of; counts decay with a one-hour half-life, so they
+    read as "lately", with fractions (collector/quality.py)."""
+    if q is None:
+        return []
+
+    def part(n: float) -> tuple[str, str]:
+        return (f"{n:,.1f}", "error") if n >= 0.05 else ("0", "")
+
+    skew_role = "error" if q.clock_skew_ms >= 60_000 else "warn" if q.clock_skew_ms >= 5000 else ""
+    return [
+        Row("score", ("score", quality_cell(q.score))),
+        Row("received", ("received", f"{q.received:,.0f}")),
+        Row("gaps", ("gaps (missing)", part(q.gaps))),
+        Row("duplicates", ("duplicates", part(q.duplicates))),
+        Row("rejects", ("rejects", part(q.rejects))),
+        Row("counter_resets", ("counter resets", part(q.counter_resets))),
+        Row("clock_skew", ("clock skew", (f"{q.clock_skew_ms / 1000:,.1f}s", skew_role))),
+        Row("stuck", ("stuck fields", (str(q.stuck_fields), "error" if q.stuck_fields else ""))),
+        Row("updated", ("scored", ago(q.updated_at, now_ms) + " ago")),
+    ]
+
+
 def panel_rows(panel: str, data: DeviceData, now_ms: int) -> list[Row]:
     if panel == "values":
         if data.latest is None:
@@ -144,6 +179,8 @@ def panel_rows(panel: str, data: DeviceData, now_ms: int) -> list[Row]:
     if panel == "alerts":
         return [Row(str(a.id), (clock(a.raised_at), a.rule, (a.state, role_of(a.state))))
                 for a in data.alerts]
+    if panel == "quality":
+        return quality_rows(data.quality, now_ms)
     if panel == "commands":
         return [Row(c.id, (clock(c.created_at), c.name, (c.state, role_of(c.state)),
                            c.detail or c.result or "")) for c in data.commands]
@@ -164,6 +201,7 @@ class DeviceScreen(DashboardScreen):
         Binding("3", "panel(2)", "alerts", show=False, id="device.panel_2"),
         Binding("4", "panel(3)", "commands", show=False, id="device.panel_3"),
         Binding("5", "panel(4)", "gaps", show=False, id="device.panel_4"),
+        Binding("6", "panel(5)", "quality", show=False, id="device.panel_5"),
         Binding("tab", "panel_next", "panel", show=False, id="device.panel_next"),
         Binding("r", "raw", "raw", id="device.raw"),
         Binding("n", "edit", "name/location", show=False, id="device.edit"),
@@ -214,7 +252,8 @@ class DeviceScreen(DashboardScreen):
 
     def _show_tabs(self) -> None:
         side = self.query_one("#device-side")
-        names = PANELS if side.size.width >= 44 else PANEL_SHORT
+        full = sum(len(name) + 3 for name in PANELS) - 1  # "1 values 2 config ..."
+        names = PANELS if side.size.width >= full else PANEL_SHORT
         parts = []
         for i, name in enumerate(names):
             label = f"{i + 1} {name}" if names is PANELS else f"{i + 1}{name}"
@@ -264,11 +303,15 @@ class DeviceScreen(DashboardScreen):
         colour = {"ok": "$text-success", "error": "$text-error"}.get(role_of(status),
                                                                        "$text-muted")
         hb = f"{device.heartbeat_s:g}s" if device.heartbeat_s else "—"
+        score, role = quality_cell(device.quality)
+        score_colour = {"error": "$text-error", "warn": "$text-warning"}.get(role, "")
         summary.update(
             f" [b]{device.device_id}[/b]  {short_type(device.device_type)}  "
             f"[{colour}]{STATUS_DOTS.get(status, '?')} {status}[/]  "
             f"fw {escape(device.fw_version or '—')}  seen {ago(device.last_seen, now_ms)}  "
             f"boot {device.boot if device.boot is not None else '—'}  hb {hb}  "
+            + (f"quality [{score_colour}]{score}[/]  " if score_colour else f"quality {score}  ")
+            +
             f"[$text-accent]window {_window_label(self.window_min)}[/]"
             + "".join(f"  [$text-muted]{label}[/] {escape(value)}" for label, value in
                       (("name", device.name), ("at", device.location)) if value)

@@ -23,6 +23,7 @@ from iotmeter_tui.view.format import (
     ago,
     key_fields,
     num,
+    quality_cell,
     role_of,
     short_type,
 )
@@ -43,9 +44,11 @@ COLUMNS = (
     Column("amps", "AMPS", 7, align="right"),
     Column("kw", "KW", 7, align="right"),
     Column("alerts", "ALERTS", 6, align="right", priority=2),
+    Column("quality", "QUAL", 5, align="right", priority=1),  # 5: room for "QUAL▲"
 )
 # Columns the store can sort by, in the order `s` walks through them.
-SORTABLE = ("device_id", "device_type", "connection_status", "fw_version", "last_seen")
+SORTABLE = ("device_id", "device_type", "connection_status", "fw_version", "last_seen",
+            "quality")
 STATUS_FILTERS = (None, "online", "offline", "unknown")
 SILENT_FLEET_HINT = ("no meter is online: ':sim' then 's' starts simulated meters (or run "
                      "iotmeter --simulate yes); real meters publish to the collector's broker")
@@ -115,10 +118,10 @@ def fleet_export(stores: Stores, query: FleetQuery) -> ExportTable:
             names = key_fields(d.device_type, point.fields)
             values = [point.fields.get(name) for name in names]
         rows.append([d.device_id, d.device_type, d.connection_status, d.fw_version,
-                     iso(d.last_seen), *values, alerts.get(d.device_id, 0)])
+                     iso(d.last_seen), *values, alerts.get(d.device_id, 0), d.quality])
     return ExportTable("fleet", ("device_id", "device_type", "connection_status",
                                  "fw_version", "last_seen_utc", "volts", "amps", "kw",
-                                 "open_alerts"), rows)
+                                 "open_alerts", "quality"), rows)
 
 
 def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) -> Row:
@@ -140,6 +143,7 @@ def device_row(device: Device, latest: Latest | None, alerts: int, now_ms: int) 
             num(amps),
             num(kw),
             (str(alerts), "error") if alerts else ("·", "muted"),
+            quality_cell(device.quality),
         ),
         role="muted" if status == "offline" else "",
     )

@@ -53,6 +53,11 @@ KEY_FIELDS: Mapping[str, tuple[str, str, str]] = {
 DEFAULT_KEY_FIELDS = ("voltage_v", "current_a", "power_kw")
 
 
+# Data-quality scores below these colour red / yellow (docs/dashboard.md).
+QUALITY_BAD = 80.0
+QUALITY_FAIR = 95.0
+
+
 def role_of(state: str | None) -> str:
     return STATE_ROLES.get(state or "", "")
 
@@ -143,6 +148,14 @@ def size(value: float | int | None) -> str:
             return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
         amount /= 1024
     return f"{amount:.1f} GiB"
+
+
+def quality_cell(score: float | None) -> tuple[str, str]:
+    """A data-quality score as a cell: whole points, coloured where it costs data."""
+    if score is None:
+        return "·", "muted"  # not scored yet: no telemetry since the collector started
+    role = "error" if score < QUALITY_BAD else "warn" if score < QUALITY_FAIR else ""
+    return f"{score:.0f}", role
 
 
 def one_line(text: str | None, limit: int = 200) -> str:

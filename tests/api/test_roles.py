@@ -12,7 +12,7 @@ import pytest
 from iotmeter_tui.api.routing import ROUTES
 from iotmeter_tui.backend.control.commands import CommandService
 from iotmeter_tui.backend.control.ota import OtaService
-from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES
+from iotmeter_tui.backend.stores.metadata import API_KEY_ROLES, DeviceQuality
 from testsupport.api import LiveApi
 
 CALLERS = (None, "revoked", *API_KEY_ROLES)
@@ -24,6 +24,8 @@ def _fixtures(api: LiveApi) -> dict[str, Any]:
         metadata.create_device(device_id, "power_meter_dc")
     alert, _ = metadata.raise_alert("dc-1", "overvoltage", "critical", 950.0, "too high",
                                     int(time.time() * 1000))
+    metadata.save_quality([DeviceQuality("dc-1", 97.5, 100.0, 2.5, 0.0, 0.0, 0.0, 0, 120,
+                                          int(time.time() * 1000))])
     cmd = CommandService(metadata).send("dc-1", "ping")
     ota = OtaService(metadata, api.stores.archive)
     ota.upload_bytes(b"\x7fELF image", "1.0")
@@ -42,6 +44,7 @@ def _matrix(ids: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
         ("DELETE", "/api/v1/devices/dc-del", "admin", {}),
         ("GET", "/api/v1/devices/dc-1/config", "viewer", {}),
         ("PUT", "/api/v1/devices/dc-1/config", "operator", {"json": {"values": {}}}),
+        ("GET", "/api/v1/devices/dc-1/quality", "viewer", {}),
         ("GET", "/api/v1/devices/dc-1/telemetry", "viewer", {}),
         ("GET", "/api/v1/telemetry/latest", "viewer", {}),
         ("GET", "/api/v1/devices/dc-1/raw", "viewer", {}),

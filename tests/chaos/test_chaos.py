@@ -375,7 +375,10 @@ def _assert_back_pressure(collector: Collector, load: SteadyLoad, *, stuck: str 
     before the spool filled: each segment they finish that `stuck` had taken already is
     released and makes room for one more turn, so the hold starts only once they are done."""
     metric = collector.metrics.sample
-    others = [r.sink.name for r in collector.runners if r.sink.name != stuck] if stuck else []
+    # The rollup sink takes only what the time-series sink has stored: stuck with it.
+    with_it = {stuck, "rollups"} if stuck == "timeseries" else {stuck}
+    others = [r.sink.name for r in collector.runners if r.sink.name not in with_it] \
+        if stuck else []
 
     def state() -> tuple[float, float] | None:
         """(spool_full, acked) once the other sinks have caught up, else None."""

@@ -96,6 +96,40 @@ def test_a_drift_escapes_the_baseline_and_names_the_expected_range() -> None:
     assert "outside expected range" in f.message()
 
 
+@pytest.mark.parametrize("key", sorted(FEEDERS))
+def test_a_slow_drift_is_found_within_30_s_of_being_5_percent_off(key: str) -> None:
+    """The simulator's drift (0.2 % of the value a second) is caught while still inside the
+    full band: held above half of it and still climbing (DRIFT_HOLD_MS, DRIFT_RISE)."""
+    det = AnomalyDetector()
+    sample = meter_stream(key)
+    feed(det, 3600, sample=sample, key=key)
+    base: dict[str, float] = {}
+
+    def drift(i: int, d: dict[str, float]) -> dict[str, float]:
+        base.setdefault("v", d["voltage_v"])
+        return {**d, "voltage_v": d["voltage_v"] + 0.002 * base["v"] * (i - 3600)}
+
+    found = feed(det, 300, 3600, sample=sample, key=key, alter=drift)
+    hit = first(found, "level")
+    assert hit is not None
+    ts, f = hit
+    observable = T0 + (3600 + 25) * 1000  # 5 % off after 25 s
+    assert ts - observable <= 30_000, (ts - observable) / 1000
+    assert f.field == "voltage_v" and f.observed > f.high and f.since_ms <= ts
+
+
+def test_a_rise_that_levels_off_is_not_a_drift() -> None:
+    """A regenerating train lifts the line, then the lift holds or falls back: no finding
+    while it stays inside the band."""
+    det = AnomalyDetector()
+    sample = meter_stream()
+    feed(det, 3600, sample=sample)
+    found = feed(det, 120, 3600, sample=sample,
+                 alter=lambda i, d: {**d, "voltage_v": d["voltage_v"]
+                                     + 0.6 * min(i - 3600, 20)})
+    assert first(found, "level") is None
+
+
 def test_an_energy_counter_going_backwards_or_jumping_is_an_event() -> None:
     det = AnomalyDetector()
     sample = meter_stream()

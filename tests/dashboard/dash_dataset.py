@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from iotmeter_tui.backend.collector.health import CollectorHealth, DispatcherHealth, SinkHealth
+from iotmeter_tui.backend.collector.quality import quality_score
 from iotmeter_tui.backend.devices import DeviceService
 from iotmeter_tui.backend.errors import StoreUnavailable
 from iotmeter_tui.backend.runtime import (
@@ -32,6 +33,7 @@ from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.metadata import (
     Campaign,
     Command,
+    DeviceQuality,
     DeviceUpdate,
     Firmware,
     SeqState,
@@ -137,6 +139,7 @@ def build_stores(home: Path) -> Stores:
         for n, t in enumerate(times):
             points.append(Point(s.device_id, s.device_type, t, s.boot, n, values(index, t)))
     ts.write(points)
+    md.save_quality(_quality(specs))
     md.set_config("dc-0001", "heartbeat_s", 30)
     md.set_config("dc-0001", "report_temperature", True)
     md.set_config("dc-0001", "interval_s", 1.0)
@@ -146,6 +149,24 @@ def build_stores(home: Path) -> Stores:
     # Fixed URLs for display: the tmp path would make every snapshot differ.
     return Stores(md, ts, archive, ("sqlite:///data/iotmeter.db", "sqlite:///data/timeseries.db",
                                     "file:///data/archive"))
+
+
+def _quality(specs: list[DeviceSpec]) -> list[DeviceQuality]:
+    """Data-quality scores of the typed devices (the unknown ones are not scored yet): most
+    clean, dc-0001 with gaps, duplicates, rejects, a counter reset and a stuck field, ac-0012
+    with a clock 7.5 s off."""
+    scores = []
+    for s in specs:
+        if s.device_type == "unknown":
+            continue
+        scores.append(DeviceQuality(s.device_id, 100.0, 720.0, 0.0, 0.0, 0.0, 0.0, 0, 180,
+                                    NOW_MS - 1000))
+    scores[0] = DeviceQuality("dc-0001", quality_score(3_550.2, 12.0, 3.0, 2.0, 1.0, 1, 240),
+                              3_550.2, 12.0, 3.0, 2.0, 1.0, 1, 240, NOW_MS - 1000)
+    scores[-1] = DeviceQuality(scores[-1].device_id,
+                               quality_score(720.0, 0.0, 0.0, 0.0, 0.0, 0, 7_500),
+                               720.0, 0.0, 0.0, 0.0, 0.0, 0, 7_500, NOW_MS - 1000)
+    return scores
 
 
 def _alerts(md: Any) -> None:

@@ -42,6 +42,12 @@ def test_device_view_shows_charts_values_and_panels(make_app: Any) -> None:
         gaps = screen.query_one("#panel-gaps", LiveTable)
         assert [r.key for r in gaps.rows] == ["2", "1"]
         assert "118-123, 3001-3006" in screen_text(pilot.app)
+        assert "quality 74" in screen_text(pilot.app)  # the summary line
+        await press(pilot, "6")
+        quality = screen.query_one("#panel-quality", LiveTable)
+        assert [r.key for r in quality.rows][:3] == ["score", "received", "gaps"]
+        text = screen_text(pilot.app)
+        assert "counter resets" in text and "stuck fields" in text and "0.2s" in text
         await press(pilot, "tab")
         assert screen.panel == 0
         await press(pilot, "w")

@@ -32,9 +32,10 @@ def test_fleet_lists_registry_with_live_values(make_app: Any) -> None:
         dc1 = next(line for line in text.splitlines() if line.startswith("dc-0001"))
         assert "● online" in dc1 and "1.2.0" in dc1 and "3s" in dc1
         assert "764.8" in dc1  # voltage_v of the latest point
-        assert dc1.rstrip().endswith("1")  # one open alert
+        assert dc1.split()[-2:] == ["1", "74"]  # one open alert; its quality score
         new = next(line for line in text.splitlines() if line.startswith("new-0001"))
         assert "? unknown" in new and "—" in new
+        assert new.rstrip().endswith("·")  # not scored yet
 
     drive(make_app(), scenario)
 
@@ -57,6 +58,12 @@ def test_sort_cycles_columns_and_reverses(make_app: Any) -> None:
         assert screen.query_state.descending
         assert keys_of(screen.table)[0] == "ac-0001"  # 2 s ago: the freshest
         assert "SEEN▼" in screen_text(pilot.app)
+        await press(pilot, "s")  # quality: the worst meters first, unscored ones last
+        assert screen.query_state.order_by == "quality"
+        order = keys_of(screen.table)
+        assert order[:2] == ["dc-0001", "ac-0012"]
+        assert order[-3:] == ["new-0001", "new-0002", "new-0003"]
+        assert "QUAL▲" in screen_text(pilot.app)
         await press(pilot, "s")  # wraps to device_id, ascending
         assert screen.query_state.order_by == "device_id"
         assert not screen.query_state.descending

@@ -1204,6 +1204,7 @@ _paged_fleet = st.lists(
         st.one_of(st.none(), st.integers(0, 3)),  # last_seen: NULLs and ties
         st.one_of(st.none(), st.sampled_from(["1.0", "1.1", "2.0"])),  # fw_version
         st.one_of(st.none(), st.sampled_from(["east", "West", "north"])),  # location
+        st.one_of(st.none(), st.sampled_from([12.5, 80.0, 100.0])),  # quality score
     ),
     max_size=14,
 )
@@ -1213,17 +1214,23 @@ _paged_fleet = st.lists(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(fleet=_paged_fleet, page=st.integers(1, 4),
-       column=st.sampled_from(["device_id", "last_seen", "fw_version", "location"]),
+       column=st.sampled_from(["device_id", "last_seen", "fw_version", "location",
+                               "quality"]),
        descending=st.booleans())
 def test_keyset_pages_agree_with_one_listing(
-    store: MetadataStore, fleet: list[tuple[str, int | None, str | None, str | None]],
+    store: MetadataStore,
+    fleet: list[tuple[str, int | None, str | None, str | None, float | None]],
     page: int, column: str, descending: bool
 ) -> None:
+    from iotmeter_tui.backend.stores.metadata import DeviceQuality
+
     # Each example gets its own ids (found by the search on the prefix).
     prefix = uuid.uuid4().hex[:8]
-    for i, (stem, last_seen, fw, location) in enumerate(fleet):
+    for i, (stem, last_seen, fw, location, score) in enumerate(fleet):
         device_id = f"{prefix}-{stem}-{i}"
         store.create_device(device_id, location=location)
+        if score is not None:
+            store.save_quality([DeviceQuality(device_id, score, 1, 0, 0, 0, 0, 0, 0, 1)])
         if last_seen is not None or fw is not None:
             store.apply_collector_batch(
                 [DeviceUpdate(device_id, last_seen if last_seen is not None else 0,
@@ -1250,3 +1257,30 @@ def test_quality_scores_are_upserted_and_read_per_device(store: MetadataStore) -
     store.save_quality([newer])
     assert store.device_quality(["q-1", "missing"]) == {"q-1": newer}
     assert store.device_quality(f"x-{i}" for i in range(1500)) == {}
+
+
+def test_devices_carry_their_quality_and_sort_worst_first(store: MetadataStore) -> None:
+    from iotmeter_tui.backend.stores.metadata import DeviceQuality
+
+    for device_id in ("good", "bad", "fair", "unscored"):
+        store.create_device(device_id, "power_meter_dc")
+    store.save_quality([DeviceQuality("good", 100.0, 50, 0, 0, 0, 0, 0, 10, 1000),
+                        DeviceQuality("bad", 41.5, 50, 40, 0, 0, 1, 2, 10, 1000),
+                        DeviceQuality("fair", 88.0, 50, 6, 0, 0, 0, 0, 10, 1000)])
+    worst_first = store.list_devices(order_by="quality")
+    assert _ids(worst_first) == ["bad", "fair", "good", "unscored"]  # unscored: last
+    assert [d.quality for d in worst_first] == [41.5, 88.0, 100.0, None]
+    assert _ids(store.list_devices(order_by="quality", descending=True)) == [
+        "good", "fair", "bad", "unscored"]
+    assert _ids(store.list_devices(order_by="quality", search="a", limit=1)) == ["bad"]
+    got = store.get_device("bad")
+    assert got is not None and got.quality == 41.5
+    # Other orders and filters still carry the score.
+    assert {d.device_id: d.quality for d in store.list_devices(status="unknown")} == {
+        "good": 100.0, "bad": 41.5, "fair": 88.0, "unscored": None}
+    # A deleted device's score goes with it: registered again, it starts unscored.
+    store.delete_device("bad")
+    assert "bad" not in store.device_quality()
+    store.create_device("bad")
+    again = store.get_device("bad")
+    assert again is not None and again.quality is None

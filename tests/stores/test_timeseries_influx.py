@@ -224,6 +224,38 @@ def scripted() -> Iterator[Callable[..., ScriptedInflux]]:
         server.close()
 
 
+def stored(device_id: str, ts: int, **fields: float) -> Callable[[Seen], tuple[
+        int, dict[str, str], bytes]]:
+    """Answer as a server holding one point: a rollup's aggregate of raw points finds it, its
+    SELECT of 1 min rows finds that point's minute; everything else ok."""
+    def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if request.path != "/query":
+            return ok(request)
+        query = urllib.parse.parse_qs(request.body.decode()).get("q", [""])[0]
+        if not query.startswith("SELECT"):
+            return ok(request)
+        if "GROUP BY time(" in query:  # a minute aggregated from the raw points
+            row = [v for value in fields.values() for v in (value, value, value, 1, value)]
+            series = {"name": "x", "tags": {"device_id": device_id},
+                      "columns": ["time", *(f"c{i}" for i in range(len(row)))],
+                      "values": [[ts - ts % 60_000, *row]]}
+            body = json.dumps({"results": [{"statement_id": 0, "series": [series]}]})
+            return 200, {"Content-Type": "application/json"}, body.encode() + b"\n"
+        if '"iot_telemetry_1m"' in query:
+            columns = [f"{name}_{part}" for name in fields
+                       for part in ("min", "max", "sum", "count", "last", "lt")]
+            row = [v for value in fields.values() for v in (value, value, value, 1, value, ts)]
+            at = ts - ts % 60_000
+        else:
+            columns, row, at = list(fields), list(fields.values()), ts
+        series = {"name": "x", "columns": ["time", *columns, "device_id"],
+                  "values": [[at, *row, device_id]]}
+        body = json.dumps({"results": [{"statement_id": 0, "series": [series]}]})
+        return 200, {"Content-Type": "application/json"}, body.encode() + b"\n"
+
+    return answer
+
+
 def on_write(*answers: tuple[int, dict[str, str], bytes]) -> Callable[[Seen], tuple[
         int, dict[str, str], bytes]]:
     """Answer raw writes from `answers` in turn (the last one repeats), everything else ok."""
@@ -239,12 +271,17 @@ def on_write(*answers: tuple[int, dict[str, str], bytes]) -> Callable[[Seen], tu
 
 @pytest.mark.parametrize("rollups", [False, True])
 def test_the_wire_format(scripted: Callable[..., ScriptedInflux], rollups: bool) -> None:
-    server = scripted()
+    server = scripted(stored("dev 1,x=y", T0, **{"a b,c=d": -1.5, "tiny": 1e-5,
+                                                  "voltage_v": 750.0}))
     store = InfluxTimeSeries(server.url(), TOKEN, rollups=rollups)
-    store.write([Point("dev 1,x=y", "power_meter_dc", T0, 7, 12,
-                       {"voltage_v": 750, "a b,c=d": -1.5, "tiny": 1e-5})])
-    # Then retention policies are set up, and (rollups on) after the raw write come the 1 min
-    # and 1 h rollups, in their retention policies (test_timeseries_rollups.py).
+    point = Point("dev 1,x=y", "power_meter_dc", T0, 7, 12,
+                  {"voltage_v": 750, "a b,c=d": -1.5, "tiny": 1e-5})
+    store.write([point])
+    # The write is the raw line protocol alone, with rollups on or off: rollups are off the
+    # write path. roll_up() (the collector's rollup sink) then writes the 1 min and 1 h
+    # rollups, in their retention policies (test_timeseries_rollups.py).
+    assert [s for s in server.seen if "rp=" in s.path] == []
+    store.roll_up([point])
     create = server.seen[0]
     assert urllib.parse.parse_qs(create.body.decode()) == {"q": ['CREATE DATABASE "iot-metrics"']}
     [write] = server.writes()
@@ -257,8 +294,8 @@ def test_the_wire_format(scripted: Callable[..., ScriptedInflux], rollups: bool)
         assert hour.path == "/write?db=iot-metrics&precision=ms&rp=rollup_1h"
         assert any(q.startswith("CREATE RETENTION POLICY") for q in statements)
     else:
-        # Rollups off: the write as it was before rollups, no lookup of stored points and no
-        # rollup policy; only the database and its retention are prepared.
+        # Rollups off: roll_up() does nothing, no rollup policy; only the database and its
+        # retention are prepared.
         assert rollup_writes == []
         assert not any(q.startswith(("SELECT", "CREATE RETENTION")) for q in statements)
     assert write.path == "/write?db=iot-metrics&precision=ms"
@@ -376,18 +413,20 @@ def test_other_4xx_is_rejected_at_once(
 def test_a_rollup_write_that_keeps_failing_fails_the_batch(
     scripted: Callable[..., ScriptedInflux],
 ) -> None:
-    """The raw points are stored, their rollups are not: write() raises, so the sink keeps
-    the batch and writes it again (test_timeseries_rollups.py shows the redelivery repairs
-    the rollups)."""
+    """roll_up() raises, so the rollup sink keeps the batch and rolls it up again
+    (test_timeseries_rollups.py shows rolling up again repairs the rollups)."""
+    holding = stored("d", T0, v=1.0)
+
     def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
         if "rp=rollup_1m" in request.path:
             return 503, {}, b'{"error":"overloaded"}'
-        return ok(request)
+        return holding(request)
 
     server = scripted(answer)
     store = InfluxTimeSeries(server.url(), retries=1, backoff_s=0.01, rollups=True)
+    store.write([pt("d", T0, v=1.0)])  # the raw write does not wait for rollups
     with pytest.raises(StoreUnavailable, match="overloaded"):
-        store.write([pt("d", T0, v=1.0)])
+        store.roll_up([pt("d", T0, v=1.0)])
     assert len(server.writes()) == 1
     assert len([s for s in server.seen if "rp=rollup_1m" in s.path]) == 2
 

@@ -40,6 +40,13 @@ def pt(device_id: str, ts: int, seq: int = 0, **fields: float) -> Point:
     return Point(device_id, "power_meter_dc", ts, 1, seq, fields)
 
 
+def write(store: TimeSeriesStore, points: list[Point]) -> None:
+    """What the collector does: the time-series sink writes, the rollup sink then rolls the
+    stored points up (collector/rollup_sink.py)."""
+    store.write(points)
+    store.roll_up(points)
+
+
 def influx_query(server: InfluxServer, database: str, q: str) -> dict:  # type: ignore[type-arg]
     body = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ms"}).encode()
     with urllib.request.urlopen(f"{server.http_url}/query", body, timeout=10) as reply:
@@ -102,8 +109,8 @@ def three_hours(device: str, every_s: int = 20) -> list[Point]:
 def test_rollups_equal_aggregates_of_the_raw_points(store: TimeSeriesStore) -> None:
     points = three_hours("r1")
     for i in range(0, len(points), 97):  # batches that cut minutes and hours in two
-        store.write(points[i : i + 97])
-    store.write([pt("other", p.ts, p.seq, v=1e6) for p in points[:50]])  # not r1's
+        write(store, points[i : i + 97])
+    write(store, [pt("other", p.ts, p.seq, v=1e6) for p in points[:50]])  # not r1's
     start, end = H0, H0 + 3 * HOUR_MS
     for max_points in (3, 36, 180):  # 1 h, 5 min and 1 min buckets: read from rollups
         width = bucket_width(start, end, max_points)
@@ -115,7 +122,7 @@ def test_rollups_equal_aggregates_of_the_raw_points(store: TimeSeriesStore) -> N
 
 def test_an_aligned_chart_reads_what_the_raw_chart_shows(store: TimeSeriesStore) -> None:
     points = three_hours("r2", every_s=7)
-    store.write(points)
+    write(store, points)
     start, end = aligned_range(H0 + 1234, H0 + 3 * HOUR_MS - 999, 100)
     assert start == H0 and (end - start) % 100 == 0
     width = bucket_width(start, end, 100)
@@ -131,10 +138,10 @@ def test_an_aligned_chart_reads_what_the_raw_chart_shows(store: TimeSeriesStore)
 
 def test_late_data_updates_its_minute_and_its_hour(store: TimeSeriesStore) -> None:
     points = three_hours("late")
-    store.write(points)
+    write(store, points)
     # Long after: a point for the first minute arrives, lower and later than any there.
     late = pt("late", H0 + 59_999, 10_000, v=-5000.0)
-    store.write([late])
+    write(store, [late])
     both = [*points, late]
     for max_points in (3, 180):
         width = bucket_width(H0, H0 + 3 * HOUR_MS, max_points)
@@ -145,10 +152,10 @@ def test_late_data_updates_its_minute_and_its_hour(store: TimeSeriesStore) -> No
 
 def test_points_written_twice_are_counted_once(store: TimeSeriesStore) -> None:
     points = three_hours("dup")
-    store.write(points)
-    store.write(points[:200])  # a redelivered batch
-    store.write(points[100:300])  # another overlapping one, in a new batch shape
-    store.write(points[::-1][:50])  # newest points again, in reverse
+    write(store, points)
+    write(store, points[:200])  # a redelivered batch
+    write(store, points[100:300])  # another overlapping one, in a new batch shape
+    write(store, points[::-1][:50])  # newest points again, in reverse
     for max_points in (3, 180):
         width = bucket_width(H0, H0 + 3 * HOUR_MS, max_points)
         buckets = store.history("dup", ["v"], H0, H0 + 3 * HOUR_MS, max_points)
@@ -157,14 +164,14 @@ def test_points_written_twice_are_counted_once(store: TimeSeriesStore) -> None:
 
 def test_a_rewritten_point_replaces_its_old_value_in_the_rollups(
         store: TimeSeriesStore) -> None:
-    store.write([pt("re", H0 + 1000, 1, v=1.0), pt("re", H0 + 2000, 2, v=2.0)])
-    store.write([pt("re", H0 + 1000, 1, v=10.0)])
+    write(store, [pt("re", H0 + 1000, 1, v=1.0), pt("re", H0 + 2000, 2, v=2.0)])
+    write(store, [pt("re", H0 + 1000, 1, v=10.0)])
     [bucket] = store.history("re", ["v"], H0, H0 + HOUR_MS, 1)
     assert bucket.values["v"] == {"min": 2.0, "max": 10.0, "mean": 6.0, "last": 2.0}
 
 
 def test_rollups_keep_fields_apart_and_devices_apart(store: TimeSeriesStore) -> None:
-    store.write([pt("a", H0 + 1000, 1, v=1.0), pt("a", H0 + 2000, 2, w=5.0),
+    write(store, [pt("a", H0 + 1000, 1, v=1.0), pt("a", H0 + 2000, 2, w=5.0),
                  pt("b", H0 + 1500, 1, v=100.0)])
     [bucket] = store.history("a", ["v", "w", "nope"], H0, H0 + HOUR_MS, 1)
     assert bucket.values == {"v": {"min": 1.0, "max": 1.0, "mean": 1.0, "last": 1.0},
@@ -182,8 +189,8 @@ def test_sqlite_retention_deletes_what_each_level_no_longer_keeps(tmp_path: Path
     now = H0 + 30 * day
     ages = (1, 5, 20)  # days
     # 6,000 points at the oldest age: more than one delete batch.
-    store.write([pt("old", now - 20 * day + i * 100, i, v=float(i)) for i in range(6000)])
-    store.write([pt("old", now - age * day, 9000 + age, v=float(age)) for age in ages[:2]])
+    write(store, [pt("old", now - 20 * day + i * 100, i, v=float(i)) for i in range(6000)])
+    write(store, [pt("old", now - age * day, 9000 + age, v=float(age)) for age in ages[:2]])
     deleted = store.apply_retention(now_ms=now)
     assert deleted["raw"] == 6001  # 20 and 5 days old
     assert [p.ts for p in store.points("old")] == [now - day]
@@ -198,19 +205,37 @@ def test_sqlite_retention_deletes_what_each_level_no_longer_keeps(tmp_path: Path
     store.close()
 
 
-def test_sqlite_a_late_point_past_raw_retention_is_folded_into_its_rollups(
+def test_sqlite_a_point_later_than_raw_retention_leaves_its_rollups_whole(
         tmp_path: Path) -> None:
+    """Rollups are recomputed from the raw points, and this bucket's are gone: recomputing it
+    from the one late point would throw away the minute it summarises, so it stays as it
+    was (docs/stores-timeseries.md: backfill reaches back as far as raw retention)."""
     now_ms = int(time.time() * 1000)
     old = now_ms - now_ms % HOUR_MS - 72 * HOUR_MS
     store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS),
                              rollups=True)
-    store.write([pt("x", old + i * 1000, i, v=float(i)) for i in range(60)])
+    write(store, [pt("x", old + i * 1000, i, v=float(i)) for i in range(60)])
     store.apply_retention()
     assert store.points("x") == []
-    store.write([pt("x", old + 500, 99, v=-1.0)])  # a very late point: new, so added
+    write(store, [pt("x", old + 500, 99, v=-1.0)])  # three days late
     [bucket] = store.history("x", ["v"], old, old + MINUTE_MS, 1)
-    assert bucket.values["v"] == {"min": -1.0, "max": 59.0, "mean": 1769 / 61, "last": 59.0}
+    assert bucket.values["v"] == {"min": 0.0, "max": 59.0, "mean": 29.5, "last": 59.0}
     store.close()
+
+
+def test_a_write_alone_keeps_rollups_as_they_were(store: TimeSeriesStore) -> None:
+    """Rollups are off the write path: only roll_up() (the collector's rollup sink) moves
+    them, and rolling the same points up again changes nothing."""
+    first = [pt("hot", H0 + i * 1000, i, v=float(i)) for i in range(30)]
+    write(store, first)
+    store.write([pt("hot", H0 + 40_000, 40, v=100.0)])
+    [bucket] = store.history("hot", ["v"], H0, H0 + HOUR_MS, 1)
+    assert bucket.values["v"] == {"min": 0.0, "max": 29.0, "mean": 14.5, "last": 29.0}
+    late = [pt("hot", H0 + 40_000, 40, v=100.0)]
+    store.roll_up(late)
+    store.roll_up(late)
+    [bucket] = store.history("hot", ["v"], H0, H0 + HOUR_MS, 1)
+    assert bucket.values["v"] == {"min": 0.0, "max": 100.0, "mean": 535 / 31, "last": 100.0}
 
 
 def test_sqlite_a_bucket_cut_by_retention_is_not_recomputed(tmp_path: Path) -> None:
@@ -220,9 +245,9 @@ def test_sqlite_a_bucket_cut_by_retention_is_not_recomputed(tmp_path: Path) -> N
     minute = H0 + 40 * 24 * HOUR_MS
     store = SqliteTimeSeries(tmp_path / "ts.db", retention=Retention(raw_ms=24 * HOUR_MS),
                              rollups=True)
-    store.write([pt("x", minute + i * 1000, i, v=float(i)) for i in range(60)])
+    write(store, [pt("x", minute + i * 1000, i, v=float(i)) for i in range(60)])
     assert store.apply_retention(now_ms=minute + 30_000 + 24 * HOUR_MS)["raw"] == 30
-    store.write([pt("x", minute + 45_000, 45, v=1000.0)])  # stored before: a rewrite
+    write(store, [pt("x", minute + 45_000, 45, v=1000.0)])  # stored before: a rewrite
     [bucket] = store.history("x", ["v"], minute, minute + MINUTE_MS, 1)
     assert bucket.values["v"] == {"min": 0.0, "max": 59.0, "mean": 29.5, "last": 59.0}
     assert [p.fields["v"] for p in store.points("x")][15] == 1000.0  # raw has the new value
@@ -239,7 +264,7 @@ def test_influx_retention_policies_follow_the_settings(influxdb: InfluxServer) -
         recent, old = now_ms - HOUR_MS, now_ms - 100 * 24 * HOUR_MS
         # Older than the raw retention: InfluxDB refuses the point (its shard is gone).
         with pytest.raises(PartialWriteError) as refused:
-            store.write([pt("p", recent, 1, v=1.0), pt("p", old, 2, v=2.0)])
+            write(store, [pt("p", recent, 1, v=1.0), pt("p", old, 2, v=2.0)])
         # 1.x does not say which point it dropped, only how many: all count as failed.
         assert old in [p.ts for p in refused.value.failed]
         assert refused.value.accepted == 1
@@ -270,7 +295,7 @@ def test_influx_rollups_land_in_their_retention_policies(influxdb: InfluxServer)
     url = f"influxdb://{influxdb.host}:{influxdb.port}/{database}"
     try:
         store = open_timeseries(url, rollups=True)
-        store.write([pt("q", H0 + 1000, 1, v=3.0), pt("q", H0 + 61_000, 2, v=4.0)])
+        write(store, [pt("q", H0 + 1000, 1, v=3.0), pt("q", H0 + 61_000, 2, v=4.0)])
         store.close()
         minute = influx_query(influxdb, database,
                               'SELECT * FROM "rollup_1m"."iot_telemetry_1m" WHERE device_id=\'q\'')
@@ -339,7 +364,7 @@ def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
     if kind == "sqlite":
         # Raw points only, as a writer without rollups would leave them.
         store = SqliteTimeSeries(url.removeprefix("sqlite://"), rollups=True)
-        store.write(points)
+        write(store, points)
         connection = sqlite3.connect(url.removeprefix("sqlite://"))
         with connection:
             connection.execute("DELETE FROM rollup_1m")
@@ -357,7 +382,7 @@ def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
             pass
         store = open_timeseries(url, rollups=True)  # type: ignore[assignment]
     assert store.history("crash", ["v"], H0, H0 + HOUR_MS, 1) == []  # no rollups yet
-    store.write(points)  # the redelivery
+    write(store, points)  # the redelivery
     for max_points in (1, 60):
         width = bucket_width(H0, H0 + HOUR_MS, max_points)
         buckets = store.history("crash", ["v"], H0, H0 + HOUR_MS, max_points)
@@ -368,7 +393,7 @@ def test_a_batch_whose_rollups_were_lost_is_repaired_by_its_redelivery(
 def test_threads_writing_the_same_points_at_once_count_them_once(
         store: TimeSeriesStore) -> None:
     points = three_hours("race")[:150]
-    threads = [threading.Thread(target=store.write, args=(points,)) for _ in range(4)]
+    threads = [threading.Thread(target=write, args=(store, points)) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -378,15 +403,15 @@ def test_threads_writing_the_same_points_at_once_count_them_once(
 
 
 def test_a_later_batch_with_other_fields_keeps_the_first_ones(store: TimeSeriesStore) -> None:
-    store.write([pt("mix", H0 + 1000, 1, v=1.0)])
-    store.write([pt("mix", H0 + 2000, 2, w=7.0)])
-    store.write([pt("mix", H0 + 3000, 3, v=3.0)])
+    write(store, [pt("mix", H0 + 1000, 1, v=1.0)])
+    write(store, [pt("mix", H0 + 2000, 2, w=7.0)])
+    write(store, [pt("mix", H0 + 3000, 3, v=3.0)])
     [bucket] = store.history("mix", ["v", "w"], H0, H0 + HOUR_MS, 1)
     assert bucket.values == {"v": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0},
                              "w": {"min": 7.0, "max": 7.0, "mean": 7.0, "last": 7.0}}
 
 
-# --- rollups off (IOTMETER_ROLLUPS=false, the default) -------------------------------------
+# --- rollups off (IOTMETER_ROLLUPS=false) ----------------------------------------------------
 
 
 def test_with_rollups_off_a_write_keeps_raw_points_only(
@@ -396,8 +421,8 @@ def test_with_rollups_off_a_write_keeps_raw_points_only(
     store = open_timeseries(url, retention=Retention(raw_ms=365 * 24 * HOUR_MS))
     try:
         for i in range(0, len(points), 97):
-            store.write(points[i : i + 97])
-        store.write(points[:50])  # a redelivery changes nothing
+            write(store, points[i : i + 97])
+        write(store, points[:50])  # a redelivery changes nothing
         assert store.points("off") == points
         # Windows that rollups would answer are read from the raw points, and agree.
         for max_points in (3, 36, 180):
@@ -428,14 +453,14 @@ def test_sqlite_rollups_turned_on_roll_up_what_was_written_while_off(tmp_path: P
     path = tmp_path / "ts.db"
     before = three_hours("switch")
     off = SqliteTimeSeries(path)
-    off.write(before[:300])
+    write(off, before[:300])
     off.close()
     on = SqliteTimeSeries(path, rollups=True)
-    on.write(before[300:])  # folded into rollups that hold the first 300 points too
+    write(on, before[300:])  # folded into rollups that hold the first 300 points too
     on.close()
     later = SqliteTimeSeries(path)  # off again, then on again: rolled up once more
     late = pt("switch", H0 + 59_999, 10_000, v=-5000.0)
-    later.write([late])
+    write(later, [late])
     later.close()
     again = SqliteTimeSeries(path, rollups=True)
     for max_points in (3, 180):
@@ -461,7 +486,7 @@ def test_sqlite_a_version_1_file_opened_with_rollups_off_is_not_rolled_up(
     connection.close()
 
 
-@pytest.mark.parametrize(("setting", "kept"), [(None, False), ("false", False), ("true", True)])
+@pytest.mark.parametrize(("setting", "kept"), [(None, True), ("false", False), ("true", True)])
 def test_open_stores_keeps_rollups_only_when_the_setting_says_so(
         tmp_path: Path, setting: str | None, kept: bool) -> None:
     env = {"IOTMETER_HOME": str(tmp_path)}
@@ -469,7 +494,7 @@ def test_open_stores_keeps_rollups_only_when_the_setting_says_so(
         env["IOTMETER_ROLLUPS"] = setting
     stores = open_stores(load_settings(env=env))
     try:
-        stores.timeseries.write([pt("cfg", H0 + 1000, 1, v=2.0)])
+        write(stores.timeseries, [pt("cfg", H0 + 1000, 1, v=2.0)])
         [bucket] = stores.timeseries.history("cfg", ["v"], H0, H0 + HOUR_MS, 1)
         assert bucket.values["v"]["last"] == 2.0
     finally:

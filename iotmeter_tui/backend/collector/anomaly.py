@@ -64,6 +64,11 @@ INTERVAL_TOLERANCE: Final = 0.5  # outside [0.5x, 2x] of the usual interval is "
 INTERVAL_RUN: Final = 3  # off intervals in a row before "interval"
 EVENT_HOLD_MS: Final = 60_000  # a counter event stays a finding this long
 RELEARN_MS: Final = 3_600_000  # a level held this long becomes the new baseline
+# A slow drift upwards: the short-term mean held above half the band's upper side this long
+# and still climbing. A drift gets there in half the time it takes to leave the band; a
+# regenerating train's rise levels off and falls back.
+DRIFT_HOLD_MS: Final = 12_000
+DRIFT_RISE: Final = 0.4  # ...and still rising: this share of the way on to the band's edge
 SAVE_EVERY_MS: Final = 60_000
 
 DEFAULT_SENSITIVITY: Final[Mapping[str, float]] = {"power_meter_dc": 1.0, "power_meter_ac": 1.0}
@@ -112,6 +117,8 @@ class _Field:
         "level_load",
         "median",
         "n",
+        "near_from",
+        "near_since",
         "rate_hi",
         "repeats",
         "spread",
@@ -136,6 +143,8 @@ class _Field:
         self.stuck_since = 0
         self.rate_hi = 0.0  # counters: fastest growth per second seen (decaying)
         self.bad_since = 0  # first reading of the current level excursion (0: none)
+        self.near_since = 0  # first reading beyond half the band (0: within it)...
+        self.near_from = 0.0  # ...and the short-term mean then
         self.finding: Finding | None = None
 
     def state(self) -> list[float]:
@@ -321,6 +330,25 @@ class AnomalyDetector:
             f.spread_lo += SPREAD_ALPHA * ((-dev if -dev < clip else clip) - spread_lo)
         if low <= fast <= high:
             f.bad_since = 0
+            # Upwards only: a line sags under load for minutes (a train climbing), while
+            # nothing in traction supply holds it up, so a sag waits for the full band.
+            near_high = median + 0.5 * (high - median)
+            if fast > near_high:
+                since = f.near_since
+                if not since:
+                    f.near_since, f.near_from = ts, fast
+                elif ts - since >= RELEARN_MS:
+                    f.median, f.near_since, f.finding = fast, 0, None
+                    return None
+                elif ts - since >= DRIFT_HOLD_MS and \
+                        fast - f.near_from >= DRIFT_RISE * (high - near_high):
+                    # Held there: a drift on its way out of the band. The baseline stays
+                    # frozen, as for a reading outside it.
+                    f.finding = Finding("level", name, fast, low, near_high, since,
+                                        (fast - near_high) / width + 1.0)
+                    return f.finding
+            else:
+                f.near_since = 0
             f.finding = None
             # The median learns only from normal readings: it must not follow a fault.
             step = MEDIAN_STEP * width / k

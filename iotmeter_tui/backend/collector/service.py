@@ -28,6 +28,7 @@ from iotmeter_tui.backend.collector.monitor import CountingPublisher, StoreMonit
 from iotmeter_tui.backend.collector.pipeline import Decider, DeviceDirectory, Pipeline
 from iotmeter_tui.backend.collector.registry import RegistrySink
 from iotmeter_tui.backend.collector.retention import RETENTION_INTERVAL_S, RetentionKeeper
+from iotmeter_tui.backend.collector.rollup_sink import ROLLUP_EVERY_S, RollupSink
 from iotmeter_tui.backend.collector.seqtrack import BootTrack, SeqTracker
 from iotmeter_tui.backend.collector.sinks import (
     ArchiveSink,
@@ -72,6 +73,7 @@ class Tuning:
     sink_max_backoff_s: float = 10.0
     start_retry_s: float = 2.0
     retention_interval_s: float = RETENTION_INTERVAL_S
+    rollup_every_s: float = ROLLUP_EVERY_S
 
 
 class Collector:
@@ -168,6 +170,12 @@ class Collector:
                         source=self.spool_dir.name),
             registry,
         ]
+        if s.rollups:
+            # Behind the time-series sink, off its write path (collector/rollup_sink.py).
+            sinks.append(RollupSink(self.stores.timeseries,
+                                    CursorFile(self.spool_dir / "rollups.cursor"),
+                                    CursorFile(self.spool_dir / "timeseries.cursor"),
+                                    every_s=self.tuning.rollup_every_s))
         with self._lifecycle:
             if not self._stop.is_set():
                 self._start_threads(sinks, decider)

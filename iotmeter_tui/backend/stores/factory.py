@@ -78,7 +78,7 @@ def open_timeseries(
     token as in InfluxTimeSeries) or sqlite:///path (config.local_path). Nothing is contacted
     here: the database is prepared on first use. `retention`: how long each resolution is
     kept (rollups.Retention; unset keeps everything). `rollups`: keep 1-minute and 1-hour
-    rollups on write and read long windows from them (IOTMETER_ROLLUPS). Raises StoreRejected
+    rollups (roll_up) and read long windows from them (IOTMETER_ROLLUPS). Raises StoreRejected
     on a URL no adapter serves."""
     scheme = urlsplit(url).scheme
     if scheme in ("influxdb", "influxdbs"):

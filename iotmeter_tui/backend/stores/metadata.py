@@ -68,6 +68,7 @@ DEVICE_ORDER_COLUMNS: Final = (
     "created_at",
     "name",
     "location",
+    "quality",  # the data-quality score: ascending puts the worst meters first
 )
 
 API_KEY_ROLES: Final = ("viewer", "operator", "admin")
@@ -93,6 +94,8 @@ class Device:
     name: str | None = None
     location: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # free JSON object
+    # The collector's data-quality score (0-100, see DeviceQuality); None: not scored yet.
+    quality: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

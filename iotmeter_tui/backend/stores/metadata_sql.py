@@ -388,7 +388,13 @@ def _columns(record: type) -> str:
     return ", ".join(f.name for f in fields(record))
 
 
-DEVICE_COLUMNS: Final = _columns(Device)
+# The registry's own columns; `quality` is read from device_quality (DEVICE_SELECT).
+DEVICE_COLUMNS: Final = ", ".join(f.name for f in fields(Device) if f.name != "quality")
+# A device with its quality score, as a derived table: filters, keyset conditions and the
+# order can name `quality` like any registry column.
+DEVICE_SELECT: Final = (
+    f"(SELECT {DEVICE_COLUMNS}, (SELECT q.score FROM device_quality q"
+    " WHERE q.device_id = devices.device_id) AS quality FROM devices) AS devices")
 # What the collector writes: the registry fields, never the operators' name/location/metadata.
 _COLLECTOR_DEVICE_FIELDS: Final = (
     "device_id", "device_type", "connection_status", "fw_version", "last_seen", "boot",
@@ -421,10 +427,12 @@ def _seq_state(row: Sequence[Any]) -> SeqState:
 
 def _device(row: Sequence[Any]) -> Device:
     (device_id, device_type, status, fw_version, last_seen, boot, heartbeat_s, changed_at,
-     created_at, name, location, metadata) = row
+     created_at, name, location, metadata) = row[:12]
+    quality = row[12] if len(row) > 12 else None  # RETURNING rows carry no score
     return Device(device_id, device_type, status, fw_version, last_seen, boot, heartbeat_s,
                   changed_at, created_at, name, location,
-                  json.loads(metadata) if metadata else {})
+                  json.loads(metadata) if metadata else {},
+                  None if quality is None else float(quality))
 
 
 def _audit(row: Sequence[Any]) -> AuditEntry:
@@ -808,7 +816,8 @@ class SqlMetadataStore:
     def get_device(self, device_id: str) -> Device | None:
         with self._tx() as tx:
             row = tx.one(
-                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = :id", {"id": device_id}
+                f"SELECT {DEVICE_COLUMNS}, quality FROM {DEVICE_SELECT} WHERE device_id = :id",
+                {"id": device_id},
             )
         return None if row is None else _device(row)
 
@@ -833,7 +842,7 @@ class SqlMetadataStore:
         params |= {"limit": _NO_LIMIT if limit is None else limit, "offset": offset}
         with self._tx() as tx:
             rows = tx.all(
-                f"SELECT {DEVICE_COLUMNS} FROM devices{where} ORDER BY {order}"
+                f"SELECT {DEVICE_COLUMNS}, quality FROM {DEVICE_SELECT}{where} ORDER BY {order}"
                 " LIMIT :limit OFFSET :offset",
                 params,
             )
@@ -903,6 +912,7 @@ class SqlMetadataStore:
                 return None
             configs = tx.run("DELETE FROM device_configs WHERE device_id = :id", params)
             seq_rows = tx.run("DELETE FROM device_seq_tracking WHERE device_id = :id", params)
+            tx.run("DELETE FROM device_quality WHERE device_id = :id", params)
             # Kept as history, but closed: nobody will answer them, and an open command or
             # target would otherwise wait for a device that is no longer in the registry.
             commands = tx.run(

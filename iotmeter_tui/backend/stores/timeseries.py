@@ -64,6 +64,14 @@ class TimeSeriesStore(Protocol):
         can hold (see point_problem) or the store refused are listed in a PartialWriteError,
         raised after the rest are stored."""
 
+    def roll_up(self, points: Sequence[Point]) -> None:
+        """Bring the 1-minute and 1-hour rollup buckets the given stored points fall in up to
+        date: each is recomputed from the level below as stored now (raw points, then 1-minute
+        rows), so a late point lands in its old bucket (backfill) and calling it again
+        changes nothing. Only the points' keys and field names are read. The collector's
+        rollup sink calls it after the points are stored, off the write path; a no-op with
+        rollups off. Raises StoreUnavailable (retry) or StoreRejected."""
+
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
         """Last values of every device (or the given ones) that has any point: each
         telemetry field's last value (boot and seq are not among them), the newest point's

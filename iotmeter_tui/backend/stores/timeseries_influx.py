@@ -16,19 +16,19 @@ which 1.6 answers in about 0.2 ms per device. `history()` costs one pass over th
 points per field and aggregate (no two calls share a scan, whatever the statement's shape),
 about 15 ms for a day at 1 s: hence only the aggregates asked for are selected.
 
-Rollups (rollups.py), kept by write() itself: one query finds which of the batch's points
-are stored already; after the raw write, the new points are folded into the stored rows of
-`iot_telemetry_1m` and `iot_telemetry_1h` (fields `<field>_min|_max|_sum|_count|_last|_lt`:
-read, merged, written back as line protocol), and the buckets of points stored before are
-recomputed from the level below, so redelivery counts nothing twice. Not continuous
-queries: InfluxDB 2.x and 3.x serve the v1 API without them, and a CQ never revisits a
-bucket once its interval has passed, so late data would be missed. Each rollup level lives
-in its own retention policy (`rollup_1m`, `rollup_1h`) where the credentials may create one
-(1.x); where they may not (2.x/3.x tokens) rollups go to the database's default policy, and
-the bucket's retention applies. A rollup point is keyed by series and bucket time, so
-writing it again is idempotent. All of this only with rollups on (IOTMETER_ROLLUPS): off, a
-write is the raw line protocol alone, history() reads raw points and no rollup policy is
-created. Points written while rollups were off are not rolled up later (see docs).
+Rollups (rollups.py), kept by roll_up(), not by write(): the collector's rollup sink calls
+it with points once they are stored, and every 1-minute bucket they fall in is recomputed
+from the raw points, then every 1-hour bucket from the 1-minute rows, and written to
+`iot_telemetry_1m` and `iot_telemetry_1h` (fields `<field>_min|_max|_sum|_count|_last|_lt`)
+as line protocol; so a late point lands in its old buckets and rolling up twice counts
+nothing twice. Not continuous queries: InfluxDB 2.x and 3.x serve the v1 API without them,
+and a CQ never revisits a bucket once its interval has passed, so late data would be missed.
+Each rollup level lives in its own retention policy (`rollup_1m`, `rollup_1h`) where the
+credentials may create one (1.x); where they may not (2.x/3.x tokens) rollups go to the
+database's default policy, and the bucket's retention applies. A rollup point is keyed by
+series and bucket time, so writing it again is idempotent. All of this only with rollups on
+(IOTMETER_ROLLUPS): off, roll_up() does nothing, history() reads raw points and no rollup
+policy is created. Points written while rollups were off are not rolled up later (see docs).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import gzip
 import http.client
 import json
 import logging
+import math
 import random
 import re
 import ssl
@@ -65,7 +66,6 @@ from iotmeter_tui.backend.protocol import (
 )
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
-    ONE_MINUTE,
     RESOLUTIONS,
     Resolution,
     Retention,
@@ -183,7 +183,6 @@ class InfluxTimeSeries:
         # Retention policy of each rollup level; None: the database's default one.
         self._rollup_rp: dict[str, str | None] = {r.name: None for r in RESOLUTIONS}
         self._rollable: set[str] = set()  # float fields of the measurement, as last seen
-        self._rollup_lock = threading.Lock()
         # Line-protocol prefixes per (device_id, device_type), and %-templates for the rest
         # per tuple of field names: a fleet repeats a few thousand of each, and building
         # lines is most of the client's cost of a write.
@@ -207,10 +206,7 @@ class InfluxTimeSeries:
             else:
                 refused.append(point)
                 reasons.append(problem)
-        if self.rollups:
-            accepted = self._write_with_rollups(valid, refused, reasons)
-        else:
-            accepted = self._write_chunks(valid, refused, reasons)
+        accepted = self._write_chunks(valid, refused, reasons)
         if refused:
             raise PartialWriteError(
                 STORE,
@@ -219,26 +215,18 @@ class InfluxTimeSeries:
                 accepted=accepted,
             )
 
-    def _write_with_rollups(
-        self, valid: list[Point], refused: list[Point], reasons: list[str]
-    ) -> int:
-        """Write the points and bring their rollups up to date; adds what was refused (and
-        why) to `refused` and `reasons`, returns how many points were kept."""
-        # One batch at a time from "which points are stored?" to the rollups written back:
-        # two threads folding the same new point in would count it twice.
-        with self._rollup_lock:
-            names = self._rollup_names(valid)
-            stored_before = self._stored_keys(valid) if names else set()
-            accepted = self._write_chunks(valid, refused, reasons)
-            if names:
-                # A refused point may have been kept after all (1.x does not always say
-                # which): its buckets are recomputed from what is stored, like a rewrite's.
-                recompute = stored_before | {(p.device_id, p.ts) for p in refused}
-                self._update_rollups(valid, names, recompute)
-        return accepted
+    def roll_up(self, points: Sequence[Point]) -> None:
+        if not self.rollups or not points:
+            return
+        self._prepare()
+        valid = [p for p in points if point_problem(p) is None]
+        names = self._rollup_names(valid) if valid else []
+        if names:
+            self._update_rollups({(p.device_id, p.ts) for p in valid}, names)
 
     def _write_chunks(self, valid: list[Point], refused: list[Point], reasons: list[str]) -> int:
-        """Write the points' line protocol, chunk by chunk; like _write_with_rollups."""
+        """Write the points' line protocol, chunk by chunk; adds what was refused (and why)
+        to `refused` and `reasons`, returns how many points were kept."""
         accepted = 0
         for start in range(0, len(valid), self._chunk_points):
             kept, failed, reason = self._write_chunk(valid[start : start + self._chunk_points])
@@ -485,20 +473,6 @@ class InfluxTimeSeries:
                 n for n in names if n not in kinds}
         return sorted(names & self._rollable)
 
-    def _stored_keys(self, points: list[Point]) -> set[tuple[str, int]]:
-        """(device_id, ts) of the points that are stored already (a redelivered batch, a
-        rewritten point): their buckets are recomputed, not added to. One query over the
-        seconds the batch covers, which for a live batch hold little beyond the batch."""
-        seconds = sorted({p.ts - p.ts % 1000 for p in points})
-        devices = sorted({p.device_id for p in points})
-        wanted = {(p.device_id, p.ts) for p in points}
-        found: set[tuple[str, int]] = set()
-        for device_id, ts, _record in self._select(None, bucket_runs(seconds, 1000), devices,
-                                                   '"seq", "device_id"'):
-            if (device_id, ts) in wanted:
-                found.add((device_id, ts))
-        return found
-
     def _select(
         self, level: Resolution | None, runs: list[tuple[int, int]], devices: list[str],
         columns: str = "*",
@@ -522,105 +496,110 @@ class InfluxTimeSeries:
                         record = dict(zip(series.columns, row, strict=True))
                         yield str(record.get("device_id")), int(row[0]), record
 
-    def _update_rollups(
-        self, points: list[Point], names: list[str], recompute: set[tuple[str, int]]
-    ) -> None:
-        """Bring the 1 min and 1 h buckets of the batch up to date. New points are folded
-        into the stored rollups (read, merged, written back); buckets holding a point that
-        was stored before are recomputed from the level below instead, so a redelivered
-        point counts once. Raises StoreUnavailable like write(): the sink retries the batch."""
+    def _update_rollups(self, keys: set[tuple[str, int]], names: list[str]) -> None:
+        """Recompute the 1 min buckets the (device_id, ts) keys fall in from raw points, then
+        the 1 h buckets of those minutes from 1 min rows, and write them. A bucket reaching
+        below what retention has deleted of its level below is left alone (recompute_floor).
+        Raises StoreUnavailable like write(): the sink retries the batch."""
         now = int(time.time() * 1000)
-        wanted = set(names)
-        # Per (device, minute): field -> [min, max, sum, count, last, lt] of the new points.
-        deltas: dict[tuple[str, int], dict[str, list[float]]] = {}
-        if len({(p.device_id, p.ts) for p in points}) < len(points):
-            recompute = recompute | _repeated_keys(points)
-        for p in points:
-            if recompute and (p.device_id, p.ts) in recompute:
-                continue
-            minute = deltas.setdefault((p.device_id, p.ts - p.ts % ONE_MINUTE.width_ms), {})
-            for name, value in p.fields.items():
-                if name in wanted:
-                    _fold(minute, name, [value, value, value, 1, value, p.ts])
-        redo = touched_buckets(recompute, ONE_MINUTE.width_ms,
-                               self.retention.recompute_floor(ONE_MINUTE, now))
         below: Resolution | None = None
+        touched: Iterable[tuple[str, int]] = keys
         for level in RESOLUTIONS:
-            rows = self._merged(level, deltas, redo, names, below)
-            self._write_rollups(level, rows)
-            if level is RESOLUTIONS[-1]:
-                return
-            # The next level: the same deltas by hour, and the hours of recomputed minutes.
-            width = RESOLUTIONS[-1].width_ms
-            hourly: dict[tuple[str, int], dict[str, list[float]]] = {}
-            for (device_id, bucket), fields in deltas.items():
-                target = hourly.setdefault((device_id, bucket - bucket % width), {})
-                for name, acc in fields.items():
-                    _fold(target, name, acc)
-            deltas = hourly
-            redo = touched_buckets(
-                [(d, b) for d, buckets in redo.items() for b in buckets], width,
-                self.retention.recompute_floor(RESOLUTIONS[-1], now))
+            redo = touched_buckets(touched, level.width_ms,
+                                   self.retention.recompute_floor(level, now))
+            self._write_rollups(level, self._recomputed(level, redo, names, below))
+            touched = [(d, b) for d, buckets in redo.items() for b in buckets]
             below = level
 
-    def _merged(
-        self, level: Resolution, deltas: dict[tuple[str, int], dict[str, list[float]]],
-        redo: dict[str, list[int]], names: list[str], below: Resolution | None,
+    def _recomputed(
+        self, level: Resolution, redo: dict[str, list[int]], names: list[str],
+        below: Resolution | None,
     ) -> dict[tuple[str, int], dict[str, list[float]]]:
-        """The rows of `level` to write: stored rows with the deltas folded in, and the
-        buckets in `redo` recomputed from `below` (raw points when None)."""
+        """The buckets in `redo` of `level`, folded from the rows of `below` (raw points when
+        None)."""
         redo_keys = {(d, b) for d, buckets in redo.items() for b in buckets}
         rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+        if not redo_keys:
+            return rows
+        if below is None:
+            return self._minutes_from_points(level, redo_keys, sorted(redo), names)
         # Only the batch's fields: a mixed fleet's other fields would come back as nulls.
-        parts = ", ".join(_ident(f"{name}_{part}") for name in names for part in ROLLUP_PARTS)
-        wanted = f'{parts}, "device_id"'
-
-        merge = {key: fields for key, fields in deltas.items() if key not in redo_keys}
-        if merge:
-            stored = self._select(level, bucket_runs(sorted({b for _, b in merge}),
-                                                     level.width_ms),
-                                  sorted({d for d, _ in merge}), wanted)
-            for device_id, bucket, record in stored:
-                key = (device_id, bucket)
-                if key in merge:
-                    rows[key] = _rollup_fields(record, names)
-            for key, fields in merge.items():
-                row = rows.setdefault(key, {})
-                for name, acc in fields.items():
+        if below is None:
+            columns = ", ".join(_ident(name) for name in names) + ', "device_id"'
+        else:
+            columns = ", ".join(_ident(f"{name}_{part}") for name in names
+                                for part in ROLLUP_PARTS) + ', "device_id"'
+        width = level.width_ms
+        source = self._select(below, bucket_runs(sorted({b for _, b in redo_keys}), width),
+                              sorted(redo), columns)
+        for device_id, ts, record in source:
+            key = (device_id, ts - ts % width)
+            if key not in redo_keys:
+                continue
+            row = rows.setdefault(key, {})
+            if below is None:
+                for name in names:
+                    value = record.get(name)
+                    if isinstance(value, (float, int)) and not isinstance(value, bool):
+                        v = float(value)
+                        _fold(row, name, [v, v, v, 1, v, ts])
+            else:
+                for name, acc in _rollup_fields(record, names).items():
                     _fold(row, name, acc)
-        if redo_keys:
-            width = level.width_ms
-            below_columns = wanted if below is not None else ", ".join(
-                _ident(name) for name in names) + ', "device_id"'
-            source = self._select(below, bucket_runs(sorted({b for _, b in redo_keys}), width),
-                                  sorted(redo), below_columns)
-            for device_id, ts, record in source:
-                key = (device_id, ts - ts % width)
-                if key not in redo_keys:
-                    continue
-                row = rows.setdefault(key, {})
-                if below is None:
-                    for name in names:
-                        value = record.get(name)
-                        if isinstance(value, (float, int)) and not isinstance(value, bool):
-                            v = float(value)
-                            _fold(row, name, [v, v, v, 1, v, ts])
-                else:
-                    for name, acc in _rollup_fields(record, names).items():
-                        _fold(row, name, acc)
+        return rows
+
+    def _minutes_from_points(
+        self, level: Resolution, redo_keys: set[tuple[str, int]], devices: list[str],
+        names: list[str],
+    ) -> dict[tuple[str, int], dict[str, list[float]]]:
+        """Buckets of the finest level, aggregated by the server (GROUP BY time): one row a
+        bucket crosses the wire instead of every point, which kept the collector's CPU for
+        rollups several times its write's. `lt` is the bucket's last ms: it only orders rows
+        of different buckets (their `last`), never two rows of one bucket."""
+        width = level.width_ms
+        scope = ""
+        if len(devices) <= IDS_PER_STATEMENT:
+            scope = " AND (" + " OR ".join(f'"device_id" = {_literal(d)}' for d in devices) + ")"
+        aggregates = ", ".join(f"{fn}({_ident(name)})" for name in names
+                               for fn in ("min", "max", "sum", "count", "last"))
+        statements = [
+            f"SELECT {aggregates} FROM {_ident(MEASUREMENT)} WHERE "
+            f"{_time_range(start, end)}{scope} GROUP BY time({width}ms), \"device_id\" "
+            "fill(none)"
+            for start, end in bucket_runs(sorted({b for _, b in redo_keys}), width)
+        ]
+        rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+        for i in range(0, len(statements), ROLLUP_STATEMENTS):
+            for result in self._query(statements[i : i + ROLLUP_STATEMENTS], chunked=True):
+                for series in result:
+                    device_id = series.tags.get("device_id", "")
+                    for row in series.values:
+                        key = (device_id, int(row[0]))
+                        if key not in redo_keys:
+                            continue
+                        fields = rows.setdefault(key, {})
+                        for n, name in enumerate(names):
+                            mn, mx, sm, ct, last = row[1 + 5 * n : 6 + 5 * n]
+                            if ct:
+                                fields[name] = [float(mn), float(mx), float(sm), float(ct),
+                                                float(last), float(key[1] + width - 1)]
         return rows
 
     def _write_rollups(
         self, level: Resolution, rows: dict[tuple[str, int], dict[str, list[float]]]
     ) -> None:
         measurement = f"{MEASUREMENT}_{level.name}"
+        # A sum of +inf and -inf is NaN, which line protocol cannot carry: such a field
+        # (only adversarial readings make one) gets no rollup rather than failing the batch.
+        finite = {key: {name: acc for name, acc in fields.items() if math.isfinite(acc[2])}
+                  for key, fields in rows.items()}
         lines = [
             f"{measurement},device_id={_escape(device_id)} "
             + ",".join(f"{_escape(f'{name}_{part}')}={float(value)!r}"
                        for name, acc in fields.items()
                        for part, value in zip(ROLLUP_PARTS, acc, strict=True))
             + f" {bucket}"
-            for (device_id, bucket), fields in rows.items() if fields
+            for (device_id, bucket), fields in finite.items() if fields
         ]
         if not lines:
             return
@@ -972,17 +951,6 @@ def _rollup_fields(record: dict[str, Any], names: list[str]) -> dict[str, list[f
         if None not in found:
             fields[name] = [float(v) for v in found]  # type: ignore[arg-type]
     return fields
-
-
-def _repeated_keys(points: list[Point]) -> set[tuple[str, int]]:
-    """Keys that occur more than once in a batch: the store keeps one merged point, so
-    their buckets are recomputed from it."""
-    seen: set[tuple[str, int]] = set()
-    repeated: set[tuple[str, int]] = set()
-    for p in points:
-        key = (p.device_id, p.ts)
-        (repeated if key in seen else seen).add(key)
-    return repeated
 
 
 def _rp_durations(kept_ms: int | None) -> str:

@@ -12,14 +12,13 @@ Schema (chosen by measurement; bench/stores_timeseries.py has the figures):
   time `t<n>`, so the fleet view reads one row per device and a late, older point never
   hides a newer value.
 - `rollup_1m`, `rollup_1h`: one narrow row per (device_id, field column, bucket start) with
-  min, max, sum, count and last (rollups.py). Each write folds its new points into their
-  minutes and hours, in its transaction; buckets holding a point stored before (a redelivered
-  batch) are recomputed from `points` and then `rollup_1m` instead, so a late point updates
-  its buckets and a point written twice is counted once. Narrow, because
-  five columns a field would run into SQLite's 2,000-column limit. Only with rollups on
-  (IOTMETER_ROLLUPS); a store opened with them off writes points and `latest` alone and
-  leaves a row in `rollups_behind`, so the next store opened with them on rolls every point
-  up again (once, at open) before it reads or folds into rollups.
+  min, max, sum, count and last (rollups.py). Not kept by write(): roll_up() (called by the
+  collector's rollup sink once the points are stored, off the write path) recomputes every
+  bucket its points fall in from `points` and then `rollup_1m`, so a late point updates its
+  old buckets and a point rolled up twice is counted once. Narrow, because five columns a
+  field would run into SQLite's 2,000-column limit. Only with rollups on (IOTMETER_ROLLUPS);
+  a store opened with them off leaves a row in `rollups_behind`, so the next store opened
+  with them on rolls every point up again (once, at open) before it reads rollups.
 
 History (with rollups on) reads the coarsest rollup whose buckets tile the query's exactly
 (rollups.readable_resolution), else raw points. It walks a per-connection temp table of
@@ -133,8 +132,8 @@ class SqliteTimeSeries:
 
     timeout: seconds a write waits for another writer (busy_timeout) before giving up with
     StoreUnavailable. retention: how long apply_retention() keeps each resolution.
-    rollups: keep rollup_1m/rollup_1h on write and read long windows from them; off, a write
-    stores points and `latest` only and history() reads raw points (IOTMETER_ROLLUPS)."""
+    rollups: keep rollup_1m/rollup_1h (roll_up) and read long windows from them; off,
+    roll_up() does nothing and history() reads raw points (IOTMETER_ROLLUPS)."""
 
     def __init__(
         self, path: str | Path, *, timeout: float = 10.0, retention: Retention | None = None,
@@ -173,6 +172,18 @@ class SqliteTimeSeries:
                 failed=[point for point, _ in refused],
                 accepted=len(points) - len(refused),
             )
+
+    def roll_up(self, points: Sequence[Point]) -> None:
+        if not self.rollups or not points:
+            return
+        names = list(dict.fromkeys(name for p in points for name in p.fields))
+        with self._errors("roll up"):
+            connection = self._connection()
+            numbers = [n for _, n in self._known_columns(connection, names)]
+            if not numbers:
+                return
+            with self._transaction(connection):
+                _recompute_rollups(connection, [(p.device_id, p.ts) for p in points], numbers)
 
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
         with self._errors("latest"):
@@ -325,13 +336,8 @@ class SqliteTimeSeries:
             ]
             if refused:
                 points = [p for p in points if columns.keys() >= p.fields.keys()]
-            if self.rollups:
-                _stage_keys(connection, points)
             _insert_points(connection, points, columns)
             _upsert_latest(connection, points, columns)
-            if self.rollups:
-                _update_rollups(
-                    connection, [columns[name] for name in names if name in columns])
         with self._lock:
             # Only once committed (the ALTERs roll back too), and as a new dict: readers
             # iterate the old one without a lock.
@@ -613,69 +619,24 @@ def _rollup_sql(level: Resolution, *, touched: bool) -> str:
         f" {rows}) INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
         f" SELECT d, {{n}}, b, mn, mx, sm, ct,"
         f" (SELECT {last} FROM {source} WHERE device_id = g.d{col} AND ts = g.k), lt"
-        " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
+        # A sum of +inf and -inf is NaN, which SQLite stores as NULL: such a bucket (only
+        # adversarial readings make one) gets no row rather than failing the whole batch.
+        " FROM g WHERE g.sm IS NOT NULL ON CONFLICT (device_id, col, ts) DO UPDATE SET"
         " mn = excluded.mn, mx = excluded.mx, sm = excluded.sm, ct = excluded.ct,"
         " la = excluded.la, lt = excluded.lt"
     )
 
 
-def _merge_sql(level: Resolution) -> str:
-    """Fold the batch's new points (temp.batch_keys with old = 0) of field column {n} into
-    rollup_<level>: min of mins, sums added, last from whichever is newer. Only points that
-    were not stored before come here, so nothing is counted twice."""
-    return (
-        "WITH g (d, b, mn, mx, sm, ct, lt) AS (SELECT k.d, k.ts - k.ts % :r, min(p.f{n}),"
-        " max(p.f{n}), sum(p.f{n}), count(p.f{n}), max(p.ts) FROM temp.batch_keys k"
-        " JOIN points p ON p.device_id = k.d AND p.ts = k.ts"
-        " WHERE k.old = 0 AND p.f{n} IS NOT NULL GROUP BY 1, 2)"
-        f" INSERT INTO rollup_{level.name} (device_id, col, ts, mn, mx, sm, ct, la, lt)"
-        " SELECT d, {n}, b, mn, mx, sm, ct,"
-        " (SELECT f{n} FROM points WHERE device_id = g.d AND ts = g.lt), lt"
-        " FROM g WHERE true ON CONFLICT (device_id, col, ts) DO UPDATE SET"
-        " mn = min(mn, excluded.mn), mx = max(mx, excluded.mx), sm = sm + excluded.sm,"
-        " ct = ct + excluded.ct, la = CASE WHEN excluded.lt >= lt THEN excluded.la ELSE la END,"
-        " lt = max(lt, excluded.lt)"
-    )
-
-
 _ROLLUP_TOUCHED_SQL: Final = {r.name: _rollup_sql(r, touched=True) for r in RESOLUTIONS}
 _ROLLUP_ALL_SQL: Final = {r.name: _rollup_sql(r, touched=False) for r in RESOLUTIONS}
-_ROLLUP_MERGE_SQL: Final = {r.name: _merge_sql(r) for r in RESOLUTIONS}
 
 
-def _stage_keys(connection: sqlite3.Connection, points: list[Point]) -> None:
-    """temp.batch_keys: the batch's (device_id, ts) keys, `old` = 1 for those already stored
-    (a redelivered batch, a rewritten point). Runs before the points are inserted."""
-    connection.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS batch_keys (d TEXT, ts INTEGER,"
-        " old INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (d, ts)) WITHOUT ROWID"
-    )
-    connection.execute("DELETE FROM temp.batch_keys")
-    connection.executemany("INSERT OR IGNORE INTO temp.batch_keys (d, ts) VALUES (?, ?)",
-                           [(p.device_id, p.ts) for p in points])
-    connection.execute(
-        "UPDATE temp.batch_keys SET old = 1 WHERE EXISTS (SELECT 1 FROM main.points p"
-        " WHERE p.device_id = batch_keys.d AND p.ts = batch_keys.ts)"
-    )
-
-
-def _update_rollups(connection: sqlite3.Connection, numbers: list[int]) -> None:
-    """Bring every rollup bucket the batch touches up to date, inside the write's transaction
-    (rollups never disagree with the points they summarise). New points are folded in (cheap:
-    the batch's own rows); buckets holding a point that was stored before are recomputed
-    from the level below, so a value written again is counted once. A bucket reaching below
-    what retention has deleted of the level under it is not recomputed: that would replace
-    the whole rollup by one of the few rows left (see docs)."""
-    if not numbers:
-        return
-    for level in RESOLUTIONS:
-        statement = _ROLLUP_MERGE_SQL[level.name]
-        for n in numbers:
-            connection.execute(statement.format(n=n), {"r": level.width_ms})
-    keys: list[tuple[str, int]] = connection.execute(
-        "SELECT d, ts FROM temp.batch_keys WHERE old").fetchall()
-    if not keys:
-        return
+def _recompute_rollups(connection: sqlite3.Connection, keys: list[tuple[str, int]],
+                       numbers: list[int]) -> None:
+    """Recompute every rollup bucket the (device_id, ts) keys fall in, of field columns
+    `numbers`, from the level below: 1 min from points, then 1 h from 1 min rows. A bucket
+    reaching below what retention has deleted of the level under it is not recomputed: that
+    would replace the whole rollup by one of the few rows left (see docs)."""
     horizon = dict(connection.execute("SELECT level, cutoff FROM retention_horizon"))
     connection.execute(
         "CREATE TEMP TABLE IF NOT EXISTS rollup_touched (d TEXT, b INTEGER, PRIMARY KEY (d, b))"

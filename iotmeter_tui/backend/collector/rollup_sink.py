@@ -1,0 +1,100 @@
+"""The rollup sink: keeps the time-series store's 1-minute and 1-hour rollups up to date from
+the spool, off the time-series write path.
+
+It reads the spool from its own cursor, like the other sinks, but only what the time-series
+sink has stored (that sink's saved cursor), because every bucket is recomputed from the
+stored points (TimeSeriesStore.roll_up): a late point re-computes its old buckets, and a
+batch rolled up twice (a crash before the cursor was saved) changes nothing. It takes a
+batch at most every `every_s`, so a busy minute is recomputed a few times, not once per
+time-series batch -- sooner when the spool is half full, so rollups never hold segments the
+other sinks are done with.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from iotmeter_tui.backend import protocol
+from iotmeter_tui.backend.collector.sinks import CursorFile, Sink, _data
+from iotmeter_tui.backend.collector.spool import ACCEPTED, Position, Spool
+from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore
+
+ROLLUP_EVERY_S: Final = 60.0
+MAX_BATCH_RECORDS: Final = 100_000
+# While the collector stops, how long a batch waits for the time-series sink to store it.
+DRAIN_WAIT_S: Final = 5.0
+
+
+class RollupSink(Sink[Point]):
+    name = "rollups"
+
+    def __init__(self, store: TimeSeriesStore, cursor: CursorFile, stored: CursorFile, *,
+                 every_s: float = ROLLUP_EVERY_S) -> None:
+        self.store = store
+        self.cursor = cursor
+        self.stored = stored  # the time-series sink's cursor: what is in the store
+        self.every_s = every_s
+        self._taken_at = -float("inf")
+        # A batch read but not stored yet by the time-series sink: kept as it is (same end)
+        # until that sink passes it, so a busy spool cannot keep it waiting for ever.
+        self._pending: tuple[list[Point], Position] | None = None
+
+    def load_cursor(self) -> Position | None:
+        return self.cursor.load()
+
+    def save_cursor(self, position: Position) -> None:
+        self.cursor.save(position)
+
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[Point], Position]:
+        if self._pending is None:
+            due = (self.draining or time.monotonic() - self._taken_at >= self.every_s
+                   or spool.size_bytes >= spool.max_bytes // 2)
+            if not due:
+                return [], cursor
+            self._pending = self._read(spool, cursor)
+            if not self._pending[0]:
+                end = self._pending[1]
+                self._pending = None
+                return [], end if self._is_stored(spool, end) else cursor
+        points, end = self._pending
+        deadline = time.monotonic() + (DRAIN_WAIT_S if self.draining else 0.0)
+        while not self._is_stored(spool, end):
+            if time.monotonic() >= deadline:
+                return [], cursor  # the time-series sink is behind: ask again later
+            time.sleep(0.05)
+        self._pending = None
+        self._taken_at = time.monotonic()
+        return points, end
+
+    def _read(self, spool: Spool, cursor: Position) -> tuple[list[Point], Position]:
+        """The telemetry after `cursor`, across segments, up to MAX_BATCH_RECORDS records."""
+        points: list[Point] = []
+        position = cursor
+        seen = 0
+        while seen < MAX_BATCH_RECORDS:
+            records, end = spool.read(position)
+            if not records and end == position:
+                break
+            seen += len(records)
+            points += [Point(r.device_id, r.device_type, r.ts, r.boot, r.seq, _data(r))
+                       for r in records
+                       if r.kind == ACCEPTED and r.msg_type == protocol.TELEMETRY]
+            position = end
+        return points, position
+
+    def _is_stored(self, spool: Spool, end: Position) -> bool:
+        saved = self.stored.load()
+        if saved is None:
+            return False
+        stored, end = spool.normalise(saved), spool.normalise(end)
+        if stored >= end:
+            return True
+        # The end of a sealed segment and the start of the next one are one place: the
+        # time-series sink saves the first, a read that moved on returns the second.
+        return (end.offset == 0 and spool.is_sealed(stored.segment)
+                and stored.offset >= spool.committed_size(stored.segment)
+                and not any(stored.segment < s < end.segment for s in spool.segments()))
+
+    def write(self, records: list[Point], end: Position) -> None:
+        self.store.roll_up(records)

@@ -1,0 +1,168 @@
+"""The rollup sink over a real spool and real stores (SQLite, and InfluxDB 1.6 with a
+retention policy per level): it rolls up only what the time-series sink has stored, a late
+point re-computes the buckets it falls in (backfill), and a batch rolled up twice (a crash
+before the cursor was saved) counts nothing twice."""
+
+from __future__ import annotations
+
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iotmeter_tui.backend.collector.metrics import CollectorMetrics
+from iotmeter_tui.backend.collector.rollup_sink import RollupSink
+from iotmeter_tui.backend.collector.sinks import CursorFile, TimeSeriesSink
+from iotmeter_tui.backend.collector.spool import ACCEPTED, Spool, SpoolRecord
+from iotmeter_tui.backend.stores.factory import open_timeseries
+from iotmeter_tui.backend.stores.rollups import HOUR_MS, MINUTE_MS, Retention
+from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore
+from testsupport import InfluxServer
+from testsupport.fleet import telemetry
+
+H0 = 1_795_737_600_000  # a whole hour
+# Long enough that H0 is kept at every level, short enough that InfluxDB makes policies.
+RETENTION = Retention(raw_ms=100 * 24 * HOUR_MS, minute_ms=200 * 24 * HOUR_MS, hour_ms=None)
+
+
+@pytest.fixture(params=["sqlite", "influxdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
+    if request.param == "sqlite":
+        opened = open_timeseries(f"sqlite:///{tmp_path}/ts.db", retention=RETENTION,
+                                 rollups=True)
+        yield opened
+        opened.close()
+        return
+    server: InfluxServer = request.getfixturevalue("influxdb")
+    database = f"rs_{uuid.uuid4().hex[:12]}"
+    opened = open_timeseries(f"influxdb://{server.host}:{server.port}/{database}",
+                             retention=RETENTION, rollups=True)
+    yield opened
+    opened.close()
+    body = urllib.parse.urlencode({"q": f'DROP DATABASE "{database}"'}).encode()
+    with urllib.request.urlopen(f"{server.http_url}/query", body, timeout=10):
+        pass
+
+
+def record(seq: int, ts: int, volts: float) -> SpoolRecord:
+    topic, payload = telemetry("rs-1", 1, seq, ts=ts, data={"voltage_v": volts})
+    return SpoolRecord(ACCEPTED, ts, "rs-1", "telemetry", "power_meter_dc", 1, seq, ts, topic,
+                       "", "", payload)
+
+
+class Collector:
+    """The two sinks as their runners drive them, one turn at a time."""
+
+    def __init__(self, directory: Path, store: TimeSeriesStore) -> None:
+        self.spool = Spool(directory / "spool", max_bytes=64 << 20)
+        stored = CursorFile(directory / "timeseries.cursor")
+        self.timeseries = TimeSeriesSink(store, stored, CollectorMetrics())
+        self.rollups = RollupSink(store, CursorFile(directory / "rollups.cursor"), stored,
+                                  every_s=0.0)
+        self.ts_at = self.rollup_at = self.spool.start()
+
+    def receive(self, records: list[SpoolRecord]) -> None:
+        self.spool.append(records)
+        self.spool.commit()
+
+    def store_points(self) -> None:
+        while True:
+            batch, end = self.timeseries.next_batch(self.spool, self.ts_at)
+            if not batch:
+                return
+            self.timeseries.write(batch, end)
+            self.timeseries.save_cursor(end)
+            self.ts_at = end
+
+    def roll_up(self, *, save: bool = True) -> int:
+        points, end = self.rollups.next_batch(self.spool, self.rollup_at)
+        if points:
+            self.rollups.write(points, end)
+            if save:
+                self.rollups.save_cursor(end)
+                self.rollup_at = end
+        return len(points)
+
+
+def minute_and_hour(store: TimeSeriesStore) -> tuple[dict[str, float], dict[str, float]]:
+    [minute] = store.history("rs-1", ["voltage_v"], H0, H0 + MINUTE_MS, 1)
+    [hour] = store.history("rs-1", ["voltage_v"], H0, H0 + HOUR_MS, 1)
+    return dict(minute.values["voltage_v"]), dict(hour.values["voltage_v"])
+
+
+def test_rollups_follow_the_stored_points_and_late_data(tmp_path: Path,
+                                                        store: TimeSeriesStore) -> None:
+    collector = Collector(tmp_path, store)
+    collector.receive([record(i, H0 + 1000 + i * 1000, 700.0 + i) for i in range(120)])
+    # Nothing is stored yet: the rollup sink waits for the time-series sink.
+    assert collector.roll_up() == 0
+    assert collector.rollups.next_batch(collector.spool, collector.rollup_at)[1] == \
+        collector.rollup_at
+    collector.store_points()
+    assert collector.roll_up() == 120
+    minute, hour = minute_and_hour(store)
+    # 700..758 in the first minute (ts H0+1 s .. H0+59 s); 700..819 in the hour.
+    assert minute == {"min": 700.0, "max": 758.0, "mean": 729.0, "last": 758.0}
+    assert hour == {"min": 700.0, "max": 819.0, "mean": 759.5, "last": 819.0}
+
+    # Later, a point of the first minute arrives: it is stored, and its minute and
+    # hour are recomputed with it.
+    collector.receive([record(500, H0 + 500, 100.0)])
+    collector.store_points()
+    assert collector.roll_up(save=False) == 1
+    late_minute, late_hour = minute_and_hour(store)
+    assert late_minute == {"min": 100.0, "max": 758.0, "mean": (59 * 729.0 + 100) / 60,
+                           "last": 758.0}
+    assert late_hour["min"] == 100.0
+    assert late_hour["mean"] == pytest.approx((120 * 759.5 + 100) / 121)
+    # The process died before the rollup cursor was saved: the batch is rolled up again,
+    # and nothing counts twice.
+    assert collector.roll_up() == 1
+    assert minute_and_hour(store) == (late_minute, late_hour)
+
+
+def test_a_batch_not_yet_stored_waits_whole(tmp_path: Path, store: TimeSeriesStore) -> None:
+    """The rollup sink takes a batch only once the time-series sink's saved cursor is past
+    its end, and then the same batch: nothing received meanwhile joins it half-stored."""
+    collector = Collector(tmp_path, store)
+    collector.receive([record(i, H0 + i * 1000, 1.0) for i in range(10)])
+    assert collector.roll_up() == 0  # read, but not stored: pending
+    collector.store_points()
+    collector.receive([record(i, H0 + i * 1000, 2.0) for i in range(10, 20)])
+    assert collector.roll_up() == 10  # the pending batch, not the newer records
+    assert collector.roll_up() == 0  # the newer ones wait for the time-series sink
+    collector.store_points()
+    assert collector.roll_up() == 10
+    minute, _ = minute_and_hour(store)
+    assert minute == {"min": 1.0, "max": 2.0, "mean": 1.5, "last": 2.0}
+    saved = CursorFile(tmp_path / "rollups.cursor").load()
+    assert saved == collector.rollup_at == collector.ts_at
+
+
+def test_a_batch_that_ends_a_sealed_segment_is_taken(tmp_path: Path,
+                                                     store: TimeSeriesStore) -> None:
+    """The time-series sink saves the end of a sealed segment; the rollup sink's read has
+    moved on to the start of the next one: the same place, so the batch is stored."""
+    collector = Collector(tmp_path, store)
+    collector.receive([record(i, H0 + i * 1000, 5.0) for i in range(10)])
+    collector.spool.roll()
+    collector.store_points()
+    assert collector.roll_up() == 10
+    minute, _ = minute_and_hour(store)
+    assert minute["mean"] == 5.0
+
+
+def test_readings_whose_sum_overflows_roll_up_without_failing(tmp_path: Path) -> None:
+    """+1e308 twice and -1e308 three times in one minute: the sum is NaN (SQLite stores it
+    as NULL), so that field's bucket is left out instead of failing the batch for ever.
+    (InfluxDB 1.6 answers such a sum with JSON it cannot parse: not handled yet.)"""
+    store = open_timeseries(f"sqlite:///{tmp_path}/ts.db", rollups=True)
+    collector = Collector(tmp_path, store)
+    values = [1e308, 1e308, -1e308, -1e308, -1e308]
+    collector.receive([record(i, H0 + i * 1000, v) for i, v in enumerate(values)])
+    collector.store_points()
+    assert collector.roll_up() == 5
+    store.close()
