@@ -522,7 +522,15 @@ class InfluxTimeSeries:
         if not redo_keys:
             return rows
         if below is None:
-            return self._minutes_from_points(level, redo_keys, sorted(redo), names)
+            try:
+                return self._minutes_from_points(level, redo_keys, sorted(redo), names)
+            except StoreRejected as exc:
+                # InfluxDB cannot put in JSON an aggregate that is not finite (the sum of
+                # adversarial readings near 1e308 overflows): it answers with an error text
+                # instead. Those minutes are folded here from the raw points, where the sum
+                # that overflows leaves its field's bucket out (_write_rollups), as in SQLite.
+                log.warning("rollup minutes folded from raw points", extra={
+                    "event": "rollup_fold_locally", "error": str(exc)})
         # Only the batch's fields: a mixed fleet's other fields would come back as nulls.
         if below is None:
             columns = ", ".join(_ident(name) for name in names) + ', "device_id"'
@@ -1025,7 +1033,12 @@ def _parse_results(body: bytes, statement_count: int) -> list[list[_Series]]:
 def _json_lines(body: bytes) -> Iterator[dict[str, Any]]:
     for line in body.splitlines():
         if line.strip():
-            document = json.loads(line)
+            try:
+                document = json.loads(line)
+            except ValueError:
+                # InfluxDB answers some failures with plain text under a 200 (an aggregate
+                # it cannot encode): a refusal the caller can handle, never a raw decode error.
+                raise _StatementError(line[:200].decode("utf-8", "replace")) from None
             if isinstance(document, dict):
                 yield document
 
