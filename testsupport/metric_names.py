@@ -3,6 +3,8 @@ renamed in code breaks the rule, dashboard and docs tests)."""
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry
 
 from iotmeter_tui.api.metrics import ApiMetrics
@@ -50,3 +52,22 @@ KUBE_STATE_METRICS_NAMES = {
     "kube_statefulset_status_replicas_ready",
     "kube_deployment_status_replicas_unavailable",
 }
+
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+                   "unless", "offset", "bool", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, keywords, labels dropped)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        if expr[match.end():].lstrip().startswith("("):
+            continue  # a function
+        if match.group(0).lower() not in PROMQL_KEYWORDS:
+            names.add(match.group(0))
+    return names

@@ -37,6 +37,7 @@ from deploy_helpers import DEPLOY, ROOT, known_variable, load_entrypoint, need, 
 
 from iotmeter_tui.backend.broker import free_port, mosquitto_config
 from iotmeter_tui.backend.config import ENV_PREFIX, load_settings
+from testsupport.metric_names import promql_metric_names
 from testsupport.shipped_broker import (
     COLLECTOR_PASSWORD,
     DEVICE_CREDENTIALS,
@@ -971,25 +972,6 @@ def test_collector_runs_through_the_shipped_broker_config(
 
 
 # --- Prometheus ------------------------------------------------------------------------------
-
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-                   "unless", "offset", "bool", "inf", "nan"}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (functions, keywords, labels dropped)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", " ", expr)
-    expr = re.sub(r"\[[^\]]*\]", " ", expr)
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    names = set()
-    for match in re.finditer(r"(?<![\w.])[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        if expr[match.end():].lstrip().startswith("("):
-            continue  # a function
-        if match.group(0).lower() not in PROMQL_KEYWORDS:
-            names.add(match.group(0))
-    return names
-
 
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]

@@ -4,7 +4,6 @@ dashboard, checked with the real tools: promtool (Debian `prometheus`) and amtoo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -20,6 +19,7 @@ from testsupport.metric_names import (
     KUBE_STATE_METRICS_NAMES,
     PROMETHEUS_NAMES,
     exported,
+    promql_metric_names,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +47,7 @@ def run(args: list[str], cwd: Path) -> str:
 
 
 def promql_names(expr: str) -> set[str]:
-    test_deploy = importlib.util.spec_from_file_location("test_deploy", ROOT / "tests" /
-                                                         "deploy" / "test_deploy.py")
-    assert test_deploy is not None and test_deploy.loader is not None
-    module = sys.modules.get("test_deploy") or importlib.util.module_from_spec(test_deploy)
-    if "test_deploy" not in sys.modules:
-        test_deploy.loader.exec_module(module)
-    return set(module.promql_metric_names(expr))
+    return promql_metric_names(expr)
 
 
 def rules() -> list[tuple[str, dict[str, Any]]]:
