@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the collector's /metrics endpoint (default 9108)",
     )
     parser.add_argument(
+        "--workers", dest="collector_workers", type=positive_int, metavar="N",
+        help="collector processes on one shared subscription (default "
+        "IOTMETER_COLLECTOR_WORKERS; 0 there: one per two CPUs)",
+    )
+    parser.add_argument(
         "--simulate", choices=("auto", "yes", "no"), default=None,
         help="dashboard: start the demo fleet of simulated meters "
         "(auto: on the embedded defaults, at every start; default IOTMETER_SIMULATE)",

@@ -76,8 +76,16 @@ class Tuning:
 
 class Collector:
     def __init__(self, settings: Settings, mqtt_url: str, *, stores: Stores | None = None,
-                 metrics: CollectorMetrics | None = None, tuning: Tuning | None = None) -> None:
+                 metrics: CollectorMetrics | None = None, tuning: Tuning | None = None,
+                 lead: bool = True, retiring: bool = False) -> None:
         self.settings = settings
+        # One collector of a command's workers leads: only it runs the dispatcher (one
+        # sender of commands and firmware offers, one firmware endpoint), the broker's $SYS
+        # monitor and the retention passes. A retiring collector drops its subscriptions and
+        # takes only what its broker session still holds (workers.py).
+        self.lead = lead and not retiring
+        self.retiring = retiring
+        self.drained = False  # after stop(): every sink took everything spooled
         self.mqtt_url = mqtt_url
         self.metrics = metrics or CollectorMetrics()
         self.tuning = tuning or Tuning()
@@ -186,6 +194,21 @@ class Collector:
         ]
         for runner in self.runners:
             runner.start()
+        if self.lead:
+            self._start_lead_threads()
+        self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
+                                 share_group=s.share_group, retiring=self.retiring,
+                                 subscription_file=self.spool_dir / "subscription.json")
+        self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
+                                 on_commit=self._wake_sinks)
+        self.pipeline.start()
+        self.intake.start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True,
+                                             name="iotmeter-housekeeping")
+        self._housekeeper.start()
+
+    def _start_lead_threads(self) -> None:
+        s = self.settings
         self.dispatcher = Dispatcher.for_collector(s, self.mqtt_url, self.stores)
         if self.dispatcher.commands.publisher is not None:
             counting = CountingPublisher(self.dispatcher.commands.publisher, self.metrics)
@@ -201,15 +224,6 @@ class Collector:
             self.broker_sys = BrokerSysMonitor(sys_url, f"{s.client_id}-sys",
                                                self.metrics.broker_sys)
             self.broker_sys.start()
-        self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
-                                 share_group=s.share_group)
-        self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
-                                 on_commit=self._wake_sinks)
-        self.pipeline.start()
-        self.intake.start()
-        self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True,
-                                             name="iotmeter-housekeeping")
-        self._housekeeper.start()
         self.retention = RetentionKeeper(self.stores.timeseries, self.metrics,
                                          self.tuning.retention_interval_s)
         self.retention.start()
@@ -306,6 +320,7 @@ class Collector:
             if not runner.is_alive():
                 runner.sink.close()
         if self.spool is not None and all(not r.is_alive() for r in self.runners):
+            self.drained = pipeline_done and all(r.backlog_bytes() == 0 for r in self.runners)
             self.spool.release([r.cursor for r in self.runners])
             self.spool.close()
         if self.retention is not None:
@@ -353,9 +368,11 @@ class Collector:
 
 
 def run_collector(settings: Settings) -> int:
-    """`iotmeter --collector-only`: run until SIGTERM/SIGINT, then drain and exit 0."""
+    """`iotmeter --collector-only`: run until SIGTERM/SIGINT, then drain and exit 0 (1 when
+    a worker process failed to start)."""
     from iotmeter_tui.backend import logjson
     from iotmeter_tui.backend.broker import EmbeddedBroker
+    from iotmeter_tui.backend.collector import workers
     from iotmeter_tui.backend.health_server import HealthServer
 
     logjson.configure(settings.log_level)
@@ -369,20 +386,35 @@ def run_collector(settings: Settings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+    def serve(registry: Any, readiness: Any) -> HealthServer:
+        # Loopback unless IOTMETER_METRICS_HOST says otherwise (the image sets 0.0.0.0:
+        # Prometheus and the probes come from outside the container). No secret is served.
+        try:
+            return HealthServer(registry, readiness, host=settings.metrics_host,
+                                port=settings.metrics_port).start()
+        except OSError as exc:
+            if broker is not None:
+                broker.stop()
+            raise ConfigError("IOTMETER_METRICS_PORT", f"cannot listen on port "
+                              f"{settings.metrics_port}: {exc.strerror or exc}") from None
+
+    count = workers.resolve_workers(settings.collector_workers)
+    if count > 1:
+        try:
+            return workers.run_pool(settings, mqtt_url, count, stop, serve)
+        finally:
+            if broker is not None:
+                broker.stop()
     collector = Collector(settings, mqtt_url)
-    # Loopback unless IOTMETER_METRICS_HOST says otherwise (the image sets 0.0.0.0: Prometheus
-    # and the probes come from outside the container). No secret is served there.
-    try:
-        health = HealthServer(collector.metrics.registry, collector.readiness,
-                              host=settings.metrics_host,
-                              port=settings.metrics_port)
-    except OSError as exc:
-        if broker is not None:
-            broker.stop()
-        raise ConfigError("IOTMETER_METRICS_PORT", f"cannot listen on port "
-                          f"{settings.metrics_port}: {exc.strerror or exc}") from None
-    health.start()
-    starter = threading.Thread(target=collector.start, daemon=True)
+    serve(collector.metrics.registry, collector.readiness)
+
+    def start() -> None:
+        # Workers of an earlier run with more of them give their share back first.
+        workers.retire_extra_workers(settings, mqtt_url, 1, stop)
+        collector.start()
+
+    starter = threading.Thread(target=start, daemon=True)
     starter.start()
     stop.wait()
     collector.stop()
