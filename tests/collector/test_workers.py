@@ -219,3 +219,29 @@ def test_switching_two_one_two_workers_loses_and_duplicates_nothing(
         assert final.terminate() == 0
     finally:
         final.close()
+
+
+def test_the_dashboards_collector_runs_the_same_workers(
+        settings: Settings, private_mosquitto: MosquittoServer) -> None:
+    from dataclasses import replace
+
+    from iotmeter_tui.backend.collector.worker import CollectorWorker
+
+    two = replace(settings, collector_workers=2)
+    worker = CollectorWorker(two, private_mosquitto.url)
+    worker.start()
+    try:
+        assert worker.wait_ready(90), "the dashboard's two workers did not subscribe"
+        load = SteadyLoad(private_mosquitto.url, DEVICES, rate=400.0)
+        load.start()
+        wait_for(lambda: (h := worker.health()) is not None and h.received > 1000,
+                 timeout_s=60, what="the combined health counting both workers")
+        sent = load.stop()
+        assert_exactly_once(settings, sent)
+        health = worker.health()
+        assert health is not None and {s.name for s in health.sinks} == {
+            "timeseries", "archive", "registry"}
+        assert (settings.home / "collector.log").read_text().count('"worker_started"') == 2
+    finally:
+        worker.stop()
+    assert not worker.alive

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from iotmeter_tui.backend.collector.health import CollectorHealth, combined
 from iotmeter_tui.backend.config import Settings
 
 log = logging.getLogger(__name__)
@@ -134,16 +135,20 @@ class WorkerReport:
     metrics_port: int
     down: list[str]  # its readiness: empty when ready
     subscribed: bool
+    health: CollectorHealth  # for the dashboard
 
 
-def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection) -> None:
+def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection,
+                 log_path: Path | None) -> None:
     import signal
 
     from iotmeter_tui.backend import logjson
     from iotmeter_tui.backend.collector.service import Collector
     from iotmeter_tui.backend.health_server import HealthServer
 
-    logjson.configure(settings.log_level)
+    # The dashboard's workers log to a file: its terminal belongs to the dashboard.
+    stream = None if log_path is None else open(log_path, "a", buffering=1)  # noqa: SIM115
+    logjson.configure(settings.log_level, stream=stream)
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers itself
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -156,8 +161,10 @@ def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection
         # A parent that died (SIGKILL) sends no "stop": an orphan drains on its own.
         while not stop.is_set() and os.getppid() == parent:
             intake = collector.intake
+            state = collector.health()
             conn.send(WorkerReport(health.port, collector.readiness(),
-                                   intake is not None and intake.connected.is_set()))
+                                   intake is not None and intake.connected.is_set(),
+                                   replace(state, starting=starter.is_alive())))
             if conn.poll(REPORT_PERIOD_S) and conn.recv() == "stop":
                 break
     except (EOFError, BrokenPipeError, OSError):
@@ -182,8 +189,10 @@ class _Worker:
 class WorkerPool:
     """Starts, watches, restarts and stops the worker processes of one command."""
 
-    def __init__(self, settings: Settings, mqtt_url: str, count: int) -> None:
+    def __init__(self, settings: Settings, mqtt_url: str, count: int, *,
+                 log_path: Path | None = None) -> None:
         self.mqtt_url = mqtt_url
+        self.log_path = log_path
         self.count = count
         self.workers = [_Worker(i, worker_settings(settings, i, count)) for i in range(count)]
         self.failed: str | None = None  # a worker that exited before it ever subscribed
@@ -216,7 +225,8 @@ class WorkerPool:
         (spool_of(worker.settings) / RETIRED_MARK).unlink(missing_ok=True)
         parent, child = self._ctx.Pipe()
         worker.process = self._ctx.Process(
-            target=_worker_main, args=(worker.settings, self.mqtt_url, worker.index, child),
+            target=_worker_main,
+            args=(worker.settings, self.mqtt_url, worker.index, child, self.log_path),
             name=f"iotmeter-collector-{worker.index + 1}", daemon=False)
         worker.process.start()
         child.close()
@@ -284,6 +294,15 @@ class WorkerPool:
             else:
                 down.update(report.down)
         return sorted(down)
+
+    def health(self) -> CollectorHealth:
+        """Every live worker's latest health as one collector's (starting until all report)."""
+        parts = [w.report.health for w in self.workers
+                 if w.report is not None and w.process is not None and w.process.is_alive()]
+        merged = combined(parts, time.time())
+        if len(parts) < len(self.workers):
+            merged = replace(merged, starting=True)
+        return merged
 
     def scrape(self) -> Iterator[tuple[int, str]]:
         """Each live worker's /metrics text, with its number."""
