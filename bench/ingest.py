@@ -349,7 +349,8 @@ def print_table(result: dict[str, Any]) -> None:
     """The three rates of this run side by side."""
     base, peer = result.get("baseline_broker_only"), result.get("node_red")
     rows = [("broker only (mosquitto_sub counting)", base["rate"] if base else None, None),
-            (f"iotmeter ({result['collectors']} collector process(es))",
+            (f"iotmeter ({result['collectors']} collector process(es))"
+             if result.get("workers") is None else f"iotmeter --workers {result['workers']}",
              result["rate_into_influxdb"],
              result["cpu_s_per_1000_msgs"]["collector"] * 1000),
             ("Node-RED flow", peer["rate"] if peer else None,

@@ -431,7 +431,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- collector workers ---
     Setting("collector_workers", _workers, 0,
             "Collector processes of `iotmeter --collector-only` and the dashboard, on one "
-            "shared subscription; 0: one per two CPUs, at least one. --workers wins."),
+            "shared subscription; 0: one per CPU, at most 8. --workers wins."),
 )
 
 

@@ -139,8 +139,8 @@ def settings(tmp_path: Path) -> Settings:
     return settings_for(tmp_path / "home", {}, archive_window_s=1)
 
 
-def test_workers_default_to_one_per_two_cpus() -> None:
-    assert [resolve_workers(0, cpus) for cpus in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
+def test_workers_default_to_one_per_cpu() -> None:
+    assert [resolve_workers(0, cpus) for cpus in (1, 2, 3, 8, 64)] == [1, 2, 3, 8, 8]
     assert resolve_workers(3, 2) == 3
 
 
@@ -245,3 +245,39 @@ def test_the_dashboards_collector_runs_the_same_workers(
     finally:
         worker.stop()
     assert not worker.alive
+
+
+def test_a_worker_that_cannot_start_fails_the_command(
+        settings: Settings, private_mosquitto: MosquittoServer) -> None:
+    # Worker 2's spool directory cannot be made: its start fails before it ever subscribes.
+    blocker = spool_of(worker_settings(settings, 1, 2))
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")
+    command = Command(settings, private_mosquitto.url, 2)
+    with command.log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iotmeter_tui", "--collector-only", "--workers", "2",
+             "--metrics-port", str(command.port)],
+            env=command.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert process.wait(90) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert '"worker_failed"' in command.log()
+
+
+def test_combined_health_sums_the_workers() -> None:
+    from iotmeter_tui.backend.collector.health import CollectorHealth, SinkHealth, combined
+
+    def part(received: int, up: bool) -> CollectorHealth:
+        return CollectorHealth(at=0.0, starting=False, broker_connected=True, broker_error=None,
+                               received=received, acked=received - 1, duplicates=1,
+                               spool_bytes=10, spool_full=False,
+                               sinks=(SinkHealth("timeseries", up, None if up else "down", 5),))
+
+    both = combined([part(100, True), part(50, False)], at=1.0)
+    assert (both.received, both.acked, both.duplicates, both.spool_bytes) == (150, 148, 2, 20)
+    assert both.sinks == (SinkHealth("timeseries", False, "down", 10),)
+    assert both.broker_connected and not both.starting
+    assert combined([], at=1.0).starting

@@ -49,15 +49,18 @@ REPORT_PERIOD_S = 0.5  # a worker's readiness to the parent
 RETIRE_IDLE_S = 2.0  # a retiring session that brought nothing for this long is empty
 RETIRE_DRAIN_S = 60.0  # its sinks' time to store its spool before it is tried again later
 RESTART_BACKOFF_S = 1.0
+# Past this many, the broker (mosquitto delivers on one thread) is the limit, not the workers.
+MAX_AUTO_WORKERS = 8
 
 
 def resolve_workers(configured: int, cpus: int | None = None) -> int:
-    """The number of workers: as configured, or for 0 one per two CPUs, at least one. A
-    worker at full load uses about one core; the broker, the stores and the devices' load
-    need the rest on a machine that runs them all."""
+    """The number of workers: as configured, or for 0 one per CPU (at most MAX_AUTO_WORKERS).
+    Measured on 2 cores shared with the broker, InfluxDB and the load (docs/performance.md):
+    two workers stored more per second than one at no more CPU per message, because one
+    worker is capped by the interpreter's lock while the others wait on I/O."""
     if configured > 0:
         return configured
-    return max(1, (cpus if cpus is not None else (os.cpu_count() or 1)) // 2)
+    return max(1, min(MAX_AUTO_WORKERS, cpus if cpus is not None else (os.cpu_count() or 1)))
 
 
 def worker_client_id(client_id: str, index: int) -> str:
@@ -157,9 +160,13 @@ def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection
     health = HealthServer(collector.metrics.registry, collector.readiness).start()
     starter = threading.Thread(target=collector.start, daemon=True)
     starter.start()
+    failed = False
     try:
         # A parent that died (SIGKILL) sends no "stop": an orphan drains on its own.
         while not stop.is_set() and os.getppid() == parent:
+            if not starter.is_alive() and collector.intake is None:
+                failed = True  # start() gave up (its error is logged): the parent decides
+                break
             intake = collector.intake
             state = collector.health()
             conn.send(WorkerReport(health.port, collector.readiness(),
@@ -172,6 +179,8 @@ def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection
     finally:
         collector.stop()
         health.stop()
+    if failed:
+        raise SystemExit(1)
 
 
 @dataclass
