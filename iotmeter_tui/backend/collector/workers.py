@@ -212,18 +212,20 @@ class WorkerPool:
     def run(self, stop: threading.Event) -> int:
         """Start worker 1, once it is subscribed the others, then keep them running until
         `stop`; 1 when a worker failed to start, else 0."""
-        first = self.workers[0]
-        self._spawn(first)
-        while not stop.is_set() and not first.ever_subscribed and self.failed is None:
-            self._watch()
-            stop.wait(0.1)
-        for worker in self.workers[1:]:
-            if not stop.is_set() and self.failed is None:
-                self._spawn(worker)
-        while not stop.is_set() and self.failed is None:
-            self._watch()
-            stop.wait(REPORT_PERIOD_S)
-        self.stop()
+        try:
+            first = self.workers[0]
+            self._spawn(first)
+            while not stop.is_set() and not first.ever_subscribed and self.failed is None:
+                self._watch()
+                stop.wait(0.1)
+            for worker in self.workers[1:]:
+                if not stop.is_set() and self.failed is None:
+                    self._spawn(worker)
+            while not stop.is_set() and self.failed is None:
+                self._watch()
+                stop.wait(REPORT_PERIOD_S)
+        finally:
+            self.stop()  # on an error of the parent's own too: no worker outlives it
         if self.failed is not None:
             log.error("collector worker failed to start", extra={
                 "event": "worker_failed", "worker": self.failed})
@@ -231,7 +233,9 @@ class WorkerPool:
         return 0
 
     def _spawn(self, worker: _Worker) -> None:
-        (spool_of(worker.settings) / RETIRED_MARK).unlink(missing_ok=True)
+        # Not retired any more. (A spool that is not a directory fails the worker's start.)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            (spool_of(worker.settings) / RETIRED_MARK).unlink()
         parent, child = self._ctx.Pipe()
         worker.process = self._ctx.Process(
             target=_worker_main,
