@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -281,3 +282,22 @@ def test_combined_health_sums_the_workers() -> None:
     assert both.sinks == (SinkHealth("timeseries", False, "down", 10),)
     assert both.broker_connected and not both.starting
     assert combined([], at=1.0).starting
+
+
+def test_a_broker_restart_keeps_both_workers_subscribed(
+        settings: Settings, private_mosquitto: MosquittoServer) -> None:
+    # Mosquitto restored from its persistence file brings a session back without its shared
+    # subscriptions: the workers must subscribe again, or they would wait for ever.
+    command = Command(settings, private_mosquitto.url, 2).start()
+    try:
+        load = SteadyLoad(private_mosquitto.url, DEVICES, rate=300.0)
+        load.start()
+        wait_for(lambda: min(command.received().get(w, 0) for w in ("1", "2")) > 100,
+                 timeout_s=60, what="both workers taking messages")
+        private_mosquitto.restart()
+        time.sleep(3)
+        sent = load.stop()
+        assert_exactly_once(settings, sent)
+        assert command.terminate() == 0
+    finally:
+        command.close()

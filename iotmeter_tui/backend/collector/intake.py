@@ -254,12 +254,15 @@ class MqttIntake:
         """Bring the broker's session to `filters`. The new filters are subscribed before the
         old ones are dropped: meanwhile a message may come twice, to this same session, where
         the pipeline's duplicate window recognises it; the other order would lose what is
-        published in between. A kept session already holding the filters is not subscribed
-        again: that would make the broker resend every retained status message."""
+        published in between. A kept session already holding plain filters is not subscribed
+        again: that would make the broker resend every retained status message. Shared
+        filters are subscribed again on every connect: a broker gets no retained messages
+        for them, and mosquitto restarted from its persistence file brings the session back
+        without its shared subscriptions."""
         held = self._held() if session_present else []
         if held is None:  # a session from before subscriptions were recorded
             held = self._retired_forms or list(self.filters)
-        add = [f for f in self.filters if f not in held]
+        add = [f for f in self.filters if f not in held or f.startswith("$share/")]
         self._to_unsubscribe = [f for f in held if f not in self.filters]
         if add:
             _packet_id, packet = self.session.subscribe([(f, 1) for f in add], now)
