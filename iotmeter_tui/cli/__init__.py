@@ -25,7 +25,7 @@ from iotmeter_tui.relay.cli import register_relay
 def _run_dashboard(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.collector_only:
-        from iotmeter_tui.backend.collector.service import run_collector
+        from iotmeter_tui.backend.collector.command import run_collector
 
         return run_collector(settings)
     from iotmeter_tui.app import run_dashboard

@@ -287,7 +287,9 @@ def test_combined_health_sums_the_workers() -> None:
 def test_a_broker_restart_keeps_both_workers_subscribed(
         settings: Settings, private_mosquitto: MosquittoServer) -> None:
     # Mosquitto restored from its persistence file brings a session back without its shared
-    # subscriptions: the workers must subscribe again, or they would wait for ever.
+    # subscriptions: the workers must subscribe again, or they would wait for ever. (What
+    # devices publish between the restart and that subscription has no subscriber and is
+    # dropped by the broker: docs/operations.md; so this test counts duplicates, not losses.)
     command = Command(settings, private_mosquitto.url, 2).start()
     try:
         load = SteadyLoad(private_mosquitto.url, DEVICES, rate=300.0)
@@ -295,9 +297,22 @@ def test_a_broker_restart_keeps_both_workers_subscribed(
         wait_for(lambda: min(command.received().get(w, 0) for w in ("1", "2")) > 100,
                  timeout_s=60, what="both workers taking messages")
         private_mosquitto.restart()
+        time.sleep(1)
+        after = command.received()
+        wait_for(lambda: all(command.received().get(w, 0) > after.get(w, 0) + 100
+                             for w in ("1", "2")),
+                 timeout_s=60, what="both workers taking messages after the broker restart")
+        assert len(load.stop()) > 100
         time.sleep(3)
-        sent = load.stop()
-        assert_exactly_once(settings, sent)
         assert command.terminate() == 0
     finally:
         command.close()
+    audit = StoreAudit(settings)
+    try:
+        for device_id in DEVICES:
+            for store, keys in (("time series", audit.timeseries_keys(device_id)),
+                                ("archive", audit.archive_keys(device_id))):
+                assert keys, f"nothing of {device_id} in the {store}"
+                assert max(keys.values()) == 1, f"{store} of {device_id} holds duplicates"
+    finally:
+        audit.close()
