@@ -179,6 +179,9 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip the Node-RED run")
     parser.add_argument("--collectors", type=int, default=2,
                         help="collector processes sharing the load ($share subscription)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="one `iotmeter --collector-only --workers N` command instead of "
+                             "--collectors separate ones (0: its default, sized to the machine)")
     parser.add_argument("--workdir", type=Path,
                         help="keep the collectors' home (spools, collector-N.log) here")
     parser.add_argument("--profile", metavar="PATH",
@@ -197,11 +200,13 @@ def main() -> int:
             "IOTMETER_DB_URL": database.url,
             "IOTMETER_TSDB_URL": f"influxdb://{influx.host}:{influx.port}/{db}",
         }, archive_window_s=10)
-        collectors = [start_collector(settings, broker, Path(tmp), n, args.collectors)
-                      for n in range(args.collectors)]
+        collectors = ([start_collector(settings, broker, Path(tmp), 0, 1, args.workers)]
+                      if args.workers is not None else
+                      [start_collector(settings, broker, Path(tmp), n, args.collectors)
+                       for n in range(args.collectors)])
         time.sleep(3)  # connect, migrate, subscribe
 
-        cpu0 = {"collector": sum(cpu_seconds(c.pid) for c in collectors),
+        cpu0 = {"collector": sum(tree_cpu_seconds(c.pid) for c in collectors),
                 "broker": cpu_seconds(broker.broker._process.pid),  # type: ignore[union-attr]
                 "influxdb": cpu_seconds(influx._process.pid)}  # type: ignore[attr-defined]
         pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "dc-")
@@ -249,7 +254,8 @@ def main() -> int:
         into_broker = (None if min(received_before, received_after) < 0
                        else received_after - received_before - seq)
         registry, archived = audit_stores(settings, pubs)
-        cpu = {"collector": sum(cpu_seconds(c.pid) for c in collectors) - cpu0["collector"],
+        cpu = {"collector": sum(tree_cpu_seconds(c.pid) for c in collectors)
+               - cpu0["collector"],
                "broker": cpu_seconds(broker.broker._process.pid)  # type: ignore[union-attr]
                - cpu0["broker"],
                "influxdb": cpu_seconds(influx._process.pid)  # type: ignore[attr-defined]
@@ -270,7 +276,8 @@ def main() -> int:
                                               int(q * len(latencies)))] * 1000, 1))
     result = {
         "target_rate": args.rate, "seconds": args.seconds, "publishers": args.publishers,
-        "collectors": args.collectors,
+        "collectors": args.collectors if args.workers is None else 1,
+        "workers": args.workers,
         "published": pubs.total, "received_by_broker": into_broker, "queryable": count,
         "in_registry_seq_tracking": registry, "archived": archived,
         "elapsed_s": round(elapsed, 2),
@@ -342,7 +349,8 @@ def print_table(result: dict[str, Any]) -> None:
     """The three rates of this run side by side."""
     base, peer = result.get("baseline_broker_only"), result.get("node_red")
     rows = [("broker only (mosquitto_sub counting)", base["rate"] if base else None, None),
-            (f"iotmeter ({result['collectors']} collector process(es))",
+            (f"iotmeter ({result['collectors']} collector process(es))"
+             if result.get("workers") is None else f"iotmeter --workers {result['workers']}",
              result["rate_into_influxdb"],
              result["cpu_s_per_1000_msgs"]["collector"] * 1000),
             ("Node-RED flow", peer["rate"] if peer else None,
@@ -359,16 +367,30 @@ def print_table(result: dict[str, Any]) -> None:
     print("(rates are wall-clock: on a loaded machine compare the ratios of one run)")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (a --workers command's worker processes),
+    live or reaped."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(c) for c in children)
+
+
 def start_collector(settings: Settings, broker: MosquittoServer, home: Path, n: int,
-                    count: int) -> subprocess.Popen[bytes]:
+                    count: int, workers: int | None = None) -> subprocess.Popen[bytes]:
     """`iotmeter --collector-only` as its own process; with count > 1, members of one shared
-    subscription, each with its own client id (and so its own spool)."""
+    subscription, each with its own client id (and so its own spool); with `workers`, one
+    command that runs that many worker processes itself."""
     env = {**os.environ, **env_for(settings, broker.url)}
     if count > 1:
         env.update(IOTMETER_SHARE_GROUP="bench", IOTMETER_CLIENT_ID=f"bench-collector-{n}")
     collector = subprocess.Popen(
         [sys.executable, "-m", "iotmeter_tui", "--collector-only",
-         "--metrics-port", str(free_port())],
+         "--metrics-port", str(free_port())]
+        + ([] if workers is None else ["--workers", str(workers)]),
         env=env, stdout=open(home / f"collector-{n}.log", "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT)
     # Whatever happens below, the collector must not outlive the bench.

@@ -5,6 +5,7 @@ a suite that silently skips its integration tests proves nothing."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,9 @@ from testsupport import (
 )
 from testsupport.harness import production_stores
 
+# One collector worker in every process a test starts unless it asks for more: the tests read
+# one collector's unlabelled metrics (tests/collector/test_workers.py runs several).
+os.environ.setdefault("IOTMETER_COLLECTOR_WORKERS", "1")
 
 @contextmanager
 def _fail_clearly() -> Iterator[None]:

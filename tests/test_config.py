@@ -70,6 +70,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "retention_raw": ["30", "30m", "0d", "-1d", "1.5d", "never", "30 days"],
     "retention_1m": ["1y", "d", "inf d"],
     "retention_1h": ["59m", "3600s"],
+    "collector_workers": ["-1", "65", "1.5", "two"],
     "anomaly_sensitivity": ["power_meter_dc", "power_meter_dc=-1", "=1", "power_meter_ac=x",
                             "power_meter_ac=nan"],
 }

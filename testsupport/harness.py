@@ -21,7 +21,9 @@ def settings_for(home: Path, stores: Mapping[str, str], **overrides: Any) -> Set
     """Settings as the environment would give them: `stores` maps IOTMETER_* variables."""
     # A free port for the collector's firmware endpoint unless a test picks one: collectors
     # of parallel test runs must not fight over the default 9109.
-    env = {"IOTMETER_HOME": str(home), "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0", **stores}
+    # One collector worker unless asked: a child process reads one collector's metrics.
+    env = {"IOTMETER_HOME": str(home), "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0",
+           "IOTMETER_COLLECTOR_WORKERS": "1", **stores}
     for key, value in overrides.items():
         env[f"IOTMETER_{key.upper()}"] = str(value)
     return load_settings(env=env)
@@ -49,7 +51,7 @@ def env_for(settings: Settings, mqtt_url: str) -> dict[str, str]:
                 "s3_access_key", "s3_secret_key", "s3_region", "reorder_timeout_s",
                 "archive_window_s", "client_id", "spool_max_bytes", "auto_register",
                 "redeliver_after_s", "firmware_listen", "firmware_base_url",
-                "firmware_public_key"):
+                "firmware_public_key", "collector_workers"):
         value = getattr(settings, key)
         if value is not None:
             env[f"IOTMETER_{key.upper()}"] = str(value).lower() if isinstance(

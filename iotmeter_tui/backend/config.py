@@ -112,6 +112,16 @@ def _name(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 64:
+        raise ValueError(f"{text!r} is not between 0 (sized to the machine) and 64")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive(int)(text)
     if value > 65535:
@@ -418,6 +428,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anomaly_sensitivity", _sensitivity, "power_meter_dc=1,power_meter_ac=1",
             "Anomaly detector sensitivity per device type, TYPE=NUMBER,...: 2 halves the "
             "bands, 0 turns it off; a device's `anomaly_sensitivity` config wins."),
+    # --- collector workers ---
+    Setting("collector_workers", _workers, 0,
+            "Collector processes of `iotmeter --collector-only` and the dashboard, on one "
+            "shared subscription; 0: one per CPU, at most 8. --workers wins."),
 )
 
 
@@ -491,6 +505,7 @@ class Settings:
     retention_1m: str
     retention_1h: str
     anomaly_sensitivity: str
+    collector_workers: int
 
     @property
     def embedded(self) -> bool:

@@ -25,7 +25,7 @@ from iotmeter_tui.relay.cli import register_relay
 def _run_dashboard(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.collector_only:
-        from iotmeter_tui.backend.collector.service import run_collector
+        from iotmeter_tui.backend.collector.command import run_collector
 
         return run_collector(settings)
     from iotmeter_tui.app import run_dashboard
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-port", type=int, metavar="PORT",
         help="port of the collector's /metrics endpoint (default 9108)",
+    )
+    parser.add_argument(
+        "--workers", dest="collector_workers", type=positive_int, metavar="N",
+        help="collector processes on one shared subscription (default "
+        "IOTMETER_COLLECTOR_WORKERS; 0 there: one per CPU)",
     )
     parser.add_argument(
         "--simulate", choices=("auto", "yes", "no"), default=None,

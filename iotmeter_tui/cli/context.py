@@ -22,10 +22,13 @@ EXIT_USAGE: Final = 2
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """The settings for this run (file, environment, `--metrics-port`), with a private home."""
+    """The settings for this run (file, environment, `--metrics-port`, `--workers`), with a
+    private home."""
     overrides: dict[str, Any] = {}
     if getattr(args, "metrics_port", None) is not None:
         overrides["metrics_port"] = str(args.metrics_port)
+    if getattr(args, "collector_workers", None) is not None:
+        overrides["collector_workers"] = str(args.collector_workers)
     settings = load_settings(config_file=args.config, overrides=overrides)
     prepare_home(settings.home)
     return settings

@@ -50,3 +50,28 @@ class CollectorHealth:
     def in_flight(self) -> int:
         """Received but not acknowledged yet."""
         return max(0, self.received - self.acked)
+
+
+def combined(parts: list[CollectorHealth], at: float) -> CollectorHealth:
+    """The health of a command's worker processes as one collector: counters summed, a sink
+    up only where it is up in every worker, the leading worker's (the first's) dispatcher."""
+    sinks: dict[str, SinkHealth] = {}
+    for part in parts:
+        for sink in part.sinks:
+            seen = sinks.get(sink.name)
+            sinks[sink.name] = sink if seen is None else SinkHealth(
+                sink.name, seen.up and sink.up, seen.error or sink.error,
+                seen.backlog_bytes + sink.backlog_bytes)
+    return CollectorHealth(
+        at=at,
+        starting=not parts or any(p.starting for p in parts),
+        broker_connected=bool(parts) and all(p.broker_connected for p in parts),
+        broker_error=next((p.broker_error for p in parts if p.broker_error), None),
+        received=sum(p.received for p in parts),
+        acked=sum(p.acked for p in parts),
+        duplicates=sum(p.duplicates for p in parts),
+        spool_bytes=sum(p.spool_bytes for p in parts),
+        spool_full=any(p.spool_full for p in parts),
+        sinks=tuple(sinks.values()),
+        dispatcher=parts[0].dispatcher if parts else None,
+    )

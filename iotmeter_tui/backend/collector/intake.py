@@ -18,7 +18,9 @@ duplicate detection recognises what it had already spooled.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import queue
 import select
 import socket
@@ -26,6 +28,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.mqtt.address import BrokerAddress
@@ -37,6 +40,7 @@ from iotmeter_tui.backend.mqtt.session import (
     MqttConnectionRefused,
     MqttNotConnected,
     Session,
+    Subscribed,
 )
 
 log = logging.getLogger(__name__)
@@ -90,11 +94,22 @@ class MqttIntake:
         share_group: str | None = None,
         keepalive: int = 30,
         max_backoff_s: float = 10.0,
+        subscription_file: Path | None = None,
+        retiring: bool = False,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id
         self.inbox = inbox
         self.share_group = share_group
+        # The filters this session should hold: none for a retiring worker, which only takes
+        # what its session still queues. `subscription_file` records what the broker's
+        # session holds, so a session kept across a change of form (plain <-> $share, or
+        # retired) is brought to the new one instead of keeping both.
+        self.filters = [] if retiring else protocol.collector_subscriptions(share_group)
+        self.subscription_file = subscription_file
+        self._retired_forms = (protocol.collector_subscriptions(None)
+                               + protocol.collector_subscriptions(share_group)) if retiring else []
+        self._to_unsubscribe: list[str] = []
         self.max_backoff_s = max_backoff_s
         self.session = Session(
             client_id, keepalive=keepalive, clean_session=False,
@@ -225,23 +240,65 @@ class MqttIntake:
                 self.last_error = None
                 log.info("mqtt connected", extra={"event": "mqtt_connected",
                                                   "session_present": event.session_present})
-                if event.session_present:
-                    # The broker kept our subscriptions; subscribing again would make it
-                    # resend every retained status message.
-                    self.connected.set()
-                else:
-                    # "connected" means ready to receive: only once the broker confirmed
-                    # the subscription (what is published before that has no session).
-                    _packet_id, packet = self.session.subscribe(
-                        [(f, 1) for f in protocol.collector_subscriptions(self.share_group)], now)
-                    self._send_or_drop(packet)
-            elif event.refused:
-                self.last_error = "broker refused the subscription"
-                log.error("mqtt subscription refused", extra={
-                    "event": "mqtt_subscribe_refused", "codes": list(event.granted)})
-                raise _Dropped(self.last_error)
+                self._reconcile(event.session_present, now)
+            elif isinstance(event, Subscribed):
+                if event.refused:
+                    self.last_error = "broker refused the subscription"
+                    log.error("mqtt subscription refused", extra={
+                        "event": "mqtt_subscribe_refused", "codes": list(event.granted)})
+                    raise _Dropped(self.last_error)
+                self._after_subscribe(now)
             else:
-                self.connected.set()
+                self._subscribed_as_wanted()
+
+    def _reconcile(self, session_present: bool, now: float) -> None:
+        """Bring the broker's session to `filters`. The new filters are subscribed before the
+        old ones are dropped: meanwhile a message may come twice, to this same session, where
+        the pipeline's duplicate window recognises it; the other order would lose what is
+        published in between. A kept session already holding plain filters is not subscribed
+        again: that would make the broker resend every retained status message. Shared
+        filters are subscribed again on every connect: a broker gets no retained messages
+        for them, and mosquitto restarted from its persistence file brings the session back
+        without its shared subscriptions."""
+        held = self._held() if session_present else []
+        if held is None:  # a session from before subscriptions were recorded
+            held = self._retired_forms or list(self.filters)
+        add = [f for f in self.filters if f not in held or f.startswith("$share/")]
+        self._to_unsubscribe = [f for f in held if f not in self.filters]
+        if add:
+            _packet_id, packet = self.session.subscribe([(f, 1) for f in add], now)
+            self._send_or_drop(packet)
+        else:
+            self._after_subscribe(now)
+
+    def _after_subscribe(self, now: float) -> None:
+        if self._to_unsubscribe:
+            log.info("mqtt subscription changed", extra={
+                "event": "mqtt_unsubscribe", "filters": self._to_unsubscribe})
+            _packet_id, packet = self.session.unsubscribe(self._to_unsubscribe, now)
+            self._to_unsubscribe = []
+            self._send_or_drop(packet)
+        else:
+            self._subscribed_as_wanted()
+
+    def _subscribed_as_wanted(self) -> None:
+        # Recorded once the broker confirmed; a crash before that only repeats the change.
+        if self.subscription_file is not None and self._held() != self.filters:
+            tmp = self.subscription_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.filters))
+            os.replace(tmp, self.subscription_file)
+        # "connected" means ready to receive as configured.
+        self.connected.set()
+
+    def _held(self) -> list[str] | None:
+        """The filters the broker's session holds, as last recorded (None: not recorded)."""
+        if self.subscription_file is None:
+            return None
+        try:
+            held = json.loads(self.subscription_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return [f for f in held if isinstance(f, str)] if isinstance(held, list) else None
 
     def _keep_alive(self, now: float) -> None:
         """What the session says is due: a ping, or giving up on a silent broker."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from iotmeter_tui.backend.collector.sinks import (
     TimeSeriesSink,
 )
 from iotmeter_tui.backend.collector.spool import Position, Spool
-from iotmeter_tui.backend.config import ConfigError, Settings
+from iotmeter_tui.backend.config import Settings
 from iotmeter_tui.backend.control.dispatch import Dispatcher
 from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores import Stores, open_stores
@@ -78,8 +77,16 @@ class Tuning:
 
 class Collector:
     def __init__(self, settings: Settings, mqtt_url: str, *, stores: Stores | None = None,
-                 metrics: CollectorMetrics | None = None, tuning: Tuning | None = None) -> None:
+                 metrics: CollectorMetrics | None = None, tuning: Tuning | None = None,
+                 lead: bool = True, retiring: bool = False) -> None:
         self.settings = settings
+        # One collector of a command's workers leads: only it runs the dispatcher (one
+        # sender of commands and firmware offers, one firmware endpoint), the broker's $SYS
+        # monitor and the retention passes. A retiring collector drops its subscriptions and
+        # takes only what its broker session still holds (workers.py).
+        self.lead = lead and not retiring
+        self.retiring = retiring
+        self.drained = False  # after stop(): every sink took everything spooled
         self.mqtt_url = mqtt_url
         self.metrics = metrics or CollectorMetrics()
         self.tuning = tuning or Tuning()
@@ -194,6 +201,21 @@ class Collector:
         ]
         for runner in self.runners:
             runner.start()
+        if self.lead:
+            self._start_lead_threads()
+        self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
+                                 share_group=s.share_group, retiring=self.retiring,
+                                 subscription_file=self.spool_dir / "subscription.json")
+        self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
+                                 on_commit=self._wake_sinks)
+        self.pipeline.start()
+        self.intake.start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True,
+                                             name="iotmeter-housekeeping")
+        self._housekeeper.start()
+
+    def _start_lead_threads(self) -> None:
+        s = self.settings
         self.dispatcher = Dispatcher.for_collector(s, self.mqtt_url, self.stores)
         if self.dispatcher.commands.publisher is not None:
             counting = CountingPublisher(self.dispatcher.commands.publisher, self.metrics)
@@ -209,15 +231,6 @@ class Collector:
             self.broker_sys = BrokerSysMonitor(sys_url, f"{s.client_id}-sys",
                                                self.metrics.broker_sys)
             self.broker_sys.start()
-        self.intake = MqttIntake(self.mqtt_url, s.client_id, self.inbox,
-                                 share_group=s.share_group)
-        self.pipeline = Pipeline(self.inbox, decider, self.spool, self.intake.ack, self.metrics,
-                                 on_commit=self._wake_sinks)
-        self.pipeline.start()
-        self.intake.start()
-        self._housekeeper = threading.Thread(target=self._housekeeping, daemon=True,
-                                             name="iotmeter-housekeeping")
-        self._housekeeper.start()
         self.retention = RetentionKeeper(self.stores.timeseries, self.metrics,
                                          self.tuning.retention_interval_s)
         self.retention.start()
@@ -314,6 +327,7 @@ class Collector:
             if not runner.is_alive():
                 runner.sink.close()
         if self.spool is not None and all(not r.is_alive() for r in self.runners):
+            self.drained = pipeline_done and all(r.backlog_bytes() == 0 for r in self.runners)
             self.spool.release([r.cursor for r in self.runners])
             self.spool.close()
         if self.retention is not None:
@@ -358,42 +372,3 @@ class Collector:
                         for r in self.runners),
             dispatcher=self.dispatcher.health() if self.dispatcher else None,
         )
-
-
-def run_collector(settings: Settings) -> int:
-    """`iotmeter --collector-only`: run until SIGTERM/SIGINT, then drain and exit 0."""
-    from iotmeter_tui.backend import logjson
-    from iotmeter_tui.backend.broker import EmbeddedBroker
-    from iotmeter_tui.backend.health_server import HealthServer
-
-    logjson.configure(settings.log_level)
-    broker = None
-    mqtt_url = settings.mqtt_url
-    if mqtt_url is None:
-        broker = EmbeddedBroker(settings.home / "broker")
-        broker.start()
-        mqtt_url = broker.url
-        log.info("embedded broker started", extra={"event": "broker_started", "url": mqtt_url})
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    collector = Collector(settings, mqtt_url)
-    # Loopback unless IOTMETER_METRICS_HOST says otherwise (the image sets 0.0.0.0: Prometheus
-    # and the probes come from outside the container). No secret is served there.
-    try:
-        health = HealthServer(collector.metrics.registry, collector.readiness,
-                              host=settings.metrics_host,
-                              port=settings.metrics_port)
-    except OSError as exc:
-        if broker is not None:
-            broker.stop()
-        raise ConfigError("IOTMETER_METRICS_PORT", f"cannot listen on port "
-                          f"{settings.metrics_port}: {exc.strerror or exc}") from None
-    health.start()
-    starter = threading.Thread(target=collector.start, daemon=True)
-    starter.start()
-    stop.wait()
-    collector.stop()
-    if broker is not None:
-        broker.stop()
-    return 0

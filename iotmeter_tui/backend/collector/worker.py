@@ -11,11 +11,13 @@ import time
 from dataclasses import replace
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from iotmeter_tui.backend.collector.health import CollectorHealth
 from iotmeter_tui.backend.config import Settings
 
 HEALTH_PERIOD_S = 1.0
+STOP_JOIN_S = 12.0  # the pool's stop budget and a margin
 
 
 def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
@@ -23,6 +25,7 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
     import signal
 
     from iotmeter_tui.backend import logjson
+    from iotmeter_tui.backend.collector import workers
     from iotmeter_tui.backend.collector.service import Collector
 
     parent = os.getppid()
@@ -34,8 +37,18 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the dashboard
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    count = workers.resolve_workers(settings.collector_workers)
+    if count > 1:
+        _child_pool(settings, mqtt_url, count, conn, stop, parent, log_path)
+        return
     collector = Collector(settings, mqtt_url)
-    starter = threading.Thread(target=collector.start, daemon=True)
+
+    def start() -> None:
+        # Workers of an earlier run with more of them give their share back first.
+        workers.retire_extra_workers(settings, mqtt_url, 1, stop)
+        collector.start()
+
+    starter = threading.Thread(target=start, daemon=True)
     starter.start()
     try:
         # A dashboard that died (its SSH session dropped, say) sends no "stop": the child
@@ -50,6 +63,36 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
         pass  # the parent went away: stop cleanly all the same
     finally:
         collector.stop()
+        logging.shutdown()
+
+
+def _child_pool(settings: Settings, mqtt_url: str, count: int, conn: Connection,
+                stop: threading.Event, parent: int, log_path: Path) -> None:
+    """The child as the supervisor of `count` worker processes (workers.py), reporting their
+    combined health."""
+    import logging
+
+    from iotmeter_tui.backend.collector import workers
+
+    pool = workers.WorkerPool(settings, mqtt_url, count, log_path=log_path)
+
+    def run() -> None:
+        workers.retire_extra_workers(settings, mqtt_url, count, stop)
+        if not stop.is_set():
+            pool.run(stop)
+
+    runner = threading.Thread(target=run, daemon=True, name="iotmeter-collector-pool")
+    runner.start()
+    try:
+        while not stop.is_set() and os.getppid() == parent and runner.is_alive():
+            if conn.poll(HEALTH_PERIOD_S) and conn.recv() == "stop":
+                break
+            conn.send(pool.health())
+    except (EOFError, BrokenPipeError, OSError):
+        pass
+    finally:
+        stop.set()
+        runner.join(STOP_JOIN_S)
         logging.shutdown()
 
 
@@ -74,10 +117,15 @@ class CollectorWorker:
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
+        from iotmeter_tui.backend.collector.workers import resolve_workers
+
         ctx = mp.get_context("spawn")  # a clean interpreter: no Textual state, no threads
         parent, child = ctx.Pipe()
+        # A child that supervises worker processes cannot be a daemonic one (multiprocessing
+        # forbids a daemon children); stop() ends it all the same.
+        single = resolve_workers(self.settings.collector_workers) == 1
         self._process = ctx.Process(target=_child, args=(self.settings, self.mqtt_url, child),
-                                    name="iotmeter-collector", daemon=True)
+                                    name="iotmeter-collector", daemon=single)
         self._process.start()
         child.close()
         self._conn = parent

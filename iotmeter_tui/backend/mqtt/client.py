@@ -279,7 +279,7 @@ class MqttClient:
             if isinstance(event, Connected):
                 if self._connack is not None and not self._connack.done():
                     self._connack.set_result(event.session_present)
-            else:
+            elif isinstance(event, Subscribed):
                 waiter = self._waiters.get(event.packet_id)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)

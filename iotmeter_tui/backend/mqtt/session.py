@@ -27,6 +27,7 @@ from iotmeter_tui.backend.mqtt.codec import (
     PubAck,
     Publish,
     SubAck,
+    UnsubAck,
     Will,
 )
 
@@ -81,7 +82,13 @@ class Subscribed(NamedTuple):
     refused: tuple[str, ...]
 
 
-Event = Connected | Subscribed
+class Unsubscribed(NamedTuple):
+    """The UNSUBACK of an UNSUBSCRIBE: the broker no longer delivers on those filters."""
+
+    packet_id: int
+
+
+Event = Connected | Subscribed | Unsubscribed
 
 
 class Inbound(NamedTuple):
@@ -205,6 +212,9 @@ class Session:
                 subscribed = self._suback(packet)
                 if subscribed is not None:
                     events.append(subscribed)
+            elif (isinstance(packet, UnsubAck)
+                  and self._subscribing.pop(packet.packet_id, None) is not None):
+                events.append(Unsubscribed(packet.packet_id))
             # PINGRESP needs nothing more than being heard; the rest (QoS 2 flows, packets
             # only a broker receives) concerns no client of this project and is ignored.
         return Inbound(publishes, oversized, acked, events, reply)
@@ -262,6 +272,16 @@ class Session:
         packet = codec.encode_subscribe(packet_id, list(filters))
         self._subscribing[packet_id] = (tuple(f for f, _ in filters),
                                         now + self.handshake_timeout_s)
+        return packet_id, packet
+
+    def unsubscribe(self, filters: Sequence[str], now: float) -> tuple[int, bytes]:
+        """The UNSUBSCRIBE to send and its packet id; its UNSUBACK comes as an
+        `Unsubscribed` event, within `handshake_timeout_s` like a SUBACK."""
+        if not self.connected:
+            raise MqttNotConnected(f"{self.client_id}: not connected")
+        packet_id = self._allocate_id()
+        packet = codec.encode_unsubscribe(packet_id, list(filters))
+        self._subscribing[packet_id] = (tuple(filters), now + self.handshake_timeout_s)
         return packet_id, packet
 
     def puback(self, packet_id: int) -> bytes:
