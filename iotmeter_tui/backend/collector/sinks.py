@@ -4,7 +4,8 @@ Each sink reads the spool from its own cursor, so a slow or failed sink never ho
 others; its cursor moves only after a write succeeded, so a failure means "retry later", never
 "lost". Every write is idempotent, which is what makes a crash between the write and the cursor
 harmless: time-series points overwrite by (device_id, ts), archive objects are named after
-their spool segment, and the registry stores its cursor in the same transaction as its state.
+their spool segment and the chunk of it they hold, and the registry stores its cursor in the
+same transaction as its state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -149,17 +151,36 @@ class TimeSeriesSink(RecordSink):
 
 
 class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
-    """Turns each sealed spool segment into objects named after it."""
+    """Turns each sealed spool segment into objects, a chunk of the segment at a time.
+
+    Memory stays bounded whatever a segment holds: a batch is at most `chunk_bytes` of the
+    segment's file (a segment can be a minute of the whole fleet's traffic, 64 MiB). A chunk
+    is one object per device and category, named after the segment and, past the first
+    chunk, the chunk's starting offset. Chunks are cut from the sealed file only (never from
+    the records the spool keeps in memory), so a chunk starting at an offset always ends at
+    the same frame, and its objects hold the same records: the cursor moves to its end only
+    after every object is put, and a crash before that makes the next start write the same
+    keys with the same bytes again, overwriting, never adding. That is also why `chunk_bytes`
+    is a constant and not a setting: changed between a crash and its replay, a chunk would
+    end elsewhere and a device seen only past the new end would keep its first object too.
+    A segment that fits one chunk gets exactly the names it had before chunks existed.
+    """
 
     name = "archive"
+    CHUNK_BYTES = 8 << 20
 
-    def __init__(self, writer: ArchiveWriter, cursor: CursorFile, source: str) -> None:
+    def __init__(self, writer: ArchiveWriter, cursor: CursorFile, source: str, *,
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
         """`source` names this collector's spool (its client id, made key-safe): collectors
         sharing a subscription have spools of their own whose segment ids can coincide, and
-        their objects for one device must not overwrite each other."""
+        their objects for one device must not overwrite each other. `chunk_bytes` differs
+        from CHUNK_BYTES only in tests."""
         self.writer = writer
         self.cursor = cursor
         self.source = source
+        self.chunk_bytes = chunk_bytes
+        # Where the batch that ends at a position started: its objects are named after it.
+        self._chunk: tuple[Position, Position] | None = None
 
     def load_cursor(self) -> Position | None:
         return self.cursor.load()
@@ -173,26 +194,36 @@ class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
         for segment in spool.segments():
             if segment < cursor.segment or not spool.is_sealed(segment):
                 continue
-            size = spool.committed_size(segment)
-            if segment == cursor.segment and cursor.offset >= size:
-                continue
-            # The whole segment, whatever the cursor's offset: objects are per segment. Only
-            # what the archive keeps is held (a segment is a minute of the fleet's traffic),
-            # not the spool records it is read from.
+            start = Position(segment, cursor.offset if segment == cursor.segment else 0)
+            records, end = spool.read_file(start, max_records=sys.maxsize,
+                                           max_bytes=self.chunk_bytes)
+            if end == start:
+                continue  # archived to its end already
+            self._chunk = (start, end)
+            # Only what the archive keeps is held, not the spool records it is read from.
             return [
                 ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
                 if r.kind == ACCEPTED else
                 RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None,
                                r.received_ms, r.payload)
-                for r in spool.iter_segment(segment) if r.kind != DUPLICATE
-            ], Position(segment, size)
+                for r in records if r.kind != DUPLICATE
+            ], end
         return [], cursor
 
     def write(self, records: list[ArchiveRecord | RejectedRecord], end: Position) -> None:
+        start = self._chunk[0] if self._chunk is not None and self._chunk[1] == end else None
+        if start is None:
+            # Not a batch of next_batch's (a caller of its own): the segment's first chunk.
+            start = Position(end.segment, 0)
         accepted = [r for r in records if type(r) is ArchiveRecord]
         rejected = [r for r in records if type(r) is RejectedRecord]
-        self.writer.write_batch(accepted, rejected,
-                                batch_id=f"{end.segment}-{self.source}"[:128])
+        self.writer.write_batch(accepted, rejected, batch_id=self.batch_id(start))
+
+    def batch_id(self, start: Position) -> str:
+        """The objects' name for the chunk starting at `start`. The offset is zero-padded so
+        the chunks of one second's objects list in spool order."""
+        chunk = "" if start.offset == 0 else f".{start.offset:012d}"
+        return f"{start.segment}{chunk}-{self.source}"[:128]
 
     def close(self) -> None:
         self.writer.close()

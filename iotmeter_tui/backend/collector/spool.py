@@ -330,6 +330,17 @@ class Spool:
                 if nxt:
                     return self.read(Position(nxt[0], 0), max_records, max_bytes)
             return [], position
+        return self.read_file(position, max_records, max_bytes)
+
+    def read_file(self, position: Position, max_records: int = 10_000,
+                  max_bytes: int = 8 << 20) -> tuple[list[SpoolRecord], Position]:
+        """Committed records of one segment from `position` on, read from its file and never
+        from the recent commits held in memory: the batch ends where `max_records`,
+        `max_bytes` and the frames put it, so in a sealed segment the same position and
+        bounds always give the same batch (the archive names its objects after it)."""
+        end = self.committed_size(position.segment)
+        if position.offset >= end:
+            return [], position
         path = self.directory / _segment_name(position.segment)
         with open(path, "rb") as fh:
             fh.seek(position.offset)
@@ -340,7 +351,7 @@ class Spool:
             length, _crc = _FRAME.unpack_from(data, at)
             if at + _FRAME.size + length > len(data):
                 if at == 0:  # one record larger than max_bytes: read it whole
-                    return self.read(position, max_records, length + _FRAME.size)
+                    return self.read_file(position, max_records, length + _FRAME.size)
                 break
             body = data[at + _FRAME.size : at + _FRAME.size + length]
             records.append(SpoolRecord.decode(body))
@@ -361,14 +372,6 @@ class Spool:
                 end, more = nxt
                 records.extend(more)
         return records, end
-
-    def iter_segment(self, segment: int) -> Iterator[SpoolRecord]:
-        """Every record of a sealed segment, read a few MiB at a time."""
-        position = Position(segment, 0)
-        end = self.committed_size(segment)
-        while position.offset < end:
-            batch, position = self.read(position)
-            yield from batch
 
     # --- space ------------------------------------------------------------------------------
 
