@@ -1,6 +1,7 @@
-"""The archive sink streams a sealed spool segment in chunks: its memory does not grow with the
-segment, and a crash between a chunk's puts and its cursor leaves every message in the archive
-exactly once after the replay. Real spool files, a real directory archive and moto's S3."""
+"""The archive sink streams a sealed spool segment into objects: its memory does not follow the
+segment's size, its objects are the ones it wrote when it held the segment whole, and a crash
+between the puts and the cursor leaves every message in the archive exactly once after the
+replay. Real spool files, a real directory archive and moto's S3."""
 
 from __future__ import annotations
 
@@ -10,11 +11,22 @@ from pathlib import Path
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.sinks import ArchiveSink, CursorFile
-from iotmeter_tui.backend.collector.spool import ACCEPTED, DUPLICATE, Position, Spool, SpoolRecord
+from iotmeter_tui.backend.collector.spool import (
+    ACCEPTED,
+    DUPLICATE,
+    REJECTED,
+    Spool,
+    SpoolRecord,
+)
 from iotmeter_tui.backend.stores.archive import ArchiveStore
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
-from iotmeter_tui.backend.stores.archive_writer import ArchiveReader, ArchiveWriter
+from iotmeter_tui.backend.stores.archive_writer import (
+    ArchiveReader,
+    ArchiveRecord,
+    ArchiveWriter,
+    RejectedRecord,
+)
 from testsupport import S3Server
 from testsupport.fleet import telemetry
 
@@ -64,34 +76,37 @@ def archive_all(sink: ArchiveSink, spool: Spool) -> int:
         cursor = end
 
 
-def archive_peak(tmp_path: Path, segment_bytes: int, chunk_bytes: int) -> tuple[int, int]:
-    """(tracemalloc's peak while the sink archives the segment, batches written)."""
+def archive_peak(tmp_path: Path, segment_bytes: int, *, whole: bool = False) -> int:
+    """tracemalloc's peak while the sink archives the segment; `whole`: instead, as the sink
+    did before it streamed, every record of the segment in one write_batch."""
     spool, _ = sealed_spool(tmp_path / "spool", segment_bytes)
     writer = ArchiveWriter(DirectoryArchive(tmp_path / "archive"))
     sink = ArchiveSink(writer, CursorFile(tmp_path / "archive.cursor"), source="test",
-                       chunk_bytes=chunk_bytes)
+                       part_bytes=64 << 10, pending_bytes=256 << 10)
     tracemalloc.start()
     try:
-        batches = archive_all(sink, spool)
+        if whole:
+            segment = spool.segments()[0]
+            writer.write_batch([ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+                                for _, _, r in spool.scan(segment) if r.kind == ACCEPTED],
+                               [], sink.batch_id(segment))
+        else:
+            assert archive_all(sink, spool) == 1
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         writer.close()
         spool.close()
-    return peak, batches
+    return peak
 
 
-def test_memory_does_not_grow_with_the_segment(tmp_path: Path) -> None:
-    chunk = 256 << 10
-    small, small_batches = archive_peak(tmp_path / "small", 1 << 20, chunk)
-    large, large_batches = archive_peak(tmp_path / "large", 8 << 20, chunk)
-    assert large_batches >= 6 * small_batches  # it did stream the large one in chunks
-    assert large < 1.5 * small, (small, large)
-    # The same segment taken whole (as before chunks) holds several times as much: the
-    # measure can tell the two apart.
-    whole, whole_batches = archive_peak(tmp_path / "whole", 8 << 20, 1 << 30)
-    assert whole_batches == 1
-    assert whole > 3 * large, (large, whole)
+def test_memory_does_not_follow_the_segment(tmp_path: Path) -> None:
+    small = archive_peak(tmp_path / "small", 1 << 20)
+    large = archive_peak(tmp_path / "large", 8 << 20)
+    # What grows is the index: 12 bytes per record, against ~280 per record taken whole.
+    assert large < 2 * small, (small, large)
+    whole = archive_peak(tmp_path / "whole", 8 << 20, whole=True)
+    assert whole > 8 * large, (large, whole)
 
 
 class CrashingStore:
@@ -114,19 +129,18 @@ class CrashingStore:
 
 def test_a_crash_mid_segment_leaves_each_message_once(tmp_path: Path, s3: S3Server) -> None:
     spool, per_device = sealed_spool(tmp_path / "spool", 2 << 20)
-    chunk = 256 << 10
 
     def archive(bucket: str) -> S3Archive:
         return S3Archive(bucket, s3.endpoint, s3.access_key, s3.secret_key, s3.region)
 
     def sink(store: ArchiveStore | CrashingStore, cursor: str) -> ArchiveSink:
         return ArchiveSink(ArchiveWriter(store), CursorFile(tmp_path / cursor),  # type: ignore[arg-type]
-                           source="kill-test", chunk_bytes=chunk)
+                           source="kill-test", part_bytes=64 << 10)
 
-    # Killed in the third chunk: two chunks' objects and their cursor are stored, the third
-    # chunk's objects only in part.
+    # Killed after some of the segment's objects: each device's telemetry is ~200 KiB of
+    # frames here, so four parts of 64 KiB, 40 objects in all.
     crashed = archive("stream-crash")
-    first = sink(CrashingStore(crashed, 2 * len(DEVICES) + 4), "crash.cursor")
+    first = sink(CrashingStore(crashed, 15), "crash.cursor")
     try:
         archive_all(first, spool)
     except RuntimeError:
@@ -134,9 +148,9 @@ def test_a_crash_mid_segment_leaves_each_message_once(tmp_path: Path, s3: S3Serv
     else:
         raise AssertionError("the store never failed")
     first.close()
-    at_crash = CursorFile(tmp_path / "crash.cursor").load()
-    assert at_crash is not None and 0 < at_crash.offset < spool.committed_size(at_crash.segment)
+    assert CursorFile(tmp_path / "crash.cursor").load() is None  # the segment is not done
     partial = set(crashed.list())
+    assert len(partial) == 15
     # The next start replays from the cursor, overwriting the half-written chunk.
     again = sink(crashed, "crash.cursor")
     archive_all(again, spool)
@@ -151,7 +165,7 @@ def test_a_crash_mid_segment_leaves_each_message_once(tmp_path: Path, s3: S3Serv
     assert keys == list(clean_store.list())
     assert partial < set(keys)
     assert all(crashed.get(k) == clean_store.get(k) for k in keys)
-    assert len(keys) > 3 * len(DEVICES)  # several chunks, each an object per device
+    assert len(keys) == 4 * len(DEVICES)  # each device's telemetry in four parts
     reader = ArchiveReader(crashed)
     for device_id in DEVICES:
         seqs = [protocol.loads(line)["seq"] for line in reader.messages(device_id, "telemetry")]
@@ -159,29 +173,55 @@ def test_a_crash_mid_segment_leaves_each_message_once(tmp_path: Path, s3: S3Serv
     spool.close()
 
 
-def _cuts(spool: Spool, segment: int) -> list[int]:
-    position, cuts = Position(segment, 0), []
-    while True:
-        records, end = spool.read_file(position, max_records=1 << 30, max_bytes=100_000)
-        if not records:
-            return cuts
-        cuts.append(end.offset)
-        position = end
-
-
-def test_chunks_end_on_the_same_frames_whatever_is_in_memory(tmp_path: Path) -> None:
-    """The spool keeps recent commits in memory for readers at its head; the archive's chunks
-    must not follow those commits' boundaries, or a replay after a restart (nothing in
-    memory) would cut the segment elsewhere."""
-    spool, _ = sealed_spool(tmp_path / "spool", 1 << 20)
+def test_objects_are_those_of_the_segment_taken_whole(tmp_path: Path) -> None:
+    """Names and bytes as before the sink streamed: a segment archived by the previous
+    version and replayed by this one after a crash overwrites, never adds."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30)
+    records = []
+    for seq in range(300):
+        for device_id in DEVICES[:4]:
+            records.append(_record(device_id, seq))
+        if seq % 50 == 0:
+            records.append(SpoolRecord(
+                kind=ACCEPTED, received_ms=T0_MS + seq * 10, device_id=DEVICES[0],
+                msg_type=protocol.HELLO, device_type="power_meter_dc", boot=1, seq=seq, ts=0,
+                topic="", reason="", detail="", payload=b'{"hello":\n1}'))
+            records.append(SpoolRecord(
+                kind=REJECTED, received_ms=T0_MS + seq * 10, device_id="", msg_type="",
+                device_type="", boot=-1, seq=-1, ts=0, topic="iotmeter/x", reason="not_json",
+                detail="bad", payload=b"\xff\xfe"))
+    spool.append(records)
+    spool.commit()
+    spool.roll()
     segment = spool.segments()[0]
-    warm = _cuts(spool, segment)
-    # read() serves these commits from memory, whole, whatever max_bytes says.
-    _, from_memory = spool.read(Position(segment, 0), max_records=1 << 30, max_bytes=100_000)
-    assert from_memory.offset != warm[0]
+    streamed = DirectoryArchive(tmp_path / "streamed")
+    writer = ArchiveWriter(streamed)
+    sink = ArchiveSink(writer, CursorFile(tmp_path / "c"), source="iotmeter-collector")
+    archive_all(sink, spool)
+    writer.close()
+    held = DirectoryArchive(tmp_path / "held")
+    whole = ArchiveWriter(held)
+    whole.write_batch(
+        [ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+         for r in records if r.kind == ACCEPTED],
+        [RejectedRecord(r.reason, r.detail, r.topic, None, r.received_ms, r.payload)
+         for r in records if r.kind == REJECTED],
+        batch_id=f"{segment}-iotmeter-collector")
+    whole.close()
+    keys = list(streamed.list())
+    assert len(keys) == 4 + 1 + 1  # telemetry of four devices, one's hellos, one reason
+    assert keys == list(held.list())
+    assert all(streamed.get(k) == held.get(k) for k in keys)
     spool.close()
-    reopened = Spool(tmp_path / "spool", max_bytes=1 << 30)
-    cold = _cuts(reopened, segment)
-    reopened.close()
-    assert warm == cold
-    assert len(cold) >= 10 and cold[-1] == reopened.committed_size(segment)
+
+
+def test_scan_reads_frames_larger_than_its_block(tmp_path: Path) -> None:
+    spool, _ = sealed_spool(tmp_path / "spool", 64 << 10)
+    segment = spool.segments()[0]
+    small_blocks = list(spool.scan(segment, block_bytes=100))  # smaller than any frame
+    assert small_blocks == list(spool.scan(segment))
+    assert len(small_blocks) > 200
+    spans = [(offset, length) for offset, length, _ in small_blocks]
+    assert list(spool.read_frames(segment, reversed(spans))) == [
+        r for _, _, r in reversed(small_blocks)]
+    spool.close()

@@ -4,8 +4,7 @@ Each sink reads the spool from its own cursor, so a slow or failed sink never ho
 others; its cursor moves only after a write succeeded, so a failure means "retry later", never
 "lost". Every write is idempotent, which is what makes a crash between the write and the cursor
 harmless: time-series points overwrite by (device_id, ts), archive objects are named after
-their spool segment and the chunk of it they hold, and the registry stores its cursor in the
-same transaction as its state.
+their spool segment, and the registry stores its cursor in the same transaction as its state.
 """
 
 from __future__ import annotations
@@ -13,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -150,37 +150,53 @@ class TimeSeriesSink(RecordSink):
                 "event": "points_refused", "refused": len(exc.failed), "detail": str(exc)})
 
 
-class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
-    """Turns each sealed spool segment into objects, a chunk of the segment at a time.
+class ArchiveObject:
+    """Where one archive object's records are in a sealed spool segment (not the records):
+    about 12 bytes a record, so a segment's index is a small share of the segment."""
 
-    Memory stays bounded whatever a segment holds: a batch is at most `chunk_bytes` of the
-    segment's file (a segment can be a minute of the whole fleet's traffic, 64 MiB). A chunk
-    is one object per device and category, named after the segment and, past the first
-    chunk, the chunk's starting offset. Chunks are cut from the sealed file only (never from
-    the records the spool keeps in memory), so a chunk starting at an offset always ends at
-    the same frame, and its objects hold the same records: the cursor moves to its end only
-    after every object is put, and a crash before that makes the next start write the same
-    keys with the same bytes again, overwriting, never adding. That is also why `chunk_bytes`
-    is a constant and not a setting: changed between a crash and its replay, a chunk would
-    end elsewhere and a device seen only past the new end would keep its first object too.
-    A segment that fits one chunk gets exactly the names it had before chunks existed.
-    """
+    __slots__ = ("bytes", "lengths", "offsets", "part")
+
+    def __init__(self, part: int) -> None:
+        self.part = part
+        self.offsets = array("Q")
+        self.lengths = array("I")
+        self.bytes = 0
+
+    def add(self, offset: int, length: int) -> None:
+        self.offsets.append(offset)
+        self.lengths.append(length)
+        self.bytes += length
+
+
+class ArchiveSink(Sink[ArchiveObject]):
+    """Turns each sealed spool segment into objects named after it, one per device and
+    category (and per rejection reason), streamed.
+
+    A segment (a minute of the whole fleet's traffic, up to 64 MiB) is never held: a first
+    pass over its file notes where each object's records are, and a second reads one object's
+    records at a time and hands it to the writer, which holds a bounded amount of encoded
+    objects waiting for their puts. The cursor moves past the segment only once every object
+    is put; a crash before that writes the same keys with the same bytes again. An object
+    larger than PART_BYTES of spool frames (one chatty device) is cut into parts, the part
+    number in their batch id, so no single object holds a segment either; parts are cut by
+    frame bytes in spool order, so a replay cuts them alike."""
 
     name = "archive"
-    CHUNK_BYTES = 8 << 20
+    PART_BYTES = 4 << 20
+    PENDING_BYTES = 8 << 20
 
     def __init__(self, writer: ArchiveWriter, cursor: CursorFile, source: str, *,
-                 chunk_bytes: int = CHUNK_BYTES) -> None:
+                 part_bytes: int = PART_BYTES, pending_bytes: int = PENDING_BYTES) -> None:
         """`source` names this collector's spool (its client id, made key-safe): collectors
         sharing a subscription have spools of their own whose segment ids can coincide, and
-        their objects for one device must not overwrite each other. `chunk_bytes` differs
-        from CHUNK_BYTES only in tests."""
+        their objects for one device must not overwrite each other. `part_bytes` differs
+        from PART_BYTES only in tests: object names depend on it."""
         self.writer = writer
         self.cursor = cursor
         self.source = source
-        self.chunk_bytes = chunk_bytes
-        # Where the batch that ends at a position started: its objects are named after it.
-        self._chunk: tuple[Position, Position] | None = None
+        self.part_bytes = part_bytes
+        self.pending_bytes = pending_bytes
+        self._spool: Spool | None = None
 
     def load_cursor(self) -> Position | None:
         return self.cursor.load()
@@ -188,42 +204,66 @@ class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
     def save_cursor(self, position: Position) -> None:
         self.cursor.save(position)
 
-    def next_batch(self, spool: Spool, cursor: Position) -> tuple[
-            list[ArchiveRecord | RejectedRecord], Position]:
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[ArchiveObject], Position]:
+        """The objects of the next sealed segment to archive, whatever the cursor's offset in
+        it: objects are per segment."""
+        self._spool = spool
         cursor = spool.normalise(cursor)
         for segment in spool.segments():
             if segment < cursor.segment or not spool.is_sealed(segment):
                 continue
-            start = Position(segment, cursor.offset if segment == cursor.segment else 0)
-            records, end = spool.read_file(start, max_records=sys.maxsize,
-                                           max_bytes=self.chunk_bytes)
-            if end == start:
-                continue  # archived to its end already
-            self._chunk = (start, end)
-            # Only what the archive keeps is held, not the spool records it is read from.
-            return [
-                ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
-                if r.kind == ACCEPTED else
-                RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None,
-                               r.received_ms, r.payload)
-                for r in records if r.kind != DUPLICATE
-            ], end
+            size = spool.committed_size(segment)
+            if segment == cursor.segment and cursor.offset >= size:
+                continue
+            return self._index(spool, segment), Position(segment, size)
         return [], cursor
 
-    def write(self, records: list[ArchiveRecord | RejectedRecord], end: Position) -> None:
-        start = self._chunk[0] if self._chunk is not None and self._chunk[1] == end else None
-        if start is None:
-            # Not a batch of next_batch's (a caller of its own): the segment's first chunk.
-            start = Position(end.segment, 0)
-        accepted = [r for r in records if type(r) is ArchiveRecord]
-        rejected = [r for r in records if type(r) is RejectedRecord]
-        self.writer.write_batch(accepted, rejected, batch_id=self.batch_id(start))
+    def _index(self, spool: Spool, segment: int) -> list[ArchiveObject]:
+        # Accepted objects first, then rejected, each in order of first appearance (as
+        # ArchiveWriter.write_batch orders them).
+        groups: dict[tuple[bool, str, str], ArchiveObject] = {}
+        parts: list[ArchiveObject] = []
+        later: list[ArchiveObject] = []
+        for offset, length, r in spool.scan(segment):
+            if r.kind == DUPLICATE:
+                continue
+            if r.kind == ACCEPTED:
+                key, out = (True, r.device_id, r.msg_type), parts
+            else:
+                key, out = (False, r.reason, ""), later
+            current = groups.get(key)
+            if current is None or (current.bytes and
+                                   current.bytes + length > self.part_bytes):
+                current = groups[key] = ArchiveObject(0 if current is None else
+                                                      current.part + 1)
+                out.append(current)
+            current.add(offset, length)
+        return parts + later
 
-    def batch_id(self, start: Position) -> str:
-        """The objects' name for the chunk starting at `start`. The offset is zero-padded so
-        the chunks of one second's objects list in spool order."""
-        chunk = "" if start.offset == 0 else f".{start.offset:012d}"
-        return f"{start.segment}{chunk}-{self.source}"[:128]
+    def write(self, records: list[ArchiveObject], end: Position) -> None:
+        spool = self._spool
+        assert spool is not None, "write() follows next_batch()"
+        self.writer.write_groups(
+            ((self.batch_id(end.segment, o.part), self._records(spool, end.segment, o))
+             for o in records),
+            max_pending_bytes=self.pending_bytes)
+
+    @staticmethod
+    def _records(spool: Spool, segment: int, o: ArchiveObject) -> list[
+            ArchiveRecord] | list[RejectedRecord]:
+        # Only what the archive keeps is held, not the spool records it is read from.
+        frames = spool.read_frames(segment, zip(o.offsets, o.lengths, strict=True))
+        first = next(frames)
+        if first.kind == ACCEPTED:
+            return [ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+                    for r in chain((first,), frames)]
+        return [RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None,
+                               r.received_ms, r.payload) for r in chain((first,), frames)]
+
+    def batch_id(self, segment: int, part: int = 0) -> str:
+        """The objects' name for a segment, and the part of an object cut into parts (the
+        first part is named as an object that needs none)."""
+        return f"{segment}{f'.{part}' if part else ''}-{self.source}"[:128]
 
     def close(self) -> None:
         self.writer.close()

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -330,17 +330,6 @@ class Spool:
                 if nxt:
                     return self.read(Position(nxt[0], 0), max_records, max_bytes)
             return [], position
-        return self.read_file(position, max_records, max_bytes)
-
-    def read_file(self, position: Position, max_records: int = 10_000,
-                  max_bytes: int = 8 << 20) -> tuple[list[SpoolRecord], Position]:
-        """Committed records of one segment from `position` on, read from its file and never
-        from the recent commits held in memory: the batch ends where `max_records`,
-        `max_bytes` and the frames put it, so in a sealed segment the same position and
-        bounds always give the same batch (the archive names its objects after it)."""
-        end = self.committed_size(position.segment)
-        if position.offset >= end:
-            return [], position
         path = self.directory / _segment_name(position.segment)
         with open(path, "rb") as fh:
             fh.seek(position.offset)
@@ -351,7 +340,7 @@ class Spool:
             length, _crc = _FRAME.unpack_from(data, at)
             if at + _FRAME.size + length > len(data):
                 if at == 0:  # one record larger than max_bytes: read it whole
-                    return self.read_file(position, max_records, length + _FRAME.size)
+                    return self.read(position, max_records, length + _FRAME.size)
                 break
             body = data[at + _FRAME.size : at + _FRAME.size + length]
             records.append(SpoolRecord.decode(body))
@@ -372,6 +361,44 @@ class Spool:
                 end, more = nxt
                 records.extend(more)
         return records, end
+
+    def scan(self, segment: int, block_bytes: int = 1 << 20) -> Iterator[
+            tuple[int, int, SpoolRecord]]:
+        """(offset, length, record) of every committed frame of a segment, in order, read
+        from its file a block at a time: memory stays at a block whatever the segment holds.
+        `offset` and `length` cover the whole frame, as read_frames() takes them."""
+        end = self.committed_size(segment)
+        with open(self.directory / _segment_name(segment), "rb") as fh:
+            at, want = 0, block_bytes
+            while at < end:
+                fh.seek(at)
+                data = fh.read(min(end - at, want))
+                used = 0
+                while used + _FRAME.size <= len(data):
+                    length, _crc = _FRAME.unpack_from(data, used)
+                    size = _FRAME.size + length
+                    if used + size > len(data):
+                        break
+                    yield at + used, size, SpoolRecord.decode(
+                        data[used + _FRAME.size : used + size])
+                    used += size
+                if used == 0:
+                    if len(data) < _FRAME.size or len(data) == end - at:
+                        return  # committed bytes are whole frames: not reached
+                    want = _FRAME.size + _FRAME.unpack_from(data)[0]  # one frame > a block
+                    continue
+                at += used
+                want = block_bytes
+                data = b""  # one block at a time: let it go before the next is read
+
+    def read_frames(self, segment: int, spans: Iterable[tuple[int, int]]) -> Iterator[
+            SpoolRecord]:
+        """The records at (offset, length) spans of a segment that scan() gave, in the order
+        given, one read each."""
+        with open(self.directory / _segment_name(segment), "rb", buffering=0) as fh:
+            fd = fh.fileno()
+            for offset, length in spans:
+                yield SpoolRecord.decode(os.pread(fd, length, offset)[_FRAME.size :])
 
     # --- space ------------------------------------------------------------------------------
 
