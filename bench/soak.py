@@ -86,6 +86,8 @@ DB = "soak"
 PROCESSES = ("collector", "simulator", "broker", "influxd")
 JUDGED = ("collector", "simulator")  # the iotmeter processes; the servers are reported
 KEEP_UP_SHARE = 0.98
+STEP_MIB = 16.0  # a level shift of RSS larger than this is a step (see rss_steps)
+STOP_BUDGET_S = 10.0  # SIGTERM to exit, what a service manager allows
 SYS_CLIENTS = "$SYS/broker/clients/connected"
 SYS_STORED = "$SYS/broker/store/messages/count"
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -454,6 +456,7 @@ class Soak:
         # second start shows that, so the audit counts what production would end up holding.
         leftover = spool_bytes(self.settings.spool_dir)
         restart_drain_s = None
+        left_per_sink: dict[str, int] | None = None
         if leftover:
             print(f"{leftover / 2**20:.1f} MiB left in the spool at the stop: starting the "
                   "collector again to take it", flush=True)
@@ -463,6 +466,9 @@ class Soak:
             while time.monotonic() < deadline:
                 figures = scrape(self.metrics_port)
                 backlog = figures["backlog_bytes"] if figures else {}
+                if left_per_sink is None and set(backlog) >= SINKS:
+                    # The second start's first figures: which sink the stop left behind.
+                    left_per_sink = dict(backlog)
                 if set(backlog) >= SINKS and not any(backlog.values()):
                     break
                 time.sleep(1.0)
@@ -491,6 +497,9 @@ class Soak:
             "collector_exit": collector_exit,
             "spool_left_at_stop_bytes": leftover,
             "restart_drain_s": restart_drain_s,
+            "left_at_stop_per_sink_bytes": left_per_sink,
+            "backlog_before_stop_bytes": final["collector"].get("backlog_bytes")
+            if final.get("collector") else None,
         }
 
     def stop_collector(self) -> int:
@@ -570,6 +579,31 @@ def memory_figures(samples: list[dict[str, Any]], steady: dict[str, Any],
             "judged": name in JUDGED,
         }
     return out
+
+
+def rss_steps(samples: list[dict[str, Any]], steady: dict[str, Any], name: str,
+              threshold: float, span: int = 3) -> list[dict[str, Any]]:
+    """Level shifts of a process's RSS over the steady part: where the median of the next
+    `span` samples stands more than `threshold` MiB above the median of the previous `span`
+    (a sink that holds a whole spool segment while it archives it shows a step each time a
+    segment seals; allocator noise and a steady slope do not). Overlapping detections of one
+    shift are reported once, at its largest."""
+    values = [(s["t"], s["rss_mib"][name]) for s in _steady(samples, steady)
+              if s["rss_mib"].get(name) is not None]
+    steps: list[dict[str, Any]] = []
+    for i in range(span, len(values) - span + 1):
+        before = statistics.median(v for _, v in values[i - span:i])
+        after = statistics.median(v for _, v in values[i:i + span])
+        rise = after - before
+        if abs(rise) <= threshold:
+            continue
+        step = {"t": values[i][0], "mib": round(rise, 1)}
+        if steps and values[i][0] - steps[-1]["t"] <= span * (values[1][0] - values[0][0]):
+            if abs(rise) > abs(steps[-1]["mib"]):
+                steps[-1] = step
+            continue
+        steps.append(step)
+    return steps
 
 
 def window_figures(samples: list[dict[str, Any]], steady_at: dict[str, Any],
@@ -755,6 +789,8 @@ def main() -> int:
                         help="at most this long for the stores to catch up after the stop")
     parser.add_argument("--slope-threshold", type=float, default=1.0,
                         help="MiB/min of RSS growth over the steady part still called flat")
+    parser.add_argument("--step-threshold", type=float, default=STEP_MIB,
+                        help="MiB of an RSS level shift over the steady part called a step")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-archive-audit", action="store_true",
                         help="skip reading the archive back at the end")
@@ -827,6 +863,8 @@ def main() -> int:
                  "(fresh database) + directory archive; collector and simulator as processes",
         "thresholds": {
             "rss_slope_mib_per_min": args.slope_threshold,
+            "rss_step_mib": args.step_threshold,
+            "stop_budget_s": STOP_BUDGET_S,
             "why": "at 5,000 msg/s, 1 MiB/min is ~3.5 bytes kept per message (~210 bytes per "
                    "device per minute): anything that keeps per-message state shows far above "
                    "it; allocator and GC noise over a 4-minute window stays below it",
@@ -868,6 +906,13 @@ def judge(r: dict[str, Any]) -> None:
     steady = steady_part(samples, r["devices"], r["warmup_s"], r["seconds"],
                          r["thresholds"]["min_steady_s"])
     memory = memory_figures(samples, steady, threshold)
+    step_threshold = r["thresholds"].setdefault("rss_step_mib", STEP_MIB)
+    for name in PROCESSES:
+        if "slope_mib_per_min" in memory[name]:
+            memory[name]["steps"] = rss_steps(samples, steady, name, step_threshold)
+            if memory[name]["flat"] is not None and name in JUDGED:
+                memory[name]["flat"] = memory[name]["flat"] and not [
+                    st for st in memory[name]["steps"] if st["mib"] > 0]
     judged = [memory[name].get("flat") for name in JUDGED]
     checked, run = r["audit"], r["run"]
     r["steady_part"] = steady
@@ -880,9 +925,13 @@ def judge(r: dict[str, Any]) -> None:
                      if s["phase"] == "catchup" and (s[key] or 0) >= run[expected]), None)
         for store, key, expected in (("influxdb", "influx_points", "expected_telemetry"),
                                      ("registry", "registry_received", "expected_seq"))}
+    budget = r["thresholds"].setdefault("stop_budget_s", STOP_BUDGET_S)
+    run["stop_within_budget"] = (run["collector_stop_s"] <= budget
+                                 and not run.get("spool_left_at_stop_bytes"))
     r["verdicts"] = {
         "memory_flat": all(judged) if None not in judged else None,
         "memory_flat_why_not_judged": steady["why_not"],
+        "stop_within_budget": run["stop_within_budget"],
         "nothing_lost": (checked["devices_with_problems"] == 0
                          and checked["devices_sent"] == r["devices"]
                          and run["simulator_exit"] == 0 and r["faults_off"]),
@@ -950,9 +999,48 @@ def print_report(r: dict[str, Any]) -> None:
           f"{audit_['devices_with_problems']} of {audit_['devices_sent']}")
     for device, problems in list(audit_["problems_first"].items())[:5]:
         print(f"  {device}: {'; '.join(problems)}")
+    if run.get("left_at_stop_per_sink_bytes"):
+        print("left at the stop, per sink (MiB): " + ", ".join(
+            f"{k} {v / 2**20:.1f}" for k, v in sorted(run["left_at_stop_per_sink_bytes"].items())))
+    print_targets(r)
     v = r["verdicts"]
     print(f"VERDICT memory flat: {_verdict(v['memory_flat'])}; nothing lost: "
           f"{_verdict(v['nothing_lost'])}")
+
+
+def print_targets(r: dict[str, Any]) -> None:
+    """Issue 18's memory and stop targets, one row each."""
+    m, run, t = r["memory"].get("collector", {}), r["run"], r["thresholds"]
+    steady = r["steady_part"]
+    steps = m.get("steps")
+    rows = [
+        (f"collector RSS slope, plateau {steady['from_s']:g}-{steady['to_s']:g} s",
+         f"{m['slope_mib_per_min']:+.3f} MiB/min" if "slope_mib_per_min" in m else "n/a",
+         f"< {t['rss_slope_mib_per_min']:g} MiB/min",
+         None if m.get("flat") is None or not steady["enough"]
+         else m["slope_mib_per_min"] < t["rss_slope_mib_per_min"]),
+        ("collector RSS steps (rises)",
+         "n/a" if steps is None else
+         f"{sum(1 for st in steps if st['mib'] > 0)}" + (
+             f" (largest {max(st['mib'] for st in steps):+.1f} MiB)" if steps else ""),
+         f"none > {t.get('rss_step_mib', STEP_MIB):g} MiB",
+         None if steps is None or not steady["enough"]
+         else not [st for st in steps if st["mib"] > 0]),
+        ("collector RSS plateau start -> end -> max",
+         f"{m.get('rss_start_mib')} -> {m.get('rss_end_mib')} -> {m.get('rss_max_mib')} MiB",
+         "", None),
+        (f"stop with {r['devices']} meters (SIGTERM to exit)",
+         f"{run['collector_stop_s']} s", f"<= {t.get('stop_budget_s', STOP_BUDGET_S):g} s",
+         run["collector_stop_s"] <= t.get("stop_budget_s", STOP_BUDGET_S)),
+        ("spool left by the stop's drain",
+         f"{(run.get('spool_left_at_stop_bytes') or 0) / 2**20:.1f} MiB", "0",
+         not run.get("spool_left_at_stop_bytes")),
+    ]
+    print()
+    print(f"{'target':<48} {'measured':<34} {'wanted':<18} verdict")
+    for name, value, wanted, ok in rows:
+        print(f"{name:<48} {value:<34} {wanted:<18} {_verdict(ok) if wanted else ''}")
+    print()
 
 
 def _verdict(value: bool | None) -> str:
