@@ -510,7 +510,20 @@ class Soak:
         backlog figures), then the collector runs on for the rest of the bench."""
         before = self.sample("run")
         stopping = time.monotonic()
-        exit_code = self.stop_collector()
+        assert self.collector is not None
+        self.collector.send_signal(signal.SIGTERM)
+        # Where its threads are 7 s into the stop (its own budget is 8 s), if it is still
+        # running: the profile that says which sink holds a stop.
+        threads = None
+        try:
+            self.collector.wait(7)
+        except subprocess.TimeoutExpired:
+            spy = Path(sys.executable).with_name("py-spy")
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                threads = subprocess.run(
+                    [str(spy), "dump", "--pid", str(self.collector.pid)], capture_output=True,
+                    text=True, timeout=20).stdout
+        exit_code = self.stop_collector(signalled=True)
         stop_s = time.monotonic() - stopping
         left = spool_bytes(self.settings.spool_dir)
         self.start_collector()
@@ -525,15 +538,17 @@ class Soak:
                 time.sleep(0.2)
         out = {"at_s": before["t"], "stop_s": round(stop_s, 1), "exit": exit_code,
                "spool_left_bytes": left, "left_per_sink_bytes": per_sink,
-               "backlog_before_bytes": (before["collector"] or {}).get("backlog_bytes")}
+               "backlog_before_bytes": (before["collector"] or {}).get("backlog_bytes"),
+               "threads_at_7s": threads}
         print(f"stop under load at {before['t']} s: {out['stop_s']} s (exit {exit_code}), "
               f"{left / 2**20:.1f} MiB left in the spool, per sink {per_sink}", flush=True)
         return out
 
-    def stop_collector(self) -> int:
-        """SIGTERM, and its exit status."""
+    def stop_collector(self, *, signalled: bool = False) -> int:
+        """SIGTERM (unless `signalled` already), and its exit status."""
         assert self.collector is not None
-        self.collector.send_signal(signal.SIGTERM)
+        if not signalled:
+            self.collector.send_signal(signal.SIGTERM)
         try:
             self.collector.wait(180)
         except subprocess.TimeoutExpired:

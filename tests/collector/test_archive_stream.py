@@ -6,6 +6,7 @@ replay. Real spool files, a real directory archive and moto's S3."""
 from __future__ import annotations
 
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from iotmeter_tui.backend.collector.spool import (
     Spool,
     SpoolRecord,
 )
+from iotmeter_tui.backend.errors import StoreError
 from iotmeter_tui.backend.stores.archive import ArchiveStore
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
@@ -224,4 +226,35 @@ def test_scan_reads_frames_larger_than_its_block(tmp_path: Path) -> None:
     spans = [(offset, length) for offset, length, _ in small_blocks]
     assert list(spool.read_frames(segment, reversed(spans))) == [
         r for _, _, r in reversed(small_blocks)]
+    spool.close()
+
+
+def test_a_stop_past_its_budget_leaves_the_segment_to_the_next_start(tmp_path: Path) -> None:
+    """A segment of a large fleet can take longer than the stop's budget: the sink gives up
+    between objects once the drain's time is over, without moving its cursor, and the next
+    start writes the segment whole (overwriting what the stop had written)."""
+    spool, per_device = sealed_spool(tmp_path / "spool", 1 << 20)
+    archive = DirectoryArchive(tmp_path / "archive")
+    stopping = ArchiveSink(ArchiveWriter(archive), CursorFile(tmp_path / "c"), source="s",
+                           part_bytes=32 << 10)
+    stopping.draining = True
+    stopping.stop_by = time.monotonic() - 1  # the budget is spent
+    objects, end = stopping.next_batch(spool, spool.normalise(None))
+    try:
+        stopping.write(objects, end)
+    except StoreError:
+        pass
+    else:
+        raise AssertionError("the sink wrote on past its stop")
+    stopping.close()
+    assert len(list(archive.list())) < len(objects)
+    assert stopping.load_cursor() is None
+    after = ArchiveSink(ArchiveWriter(archive), CursorFile(tmp_path / "c"), source="s",
+                        part_bytes=32 << 10)
+    archive_all(after, spool)
+    after.close()
+    assert len(list(archive.list())) == len(objects)
+    seqs = [protocol.loads(line)["seq"]
+            for line in ArchiveReader(archive).messages(DEVICES[3], "telemetry")]
+    assert seqs == list(range(per_device))
     spool.close()

@@ -16,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -86,6 +86,7 @@ PLANNED_REBOOT_STATES = frozenset({"installing", "rebooting"})
 class Sink(ABC, Generic[R]):
     name: str
     draining = False  # set when the collector stops: take everything there is, now
+    stop_by = float("inf")  # set with `draining`: the monotonic time the drain ends
 
     @abstractmethod
     def load_cursor(self) -> Position | None: ...
@@ -243,10 +244,18 @@ class ArchiveSink(Sink[ArchiveObject]):
     def write(self, records: list[ArchiveObject], end: Position) -> None:
         spool = self._spool
         assert spool is not None, "write() follows next_batch()"
-        self.writer.write_groups(
-            ((self.batch_id(end.segment, o.part), self._records(spool, end.segment, o))
-             for o in records),
-            max_pending_bytes=self.pending_bytes)
+        self.writer.write_groups(self._groups(spool, records, end),
+                                 max_pending_bytes=self.pending_bytes)
+
+    def _groups(self, spool: Spool, objects: list[ArchiveObject], end: Position) -> Iterator[
+            tuple[str, list[ArchiveRecord] | list[RejectedRecord]]]:
+        for o in objects:
+            # A segment of a large fleet takes longer than a stop's budget: past it, the
+            # rest waits in the spool (the next start writes the segment again, overwriting).
+            if self.draining and time.monotonic() > self.stop_by:
+                raise StoreError(self.name, "stopping: the rest of the segment waits for the "
+                                 "next start")
+            yield self.batch_id(end.segment, o.part), self._records(spool, end.segment, o)
 
     @staticmethod
     def _records(spool: Spool, segment: int, o: ArchiveObject) -> list[
@@ -649,6 +658,7 @@ class SinkRunner(threading.Thread):
 
     def stop(self, drain_s: float) -> None:
         self.drain_deadline = time.monotonic() + drain_s
+        self.sink.stop_by = self.drain_deadline
         self.sink.draining = True
         self.stopping.set()
         self.wake.set()

@@ -99,6 +99,9 @@ class ArchiveWriter:
         self._store = store
         self._suffix = NDJSON + GZIP if gzip else NDJSON
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="archive-writer")
+        # write_groups keeps the workers busy with this many objects queued, no more: a
+        # process that exits waits for every put queued (the pool's threads are joined).
+        self._max_pending = 4 * max_workers
 
     def write_batch(
         self,
@@ -145,9 +148,11 @@ class ArchiveWriter:
         records of one object: all the batch's records of one device and category, or of one
         rejection reason, in order), taken as the objects are written; an object is the one
         write_batch would write for those records and that batch_id. At most
-        `max_pending_bytes` of encoded objects wait for their puts, so memory is one group's
-        records and that. Raises as write_batch does, once the puts started are done; a
-        group's name is checked when its turn comes, so some objects may be written then."""
+        `max_pending_bytes` of encoded objects, and four per worker, wait for their puts, so
+        memory is one group's records and that, and stopping the groups (the iterable
+        raising) leaves little to wait for. Raises as write_batch does, once the puts started
+        are done; a group's name is checked when its turn comes, so some objects may be
+        written then."""
         keys: list[str] = []
         pending: dict[Future[None], int] = {}
         held = 0
@@ -161,7 +166,8 @@ class ArchiveWriter:
                 else:
                     rejected = cast(list[RejectedRecord], records)
                     key, body = self._object(prefix, rejected, batch_id, _rejected_body)
-                while pending and held + len(body) > max_pending_bytes:
+                while pending and (held + len(body) > max_pending_bytes
+                                   or len(pending) >= self._max_pending):
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for put in done:
                         held -= pending.pop(put)
