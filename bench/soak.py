@@ -631,8 +631,10 @@ def rss_steps(samples: list[dict[str, Any]], steady: dict[str, Any], name: str,
     (a sink that holds a whole spool segment while it archives it shows a step each time a
     segment seals; allocator noise and a steady slope do not). Overlapping detections of one
     shift are reported once, at its largest."""
-    values = [(s["t"], s["rss_mib"][name]) for s in _steady(samples, steady)
-              if s["rss_mib"].get(name) is not None]
+    # The samples before the plateau count as "before" too: a step in its first seconds shows.
+    values = [(s["t"], s["rss_mib"][name]) for s in samples
+              if s["phase"] == "run" and s["t"] <= steady["to_s"] + 1
+              and s["rss_mib"].get(name) is not None]
     steps: list[dict[str, Any]] = []
     for i in range(span, len(values) - span + 1):
         before = statistics.median(v for _, v in values[i - span:i])
@@ -646,7 +648,7 @@ def rss_steps(samples: list[dict[str, Any]], steady: dict[str, Any], name: str,
                 steps[-1] = step
             continue
         steps.append(step)
-    return steps
+    return [step for step in steps if step["t"] >= steady["from_s"]]
 
 
 def window_figures(samples: list[dict[str, Any]], steady_at: dict[str, Any],
