@@ -151,8 +151,8 @@ class ArchiveWriter:
         `max_pending_bytes` of encoded objects, and four per worker, wait for their puts, so
         memory is one group's records and that, and stopping the groups (the iterable
         raising) leaves little to wait for. Raises as write_batch does, once the puts started
-        are done; a group's name is checked when its turn comes, so some objects may be
-        written then."""
+        are done (those not started are dropped); a group's name is checked when its turn
+        comes, so some objects may be written then."""
         keys: list[str] = []
         pending: dict[Future[None], int] = {}
         held = 0
@@ -175,6 +175,12 @@ class ArchiveWriter:
                 keys.append(key)
                 pending[self._pool.submit(self._store.put, key, body)] = len(body)
                 held += len(body)
+        except BaseException:
+            # Puts not started are dropped: the caller writes the batch again anyway, and a
+            # process stopping on this error would run every queued put before it exits.
+            for put in pending:
+                put.cancel()
+            raise
         finally:
             wait(pending)
         for put in pending:
