@@ -86,6 +86,8 @@ DB = "soak"
 PROCESSES = ("collector", "simulator", "broker", "influxd")
 JUDGED = ("collector", "simulator")  # the iotmeter processes; the servers are reported
 KEEP_UP_SHARE = 0.98
+STEP_MIB = 16.0  # a level shift of RSS larger than this is a step (see rss_steps)
+STOP_BUDGET_S = 10.0  # SIGTERM to exit, what a service manager allows
 SYS_CLIENTS = "$SYS/broker/clients/connected"
 SYS_STORED = "$SYS/broker/store/messages/count"
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -414,6 +416,7 @@ class Soak:
             k += 1
             offset = min(k * a.interval, a.seconds)
             time.sleep(max(0.0, self.t0 + offset - time.monotonic()))
+        under_load = self.stop_under_load() if a.stop_under_load else None
         run_end = time.monotonic()
         run_sample = self.samples[-1]
         assert self.simulator is not None
@@ -454,6 +457,7 @@ class Soak:
         # second start shows that, so the audit counts what production would end up holding.
         leftover = spool_bytes(self.settings.spool_dir)
         restart_drain_s = None
+        left_per_sink: dict[str, int] | None = None
         if leftover:
             print(f"{leftover / 2**20:.1f} MiB left in the spool at the stop: starting the "
                   "collector again to take it", flush=True)
@@ -463,6 +467,9 @@ class Soak:
             while time.monotonic() < deadline:
                 figures = scrape(self.metrics_port)
                 backlog = figures["backlog_bytes"] if figures else {}
+                if left_per_sink is None and set(backlog) >= SINKS:
+                    # The second start's first figures: which sink the stop left behind.
+                    left_per_sink = dict(backlog)
                 if set(backlog) >= SINKS and not any(backlog.values()):
                     break
                 time.sleep(1.0)
@@ -491,12 +498,57 @@ class Soak:
             "collector_exit": collector_exit,
             "spool_left_at_stop_bytes": leftover,
             "restart_drain_s": restart_drain_s,
+            "left_at_stop_per_sink_bytes": left_per_sink,
+            "stop_under_load": under_load,
+            "backlog_before_stop_bytes": final["collector"].get("backlog_bytes")
+            if final.get("collector") else None,
         }
 
-    def stop_collector(self) -> int:
-        """SIGTERM, and its exit status."""
+    def stop_under_load(self) -> dict[str, Any]:
+        """SIGTERM to the collector while every meter still publishes: how long its stop
+        takes, what its drain left in the spool and for which sink (the second start's first
+        backlog figures), then the collector runs on for the rest of the bench."""
+        before = self.sample("run")
+        stopping = time.monotonic()
         assert self.collector is not None
         self.collector.send_signal(signal.SIGTERM)
+        # Where its threads are 7 s into the stop (its own budget is 8 s), if it is still
+        # running: the profile that says which sink holds a stop.
+        threads = None
+        try:
+            self.collector.wait(7)
+        except subprocess.TimeoutExpired:
+            spy = Path(sys.executable).with_name("py-spy")
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                threads = subprocess.run(
+                    [str(spy), "dump", "--pid", str(self.collector.pid)], capture_output=True,
+                    text=True, timeout=20).stdout
+        exit_code = self.stop_collector(signalled=True)
+        stop_s = time.monotonic() - stopping
+        left = spool_bytes(self.settings.spool_dir)
+        self.start_collector()
+        per_sink: dict[str, int] | None = None
+        deadline = time.monotonic() + 30
+        while per_sink is None and time.monotonic() < deadline:
+            figures = scrape(self.metrics_port)
+            backlog = figures["backlog_bytes"] if figures else {}
+            if set(backlog) >= SINKS:
+                per_sink = dict(backlog)
+            else:
+                time.sleep(0.2)
+        out = {"at_s": before["t"], "stop_s": round(stop_s, 1), "exit": exit_code,
+               "spool_left_bytes": left, "left_per_sink_bytes": per_sink,
+               "backlog_before_bytes": (before["collector"] or {}).get("backlog_bytes"),
+               "threads_at_7s": threads}
+        print(f"stop under load at {before['t']} s: {out['stop_s']} s (exit {exit_code}), "
+              f"{left / 2**20:.1f} MiB left in the spool, per sink {per_sink}", flush=True)
+        return out
+
+    def stop_collector(self, *, signalled: bool = False) -> int:
+        """SIGTERM (unless `signalled` already), and its exit status."""
+        assert self.collector is not None
+        if not signalled:
+            self.collector.send_signal(signal.SIGTERM)
         try:
             self.collector.wait(180)
         except subprocess.TimeoutExpired:
@@ -570,6 +622,33 @@ def memory_figures(samples: list[dict[str, Any]], steady: dict[str, Any],
             "judged": name in JUDGED,
         }
     return out
+
+
+def rss_steps(samples: list[dict[str, Any]], steady: dict[str, Any], name: str,
+              threshold: float, span: int = 3) -> list[dict[str, Any]]:
+    """Level shifts of a process's RSS over the steady part: where the median of the next
+    `span` samples stands more than `threshold` MiB above the median of the previous `span`
+    (a sink that holds a whole spool segment while it archives it shows a step each time a
+    segment seals; allocator noise and a steady slope do not). Overlapping detections of one
+    shift are reported once, at its largest."""
+    # The samples before the plateau count as "before" too: a step in its first seconds shows.
+    values = [(s["t"], s["rss_mib"][name]) for s in samples
+              if s["phase"] == "run" and s["t"] <= steady["to_s"] + 1
+              and s["rss_mib"].get(name) is not None]
+    steps: list[dict[str, Any]] = []
+    for i in range(span, len(values) - span + 1):
+        before = statistics.median(v for _, v in values[i - span:i])
+        after = statistics.median(v for _, v in values[i:i + span])
+        rise = after - before
+        if abs(rise) <= threshold:
+            continue
+        step = {"t": values[i][0], "mib": round(rise, 1)}
+        if steps and values[i][0] - steps[-1]["t"] <= span * (values[1][0] - values[0][0]):
+            if abs(rise) > abs(steps[-1]["mib"]):
+                steps[-1] = step
+            continue
+        steps.append(step)
+    return [step for step in steps if step["t"] >= steady["from_s"]]
 
 
 def window_figures(samples: list[dict[str, Any]], steady_at: dict[str, Any],
@@ -755,6 +834,12 @@ def main() -> int:
                         help="at most this long for the stores to catch up after the stop")
     parser.add_argument("--slope-threshold", type=float, default=1.0,
                         help="MiB/min of RSS growth over the steady part still called flat")
+    parser.add_argument("--step-threshold", type=float, default=STEP_MIB,
+                        help="MiB of an RSS level shift over the steady part called a step")
+    parser.add_argument("--stop-under-load", action="store_true",
+                        help="at the end of the run, stop the collector (SIGTERM) while the "
+                        "meters still publish, time it against the 10 s budget, and start "
+                        "it again")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-archive-audit", action="store_true",
                         help="skip reading the archive back at the end")
@@ -827,6 +912,8 @@ def main() -> int:
                  "(fresh database) + directory archive; collector and simulator as processes",
         "thresholds": {
             "rss_slope_mib_per_min": args.slope_threshold,
+            "rss_step_mib": args.step_threshold,
+            "stop_budget_s": STOP_BUDGET_S,
             "why": "at 5,000 msg/s, 1 MiB/min is ~3.5 bytes kept per message (~210 bytes per "
                    "device per minute): anything that keeps per-message state shows far above "
                    "it; allocator and GC noise over a 4-minute window stays below it",
@@ -868,6 +955,13 @@ def judge(r: dict[str, Any]) -> None:
     steady = steady_part(samples, r["devices"], r["warmup_s"], r["seconds"],
                          r["thresholds"]["min_steady_s"])
     memory = memory_figures(samples, steady, threshold)
+    step_threshold = r["thresholds"].setdefault("rss_step_mib", STEP_MIB)
+    for name in PROCESSES:
+        if "slope_mib_per_min" in memory[name]:
+            memory[name]["steps"] = rss_steps(samples, steady, name, step_threshold)
+            if memory[name]["flat"] is not None and name in JUDGED:
+                memory[name]["flat"] = memory[name]["flat"] and not [
+                    st for st in memory[name]["steps"] if st["mib"] > 0]
     judged = [memory[name].get("flat") for name in JUDGED]
     checked, run = r["audit"], r["run"]
     r["steady_part"] = steady
@@ -880,9 +974,13 @@ def judge(r: dict[str, Any]) -> None:
                      if s["phase"] == "catchup" and (s[key] or 0) >= run[expected]), None)
         for store, key, expected in (("influxdb", "influx_points", "expected_telemetry"),
                                      ("registry", "registry_received", "expected_seq"))}
+    budget = r["thresholds"].setdefault("stop_budget_s", STOP_BUDGET_S)
+    run["stop_within_budget"] = (run["collector_stop_s"] <= budget
+                                 and not run.get("spool_left_at_stop_bytes"))
     r["verdicts"] = {
         "memory_flat": all(judged) if None not in judged else None,
         "memory_flat_why_not_judged": steady["why_not"],
+        "stop_within_budget": run["stop_within_budget"],
         "nothing_lost": (checked["devices_with_problems"] == 0
                          and checked["devices_sent"] == r["devices"]
                          and run["simulator_exit"] == 0 and r["faults_off"]),
@@ -950,9 +1048,54 @@ def print_report(r: dict[str, Any]) -> None:
           f"{audit_['devices_with_problems']} of {audit_['devices_sent']}")
     for device, problems in list(audit_["problems_first"].items())[:5]:
         print(f"  {device}: {'; '.join(problems)}")
+    if run.get("left_at_stop_per_sink_bytes"):
+        print("left at the stop, per sink (MiB): " + ", ".join(
+            f"{k} {v / 2**20:.1f}" for k, v in sorted(run["left_at_stop_per_sink_bytes"].items())))
+    print_targets(r)
     v = r["verdicts"]
     print(f"VERDICT memory flat: {_verdict(v['memory_flat'])}; nothing lost: "
           f"{_verdict(v['nothing_lost'])}")
+
+
+def print_targets(r: dict[str, Any]) -> None:
+    """Issue 18's memory and stop targets, one row each."""
+    m, run, t = r["memory"].get("collector", {}), r["run"], r["thresholds"]
+    steady = r["steady_part"]
+    steps = m.get("steps")
+    rows = [
+        (f"collector RSS slope, plateau {steady['from_s']:g}-{steady['to_s']:g} s",
+         f"{m['slope_mib_per_min']:+.3f} MiB/min" if "slope_mib_per_min" in m else "n/a",
+         f"< {t['rss_slope_mib_per_min']:g} MiB/min",
+         None if m.get("flat") is None or not steady["enough"]
+         else m["slope_mib_per_min"] < t["rss_slope_mib_per_min"]),
+        ("collector RSS steps (rises)",
+         "n/a" if steps is None else
+         f"{sum(1 for st in steps if st['mib'] > 0)}" + (
+             f" (largest {max(st['mib'] for st in steps):+.1f} MiB)" if steps else ""),
+         f"none > {t.get('rss_step_mib', STEP_MIB):g} MiB",
+         None if steps is None or not steady["enough"]
+         else not [st for st in steps if st["mib"] > 0]),
+        ("collector RSS plateau start -> end -> max",
+         f"{m.get('rss_start_mib')} -> {m.get('rss_end_mib')} -> {m.get('rss_max_mib')} MiB",
+         "", None),
+        (f"stop with {r['devices']} meters (SIGTERM to exit)",
+         f"{run['collector_stop_s']} s", f"<= {t.get('stop_budget_s', STOP_BUDGET_S):g} s",
+         run["collector_stop_s"] <= t.get("stop_budget_s", STOP_BUDGET_S)),
+        *([] if not run.get("stop_under_load") else [
+            (f"stop under load with {r['devices']} meters",
+             f"{run['stop_under_load']['stop_s']} s, "
+             f"{run['stop_under_load']['spool_left_bytes'] / 2**20:.1f} MiB left",
+             f"<= {t.get('stop_budget_s', STOP_BUDGET_S):g} s",
+             run["stop_under_load"]["stop_s"] <= t.get("stop_budget_s", STOP_BUDGET_S))]),
+        ("spool left by the stop's drain",
+         f"{(run.get('spool_left_at_stop_bytes') or 0) / 2**20:.1f} MiB", "0",
+         not run.get("spool_left_at_stop_bytes")),
+    ]
+    print()
+    print(f"{'target':<48} {'measured':<34} {'wanted':<18} verdict")
+    for name, value, wanted, ok in rows:
+        print(f"{name:<48} {value:<34} {wanted:<18} {_verdict(ok) if wanted else ''}")
+    print()
 
 
 def _verdict(value: bool | None) -> str:

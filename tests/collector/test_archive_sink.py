@@ -23,7 +23,8 @@ def test_two_collectors_with_the_same_segment_id_keep_both_objects(tmp_path: Pat
                            source=f"bench-collector-{n}")
         records = [ArchiveRecord("dc-0000", "telemetry", 1_795_761_126_706 + s,
                                  telemetry("dc-0000", 1, s)[1]) for s in seqs]
-        sink.write(list(records), segment)
+        # What the sink's write does with a segment: its objects under the sink's batch id.
+        writer.write_batch(records, [], batch_id=sink.batch_id(segment.segment))
         writer.close()
     lines = list(ArchiveReader(archive).messages("dc-0000", "telemetry"))
     assert len(lines) == 10

@@ -6,6 +6,8 @@ import base64
 import calendar
 import gzip
 import json
+import random
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -364,3 +366,35 @@ def test_reader_rejected_filters_by_reason_and_time(
     assert [r["reason"] for r in reader.rejected("not_object")] == ["not_object"]
     in_range = reader.rejected(start_ms=MIDNIGHT, end_ms=MIDNIGHT + 60_000)
     assert [r["reason"] for r in in_range] == ["not_object", "bad_topic"]
+
+
+def test_write_groups_holds_at_most_max_pending_bytes(tmp_path: Path) -> None:
+    """The streamed form takes the next group only while the objects waiting for their puts
+    fit in max_pending_bytes: with puts held back, the fourth 10 kB object waits."""
+    gate = threading.Event()
+    directory = DirectoryArchive(tmp_path / "archive")
+
+    class Held:
+        def put(self, key: str, data: bytes) -> None:
+            gate.wait(30)
+            directory.put(key, data)
+
+    taken: list[int] = []
+
+    def groups() -> Iterator[tuple[str, list[ArchiveRecord]]]:
+        for n in range(20):
+            taken.append(n)
+            raw = random.Random(n).randbytes(10_000)  # gzip cannot shrink it
+            yield "seg-1", [ArchiveRecord(f"dc-{n:04d}", "telemetry", 1_795_740_000_000, raw)]
+
+    writer = ArchiveWriter(Held())  # type: ignore[arg-type]
+    keys: list[str] = []
+    worker = threading.Thread(target=lambda: keys.extend(
+        writer.write_groups(groups(), max_pending_bytes=35_000)))
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive() and taken == [0, 1, 2, 3]
+    gate.set()
+    worker.join(30)
+    writer.close()
+    assert len(keys) == 20 and sorted(keys) == list(directory.list())

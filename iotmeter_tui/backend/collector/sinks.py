@@ -16,6 +16,9 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from array import array
+from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -72,6 +75,7 @@ R = TypeVar("R")  # what a sink's batches hold
 class Sink(ABC, Generic[R]):
     name: str
     draining = False  # set when the collector stops: take everything there is, now
+    stop_by = float("inf")  # set with `draining`: the monotonic time the drain ends
 
     @abstractmethod
     def load_cursor(self) -> Position | None: ...
@@ -136,18 +140,53 @@ class TimeSeriesSink(RecordSink):
                 "event": "points_refused", "refused": len(exc.failed), "detail": str(exc)})
 
 
-class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
-    """Turns each sealed spool segment into objects named after it."""
+class ArchiveObject:
+    """Where one archive object's records are in a sealed spool segment (not the records):
+    about 12 bytes a record, so a segment's index is a small share of the segment."""
+
+    __slots__ = ("bytes", "lengths", "offsets", "part")
+
+    def __init__(self, part: int) -> None:
+        self.part = part
+        self.offsets = array("Q")
+        self.lengths = array("I")
+        self.bytes = 0
+
+    def add(self, offset: int, length: int) -> None:
+        self.offsets.append(offset)
+        self.lengths.append(length)
+        self.bytes += length
+
+
+class ArchiveSink(Sink[ArchiveObject]):
+    """Turns each sealed spool segment into objects named after it, one per device and
+    category (and per rejection reason), streamed.
+
+    A segment (a minute of the whole fleet's traffic, up to 64 MiB) is never held: a first
+    pass over its file notes where each object's records are, and a second reads one object's
+    records at a time and hands it to the writer, which holds a bounded amount of encoded
+    objects waiting for their puts. The cursor moves past the segment only once every object
+    is put; a crash before that writes the same keys with the same bytes again. An object
+    larger than PART_BYTES of spool frames (one chatty device) is cut into parts, the part
+    number in their batch id, so no single object holds a segment either; parts are cut by
+    frame bytes in spool order, so a replay cuts them alike."""
 
     name = "archive"
+    PART_BYTES = 4 << 20
+    PENDING_BYTES = 8 << 20
 
-    def __init__(self, writer: ArchiveWriter, cursor: CursorFile, source: str) -> None:
+    def __init__(self, writer: ArchiveWriter, cursor: CursorFile, source: str, *,
+                 part_bytes: int = PART_BYTES, pending_bytes: int = PENDING_BYTES) -> None:
         """`source` names this collector's spool (its client id, made key-safe): collectors
         sharing a subscription have spools of their own whose segment ids can coincide, and
-        their objects for one device must not overwrite each other."""
+        their objects for one device must not overwrite each other. `part_bytes` differs
+        from PART_BYTES only in tests: object names depend on it."""
         self.writer = writer
         self.cursor = cursor
         self.source = source
+        self.part_bytes = part_bytes
+        self.pending_bytes = pending_bytes
+        self._spool: Spool | None = None
 
     def load_cursor(self) -> Position | None:
         return self.cursor.load()
@@ -155,8 +194,10 @@ class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
     def save_cursor(self, position: Position) -> None:
         self.cursor.save(position)
 
-    def next_batch(self, spool: Spool, cursor: Position) -> tuple[
-            list[ArchiveRecord | RejectedRecord], Position]:
+    def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[ArchiveObject], Position]:
+        """The objects of the next sealed segment to archive, whatever the cursor's offset in
+        it: objects are per segment."""
+        self._spool = spool
         cursor = spool.normalise(cursor)
         for segment in spool.segments():
             if segment < cursor.segment or not spool.is_sealed(segment):
@@ -164,23 +205,63 @@ class ArchiveSink(Sink[ArchiveRecord | RejectedRecord]):
             size = spool.committed_size(segment)
             if segment == cursor.segment and cursor.offset >= size:
                 continue
-            # The whole segment, whatever the cursor's offset: objects are per segment. Only
-            # what the archive keeps is held (a segment is a minute of the fleet's traffic),
-            # not the spool records it is read from.
-            return [
-                ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
-                if r.kind == ACCEPTED else
-                RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None,
-                               r.received_ms, r.payload)
-                for r in spool.iter_segment(segment) if r.kind != DUPLICATE
-            ], Position(segment, size)
+            return self._index(spool, segment), Position(segment, size)
         return [], cursor
 
-    def write(self, records: list[ArchiveRecord | RejectedRecord], end: Position) -> None:
-        accepted = [r for r in records if type(r) is ArchiveRecord]
-        rejected = [r for r in records if type(r) is RejectedRecord]
-        self.writer.write_batch(accepted, rejected,
-                                batch_id=f"{end.segment}-{self.source}"[:128])
+    def _index(self, spool: Spool, segment: int) -> list[ArchiveObject]:
+        # Accepted objects first, then rejected, each in order of first appearance (as
+        # ArchiveWriter.write_batch orders them).
+        groups: dict[tuple[bool, str, str], ArchiveObject] = {}
+        parts: list[ArchiveObject] = []
+        later: list[ArchiveObject] = []
+        for offset, length, r in spool.scan(segment):
+            if r.kind == DUPLICATE:
+                continue
+            if r.kind == ACCEPTED:
+                key, out = (True, r.device_id, r.msg_type), parts
+            else:
+                key, out = (False, r.reason, ""), later
+            current = groups.get(key)
+            if current is None or (current.bytes and
+                                   current.bytes + length > self.part_bytes):
+                current = groups[key] = ArchiveObject(0 if current is None else
+                                                      current.part + 1)
+                out.append(current)
+            current.add(offset, length)
+        return parts + later
+
+    def write(self, records: list[ArchiveObject], end: Position) -> None:
+        spool = self._spool
+        assert spool is not None, "write() follows next_batch()"
+        self.writer.write_groups(self._groups(spool, records, end),
+                                 max_pending_bytes=self.pending_bytes)
+
+    def _groups(self, spool: Spool, objects: list[ArchiveObject], end: Position) -> Iterator[
+            tuple[str, list[ArchiveRecord] | list[RejectedRecord]]]:
+        for o in objects:
+            # A segment of a large fleet takes longer than a stop's budget: past it, the
+            # rest waits in the spool (the next start writes the segment again, overwriting).
+            if self.draining and time.monotonic() > self.stop_by:
+                raise StoreError(self.name, "stopping: the rest of the segment waits for the "
+                                 "next start")
+            yield self.batch_id(end.segment, o.part), self._records(spool, end.segment, o)
+
+    @staticmethod
+    def _records(spool: Spool, segment: int, o: ArchiveObject) -> list[
+            ArchiveRecord] | list[RejectedRecord]:
+        # Only what the archive keeps is held, not the spool records it is read from.
+        frames = spool.read_frames(segment, zip(o.offsets, o.lengths, strict=True))
+        first = next(frames)
+        if first.kind == ACCEPTED:
+            return [ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+                    for r in chain((first,), frames)]
+        return [RejectedRecord(r.reason, r.detail, r.topic, r.device_id or None,
+                               r.received_ms, r.payload) for r in chain((first,), frames)]
+
+    def batch_id(self, segment: int, part: int = 0) -> str:
+        """The objects' name for a segment, and the part of an object cut into parts (the
+        first part is named as an object that needs none)."""
+        return f"{segment}{f'.{part}' if part else ''}-{self.source}"[:128]
 
     def close(self) -> None:
         self.writer.close()
@@ -282,6 +363,7 @@ class SinkRunner(threading.Thread):
 
     def stop(self, drain_s: float) -> None:
         self.drain_deadline = time.monotonic() + drain_s
+        self.sink.stop_by = self.drain_deadline
         self.sink.draining = True
         self.stopping.set()
         self.wake.set()

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -393,13 +393,43 @@ class Spool:
                 records.extend(more)
         return records, end
 
-    def iter_segment(self, segment: int) -> Iterator[SpoolRecord]:
-        """Every record of a sealed segment, read a few MiB at a time."""
-        position = Position(segment, 0)
+    def scan(self, segment: int, block_bytes: int = 1 << 20) -> Iterator[
+            tuple[int, int, SpoolRecord]]:
+        """(offset, length, record) of every committed frame of a segment, in order, read
+        from its file a block at a time: memory stays at a block whatever the segment holds.
+        `offset` and `length` cover the whole frame, as read_frames() takes them."""
         end = self.committed_size(segment)
-        while position.offset < end:
-            batch, position = self.read(position)
-            yield from batch
+        with open(self.directory / _segment_name(segment), "rb") as fh:
+            at, want = 0, block_bytes
+            while at < end:
+                fh.seek(at)
+                data = fh.read(min(end - at, want))
+                used = 0
+                while used + _FRAME.size <= len(data):
+                    length, _crc = _FRAME.unpack_from(data, used)
+                    size = _FRAME.size + length
+                    if used + size > len(data):
+                        break
+                    yield at + used, size, SpoolRecord.decode(
+                        data[used + _FRAME.size : used + size])
+                    used += size
+                if used == 0:
+                    if len(data) < _FRAME.size or len(data) == end - at:
+                        return  # committed bytes are whole frames: not reached
+                    want = _FRAME.size + _FRAME.unpack_from(data)[0]  # one frame > a block
+                    continue
+                at += used
+                want = block_bytes
+                data = b""  # one block at a time: let it go before the next is read
+
+    def read_frames(self, segment: int, spans: Iterable[tuple[int, int]]) -> Iterator[
+            SpoolRecord]:
+        """The records at (offset, length) spans of a segment that scan() gave, in the order
+        given, one read each."""
+        with open(self.directory / _segment_name(segment), "rb", buffering=0) as fh:
+            fd = fh.fileno()
+            for offset, length in spans:
+                yield SpoolRecord.decode(os.pread(fd, length, offset)[_FRAME.size :])
 
     # --- space ------------------------------------------------------------------------------
 

@@ -31,9 +31,9 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from itertools import chain
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from iotmeter_tui.backend.protocol import REJECTION_REASONS, Message, Rejection
 from iotmeter_tui.backend.stores.archive import REJECTED_PREFIX, ArchiveStore
@@ -99,6 +99,9 @@ class ArchiveWriter:
         self._store = store
         self._suffix = NDJSON + GZIP if gzip else NDJSON
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="archive-writer")
+        # write_groups keeps the workers busy with this many objects queued, no more: a
+        # process that exits waits for every put queued (the pool's threads are joined).
+        self._max_pending = 4 * max_workers
 
     def write_batch(
         self,
@@ -135,6 +138,55 @@ class ArchiveWriter:
             put.result()
         return keys
 
+    def write_groups(
+        self,
+        groups: Iterable[tuple[str, list[ArchiveRecord] | list[RejectedRecord]]],
+        *,
+        max_pending_bytes: int = 8 << 20,
+    ) -> list[str]:
+        """write_batch for a batch too large to hold at once. Each item is (batch_id, the
+        records of one object: all the batch's records of one device and category, or of one
+        rejection reason, in order), taken as the objects are written; an object is the one
+        write_batch would write for those records and that batch_id. At most
+        `max_pending_bytes` of encoded objects, and four per worker, wait for their puts, so
+        memory is one group's records and that, and stopping the groups (the iterable
+        raising) leaves little to wait for. Raises as write_batch does, once the puts started
+        are done (those not started are dropped); a group's name is checked when its turn
+        comes, so some objects may be written then."""
+        keys: list[str] = []
+        pending: dict[Future[None], int] = {}
+        held = 0
+        try:
+            for batch_id, records in groups:
+                _check_segment("batch_id", batch_id)
+                prefix = _group_prefix(records)
+                if type(records[0]) is ArchiveRecord:
+                    accepted = cast(list[ArchiveRecord], records)
+                    key, body = self._object(prefix, accepted, batch_id, _accepted_body)
+                else:
+                    rejected = cast(list[RejectedRecord], records)
+                    key, body = self._object(prefix, rejected, batch_id, _rejected_body)
+                while pending and (held + len(body) > max_pending_bytes
+                                   or len(pending) >= self._max_pending):
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for put in done:
+                        held -= pending.pop(put)
+                        put.result()
+                keys.append(key)
+                pending[self._pool.submit(self._store.put, key, body)] = len(body)
+                held += len(body)
+        except BaseException:
+            # Puts not started are dropped: the caller writes the batch again anyway, and a
+            # process stopping on this error would run every queued put before it exits.
+            for put in pending:
+                put.cancel()
+            raise
+        finally:
+            wait(pending)
+        for put in pending:
+            put.result()
+        return keys
+
     def close(self) -> None:
         """Wait for puts in flight and stop the worker threads; the store stays open."""
         self._pool.shutdown(wait=True)
@@ -146,13 +198,17 @@ class ArchiveWriter:
         encode: Callable[[list[_Record]], bytes],
     ) -> Iterator[tuple[str, bytes]]:
         for prefix, records in groups.items():
-            first_ms = min(record.received_ms for record in records)
-            key = f"{prefix}{_time_path(first_ms)}-{batch_id}{self._suffix}"
-            body = encode(records)
-            if self._suffix.endswith(GZIP):
-                # mtime=0: the same records always give the same bytes.
-                body = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
-            yield key, body
+            yield self._object(prefix, records, batch_id, encode)
+
+    def _object(self, prefix: str, records: list[_Record], batch_id: str,
+                encode: Callable[[list[_Record]], bytes]) -> tuple[str, bytes]:
+        first_ms = min(record.received_ms for record in records)
+        key = f"{prefix}{_time_path(first_ms)}-{batch_id}{self._suffix}"
+        body = encode(records)
+        if self._suffix.endswith(GZIP):
+            # mtime=0: the same records always give the same bytes.
+            body = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
+        return key, body
 
 
 class ArchiveReader:
@@ -249,6 +305,15 @@ def _group_rejected(records: Iterable[RejectedRecord]) -> dict[str, list[Rejecte
             _check_segment("reason", record.reason)
         groups.setdefault(prefix, []).append(record)
     return groups
+
+
+def _group_prefix(records: list[ArchiveRecord] | list[RejectedRecord]) -> str:
+    """The key prefix of one group's records (checked: key-safe, and the same for all)."""
+    groups: dict[str, Any] = (_group_accepted(records) if type(records[0]) is ArchiveRecord
+                              else _group_rejected(records))  # type: ignore[arg-type]
+    if len(groups) != 1:
+        raise ValueError(f"one object's records span {len(groups)} groups")
+    return next(iter(groups))
 
 
 def _accepted_body(records: list[ArchiveRecord]) -> bytes:
