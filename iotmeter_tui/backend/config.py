@@ -429,9 +429,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Anomaly detector sensitivity per device type, TYPE=NUMBER,...: 2 halves the "
             "bands, 0 turns it off; a device's `anomaly_sensitivity` config wins."),
     # --- collector workers ---
-    Setting("collector_workers", _workers, 0,
+    Setting("collector_workers", _workers, 1,
             "Collector processes of `iotmeter --collector-only` and the dashboard, on one "
-            "shared subscription; 0: one per CPU, at most 8. --workers wins."),
+            "shared subscription; 0: one per CPU, at most 8. --workers wins. One by "
+            "default: with several, sequence-gap alerts are off (the broker splits a "
+            "device's messages across workers)."),
 )
 
 

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", dest="collector_workers", type=positive_int, metavar="N",
         help="collector processes on one shared subscription (default "
-        "IOTMETER_COLLECTOR_WORKERS; 0 there: one per CPU)",
+        "IOTMETER_COLLECTOR_WORKERS, 1; 0 there: one per CPU)",
     )
     parser.add_argument(
         "--simulate", choices=("auto", "yes", "no"), default=None,
