@@ -630,6 +630,15 @@ _ALERT_RACE_ATTEMPTS: Final = 5
 _IN_CHUNK: Final = 500  # ids per IN (...) list, well under both drivers' parameter limits
 
 
+def _in_chunks(ids: Iterable[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """The distinct ids as `IN (...)` lists of at most _IN_CHUNK named parameters, each with
+    its parameters: one statement a chunk."""
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), _IN_CHUNK):
+        names = {f"i{n}": value for n, value in enumerate(unique[start : start + _IN_CHUNK])}
+        yield ", ".join(f":{name}" for name in names), names
+
+
 # --- the store ------------------------------------------------------------------------------
 
 
@@ -767,11 +776,7 @@ class SqlMetadataStore:
                 rows = tx.all(select, mine)
             else:
                 rows = []
-                ids = list(dict.fromkeys(device_ids))
-                for start in range(0, len(ids), _IN_CHUNK):
-                    chunk = ids[start : start + _IN_CHUNK]
-                    names = {f"d{i}": device_id for i, device_id in enumerate(chunk)}
-                    in_list = ", ".join(f":{name}" for name in names)
+                for in_list, names in _in_chunks(device_ids):
                     rows += tx.all(f"{select} AND device_id IN ({in_list})", {**names, **mine})
         states = sorted((_seq_state(row) for row in rows),
                         key=lambda s: (s.device_id, s.boot, s.collector))
@@ -792,10 +797,7 @@ class SqlMetadataStore:
                 rows = tx.all(select)
             else:
                 rows = []
-                ids = list(dict.fromkeys(device_ids))
-                for start in range(0, len(ids), _IN_CHUNK):
-                    names = {f"d{i}": d for i, d in enumerate(ids[start : start + _IN_CHUNK])}
-                    in_list = ", ".join(f":{name}" for name in names)
+                for in_list, names in _in_chunks(device_ids):
                     rows += tx.all(f"{select} WHERE device_id IN ({in_list})", names)
         return {str(row[0]): DeviceQuality(str(row[0]), float(row[1]), float(row[2]),
                                            float(row[3]), float(row[4]), float(row[5]),
@@ -958,10 +960,7 @@ class SqlMetadataStore:
                 rows = tx.all(select + group)
             else:
                 rows = []
-                ids = list(dict.fromkeys(device_ids))
-                for start in range(0, len(ids), _IN_CHUNK):
-                    names = {f"d{i}": d for i, d in enumerate(ids[start : start + _IN_CHUNK])}
-                    in_list = ", ".join(f":{name}" for name in names)
+                for in_list, names in _in_chunks(device_ids):
                     rows += tx.all(f"{select} AND device_id IN ({in_list}){group}", names)
         return {str(device_id): int(n) for device_id, n in rows}
 
@@ -1362,11 +1361,8 @@ class SqlMetadataStore:
 
     def ota_target_counts(self, campaign_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
-        ids = list(dict.fromkeys(campaign_ids))
         with self._tx() as tx:
-            for start in range(0, len(ids), _IN_CHUNK):
-                names = {f"c{i}": c for i, c in enumerate(ids[start : start + _IN_CHUNK])}
-                in_list = ", ".join(f":{name}" for name in names)
+            for in_list, names in _in_chunks(campaign_ids):
                 for campaign_id, state, n in tx.all(
                         "SELECT campaign_id, state, COUNT(*) FROM ota_targets"
                         f" WHERE campaign_id IN ({in_list}) GROUP BY campaign_id, state", names):
