@@ -13,7 +13,7 @@ from testsupport import MosquittoServer
 from testsupport.fleet import Publisher, status, telemetry, wait_for
 from testsupport.harness import running_collector, settings_for
 
-SINKS = {"timeseries", "archive", "registry"}
+SINKS = {"timeseries", "archive", "registry", "rollups"}  # rollups: on by default
 
 
 def test_health_counts_agree_with_the_metrics(tmp_path: Path,
