@@ -322,4 +322,6 @@ def test_frequency_or_power_factor_leaving_its_usual_band(field: str, shift: flo
                  alter=lambda i, d: {**d, field: d[field] + shift})
     hit = first(found, "level")
     assert hit is not None and hit[1].field == field
-    assert hit[0] - (T0 + 2000 * 1000) <= 10_000
+    # 0.4 Hz is just past the frequency's band (0.38 Hz at this age), so the short-term mean
+    # needs 10-14 readings to get there, depending on where the median sits (20 seeds).
+    assert hit[0] - (T0 + 2000 * 1000) <= 15_000

@@ -70,6 +70,10 @@ RELEARN_MS: Final = 3_600_000  # a level held this long becomes the new baseline
 DRIFT_HOLD_MS: Final = 12_000
 DRIFT_RISE: Final = 0.4  # ...and still rising: this share of the way on to the band's edge
 SAVE_EVERY_MS: Final = 60_000
+# The band is worked out again every this many readings, not on every one: it moves with the
+# spreads (a 0.2 % step per reading) and the median (a 0.3 % step), so 16 readings shift its
+# edges by a few per cent of its width, while working it out is half the detector's cost.
+BAND_EVERY: Final = 16
 
 DEFAULT_SENSITIVITY: Final[Mapping[str, float]] = {"power_meter_dc": 1.0, "power_meter_ac": 1.0}
 
@@ -108,22 +112,30 @@ class _Field:
 
     __slots__ = (
         "bad_since",
+        "band_n",
         "changes",
+        "clip_lo",
+        "clip_up",
         "counter",
         "fast",
         "finding",
         "floor",
+        "high_off",
         "last",
         "level_load",
+        "low_off",
         "median",
         "n",
         "near_from",
+        "near_off",
         "near_since",
         "rate_hi",
         "repeats",
         "spread",
         "spread_lo",
+        "step",
         "stuck_since",
+        "width",
         "window",
     )
 
@@ -146,6 +158,11 @@ class _Field:
         self.near_since = 0  # first reading beyond half the band (0: within it)...
         self.near_from = 0.0  # ...and the short-term mean then
         self.finding: Finding | None = None
+        # The band, as offsets from the median, and what goes with it; worked out again at
+        # reading `band_n` (0: at the next one).
+        self.band_n = 0
+        self.high_off = self.low_off = self.near_off = self.width = 0.0
+        self.step = self.clip_up = self.clip_lo = 0.0
 
     def state(self) -> list[float]:
         return [self.n, self.median, self.fast, self.last, self.spread, self.spread_lo,
@@ -165,6 +182,41 @@ def _stuck(f: _Field) -> bool:
     if share <= STUCK_CHANGE_RATE:
         return False
     return share >= 1.0 or f.repeats >= STUCK_EVIDENCE / -math.log(1.0 - share)
+
+
+def _learn(f: _Field, x: float, fast: float) -> None:
+    """The warm-up: a running mean and the mean deviations above and below it."""
+    f.median += (x - f.median) / f.n
+    dev = fast - f.median
+    if dev >= 0:
+        f.spread += (dev - f.spread) / f.n
+    else:
+        f.spread_lo += (-dev - f.spread_lo) / f.n
+
+
+def _band(f: _Field, sens: float) -> None:
+    """Work out the band, as offsets from the median, for the next BAND_EVERY readings."""
+    median = f.median
+    # The band's floor: a field that barely moves (a quiet frequency) still has noise.
+    floor = max(1e-3 * abs(median), f.floor, 1e-6)
+    k = BAND_K / sens
+    if f.n < 4 * WARMUP:
+        # Young baselines have seen few train passages: their bands start wider and narrow
+        # as the readings add up (1.25x at twice the warm-up, 1.1x at three times).
+        young = WARMUP / f.n
+        k *= 1.0 + young * young
+    # Each side its own width: a line sags deep under load and rises little in regeneration,
+    # so a rise is caught early and a sag is not a fault. Each side is at least half the
+    # other: a quiet warm-up may have missed one.
+    spread, spread_lo = f.spread, f.spread_lo
+    f.high_off = k * max(spread, 0.5 * spread_lo, floor)
+    f.low_off = k * max(spread_lo, 0.5 * spread, floor)
+    f.near_off = 0.5 * f.high_off
+    f.width = 0.5 * (f.high_off + f.low_off)
+    f.step = MEDIAN_STEP * f.width / k
+    f.clip_up = SPREAD_CLIP * spread + floor
+    f.clip_lo = SPREAD_CLIP * spread_lo + floor
+    f.band_n = f.n + BAND_EVERY
 
 
 class _Device:
@@ -216,17 +268,26 @@ class AnomalyDetector:
         if dev is None:
             dev = self._devices[device_id] = _Device()
         worst: Finding | None = None
-        if dev.last_ts and ts_ms > dev.last_ts:
-            worst = self._interval(dev, ts_ms - dev.last_ts, ts_ms, sens)
-        if not dev.born:
+        last_ts = dev.last_ts
+        if last_ts:
+            if ts_ms <= last_ts:
+                return None  # a late (reordered) reading: no interval, no baseline update
+            dt = ts_ms - last_ts
+            usual = dev.interval
+            if dev.off_run or dev.interval_n <= 10 or not \
+                    usual * INTERVAL_TOLERANCE <= dt <= usual / INTERVAL_TOLERANCE:
+                worst = self._interval(dev, dt, ts_ms, sens)
+            elif dt != usual:  # the usual interval, an EW median: a bounded step towards dt
+                dev.interval = usual * (1.05 if dt > usual else 0.95)
+        else:
             dev.born = ts_ms
-        if ts_ms > dev.last_ts:
-            dev.last_ts = ts_ms
-        elif dev.last_ts:
-            return worst  # a late (reordered) reading: no interval, no baseline update
+        dev.last_ts = ts_ms
         fields = dev.fields
         stuck_after = STUCK_MIN / sens
         warm = ts_ms - dev.born >= WARMUP_MS
+        found: Finding | None
+        # This loop runs for every field of every message, so the common case is written out
+        # here (comparisons, not min/max; no calls) and only the rare ones are methods.
         for name, raw in data.items():
             if raw.__class__ is not float:
                 if raw.__class__ is not int:
@@ -237,155 +298,142 @@ class AnomalyDetector:
                 fields[name] = _Field(name, raw)
                 continue
             if f.counter:
-                found = self._counter(f, name, raw, ts_ms, sens)
-                if found is not None and found.kind == "counter_regression" \
-                        and found.since_ms == ts_ms:
+                # An energy counter: it only grows, and no faster than the power it has seen.
+                # (`fast` holds the time of its last reading.)
+                delta = raw - f.last
+                dt_s = (ts_ms - f.fast) * 0.001 if f.fast else 1.0
+                f.last, f.fast = raw, ts_ms
+                f.n += 1
+                if delta < 0.0 and delta < -1e-9 * abs(raw) - 1e-6:
+                    found = f.finding = Finding("counter_regression", name, raw, raw,
+                                                raw - delta, ts_ms, 2.0)
                     self._resets[device_id] = self._resets.get(device_id, 0) + 1
-            else:
-                # The stuck check, inline: every field pays it on every reading.
-                if raw == f.last:
-                    if not f.repeats:
-                        f.stuck_since = ts_ms
-                    f.repeats += 1
-                    f.n += 1
-                    f.window += 1
-                    if f.repeats >= stuck_after and f.n > WARMUP and _stuck(f):
-                        found = f.finding
-                        if found is None or found.kind != "stuck":
-                            found = f.finding = Finding("stuck", name, raw, raw, raw,
-                                                        f.stuck_since, 1.0)
-                        if worst is None or worst.score < 1.0:
-                            worst = found
-                        continue
                 else:
-                    if f.repeats >= stuck_after:
-                        # A stuck episode ends: it was a fault, not how often this field
-                        # changes, so it leaves the share (or it would hide the next one).
-                        f.window -= f.repeats
-                        if f.finding is not None and f.finding.kind == "stuck":
-                            f.finding = None
-                    f.repeats = 0
-                    f.changes += 1
-                    f.window += 1
-                    if f.window >= STUCK_WINDOW:
-                        # Halve both: the share is a recent one, so an earlier stuck
-                        # episode does not hide the next for ever.
-                        f.window >>= 1
-                        f.changes >>= 1
-                    f.last = raw
-                    f.n += 1
-                if not f.level_load:
+                    if dt_s < 0.001:
+                        dt_s = 0.001
+                    # Plus a floor for the register's resolution: a counter idle for hours
+                    # (no regeneration) that then counts its last digit up is not a jump.
+                    limit = JUMP_FACTOR / sens * f.rate_hi * dt_s + (
+                        1e-5 * raw if raw > 1000.0 else 0.01)
+                    if delta > limit and f.n > WARMUP:
+                        found = f.finding = Finding("counter_jump", name, delta, 0.0, limit,
+                                                    ts_ms, 2.0)
+                    else:
+                        rate = delta / dt_s
+                        decayed = f.rate_hi * RATE_DECAY
+                        f.rate_hi = rate if rate > decayed else decayed
+                        found = f.finding
+                        if found is None:
+                            continue
+                        if ts_ms - found.since_ms >= EVENT_HOLD_MS:
+                            f.finding = None  # an event is a finding for a while, then over
+                            continue
+                if worst is None or found.score > worst.score:
+                    worst = found
+                continue
+            # The stuck check: every field pays it on every reading.
+            if raw == f.last:
+                if not f.repeats:
+                    f.stuck_since = ts_ms
+                f.repeats += 1
+                f.n += 1
+                f.window += 1
+                if f.repeats >= stuck_after and f.n > WARMUP and _stuck(f):
+                    found = f.finding
+                    if found is None or found.kind != "stuck":
+                        found = f.finding = Finding("stuck", name, raw, raw, raw,
+                                                    f.stuck_since, 1.0)
+                    if worst is None or worst.score < 1.0:
+                        worst = found
                     continue
-                found = self._level(f, name, raw, ts_ms, sens, warm)
+            else:
+                if f.repeats >= stuck_after:
+                    # A stuck episode ends: it was a fault, not how often this field
+                    # changes, so it leaves the share (or it would hide the next one).
+                    f.window -= f.repeats
+                    if f.finding is not None and f.finding.kind == "stuck":
+                        f.finding = None
+                f.repeats = 0
+                f.changes += 1
+                f.window += 1
+                if f.window >= STUCK_WINDOW:
+                    # Halve both: the share is a recent one, so an earlier stuck
+                    # episode does not hide the next for ever.
+                    f.window >>= 1
+                    f.changes >>= 1
+                f.last = raw
+                f.n += 1
+            if not f.level_load:
+                continue
+            # The level check compares the short-term mean with the median, so the spreads
+            # are learned from that same statistic: its own scatter (train passages) sets
+            # the band.
+            fast = f.fast = f.fast + FAST_ALPHA * (raw - f.fast)
+            if f.n <= WARMUP or not warm:
+                _learn(f, raw, fast)
+                continue
+            if f.n >= f.band_n:
+                _band(f, sens)
+            dev_ = fast - f.median
+            # The spreads learn from every reading, clipped: a rare deep sag widens the band
+            # a little each time, while a drift cannot widen it faster than SPREAD_ALPHA
+            # allows.
+            if dev_ > 0:
+                f.spread += SPREAD_ALPHA * ((dev_ if dev_ < f.clip_up else f.clip_up) - f.spread)
+            elif dev_ < 0:
+                f.spread_lo += SPREAD_ALPHA * ((-dev_ if -dev_ < f.clip_lo else f.clip_lo)
+                                               - f.spread_lo)
+            if dev_ > f.high_off or -dev_ > f.low_off:
+                found = self._outside(f, name, fast, ts_ms)
+            elif dev_ > f.near_off:
+                found = self._near_high(f, name, fast, ts_ms)
+            else:
+                f.bad_since = f.near_since = 0
+                f.finding = None
+                # The median learns only from normal readings: it must not follow a fault.
+                if dev_ > 0:
+                    f.median += f.step
+                elif dev_ < 0:
+                    f.median -= f.step
+                continue
             if found is not None and (worst is None or found.score > worst.score):
                 worst = found
         return worst
 
-    def _level(self, f: _Field, name: str, x: float, ts: int, sens: float,
-               warm: bool) -> Finding | None:
-        # The check compares the short-term mean with the median, so the spread is learned
-        # from that same statistic: its own scatter (train passages) sets the band.
-        f.fast += FAST_ALPHA * (x - f.fast)
-        if f.n <= WARMUP or not warm:
-            # Learn quickly: the running mean and the mean deviations above and below it.
-            f.median += (x - f.median) / f.n
-            dev = f.fast - f.median
-            if dev >= 0:
-                f.spread += (dev - f.spread) / f.n
-            else:
-                f.spread_lo += (-dev - f.spread_lo) / f.n
+    def _near_high(self, f: _Field, name: str, fast: float, ts: int) -> Finding | None:
+        """Inside the band, above half its upper side. Upwards only: a line sags under load for
+        minutes (a train climbing), while nothing in traction supply holds it up, so a sag
+        waits for the full band."""
+        f.bad_since = 0
+        since = f.near_since
+        if not since:
+            f.near_since, f.near_from = ts, fast
+        elif ts - since >= RELEARN_MS:
+            f.median, f.near_since, f.finding, f.band_n = fast, 0, None, 0
             return None
-        median = f.median
-        # The band's floor: a field that barely moves (a quiet frequency) still has noise.
-        # (Comparisons, not max(): this runs for every field of every message.)
-        floor = 1e-3 * median if median > 0 else -1e-3 * median
-        if floor < f.floor:
-            floor = f.floor
-        if floor < 1e-6:
-            floor = 1e-6
-        k = BAND_K / sens
-        if f.n < 4 * WARMUP:
-            # Young baselines have seen few train passages: their bands start wider and
-            # narrow as the readings add up (1.25x at twice the warm-up, 1.1x at three times).
-            young = WARMUP / f.n
-            k *= 1.0 + young * young
-        # Each side its own width: a line sags deep under load and rises little in
-        # regeneration, so a rise is caught early and a sag is not a fault. Each side is at
-        # least half the other: a quiet warm-up may have missed one.
-        spread, spread_lo = f.spread, f.spread_lo
-        up = spread if spread > 0.5 * spread_lo else 0.5 * spread_lo
-        down = spread_lo if spread_lo > 0.5 * spread else 0.5 * spread
-        high = median + k * (up if up > floor else floor)
-        low = median - k * (down if down > floor else floor)
-        width = 0.5 * (high - low)
-        fast = f.fast
-        # The spreads learn from every reading, clipped: a rare deep sag widens the band a
-        # little each time, while a drift cannot widen it faster than SPREAD_ALPHA allows.
-        dev = fast - median
-        if dev > 0:
-            clip = SPREAD_CLIP * spread + floor
-            f.spread += SPREAD_ALPHA * ((dev if dev < clip else clip) - spread)
-        elif dev < 0:
-            clip = SPREAD_CLIP * spread_lo + floor
-            f.spread_lo += SPREAD_ALPHA * ((-dev if -dev < clip else clip) - spread_lo)
-        if low <= fast <= high:
-            f.bad_since = 0
-            # Upwards only: a line sags under load for minutes (a train climbing), while
-            # nothing in traction supply holds it up, so a sag waits for the full band.
-            near_high = median + 0.5 * (high - median)
-            if fast > near_high:
-                since = f.near_since
-                if not since:
-                    f.near_since, f.near_from = ts, fast
-                elif ts - since >= RELEARN_MS:
-                    f.median, f.near_since, f.finding = fast, 0, None
-                    return None
-                elif ts - since >= DRIFT_HOLD_MS and \
-                        fast - f.near_from >= DRIFT_RISE * (high - near_high):
-                    # Held there: a drift on its way out of the band. The baseline stays
-                    # frozen, as for a reading outside it.
-                    f.finding = Finding("level", name, fast, low, near_high, since,
-                                        (fast - near_high) / width + 1.0)
-                    return f.finding
-            else:
-                f.near_since = 0
-            f.finding = None
-            # The median learns only from normal readings: it must not follow a fault.
-            step = MEDIAN_STEP * width / k
-            if dev > 0:
-                f.median += step
-            elif dev < 0:
-                f.median -= step
-            return None
+        elif ts - since >= DRIFT_HOLD_MS and \
+                fast - f.near_from >= DRIFT_RISE * (f.high_off - f.near_off):
+            # Held there: a drift on its way out of the band. The baseline stays frozen, as
+            # for a reading outside it.
+            median = f.median
+            f.finding = Finding("level", name, fast, median - f.low_off, median + f.near_off,
+                                since, (fast - median - f.near_off) / f.width + 1.0)
+            return f.finding
+        f.finding = None
+        if fast > f.median:
+            f.median += f.step
+        return None
+
+    def _outside(self, f: _Field, name: str, fast: float, ts: int) -> Finding | None:
         if not f.bad_since:
             f.bad_since = ts
         elif ts - f.bad_since >= RELEARN_MS:
             # Held for an hour: a new normal (a re-tapped transformer), not a fault.
-            f.median, f.bad_since, f.finding = fast, 0, None
+            f.median, f.bad_since, f.finding, f.band_n = fast, 0, None, 0
             return None
+        high, low = f.median + f.high_off, f.median - f.low_off
         f.finding = Finding("level", name, fast, low, high, f.bad_since,
-                            (fast - high if fast > high else low - fast) / width + 1.0)
-        return f.finding
-
-    def _counter(self, f: _Field, name: str, x: float, ts: int, sens: float) -> Finding | None:
-        delta = x - f.last
-        dt_s = max(ts - int(f.fast), 1) / 1000.0 if f.fast else 1.0
-        f.last, f.fast = x, float(ts)  # counters keep the reading's time in `fast`
-        f.n += 1
-        if delta < -1e-9 * abs(x) - 1e-6:
-            f.finding = Finding("counter_regression", name, x, x, x - delta, ts, 2.0)
-            return f.finding
-        rate = delta / dt_s
-        # Plus a floor for the register's resolution: a counter idle for hours (no
-        # regeneration) that then counts its last digit up is not a jump.
-        floor = 1e-5 * x if x > 0 else 0.0
-        limit = JUMP_FACTOR / sens * f.rate_hi * dt_s + (floor if floor > 0.01 else 0.01)
-        if f.n > WARMUP and delta > limit:
-            f.finding = Finding("counter_jump", name, delta, 0.0, limit, ts, 2.0)
-            return f.finding
-        f.rate_hi = max(rate, f.rate_hi * RATE_DECAY)
-        if f.finding is not None and ts - f.finding.since_ms >= EVENT_HOLD_MS:
-            f.finding = None
+                            (fast - high if fast > high else low - fast) / f.width + 1.0)
         return f.finding
 
     def _interval(self, dev: _Device, dt: int, ts: int, sens: float) -> Finding | None:
