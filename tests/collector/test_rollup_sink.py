@@ -16,7 +16,7 @@ import pytest
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.rollup_sink import RollupSink
 from iotmeter_tui.backend.collector.sinks import CursorFile, TimeSeriesSink
-from iotmeter_tui.backend.collector.spool import ACCEPTED, Spool, SpoolRecord
+from iotmeter_tui.backend.collector.spool import ACCEPTED, Spool, SpoolFull, SpoolRecord
 from iotmeter_tui.backend.stores.factory import open_timeseries
 from iotmeter_tui.backend.stores.rollups import HOUR_MS, MINUTE_MS, Retention
 from iotmeter_tui.backend.stores.timeseries import TimeSeriesStore
@@ -170,3 +170,26 @@ def test_readings_whose_sum_overflows_roll_up_without_failing(
     # The batch went through: the next minute, from ordinary readings, is rolled up.
     [minute] = store.history("rs-1", ["voltage_v"], H0 + MINUTE_MS, H0 + 2 * MINUTE_MS, 1)
     assert dict(minute.values["voltage_v"]) == {"min": 5.0, "max": 5.0, "mean": 5.0, "last": 5.0}
+
+
+def test_a_held_pipeline_makes_a_batch_due_at_once(tmp_path: Path,
+                                                   store: TimeSeriesStore) -> None:
+    """The spool refuses a turn larger than the room left while it is far from half full:
+    the rollup sink, which takes a batch once a minute, takes it now, or the pipeline would
+    hold the broker's acknowledgements for that minute."""
+    collector = Collector(tmp_path, store)
+    collector.spool.max_bytes = 40_000
+    collector.rollups.every_s = 3600.0
+    collector.receive([record(i, H0 + i * 1000, 3.0) for i in range(10)])
+    collector.store_points()
+    assert collector.roll_up() == 10  # the first batch is due: nothing was taken yet
+    collector.receive([record(i, H0 + i * 1000, 4.0) for i in range(10, 20)])
+    collector.store_points()
+    assert collector.spool.size_bytes < collector.spool.max_bytes // 2
+    assert collector.roll_up() == 0  # not due: the hour has not passed
+    with pytest.raises(SpoolFull):
+        collector.receive([record(i, H0 + i * 1000, 5.0) for i in range(20, 400)])
+    assert collector.spool.waiting_for_room
+    assert collector.roll_up() == 10
+    collector.receive([record(20, H0 + 20_000, 5.0)])
+    assert not collector.spool.waiting_for_room

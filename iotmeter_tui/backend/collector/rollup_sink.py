@@ -6,8 +6,8 @@ sink has stored (that sink's saved cursor), because every bucket is recomputed f
 stored points (TimeSeriesStore.roll_up): a late point re-computes its old buckets, and a
 batch rolled up twice (a crash before the cursor was saved) changes nothing. It takes a
 batch at most every `every_s`, so a busy minute is recomputed a few times, not once per
-time-series batch -- sooner when the spool is half full, so rollups never hold segments the
-other sinks are done with.
+time-series batch -- sooner when the spool is half full or the pipeline is waiting for room in
+it, so rollups never hold segments the other sinks are done with.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ class RollupSink(Sink[Point]):
 
     def next_batch(self, spool: Spool, cursor: Position) -> tuple[list[Point], Position]:
         if self._pending is None:
+            # A turn larger than what is left waits while the spool is far from half full:
+            # waiting for the minute would hold the broker's acknowledgements that long.
             due = (self.draining or time.monotonic() - self._taken_at >= self.every_s
-                   or spool.size_bytes >= spool.max_bytes // 2)
+                   or spool.size_bytes >= spool.max_bytes // 2 or spool.waiting_for_room)
             if not due:
                 return [], cursor
             self._pending = self._read(spool, cursor)

@@ -200,6 +200,9 @@ class Spool:
         # and OTA reports): a cheap sign of news the registry should not keep waiting; the
         # registry sink looks at them to tell news from heartbeats.
         self.committed_news = 0
+        # Set while the last append was refused for the bound or a full disk: the writer is
+        # holding, and sinks that batch lazily (rollups) should take what they can now.
+        self.waiting_for_room = False
         # Recently committed records by the position they start at: (end, records).
         self._recent: dict[Position, tuple[Position, list[SpoolRecord]]] = {}
         self._recent_order: deque[Position] = deque()
@@ -240,6 +243,7 @@ class Spool:
         # An empty spool takes any one turn, or a turn larger than the bound would be held
         # for ever.
         if size and size + len(data) > self.max_bytes:
+            self.waiting_for_room = True
             raise SpoolFull(f"spool is at its bound of {self.max_bytes} bytes")
         try:
             # An unbuffered write may take only part of the data (a nearly full disk does
@@ -250,8 +254,10 @@ class Spool:
         except OSError as exc:
             self._undo_uncommitted()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.waiting_for_room = True
                 raise SpoolFull(f"spool disk is full: {exc.strerror}") from exc
             raise
+        self.waiting_for_room = False
         self._written += len(data)
         self._uncommitted.extend(records)
 
