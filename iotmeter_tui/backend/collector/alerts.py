@@ -73,13 +73,14 @@ SEVERITY: Final[Mapping[Rule, Severity]] = {
 }
 
 
-# The rules on_telemetry judges, read once: an Enum member read from its class costs more
-# than the dict lookup it is wanted for, on every reading.
+# The rules judged per message or per batch, read once: an Enum member read from its class
+# costs more than the dict lookup it is wanted for.
 _VOLTAGE: Final = Rule.VOLTAGE_RANGE
 _CURRENT: Final = Rule.OVER_CURRENT
 _FREQUENCY: Final = Rule.FREQUENCY_BAND
 _ANOMALY: Final = Rule.ANOMALY
 _OFFLINE: Final = Rule.OFFLINE
+_SEQ_GAPS: Final = Rule.SEQ_GAPS
 
 
 # --- supply systems (EN 50163) -----------------------------------------------------------------
@@ -567,7 +568,11 @@ class AlertEngine:
             dev.gap_events.append((at, gap_count - dev.gap_level))
             self._waiting.add(device_id)
         dev.gap_level = gap_count
-        self._judge_gaps(device_id, dev, at)
+        # Called for every device in every registry batch. Nothing lost in the window and no
+        # alert open is the rule: check_gaps(0, threshold) is then OK, so nothing to judge.
+        if dev.gap_events or _SEQ_GAPS in dev.rules or (
+                dev.limits.gap_threshold or self._gap_threshold) < 0:
+            self._judge_gaps(device_id, dev, at)
 
     # -- writing
 
