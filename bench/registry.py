@@ -329,8 +329,8 @@ def child(code: Path | None, spool: Path, work: Path, store: str, mode: str,
     shutil.rmtree(work / "live-spool", ignore_errors=True)
     shutil.copytree(spool, copy)
     env = dict(os.environ)
-    if code is not None:
-        env["PYTHONPATH"] = str(code)
+    # The code to drain with, first on the child's path: this tree's, or the baseline's.
+    env["PYTHONPATH"] = str(code if code is not None else ROOT)
     database = PostgresDatabase(prefix="iotmeter_bench_") if store == "postgresql" else None
     try:
         if database is not None:
@@ -462,5 +462,7 @@ def summarise(cells: dict[str, dict[str, list[dict[str, Any]]]],
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    sys.path.insert(1, str(ROOT))  # testsupport: the suite's servers, not in the package
+    # testsupport: the suite's servers, not in the package. Last, after PYTHONPATH: put
+    # before it, this tree's package shadowed the baseline's, and every child ran this code.
+    sys.path.append(str(ROOT))
     raise SystemExit(main())
