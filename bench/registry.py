@@ -171,6 +171,7 @@ def drain(spool_dir: Path, store_url: str, mode: str, steady_batch: int,
         spool.close()
         return {**figures, "code": str(Path(iotmeter_tui.__file__).parent.parent),
                 "digest": digest}
+    rss0 = _rss_mib()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     taken = writes = 0
     if mode == "steady":
@@ -188,13 +189,29 @@ def drain(spool_dir: Path, store_url: str, mode: str, steady_batch: int,
             taken += len(records)
             writes += 1
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    peak = _peak_rss_mib()
     digest = registry_digest(store, "bench/registry")
     store.close()
     spool.close()
     return {"records": taken, "writes": writes, "cpu_s": round(cpu, 3),
             "wall_s": round(wall, 3), "cpu_us_per_record": round(cpu / taken * 1e6, 2),
             "records_per_cpu_s": round(taken / cpu), "records_per_wall_s": round(taken / wall),
-            "code": str(Path(iotmeter_tui.__file__).parent.parent), "digest": digest}
+            "code": str(Path(iotmeter_tui.__file__).parent.parent), "digest": digest,
+            # What the batches held: the process's peak RSS over what it held before them
+            # (a steady run's batches are all read before: its figure says nothing).
+            "rss_start_mib": round(rss0, 1), "rss_peak_mib": round(peak, 1),
+            "rss_step_mib": round(peak - rss0, 1)}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def drive_live(sink: Any, recorded: Any, directory: Path, seconds: int) -> dict[str, Any]:
@@ -312,8 +329,8 @@ def child(code: Path | None, spool: Path, work: Path, store: str, mode: str,
     shutil.rmtree(work / "live-spool", ignore_errors=True)
     shutil.copytree(spool, copy)
     env = dict(os.environ)
-    if code is not None:
-        env["PYTHONPATH"] = str(code)
+    # The code to drain with, first on the child's path: this tree's, or the baseline's.
+    env["PYTHONPATH"] = str(code if code is not None else ROOT)
     database = PostgresDatabase(prefix="iotmeter_bench_") if store == "postgresql" else None
     try:
         if database is not None:
@@ -380,6 +397,8 @@ def main() -> int:
                               f"{r['writes']:>4} writes  CPU {r['cpu_s']:7.2f} s "
                               f"({r['cpu_us_per_record']:6.1f} us/record)  wall "
                               f"{r['wall_s']:7.2f} s"
+                              + (f"  RSS step {r['rss_step_mib']:.0f} MiB"
+                                 if "rss_step_mib" in r else "")
                               + (f"  catch-up {r['catchup_s']:.2f} s, writes after "
                                  f"{HELLO_EVERY_S} s {r['writes_after_first_hellos']}"
                                  if "catchup_s" in r else ""), flush=True)
@@ -443,5 +462,7 @@ def summarise(cells: dict[str, dict[str, list[dict[str, Any]]]],
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    sys.path.insert(1, str(ROOT))  # testsupport: the suite's servers, not in the package
+    # testsupport: the suite's servers, not in the package. Last, after PYTHONPATH: put
+    # before it, this tree's package shadowed the baseline's, and every child ran this code.
+    sys.path.append(str(ROOT))
     raise SystemExit(main())

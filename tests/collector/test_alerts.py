@@ -500,6 +500,27 @@ def test_the_hello_hint_and_the_config_override_pick_the_system() -> None:
     assert store.of("dc-2", Rule.VOLTAGE_RANGE) == []  # the operator's word wins
 
 
+def test_a_new_nominal_hint_moves_the_meter_although_its_system_is_cached() -> None:
+    """The system of a hint is worked out once per hint value and kept on the device: a
+    changed config or hello must still move the meter to its new system."""
+    clock = Clock()
+    store = FakeStore(configs={"dc-1": {"nominal_v": 1_500}})
+    engine, _ = make_engine(store, clock=clock)
+    engine.on_hello("dc-1", DC_TYPE, {"nominal_v": 750}, T0)
+    at = run(engine, T0, 5, lambda at: dc(engine, at, voltage=800))  # too low on 1500 V
+    [alert] = store.of("dc-1", Rule.VOLTAGE_RANGE)
+    assert (alert.state, "DC 1500 V" in alert.message) == ("active", True)
+    store.configs["dc-1"] = {}  # the hello's 750 V decides now
+    clock.ms += 60_000
+    at = run(engine, at, 40, lambda at: dc(engine, at, voltage=800))
+    assert [a.state for a in store.of("dc-1", Rule.VOLTAGE_RANGE)] == ["cleared"]
+    engine.on_hello("dc-1", DC_TYPE, {"nominal_v": 3_000}, at)
+    run(engine, at, 5, lambda at: dc(engine, at, voltage=800))
+    alerts = store.of("dc-1", Rule.VOLTAGE_RANGE)
+    assert [a.state for a in alerts] == ["cleared", "active"]
+    assert "DC 3000 V" in alerts[-1].message
+
+
 def test_a_device_type_change_drops_a_system_inferred_for_the_other_kind() -> None:
     engine, store = make_engine()
     engine.on_telemetry("m-1", "unknown", {"voltage_v": 800.0}, T0)  # locks DC 750

@@ -73,6 +73,16 @@ SEVERITY: Final[Mapping[Rule, Severity]] = {
 }
 
 
+# The rules judged per message or per batch, read once: an Enum member read from its class
+# costs more than the dict lookup it is wanted for.
+_VOLTAGE: Final = Rule.VOLTAGE_RANGE
+_CURRENT: Final = Rule.OVER_CURRENT
+_FREQUENCY: Final = Rule.FREQUENCY_BAND
+_ANOMALY: Final = Rule.ANOMALY
+_OFFLINE: Final = Rule.OFFLINE
+_SEQ_GAPS: Final = Rule.SEQ_GAPS
+
+
 # --- supply systems (EN 50163) -----------------------------------------------------------------
 
 DC_TYPE: Final = "power_meter_dc"
@@ -341,10 +351,17 @@ class _Device:
     last_at: int = 0
     hello_nominal: float | None = None
     inferred: SupplySystem | None = None  # locked from readings, see _system()
+    # The system of the last nominal hint (config or hello): worked out again only when the
+    # hint changes, not for every reading.
+    hint: float | None = None
+    hinted: SupplySystem | None = None
     limits: Limits = field(default_factory=Limits)
     limits_read: int = 0  # the config read `limits` came from
     gap_level: int | None = None
     gap_events: deque[tuple[int, int]] = field(default_factory=deque)  # (at, seqs lost)
+    # Open (or held) alerts only: a track is dropped when its alert clears, since a closed
+    # track is the same as none; so on_telemetry need not call _observe for a rule not in
+    # here whose verdict is OK.
     rules: dict[Rule, _RuleTrack] = field(default_factory=dict)
     offline_since: int | None = None  # believed offline since (None: up, or not known)
     planned_until: int | None = None  # a planned reboot may keep it offline until then
@@ -449,29 +466,68 @@ class AlertEngine:
         self, device_id: str, device_type: str, data: Mapping[str, float], at_ms: int,
         ts_ms: int | None = None,
     ) -> None:
-        dev, at = self._touch(device_id, device_type, at_ms)
-        self._back(device_id, dev, at)  # any message proves it is up
-        limits = self._limits(device_id, dev)
-        voltage, current, frequency = (
-            _number(data, "voltage_v"), _number(data, "current_a"), _number(data, "frequency_hz")
-        )
-        system = self._system(dev, limits, voltage, frequency)
-        if system is not None and voltage is not None:
-            self._observe(device_id, dev, Rule.VOLTAGE_RANGE, check_voltage(system, voltage), at)
+        # Every reading of the fleet comes here. The common case (a device up, no alert open,
+        # every value in range) is written out as attribute reads and comparisons, building
+        # nothing; a verdict that is not OK, or a device with an alert open or held, goes
+        # through _observe, the one state machine. _touch, _back and _limits, inline:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            dev = self._devices[device_id] = _Device()
+        if device_type != dev.device_type:
+            self._retype(dev, device_type)
+        at = dev.last_at
+        if at_ms > at:  # monotonic per device, so a late record cannot restart a hold
+            dev.last_at = at = at_ms
+        rules = dev.rules
+        if dev.offline_since is not None or _OFFLINE in rules:
+            self._back(device_id, dev, at)  # any message proves it is up
+        now = self._clock()
+        if now >= self._configs_due_ms:
+            self._read_configs(now)
+        if dev.limits_read != self._configs_read:
+            self._read_limits(device_id, dev)
+        limits = dev.limits
+        # A float is the rule (JSON numbers with a fraction); anything else, the full _number.
+        voltage = data.get("voltage_v")
+        if voltage is not None and voltage.__class__ is not float:
+            voltage = _number(data, "voltage_v")
+        current = data.get("current_a")
+        if current is not None and current.__class__ is not float:
+            current = _number(data, "current_a")
+        frequency = data.get("frequency_hz")
+        if frequency is not None and frequency.__class__ is not float:
+            frequency = _number(data, "frequency_hz")
+        hint = limits.nominal_v or dev.hello_nominal
+        if hint is not None and hint == dev.hint:
+            system = dev.hinted
+        elif hint is None and dev.inferred is not None:
+            system = dev.inferred
+        else:
+            system = self._system(dev, limits, voltage, frequency)
+        # Each check: the verdict's OK condition as in check_*, and the state machine only for
+        # a verdict that is not OK or a rule with its alert open (an OK verdict and no track
+        # is no change: _observe would return at once).
+        if system is not None and voltage is not None and (
+                voltage < system.min_v or voltage > system.max_v or _VOLTAGE in rules):
+            self._observe(device_id, dev, _VOLTAGE, check_voltage(system, voltage), at)
         limit = limits.max_current_a or (DEFAULT_MAX_CURRENT_A[system.key] if system else None)
-        if limit is not None and current is not None:
-            self._observe(device_id, dev, Rule.OVER_CURRENT, check_current(current, limit), at)
+        if limit is not None and current is not None and (
+                not abs(current) <= limit or _CURRENT in rules):
+            self._observe(device_id, dev, _CURRENT, check_current(current, limit), at)
         if system is not None and system.frequency_hz is not None and frequency is not None:
+            nominal_hz = system.frequency_hz
             band = limits.frequency_band_pct or DEFAULT_FREQUENCY_BAND_PCT
-            verdict = check_frequency(frequency, system.frequency_hz, band)
-            self._observe(device_id, dev, Rule.FREQUENCY_BAND, verdict, at)
+            if not abs(frequency - nominal_hz) <= nominal_hz * band / 100 or _FREQUENCY in rules:
+                verdict = check_frequency(frequency, nominal_hz, band)
+                self._observe(device_id, dev, _FREQUENCY, verdict, at)
         if self._anomaly is not None:
             # The device clock paces the detector: a replayed backlog is not a burst.
             found = self._anomaly.observe(device_id, dev.device_type, data,
                                           at_ms if ts_ms is None else ts_ms,
                                           limits.anomaly_sensitivity)
-            self._observe(device_id, dev, Rule.ANOMALY, None if found is None else Violation(
-                found.observed, found.score, 1.0, found.message()), at)
+            if found is not None or _ANOMALY in rules:
+                self._observe(device_id, dev, _ANOMALY, None if found is None else Violation(
+                    found.observed, found.score, 1.0, found.message()), at)
 
     def on_hello(
         self, device_id: str, device_type: str, data: Mapping[str, Any], at_ms: int
@@ -512,7 +568,11 @@ class AlertEngine:
             dev.gap_events.append((at, gap_count - dev.gap_level))
             self._waiting.add(device_id)
         dev.gap_level = gap_count
-        self._judge_gaps(device_id, dev, at)
+        # Called for every device in every registry batch. Nothing lost in the window and no
+        # alert open is the rule: check_gaps(0, threshold) is then OK, so nothing to judge.
+        if dev.gap_events or _SEQ_GAPS in dev.rules or (
+                dev.limits.gap_threshold or self._gap_threshold) < 0:
+            self._judge_gaps(device_id, dev, at)
 
     # -- writing
 
@@ -552,38 +612,46 @@ class AlertEngine:
 
     def _touch(self, device_id: str, device_type: str | None, at_ms: int) -> tuple[_Device, int]:
         dev = self._device(device_id)
-        # Records decided before the hello was registered still say 'unknown': never let
-        # them overwrite a type we know.
-        if device_type and device_type != "unknown" and device_type != dev.device_type:
-            dev.device_type = device_type
-            if dev.inferred is not None and not fits_device_type(dev.inferred, device_type):
-                dev.inferred = None
+        if device_type and device_type != dev.device_type:
+            self._retype(dev, device_type)
         # Monotonic per device, so a late record of an earlier batch cannot restart a hold.
         dev.last_at = max(dev.last_at, at_ms)
         return dev, dev.last_at
 
-    def _limits(self, device_id: str, dev: _Device) -> Limits:
-        now = self._clock()
-        if now >= self._configs_due_ms:
-            try:
-                self._configs = self._store.get_configs()
-                self._configs_read += 1
-                self._configs_due_ms = now + self._config_ttl_ms
-            except StoreError as exc:
-                # Judge with what we have; a store outage must not stop the message path.
-                log.warning("device configs not read, using cached limits: %s", exc)
-                self._configs_due_ms = now + CONFIG_RETRY_MS
-        if dev.limits_read != self._configs_read:
-            dev.limits = limits_from_config(device_id, self._configs.get(device_id, {}))
-            dev.limits_read = self._configs_read
-        return dev.limits
+    @staticmethod
+    def _retype(dev: _Device, device_type: str) -> None:
+        # Records decided before the hello was registered still say 'unknown': never let
+        # them overwrite a type we know.
+        if device_type and device_type != "unknown":
+            dev.device_type = device_type
+            if dev.inferred is not None and not fits_device_type(dev.inferred, device_type):
+                dev.inferred = None
+
+    def _read_configs(self, now: int) -> None:
+        """Every device's config, once per TTL; each device's limits follow on its next
+        reading (`limits_read`)."""
+        try:
+            self._configs = self._store.get_configs()
+            self._configs_read += 1
+            self._configs_due_ms = now + self._config_ttl_ms
+        except StoreError as exc:
+            # Judge with what we have; a store outage must not stop the message path.
+            log.warning("device configs not read, using cached limits: %s", exc)
+            self._configs_due_ms = now + CONFIG_RETRY_MS
+
+    def _read_limits(self, device_id: str, dev: _Device) -> None:
+        dev.limits = limits_from_config(device_id, self._configs.get(device_id, {}))
+        dev.limits_read = self._configs_read
 
     def _system(
         self, dev: _Device, limits: Limits, voltage: float | None, frequency: float | None
     ) -> SupplySystem | None:
         hint = limits.nominal_v or dev.hello_nominal
         if hint is not None:
-            return infer_supply_system(dev.device_type, None, hinted_nominal=hint)
+            if hint != dev.hint:  # a hint depends on nothing else: worked out once per value
+                dev.hint = hint
+                dev.hinted = infer_supply_system(dev.device_type, None, hinted_nominal=hint)
+            return dev.hinted
         if dev.inferred is not None:
             return dev.inferred
         guess = infer_supply_system(dev.device_type, voltage, frequency)
@@ -616,7 +684,7 @@ class AlertEngine:
                 if track.ok_since is None:
                     track.ok_since = at
                     self._waiting.add(device_id)
-                self._expire(device_id, rule, track, at)
+                self._expire(device_id, dev, rule, track, at)
             return
         if track is None:
             track = dev.rules[rule] = _RuleTrack()
@@ -630,9 +698,11 @@ class AlertEngine:
             track.worst = violation.excess
             self._queue(device_id, rule, _Change(_Op.RAISE, at, violation.value, violation.message))
 
-    def _expire(self, device_id: str, rule: Rule, track: _RuleTrack, now: int) -> None:
+    def _expire(self, device_id: str, dev: _Device, rule: Rule, track: _RuleTrack,
+                now: int) -> None:
         if track.ok_since is not None and now - track.ok_since >= self._hold_ms:
             track.open, track.worst, track.ok_since = False, None, None
+            del dev.rules[rule]  # closed: the same as no track
             self._queue(device_id, rule, _Change(_Op.CLEAR, now))
 
     def _queue(self, device_id: str, rule: Rule, change: _Change) -> None:
@@ -731,8 +801,8 @@ class AlertEngine:
             dev = self._devices[device_id]
             if dev.gap_events or Rule.SEQ_GAPS in dev.rules:
                 self._judge_gaps(device_id, dev, now)
-            for rule, track in dev.rules.items():
-                self._expire(device_id, rule, track, now)
+            for rule, track in list(dev.rules.items()):  # _expire drops the tracks it closes
+                self._expire(device_id, dev, rule, track, now)
             if not dev.is_waiting():
                 self._waiting.discard(device_id)
 

@@ -88,6 +88,26 @@ class QualityTracker:
         elif r.kind == REJECTED:
             self.rejected(r.device_id, r.received_ms)
 
+    def observe_all(self, records: Iterable[SpoolRecord]) -> None:
+        """observe() for each record of a batch. A telemetry record, nearly every one, is
+        counted here without the calls (_get and received, written out)."""
+        devices, changed = self._devices, self._changed
+        for r in records:
+            device_id = r.device_id
+            if r.kind != ACCEPTED or r.msg_type != "telemetry" or not device_id:
+                self.observe(r)
+                continue
+            at = r.received_ms
+            counts = devices.get(device_id)
+            if counts is None:
+                counts = devices[device_id] = _Counts(at)
+            elif at > counts.at:
+                counts.decay(at)
+            changed.add(device_id)
+            counts.received += 1
+            skew, mean = abs(at - r.ts), counts.skew
+            counts.skew = skew if mean < 0 else mean + SKEW_ALPHA * (skew - mean)
+
     def received(self, device_id: str, ts_ms: int, received_ms: int) -> None:
         counts = self._get(device_id, received_ms)
         counts.received += 1
@@ -125,11 +145,16 @@ class QualityTracker:
             c = self._devices[device_id]
             c.decay(now_ms)
             n_stuck = stuck.get(device_id, 0)
+            skew = max(c.skew, 0.0)
+            gaps, duplicates, rejects, resets = c.gaps, c.duplicates, c.rejects, c.counter_resets
+            # Every device of every batch: round(x, 2) costs a few hundred ns, and most of
+            # these counts are 0.0, which it returns unchanged.
             out.append(DeviceQuality(
-                device_id, quality_score(c.received, c.gaps, c.duplicates, c.rejects,
-                                         c.counter_resets, n_stuck, max(c.skew, 0.0)),
-                round(c.received, 2), round(c.gaps, 2), round(c.duplicates, 2),
-                round(c.rejects, 2), round(c.counter_resets, 2), n_stuck, round(max(c.skew, 0.0)),
-                now_ms))
+                device_id, quality_score(c.received, gaps, duplicates, rejects, resets, n_stuck,
+                                         skew),
+                round(c.received, 2), round(gaps, 2) if gaps else gaps,
+                round(duplicates, 2) if duplicates else duplicates,
+                round(rejects, 2) if rejects else rejects,
+                round(resets, 2) if resets else resets, n_stuck, round(skew), now_ms))
         self._changed.clear()
         return out

@@ -519,7 +519,8 @@ def _seq_row(state: SeqState) -> dict[str, Any]:
         "received": state.received,
         "duplicates": state.duplicates,
         "missing": state.missing,
-        "gaps": json.dumps([list(gap) for gap in state.gaps]),
+        # Most states have no open gap: json.dumps([]) is "[]", without the encoder's call.
+        "gaps": json.dumps([list(gap) for gap in state.gaps]) if state.gaps else "[]",
         "updated_at": state.updated_at,
         "collector": state.collector,
     }
@@ -566,7 +567,10 @@ UPSERT_SEQ: Final = f"""
         duplicates = excluded.duplicates, missing = excluded.missing, gaps = excluded.gaps,
         updated_at = excluded.updated_at"""
 
-QUALITY_COLUMNS: Final = ", ".join(f.name for f in fields(DeviceQuality))
+# Named once: the registry saves a row per device seen with every batch, and fields() is
+# worked out again on each call.
+QUALITY_FIELDS: Final = tuple(f.name for f in fields(DeviceQuality))
+QUALITY_COLUMNS: Final = ", ".join(QUALITY_FIELDS)
 UPSERT_QUALITY: Final = f"""
     INSERT INTO device_quality ({QUALITY_COLUMNS})
     VALUES ({", ".join(":" + f.name for f in fields(DeviceQuality))})
@@ -783,7 +787,7 @@ class SqlMetadataStore:
         return states if collector is not None else merge_seq_states(states)
 
     def save_quality(self, scores: Sequence[DeviceQuality]) -> None:
-        rows = [{f.name: getattr(q, f.name) for f in fields(DeviceQuality)}
+        rows = [{name: getattr(q, name) for name in QUALITY_FIELDS}
                 for q in sorted(scores, key=lambda q: q.device_id)]
         if rows:
             with self._tx(write=True) as tx:

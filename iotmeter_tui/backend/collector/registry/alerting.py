@@ -83,9 +83,7 @@ class QualityFeed:
 
     def observe(self, records: Iterable[SpoolRecord]) -> None:
         """Each record exactly once: the caller skips a retried batch."""
-        observe = self.tracker.observe
-        for r in records:
-            observe(r)
+        self.tracker.observe_all(records)
 
     def gaps(self, device_id: str, gap_count: int, at: int) -> None:
         self.tracker.gaps(device_id, gap_count, at)

@@ -36,11 +36,11 @@ class SequenceLedger:
 
     def observe(self, records: Iterable[SpoolRecord]) -> None:
         """Each record exactly once: the caller skips a retried batch."""
-        observe, current = self.tracker.observe, self.current_boot
+        observe, current, duplicate = self.tracker.observe, self.current_boot, Verdict.DUPLICATE
         for r in records:
             if r.kind != REJECTED and r.seq >= 0:
                 verdict = observe(r.device_id, r.boot, r.seq, r.received_ms)
-                if verdict is not Verdict.DUPLICATE and r.boot > current.get(r.device_id, -1):
+                if verdict is not duplicate and r.boot > current.get(r.device_id, -1):
                     current[r.device_id] = r.boot
 
     def is_stale(self, device_id: str, boot: int | None) -> bool:

@@ -12,7 +12,11 @@ from iotmeter_tui.backend.collector.alerts import AlertEngine
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.registry.alerting import AlertFeed, QualityFeed
 from iotmeter_tui.backend.collector.registry.decoded import content
-from iotmeter_tui.backend.collector.registry.devices import DeviceFold, KnownDevices
+from iotmeter_tui.backend.collector.registry.devices import (
+    DeviceChange,
+    DeviceFold,
+    KnownDevices,
+)
 from iotmeter_tui.backend.collector.registry.reports import DeviceReports
 from iotmeter_tui.backend.collector.registry.sequence import Changed, SequenceLedger
 from iotmeter_tui.backend.collector.registry.silence import SilenceWatch
@@ -146,10 +150,30 @@ class RegistrySink(RecordSink):
         devices = DeviceFold()
         reports = DeviceReports(self.store, self.alerts)
         newest = 0
+        changes = devices.changes
+        telemetry = self.alerts.telemetry
         for r in records:
-            if r.kind == ACCEPTED:
-                newest = max(newest, r.received_ms)
+            if r.kind != ACCEPTED:
+                continue
+            at = r.received_ms
+            if at > newest:
+                newest = at
+            if r.msg_type != protocol.TELEMETRY:
                 self._route(r, devices, reports)
+                continue
+            # Telemetry is nearly every record, so its way is written out here rather than
+            # in calls: DeviceFold.seen and DeviceFold.online.
+            change = changes.get(r.device_id)
+            if change is None:
+                change = changes[r.device_id] = DeviceChange(at)
+            elif at > change.last_seen:
+                change.last_seen = at
+            data = r.data
+            if data is None:
+                data = content(r).data
+            telemetry(r, data)
+            if change.status != "online":
+                change.status, change.status_at = "online", at
         gaps = self.sequence.sweep(newest) if newest else 0
         # Before the cursor moves: applying them again after a crash is harmless.
         reports.store_all()
@@ -171,15 +195,11 @@ class RegistrySink(RecordSink):
             self.metrics.gaps.inc(gaps)
 
     def _route(self, r: SpoolRecord, devices: DeviceFold, reports: DeviceReports) -> None:
-        """One accepted message to the parts it concerns."""
+        """One accepted message other than telemetry (write() takes those) to the parts it
+        concerns."""
         change = devices.seen(r)
         at = r.received_ms
         msg_type = r.msg_type
-        if msg_type == protocol.TELEMETRY:  # nearly every message: the short way
-            self.alerts.telemetry(r, r.data if r.data is not None else content(r).data)
-            if change.status != "online":
-                change.status, change.status_at = "online", at
-            return
         data, status_boot = content(r)
         if msg_type == protocol.HELLO:
             devices.hello(change, r, data)
@@ -201,10 +221,13 @@ class RegistrySink(RecordSink):
     def _gap_alerts(self, changed: Changed) -> None:
         if self.shared:
             return
+        # Every device of the batch is here: one clock read for all, the calls bound once.
+        now = _now_ms()
+        is_current, alert, score = self.sequence.is_current, self.alerts.gaps, self.quality.gaps
         for device_id, boot, track in changed:
-            if self.sequence.is_current(device_id, boot):
-                self.alerts.gaps(device_id, track.gap_count, _now_ms())
-                self.quality.gaps(device_id, track.gap_count, _now_ms())
+            if is_current(device_id, boot):
+                alert(device_id, track.gap_count, now)
+                score(device_id, track.gap_count, now)
 
     # --- between batches --------------------------------------------------------------------
 
