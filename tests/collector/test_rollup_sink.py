@@ -193,3 +193,20 @@ def test_a_held_pipeline_makes_a_batch_due_at_once(tmp_path: Path,
     assert collector.roll_up() == 10
     collector.receive([record(20, H0 + 20_000, 5.0)])
     assert not collector.spool.waiting_for_room
+
+
+def test_a_backlog_larger_than_a_batch_is_taken_batch_after_batch(
+        tmp_path: Path, store: TimeSeriesStore) -> None:
+    """A read that stops at the batch size leaves the next batch due at once: a fleet that
+    sends more than a batch a minute is not left further behind every minute."""
+    collector = Collector(tmp_path, store)
+    collector.rollups.every_s = 3600.0
+    collector.rollups.max_records = 10
+    for start in (0, 10, 20):
+        collector.receive([record(i, H0 + i * 1000, 6.0) for i in range(start, start + 10)])
+    collector.store_points()
+    assert [collector.roll_up() for _ in range(4)] == [10, 10, 10, 0]
+    assert collector.rollup_at == collector.ts_at
+    collector.receive([record(30, H0 + 30_000, 6.0)])
+    collector.store_points()
+    assert collector.roll_up() == 0  # caught up: the next batch waits for its hour

@@ -30,8 +30,9 @@ class RollupSink(Sink[Point]):
     name = "rollups"
 
     def __init__(self, store: TimeSeriesStore, cursor: CursorFile, stored: CursorFile, *,
-                 every_s: float = ROLLUP_EVERY_S) -> None:
+                 every_s: float = ROLLUP_EVERY_S, max_records: int = MAX_BATCH_RECORDS) -> None:
         self.store = store
+        self.max_records = max_records
         self.cursor = cursor
         self.stored = stored  # the time-series sink's cursor: what is in the store
         self.every_s = every_s
@@ -39,6 +40,10 @@ class RollupSink(Sink[Point]):
         # A batch read but not stored yet by the time-series sink: kept as it is (same end)
         # until that sink passes it, so a busy spool cannot keep it waiting for ever.
         self._pending: tuple[list[Point], Position] | None = None
+        # The last read stopped at `max_records`, not at the end of the spool: the next
+        # batch is due at once. (A fleet sending more than that a minute would otherwise
+        # fall further behind every minute, holding up to half the spool.)
+        self._behind = False
 
     def load_cursor(self) -> Position | None:
         return self.cursor.load()
@@ -50,7 +55,8 @@ class RollupSink(Sink[Point]):
         if self._pending is None:
             # A turn larger than what is left waits while the spool is far from half full:
             # waiting for the minute would hold the broker's acknowledgements that long.
-            due = (self.draining or time.monotonic() - self._taken_at >= self.every_s
+            due = (self.draining or self._behind
+                   or time.monotonic() - self._taken_at >= self.every_s
                    or spool.size_bytes >= spool.max_bytes // 2 or spool.waiting_for_room)
             if not due:
                 return [], cursor
@@ -70,12 +76,12 @@ class RollupSink(Sink[Point]):
         return points, end
 
     def _read(self, spool: Spool, cursor: Position) -> tuple[list[Point], Position]:
-        """The telemetry after `cursor`, across segments, up to MAX_BATCH_RECORDS records."""
+        """The telemetry after `cursor`, across segments, up to `max_records` records."""
         points: list[Point] = []
         position = cursor
         seen = 0
-        while seen < MAX_BATCH_RECORDS:
-            records, end = spool.read(position)
+        while seen < self.max_records:
+            records, end = spool.read(position, max_records=self.max_records - seen)
             if not records and end == position:
                 break
             seen += len(records)
@@ -83,6 +89,7 @@ class RollupSink(Sink[Point]):
                        for r in records
                        if r.kind == ACCEPTED and r.msg_type == protocol.TELEMETRY]
             position = end
+        self._behind = seen >= self.max_records
         return points, position
 
     def _is_stored(self, spool: Spool, end: Position) -> bool:
