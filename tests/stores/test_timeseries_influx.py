@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -226,19 +227,21 @@ def scripted() -> Iterator[Callable[..., ScriptedInflux]]:
 
 def stored(device_id: str, ts: int, **fields: float) -> Callable[[Seen], tuple[
         int, dict[str, str], bytes]]:
-    """Answer as a server holding one point: a rollup's aggregate of raw points finds it, its
-    SELECT of 1 min rows finds that point's minute; everything else ok."""
+    """Answer as a server holding one point: a rollup's aggregate (of raw points, or of 1 min
+    rows for the hour) finds it in its bucket, a SELECT of 1 min rows finds that point's
+    minute; everything else ok."""
     def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
         if request.path != "/query":
             return ok(request)
         query = urllib.parse.parse_qs(request.body.decode()).get("q", [""])[0]
         if not query.startswith("SELECT"):
             return ok(request)
-        if "GROUP BY time(" in query:  # a minute aggregated from the raw points
+        width = re.search(r"GROUP BY time\((\d+)ms\)", query)
+        if width:  # a bucket aggregated from the level below
             row = [v for value in fields.values() for v in (value, value, value, 1, value)]
             series = {"name": "x", "tags": {"device_id": device_id},
                       "columns": ["time", *(f"c{i}" for i in range(len(row)))],
-                      "values": [[ts - ts % 60_000, *row]]}
+                      "values": [[ts - ts % int(width.group(1)), *row]]}
             body = json.dumps({"results": [{"statement_id": 0, "series": [series]}]})
             return 200, {"Content-Type": "application/json"}, body.encode() + b"\n"
         if '"iot_telemetry_1m"' in query:

@@ -521,16 +521,15 @@ class InfluxTimeSeries:
         rows: dict[tuple[str, int], dict[str, list[float]]] = {}
         if not redo_keys:
             return rows
-        if below is None:
-            try:
-                return self._minutes_from_points(level, redo_keys, sorted(redo), names)
-            except StoreRejected as exc:
-                # InfluxDB cannot put in JSON an aggregate that is not finite (the sum of
-                # adversarial readings near 1e308 overflows): it answers with an error text
-                # instead. Those minutes are folded here from the raw points, where the sum
-                # that overflows leaves its field's bucket out (_write_rollups), as in SQLite.
-                log.warning("rollup minutes folded from raw points", extra={
-                    "event": "rollup_fold_locally", "error": str(exc)})
+        try:
+            return self._aggregated(level, redo_keys, sorted(redo), names, below)
+        except StoreRejected as exc:
+            # InfluxDB cannot put in JSON an aggregate that is not finite (the sum of
+            # adversarial readings near 1e308 overflows): it answers with an error text
+            # instead. Those buckets are folded here from the rows below, where the sum that
+            # overflows leaves its field's bucket out (_write_rollups), as in SQLite.
+            log.warning("rollup buckets folded from the level below", extra={
+                "event": "rollup_fold_locally", "level": level.name, "error": str(exc)})
         # Only the batch's fields: a mixed fleet's other fields would come back as nulls.
         if below is None:
             columns = ", ".join(_ident(name) for name in names) + ', "device_id"'
@@ -556,22 +555,30 @@ class InfluxTimeSeries:
                     _fold(row, name, acc)
         return rows
 
-    def _minutes_from_points(
+    def _aggregated(
         self, level: Resolution, redo_keys: set[tuple[str, int]], devices: list[str],
-        names: list[str],
+        names: list[str], below: Resolution | None,
     ) -> dict[tuple[str, int], dict[str, list[float]]]:
-        """Buckets of the finest level, aggregated by the server (GROUP BY time): one row a
-        bucket crosses the wire instead of every point, which kept the collector's CPU for
-        rollups several times its write's. `lt` is the bucket's last ms: it only orders rows
-        of different buckets (their `last`), never two rows of one bucket."""
+        """Buckets of `level` aggregated by the server (GROUP BY time) from raw points or the
+        rows of the level below: one row a bucket crosses the wire instead of every point or
+        minute. Raw points kept the collector's CPU for rollups several times its write's;
+        an hour of a 5,000-meter fleet's minute rows, read back and folded here on every
+        batch, kept the rollups behind the fleet. `lt` is the bucket's last ms: it only
+        orders rows of different buckets (their `last`), never two rows of one bucket."""
         width = level.width_ms
         scope = ""
         if len(devices) <= IDS_PER_STATEMENT:
             scope = " AND (" + " OR ".join(f'"device_id" = {_literal(d)}' for d in devices) + ")"
-        aggregates = ", ".join(f"{fn}({_ident(name)})" for name in names
-                               for fn in ("min", "max", "sum", "count", "last"))
+        if below is None:
+            aggregates = ", ".join(f"{fn}({_ident(name)})" for name in names
+                                   for fn in ("min", "max", "sum", "count", "last"))
+        else:  # min of mins, max of maxes, sums of sums and counts, the last minute's last
+            aggregates = ", ".join(
+                f"{fn}({_ident(f'{name}_{part}')})" for name in names
+                for fn, part in (("min", "min"), ("max", "max"), ("sum", "sum"),
+                                 ("sum", "count"), ("last", "last")))
         statements = [
-            f"SELECT {aggregates} FROM {_ident(MEASUREMENT)} WHERE "
+            f"SELECT {aggregates} FROM {self._rollup_source(below)} WHERE "
             f"{_time_range(start, end)}{scope} GROUP BY time({width}ms), \"device_id\" "
             "fill(none)"
             for start, end in bucket_runs(sorted({b for _, b in redo_keys}), width)
