@@ -415,7 +415,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Distinct telemetry field names each device type may use (learned since the "
             "collector started); a message bringing more is rejected as field_budget."),
     # --- rollups and retention ---
-    Setting("rollups", _bool, True,
+    # Off by default: on InfluxDB 1.6 on 2 cores, aggregating a minute of a 5,000-meter
+    # fleet took the server longer than the minute (docs/performance.md, round three).
+    Setting("rollups", _bool, False,
             "Keep 1-minute and 1-hour rollups in the time-series store (the collector's rollup "
             "sink, off the write path), so long chart windows read them."),
     Setting("retention_raw", _retention, "inf",

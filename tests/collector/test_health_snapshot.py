@@ -7,13 +7,16 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import pytest
+
 from iotmeter_tui.backend.collector.health import CollectorHealth, DispatcherHealth, SinkHealth
 from iotmeter_tui.backend.collector.worker import CollectorWorker
+from iotmeter_tui.backend.stores import open_stores
 from testsupport import MosquittoServer
 from testsupport.fleet import Publisher, status, telemetry, wait_for
 from testsupport.harness import running_collector, settings_for
 
-SINKS = {"timeseries", "archive", "registry", "rollups"}  # rollups: on by default
+SINKS = {"timeseries", "archive", "registry"}  # rollups: off by default
 
 
 def test_health_counts_agree_with_the_metrics(tmp_path: Path,
@@ -42,9 +45,7 @@ def test_health_counts_agree_with_the_metrics(tmp_path: Path,
 
         def caught_up() -> CollectorHealth | None:
             now = collector.health()
-            # The rollup sink takes its batch once a minute: it is only checked to be up.
-            return now if all(s.up and (s.backlog_bytes == 0 or s.name == "rollups")
-                              for s in now.sinks) else None
+            return now if all(s.up and s.backlog_bytes == 0 for s in now.sinks) else None
 
         settled = wait_for(caught_up, what="every sink caught up")
         assert settled.dispatcher is not None and settled.dispatcher.error is None
@@ -85,3 +86,28 @@ def test_worker_ships_typed_health_from_the_child(tmp_path: Path,
     finally:
         worker.stop()
     assert worker.health() is None  # no child, no snapshot
+
+
+def test_rollups_turned_on_add_their_sink_which_drains_at_the_stop(
+        tmp_path: Path, private_mosquitto: MosquittoServer) -> None:
+    """IOTMETER_ROLLUPS=true (off by default): the collector runs a rollup sink beside the
+    others, and a clean stop drains it, so the hour's rollup is there after it."""
+    settings = settings_for(tmp_path, {}, rollups="true")
+    sent = [telemetry("dc-0001", 1, s) for s in range(20)]
+    with running_collector(settings, private_mosquitto.url) as collector:
+        assert {s.name for s in collector.health().sinks} == SINKS | {"rollups"}
+        pub = Publisher(private_mosquitto.url)
+        pub.publish(sent)
+        pub.close()
+        wait_for(lambda: collector.health().acked == 20, what="20 messages acknowledged")
+    first = 1_795_740_000_000 + 10_000_000  # telemetry()'s ts of boot 1, seq 0
+    hour = first - first % 3_600_000
+    stores = open_stores(settings)
+    try:
+        # One bucket an hour wide: read from the 1 h rollups, which exist only if the rollup
+        # sink took the batch.
+        [bucket] = stores.timeseries.history("dc-0001", ["voltage_v"], hour,
+                                             hour + 3_600_000, 1)
+        assert bucket.values["voltage_v"]["mean"] == pytest.approx(748.2)
+    finally:
+        stores.close()

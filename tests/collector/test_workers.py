@@ -241,7 +241,7 @@ def test_the_dashboards_collector_runs_the_same_workers(
         assert_exactly_once(settings, sent)
         health = worker.health()
         assert health is not None and {s.name for s in health.sinks} == {
-            "timeseries", "archive", "registry", "rollups"}
+            "timeseries", "archive", "registry"}
         assert (settings.home / "collector.log").read_text().count('"worker_started"') == 2
     finally:
         worker.stop()
