@@ -14,7 +14,10 @@ time-series sink (the write path; what the collector runs with IOTMETER_ROLLUPS=
 the rollup sink (collector/rollup_sink.py) once per --rollup-every-s of fleet time, as its
 runner does. Each sink's CPU (time.process_time: this process, i.e. the collector's; the
 server's own is apart) is summed per message: the time-series sink alone is the baseline
-"without rollups", the two together "with".
+"without rollups", the two together "with". The rollup sink's wall time per minute of fleet
+time counts the server's work too: on InfluxDB it is measured both as one collector process
+rolls up (folding each batch into the rows it wrote last) and as several do (recomputing
+every touched bucket on the server).
 
     .venv/bin/python bench/rollups.py [--every-s 5] [--runs 11] [--fleet 200] [--seconds 600]
         [--out FILE]
@@ -42,6 +45,7 @@ from iotmeter_tui.backend.collector.metrics import CollectorMetrics  # noqa: E40
 from iotmeter_tui.backend.collector.rollup_sink import ROLLUP_EVERY_S, RollupSink  # noqa: E402
 from iotmeter_tui.backend.collector.sinks import CursorFile, TimeSeriesSink  # noqa: E402
 from iotmeter_tui.backend.collector.spool import ACCEPTED, Spool, SpoolRecord  # noqa: E402
+from iotmeter_tui.backend.stores.rollup_fold import RollupBatch  # noqa: E402
 from iotmeter_tui.backend.stores.rollups import HOUR_MS, aligned_range  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore  # noqa: E402
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries  # noqa: E402
@@ -76,7 +80,7 @@ def chart_figures(store: TimeSeriesStore, runs: int, every_s: int) -> dict[str, 
     started = time.perf_counter()
     for batch in batches:
         store.write(batch)
-        store.roll_up(batch)
+        store.roll_up(RollupBatch.of(batch))
     load_s = time.perf_counter() - started
     start, end = aligned_range(END_MS - WEEK_MS, END_MS, CHART_POINTS)
     rollup, raw = paired_latency(runs, chart(store, start, end),
@@ -94,21 +98,26 @@ def chart_figures(store: TimeSeriesStore, runs: int, every_s: int) -> dict[str, 
 
 
 def collector_figures(store: TimeSeriesStore, directory: Path, fleet: int, seconds: int,
-                      commit: int, rollup_every_s: int) -> dict[str, Any]:
-    """CPU per message of the time-series sink and of the rollup sink over the same spool."""
+                      commit: int, rollup_every_s: int, sole_writer: bool) -> dict[str, Any]:
+    """CPU per message of the time-series sink and of the rollup sink over the same spool,
+    and the rollup sink's wall time (with the server's)."""
     rng = random.Random(5)
     spool = Spool(directory / "spool", max_bytes=1 << 34)
     stored = CursorFile(directory / "timeseries.cursor")
     timeseries = TimeSeriesSink(store, stored, CollectorMetrics())
-    rollups = RollupSink(store, CursorFile(directory / "rollups.cursor"), stored, every_s=0)
+    rollups = RollupSink(store, CursorFile(directory / "rollups.cursor"), stored, every_s=0,
+                         sole_writer=sole_writer)
     ts_at = rollup_at = spool.start()
     cpu = {"timeseries": 0.0, "rollups": 0.0}
+    rollup_wall = 0.0
     messages = 0
+    now = int(time.time() * 1000)
+    start_ms = now - now % 60_000 - seconds * 1000  # the fleet's time ends now, as live data
     for chunk in range(0, seconds, rollup_every_s):
         records = []
         for second in range(chunk, min(seconds, chunk + rollup_every_s)):
             for d in range(fleet):
-                ts = END_MS + second * 1000 + d
+                ts = start_ms + second * 1000 + d
                 data = meter_fields(rng, second)
                 records.append(SpoolRecord(ACCEPTED, ts, f"m-{d:04d}", "telemetry",
                                            "power_meter_dc", 1, second, ts, "", "", "",
@@ -126,12 +135,13 @@ def collector_figures(store: TimeSeriesStore, directory: Path, fleet: int, secon
             timeseries.save_cursor(end)
             ts_at = end
         cpu["timeseries"] += time.process_time() - started
-        started = time.process_time()
+        started, wall = time.process_time(), time.perf_counter()
         points, end = rollups.next_batch(spool, rollup_at)
         rollups.write(points, end)
         rollups.save_cursor(end)
         rollup_at = end
         cpu["rollups"] += time.process_time() - started
+        rollup_wall += time.perf_counter() - wall
     spool.close()
     without = cpu["timeseries"] / messages * 1e6
     added = cpu["rollups"] / messages * 1e6
@@ -141,6 +151,8 @@ def collector_figures(store: TimeSeriesStore, directory: Path, fleet: int, secon
         "cpu_us_per_msg_without_rollups": round(without, 1),
         "cpu_us_per_msg_with_rollups": round(without + added, 1),
         "rollup_sink_cpu_us_per_msg": round(added, 1),
+        "sole_writer": sole_writer,
+        "rollup_sink_wall_s_per_fleet_minute": round(rollup_wall / seconds * 60, 3),
         "with_over_without": round((without + added) / without, 2),
     }
 
@@ -174,30 +186,41 @@ def main() -> int:
         store = sqlite_store(directory, "collector", True)
         results["sqlite"]["collector"] = collector_figures(
             store, directory / "c-sqlite", args.fleet, args.seconds, args.batch,
-            args.rollup_every_s)
+            args.rollup_every_s, True)
         store.close()
     with InfluxServer() as server:
         store = influx_store(server, "chart", True)
         results["influxdb"] = {"chart": chart_figures(store, args.runs, args.every_s)}
         store.close()
-        store = influx_store(server, "collector", True)
-        with tempfile.TemporaryDirectory() as tmp:
-            results["influxdb"]["collector"] = collector_figures(
-                store, Path(tmp), args.fleet, args.seconds, args.batch, args.rollup_every_s)
-        store.close()
+        # One collector process folds (the default); several recompute on the server.
+        for key, sole in (("collector", True), ("collector_several_workers", False)):
+            store = influx_store(server, key, True)
+            with tempfile.TemporaryDirectory() as tmp:
+                results["influxdb"][key] = collector_figures(
+                    store, Path(tmp), args.fleet, args.seconds, args.batch,
+                    args.rollup_every_s, sole)
+            store.close()
     print("charts: stores with rollups on; collector: time-series sink alone vs with the "
           "rollup sink")
     for backend in ("sqlite", "influxdb"):
-        c, w = results[backend]["chart"], results[backend]["collector"]
+        c = results[backend]["chart"]
         print(f"{backend:8} 7-day chart ({c['points']} points, {c['buckets']} buckets): "
               f"rollups median {c['chart_from_rollups_ms']['median']} ms "
               f"p95 {c['chart_from_rollups_ms']['p95']} ms, raw median "
               f"{c['chart_from_raw_ms']['median']} ms (x{c['raw_over_rollups']}); "
               f"target < {TARGET_MS:g} ms: {'met' if c['meets_target'] else 'MISSED'}")
-        print(f"{'':8} collector CPU per message ({w['messages']:,} messages): "
-              f"{w['cpu_us_per_msg_without_rollups']} µs without rollups, "
-              f"{w['cpu_us_per_msg_with_rollups']} µs with (rollup sink "
-              f"{w['rollup_sink_cpu_us_per_msg']} µs, x{w['with_over_without']})")
+        for key in ("collector", "collector_several_workers"):
+            w = results[backend].get(key)
+            if w is None:
+                continue
+            how = ("folded by the one collector process" if w["sole_writer"] and
+                   backend == "influxdb" else "recomputed from the stored points")
+            print(f"{'':8} collector CPU per message ({w['messages']:,} messages), rollups "
+                  f"{how}: {w['cpu_us_per_msg_without_rollups']} µs without rollups, "
+                  f"{w['cpu_us_per_msg_with_rollups']} µs with (rollup sink "
+                  f"{w['rollup_sink_cpu_us_per_msg']} µs, x{w['with_over_without']}); the "
+                  f"rollup sink's wall time, server included: "
+                  f"{w['rollup_sink_wall_s_per_fleet_minute']} s a minute of the fleet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

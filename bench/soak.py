@@ -119,7 +119,7 @@ _BY_LABEL = {"iotmeter_messages_accepted_total": ("accepted", "msg_type"),
              "iotmeter_sink_backlog_bytes": ("backlog_bytes", "sink")}
 
 
-SINKS = {"timeseries", "archive", "registry"}
+SINKS = {"timeseries", "archive", "registry"}  # and "rollups" with --rollups
 
 
 def spool_bytes(directory: Path) -> int:
@@ -165,6 +165,29 @@ def influx_total(http_url: str) -> int | None:
     except (OSError, RuntimeError):
         return None  # the database may not exist yet
     return int(series[0]["values"][0][1]) if series else 0
+
+
+def rollup_audit(http_url: str, raw: dict[str, int]) -> dict[str, Any]:
+    """With rollups on: per device, the count the 1 min and the 1 h rollups hold of a field
+    every meter sends against the raw points' count of it, and the devices that differ."""
+    field = "voltage_v"
+    found: dict[str, Any] = {}
+    for level in ("1m", "1h"):
+        series = influxql(http_url, f'SELECT sum("{field}_count") FROM '
+                          f'"rollup_{level}"."iot_telemetry_{level}" GROUP BY device_id',
+                          timeout=300)
+        counts = {s["tags"]["device_id"]: int(s["values"][0][1]) for s in series}
+        wrong = sorted(d for d in set(raw) | set(counts) if counts.get(d, 0) != raw.get(d, 0))
+        found[level] = {"points": sum(counts.values()), "devices_differing": len(wrong),
+                        "first_differing": {d: [counts.get(d, 0), raw.get(d, 0)]
+                                            for d in wrong[:5]}}
+    return found
+
+
+def influx_field_counts(http_url: str, field: str) -> dict[str, int]:
+    series = influxql(http_url, f'SELECT count("{field}") FROM iot_telemetry GROUP BY device_id',
+                      timeout=300)
+    return {s["tags"]["device_id"]: int(s["values"][0][1]) for s in series}
 
 
 def influx_per_device(http_url: str) -> dict[str, int]:
@@ -840,6 +863,9 @@ def main() -> int:
                         help="at the end of the run, stop the collector (SIGTERM) while the "
                         "meters still publish, time it against the 10 s budget, and start "
                         "it again")
+    parser.add_argument("--rollups", action="store_true",
+                        help="turn rollups on (IOTMETER_ROLLUPS=true) and audit them: each "
+                             "device's 1 min and 1 h counts against its raw points")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-archive-audit", action="store_true",
                         help="skip reading the archive back at the end")
@@ -881,6 +907,7 @@ def main() -> int:
         settings = settings_for(home, {
             "IOTMETER_DB_URL": database.url,
             "IOTMETER_TSDB_URL": f"influxdb://{influx.host}:{influx.port}/{DB}",
+            "IOTMETER_ROLLUPS": "true" if args.rollups else "false",
         })
         soak = Soak(args, work, broker, influx, settings)
         try:
@@ -888,6 +915,9 @@ def main() -> int:
             print("auditing the stores device by device ...", flush=True)
             checked = audit(settings, influx.http_url, outcome["summary"],
                             not args.no_archive_audit)
+            if args.rollups:
+                checked["rollups"] = rollup_audit(
+                    influx.http_url, influx_field_counts(influx.http_url, "voltage_v"))
         finally:
             soak.registry_received.close()  # an open connection would hold the DROP DATABASE
             for process in (soak.simulator, soak.collector):
@@ -982,6 +1012,8 @@ def judge(r: dict[str, Any]) -> None:
         "memory_flat_why_not_judged": steady["why_not"],
         "stop_within_budget": run["stop_within_budget"],
         "nothing_lost": (checked["devices_with_problems"] == 0
+                         and not any(level["devices_differing"]
+                                     for level in (checked.get("rollups") or {}).values())
                          and checked["devices_sent"] == r["devices"]
                          and run["simulator_exit"] == 0 and r["faults_off"]),
     }
@@ -1048,6 +1080,10 @@ def print_report(r: dict[str, Any]) -> None:
           f"{audit_['devices_with_problems']} of {audit_['devices_sent']}")
     for device, problems in list(audit_["problems_first"].items())[:5]:
         print(f"  {device}: {'; '.join(problems)}")
+    for level, found in (audit_.get("rollups") or {}).items():
+        print(f"rollups {level}: {found['points']} voltage_v readings counted; devices whose "
+              f"count differs from their raw points: {found['devices_differing']} "
+              f"{found['first_differing'] or ''}")
     if run.get("left_at_stop_per_sink_bytes"):
         print("left at the stop, per sink (MiB): " + ", ".join(
             f"{k} {v / 2**20:.1f}" for k, v in sorted(run["left_at_stop_per_sink_bytes"].items())))

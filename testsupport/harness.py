@@ -51,7 +51,7 @@ def env_for(settings: Settings, mqtt_url: str) -> dict[str, str]:
                 "s3_access_key", "s3_secret_key", "s3_region", "reorder_timeout_s",
                 "archive_window_s", "client_id", "spool_max_bytes", "auto_register",
                 "redeliver_after_s", "firmware_listen", "firmware_base_url",
-                "firmware_public_key", "collector_workers"):
+                "firmware_public_key", "collector_workers", "rollups"):
         value = getattr(settings, key)
         if value is not None:
             env[f"IOTMETER_{key.upper()}"] = str(value).lower() if isinstance(

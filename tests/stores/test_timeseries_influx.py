@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotmeter_tui.backend.errors import PartialWriteError, StoreRejected, StoreUnavailable
+from iotmeter_tui.backend.stores.rollup_fold import RollupBatch
 from iotmeter_tui.backend.stores.timeseries import Point
 from iotmeter_tui.backend.stores.timeseries_influx import InfluxTimeSeries
 from testsupport import InfluxServer
@@ -238,7 +239,9 @@ def stored(device_id: str, ts: int, **fields: float) -> Callable[[Seen], tuple[
             return ok(request)
         width = re.search(r"GROUP BY time\((\d+)ms\)", query)
         if width:  # a bucket aggregated from the level below
-            row = [v for value in fields.values() for v in (value, value, value, 1, value)]
+            from_minutes = '"iot_telemetry_1m"' in query  # an hour also takes max(lt)
+            row = [v for value in fields.values()
+                   for v in (value, value, value, 1, value, *([ts] if from_minutes else []))]
             series = {"name": "x", "tags": {"device_id": device_id},
                       "columns": ["time", *(f"c{i}" for i in range(len(row)))],
                       "values": [[ts - ts % int(width.group(1)), *row]]}
@@ -284,7 +287,7 @@ def test_the_wire_format(scripted: Callable[..., ScriptedInflux], rollups: bool)
     # write path. roll_up() (the collector's rollup sink) then writes the 1 min and 1 h
     # rollups, in their retention policies (test_timeseries_rollups.py).
     assert [s for s in server.seen if "rp=" in s.path] == []
-    store.roll_up([point])
+    store.roll_up(RollupBatch.of([point]))
     create = server.seen[0]
     assert urllib.parse.parse_qs(create.body.decode()) == {"q": ['CREATE DATABASE "iot-metrics"']}
     [write] = server.writes()
@@ -429,7 +432,7 @@ def test_a_rollup_write_that_keeps_failing_fails_the_batch(
     store = InfluxTimeSeries(server.url(), retries=1, backoff_s=0.01, rollups=True)
     store.write([pt("d", T0, v=1.0)])  # the raw write does not wait for rollups
     with pytest.raises(StoreUnavailable, match="overloaded"):
-        store.roll_up([pt("d", T0, v=1.0)])
+        store.roll_up(RollupBatch.of([pt("d", T0, v=1.0)]))
     assert len(server.writes()) == 1
     assert len([s for s in server.seen if "rp=rollup_1m" in s.path]) == 2
 

@@ -22,6 +22,7 @@ from iotmeter_tui.backend.config import load_settings
 from iotmeter_tui.backend.errors import PartialWriteError
 from iotmeter_tui.backend.stores import open_stores
 from iotmeter_tui.backend.stores.factory import open_timeseries
+from iotmeter_tui.backend.stores.rollup_fold import RollupBatch
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
     MINUTE_MS,
@@ -32,7 +33,9 @@ from iotmeter_tui.backend.stores.timeseries import Bucket, Point, TimeSeriesStor
 from iotmeter_tui.backend.stores.timeseries_sqlite import SqliteTimeSeries
 from testsupport import InfluxServer
 
-ADAPTERS = ["influxdb", "sqlite"]
+# "influxdb-sole": InfluxDB rolled up as a one-worker collector does it, folding each batch
+# into the rows it wrote last (stores/rollup_fold.py); every test holds for it too.
+ADAPTERS = ["influxdb", "influxdb-sole", "sqlite"]
 H0 = 1_795_737_600_000  # a whole hour (2026-11-29T08:00Z)
 
 
@@ -44,7 +47,23 @@ def write(store: TimeSeriesStore, points: list[Point]) -> None:
     """What the collector does: the time-series sink writes, the rollup sink then rolls the
     stored points up (collector/rollup_sink.py)."""
     store.write(points)
-    store.roll_up(points)
+    store.roll_up(RollupBatch.of(points), sole_writer=getattr(store, "sole_writer", False))
+
+
+class SoleWriter:
+    """A store rolled up as the only writer: what the rollup sink of a one-worker collector
+    asks for (roll_up(sole_writer=True))."""
+
+    sole_writer = True
+
+    def __init__(self, store: TimeSeriesStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def roll_up(self, batch: RollupBatch, *, sole_writer: bool = True) -> None:
+        self._store.roll_up(batch, sole_writer=True)
 
 
 def influx_query(server: InfluxServer, database: str, q: str) -> dict:  # type: ignore[type-arg]
@@ -61,14 +80,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
         return
     server: InfluxServer = request.getfixturevalue("influxdb")
     database = f"ru_{uuid.uuid4().hex[:12]}"
-    yield "influxdb", f"influxdb://{server.host}:{server.port}/{database}"
+    yield request.param, f"influxdb://{server.host}:{server.port}/{database}"
     influx_query(server, database, f'DROP DATABASE "{database}"')
 
 
 @pytest.fixture
 def store(backend: tuple[str, str]) -> Iterator[TimeSeriesStore]:
     opened = open_timeseries(backend[1], rollups=True)
-    yield opened
+    yield SoleWriter(opened) if backend[0] == "influxdb-sole" else opened  # type: ignore[misc]
     opened.close()
 
 
@@ -232,8 +251,8 @@ def test_a_write_alone_keeps_rollups_as_they_were(store: TimeSeriesStore) -> Non
     [bucket] = store.history("hot", ["v"], H0, H0 + HOUR_MS, 1)
     assert bucket.values["v"] == {"min": 0.0, "max": 29.0, "mean": 14.5, "last": 29.0}
     late = [pt("hot", H0 + 40_000, 40, v=100.0)]
-    store.roll_up(late)
-    store.roll_up(late)
+    store.roll_up(RollupBatch.of(late))
+    store.roll_up(RollupBatch.of(late))
     [bucket] = store.history("hot", ["v"], H0, H0 + HOUR_MS, 1)
     assert bucket.values["v"] == {"min": 0.0, "max": 100.0, "mean": 535 / 31, "last": 100.0}
 
@@ -308,6 +327,74 @@ def test_influx_rollups_land_in_their_retention_policies(influxdb: InfluxServer)
         [series] = hour["results"][0]["series"]
         [row] = [dict(zip(series["columns"], r, strict=True)) for r in series["values"]]
         assert (row["time"], row["v_count"], row["v_sum"], row["v_last"]) == (H0, 2.0, 7.0, 4.0)
+    finally:
+        influx_query(influxdb, database, f'DROP DATABASE "{database}"')
+
+
+# --- InfluxDB, the only writer: rows folded in memory ----------------------------------------
+
+
+def test_influx_sole_writer_folds_in_order_batches_without_asking_the_server(
+        influxdb: InfluxServer) -> None:
+    """The common batch of a one-worker collector: the rows of the current buckets are in
+    memory, so rolling up recomputes nothing and reads only a bucket new to it; a new
+    process reads the rows it lacks, and a replayed batch or a late point is recomputed.
+    The rollups equal the raw points' aggregates throughout."""
+    database = f"fold_{uuid.uuid4().hex[:12]}"
+    url = f"influxdb://{influxdb.host}:{influxdb.port}/{database}"
+    now = int(time.time() * 1000)
+    start = now - now % MINUTE_MS  # this minute and the next: buckets the rows are kept for
+    rng = random.Random(5)
+    points = [pt(d, start + i * 1000 + k, i, v=round(rng.uniform(-5, 5), 3), w=float(i))
+              for i in range(120) for k, d in enumerate(("f1", "f2"))]
+    try:
+        store = open_timeseries(url, rollups=True)
+        queries: list[str] = []
+        real_query = store._query  # type: ignore[attr-defined]
+
+        def counted(statements: list[str], **kwargs: object) -> object:
+            queries.extend(statements)
+            return real_query(statements, **kwargs)
+
+        store._query = counted  # type: ignore[attr-defined]
+        sole = SoleWriter(store)
+        write(sole, points[:40])
+        assert any("iot_telemetry_1m" in q for q in queries)  # the first batch reads its rows
+        queries.clear()
+        for i in range(40, 200, 40):
+            write(sole, points[i : i + 40])
+        # In order, the rows in memory: no recompute, and only the next minute (and maybe
+        # hour), new to this process, is looked for in the store, once.
+        assert not any("GROUP BY" in q for q in queries)
+        assert len(queries) <= 2 and all(f"time >= {start + MINUTE_MS}ms" in q or "_1h" in q
+                                         for q in queries)
+
+        def check(upto: list[Point]) -> None:
+            hour = start - start % HOUR_MS
+            for device in ("f1", "f2"):
+                mine = [p for p in upto if p.device_id == device]
+                for max_points in (2, 120):  # 1 h and 1 min buckets
+                    width = bucket_width(hour, hour + 2 * HOUR_MS, max_points)
+                    buckets = store.history(device, ["v", "w"], hour, hour + 2 * HOUR_MS,
+                                            max_points)
+                    assert_matches(buckets, model(mine, "v", hour, width), "v")
+                    assert_matches(buckets, model(mine, "w", hour, width), "w")
+
+        check(points[:200])
+        # The last batch again (a crash before the sink saved its cursor): recomputed, once.
+        write(sole, points[160:200])
+        assert any("GROUP BY" in q for q in queries)
+        check(points[:200])
+        # A new process carries on: it reads the rows it does not hold, then folds.
+        store.close()
+        again = SoleWriter(open_timeseries(url, rollups=True))
+        write(again, points[200:])
+        check(points)
+        # A late point, older than the newest of its minute and lower than any: recomputed.
+        late = pt("f1", start + 500, 10_000, v=-50.0)
+        write(again, [late])
+        check([*points, late])
+        again.close()
     finally:
         influx_query(influxdb, database, f'DROP DATABASE "{database}"')
 

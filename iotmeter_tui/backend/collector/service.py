@@ -182,7 +182,10 @@ class Collector:
             sinks.append(RollupSink(self.stores.timeseries,
                                     CursorFile(self.spool_dir / "rollups.cursor"),
                                     CursorFile(self.spool_dir / "timeseries.cursor"),
-                                    every_s=self.tuning.rollup_every_s))
+                                    every_s=self.tuning.rollup_every_s,
+                                    # Without a share group no other collector takes
+                                    # this fleet's messages: none writes its rollups.
+                                    sole_writer=s.share_group is None))
         with self._lifecycle:
             if not self._stop.is_set():
                 self._start_threads(sinks, decider)

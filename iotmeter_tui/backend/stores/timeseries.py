@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from iotmeter_tui.backend.protocol import (
     MAX_COUNT,
@@ -17,6 +17,9 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
+
+if TYPE_CHECKING:  # rollup_fold imports this module's Point
+    from iotmeter_tui.backend.stores.rollup_fold import RollupBatch
 
 MEASUREMENT = "iot_telemetry"
 DEFAULT_DATABASE = "iot-metrics"
@@ -64,13 +67,15 @@ class TimeSeriesStore(Protocol):
         can hold (see point_problem) or the store refused are listed in a PartialWriteError,
         raised after the rest are stored."""
 
-    def roll_up(self, points: Sequence[Point]) -> None:
-        """Bring the 1-minute and 1-hour rollup buckets the given stored points fall in up to
-        date: each is recomputed from the level below as stored now (raw points, then 1-minute
-        rows), so a late point lands in its old bucket (backfill) and calling it again
-        changes nothing. Only the points' keys and field names are read. The collector's
-        rollup sink calls it after the points are stored, off the write path; a no-op with
-        rollups off. Raises StoreUnavailable (retry) or StoreRejected."""
+    def roll_up(self, batch: RollupBatch, *, sole_writer: bool = False) -> None:
+        """Bring the 1-minute and 1-hour rollup buckets the batch's stored points fall in up
+        to date, as if each were recomputed from the level below as stored now (raw points,
+        then 1-minute rows): a late point lands in its old bucket (backfill) and calling it
+        again changes nothing. `sole_writer`: the caller is the only process rolling this
+        store up, so an adapter may fold new points into the rows it wrote last instead of
+        recomputing them (InfluxDB does: rollup_fold.py). The collector's rollup sink calls
+        it after the points are stored, off the write path; a no-op with rollups off.
+        Raises StoreUnavailable (retry) or StoreRejected."""
 
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
         """Last values of every device (or the given ones) that has any point: each

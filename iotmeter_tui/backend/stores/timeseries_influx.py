@@ -64,6 +64,7 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
+from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, RollupBatch, coarser, fold_acc
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
     RESOLUTIONS,
@@ -183,6 +184,12 @@ class InfluxTimeSeries:
         # Retention policy of each rollup level; None: the database's default one.
         self._rollup_rp: dict[str, str | None] = {r.name: None for r in RESOLUTIONS}
         self._rollable: set[str] = set()  # float fields of the measurement, as last seen
+        # The rows of the newest rollup buckets as this process wrote them, when it is the
+        # only rollup writer (roll_up(sole_writer=True)): see rollup_fold.py.
+        self._folded = {r.name: FoldedRows(r) for r in RESOLUTIONS}
+        # Per field name, its rollup columns' escaped `<field>_<part>=` keys.
+        self._rollup_keys: dict[str, tuple[str, ...]] = {}
+        self._fold_lock = threading.Lock()
         # Line-protocol prefixes per (device_id, device_type), and %-templates for the rest
         # per tuple of field names: a fleet repeats a few thousand of each, and building
         # lines is most of the client's cost of a write.
@@ -215,14 +222,18 @@ class InfluxTimeSeries:
                 accepted=accepted,
             )
 
-    def roll_up(self, points: Sequence[Point]) -> None:
-        if not self.rollups or not points:
+    def roll_up(self, batch: RollupBatch, *, sole_writer: bool = False) -> None:
+        if not self.rollups or not batch.minutes:
             return
         self._prepare()
-        valid = [p for p in points if point_problem(p) is None]
-        names = self._rollup_names(valid) if valid else []
-        if names:
-            self._update_rollups({(p.device_id, p.ts) for p in valid}, names)
+        names = self._rollup_names(batch.names)
+        if not names:
+            return
+        if sole_writer:
+            with self._fold_lock:
+                self._fold_rollups(batch, names)
+        else:
+            self._update_rollups(set(batch.minutes), names)
 
     def _write_chunks(self, valid: list[Point], refused: list[Point], reasons: list[str]) -> int:
         """Write the points' line protocol, chunk by chunk; adds what was refused (and why)
@@ -461,10 +472,10 @@ class InfluxTimeSeries:
         policy = self._rollup_rp[level.name]
         return f"{_ident(policy)}.{measurement}" if policy else measurement
 
-    def _rollup_names(self, points: list[Point]) -> list[str]:
+    def _rollup_names(self, fields: Iterable[str]) -> list[str]:
         """The batch's fields that rollups can hold: floats in the measurement (another
         writer may have made one a string, which cannot be summed)."""
-        names = set().union(*(p.fields for p in points))
+        names = set(fields)
         if not self._rollable.issuperset(names):
             [keys] = self._query([f"SHOW FIELD KEYS FROM {_ident(MEASUREMENT)}"])
             kinds = {str(name): kind for series in keys for name, kind in series.values}
@@ -511,6 +522,54 @@ class InfluxTimeSeries:
             touched = [(d, b) for d, buckets in redo.items() for b in buckets]
             below = level
 
+    def _fold_rollups(self, batch: RollupBatch, names: list[str]) -> None:
+        """roll_up() for the only rollup writer: the batch's minutes are folded into the
+        rows of their buckets (read from the store when not in memory) and written; a bucket
+        the fold cannot take exactly is recomputed from the level below (rollup_fold.py).
+        The 1 h rows take the batch's minutes merged, not the minute rows read back."""
+        now = int(time.time() * 1000)
+        below: Resolution | None = None
+        deltas = batch.minutes
+        redo_below: set[tuple[str, int]] = set()
+        for level in RESOLUTIONS:
+            if below is not None:
+                deltas = coarser(deltas, level.width_ms)
+            kept = self._folded[level.name]
+            unknown = kept.unknown(deltas)
+            if unknown:
+                kept.learn(self._stored_rows(level, unknown))
+            rows, redo = kept.fold(deltas, names)
+            try:
+                # A bucket recomputed below changes its coarser one in ways no delta says.
+                redo |= {(d, b - b % level.width_ms) for d, b in redo_below}
+                floor = self.retention.recompute_floor(level, now)
+                recomputed = self._recomputed(
+                    level, _per_device({k for k in redo if k[1] >= floor}), names, below)
+                for key in redo:
+                    row = rows[key] = kept.rows[key]
+                    row.update(recomputed.get(key, {}))
+                self._write_rollups(level, rows)
+            except BaseException:
+                kept.forget(deltas)
+                raise
+            kept.keep(rows, now)
+            redo_below = redo
+            below = level
+
+    def _stored_rows(
+        self, level: Resolution, keys: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], dict[str, list[float]]]:
+        """The stored rows of `keys` with every field they hold; an empty one where the store
+        has none."""
+        rows: dict[tuple[str, int], dict[str, list[float]]] = {key: {} for key in keys}
+        devices = sorted({d for d, _ in keys})
+        runs = bucket_runs(sorted({b for _, b in keys}), level.width_ms)
+        for device_id, ts, record in self._select(level, runs, devices):
+            row = rows.get((device_id, ts))
+            if row is not None:
+                row.update(_rollup_fields(record, _row_names(record)))
+        return rows
+
     def _recomputed(
         self, level: Resolution, redo: dict[str, list[int]], names: list[str],
         below: Resolution | None,
@@ -549,10 +608,10 @@ class InfluxTimeSeries:
                     value = record.get(name)
                     if isinstance(value, (float, int)) and not isinstance(value, bool):
                         v = float(value)
-                        _fold(row, name, [v, v, v, 1, v, ts])
+                        fold_acc(row, name, [v, v, v, 1, v, ts])
             else:
                 for name, acc in _rollup_fields(record, names).items():
-                    _fold(row, name, acc)
+                    fold_acc(row, name, acc)
         return rows
 
     def _aggregated(
@@ -563,8 +622,10 @@ class InfluxTimeSeries:
         rows of the level below: one row a bucket crosses the wire instead of every point or
         minute. Raw points kept the collector's CPU for rollups several times its write's;
         an hour of a 5,000-meter fleet's minute rows, read back and folded here on every
-        batch, kept the rollups behind the fleet. `lt` is the bucket's last ms: it only
-        orders rows of different buckets (their `last`), never two rows of one bucket."""
+        batch, kept the rollups behind the fleet. `lt` is the newest of the minutes' for
+        an hour; from raw points (whose time no aggregate returns) it is the bucket's last
+        ms, which orders rows of different buckets and sends any later point of that minute
+        to a recompute (rollup_fold.py)."""
         width = level.width_ms
         scope = ""
         if len(devices) <= IDS_PER_STATEMENT:
@@ -576,7 +637,8 @@ class InfluxTimeSeries:
             aggregates = ", ".join(
                 f"{fn}({_ident(f'{name}_{part}')})" for name in names
                 for fn, part in (("min", "min"), ("max", "max"), ("sum", "sum"),
-                                 ("sum", "count"), ("last", "last")))
+                                 ("sum", "count"), ("last", "last"), ("max", "lt")))
+        per_name = 5 if below is None else 6
         statements = [
             f"SELECT {aggregates} FROM {self._rollup_source(below)} WHERE "
             f"{_time_range(start, end)}{scope} GROUP BY time({width}ms), \"device_id\" "
@@ -594,28 +656,36 @@ class InfluxTimeSeries:
                             continue
                         fields = rows.setdefault(key, {})
                         for n, name in enumerate(names):
-                            mn, mx, sm, ct, last = row[1 + 5 * n : 6 + 5 * n]
-                            if ct:
-                                fields[name] = [float(mn), float(mx), float(sm), float(ct),
-                                                float(last), float(key[1] + width - 1)]
+                            found = row[1 + per_name * n : 1 + per_name * (n + 1)]
+                            if found[3]:
+                                lt = found[5] if below is not None else key[1] + width - 1
+                                fields[name] = [float(v) for v in found[:5]] + [float(lt)]
         return rows
 
     def _write_rollups(
         self, level: Resolution, rows: dict[tuple[str, int], dict[str, list[float]]]
     ) -> None:
         measurement = f"{MEASUREMENT}_{level.name}"
-        # A sum of +inf and -inf is NaN, which line protocol cannot carry: such a field
-        # (only adversarial readings make one) gets no rollup rather than failing the batch.
-        finite = {key: {name: acc for name, acc in fields.items() if math.isfinite(acc[2])}
-                  for key, fields in rows.items()}
-        lines = [
-            f"{measurement},device_id={_escape(device_id)} "
-            + ",".join(f"{_escape(f'{name}_{part}')}={float(value)!r}"
-                       for name, acc in fields.items()
-                       for part, value in zip(ROLLUP_PARTS, acc, strict=True))
-            + f" {bucket}"
-            for (device_id, bucket), fields in finite.items() if fields
-        ]
+        keys = self._rollup_keys
+        lines = []
+        for (device_id, bucket), fields in rows.items():
+            pairs = []
+            for name, acc in fields.items():
+                # A sum of +inf and -inf is NaN, which line protocol cannot carry: such a
+                # field (only adversarial readings make one) gets no rollup rather than
+                # failing the batch.
+                if not math.isfinite(acc[2]):
+                    continue
+                escaped = keys.get(name)
+                if escaped is None:
+                    if len(keys) >= _CACHE_LIMIT:  # field names are device-chosen
+                        keys.clear()
+                    escaped = keys[name] = tuple(
+                        f"{_escape(f'{name}_{part}')}=" for part in ROLLUP_PARTS)
+                pairs += [f"{key}{float(value)!r}" for key, value in zip(escaped, acc, strict=True)]
+            if pairs:
+                lines.append(f"{measurement},device_id={_escape(device_id)} "
+                             f"{','.join(pairs)} {bucket}")
         if not lines:
             return
         params = {"db": self._database, "precision": "ms"}
@@ -942,20 +1012,20 @@ def _storable_tag(value: object) -> bool:
     return tag_problem("device_id", value) is None
 
 
-def _fold(row: dict[str, list[float]], name: str, acc: list[float]) -> None:
-    """Fold one [min, max, sum, count, last, lt] into a row's field, in place."""
-    have = row.get(name)
-    if have is None:
-        row[name] = list(acc)
-        return
-    if acc[0] < have[0]:
-        have[0] = acc[0]
-    if acc[1] > have[1]:
-        have[1] = acc[1]
-    have[2] += acc[2]
-    have[3] += acc[3]
-    if acc[5] >= have[5]:
-        have[4], have[5] = acc[4], acc[5]
+def _row_names(record: dict[str, Any]) -> list[str]:
+    """The telemetry fields a rollup row's columns (`<field>_<part>`) are of."""
+    return sorted({column.rpartition("_")[0] for column in record
+                   if column.endswith("_lt") and record[column] is not None})
+
+
+def _per_device(keys: set[tuple[str, int]]) -> dict[str, list[int]]:
+    """(device_id, bucket) keys -> per device its sorted buckets (as touched_buckets())."""
+    per_device: dict[str, list[int]] = {}
+    for device_id, bucket in keys:
+        per_device.setdefault(device_id, []).append(bucket)
+    for buckets in per_device.values():
+        buckets.sort()
+    return per_device
 
 
 def _rollup_fields(record: dict[str, Any], names: list[str]) -> dict[str, list[float]]:

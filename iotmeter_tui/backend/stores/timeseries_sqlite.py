@@ -49,6 +49,7 @@ from iotmeter_tui.backend.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from iotmeter_tui.backend.stores.rollup_fold import RollupBatch
 from iotmeter_tui.backend.stores.rollups import (
     ONE_MINUTE,
     RESOLUTIONS,
@@ -173,17 +174,17 @@ class SqliteTimeSeries:
                 accepted=len(points) - len(refused),
             )
 
-    def roll_up(self, points: Sequence[Point]) -> None:
-        if not self.rollups or not points:
+    def roll_up(self, batch: RollupBatch, *, sole_writer: bool = False) -> None:
+        # Recomputing from the raw points is local and quick here: sole_writer changes nothing.
+        if not self.rollups or not batch.minutes:
             return
-        names = list(dict.fromkeys(name for p in points for name in p.fields))
         with self._errors("roll up"):
             connection = self._connection()
-            numbers = [n for _, n in self._known_columns(connection, names)]
+            numbers = [n for _, n in self._known_columns(connection, list(batch.names))]
             if not numbers:
                 return
             with self._transaction(connection):
-                _recompute_rollups(connection, [(p.device_id, p.ts) for p in points], numbers)
+                _recompute_rollups(connection, list(batch.minutes), numbers)
 
     def latest(self, device_ids: Iterable[str] | None = None) -> dict[str, Latest]:
         with self._errors("latest"):

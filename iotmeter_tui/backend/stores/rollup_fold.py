@@ -1,0 +1,207 @@
+"""Rollup rows folded from the points as they arrive, for a rollup writer that is the only one
+(one collector process): the InfluxDB adapter's way of keeping rollups without asking the
+server to aggregate every minute of the fleet again (stores/timeseries_influx.py).
+
+Each row is, per field, [min, max, sum, count, last, lt], lt being the ts of `last`. A
+bucket's new points are folded into its row only when all of them are newer than everything
+the row holds (each ts above every field's lt) and came in order (no two at one ts): then
+none of them can be in the row already. Anything else -- a point delivered again, a batch
+rolled up a second time after a crash, a late point older than the row's newest, a point
+that replaces one at the same ts -- sends the bucket back to the store to be recomputed from
+the level below, which is exact whatever was folded before. A meter reporting in order
+never takes that path.
+
+The rows of the newest few buckets are kept in memory as they were written, so the common
+batch reads only the rows of a bucket new to it; any other row is read from the store once
+(the caller does that: `unknown()` then `learn()`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from iotmeter_tui.backend.stores.rollups import MINUTE_MS, Resolution
+from iotmeter_tui.backend.stores.timeseries import Point, point_problem
+
+Acc = list[float]  # [min, max, sum, count, last, lt]
+Row = dict[str, Acc]  # field name -> its Acc
+Key = tuple[str, int]  # (device_id, bucket start ms)
+
+# Buckets kept in memory either side of the current one: the previous bucket still takes
+# the points that arrive just after it closes. A bucket further out (a late point, a meter
+# whose clock is far off) is read from the store when it is touched.
+KEEP_BUCKETS: Final = 1
+
+
+def fold_acc(row: Row, name: str, acc: Acc) -> None:
+    """Fold one [min, max, sum, count, last, lt] into a row's field, in place."""
+    have = row.get(name)
+    if have is None:
+        row[name] = list(acc)
+        return
+    if acc[0] < have[0]:
+        have[0] = acc[0]
+    if acc[1] > have[1]:
+        have[1] = acc[1]
+    have[2] += acc[2]
+    have[3] += acc[3]
+    if acc[5] >= have[5]:
+        have[4], have[5] = acc[4], acc[5]
+
+
+@dataclass(slots=True)
+class Delta:
+    """What a batch adds to one bucket: its points' fields folded, the earliest and the
+    newest ts among them, and whether each came later than the one before (so no two share
+    a ts)."""
+
+    first: int
+    newest: int
+    row: Row
+    ordered: bool
+
+
+class RollupBatch:
+    """The points a rollup batch holds, folded per (device_id, minute) as they are added
+    rather than kept: a minute of a 5,000-meter fleet is 300,000 points, hundreds of MiB as
+    objects, and a few MiB folded. Points no store could hold (timeseries.point_problem) are
+    left out, as the time-series write refused them."""
+
+    __slots__ = ("minutes", "names", "points")
+
+    def __init__(self) -> None:
+        self.minutes: dict[Key, Delta] = {}
+        self.names: dict[str, None] = {}  # every field seen, in order: an ordered set
+        self.points = 0
+
+    @classmethod
+    def of(cls, points: Iterable[Point]) -> RollupBatch:
+        batch = cls()
+        for point in points:
+            batch.add(point)
+        return batch
+
+    def __len__(self) -> int:
+        return self.points
+
+    def add(self, point: Point) -> None:
+        if point_problem(point) is not None:
+            return
+        ts = point.ts
+        key = (point.device_id, ts - ts % MINUTE_MS)
+        delta = self.minutes.get(key)
+        if delta is None:
+            delta = self.minutes[key] = Delta(ts, ts, {}, True)
+        elif ts > delta.newest:
+            delta.newest = ts
+        else:
+            delta.ordered = False
+            if ts < delta.first:
+                delta.first = ts
+        row = delta.row
+        stamp = float(ts)
+        for name, value in point.fields.items():
+            v = float(value)  # an int or a finite float: point_problem made sure
+            acc = row.get(name)
+            if acc is None:
+                row[name] = [v, v, v, 1.0, v, stamp]
+                if name not in self.names:
+                    self.names[name] = None
+                continue
+            if v < acc[0]:
+                acc[0] = v
+            elif v > acc[1]:
+                acc[1] = v
+            acc[2] += v
+            acc[3] += 1.0
+            if stamp >= acc[5]:
+                acc[4], acc[5] = v, stamp
+        self.points += 1
+
+
+def coarser(deltas: dict[Key, Delta], width_ms: int) -> dict[Key, Delta]:
+    """Deltas of finer buckets merged into the buckets of width_ms that hold them."""
+    merged: dict[Key, Delta] = {}
+    for (device_id, bucket), delta in deltas.items():
+        key = (device_id, bucket - bucket % width_ms)
+        have = merged.get(key)
+        if have is None:
+            merged[key] = Delta(delta.first, delta.newest,
+                                {n: list(a) for n, a in delta.row.items()}, delta.ordered)
+            continue
+        for name, acc in delta.row.items():
+            fold_acc(have.row, name, acc)
+        have.first = min(have.first, delta.first)
+        have.newest = max(have.newest, delta.newest)
+        have.ordered = have.ordered and delta.ordered  # other buckets: other stamps
+    return merged
+
+
+class FoldedRows:
+    """One rollup level's rows as this writer last wrote them, for the buckets around now."""
+
+    def __init__(self, level: Resolution, keep_buckets: int = KEEP_BUCKETS) -> None:
+        self.level = level
+        self.keep_buckets = keep_buckets
+        self.rows: dict[Key, Row] = {}
+        self._newest = -(1 << 62)  # the newest bucket written, as far as it is believed
+        self._window: tuple[int, int] | None = None  # bucket starts kept, as last trimmed
+
+    def unknown(self, keys: Iterable[Key]) -> list[Key]:
+        """The keys whose row is not in memory: the caller reads them from the store."""
+        rows = self.rows
+        return [key for key in keys if key not in rows]
+
+    def learn(self, rows: dict[Key, Row]) -> None:
+        """Rows as the store holds them (an empty row: the store has none)."""
+        self.rows.update(rows)
+
+    def fold(self, deltas: dict[Key, Delta], names: Iterable[str]) -> tuple[
+            dict[Key, Row], set[Key]]:
+        """Fold the deltas' fields of `names` into the rows, in place: (the rows folded,
+        keys to recompute from the level below). Every key must be known (unknown() and
+        learn()). The rows in memory change here: if writing them fails, forget() them."""
+        wanted = set(names)
+        folded: dict[Key, Row] = {}
+        redo: set[Key] = set()
+        rows = self.rows
+        for key, delta in deltas.items():
+            row = rows[key]
+            first = delta.first
+            if not delta.ordered or any(acc[5] >= first for acc in row.values()):
+                redo.add(key)
+                continue
+            for name, acc in delta.row.items():
+                if name in wanted:
+                    fold_acc(row, name, acc)
+            folded[key] = row
+        return folded, redo
+
+    def forget(self, keys: Iterable[Key]) -> None:
+        """Rows whose write failed: the store holds whichever version it took, so they are
+        read again before the next fold."""
+        for key in keys:
+            self.rows.pop(key, None)
+
+    def keep(self, rows: dict[Key, Row], now_ms: int | None = None) -> None:
+        """Rows the store now holds as written (folded or recomputed). Kept in memory: the
+        buckets around the newest one written, counting none past the wall clock's next
+        bucket (a meter whose clock runs years ahead must not move the window); the rest
+        are let go and read again if ever touched."""
+        self.rows.update(rows)
+        width = self.level.width_ms
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        ceiling = now - now % width + self.keep_buckets * width
+        self._newest = max(self._newest, max(
+            (bucket for _, bucket in rows if bucket <= ceiling), default=self._newest))
+        reach = self.keep_buckets * width
+        window = (self._newest - reach, self._newest + reach)
+        if window != self._window or any(
+                not window[0] <= bucket <= window[1] for _, bucket in rows):
+            self.rows = {key: row for key, row in self.rows.items()
+                         if window[0] <= key[1] <= window[1]}
+            self._window = window
+
