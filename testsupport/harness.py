@@ -22,8 +22,10 @@ def settings_for(home: Path, stores: Mapping[str, str], **overrides: Any) -> Set
     # A free port for the collector's firmware endpoint unless a test picks one: collectors
     # of parallel test runs must not fight over the default 9109.
     # One collector worker unless asked: a child process reads one collector's metrics.
+    # Rollups only where a test asks (rollups="true"): the others need no rollup sink, whose
+    # batch a minute and drain at each stop would only lengthen the suite.
     env = {"IOTMETER_HOME": str(home), "IOTMETER_FIRMWARE_LISTEN": "127.0.0.1:0",
-           "IOTMETER_COLLECTOR_WORKERS": "1", **stores}
+           "IOTMETER_COLLECTOR_WORKERS": "1", "IOTMETER_ROLLUPS": "false", **stores}
     for key, value in overrides.items():
         env[f"IOTMETER_{key.upper()}"] = str(value)
     return load_settings(env=env)

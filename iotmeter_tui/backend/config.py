@@ -415,9 +415,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Distinct telemetry field names each device type may use (learned since the "
             "collector started); a message bringing more is rejected as field_budget."),
     # --- rollups and retention ---
-    # Off by default: on InfluxDB 1.6 on 2 cores, aggregating a minute of a 5,000-meter
-    # fleet took the server longer than the minute (docs/performance.md, round three).
-    Setting("rollups", _bool, False,
+    # On by default: a collector outside any share group folds InfluxDB rollups as it goes
+    # and keeps up with 5,000 meters; in a share group (the shipped deployments) InfluxDB
+    # recomputes every touched bucket, which did not keep up with 5,000 meters on 2 cores,
+    # so those deployments set it off (docs/performance.md, round four).
+    Setting("rollups", _bool, True,
             "Keep 1-minute and 1-hour rollups in the time-series store (the collector's rollup "
             "sink, off the write path), so long chart windows read them."),
     Setting("retention_raw", _retention, "inf",

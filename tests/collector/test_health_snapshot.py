@@ -16,7 +16,7 @@ from testsupport import MosquittoServer
 from testsupport.fleet import Publisher, status, telemetry, wait_for
 from testsupport.harness import running_collector, settings_for
 
-SINKS = {"timeseries", "archive", "registry"}  # rollups: off by default
+SINKS = {"timeseries", "archive", "registry"}  # rollups: off in settings_for() unless asked
 
 
 def test_health_counts_agree_with_the_metrics(tmp_path: Path,
@@ -90,8 +90,9 @@ def test_worker_ships_typed_health_from_the_child(tmp_path: Path,
 
 def test_rollups_turned_on_add_their_sink_which_drains_at_the_stop(
         tmp_path: Path, private_mosquitto: MosquittoServer) -> None:
-    """IOTMETER_ROLLUPS=true (off by default): the collector runs a rollup sink beside the
-    others, and a clean stop drains it, so the hour's rollup is there after it."""
+    """IOTMETER_ROLLUPS=true (the default; settings_for() turns it off unless asked): the
+    collector runs a rollup sink beside the others, and a clean stop drains it, so the
+    hour's rollup is there after it."""
     settings = settings_for(tmp_path, {}, rollups="true")
     sent = [telemetry("dc-0001", 1, s) for s in range(20)]
     with running_collector(settings, private_mosquitto.url) as collector:

@@ -4,7 +4,9 @@ same rules against a real InfluxDB are in test_timeseries_rollups.py."""
 
 from __future__ import annotations
 
-from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, RollupBatch, coarser
+from collections.abc import Mapping, Sequence
+
+from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, PackedRow, RollupBatch, coarser
 from iotmeter_tui.backend.stores.rollups import HOUR_MS, MINUTE_MS, ONE_HOUR, ONE_MINUTE
 from iotmeter_tui.backend.stores.timeseries import Point
 
@@ -13,6 +15,10 @@ H0 = 1_795_737_600_000  # a whole hour
 
 def pt(device_id: str, ts: int, **fields: float) -> Point:
     return Point(device_id, "power_meter_dc", ts, 1, 0, fields)
+
+
+def plain(row: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    return {name: list(acc) for name, acc in row.items()}
 
 
 def test_a_batch_folds_each_minute_and_keeps_no_points() -> None:
@@ -61,9 +67,9 @@ def test_only_points_newer_than_the_whole_row_are_folded() -> None:
     newer = RollupBatch.of([pt("a", H0 + 30_000, v=9.0, x=1.0), pt("b", H0 + 5, v=2.0)])
     folded, redo = rows.fold(newer.minutes, ["v"])  # x: not a field rollups hold
     assert redo == set()
-    assert folded[("a", H0)] == {"v": [1.0, 9.0, 14.0, 3.0, 9.0, H0 + 30_000.0],
-                                 "w": [0.0, 0.0, 0.0, 1.0, 0.0, H0 + 20_000.0]}
-    assert rows.rows[("b", H0)] == {"v": [2.0, 2.0, 2.0, 1.0, 2.0, H0 + 5.0]}
+    assert plain(folded[("a", H0)]) == {"v": [1.0, 9.0, 14.0, 3.0, 9.0, H0 + 30_000.0],
+                                        "w": [0.0, 0.0, 0.0, 1.0, 0.0, H0 + 20_000.0]}
+    assert plain(rows.rows[("b", H0)]) == {"v": [2.0, 2.0, 2.0, 1.0, 2.0, H0 + 5.0]}
     # Older than w's newest (though newer than v's was), or twice at one ts: recomputed.
     older = RollupBatch.of([pt("a", H0 + 15_000, v=0.0)])
     assert rows.fold(older.minutes, ["v"]) == ({}, {("a", H0)})
@@ -93,3 +99,18 @@ def test_rows_are_kept_around_the_newest_bucket_written() -> None:
     hours.keep({("a", H0): {}, ("a", H0 + HOUR_MS): {}}, H0 + HOUR_MS + 1)
     hours.keep({("a", H0 + 2 * HOUR_MS): {}}, H0 + 2 * HOUR_MS + 1)
     assert sorted(b for _, b in hours.rows) == [H0 + HOUR_MS, H0 + 2 * HOUR_MS]
+
+
+def test_a_packed_row_folds_puts_and_adds_fields_like_a_dict_of_lists() -> None:
+    row = PackedRow({"v": [1.0, 4.0, 5.0, 2.0, 4.0, 10.0]})
+    other = PackedRow({"v": [0.0, 0.0, 0.0, 1.0, 0.0, 1.0]})
+    assert row.layout is other.layout  # one layout for every row with these fields
+    row.fold("v", [0.5, 6.0, 6.5, 2.0, 6.0, 20.0])
+    row.fold("w", [3.0, 3.0, 3.0, 1.0, 3.0, 15.0])
+    assert plain(row) == {"v": [0.5, 6.0, 11.5, 4.0, 6.0, 20.0],
+                          "w": [3.0, 3.0, 3.0, 1.0, 3.0, 15.0]}
+    assert row.newest() == 20.0 and PackedRow().newest() == float("-inf")
+    row.fold("v", [9.0, 9.0, 9.0, 1.0, 9.0, 5.0])  # older: `last` stays
+    assert row["v"][4] == 6.0
+    row.put("w", [7.0, 7.0, 7.0, 1.0, 7.0, 16.0])
+    assert plain(row)["w"] == [7.0, 7.0, 7.0, 1.0, 7.0, 16.0] and len(row) == 2

@@ -573,7 +573,7 @@ def test_sqlite_a_version_1_file_opened_with_rollups_off_is_not_rolled_up(
     connection.close()
 
 
-@pytest.mark.parametrize(("setting", "kept"), [(None, False), ("false", False), ("true", True)])
+@pytest.mark.parametrize(("setting", "kept"), [(None, True), ("false", False), ("true", True)])
 def test_open_stores_keeps_rollups_only_when_the_setting_says_so(
         tmp_path: Path, setting: str | None, kept: bool) -> None:
     env = {"IOTMETER_HOME": str(tmp_path)}

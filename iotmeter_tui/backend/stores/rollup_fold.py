@@ -18,8 +18,10 @@ batch reads only the rows of a bucket new to it; any other row is read from the 
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -34,6 +36,8 @@ Key = tuple[str, int]  # (device_id, bucket start ms)
 # the points that arrive just after it closes. A bucket further out (a late point, a meter
 # whose clock is far off) is read from the store when it is touched.
 KEEP_BUCKETS: Final = 1
+# Distinct field layouts shared by packed rows before the table starts again.
+MAX_LAYOUTS: Final = 10_000
 
 
 def fold_acc(row: Row, name: str, acc: Acc) -> None:
@@ -140,13 +144,84 @@ def coarser(deltas: dict[Key, Delta], width_ms: int) -> dict[Key, Delta]:
     return merged
 
 
+class PackedRow(Mapping[str, Sequence[float]]):
+    """A rollup row held compactly: the six numbers of every field in one array of doubles,
+    behind a layout (field -> offset) shared by all rows with the same fields. As a dict of
+    lists a DC meter's row took about 3.6 KiB; packed, about 0.7 KiB, and a 5,000-meter fleet
+    keeps 15,000 to 25,000 rows in memory."""
+
+    __slots__ = ("layout", "numbers")
+
+    def __init__(self, fields: Mapping[str, Sequence[float]] | None = None) -> None:
+        self.layout: dict[str, int] = _layout(tuple(fields or ()))
+        self.numbers = array("d")
+        for acc in (fields or {}).values():
+            self.numbers.extend(acc)
+
+    def __getitem__(self, name: str) -> Sequence[float]:
+        at = self.layout[name]
+        return self.numbers[at : at + 6]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layout)
+
+    def __len__(self) -> int:
+        return len(self.layout)
+
+    def newest(self) -> float:
+        """The newest ts the row holds, of any field."""
+        return max(self.numbers[5::6], default=-math.inf)
+
+    def fold(self, name: str, acc: Sequence[float]) -> None:
+        """fold_acc() on the packed numbers."""
+        at = self.layout.get(name)
+        if at is None:
+            self._append(name, acc)
+            return
+        v = self.numbers
+        if acc[0] < v[at]:
+            v[at] = acc[0]
+        if acc[1] > v[at + 1]:
+            v[at + 1] = acc[1]
+        v[at + 2] += acc[2]
+        v[at + 3] += acc[3]
+        if acc[5] >= v[at + 5]:
+            v[at + 4] = acc[4]
+            v[at + 5] = acc[5]
+
+    def put(self, name: str, acc: Sequence[float]) -> None:
+        """A field's numbers replaced (a bucket recomputed by the store)."""
+        at = self.layout.get(name)
+        if at is None:
+            self._append(name, acc)
+        else:
+            self.numbers[at : at + 6] = array("d", acc)
+
+    def _append(self, name: str, acc: Sequence[float]) -> None:
+        self.layout = _layout((*self.layout, name))
+        self.numbers.extend(acc)
+
+
+_LAYOUTS: dict[tuple[str, ...], dict[str, int]] = {}
+
+
+def _layout(names: tuple[str, ...]) -> dict[str, int]:
+    """The shared layout of rows with these fields, in this order."""
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        if len(_LAYOUTS) >= MAX_LAYOUTS:  # field names are chosen by devices
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[names] = {name: 6 * i for i, name in enumerate(names)}
+    return layout
+
+
 class FoldedRows:
     """One rollup level's rows as this writer last wrote them, for the buckets around now."""
 
     def __init__(self, level: Resolution, keep_buckets: int = KEEP_BUCKETS) -> None:
         self.level = level
         self.keep_buckets = keep_buckets
-        self.rows: dict[Key, Row] = {}
+        self.rows: dict[Key, PackedRow] = {}
         self._newest = -(1 << 62)  # the newest bucket written, as far as it is believed
         self._window: tuple[int, int] | None = None  # bucket starts kept, as last trimmed
 
@@ -155,28 +230,27 @@ class FoldedRows:
         rows = self.rows
         return [key for key in keys if key not in rows]
 
-    def learn(self, rows: dict[Key, Row]) -> None:
+    def learn(self, rows: Mapping[Key, Mapping[str, Sequence[float]]]) -> None:
         """Rows as the store holds them (an empty row: the store has none)."""
-        self.rows.update(rows)
+        self.rows.update((key, PackedRow(row)) for key, row in rows.items())
 
     def fold(self, deltas: dict[Key, Delta], names: Iterable[str]) -> tuple[
-            dict[Key, Row], set[Key]]:
+            dict[Key, PackedRow], set[Key]]:
         """Fold the deltas' fields of `names` into the rows, in place: (the rows folded,
         keys to recompute from the level below). Every key must be known (unknown() and
         learn()). The rows in memory change here: if writing them fails, forget() them."""
         wanted = set(names)
-        folded: dict[Key, Row] = {}
+        folded: dict[Key, PackedRow] = {}
         redo: set[Key] = set()
         rows = self.rows
         for key, delta in deltas.items():
             row = rows[key]
-            first = delta.first
-            if not delta.ordered or any(acc[5] >= first for acc in row.values()):
+            if not delta.ordered or row.newest() >= delta.first:
                 redo.add(key)
                 continue
             for name, acc in delta.row.items():
                 if name in wanted:
-                    fold_acc(row, name, acc)
+                    row.fold(name, acc)
             folded[key] = row
         return folded, redo
 
@@ -186,7 +260,7 @@ class FoldedRows:
         for key in keys:
             self.rows.pop(key, None)
 
-    def keep(self, rows: dict[Key, Row], now_ms: int | None = None) -> None:
+    def keep(self, rows: dict[Key, PackedRow], now_ms: int | None = None) -> None:
         """Rows the store now holds as written (folded or recomputed). Kept in memory: the
         buckets around the newest one written, counting none past the wall clock's next
         bucket (a meter whose clock runs years ahead must not move the window); the rest

@@ -547,7 +547,8 @@ class InfluxTimeSeries:
                     level, _per_device({k for k in redo if k[1] >= floor}), names, below)
                 for key in redo:
                     row = rows[key] = kept.rows[key]
-                    row.update(recomputed.get(key, {}))
+                    for name, acc in recomputed.get(key, {}).items():
+                        row.put(name, acc)
                 self._write_rollups(level, rows)
             except BaseException:
                 kept.forget(deltas)
@@ -663,7 +664,7 @@ class InfluxTimeSeries:
         return rows
 
     def _write_rollups(
-        self, level: Resolution, rows: dict[tuple[str, int], dict[str, list[float]]]
+        self, level: Resolution, rows: Mapping[tuple[str, int], Mapping[str, Sequence[float]]]
     ) -> None:
         measurement = f"{MEASUREMENT}_{level.name}"
         keys = self._rollup_keys
