@@ -863,9 +863,9 @@ def main() -> int:
                         help="at the end of the run, stop the collector (SIGTERM) while the "
                         "meters still publish, time it against the 10 s budget, and start "
                         "it again")
-    parser.add_argument("--rollups", action="store_true",
-                        help="turn rollups on (IOTMETER_ROLLUPS=true) and audit them: each "
-                             "device's 1 min and 1 h counts against its raw points")
+    parser.add_argument("--rollups", action=argparse.BooleanOptionalAction, default=True,
+                        help="rollups on (IOTMETER_ROLLUPS=true, the default) and audited: "
+                             "each device's 1 min and 1 h counts against its raw points")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-archive-audit", action="store_true",
                         help="skip reading the archive back at the end")
