@@ -5,6 +5,7 @@ server where the test needs an answer influxd 1.6 will not give (429, 503, 3.x e
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import re
 import threading
@@ -435,6 +436,64 @@ def test_a_rollup_write_that_keeps_failing_fails_the_batch(
         store.roll_up(RollupBatch.of([pt("d", T0, v=1.0)]))
     assert len(server.writes()) == 1
     assert len([s for s in server.seen if "rp=rollup_1m" in s.path]) == 2
+
+
+def forwarded(server: InfluxServer, request: Seen) -> tuple[int, dict[str, str], bytes]:
+    """The request as the real influxd answers it."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("content-type", "content-encoding", "accept")}
+        connection.request(request.method, request.path, request.body, headers)
+        reply = connection.getresponse()
+        return reply.status, {"Content-Type": reply.getheader("Content-Type") or ""}, \
+            reply.read()
+    finally:
+        connection.close()
+
+
+def test_a_sole_writers_batch_whose_hour_write_failed_is_exact_once_retried(
+        scripted: Callable[..., ScriptedInflux], influxdb: InfluxServer) -> None:
+    """One collector folding rollups (roll_up(sole_writer=True)) into a real influxd behind a
+    proxy that refuses the 1 h write once: the minute rows were written and the hour rows
+    folded in memory, not stored. The sink's retry of the same batch leaves every bucket as
+    the raw points say, nothing counted twice."""
+    refuse = threading.Event()
+
+    def answer(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if refuse.is_set() and "rp=rollup_1h" in request.path:
+            refuse.clear()
+            return 503, {}, b'{"error":"overloaded"}'
+        return forwarded(influxdb, request)
+
+    proxy = scripted(answer)
+    database = f"sole_{uuid.uuid4().hex[:12]}"
+    store = InfluxTimeSeries(proxy.url(database), retries=0, rollups=True)
+    now = int(time.time() * 1000)
+    start = now - now % 60_000  # live data: the rows stay in memory between batches
+    points = [pt("d", start + i * 1_000, i, v=float(i % 7)) for i in range(90)]
+    try:
+        for batch in (points[:40], points[40:]):
+            store.write(batch)
+            if batch[0].seq == 40:
+                refuse.set()
+                with pytest.raises(StoreUnavailable, match="overloaded"):
+                    store.roll_up(RollupBatch.of(batch), sole_writer=True)
+            store.roll_up(RollupBatch.of(batch), sole_writer=True)
+        hour = start - start % 3_600_000
+        for buckets in (2, 120):  # 1 h buckets, then 1 min
+            width = 2 * 3_600_000 // buckets
+            for bucket in store.history("d", ["v"], hour, hour + 2 * 3_600_000, buckets):
+                values = [p.fields["v"] for p in points
+                          if bucket.ts <= p.ts < bucket.ts + width]
+                got = bucket.values["v"]
+                assert (got["min"], got["max"], got["last"]) == (
+                    min(values), max(values), values[-1])
+                assert got["mean"] == pytest.approx(sum(values) / len(values))
+    finally:
+        store.close()
+        forwarded(influxdb, Seen("POST", "/query", {}, urllib.parse.urlencode(
+            {"q": f'DROP DATABASE "{database}"'}).encode(), ("", 0)))
 
 
 def test_refusal_to_create_the_database_is_ignored(
