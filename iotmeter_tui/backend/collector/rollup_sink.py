@@ -24,9 +24,10 @@ from iotmeter_tui.backend.stores.rollup_fold import RollupBatch
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore
 
 ROLLUP_EVERY_S: Final = 60.0
-# A batch holds its points folded (a few MiB for a whole fleet's minute), so it may span
-# minutes of a large fleet: fewer batches, fewer rows written.
-MAX_BATCH_RECORDS: Final = 1_000_000
+# A batch holds its points folded per device and minute (about 2 KiB each), not the points:
+# about 100 s of 5,000 meters, so a catch-up writes each device's rows every 100 s, and a
+# batch's minutes stay a few per device.
+MAX_BATCH_RECORDS: Final = 500_000
 READ_RECORDS: Final = 10_000  # records decoded at a time while a batch is read
 # While the collector stops, how long a batch waits for the time-series sink to store it.
 DRAIN_WAIT_S: Final = 5.0

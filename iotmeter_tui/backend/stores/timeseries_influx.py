@@ -37,6 +37,7 @@ import base64
 import email.utils
 import gzip
 import http.client
+import itertools
 import json
 import logging
 import math
@@ -666,9 +667,29 @@ class InfluxTimeSeries:
     def _write_rollups(
         self, level: Resolution, rows: Mapping[tuple[str, int], Mapping[str, Sequence[float]]]
     ) -> None:
+        """Write the rows as line protocol, a chunk at a time: a fleet's rows as one list of
+        lines held tens of MiB at once."""
+        params = {"db": self._database, "precision": "ms"}
+        policy = self._rollup_rp[level.name]
+        if policy:
+            params["rp"] = policy
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip",
+                   **self._auth}
+        lines = self._rollup_lines(level, rows)
+        while chunk := list(itertools.islice(lines, self._chunk_points)):
+            body = gzip.compress("\n".join(chunk).encode(), compresslevel=self._gzip_level)
+            reply = self._request("POST", "/write?" + urlencode(params), body, headers)
+            if reply.status in (200, 204):
+                continue
+            if reply.status == 400 and b"beyond retention" in reply.body:
+                continue  # a bucket older than its level keeps: nothing to keep it in
+            raise self._refusal(f"rollup {level.name} write", reply)
+
+    def _rollup_lines(
+        self, level: Resolution, rows: Mapping[tuple[str, int], Mapping[str, Sequence[float]]]
+    ) -> Iterator[str]:
         measurement = f"{MEASUREMENT}_{level.name}"
         keys = self._rollup_keys
-        lines = []
         for (device_id, bucket), fields in rows.items():
             pairs = []
             for name, acc in fields.items():
@@ -683,27 +704,11 @@ class InfluxTimeSeries:
                         keys.clear()
                     escaped = keys[name] = tuple(
                         f"{_escape(f'{name}_{part}')}=" for part in ROLLUP_PARTS)
-                pairs += [f"{key}{float(value)!r}" for key, value in zip(escaped, acc, strict=True)]
+                pairs += [f"{key}{float(value)!r}"
+                          for key, value in zip(escaped, acc, strict=True)]
             if pairs:
-                lines.append(f"{measurement},device_id={_escape(device_id)} "
-                             f"{','.join(pairs)} {bucket}")
-        if not lines:
-            return
-        params = {"db": self._database, "precision": "ms"}
-        policy = self._rollup_rp[level.name]
-        if policy:
-            params["rp"] = policy
-        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip",
-                   **self._auth}
-        for start in range(0, len(lines), self._chunk_points):
-            body = gzip.compress("\n".join(lines[start : start + self._chunk_points]).encode(),
-                                 compresslevel=self._gzip_level)
-            reply = self._request("POST", "/write?" + urlencode(params), body, headers)
-            if reply.status in (200, 204):
-                continue
-            if reply.status == 400 and b"beyond retention" in reply.body:
-                continue  # a bucket older than its level keeps: nothing to keep it in
-            raise self._refusal(f"rollup {level.name} write", reply)
+                yield (f"{measurement},device_id={_escape(device_id)} "
+                       f"{','.join(pairs)} {bucket}")
 
     def _rollup_history(
         self, level: Resolution, device_id: str, names: list[str], chosen: Sequence[str],
