@@ -6,6 +6,7 @@ repainted. The LiveTable here runs in a small real Textual app; no store behind 
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -211,3 +212,14 @@ def test_unchanged_status_line_is_not_repainted(make_app: Any) -> None:
         assert paints
 
     drive(make_app(), scenario)
+
+
+def test_start_up_objects_leave_the_full_collections_while_the_app_runs(
+        make_app: Any) -> None:
+    """A full garbage collection over the start-up heap held the UI thread for 30-110 ms."""
+    async def scenario(pilot: Any) -> None:
+        await settle(pilot)
+        assert gc.get_freeze_count() > 10_000
+
+    drive(make_app(), scenario)
+    assert gc.get_freeze_count() == 0  # collectable again once the app is gone
