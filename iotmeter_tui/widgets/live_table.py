@@ -41,6 +41,7 @@ ROLES = ("ok", "warn", "error", "muted", "accent")
 SEPARATOR = 1  # blank cells between columns
 STRIP_CACHE = 2000  # rendered lines kept, the least recently drawn dropped first
 HOME_WAIT_S = 0.1  # a new list not read by then: show its top with the old rows meanwhile
+DRAW_AHEAD = 16  # held rows drawn off screen per turn of the event loop (a key waits for few)
 BAR_FULL = "━"
 BAR_EMPTY = "─"
 
@@ -194,6 +195,7 @@ class LiveTable(ScrollView, can_focus=True):
         self._home_pending = False  # home(): the view goes to the top with the new rows
         self._home_timer: Timer | None = None
         self._paint: tuple[Style, int] | None = None  # (base style, width) of this paint
+        self._drawing_ahead = False
         self._last_highlight: str | None = None
         self._strips: LRUCache[tuple[object, ...], Strip] = LRUCache(STRIP_CACHE)
 
@@ -228,6 +230,7 @@ class LiveTable(ScrollView, can_focus=True):
                     self.refresh_line(index + 1)
         self._announce_highlight()
         self._check_window()
+        self._draw_ahead_soon()
 
     def visible_rows(self) -> tuple[int, int]:
         """(offset, limit) of the rows on screen."""
@@ -418,6 +421,39 @@ class LiveTable(ScrollView, can_focus=True):
 
     # --- rendering ------------------------------------------------------------------------
 
+    def _draw_ahead_soon(self) -> None:
+        if not self._drawing_ahead and self.is_mounted:
+            self._drawing_ahead = True
+            self.call_after_refresh(self._draw_ahead)
+
+    def _draw_ahead(self) -> None:
+        """Draw held rows that are off screen into the line cache, nearest the viewport
+        first, a few per turn after the paint: a page key then paints rows drawn already
+        (drawing its new rows was a third of a page key's paint)."""
+        self._drawing_ahead = False
+        if not self.is_mounted or not self.rows:
+            return
+        base, width = self.rich_style, self.scrollable_content_region.width
+        top, height = self._top(), self._body_height()
+
+        def distance(index: int) -> int:
+            return index - top - height if index >= top + height else top - index
+
+        drawn = 0
+        for index in sorted(range(self.first, self.first + len(self.rows)), key=distance):
+            row = self.rows[index - self.first]
+            key = self._strip_key(row, index, width)
+            if index == self.cursor or top <= index < top + height or key in self._strips:
+                continue  # the cursor's line and the screen's are drawn by the paint
+            if drawn == DRAW_AHEAD:
+                self._draw_ahead_soon()
+                return
+            self._strips[key] = self._render_row(row, index, width, base)
+            drawn += 1
+
+    def _strip_key(self, row: Row, index: int, width: int) -> tuple[object, ...]:
+        return (row, index == self.cursor, self.has_focus, row.key in self.marked, width)
+
     def _columns_for(self, width: int) -> list[tuple[int, int, int]]:
         if self._column_layout.width == width and self._column_layout.columns:
             return self._column_layout.columns
@@ -472,7 +508,7 @@ class LiveTable(ScrollView, can_focus=True):
             return Strip([Segment(" …".ljust(width), style)], width)
         # Scrolling repaints every line, and a refresh brings mostly unchanged rows: a row
         # drawn before is drawn from the cache.
-        key = (row, index == self.cursor, self.has_focus, row.key in self.marked, width)
+        key = self._strip_key(row, index, width)
         strip = self._strips.get(key)
         if strip is None:
             strip = self._strips[key] = self._render_row(row, index, width, base)

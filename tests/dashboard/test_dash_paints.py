@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from dash_helpers import drive, settle, wait_until
+from rich.style import Style
 from textual import events
 from textual.app import App, ComposeResult
 
@@ -25,6 +26,17 @@ SIZE = (40, 11)  # a body of 10 rows under the header
 def rows(offset: int, limit: int, *, prefix: str = "m") -> list[Row]:
     return [Row(f"{prefix}-{i:04d}", (f"{prefix}-{i:04d}", str(i)))
             for i in range(offset, min(TOTAL, offset + limit))]
+
+
+class CountingTable(LiveTable):
+    """Counts the rows drawn inside a paint (not ahead of one)."""
+
+    drawn_in_paint = 0
+
+    def _render_row(self, row: Row, index: int, width: int, base: Style) -> Any:
+        if self._paint is not None:
+            self.drawn_in_paint += 1
+        return super()._render_row(row, index, width, base)
 
 
 class TableApp(App[None]):
@@ -47,11 +59,11 @@ class TableApp(App[None]):
         self._display = display  # type: ignore[method-assign]
 
     def compose(self) -> ComposeResult:
-        yield LiveTable(COLUMNS, id="table")
+        yield CountingTable(COLUMNS, id="table")
 
     @property
-    def table(self) -> LiveTable:
-        return self.query_one(LiveTable)
+    def table(self) -> CountingTable:
+        return self.query_one(CountingTable)
 
     def text(self) -> str:
         strips = self.screen._compositor.render_strips()
@@ -174,6 +186,19 @@ def test_window_around_held_rows_is_read_after_the_paint() -> None:
         paints_before = app.needed_after[-1]
         assert paints_before and app.paints[paints_before - 1][0] == 30, \
             "the page was not painted before its window was asked for"
+
+    run(scenario)
+
+
+def test_rows_off_screen_are_drawn_ahead_so_a_page_paints_few() -> None:
+    async def scenario(app: TableApp, pilot: Any) -> None:
+        table = app.table
+        await pilot.pause(0.1)  # drawn ahead after the first paint
+        table.drawn_in_paint = 0
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert first_row(app.text()) == "m-0010"
+        assert table.drawn_in_paint == 1  # the cursor's line; the page's others were ready
 
     run(scenario)
 
