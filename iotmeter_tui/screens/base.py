@@ -108,6 +108,7 @@ class DashboardScreen(Screen[None]):
             except Exception as exc:
                 self.report("load", exc)
             self.loads += 1
+            self.dash.view_loaded()
             if not self._again:
                 break
 

@@ -242,8 +242,8 @@ class FleetScreen(DashboardScreen):
         operator sorted or filtered for. (Keeping the cursor's index deep in the list would
         also make the store sort down to that offset.)"""
         table = self.table
+        table.home()  # first: the new sort's arrow is then painted with its rows
         table.set_sort(query.order_by, query.descending)
-        table.home()
         self.state_changed()
 
     def watch_total(self) -> None:

@@ -6,6 +6,11 @@ screen fetched from the store around the viewport) and knows the total, so the s
 true while only ~3 pages of rows ever exist in memory. Changed rows are repainted line by
 line; nothing is cleared and rebuilt, so live updates never flicker.
 
+Textual paints at most once a frame, and the frame after a paint comes one to two frames
+(17-33 ms) later. So a key shows its effect in one paint: a new list (sort, filter) keeps the old
+view until its first rows arrive rather than painting the old rows at the top first, and the
+rows around the viewport are asked for after the paint when the ones on screen are held.
+
 Cells carry a *role* (ok, warn, error, muted, accent) instead of a colour; roles map to
 component classes styled with theme variables, so the same table reads on dark and light
 themes.
@@ -24,16 +29,19 @@ from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.cache import LRUCache
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.timer import Timer
 
 from iotmeter_tui.backend.terminal import safe_text
 
 ROLES = ("ok", "warn", "error", "muted", "accent")
 SEPARATOR = 1  # blank cells between columns
 STRIP_CACHE = 2000  # rendered lines kept, the least recently drawn dropped first
+HOME_WAIT_S = 0.1  # a new list not read by then: show its top with the old rows meanwhile
+DRAW_AHEAD = 16  # held rows drawn off screen per turn of the event loop (a key waits for few)
 BAR_FULL = "━"
 BAR_EMPTY = "─"
 
@@ -183,6 +191,11 @@ class LiveTable(ScrollView, can_focus=True):
         self.loaded = False  # False until the first load: the empty text says "loading"
         self._column_layout = _Layout(0)
         self._window_requested = False
+        self._window_after_paint = False  # a WindowNeeded waits for the paint under way
+        self._home_pending = False  # home(): the view goes to the top with the new rows
+        self._home_timer: Timer | None = None
+        self._paint: tuple[Style, int] | None = None  # (base style, width) of this paint
+        self._drawing_ahead = False
         self._last_highlight: str | None = None
         self._strips: LRUCache[tuple[object, ...], Strip] = LRUCache(STRIP_CACHE)
 
@@ -200,11 +213,15 @@ class LiveTable(ScrollView, can_focus=True):
         was_loaded = self.loaded
         self.total, self.first, self.rows = max(0, total), max(0, offset), list(rows)
         self.loaded = True
-        self._window_requested = False
+        self._window_requested = self._window_after_paint = False
         if self.cursor >= self.total:
             self.cursor = max(0, self.total - 1)
+        going_home = self._home_pending
+        if going_home:
+            self._end_home()
         if old_total != self.total or not was_loaded:
             self._update_virtual_size()
+        if old_total != self.total or not was_loaded or going_home:
             self.refresh()
         else:
             top = self._top()
@@ -213,6 +230,7 @@ class LiveTable(ScrollView, can_focus=True):
                     self.refresh_line(index + 1)
         self._announce_highlight()
         self._check_window()
+        self._draw_ahead_soon()
 
     def visible_rows(self) -> tuple[int, int]:
         """(offset, limit) of the rows on screen."""
@@ -247,12 +265,13 @@ class LiveTable(ScrollView, can_focus=True):
 
     def set_sort(self, key: str | None, descending: bool) -> None:
         self.sort_key, self.descending = key, descending
-        if self.is_mounted:
-            self.refresh_line(0)
+        if self.is_mounted and not self._home_pending:  # pending: painted with the rows
+            self.refresh(Region(0, 0, self.size.width, 1))  # the header, whatever the scroll
 
     # --- cursor and scrolling -----------------------------------------------------------------
 
     def move_cursor(self, index: int) -> None:
+        self._show_home()  # a key on a list not read yet moves from its top, as it shows
         if self.total == 0:
             return
         index = max(0, min(self.total - 1, index))
@@ -272,17 +291,37 @@ class LiveTable(ScrollView, can_focus=True):
 
     def home(self) -> None:
         """Cursor and view back to the first row without asking for rows: the caller is
-        about to read a new list (load_window asks again if need be)."""
+        about to read a new list (load_window asks again if need be). The view moves to the
+        top in the paint that shows the new list's rows (or after HOME_WAIT_S, or at the next
+        key, whichever comes first): painting the old rows at the top first would take the
+        frame the new rows need."""
         self._window_requested = True
         self.cursor = 0
-        self.scroll_to(y=0, animate=False, immediate=True)
-        self.refresh()
+        if self.is_mounted:
+            self._home_pending = True
+            if self._home_timer is not None:
+                self._home_timer.stop()
+            self._home_timer = self.set_timer(HOME_WAIT_S, self._show_home)
         self._announce_highlight()
+
+    def _show_home(self) -> None:
+        """The pending move to the top, now (the new list is late, or a key came)."""
+        if self._home_pending:
+            self._end_home()
+            self.refresh()
+
+    def _end_home(self) -> None:
+        self._home_pending = False
+        if self._home_timer is not None:
+            self._home_timer.stop()
+            self._home_timer = None
+        self.scroll_to(y=0, animate=False, immediate=True)
 
     def action_cursor(self, delta: int) -> None:
         self.move_cursor(self.cursor + delta)
 
     def action_page(self, direction: int) -> None:
+        self._show_home()
         height = self._body_height()
         target_top = max(0, min(self.total - height, self._top() + direction * height))
         self.scroll_to(y=target_top, animate=False, immediate=True)
@@ -315,6 +354,12 @@ class LiveTable(ScrollView, can_focus=True):
                 self.action_select()
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        if self._home_pending:
+            # Scrolled (the mouse wheel) before the new list came: from its top, as shown.
+            self._end_home()
+            self.scroll_to(y=max(0.0, new_value - old_value), animate=False, immediate=True)
+            self.refresh()
+            return
         super().watch_scroll_y(old_value, new_value)
         self._check_window()
 
@@ -333,7 +378,7 @@ class LiveTable(ScrollView, can_focus=True):
         self.refresh_line(self.cursor + 1)
 
     def _top(self) -> int:
-        return int(self.scroll_offset.y)
+        return 0 if self._home_pending else int(self.scroll_offset.y)
 
     def _body_height(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
@@ -354,6 +399,17 @@ class LiveTable(ScrollView, can_focus=True):
         held_end = self.first + len(self.rows)
         if want_start < self.first or want_end > held_end:
             self._window_requested = True
+            if self.viewport_held():
+                # The rows on screen are here: paint them first. The read's rows are built
+                # on this thread, and its reply landing before the paint would delay it.
+                self._window_after_paint = True
+                self.call_after_refresh(self._ask_window)
+            else:
+                self.post_message(self.WindowNeeded(self))
+
+    def _ask_window(self) -> None:
+        if self._window_after_paint:  # not answered meanwhile (a refresh's read)
+            self._window_after_paint = False
             self.post_message(self.WindowNeeded(self))
 
     def _announce_highlight(self) -> None:
@@ -364,6 +420,39 @@ class LiveTable(ScrollView, can_focus=True):
             self.post_message(self.Highlighted(self, row))
 
     # --- rendering ------------------------------------------------------------------------
+
+    def _draw_ahead_soon(self) -> None:
+        if not self._drawing_ahead and self.is_mounted:
+            self._drawing_ahead = True
+            self.call_after_refresh(self._draw_ahead)
+
+    def _draw_ahead(self) -> None:
+        """Draw held rows that are off screen into the line cache, nearest the viewport
+        first, a few per turn after the paint: a page key then paints rows drawn already
+        (drawing its new rows was a third of a page key's paint)."""
+        self._drawing_ahead = False
+        if not self.is_mounted or not self.rows:
+            return
+        base, width = self.rich_style, self.scrollable_content_region.width
+        top, height = self._top(), self._body_height()
+
+        def distance(index: int) -> int:
+            return index - top - height if index >= top + height else top - index
+
+        drawn = 0
+        for index in sorted(range(self.first, self.first + len(self.rows)), key=distance):
+            row = self.rows[index - self.first]
+            key = self._strip_key(row, index, width)
+            if index == self.cursor or top <= index < top + height or key in self._strips:
+                continue  # the cursor's line and the screen's are drawn by the paint
+            if drawn == DRAW_AHEAD:
+                self._draw_ahead_soon()
+                return
+            self._strips[key] = self._render_row(row, index, width, base)
+            drawn += 1
+
+    def _strip_key(self, row: Row, index: int, width: int) -> tuple[object, ...]:
+        return (row, index == self.cursor, self.has_focus, row.key in self.marked, width)
 
     def _columns_for(self, width: int) -> list[tuple[int, int, int]]:
         if self._column_layout.width == width and self._column_layout.columns:
@@ -393,9 +482,17 @@ class LiveTable(ScrollView, can_focus=True):
         self._column_layout = _Layout(width, layout)
         return layout
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # The same base style and width for every line of a paint: found once, not per line
+        # (rich_style walks the styles of every ancestor; it was a fifth of a scroll's paint).
+        self._paint = (self.rich_style, self.scrollable_content_region.width)
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint = None
+
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
-        base = self.rich_style
+        base, width = self._paint or (self.rich_style, self.scrollable_content_region.width)
         if y == 0:
             return self._render_header(width, base)
         index = self._top() + y - 1
@@ -411,7 +508,7 @@ class LiveTable(ScrollView, can_focus=True):
             return Strip([Segment(" …".ljust(width), style)], width)
         # Scrolling repaints every line, and a refresh brings mostly unchanged rows: a row
         # drawn before is drawn from the cache.
-        key = (row, index == self.cursor, self.has_focus, row.key in self.marked, width)
+        key = self._strip_key(row, index, width)
         strip = self._strips.get(key)
         if strip is None:
             strip = self._strips[key] = self._render_row(row, index, width, base)

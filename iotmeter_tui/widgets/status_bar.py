@@ -64,6 +64,9 @@ class StatusBar(Horizontal):
     def __init__(self, view: str) -> None:
         super().__init__()
         self.view = view
+        # What the line shows (None: nothing yet), so an unchanged line is not repainted.
+        self._shown_left: tuple[str, tuple[object, ...]] | None = None
+        self._shown_at: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="status-left", markup=False)
@@ -72,10 +75,19 @@ class StatusBar(Horizontal):
     def show(self, status: StatusSnapshot, view: str | None = None) -> None:
         if view is not None:
             self.view = view
-        self.query_one("#status-left", Static).update(_status_markup(self.view, status))
-        self.query_one("#status-clock", Static).update(
-            f"{clock(int(status.at * 1000))} UTC" if status.at else ""
-        )
+        # Called on every key that changes a view's state and every second: an unchanged
+        # line is not repainted (a paint takes the frame a key's own paint may need), and
+        # only a clock of another width changes the layout.
+        left = _status_markup(self.view, status)
+        at = f"{clock(int(status.at * 1000))} UTC" if status.at else ""
+        shown_left = (left.plain, tuple(left.spans))
+        if shown_left != self._shown_left:
+            self.query_one("#status-left", Static).update(left, layout=False)
+            self._shown_left = shown_left
+        if at != self._shown_at:
+            layout = self._shown_at is None or len(at) != len(self._shown_at)
+            self.query_one("#status-clock", Static).update(at, layout=layout)
+            self._shown_at = at
 
 
 class NoticeLine(Static):

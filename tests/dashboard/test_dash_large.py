@@ -14,6 +14,7 @@ from dash_helpers import drive, press, settle, wait_until
 
 from iotmeter_tui.backend.stores import Stores
 from iotmeter_tui.screens.fleet import FleetScreen
+from iotmeter_tui.widgets import live_table
 
 DEVICES = 10_000
 
@@ -86,5 +87,62 @@ def test_keys_stay_quick_with_ten_thousand_rows(make_app: Any, large_stores: Sto
         await settle(pilot)
         timings.sort()
         assert timings[len(timings) // 2] < 0.15, timings
+
+    drive(make_app(runtime=FakeRuntime(large_stores)), scenario, size=(120, 40))
+
+
+def visible_keys(screen: FleetScreen) -> list[str | None]:
+    table = screen.table
+    top, height = table.visible_rows()
+    return [row.key if (row := table.row_at(i)) else None for i in range(top, top + height)]
+
+
+def test_sort_and_page_deep_in_the_list_show_the_stores_rows(
+        make_app: Any, large_stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sort from deep in the list shows the new order's first page (never the old rows at
+    the top on the way there), and pages through it row for row as the store lists it."""
+    monkeypatch.setattr(live_table, "HOME_WAIT_S", 30.0)  # a slow machine's read is not late
+    md = large_stores.metadata
+
+    def store_page(order_by: str, descending: bool, offset: int, limit: int) -> list[str]:
+        return [d.device_id for d in md.list_devices(order_by=order_by, descending=descending,
+                                                     offset=offset, limit=limit)]
+
+    async def scenario(pilot: Any) -> None:
+        app = pilot.app
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        table = screen.table
+        body = table._body_height()
+        await press(pilot, *["pagedown"] * 5)
+        await wait_until(pilot, lambda: held(screen), what="five pages down")
+        assert visible_keys(screen) == store_page("device_id", False, 5 * body, body)
+
+        paints: list[tuple[int, bool]] = []  # (top, rows answer the query) at each paint
+        original = app._display
+
+        def display(target: Any, renderable: Any) -> None:
+            original(target, renderable)
+            if renderable is not None:
+                paints.append((table._top(), screen.shown_query == screen.query_state))
+
+        app._display = display
+        for key, order_by, descending in [("s", "device_type", False),
+                                          ("S", "device_type", True)]:
+            paints.clear()
+            await press(pilot, key)
+            await wait_until(pilot, lambda: held(screen), what=f"sorted by {order_by}")
+            assert (table.cursor, table.scroll_offset.y) == (0, 0)
+            assert visible_keys(screen) == store_page(order_by, descending, 0, body)
+            assert table.cursor_row is not None
+            assert table.cursor_row.key == store_page(order_by, descending, 0, 1)[0]
+            assert paints and paints[0] == (0, True), paints  # the new rows, first paint
+            await press(pilot, "pagedown", "pagedown")
+            await wait_until(pilot, lambda: held(screen), what="two pages of the new order")
+            assert table.cursor == 2 * body
+            assert visible_keys(screen) == store_page(order_by, descending, 2 * body, body)
+            await press(pilot, "pageup")
+            await wait_until(pilot, lambda: held(screen), what="a page back")
+            assert visible_keys(screen) == store_page(order_by, descending, body, body)
 
     drive(make_app(runtime=FakeRuntime(large_stores)), scenario, size=(120, 40))
