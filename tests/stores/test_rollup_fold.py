@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, PackedRow, RollupBatch, coarser
+from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, PackedRow, RollupBatch
 from iotmeter_tui.backend.stores.rollups import HOUR_MS, MINUTE_MS, ONE_HOUR, ONE_MINUTE
 from iotmeter_tui.backend.stores.timeseries import Point
 
@@ -49,14 +49,23 @@ def test_a_point_no_store_could_hold_is_left_out() -> None:
     assert len(batch) == 1 and list(batch.minutes) == [("a", H0)]
 
 
-def test_coarser_merges_minutes_into_their_hour() -> None:
+def test_an_hour_takes_its_minutes_one_after_another() -> None:
+    hours = FoldedRows(ONE_HOUR)
     batch = RollupBatch.of([pt("a", H0 + i * MINUTE_MS, v=float(i)) for i in range(61)])
-    hours = coarser(batch.minutes, HOUR_MS)
-    assert set(hours) == {("a", H0), ("a", H0 + HOUR_MS)}
-    first = hours[("a", H0)]
-    assert first.row["v"] == [0.0, 59.0, sum(range(60)), 60.0, 59.0, H0 + 59.0 * MINUTE_MS]
-    assert (first.first, first.newest, first.ordered) == (H0, H0 + 59 * MINUTE_MS, True)
-    assert batch.minutes[("a", H0)].row["v"][3] == 1.0  # the minutes are left as they were
+    assert hours.keys(batch.minutes) == {("a", H0), ("a", H0 + HOUR_MS)}
+    hours.learn({key: {} for key in hours.keys(batch.minutes)})
+    folded, redo = hours.fold(batch.minutes, ["v"])
+    assert redo == set()
+    assert plain(folded[("a", H0)]) == {
+        "v": [0.0, 59.0, sum(range(60)), 60.0, 59.0, H0 + 59.0 * MINUTE_MS]}
+    assert plain(folded[("a", H0 + HOUR_MS)]) == {
+        "v": [60.0, 60.0, 60.0, 1.0, 60.0, H0 + 60.0 * MINUTE_MS]}
+    # A minute older than what its hour holds: the whole hour is recomputed, not folded.
+    late = RollupBatch.of([pt("a", H0 + 5 * MINUTE_MS + 1, v=-1.0),
+                           pt("b", H0 + 1, v=2.0)])
+    hours.learn({("b", H0): {}})
+    folded, redo = hours.fold(late.minutes, ["v"])
+    assert (set(folded), redo) == ({("b", H0)}, {("a", H0)})
 
 
 def test_only_points_newer_than_the_whole_row_are_folded() -> None:

@@ -126,24 +126,6 @@ class RollupBatch:
         self.points += 1
 
 
-def coarser(deltas: dict[Key, Delta], width_ms: int) -> dict[Key, Delta]:
-    """Deltas of finer buckets merged into the buckets of width_ms that hold them."""
-    merged: dict[Key, Delta] = {}
-    for (device_id, bucket), delta in deltas.items():
-        key = (device_id, bucket - bucket % width_ms)
-        have = merged.get(key)
-        if have is None:
-            merged[key] = Delta(delta.first, delta.newest,
-                                {n: list(a) for n, a in delta.row.items()}, delta.ordered)
-            continue
-        for name, acc in delta.row.items():
-            fold_acc(have.row, name, acc)
-        have.first = min(have.first, delta.first)
-        have.newest = max(have.newest, delta.newest)
-        have.ordered = have.ordered and delta.ordered  # other buckets: other stamps
-    return merged
-
-
 class PackedRow(Mapping[str, Sequence[float]]):
     """A rollup row held compactly: the six numbers of every field in one array of doubles,
     behind a layout (field -> offset) shared by all rows with the same fields. As a dict of
@@ -236,23 +218,36 @@ class FoldedRows:
 
     def fold(self, deltas: dict[Key, Delta], names: Iterable[str]) -> tuple[
             dict[Key, PackedRow], set[Key]]:
-        """Fold the deltas' fields of `names` into the rows, in place: (the rows folded,
-        keys to recompute from the level below). Every key must be known (unknown() and
-        learn()). The rows in memory change here: if writing them fails, forget() them."""
+        """Fold the batch's minutes (fields of `names`) into the rows of this level's buckets
+        that hold them, in place: (the rows folded, keys to recompute from the level below).
+        A bucket's minutes are folded one after another, each only if newer than the row
+        as it stands; a bucket any of them cannot go into is recomputed whole. Every key
+        must be known (keys(), unknown() and learn()). The rows in memory change here: if
+        writing them fails, forget() them."""
         wanted = set(names)
+        width = self.level.width_ms
         folded: dict[Key, PackedRow] = {}
         redo: set[Key] = set()
         rows = self.rows
-        for key, delta in deltas.items():
+        for (device_id, minute), delta in deltas.items():
+            key = (device_id, minute - minute % width)
+            if key in redo:
+                continue
             row = rows[key]
             if not delta.ordered or row.newest() >= delta.first:
                 redo.add(key)
+                folded.pop(key, None)
                 continue
             for name, acc in delta.row.items():
                 if name in wanted:
                     row.fold(name, acc)
             folded[key] = row
         return folded, redo
+
+    def keys(self, deltas: Iterable[Key]) -> set[Key]:
+        """This level's buckets that the batch's minutes fall in."""
+        width = self.level.width_ms
+        return {(device_id, minute - minute % width) for device_id, minute in deltas}
 
     def forget(self, keys: Iterable[Key]) -> None:
         """Rows whose write failed: the store holds whichever version it took, so they are

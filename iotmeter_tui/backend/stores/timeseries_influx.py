@@ -65,7 +65,7 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
-from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, RollupBatch, coarser, fold_acc
+from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, RollupBatch, fold_acc
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
     RESOLUTIONS,
@@ -527,19 +527,16 @@ class InfluxTimeSeries:
         """roll_up() for the only rollup writer: the batch's minutes are folded into the
         rows of their buckets (read from the store when not in memory) and written; a bucket
         the fold cannot take exactly is recomputed from the level below (rollup_fold.py).
-        The 1 h rows take the batch's minutes merged, not the minute rows read back."""
+        The 1 h rows take the batch's minutes too, not the minute rows read back."""
         now = int(time.time() * 1000)
         below: Resolution | None = None
-        deltas = batch.minutes
         redo_below: set[tuple[str, int]] = set()
         for level in RESOLUTIONS:
-            if below is not None:
-                deltas = coarser(deltas, level.width_ms)
             kept = self._folded[level.name]
-            unknown = kept.unknown(deltas)
+            unknown = kept.unknown(kept.keys(batch.minutes))
             if unknown:
                 kept.learn(self._stored_rows(level, unknown))
-            rows, redo = kept.fold(deltas, names)
+            rows, redo = kept.fold(batch.minutes, names)
             try:
                 # A bucket recomputed below changes its coarser one in ways no delta says.
                 redo |= {(d, b - b % level.width_ms) for d, b in redo_below}
@@ -547,12 +544,13 @@ class InfluxTimeSeries:
                 recomputed = self._recomputed(
                     level, _per_device({k for k in redo if k[1] >= floor}), names, below)
                 for key in redo:
+                    rows.pop(key, None)
                     row = rows[key] = kept.rows[key]
                     for name, acc in recomputed.get(key, {}).items():
                         row.put(name, acc)
                 self._write_rollups(level, rows)
             except BaseException:
-                kept.forget(deltas)
+                kept.forget(kept.keys(batch.minutes))
                 raise
             kept.keep(rows, now)
             redo_below = redo
