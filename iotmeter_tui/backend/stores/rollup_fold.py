@@ -40,22 +40,6 @@ KEEP_BUCKETS: Final = 1
 MAX_LAYOUTS: Final = 10_000
 
 
-def fold_acc(row: Row, name: str, acc: Acc) -> None:
-    """Fold one [min, max, sum, count, last, lt] into a row's field, in place."""
-    have = row.get(name)
-    if have is None:
-        row[name] = list(acc)
-        return
-    if acc[0] < have[0]:
-        have[0] = acc[0]
-    if acc[1] > have[1]:
-        have[1] = acc[1]
-    have[2] += acc[2]
-    have[3] += acc[3]
-    if acc[5] >= have[5]:
-        have[4], have[5] = acc[4], acc[5]
-
-
 @dataclass(slots=True)
 class Delta:
     """What a batch adds to one bucket: its points' fields folded, the earliest and the
@@ -155,7 +139,7 @@ class PackedRow(Mapping[str, Sequence[float]]):
         return max(self.numbers[5::6], default=-math.inf)
 
     def fold(self, name: str, acc: Sequence[float]) -> None:
-        """fold_acc() on the packed numbers."""
+        """Fold one [min, max, sum, count, last, lt] into a field's packed numbers."""
         at = self.layout.get(name)
         if at is None:
             self._append(name, acc)

@@ -65,7 +65,7 @@ from iotmeter_tui.backend.protocol import (
     field_name_problem,
     tag_problem,
 )
-from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, RollupBatch, fold_acc
+from iotmeter_tui.backend.stores.rollup_fold import FoldedRows, RollupBatch
 from iotmeter_tui.backend.stores.rollups import (
     HOUR_MS,
     RESOLUTIONS,
@@ -533,24 +533,24 @@ class InfluxTimeSeries:
         redo_below: set[tuple[str, int]] = set()
         for level in RESOLUTIONS:
             kept = self._folded[level.name]
-            unknown = kept.unknown(kept.keys(batch.minutes))
+            touched = kept.keys(batch.minutes)
+            unknown = kept.unknown(touched)
             if unknown:
                 kept.learn(self._stored_rows(level, unknown))
             rows, redo = kept.fold(batch.minutes, names)
             try:
                 # A bucket recomputed below changes its coarser one in ways no delta says.
                 redo |= {(d, b - b % level.width_ms) for d, b in redo_below}
-                floor = self.retention.recompute_floor(level, now)
-                recomputed = self._recomputed(
-                    level, _per_device({k for k in redo if k[1] >= floor}), names, below)
+                recomputed = self._recomputed(level, touched_buckets(
+                    redo, level.width_ms, self.retention.recompute_floor(level, now)),
+                    names, below)
                 for key in redo:
-                    rows.pop(key, None)
                     row = rows[key] = kept.rows[key]
                     for name, acc in recomputed.get(key, {}).items():
                         row.put(name, acc)
                 self._write_rollups(level, rows)
             except BaseException:
-                kept.forget(kept.keys(batch.minutes))
+                kept.forget(touched)
                 raise
             kept.keep(rows, now)
             redo_below = redo
@@ -608,10 +608,10 @@ class InfluxTimeSeries:
                     value = record.get(name)
                     if isinstance(value, (float, int)) and not isinstance(value, bool):
                         v = float(value)
-                        fold_acc(row, name, [v, v, v, 1, v, ts])
+                        _fold(row, name, [v, v, v, 1, v, ts])
             else:
                 for name, acc in _rollup_fields(record, names).items():
-                    fold_acc(row, name, acc)
+                    _fold(row, name, acc)
         return rows
 
     def _aggregated(
@@ -1016,20 +1016,26 @@ def _storable_tag(value: object) -> bool:
     return tag_problem("device_id", value) is None
 
 
+def _fold(row: dict[str, list[float]], name: str, acc: list[float]) -> None:
+    """Fold one [min, max, sum, count, last, lt] into a row's field, in place."""
+    have = row.get(name)
+    if have is None:
+        row[name] = list(acc)
+        return
+    if acc[0] < have[0]:
+        have[0] = acc[0]
+    if acc[1] > have[1]:
+        have[1] = acc[1]
+    have[2] += acc[2]
+    have[3] += acc[3]
+    if acc[5] >= have[5]:
+        have[4], have[5] = acc[4], acc[5]
+
+
 def _row_names(record: dict[str, Any]) -> list[str]:
     """The telemetry fields a rollup row's columns (`<field>_<part>`) are of."""
     return sorted({column.rpartition("_")[0] for column in record
                    if column.endswith("_lt") and record[column] is not None})
-
-
-def _per_device(keys: set[tuple[str, int]]) -> dict[str, list[int]]:
-    """(device_id, bucket) keys -> per device its sorted buckets (as touched_buckets())."""
-    per_device: dict[str, list[int]] = {}
-    for device_id, bucket in keys:
-        per_device.setdefault(device_id, []).append(bucket)
-    for buckets in per_device.values():
-        buckets.sort()
-    return per_device
 
 
 def _rollup_fields(record: dict[str, Any], names: list[str]) -> dict[str, list[float]]:
