@@ -199,7 +199,7 @@ def main() -> int:
         settings = settings_for(Path(tmp), {
             "IOTMETER_DB_URL": database.url,
             "IOTMETER_TSDB_URL": f"influxdb://{influx.host}:{influx.port}/{db}",
-        }, archive_window_s=10)
+        }, archive_window_s=10, rollups=True)  # rollups on, as by default
         collectors = ([start_collector(settings, broker, Path(tmp), 0, 1, args.workers)]
                       if args.workers is not None else
                       [start_collector(settings, broker, Path(tmp), n, args.collectors)

@@ -16,6 +16,7 @@ from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
     DUPLICATE,
     REJECTED,
+    RecordHead,
     Spool,
     SpoolRecord,
 )
@@ -89,8 +90,10 @@ def archive_peak(tmp_path: Path, segment_bytes: int, *, whole: bool = False) -> 
     try:
         if whole:
             segment = spool.segments()[0]
+            spans = [(offset, length) for offset, length, head in spool.scan(segment)
+                     if head.kind == ACCEPTED]
             writer.write_batch([ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
-                                for _, _, r in spool.scan(segment) if r.kind == ACCEPTED],
+                                for r in spool.read_frames(segment, spans)],
                                [], sink.batch_id(segment))
         else:
             assert archive_all(sink, spool) == 1
@@ -224,8 +227,10 @@ def test_scan_reads_frames_larger_than_its_block(tmp_path: Path) -> None:
     assert small_blocks == list(spool.scan(segment))
     assert len(small_blocks) > 200
     spans = [(offset, length) for offset, length, _ in small_blocks]
-    assert list(spool.read_frames(segment, reversed(spans))) == [
-        r for _, _, r in reversed(small_blocks)]
+    records = list(spool.read_frames(segment, reversed(spans)))
+    assert [RecordHead(r.kind, r.device_id, r.msg_type, r.reason) for r in records] == [
+        head for _, _, head in reversed(small_blocks)]
+    assert {r.kind for r in records} == {ACCEPTED, DUPLICATE}
     spool.close()
 
 

@@ -13,6 +13,7 @@ from iotmeter_tui.backend.collector.spool import (
     ACCEPTED,
     REJECTED,
     Position,
+    RecordHead,
     Spool,
     SpoolFull,
     SpoolRecord,
@@ -45,6 +46,25 @@ def test_record_round_trip_keeps_every_field() -> None:
                                     detail="detail \u2713", payload=b"\xff\x00 raw")
     frame = original.encode()
     assert SpoolRecord.decode(frame[8:]) == original
+
+
+def test_record_head_reads_kind_device_type_and_reason_in_place() -> None:
+    records = [
+        SpoolRecord.rejected(received_ms=5, topic="iot/\u00e9/x", reason="not_json",
+                             detail="detail \u2713", payload=b"\xff\x00 raw",
+                             device_id="d\u00e9v"),
+        SpoolRecord.rejected(received_ms=6, topic="t", reason="bad_topic", detail="",
+                             payload=b""),
+        SpoolRecord.accepted(received_ms=7, device_id="dc-0001", msg_type="telemetry",
+                             device_type="power_meter_dc", boot=1, seq=2, ts=3,
+                             payload=b'{"v":2}'),
+    ]
+    block = b"junk" + b"".join(r.encode() for r in records)
+    at, heads = 4, []
+    for r in records:
+        heads.append(RecordHead.unpack(block, at + 8))
+        at += len(r.encode())
+    assert heads == [RecordHead(r.kind, r.device_id, r.msg_type, r.reason) for r in records]
 
 
 # Frames written by the positional constructor before the named ones existed (commit

@@ -20,6 +20,7 @@ While a field is anomalous its baseline is frozen (it must not learn the fault);
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -89,8 +90,16 @@ class Finding:
     high: float
     since_ms: int
     score: float  # how far outside, in band widths (for "notably worse" refreshes)
+    # The message, once asked: an open finding (a stuck field) is asked again with every
+    # reading while it lasts.
+    _text: str = dataclasses.field(default="", init=False, repr=False, compare=False)
 
     def message(self) -> str:
+        if not self._text:
+            object.__setattr__(self, "_text", self._compose())
+        return self._text
+
+    def _compose(self) -> str:
         since = f"since ts {self.since_ms}"
         if self.kind == "stuck":
             return f"{self.field} stuck at {self.observed:g} ({since}); it normally changes"

@@ -8,6 +8,7 @@ import signal
 import threading
 from typing import Any
 
+from iotmeter_tui.backend.collector.interpreter import tune_for_ingest
 from iotmeter_tui.backend.collector.service import Collector
 from iotmeter_tui.backend.config import ConfigError, Settings
 
@@ -53,6 +54,7 @@ def run_collector(settings: Settings) -> int:
         finally:
             if broker is not None:
                 broker.stop()
+    tune_for_ingest()
     collector = Collector(settings, mqtt_url)
     serve(collector.metrics.registry, collector.readiness)
 

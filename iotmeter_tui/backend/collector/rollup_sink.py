@@ -19,7 +19,7 @@ from typing import Final
 
 from iotmeter_tui.backend import protocol
 from iotmeter_tui.backend.collector.sinks import CursorFile, Sink, _data
-from iotmeter_tui.backend.collector.spool import ACCEPTED, Position, Spool
+from iotmeter_tui.backend.collector.spool import ACCEPTED, READ_RECORDS, Position, Spool
 from iotmeter_tui.backend.stores.rollup_fold import RollupBatch
 from iotmeter_tui.backend.stores.timeseries import Point, TimeSeriesStore
 
@@ -28,7 +28,6 @@ ROLLUP_EVERY_S: Final = 60.0
 # about 100 s of 5,000 meters, so a catch-up writes each device's rows every 100 s, and a
 # batch's minutes stay a few per device.
 MAX_BATCH_RECORDS: Final = 500_000
-READ_RECORDS: Final = 10_000  # records decoded at a time while a batch is read
 # While the collector stops, how long a batch waits for the time-series sink to store it.
 DRAIN_WAIT_S: Final = 5.0
 

@@ -20,9 +20,10 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import msgspec
 
 from iotmeter_tui.backend.errors import IotmeterError
 
@@ -41,6 +42,7 @@ _SUFFIX = ".spool"
 # 20,000 msg/s): a sink that keeps up takes the pipeline's own objects, already parsed, instead
 # of reading the file back and decoding every frame and payload again.
 RECENT_RECORDS = 50_000
+READ_RECORDS = 10_000  # records one read() gives at most, by default
 
 
 class SpoolFull(IotmeterError):
@@ -54,11 +56,15 @@ class Position(NamedTuple):
     offset: int
 
 
-@dataclass(slots=True)
-class SpoolRecord:
+class SpoolRecord(msgspec.Struct, gc=False):
     """One message's record. Build one with the constructor of its kind (`accepted`,
     `duplicate`, `rejected`): each fills the fields its kind leaves empty the way the frame
-    has always stored them, so segments written by any version read back alike."""
+    has always stored them, so segments written by any version read back alike.
+
+    A msgspec Struct kept out of the garbage collector's generations: one is built per
+    message and the spool keeps the newest RECENT_RECORDS of them, which the collector
+    scanned again and again as they aged (docs/performance.md, round five). Nothing a record
+    holds refers back to it."""
 
     kind: int  # ACCEPTED, REJECTED or DUPLICATE
     received_ms: int
@@ -143,6 +149,31 @@ class SpoolRecord:
             at += n_detail
         return cls(kind, received, dev, msg_type, device_type, boot, seq, ts, topic, reason,
                    detail, body[at:])
+
+
+class RecordHead(NamedTuple):
+    """What the archive sink sorts a record by, read without its payload."""
+
+    kind: int
+    device_id: str
+    msg_type: str
+    reason: str
+
+    @classmethod
+    def unpack(cls, data: bytes, at: int) -> RecordHead:
+        """The head of the record whose body starts at `data[at]`: its strings are sliced
+        out of the block where they lie, the payload never copied."""
+        (kind, _received, _boot, _seq, _ts,
+         n_dev, n_type, n_dtype, n_topic, n_reason, _n_detail) = _BODY.unpack_from(data, at)
+        at += _BODY.size
+        dev = data[at : at + n_dev].decode()
+        at += n_dev
+        msg_type = data[at : at + n_type].decode()
+        reason = ""
+        if n_reason:
+            at += n_type + n_dtype + n_topic
+            reason = data[at : at + n_reason].decode()
+        return cls(kind, dev, msg_type, reason)
 
 
 def valid_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -352,7 +383,7 @@ class Spool:
             return Position(later[0], 0) if later else Position(self._active, 0)
         return position
 
-    def read(self, position: Position, max_records: int = 10_000,
+    def read(self, position: Position, max_records: int = READ_RECORDS,
              max_bytes: int = 8 << 20) -> tuple[list[SpoolRecord], Position]:
         """Committed records after `position`, within one segment, and the position after
         them. At the end of a sealed segment, moves on to the next segment."""
@@ -400,10 +431,12 @@ class Spool:
         return records, end
 
     def scan(self, segment: int, block_bytes: int = 1 << 20) -> Iterator[
-            tuple[int, int, SpoolRecord]]:
-        """(offset, length, record) of every committed frame of a segment, in order, read
+            tuple[int, int, RecordHead]]:
+        """(offset, length, head) of every committed frame of a segment, in order, read
         from its file a block at a time: memory stays at a block whatever the segment holds.
-        `offset` and `length` cover the whole frame, as read_frames() takes them."""
+        `offset` and `length` cover the whole frame, as read_frames() takes them; the head
+        is read in place, without the payload (decoding whole records was most of the
+        archive sink's index pass)."""
         end = self.committed_size(segment)
         with open(self.directory / _segment_name(segment), "rb") as fh:
             at, want = 0, block_bytes
@@ -416,8 +449,7 @@ class Spool:
                     size = _FRAME.size + length
                     if used + size > len(data):
                         break
-                    yield at + used, size, SpoolRecord.decode(
-                        data[used + _FRAME.size : used + size])
+                    yield at + used, size, RecordHead.unpack(data, used + _FRAME.size)
                     used += size
                 if used == 0:
                     if len(data) < _FRAME.size or len(data) == end - at:

@@ -26,6 +26,7 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
 
     from iotmeter_tui.backend import logjson
     from iotmeter_tui.backend.collector import workers
+    from iotmeter_tui.backend.collector.interpreter import tune_for_ingest
     from iotmeter_tui.backend.collector.service import Collector
 
     parent = os.getppid()
@@ -41,6 +42,7 @@ def _child(settings: Settings, mqtt_url: str, conn: Connection) -> None:
     if count > 1:
         _child_pool(settings, mqtt_url, count, conn, stop, parent, log_path)
         return
+    tune_for_ingest()
     collector = Collector(settings, mqtt_url)
 
     def start() -> None:

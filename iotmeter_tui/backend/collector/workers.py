@@ -146,6 +146,7 @@ def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection
     import signal
 
     from iotmeter_tui.backend import logjson
+    from iotmeter_tui.backend.collector.interpreter import tune_for_ingest
     from iotmeter_tui.backend.collector.service import Collector
     from iotmeter_tui.backend.health_server import HealthServer
 
@@ -156,6 +157,7 @@ def _worker_main(settings: Settings, mqtt_url: str, index: int, conn: Connection
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers itself
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
+    tune_for_ingest()
     collector = Collector(settings, mqtt_url, lead=index == 0)
     health = HealthServer(collector.metrics.registry, collector.readiness).start()
     starter = threading.Thread(target=collector.start, daemon=True)
