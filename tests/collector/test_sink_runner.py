@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 from iotmeter_tui.backend import protocol
@@ -73,7 +74,7 @@ def test_small_batches_are_paced_and_a_stop_drains_at_once(tmp_path: Path) -> No
     starts = [at for at, _, _ in store.writes]
     # Without the linger: a write per commit or two, about a hundred of them.
     assert len(starts) <= 1.3 / TimeSeriesSink.linger_s + 2
-    assert all(b - a >= TimeSeriesSink.linger_s * 0.9 for a, b in zip(starts, starts[1:-1]))
+    assert all(b - a >= TimeSeriesSink.linger_s * 0.9 for a, b in pairwise(starts[:-1]))
     assert sum(n for _, _, n in store.writes) == seq
     assert store.counts()["dc-0001"] == seq
     store.close()
@@ -93,7 +94,7 @@ def test_a_backlog_is_written_without_pauses(tmp_path: Path) -> None:
     sizes = [n for _, _, n in store.writes]
     assert sum(sizes) == 40_000 and min(sizes) >= TimeSeriesSink.small_batch
     # Each batch went on as soon as the one before was written, not a linger later.
-    pauses = [nxt[0] - prev[1] for prev, nxt in zip(store.writes, store.writes[1:])]
+    pauses = [nxt[0] - prev[1] for prev, nxt in pairwise(store.writes)]
     assert max(pauses) < TimeSeriesSink.linger_s / 2
     assert store.counts()["dc-0001"] == 40_000
     store.close()
