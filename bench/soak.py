@@ -119,7 +119,7 @@ _BY_LABEL = {"iotmeter_messages_accepted_total": ("accepted", "msg_type"),
              "iotmeter_sink_backlog_bytes": ("backlog_bytes", "sink")}
 
 
-SINKS = {"timeseries", "archive", "registry"}  # and "rollups" with --rollups
+SINKS = {"timeseries", "archive", "registry"}  # and "rollups" with --rollups (Soak.sinks)
 
 
 def spool_bytes(directory: Path) -> int:
@@ -263,6 +263,9 @@ class Soak:
     def __init__(self, args: argparse.Namespace, work: Path, broker: MosquittoServer,
                  influx: InfluxServer, settings: Settings) -> None:
         self.args = args
+        # Every sink a drain waits for: without the rollup sink's, a second start was stopped
+        # while its first batch (read before the sink reports a backlog) was being written.
+        self.sinks = SINKS | ({"rollups"} if args.rollups else set())
         self.work = work
         self.broker = broker
         self.influx = influx
@@ -490,10 +493,10 @@ class Soak:
             while time.monotonic() < deadline:
                 figures = scrape(self.metrics_port)
                 backlog = figures["backlog_bytes"] if figures else {}
-                if left_per_sink is None and set(backlog) >= SINKS:
+                if left_per_sink is None and set(backlog) >= self.sinks:
                     # The second start's first figures: which sink the stop left behind.
                     left_per_sink = dict(backlog)
-                if set(backlog) >= SINKS and not any(backlog.values()):
+                if set(backlog) >= self.sinks and not any(backlog.values()):
                     break
                 time.sleep(1.0)
             self.stop_collector()
@@ -555,7 +558,7 @@ class Soak:
         while per_sink is None and time.monotonic() < deadline:
             figures = scrape(self.metrics_port)
             backlog = figures["backlog_bytes"] if figures else {}
-            if set(backlog) >= SINKS:
+            if set(backlog) >= self.sinks:
                 per_sink = dict(backlog)
             else:
                 time.sleep(0.2)

@@ -99,3 +99,34 @@ def test_a_backlog_is_written_without_pauses(tmp_path: Path) -> None:
     assert store.counts()["dc-0001"] == 40_000
     store.close()
     spool.close()
+
+
+def test_the_backlog_is_reported_before_the_first_batch(tmp_path: Path) -> None:
+    """A rollup batch after a restart reads for a while before its first write: /metrics
+    must show what waits meanwhile (bench/soak.py's second start stopped the collector
+    while that gauge was missing)."""
+    spool, store, runner = runner_for(tmp_path)
+    commit(spool, runner, range(100))
+    release = threading.Event()
+    take = runner.sink.next_batch
+
+    def slow_first_batch(*args: object) -> object:
+        release.wait(10)
+        return take(*args)  # type: ignore[arg-type]
+
+    runner.sink.next_batch = slow_first_batch  # type: ignore[method-assign]
+    gauge = runner.metrics.sink_backlog.labels("timeseries")
+    runner.start()
+    deadline = time.monotonic() + 5
+    while gauge._value.get() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gauge._value.get() == spool.committed_size(spool.active_segment) > 0
+    release.set()
+    while gauge._value.get() and time.monotonic() < deadline + 5:
+        time.sleep(0.01)
+    assert gauge._value.get() == 0
+    runner.stop(5.0)
+    runner.join(5.0)
+    assert store.counts()["dc-0001"] == 100
+    store.close()
+    spool.close()

@@ -300,6 +300,9 @@ class SinkRunner(threading.Thread):
 
     def run(self) -> None:
         self.cursor = self._load()
+        # Reported before the first batch, which may take a while (a rollup batch after a
+        # restart reads up to 500,000 records): /metrics shows what waits from the start.
+        self.metrics.sink_backlog.labels(self.sink.name).set(self.backlog_bytes())
         backoff = 0.2
         # A failed batch is retried exactly as it was (not re-read, which could take in
         # more records), so a sink can tell a retry from a new batch by its end position.
