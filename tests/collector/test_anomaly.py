@@ -83,6 +83,16 @@ def test_a_stuck_voltage_is_found_within_ten_readings_and_explained() -> None:
     assert "voltage_v stuck at" in f.message() and f"since ts {f.since_ms}" in f.message()
 
 
+
+def test_a_field_that_never_changed_is_not_stuck() -> None:
+    """A constant reading from the first message on (a steady setpoint, a bench's fixed
+    payload) is not a field that "normally changes": no stuck finding, however long."""
+    det = AnomalyDetector()
+    data = {"voltage_v": 748.2, "current_a": 1210.5, "temperature_c": 31.0}
+    found = [det.observe("m-1", "power_meter_dc", data, T0 + i * 1000) for i in range(5000)]
+    assert [f for f in found if f is not None] == []
+    assert det.stuck_fields(["m-1"]) == {"m-1": 0}
+
 def test_a_drift_escapes_the_baseline_and_names_the_expected_range() -> None:
     det = AnomalyDetector()
     sample = meter_stream()
@@ -195,7 +205,8 @@ def test_sensitivity_zero_turns_the_detector_off_and_higher_narrows() -> None:
     assert det.snapshot()["devices"] == {}
     # A device's own sensitivity wins over its type's.
     det = AnomalyDetector({DC: 0.0})
-    found = feed(det, 800, alter=lambda i, d: {**d, "voltage_v": 1.0}, sensitivity=1.0)
+    found = feed(det, 800, alter=lambda i, d: d if i < 700 else {**d, "voltage_v": 750.0},
+                 sensitivity=1.0)
     assert first(found, "stuck") is not None
 
 

@@ -158,7 +158,9 @@ class _Field:
             self.fast = 0.0  # a counter keeps the time of its last reading here, not a mean
         self.spread = 0.0  # above the median; below it `spread_lo`: a sagging line is skewed
         self.spread_lo = 0.0
-        self.changes = 1  # readings that differed from the one before, within...
+        # Readings that differed from the one before (the first has none before it: a field
+        # that never changed is not one that "normally changes"), within...
+        self.changes = 0
         self.window = 1  # ...the last STUCK_WINDOW to 2 x STUCK_WINDOW readings
         self.repeats = 0
         self.stuck_since = 0

@@ -306,13 +306,14 @@ class SimulatedMeter:
         if not self.config.report_temperature:
             del data["temperature_c"]
         episodes = self.faults.episodes
+        ts = self._now_ms()  # one clock read: an episode's label starts at this message's ts
         if episodes.spec.any_episode or episodes.interval_scale != 1.0:
-            data = episodes.alter(data, self._now_ms())
+            data = episodes.alter(data, ts)
             if episodes.interval_scale != self._interval_scale:
                 self.config.interval_s *= episodes.interval_scale / self._interval_scale
                 self._interval_scale = episodes.interval_scale
         self.last_reading = data
-        self._emit(protocol.TELEMETRY, data)
+        self._emit(protocol.TELEMETRY, data, ts=ts)
 
     def heartbeat(self) -> None:
         if self.powered:
@@ -392,10 +393,13 @@ class SimulatedMeter:
 
     # --- sending -------------------------------------------------------------------------
 
-    def _emit(self, msg_type: str, data: dict[str, Any], *, ahead: bool = False) -> None:
+    def _emit(self, msg_type: str, data: dict[str, Any], *, ahead: bool = False,
+              ts: int | None = None) -> None:
         """Give a message the next seq and send it, through the fault injector if one is set.
-        `ahead`: publish at once, before whatever is buffered."""
-        ts = self._now_ms()
+        `ahead`: publish at once, before whatever is buffered. `ts`: the device clock's
+        reading, when the caller has taken it already."""
+        if ts is None:
+            ts = self._now_ms()
         seq = self.seq
         self.seq = seq + 1
         self.counters.produced += 1
