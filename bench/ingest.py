@@ -17,14 +17,19 @@ Prints and writes bench/results/ingest.json:
   its own on the same influxd, through a broker of its own; npm installs Node-RED into a
   cache directory on first use. A table at the end puts the three rates side by side.
 
+The publishers hold the target rate; with --unpaced they send rate x seconds messages as fast
+as they go, in each of the three runs.
+
     .venv/bin/python bench/ingest.py [--rate 20000] [--seconds 60] [--collectors 2]
-        [--publishers 8] [--no-baseline] [--no-peer] [--workdir DIR] [--profile PATH]
+        [--publishers 8] [--unpaced] [--no-baseline] [--no-peer] [--workdir DIR]
+        [--profile PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import os
 import signal
@@ -35,6 +40,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +77,23 @@ def influx_has(http_url: str, db: str, device_id: str, seq: int) -> bool:
         return bool(json.load(response)["results"][0].get("series"))
 
 
-class PacedPublishers:
-    """N mosquitto_pub -l processes (one device each), fed lines at a total target rate."""
+class Publishers:
+    """N mosquitto_pub -l processes (one device each), fed lines at a total target rate, or
+    unpaced: every line written at once, for the publishers to send as fast as they go.
+
+    mosquitto_pub -l discards what it still holds when its input ends (seen here: 68,943 of
+    200,000 lines written at once reached the broker), and counting its PUBACKs (-d) made the
+    publishers the bottleneck. So unpaced, the input stays open until `delivered()` (what the
+    run's consumer has counted) reaches the total, or stops growing for STALL_S."""
+
+    STALL_S = 20.0
 
     def __init__(self, broker: MosquittoServer, count: int, rate: float, seconds: float,
-                 prefix: str) -> None:
+                 prefix: str, *, paced: bool = True) -> None:
         self.devices = [f"{prefix}{i:04d}" for i in range(count)]
         self.per_device = int(rate * seconds / count)
         self.rate = rate
+        self.paced = paced
         self.cpu_used = 0.0
         self.procs = [
             subprocess.Popen(
@@ -90,22 +105,33 @@ class PacedPublishers:
         ]
         self.threads = [threading.Thread(target=self._feed, args=(p, d), daemon=True)
                         for p, d in zip(self.procs, self.devices, strict=True)]
+        self._released = threading.Event()
+        self._progress = (-1, time.monotonic())  # unpaced: delivered, when it last grew
+
+    def _lines(self, device_id: str, first: int, count: int) -> bytes:
+        return b"".join(
+            protocol.encode_device_message(
+                device_id, protocol.TELEMETRY, DATA, ts=1_795_000_000_000 + seq, boot=1,
+                seq=seq) + b"\n"
+            for seq in range(first, first + count))
 
     def _feed(self, proc: subprocess.Popen[bytes], device_id: str) -> None:
         assert proc.stdin is not None
+        if not self.paced:
+            proc.stdin.write(self._lines(device_id, 0, self.per_device))
+            proc.stdin.flush()
+            self._released.wait()
+            proc.stdin.close()
+            return
         per_second = self.rate / len(self.devices)
         chunk = max(1, int(per_second / 20))  # 20 writes a second per publisher
         started = time.monotonic()
         seq = 0
         while seq < self.per_device:
-            lines = []
-            for _ in range(min(chunk, self.per_device - seq)):
-                lines.append(protocol.encode_device_message(
-                    device_id, protocol.TELEMETRY, DATA, ts=1_795_000_000_000 + seq, boot=1,
-                    seq=seq) + b"\n")
-                seq += 1
-            proc.stdin.write(b"".join(lines))
+            count = min(chunk, self.per_device - seq)
+            proc.stdin.write(self._lines(device_id, seq, count))
             proc.stdin.flush()
+            seq += count
             delay = started + seq / per_second - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -115,7 +141,26 @@ class PacedPublishers:
         for t in self.threads:
             t.start()
 
-    def wait(self) -> None:
+    def sending(self, delivered: Callable[[], int]) -> bool:
+        """Whether the load is still going: paced, while lines are being fed; unpaced, until
+        the consumer has counted them all (or stalled)."""
+        if self.paced:
+            return any(t.is_alive() for t in self.threads)
+        if self._released.is_set():
+            return False
+        got, since = self._progress
+        now = time.monotonic()
+        if (count := delivered()) != got:
+            self._progress = (count, now)
+        elif now - since > self.STALL_S:
+            count = self.total
+        if count >= self.total:
+            self._released.set()
+        return not self._released.is_set()
+
+    def wait(self, delivered: Callable[[], int]) -> None:
+        while self.sending(delivered):
+            time.sleep(0.2)
         for t in self.threads:
             t.join()
         for p in self.procs:
@@ -152,11 +197,12 @@ def baseline(broker: MosquittoServer, args: argparse.Namespace) -> dict[str, Any
 
     counter = threading.Thread(target=count, daemon=True)
     time.sleep(0.5)
-    pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "base-")
+    pubs = Publishers(broker, args.publishers, args.rate, args.seconds, "base-",
+                      paced=not args.unpaced)
     started = time.monotonic()
     counter.start()
     pubs.start()
-    pubs.wait()
+    pubs.wait(lambda: int(received[0]))
     while sub.poll() is None and time.monotonic() - received[1] < 20:
         time.sleep(0.2)
     if sub.poll() is None:
@@ -175,6 +221,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20_000, help="target msg/s in total")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--publishers", type=int, default=8)
+    parser.add_argument("--unpaced", action="store_true",
+                        help="publishers send their rate x seconds messages as fast as they "
+                             "go (each run: broker only, iotmeter, Node-RED)")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-peer", action="store_true", help="skip the Node-RED run")
     parser.add_argument("--collectors", type=int, default=2,
@@ -209,7 +258,8 @@ def main() -> int:
         cpu0 = {"collector": sum(tree_cpu_seconds(c.pid) for c in collectors),
                 "broker": cpu_seconds(broker.broker._process.pid),  # type: ignore[union-attr]
                 "influxdb": cpu_seconds(influx._process.pid)}  # type: ignore[attr-defined]
-        pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "dc-")
+        pubs = Publishers(broker, args.publishers, args.rate, args.seconds, "dc-",
+                          paced=not args.unpaced)
         if base is not None:
             time.sleep(11)  # the broker's $SYS counters lag by up to 10 s
         received_before = broker_received(broker)
@@ -223,7 +273,8 @@ def main() -> int:
         started = time.monotonic()
         pubs.start()
         seq = 0
-        while any(t.is_alive() for t in pubs.threads):
+        stored = functools.partial(influx_count, influx.http_url, db, "dc-")
+        while pubs.sending(stored):
             topic, payload = (protocol.device_topic("probe-0001", protocol.TELEMETRY),
                               protocol.encode_device_message(
                                   "probe-0001", protocol.TELEMETRY, DATA,
@@ -237,7 +288,7 @@ def main() -> int:
             latencies.append(time.monotonic() - sent)
             seq += 1
             time.sleep(0.25)
-        pubs.wait()
+        pubs.wait(stored)
         published_at = time.monotonic()
         # Sustained means keeping up while the load lasts, not draining a backlog afterwards.
         while_publishing = influx_count(influx.http_url, db, "dc-")
@@ -275,7 +326,8 @@ def main() -> int:
     quantile = (lambda q: round(latencies[min(len(latencies) - 1,  # noqa: E731
                                               int(q * len(latencies)))] * 1000, 1))
     result = {
-        "target_rate": args.rate, "seconds": args.seconds, "publishers": args.publishers,
+        "target_rate": None if args.unpaced else args.rate, "seconds": args.seconds,
+        "publishers": args.publishers,
         "collectors": args.collectors if args.workers is None else 1,
         "workers": args.workers,
         "published": pubs.total, "received_by_broker": into_broker, "queryable": count,
@@ -321,10 +373,11 @@ def node_red_run(influx: InfluxServer, home: Path, args: argparse.Namespace) -> 
         peer.start()
         try:
             cpu0 = cpu_seconds(peer.pid)
-            pubs = PacedPublishers(broker, args.publishers, args.rate, args.seconds, "nr-")
+            pubs = Publishers(broker, args.publishers, args.rate, args.seconds, "nr-",
+                              paced=not args.unpaced)
             started = time.monotonic()
             pubs.start()
-            pubs.wait()
+            pubs.wait(functools.partial(influx_count, influx.http_url, db, "nr-"))
             published_at = time.monotonic()
             while_publishing = influx_count(influx.http_url, db, "nr-")
             count, last_change, last = 0, time.monotonic(), -1
@@ -355,8 +408,9 @@ def print_table(result: dict[str, Any]) -> None:
              result["cpu_s_per_1000_msgs"]["collector"] * 1000),
             ("Node-RED flow", peer["rate"] if peer else None,
              peer["cpu_s_per_1000_msgs"] * 1000 if peer else None)]
-    print(f"\noffered {result['target_rate']:,.0f} msg/s for {result['seconds']:g} s, "
-          f"{result['publishers']} publishers, QoS 1")
+    offered = (f"{result['published']:,} messages unpaced" if result["target_rate"] is None
+               else f"{result['target_rate']:,.0f} msg/s for {result['seconds']:g} s")
+    print(f"\noffered {offered}, {result['publishers']} publishers, QoS 1")
     print(f"{'run':<40}{'msg/s stored':>14}{'vs broker':>11}{'CPU µs/msg':>12}")
     for name, rate, cpu in rows:
         ratio = f"{rate / base['rate']:.3f}" if rate and base else "-"
@@ -403,7 +457,7 @@ def broker_received(broker: MosquittoServer) -> int:
     return int(broker_sys(broker.port, topic).get(topic, -1))
 
 
-def audit_stores(settings: Settings, pubs: PacedPublishers,
+def audit_stores(settings: Settings, pubs: Publishers,
                  timeout_s: float = 180) -> tuple[int, int]:
     """Messages counted by the registry's sequence tracking and lines in the archive, once
     both have caught up (or the timeout has passed)."""
