@@ -42,6 +42,9 @@ def run_once(home: Path, simulate: str = "auto") -> tuple[dict[str, int], str]:
                                  and app.starter.done.is_set(), timeout_s=30, what="started")
                 await wait_until(pilot, lambda: SILENT_FLEET_HINT in fleet.notices(),
                                  timeout_s=30, what="the hint to start a fleet")
+                # The notice line takes the hint at once and paints it on a later refresh.
+                await wait_until(pilot, lambda: "no meter is online" in flat_text(app),
+                                 timeout_s=10, what="the hint on the screen")
             else:
                 await wait_until(pilot, lambda: live_rows(fleet) >= DEMO_FLEET, timeout_s=60,
                                  what="every demo meter online with values")
