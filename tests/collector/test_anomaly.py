@@ -83,7 +83,6 @@ def test_a_stuck_voltage_is_found_within_ten_readings_and_explained() -> None:
     assert "voltage_v stuck at" in f.message() and f"since ts {f.since_ms}" in f.message()
 
 
-
 def test_a_field_that_never_changed_is_not_stuck() -> None:
     """A constant reading from the first message on (a steady setpoint, a bench's fixed
     payload) is not a field that "normally changes": no stuck finding, however long."""
@@ -92,6 +91,7 @@ def test_a_field_that_never_changed_is_not_stuck() -> None:
     found = [det.observe("m-1", "power_meter_dc", data, T0 + i * 1000) for i in range(5000)]
     assert [f for f in found if f is not None] == []
     assert det.stuck_fields(["m-1"]) == {"m-1": 0}
+
 
 def test_a_drift_escapes_the_baseline_and_names_the_expected_range() -> None:
     det = AnomalyDetector()
