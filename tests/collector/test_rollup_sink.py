@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from iotmeter_tui.backend.collector import spool as spool_module
 from iotmeter_tui.backend.collector.metrics import CollectorMetrics
 from iotmeter_tui.backend.collector.rollup_sink import RollupSink
 from iotmeter_tui.backend.collector.sinks import CursorFile, TimeSeriesSink
@@ -236,3 +237,29 @@ def test_a_backlog_larger_than_a_batch_is_taken_batch_after_batch(
     collector.receive([record(30, H0 + 30_000, 6.0)])
     collector.store_points()
     assert collector.roll_up() == 0  # caught up: the next batch waits for its hour
+
+
+def test_records_are_folded_while_in_memory_and_written_at_the_minute(
+        tmp_path: Path, store: TimeSeriesStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between writes the sink folds what is committed while the spool still holds it in
+    memory, parsed; only the write waits for the minute. Read a minute late, every record
+    came from the file, decoded and parsed again: at 5,000 meters 41 % of the collector.
+    Shown with a spool that keeps 15 records in memory and a segment file emptied once the
+    records are folded: the batch written at the minute still holds all of them."""
+    monkeypatch.setattr(spool_module, "RECENT_RECORDS", 15)
+    collector = Collector(tmp_path, store)
+    collector.rollups.every_s = 3600.0
+    collector.receive([record(i, H0 + i * 1000, 1.0) for i in range(5)])
+    collector.store_points()
+    assert collector.roll_up() == 5  # the first batch is due at once
+    for start, volts in ((5, 2.0), (15, 3.0)):
+        collector.receive([record(i, H0 + i * 1000, volts) for i in range(start, start + 10)])
+        collector.store_points()
+        assert collector.roll_up() == 0  # folded; the hour has not passed
+    [segment] = collector.spool.directory.glob("*" + spool_module._SUFFIX)
+    segment.write_bytes(b"")  # the first 15 records are in this file only now
+    collector.rollups.every_s = 0.0
+    assert collector.roll_up() == 20
+    minute, _ = minute_and_hour(store)
+    assert minute["mean"] == pytest.approx((5 * 1.0 + 10 * 2.0 + 10 * 3.0) / 25)
+    assert collector.rollup_at == collector.ts_at
