@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 # Fields that follow the train traffic (near zero, then several kA within seconds): no
@@ -183,6 +185,18 @@ class _Field:
         (n, self.median, self.fast, self.last, self.spread, self.spread_lo, changes,
          self.rate_hi, window) = values
         self.n, self.changes, self.window = int(n), int(changes), int(window)
+
+
+def _encode(snapshot: dict[str, Any]) -> bytes:
+    """The snapshot as JSON. orjson takes 0.05 s for 5,000 meters where json.dump took 2.8 s
+    (5 % of the collector, once a minute), but writes null for a non-finite number, which a
+    baseline can hold (the spread of readings near 1e308): then json, which keeps Infinity.
+    The state holds no null of its own, so its text in the output means one of those (or a
+    name that holds "null": json then too, only slower)."""
+    data = orjson.dumps(snapshot)
+    if b"null" in data:
+        data = json.dumps(snapshot, separators=(",", ":")).encode()
+    return data
 
 
 def _stuck(f: _Field) -> bool:
@@ -522,8 +536,8 @@ class AnomalyDetector:
         self._saved_at = now_ms
         tmp = self._path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as fh:
-                json.dump(self.snapshot(), fh, separators=(",", ":"))
+            with open(tmp, "wb") as fh:
+                fh.write(_encode(self.snapshot()))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self._path)
