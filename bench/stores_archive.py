@@ -76,13 +76,16 @@ def make_batches() -> list[list[ArchiveRecord]]:
 
 
 class Capture:
-    """An in-memory sink with the one method the writer calls: put."""
+    """An in-memory sink with the two methods the writer calls: put and sync."""
 
     def __init__(self) -> None:
         self.objects: list[tuple[str, bytes]] = []
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         self.objects.append((key, data))
+
+    def sync(self) -> None:
+        """Nothing to make durable: the objects are in memory."""
 
 
 def rate(seconds: float, step: Callable[[], int]) -> float:

@@ -185,8 +185,11 @@ class CountingArchive:
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.inner.list(prefix)
 
-    def put(self, key: str, data: bytes) -> None:
-        self.inner.put(key, data)
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        self.inner.put(key, data, durable=durable)
+
+    def sync(self) -> None:
+        self.inner.sync()
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

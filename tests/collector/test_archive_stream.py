@@ -123,13 +123,16 @@ class CrashingStore:
         self.left = puts
         self.lock = threading.Lock()
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         with self.lock:
             self.left -= 1
             dead = self.left < 0
         if dead:
             raise RuntimeError("killed")
-        self.store.put(key, data)
+        self.store.put(key, data, durable=durable)
+
+    def sync(self) -> None:
+        self.store.sync()
 
 
 def test_a_crash_mid_segment_leaves_each_message_once(tmp_path: Path, s3: S3Server) -> None:

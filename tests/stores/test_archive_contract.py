@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import urllib.request
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from iotmeter_tui.backend.errors import StoreRejected
+from iotmeter_tui.backend.errors import StoreRejected, StoreUnavailable
+from iotmeter_tui.backend.stores import archive_dir
 from iotmeter_tui.backend.stores.archive import STREAM_CHUNK_BYTES, ArchiveStore
 from iotmeter_tui.backend.stores.archive_dir import DirectoryArchive
 from iotmeter_tui.backend.stores.archive_s3 import S3Archive
@@ -253,6 +255,58 @@ def test_directory_writes_leave_no_temporary_files(tmp_path: Path) -> None:
         store.put("p/q", str(i).encode())
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["q"]
 
+
+
+def test_puts_left_to_sync_are_there_before_and_after_it(archive: ArchiveStore) -> None:
+    keys = [f"dev-{i}/telemetry/2026/01/02/030405-b1.ndjson" for i in range(5)]
+    for key in keys:
+        archive.put(key, key.encode(), durable=False)
+    assert [archive.get(key) for key in keys] == [key.encode() for key in keys]
+    archive.sync()
+    archive.sync()  # nothing left to sync: nothing to do
+    assert list(archive.list()) == sorted(keys)
+
+
+def test_directory_sync_without_syncfs_fsyncs_each_directory_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C library has no syncfs (or the batch touched few directories) each
+    directory that got a new entry is fsynced; one a delete pruned meanwhile has nothing left
+    to keep."""
+    monkeypatch.setattr(archive_dir, "_syncfs", None)
+    store = DirectoryArchive(tmp_path / "archive")
+    store.put("a/1/x", b"1", durable=False)
+    store.put("b/2/y", b"2", durable=False)
+    store.delete("b/2/y")  # prunes b/2 and b
+    store.sync()
+    assert [store.get("a/1/x")] == [b"1"] and list(store.list()) == ["a/1/x"]
+
+
+def test_a_failed_directory_sync_is_tried_again_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync that fails (the disk said EIO) raises StoreUnavailable, so the writer's batch
+    fails and its cursor stays; what it was to make durable waits for the next sync."""
+    store = DirectoryArchive(tmp_path / "archive")
+    monkeypatch.setattr(archive_dir, "SYNCFS_FROM_DIRECTORIES", 1)
+    store.put("a/1/x", b"1", durable=False)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    real = archive_dir._syncfs
+    monkeypatch.setattr(archive_dir, "_syncfs", failing)
+    with pytest.raises(StoreUnavailable, match=r"sync .*Input/output error"):
+        store.sync()
+    synced: list[int] = []
+
+    def recorded(fd: int) -> None:
+        synced.append(fd)
+        if real is not None:
+            real(fd)
+
+    monkeypatch.setattr(archive_dir, "_syncfs", recorded)
+    store.sync()
+    store.sync()
+    assert len(synced) == 1
 
 def test_s3_presigned_url_serves_the_object(s3: S3Server) -> None:
     store = s3_archive(s3, unique_bucket())

@@ -29,6 +29,7 @@ from iotmeter_tui.backend.collector.spool import (
     DUPLICATE,
     READ_RECORDS,
     Position,
+    SegmentReader,
     Spool,
     SpoolRecord,
 )
@@ -246,10 +247,12 @@ class ArchiveSink(Sink[ArchiveObject]):
     def write(self, records: list[ArchiveObject], end: Position) -> None:
         spool = self._spool
         assert spool is not None, "write() follows next_batch()"
-        self.writer.write_groups(self._groups(spool, records, end),
-                                 max_pending_bytes=self.pending_bytes)
+        with spool.open_segment(end.segment) as segment:
+            self.writer.write_groups(self._groups(segment, records, end),
+                                     max_pending_bytes=self.pending_bytes)
 
-    def _groups(self, spool: Spool, objects: list[ArchiveObject], end: Position) -> Iterator[
+    def _groups(self, segment: SegmentReader, objects: list[ArchiveObject],
+                end: Position) -> Iterator[
             tuple[str, list[ArchiveRecord] | list[RejectedRecord]]]:
         for o in objects:
             # A segment of a large fleet takes longer than a stop's budget: past it, the
@@ -257,13 +260,13 @@ class ArchiveSink(Sink[ArchiveObject]):
             if self.draining and time.monotonic() > self.stop_by:
                 raise StoreError(self.name, "stopping: the rest of the segment waits for the "
                                  "next start")
-            yield self.batch_id(end.segment, o.part), self._records(spool, end.segment, o)
+            yield self.batch_id(end.segment, o.part), self._records(segment, o)
 
     @staticmethod
-    def _records(spool: Spool, segment: int, o: ArchiveObject) -> list[
+    def _records(segment: SegmentReader, o: ArchiveObject) -> list[
             ArchiveRecord] | list[RejectedRecord]:
         # Only what the archive keeps is held, not the spool records it is read from.
-        frames = spool.read_frames(segment, zip(o.offsets, o.lengths, strict=True))
+        frames = segment.frames(zip(o.offsets, o.lengths, strict=True))
         first = next(frames)
         if first.kind == ACCEPTED:
             return [ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)

@@ -189,6 +189,28 @@ def valid_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
         yield at, body
 
 
+
+class SegmentReader:
+    """One spool segment, open, read at (offset, length) spans that Spool.scan() gave."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+
+    def frames(self, spans: Iterable[tuple[int, int]]) -> Iterator[SpoolRecord]:
+        """The records at the spans, in the order given, one read each."""
+        fd = self._file.fileno()
+        for offset, length in spans:
+            yield SpoolRecord.decode(os.pread(fd, length, offset)[_FRAME.size :])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SegmentReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 def _segment_name(segment: int) -> str:
     return f"{segment:016d}{_SUFFIX}"
 
@@ -464,10 +486,14 @@ class Spool:
             SpoolRecord]:
         """The records at (offset, length) spans of a segment that scan() gave, in the order
         given, one read each."""
-        with open(self.directory / _segment_name(segment), "rb", buffering=0) as fh:
-            fd = fh.fileno()
-            for offset, length in spans:
-                yield SpoolRecord.decode(os.pread(fd, length, offset)[_FRAME.size :])
+        with self.open_segment(segment) as reader:
+            yield from reader.frames(spans)
+
+    def open_segment(self, segment: int) -> SegmentReader:
+        """A segment opened once for many read_frames-like reads (the archive sink reads
+        one object's records at a time: opening the file for each of 5,000 objects a
+        segment was a fifth of its time)."""
+        return SegmentReader(self.directory / _segment_name(segment))
 
     # --- space ------------------------------------------------------------------------------
 

@@ -56,8 +56,13 @@ class ArchiveStore(Protocol):
     """Object storage by key. A key that `validate_key` refuses raises StoreRejected; failures
     raise StoreUnavailable (worth retrying) or StoreRejected (not)."""
 
-    def put(self, key: str, data: bytes) -> None:
-        """Write an object whole; a reader never sees half of it. Same key again overwrites."""
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Write an object whole; a reader never sees half of it. Same key again overwrites.
+        Durable on return, or with `durable=False` once `sync()` has returned: a batch of
+        puts then pays for durability once, not per object."""
+
+    def sync(self) -> None:
+        """Make every put so far durable (a crash keeps them). Raises as put does."""
 
     def get(self, key: str) -> bytes:
         """An object's bytes. Raises KeyError when it does not exist."""

@@ -113,7 +113,8 @@ class S3Archive:
     def bucket(self) -> str:
         return self._bucket
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        # A PUT is durable when S3 answers it: `durable` changes nothing here.
         validate_key(STORE, key)
         self._ensure_bucket()
         with self._translated("put", key):
@@ -202,6 +203,9 @@ class S3Archive:
         """Reach the server and make sure the bucket exists (creating it if allowed)."""
         self._bucket_ready = False
         self._ensure_bucket()
+
+    def sync(self) -> None:
+        """Nothing to do: every put was durable when it returned."""
 
     def close(self) -> None:
         self._http.clear()
