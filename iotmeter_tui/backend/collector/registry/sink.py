@@ -45,6 +45,11 @@ class RegistrySink(RecordSink):
     # Nothing committed for this long while records wait: the load has stopped (or paused),
     # and waiting out the interval would only leave the registry behind for nothing.
     IDLE_S = 0.3
+    # A batch read back from the spool file (the registry more than the spool's in-memory
+    # tail behind) holds its records decoded: 100,000 of them are a 60-100 MiB step in the
+    # 5,000-meter soak's RSS. Smaller batches cost more per record (a row per device each):
+    # with 20,000 the registry fell further behind every minute, with 50,000 it stayed
+    # 35-45 s behind (docs/performance.md, round seven).
     MAX_BATCH = 100_000
 
     def __init__(self, store: MetadataStore, cursor_name: str, tracker: SeqTracker,
