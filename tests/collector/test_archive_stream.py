@@ -92,9 +92,11 @@ def archive_peak(tmp_path: Path, segment_bytes: int, *, whole: bool = False) -> 
             segment = spool.segments()[0]
             spans = [(offset, length) for offset, length, head in spool.scan(segment)
                      if head.kind == ACCEPTED]
-            writer.write_batch([ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
-                                for r in spool.read_frames(segment, spans)],
-                               [], sink.batch_id(segment))
+            with spool.open_segment(segment) as reader:
+                writer.write_batch(
+                    [ArchiveRecord(r.device_id, r.msg_type, r.received_ms, r.payload)
+                     for r in reader.frames(spans)],
+                    [], sink.batch_id(segment))
         else:
             assert archive_all(sink, spool) == 1
         _, peak = tracemalloc.get_traced_memory()
@@ -230,7 +232,8 @@ def test_scan_reads_frames_larger_than_its_block(tmp_path: Path) -> None:
     assert small_blocks == list(spool.scan(segment))
     assert len(small_blocks) > 200
     spans = [(offset, length) for offset, length, _ in small_blocks]
-    records = list(spool.read_frames(segment, reversed(spans)))
+    with spool.open_segment(segment) as reader:
+        records = list(reader.frames(reversed(spans)))
     assert [RecordHead(r.kind, r.device_id, r.msg_type, r.reason) for r in records] == [
         head for _, _, head in reversed(small_blocks)]
     assert {r.kind for r in records} == {ACCEPTED, DUPLICATE}

@@ -308,6 +308,7 @@ def test_a_failed_directory_sync_is_tried_again_by_the_next(
     store.sync()
     assert len(synced) == 1
 
+
 def test_s3_presigned_url_serves_the_object(s3: S3Server) -> None:
     store = s3_archive(s3, unique_bucket())
     store.put("_firmware/dc/1.2.3.bin", b"\x7fELF firmware")

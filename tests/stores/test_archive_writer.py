@@ -289,6 +289,29 @@ def test_a_batch_is_made_durable_by_one_sync_after_its_puts(
     writer.write_groups(iter(groups))  # type: ignore[arg-type]
     assert recording.calls == ["put durable=False"] * 3 + ["sync"]
 
+
+def test_a_failed_sync_fails_the_batch_and_a_retry_completes_it(
+    store: ArchiveStore, make_writer: MakeWriter
+) -> None:
+    """The batch is not written until its sync is: a sync that fails raises, so the archive
+    sink keeps its cursor and writes the segment again (the same keys and bytes)."""
+
+    class SyncFailsOnce(Recording):
+        def sync(self) -> None:
+            if "sync failed" not in self.calls:
+                self.calls.append("sync failed")
+                raise StoreUnavailable("test", "scripted sync outage")
+            super().sync()
+
+    failing = SyncFailsOnce(store)
+    writer = make_writer(on=failing)
+    groups = [(f"b{n}", [telemetry("dc-0001", n, T0)]) for n in range(3)]
+    with pytest.raises(StoreUnavailable, match="scripted sync outage"):
+        writer.write_groups(iter(groups))  # type: ignore[arg-type]
+    keys = writer.write_groups(iter(groups))  # type: ignore[arg-type]
+    assert failing.calls[-1] == "sync"
+    assert list(store.list()) == sorted(keys) and len(keys) == 3
+
 def test_empty_batch_writes_nothing(store: ArchiveStore, make_writer: MakeWriter) -> None:
     assert make_writer().write_batch([], [], "b1") == []
     assert list(store.list()) == []

@@ -189,7 +189,6 @@ def valid_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
         yield at, body
 
 
-
 class SegmentReader:
     """One spool segment, open, read at (offset, length) spans that Spool.scan() gave."""
 
@@ -456,7 +455,7 @@ class Spool:
             tuple[int, int, RecordHead]]:
         """(offset, length, head) of every committed frame of a segment, in order, read
         from its file a block at a time: memory stays at a block whatever the segment holds.
-        `offset` and `length` cover the whole frame, as read_frames() takes them; the head
+        `offset` and `length` cover the whole frame, as SegmentReader.frames() takes them; the head
         is read in place, without the payload (decoding whole records was most of the
         archive sink's index pass)."""
         end = self.committed_size(segment)
@@ -482,17 +481,10 @@ class Spool:
                 want = block_bytes
                 data = b""  # one block at a time: let it go before the next is read
 
-    def read_frames(self, segment: int, spans: Iterable[tuple[int, int]]) -> Iterator[
-            SpoolRecord]:
-        """The records at (offset, length) spans of a segment that scan() gave, in the order
-        given, one read each."""
-        with self.open_segment(segment) as reader:
-            yield from reader.frames(spans)
-
     def open_segment(self, segment: int) -> SegmentReader:
-        """A segment opened once for many read_frames-like reads (the archive sink reads
-        one object's records at a time: opening the file for each of 5,000 objects a
-        segment was a fifth of its time)."""
+        """A segment opened once, for reads of the records at spans that scan() gave (the
+        archive sink reads one object's records at a time: opening the file for each of
+        5,000 objects a segment was a fifth of its time)."""
         return SegmentReader(self.directory / _segment_name(segment))
 
     # --- space ------------------------------------------------------------------------------

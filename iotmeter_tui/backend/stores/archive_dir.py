@@ -41,12 +41,12 @@ STORE = "file"
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Failures that a later attempt may not meet (busy device, network filesystem hiccups).
 _TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE})
-# put() retries this often when a concurrent delete() prunes the directory it is writing into.
 # sync() takes one syncfs from this many directories on, and fsyncs each one below it: a syncfs
 # also writes back whatever else is dirty on the filesystem, and for a batch of 10 objects it
 # cost more than their 10 directory fsyncs (bench/stores_archive.py: 0.15-0.19 of a bare
 # durable write against 0.24-0.34), while for 5,000 it is the one that keeps up.
 SYNCFS_FROM_DIRECTORIES = 64
+# put() retries this often when a concurrent delete() prunes the directory it is writing into.
 _PRUNE_RACE_ATTEMPTS = 3
 
 
@@ -55,10 +55,8 @@ class DirectoryArchive:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Path(root).absolute()
-        # Directories whose new entries wait for sync(), and the root opened when the first
-        # of them came (syncfs reports write-back errors since its descriptor was opened).
+        # Directories whose new entries wait for sync() (puts run on several threads).
         self._unsynced: set[Path] = set()
-        self._sync_fd: int | None = None
         self._lock = threading.Lock()
 
     @property
@@ -151,33 +149,22 @@ class DirectoryArchive:
     def sync(self) -> None:
         with self._lock:
             directories, self._unsynced = self._unsynced, set()
-            fd, self._sync_fd = self._sync_fd, None
         if not directories:
             return
         try:
             if _syncfs is not None and len(directories) >= SYNCFS_FROM_DIRECTORIES:
-                if fd is None:  # a retry: the last sync failed
-                    fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
-                _syncfs(fd)
+                _fsync_dir(self._root, _syncfs)  # the root's filesystem, every directory
             else:
                 for directory in sorted(directories):
                     with contextlib.suppress(FileNotFoundError):  # pruned: nothing to keep
                         _fsync_dir(directory)
         except OSError as exc:
             with self._lock:
-                self._unsynced |= directories
+                self._unsynced |= directories  # the next sync tries them again
             raise self._translate(exc, "sync", "") from exc
-        finally:
-            if fd is not None:
-                os.close(fd)
 
     def close(self) -> None:
-        """Nothing to release but a sync's descriptor: every operation opens and closes its
-        own files."""
-        with self._lock:
-            fd, self._sync_fd = self._sync_fd, None
-        if fd is not None:
-            os.close(fd)
+        """Nothing to release: every operation opens and closes its own files."""
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -202,8 +189,6 @@ class DirectoryArchive:
             _fsync_dir(directory)
             return
         with self._lock:
-            if self._sync_fd is None and _syncfs is not None:
-                self._sync_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
             self._unsynced.add(directory)
 
     def _write_atomically(self, path: Path, data: bytes, durable: bool = True) -> None:
@@ -296,9 +281,9 @@ def _load_syncfs() -> Callable[[int], None] | None:
 _syncfs = _load_syncfs()
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: Path, sync: Callable[[int], None] = os.fsync) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
